@@ -1,0 +1,47 @@
+/*  cm_config.h: settings from environment variables, declared in tables.
+
+    Each program declares a table of cm_conf_entry_t (name, type, default,
+    bounds, where to store it, one line of help), like redis's config table.
+    cm_config_load reads every entry from the environment; a value that does
+    not parse or is out of bounds is an error that names the variable, so a
+    bad setting stops start-up instead of being silently replaced. */
+#ifndef CM_CONFIG_H_INCLUDED
+#define CM_CONFIG_H_INCLUDED
+
+#include "cm_common.h"
+
+typedef enum {
+    CM_CONF_INT,      //  int64_t, bounded by min..max
+    CM_CONF_STR,      //  char *, owned by the target (free with cm_config_free)
+    CM_CONF_BOOL,     //  bool: 1/0, true/false, yes/no, on/off
+    CM_CONF_ENDPOINT, //  char *, a ZeroMQ endpoint: tcp://host:port, ipc://, inproc://
+    CM_CONF_URL,      //  char *, must start with a scheme (http://, redis://, ...)
+} cm_conf_type_t;
+
+typedef struct cm_conf_entry_s {
+    const char *name;    //  environment variable
+    cm_conf_type_t type; //  how to parse it
+    const char *def;     //  default as text; NULL means "unset" (strings only)
+    int64_t min, max;    //  bounds for CM_CONF_INT
+    size_t offset;       //  where in the target struct the value goes
+    const char *help;    //  one line for --help and the README
+} cm_conf_entry_t;
+
+//  Load every entry of the table (terminated by an entry with name NULL)
+//  into target. Returns 0, or -1 with a message naming the variable in err.
+int cm_config_load (const cm_conf_entry_t *table, void *target, char *err, size_t errlen);
+
+//  Free the strings that cm_config_load stored in target.
+void cm_config_free (const cm_conf_entry_t *table, void *target);
+
+//  Print "NAME (default X): help" lines for --help.
+void cm_config_usage (const cm_conf_entry_t *table, FILE *out);
+
+//  Parse one integer setting; helpers for code that reads ad-hoc values.
+//  Returns 0 and sets *value, or -1 when text is not an integer in bounds.
+int cm_config_parse_int (const char *text, int64_t min, int64_t max, int64_t *value);
+
+//  Parse a boolean; returns 0 and sets *value, or -1.
+int cm_config_parse_bool (const char *text, bool *value);
+
+#endif
