@@ -1,0 +1,41 @@
+/*  agentd: the agent daemon. It connects to the gateway, registers, heartbeats
+    and drains on SIGTERM; its routes arrive with their own issue. */
+#include "cm_common.h"
+#include "cm_config.h"
+#include "cm_log.h"
+#include "cm_worker.h"
+
+typedef struct {
+    int64_t concurrency; //  AGENT_FLOW_QUEUE_CONCURRENCY
+    int64_t max_pending; //  AGENT_FLOW_QUEUE_MAX_PENDING
+} s_config_t;
+
+static const cm_conf_entry_t s_table[] = {
+    {"AGENT_FLOW_QUEUE_CONCURRENCY", CM_CONF_INT, "2", 1, 1024, offsetof (s_config_t, concurrency),
+     "agent requests running at once per instance"},
+    {"AGENT_FLOW_QUEUE_MAX_PENDING", CM_CONF_INT, "64", 0, 100000, offsetof (s_config_t, max_pending),
+     "agent requests waiting beyond those (then 429)"},
+    {NULL, 0, NULL, 0, 0, 0, NULL},
+};
+
+//  No routes yet: every request the gateway sends is answered 404.
+static const cm_route_t s_routes[] = {
+    {NULL, NULL, NULL},
+};
+
+int
+main (int argc, char **argv)
+{
+    cm_log_init ("agentd");
+    int rc = cm_main_args (argc, argv, "agentd", "The agent daemon of llmrt.", s_table);
+    if (rc)
+        return rc > 0 ? 0 : 2;
+    s_config_t config = {0};
+    char err[512];
+    if (cm_config_load (s_table, &config, err, sizeof err)) {
+        fprintf (stderr, "agentd: bad configuration: %s\n", err);
+        return 2;
+    }
+    return cm_worker_main ("agent", s_routes, NULL, (size_t) config.concurrency,
+                           (size_t) config.max_pending);
+}

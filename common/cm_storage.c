@@ -1,0 +1,1 @@
+/* cm_storage.c: placeholder, being written. */

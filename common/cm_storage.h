@@ -1,0 +1,158 @@
+/*  cm_storage.h: the one storage module. All SQL of llmrt lives behind it.
+
+    The embedded backend is SQLite: one file, $STORAGE_DIR/llmrt.db, in WAL
+    mode (synchronous=NORMAL, foreign keys on, busy timeout 5 s), shared by
+    every daemon process on the host. Opening it creates the directory
+    (mkdir -p) and brings the schema up to date inside BEGIN IMMEDIATE, so
+    several processes may open a fresh file at the same moment; the schema
+    version is PRAGMA user_version and migrations only ever move it forward.
+    The interface speaks JSON (jansson) in the shapes AnythingLLM's API
+    returns (camelCase keys as upstream has them), so that another backend
+    (PostgreSQL) can implement the same calls later.
+
+    Threading: a cm_storage_t is one database connection with its cache of
+    prepared statements. It belongs to ONE thread at a time; it is not
+    locked. Threads that share work use a cm_storage_pool_t, which is
+    thread-safe and lends each caller a connection of its own for the
+    duration of a request (acquire ... release).
+
+    Errors: a database failure (disk full, locked beyond the busy timeout,
+    corrupt file) is logged once, here, and returned as CM_STORAGE_ERROR /
+    -1 / NULL with the reason in cm_storage_errmsg; nothing in here asserts
+    on input or on the database, only on API misuse (NULL self). */
+#ifndef CM_STORAGE_H_INCLUDED
+#define CM_STORAGE_H_INCLUDED
+
+#include "cm_common.h"
+#include <jansson.h>
+
+typedef struct cm_storage_s cm_storage_t;
+typedef struct cm_storage_pool_s cm_storage_pool_t;
+
+//  Outcome of a storage call.
+typedef enum {
+    CM_STORAGE_OK = 0,        //  done; the out-parameter holds the result
+    CM_STORAGE_NOT_FOUND = 1, //  no such row; the out-parameter is NULL
+    CM_STORAGE_INVALID = 2,   //  the input was refused (reason in errmsg)
+    CM_STORAGE_CONFLICT = 3,  //  a unique key is taken (reason in errmsg)
+    CM_STORAGE_ERROR = -1,    //  the database failed (logged; reason in errmsg)
+} cm_storage_status_t;
+
+//  File name inside the storage directory.
+#define CM_STORAGE_FILE "llmrt.db"
+//  Schema version this build creates and expects.
+#define CM_STORAGE_SCHEMA_VERSION 1
+
+//  --- connection -------------------------------------------------------------
+
+//  Open (creating if needed) dir/llmrt.db and migrate it. Returns a new
+//  connection the caller owns, or NULL with the reason in err.
+cm_storage_t *cm_storage_new (const char *dir, char *err, size_t errlen);
+//  Close; NULL-safe; nulls the pointer.
+void cm_storage_destroy (cm_storage_t **self_p);
+//  Path of the database file (borrowed).
+const char *cm_storage_path (cm_storage_t *self);
+//  PRAGMA user_version of the open file.
+int cm_storage_schema_version (cm_storage_t *self);
+//  True when a trivial query succeeds (health checks).
+bool cm_storage_ping (cm_storage_t *self);
+//  Reason of the last failed call on this connection (borrowed; "" if none).
+const char *cm_storage_errmsg (cm_storage_t *self);
+
+//  --- pool: connections lent to threads ----------------------------------------
+
+//  A thread-safe lender of connections to dir's database. Opens one at once
+//  to check that the database is usable; NULL with the reason in err.
+cm_storage_pool_t *cm_storage_pool_new (const char *dir, char *err, size_t errlen);
+//  Close every idle connection; all lent ones must be back. NULL-safe.
+void cm_storage_pool_destroy (cm_storage_pool_t **self_p);
+//  Lend a connection (an idle one, or a new one). NULL when a new connection
+//  cannot be opened (logged). The calling thread owns it until release.
+cm_storage_t *cm_storage_pool_acquire (cm_storage_pool_t *self);
+//  Give a connection back; nulls *storage_p. NULL-safe on *storage_p.
+void cm_storage_pool_release (cm_storage_pool_t *self, cm_storage_t **storage_p);
+
+//  --- workspaces ---------------------------------------------------------------
+
+//  Upstream's slug rule: lower-case ASCII letters and digits kept, every
+//  other run of bytes becomes one '-', no '-' at either end. May be "".
+//  Returns a new string the caller frees.
+char *cm_storage_slugify (const char *name);
+
+//  Create a workspace from a request object {name, similarityThreshold?,
+//  openAiTemp?, openAiHistory?, openAiPrompt?, queryRefusalResponse?,
+//  chatMode?, topN?, chatProvider?, chatModel?, agentProvider?, agentModel?,
+//  vectorSearchMode?}; values are normalised as upstream does (bad numbers
+//  fall back to defaults, thresholds are clamped). The slug is the slugified
+//  name; when taken, "<slug>-<8 random digits>"; when empty, a UUID.
+//  INVALID when name is missing, not a string or empty (errmsg "name cannot
+//  be null"). On OK, *workspace_p is the new row, caller owns it.
+cm_storage_status_t cm_storage_workspace_create (cm_storage_t *self, const json_t *fields,
+                                                 json_t **workspace_p);
+
+//  The workspace with this slug: {id, name, slug, vectorTag, createdAt,
+//  openAiTemp, openAiHistory, lastUpdatedAt, openAiPrompt,
+//  similarityThreshold, chatProvider, chatModel, topN, chatMode, pfpFilename,
+//  agentProvider, agentModel, queryRefusalResponse, vectorSearchMode}.
+//  OK (caller owns *workspace_p), NOT_FOUND or ERROR.
+cm_storage_status_t cm_storage_workspace_get (cm_storage_t *self, const char *slug,
+                                              json_t **workspace_p);
+
+//  Every workspace (by id), each with "threads": the array of its threads
+//  (as cm_storage_thread_get returns them). Caller owns *workspaces_p.
+cm_storage_status_t cm_storage_workspace_list (cm_storage_t *self, json_t **workspaces_p);
+
+//  --- threads ------------------------------------------------------------------
+
+//  Create a thread in a workspace from {name?, slug?, userId?}: name
+//  defaults to "Thread", slug to a UUID (a given slug is slugified).
+//  CONFLICT when the slug is taken, INVALID when it slugifies to "".
+//  On OK, *thread_p is {id, name, slug, workspace_id, user_id, createdAt,
+//  lastUpdatedAt}, caller owns it.
+cm_storage_status_t cm_storage_thread_create (cm_storage_t *self, int64_t workspace_id,
+                                              const json_t *fields, json_t **thread_p);
+
+//  The thread with this slug in this workspace. OK, NOT_FOUND or ERROR.
+cm_storage_status_t cm_storage_thread_get (cm_storage_t *self, int64_t workspace_id,
+                                           const char *slug, json_t **thread_p);
+
+//  --- chat history -------------------------------------------------------------
+
+//  One saved turn.
+typedef struct {
+    int64_t workspace_id;   //  owning workspace (must exist)
+    const char *prompt;     //  the user's message
+    const json_t *response; //  {text, sources, type, attachments, metrics}
+    const char *session_id; //  the API caller's sessionId; NULL: none
+    int64_t thread_id;      //  0: not in a thread
+    int64_t user_id;        //  0: no user
+    bool include;           //  counts as history for later prompts
+} cm_storage_chat_t;
+
+//  Save a turn. Returns its id (the "chatId"), or -1 on failure.
+int64_t cm_storage_chat_add (cm_storage_t *self, const cm_storage_chat_t *chat);
+
+//  Which turns of a workspace to read or reset. NULL/0 match rows where the
+//  column is NULL, as upstream's queries do.
+typedef struct {
+    const char *session_id; //  NULL: rows without a session
+    int64_t thread_id;      //  0: rows without a thread
+    int64_t user_id;        //  0: rows without a user; -1: any user
+    bool included_only;     //  only rows with include = true
+    int64_t limit;          //  at most this many; <= 0: no limit
+    bool newest_first;      //  order by id descending (default ascending)
+} cm_storage_chat_filter_t;
+
+//  Turns of a workspace, as an array of {id, workspaceId, prompt, response
+//  (parsed JSON), include, user_id, thread_id, api_session_id, createdAt,
+//  lastUpdatedAt, feedbackScore}. Caller owns *chats_p.
+cm_storage_status_t cm_storage_chat_list (cm_storage_t *self, int64_t workspace_id,
+                                          const cm_storage_chat_filter_t *filter,
+                                          json_t **chats_p);
+
+//  Mark the matching turns include = false (the "reset" of a conversation;
+//  limit and order are ignored). Returns how many, or -1 on failure.
+int64_t cm_storage_chat_reset (cm_storage_t *self, int64_t workspace_id,
+                               const cm_storage_chat_filter_t *filter);
+
+#endif

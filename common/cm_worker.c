@@ -1,0 +1,828 @@
+/*  cm_worker.c: see cm_worker.h.
+
+    Two kinds of threads: the I/O thread owns the DEALER socket and is the
+    only one that touches ZeroMQ; the queue's threads run handlers and hand
+    encoded replies back through a mailbox. The table of live calls (for
+    CANCEL) is shared and guarded by a mutex. */
+#include "cm_worker.h"
+#include "cm_config.h"
+#include "cm_log.h"
+#include "cm_mailbox.h"
+#include "cm_msg.h"
+#include "cm_queue.h"
+#include <czmq.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <unistd.h>
+
+#define S_MAX_PARAMS 8
+
+struct cm_call_s {
+    cm_worker_t *worker;             //  owning worker
+    cm_msg_t *request;               //  the REQUEST message
+    const cm_route_t *route;         //  matched route
+    char *path;                      //  path without query
+    char *param_names[S_MAX_PARAMS]; //  "{name}" segments of the route
+    char *param_values[S_MAX_PARAMS];
+    size_t param_count;
+    zhash_t *query;            //  decoded query string, built on first use
+    json_t *json;              //  parsed body, built on first use
+    bool json_parsed;          //  json was attempted
+    atomic_bool cancelled;     //  CANCEL came or client gone
+    bool replied;              //  FINAL sent
+    bool streaming;            //  a PARTIAL was sent
+    cm_msg_t *reply_headers;   //  headers for the next reply (FINAL type as holder)
+    struct cm_call_s *next;    //  link in the live-call list
+};
+
+typedef struct {
+    char *data; //  encoded frame
+    size_t size;
+} s_frame_t;
+
+struct cm_worker_s {
+    cm_worker_config_t config;   //  copy; strings below are owned copies
+    char *service;               //  service name
+    char *instance;              //  instance id
+    char *endpoint;              //  gateway backend
+    cm_queue_t *queue;           //  bounded handler queue
+    cm_mailbox_t *outbox;        //  frames from handler threads to the I/O thread
+    pthread_t io_thread;         //  owns the socket
+    atomic_bool stopping;        //  destroy has begun: say DISCONNECT, drain
+    atomic_bool stopped;         //  I/O thread should exit
+    pthread_mutex_t calls_lock;  //  guards calls
+    cm_call_t *calls;            //  live calls (for CANCEL)
+    atomic_uint_fast64_t served; //  requests received
+    uint64_t dropped;            //  malformed frames (I/O thread only)
+};
+
+static void *s_io_thread (void *arg);
+static void s_run_call (void *task, void *arg);
+static void s_drop_call (void *task, cm_queue_drop_t why, void *arg);
+static void s_call_destroy (cm_call_t **self_p);
+
+cm_worker_t *
+cm_worker_new (const cm_worker_config_t *config)
+{
+    assert (config && config->service && config->endpoint && config->routes);
+    cm_worker_t *self = cm_calloc (1, sizeof *self);
+    self->config = *config;
+    self->service = cm_strdup (config->service);
+    self->endpoint = cm_strdup (config->endpoint);
+    if (config->instance && *config->instance)
+        self->instance = cm_strdup (config->instance);
+    else {
+        char host[128] = "host";
+        gethostname (host, sizeof host - 1);
+        self->instance = cm_malloc (strlen (host) + strlen (config->service) + 32);
+        sprintf (self->instance, "%s-%s-%d", config->service, host, (int) getpid ());
+    }
+    if (self->config.heartbeat_ms <= 0)
+        self->config.heartbeat_ms = 1000;
+    if (self->config.liveness <= 0)
+        self->config.liveness = 3;
+    pthread_mutex_init (&self->calls_lock, NULL);
+    self->outbox = cm_mailbox_new ();
+    self->queue = cm_queue_new (self->service, config->concurrency, config->max_pending,
+                                s_run_call, s_drop_call, self);
+    if (pthread_create (&self->io_thread, NULL, s_io_thread, self))
+        abort ();
+    return self;
+}
+
+static void
+s_frame_free (void *item)
+{
+    s_frame_t *frame = item;
+    free (frame->data);
+    free (frame);
+}
+
+void
+cm_worker_destroy (cm_worker_t **self_p)
+{
+    assert (self_p);
+    cm_worker_t *self = *self_p;
+    if (!self)
+        return;
+    //  Stop new work first, then let open calls finish for up to drain_ms.
+    atomic_store (&self->stopping, true);
+    int64_t until = cm_clock_mono_ms () + self->config.drain_ms;
+    while (cm_clock_mono_ms () < until) {
+        cm_queue_stats_t stats;
+        cm_queue_stats (self->queue, &stats);
+        if (stats.active == 0 && stats.pending == 0)
+            break;
+        usleep (10 * 1000);
+    }
+    //  Whatever still runs is told to stop.
+    pthread_mutex_lock (&self->calls_lock);
+    for (cm_call_t *call = self->calls; call; call = call->next)
+        atomic_store (&call->cancelled, true);
+    pthread_mutex_unlock (&self->calls_lock);
+    cm_queue_destroy (&self->queue);
+    atomic_store (&self->stopped, true);
+    uint64_t one = 1;
+    ssize_t rc = write (cm_mailbox_fd (self->outbox), &one, sizeof one);
+    (void) rc;
+    pthread_join (self->io_thread, NULL);
+    cm_mailbox_destroy (&self->outbox, s_frame_free);
+    pthread_mutex_destroy (&self->calls_lock);
+    free (self->service);
+    free (self->instance);
+    free (self->endpoint);
+    free (self);
+    *self_p = NULL;
+}
+
+const char *
+cm_worker_instance (cm_worker_t *self)
+{
+    assert (self);
+    return self->instance;
+}
+
+uint64_t
+cm_worker_served (cm_worker_t *self)
+{
+    assert (self);
+    return atomic_load (&self->served);
+}
+
+//  --- I/O thread ------------------------------------------------------------
+
+static void
+s_send_msg (zsock_t *sock, cm_msg_t *msg)
+{
+    char *data;
+    size_t size;
+    cm_msg_encode (msg, &data, &size);
+    zmq_send (zsock_resolve (sock), data, size, ZMQ_DONTWAIT);
+    free (data);
+}
+
+static void
+s_post_msg (cm_worker_t *self, cm_msg_t *msg)
+{
+    s_frame_t *frame = cm_malloc (sizeof *frame);
+    cm_msg_encode (msg, &frame->data, &frame->size);
+    cm_mailbox_post (self->outbox, frame);
+}
+
+static uint32_t
+s_free_slots (cm_worker_t *self)
+{
+    cm_queue_stats_t stats;
+    cm_queue_stats (self->queue, &stats);
+    size_t busy = stats.active + stats.pending;
+    return busy >= stats.concurrency ? 0 : (uint32_t) (stats.concurrency - busy);
+}
+
+static zsock_t *
+s_connect (cm_worker_t *self)
+{
+    zsock_t *sock = zsock_new (ZMQ_DEALER);
+    assert (sock);
+    zsock_set_identity (sock, self->instance);
+    zsock_set_linger (sock, 1000);
+    //  Replies must not pile up without bound when the gateway is away.
+    zsock_set_sndhwm (sock, 100000);
+    if (zsock_connect (sock, "%s", self->endpoint)) {
+        cm_error ("cannot connect to the gateway at %s", self->endpoint);
+        zsock_destroy (&sock);
+        return NULL;
+    }
+    cm_msg_t *ready = cm_msg_new (CM_MSG_READY);
+    cm_msg_set_service (ready, self->service);
+    cm_msg_set_instance (ready, self->instance);
+    cm_msg_set_capacity (ready, (uint32_t) self->config.concurrency);
+    s_send_msg (sock, ready);
+    cm_msg_destroy (&ready);
+    return sock;
+}
+
+//  Match "/a/{x}/b" against "/a/7/b"; fills the call's params.
+static void s_call_params_clear (cm_call_t *call);
+
+static bool
+s_route_match (const char *pattern, const char *path, cm_call_t *call)
+{
+    call->param_count = 0;
+    const char *p = pattern, *s = path;
+    while (*p && *s) {
+        if (*p == '{') {
+            const char *close = strchr (p, '}');
+            assert (close);
+            const char *end = strchr (s, '/');
+            size_t len = end ? (size_t) (end - s) : strlen (s);
+            if (len == 0 || call->param_count == S_MAX_PARAMS)
+                return false;
+            call->param_names[call->param_count] = cm_strndup (p + 1, (size_t) (close - p - 1));
+            call->param_values[call->param_count] = cm_strndup (s, len);
+            call->param_count++;
+            p = close + 1;
+            s += len;
+        }
+        else if (*p++ != *s++)
+            return false;
+    }
+    return *p == 0 && *s == 0;
+}
+
+bool
+cm_route_match (const char *pattern, const char *path)
+{
+    cm_call_t scratch = {0};
+    bool match = s_route_match (pattern, path, &scratch);
+    s_call_params_clear (&scratch);
+    return match;
+}
+
+static void
+s_call_params_clear (cm_call_t *call)
+{
+    for (size_t i = 0; i < call->param_count; i++) {
+        free (call->param_names[i]);
+        free (call->param_values[i]);
+    }
+    call->param_count = 0;
+}
+
+static void
+s_reply_direct (zsock_t *sock, cm_msg_t *request, int status, const char *error,
+                const char *retry_after)
+{
+    cm_msg_t *reply = cm_msg_new (CM_MSG_FINAL);
+    cm_msg_set_request_id (reply, cm_msg_request_id (request));
+    cm_msg_set_status (reply, (uint16_t) status);
+    cm_msg_set_content_type (reply, "application/json");
+    if (retry_after)
+        cm_msg_header_add (reply, "Retry-After", retry_after);
+    json_t *body = json_pack ("{s:s}", "error", error);
+    char *text = json_dumps (body, JSON_COMPACT);
+    cm_msg_set_body (reply, text, strlen (text));
+    free (text);
+    json_decref (body);
+    s_send_msg (sock, reply);
+    cm_msg_destroy (&reply);
+}
+
+static void
+s_handle_request (cm_worker_t *self, zsock_t *sock, cm_msg_t **request_p)
+{
+    cm_msg_t *request = *request_p;
+    atomic_fetch_add (&self->served, 1);
+    cm_call_t *call = cm_calloc (1, sizeof *call);
+    call->worker = self;
+    const char *route = cm_msg_route (request);
+    const char *q = strchr (route, '?');
+    call->path = q ? cm_strndup (route, (size_t) (q - route)) : cm_strdup (route);
+    bool path_known = false;
+    for (const cm_route_t *r = self->config.routes; r->method; r++) {
+        if (s_route_match (r->pattern, call->path, call)) {
+            path_known = true;
+            if (!strcmp (r->method, cm_msg_method (request))) {
+                call->route = r;
+                break;
+            }
+        }
+        s_call_params_clear (call);
+    }
+    if (!call->route) {
+        //  The gateway routes by the same table, so this is a version skew.
+        if (path_known)
+            s_reply_direct (sock, request, 405, "Method not allowed.", NULL);
+        else
+            s_reply_direct (sock, request, 404, "Not found.", NULL);
+        s_call_destroy (&call);
+        return;
+    }
+    call->request = request;
+    *request_p = NULL;
+    pthread_mutex_lock (&self->calls_lock);
+    call->next = self->calls;
+    self->calls = call;
+    pthread_mutex_unlock (&self->calls_lock);
+    cm_queue_result_t rc = cm_queue_submit (self->queue, cm_msg_request_id (request), call,
+                                            cm_msg_deadline (request));
+    if (rc != CM_QUEUE_ACCEPTED) {
+        //  Full: refuse at once so the client can retry elsewhere or later.
+        s_reply_direct (sock, request,
+                        rc == CM_QUEUE_FULL ? 429 : 503,
+                        rc == CM_QUEUE_FULL ? "The queue is full; retry later."
+                                            : "The service is shutting down.",
+                        "1");
+        s_drop_call (call, CM_QUEUE_DROP_CANCELLED, self);
+    }
+}
+
+static void
+s_handle_cancel (cm_worker_t *self, cm_msg_t *msg)
+{
+    const char *id = cm_msg_request_id (msg);
+    pthread_mutex_lock (&self->calls_lock);
+    for (cm_call_t *call = self->calls; call; call = call->next)
+        if (!strcmp (cm_msg_request_id (call->request), id))
+            atomic_store (&call->cancelled, true);
+    pthread_mutex_unlock (&self->calls_lock);
+    //  Still waiting: it never runs (s_drop_call frees it).
+    cm_queue_cancel (self->queue, id);
+}
+
+static void *
+s_io_thread (void *arg)
+{
+    cm_worker_t *self = arg;
+    zsock_t *sock = s_connect (self);
+    int64_t interval = self->config.heartbeat_ms;
+    int64_t now = cm_clock_mono_ms ();
+    int64_t next_beat = now + interval;
+    int64_t last_heard = now;
+    bool said_goodbye = false;
+    char err[256];
+    while (!atomic_load (&self->stopped)) {
+        if (!sock) {
+            //  Could not connect (bad endpoint resolution): retry each beat.
+            usleep ((useconds_t) interval * 1000);
+            sock = s_connect (self);
+            last_heard = cm_clock_mono_ms ();
+            continue;
+        }
+        zmq_pollitem_t items[] = {{zsock_resolve (sock), 0, ZMQ_POLLIN, 0},
+                                  {NULL, cm_mailbox_fd (self->outbox), ZMQ_POLLIN, 0}};
+        int64_t timeout = next_beat - cm_clock_mono_ms ();
+        if (timeout > 100)
+            timeout = 100; //  also the tick for expiring waiting calls
+        if (timeout < 0)
+            timeout = 0;
+        if (zmq_poll (items, 2, (long) timeout) < 0)
+            continue;
+        if (items[1].revents & ZMQ_POLLIN) {
+            s_frame_t *frame;
+            while ((frame = cm_mailbox_take (self->outbox))) {
+                zmq_send (zsock_resolve (sock), frame->data, frame->size, ZMQ_DONTWAIT);
+                s_frame_free (frame);
+            }
+        }
+        if (items[0].revents & ZMQ_POLLIN) {
+            for (int burst = 0; burst < 256; burst++) {
+                zmq_msg_t frame;
+                zmq_msg_init (&frame);
+                if (zmq_msg_recv (&frame, zsock_resolve (sock), ZMQ_DONTWAIT) < 0) {
+                    zmq_msg_close (&frame);
+                    break;
+                }
+                last_heard = cm_clock_mono_ms ();
+                cm_msg_t *msg = cm_msg_decode (zmq_msg_data (&frame), zmq_msg_size (&frame),
+                                               err, sizeof err);
+                zmq_msg_close (&frame);
+                if (!msg) {
+                    self->dropped++;
+                    cm_warn ("dropped a frame from the gateway: %s (%llu dropped)", err,
+                             (unsigned long long) self->dropped);
+                    continue;
+                }
+                switch (cm_msg_type (msg)) {
+                    case CM_MSG_REQUEST:
+                        if (atomic_load (&self->stopping))
+                            s_reply_direct (sock, msg, 503, "The service is shutting down.",
+                                            "1");
+                        else
+                            s_handle_request (self, sock, &msg);
+                        break;
+                    case CM_MSG_CANCEL:
+                        s_handle_cancel (self, msg);
+                        break;
+                    case CM_MSG_DISCONNECT: {
+                        //  The gateway does not know us (it restarted): say READY again.
+                        cm_info ("gateway asked us to register again (%s)", cm_msg_reason (msg));
+                        cm_msg_t *ready = cm_msg_new (CM_MSG_READY);
+                        cm_msg_set_service (ready, self->service);
+                        cm_msg_set_instance (ready, self->instance);
+                        cm_msg_set_capacity (ready, (uint32_t) self->config.concurrency);
+                        s_send_msg (sock, ready);
+                        cm_msg_destroy (&ready);
+                        break;
+                    }
+                    case CM_MSG_HEARTBEAT:
+                        break;
+                    default:
+                        self->dropped++;
+                        cm_warn ("dropped an unexpected %s from the gateway",
+                                 cm_msg_type_name (cm_msg_type (msg)));
+                }
+                cm_msg_destroy (&msg);
+            }
+        }
+        now = cm_clock_mono_ms ();
+        cm_queue_expire (self->queue, cm_clock_wall_ms ());
+        if (atomic_load (&self->stopping) && !said_goodbye) {
+            cm_msg_t *bye = cm_msg_new (CM_MSG_DISCONNECT);
+            cm_msg_set_reason (bye, "draining");
+            s_send_msg (sock, bye);
+            cm_msg_destroy (&bye);
+            said_goodbye = true;
+        }
+        if (now >= next_beat) {
+            cm_msg_t *beat = cm_msg_new (CM_MSG_HEARTBEAT);
+            cm_msg_set_capacity (beat, said_goodbye ? 0 : s_free_slots (self));
+            s_send_msg (sock, beat);
+            cm_msg_destroy (&beat);
+            next_beat = now + interval;
+        }
+        if (!said_goodbye && now - last_heard > interval * self->config.liveness) {
+            cm_warn ("no heartbeat from the gateway at %s for %lld ms; reconnecting",
+                     self->endpoint, (long long) (now - last_heard));
+            zsock_destroy (&sock);
+            sock = s_connect (self);
+            last_heard = now;
+        }
+    }
+    //  Flush the last replies before closing (linger sends them).
+    if (sock) {
+        s_frame_t *frame;
+        while ((frame = cm_mailbox_take (self->outbox))) {
+            zmq_send (zsock_resolve (sock), frame->data, frame->size, ZMQ_DONTWAIT);
+            s_frame_free (frame);
+        }
+        zsock_destroy (&sock);
+    }
+    return NULL;
+}
+
+//  --- queue callbacks -----------------------------------------------------
+
+static void
+s_call_unlink (cm_worker_t *self, cm_call_t *call)
+{
+    pthread_mutex_lock (&self->calls_lock);
+    for (cm_call_t **link = &self->calls; *link; link = &(*link)->next)
+        if (*link == call) {
+            *link = call->next;
+            break;
+        }
+    pthread_mutex_unlock (&self->calls_lock);
+}
+
+static void
+s_run_call (void *task, void *arg)
+{
+    cm_worker_t *self = arg;
+    cm_call_t *call = task;
+    if (!atomic_load (&call->cancelled))
+        call->route->handler (call, self->config.arg);
+    if (!call->replied) {
+        if (call->streaming)
+            cm_call_stream_end (call);
+        else if (!atomic_load (&call->cancelled))
+            cm_call_reply_error (call, 500, "The handler returned no reply.");
+    }
+    s_call_unlink (self, call);
+    s_call_destroy (&call);
+}
+
+static void
+s_drop_call (void *task, cm_queue_drop_t why, void *arg)
+{
+    cm_worker_t *self = arg;
+    cm_call_t *call = task;
+    if (why == CM_QUEUE_DROP_TIMEOUT)
+        cm_call_reply_error (call, 504, "The request waited in the queue past its deadline.");
+    else if (why == CM_QUEUE_DROP_SHUTDOWN)
+        cm_call_reply_error (call, 503, "The service is shutting down.");
+    s_call_unlink (self, call);
+    s_call_destroy (&call);
+}
+
+static void
+s_call_destroy (cm_call_t **self_p)
+{
+    cm_call_t *self = *self_p;
+    if (!self)
+        return;
+    s_call_params_clear (self);
+    cm_msg_destroy (&self->request);
+    cm_msg_destroy (&self->reply_headers);
+    zhash_destroy (&self->query);
+    json_decref (self->json);
+    free (self->path);
+    free (self);
+    *self_p = NULL;
+}
+
+//  --- cm_call -------------------------------------------------------------
+
+const char *
+cm_call_request_id (cm_call_t *self)
+{
+    assert (self);
+    return cm_msg_request_id (self->request);
+}
+
+const char *
+cm_call_method (cm_call_t *self)
+{
+    assert (self);
+    return cm_msg_method (self->request);
+}
+
+const char *
+cm_call_path (cm_call_t *self)
+{
+    assert (self);
+    return self->path;
+}
+
+const char *
+cm_call_param (cm_call_t *self, const char *name)
+{
+    assert (self && name);
+    for (size_t i = 0; i < self->param_count; i++)
+        if (!strcmp (self->param_names[i], name))
+            return self->param_values[i];
+    return NULL;
+}
+
+static int
+s_hex (char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static char *
+s_url_decode (const char *s, size_t len)
+{
+    char *out = cm_malloc (len + 1), *o = out;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '%' && i + 2 < len && s_hex (s[i + 1]) >= 0 && s_hex (s[i + 2]) >= 0) {
+            *o++ = (char) (s_hex (s[i + 1]) * 16 + s_hex (s[i + 2]));
+            i += 2;
+        }
+        else
+            *o++ = s[i] == '+' ? ' ' : s[i];
+    }
+    *o = 0;
+    return out;
+}
+
+const char *
+cm_call_query (cm_call_t *self, const char *name)
+{
+    assert (self && name);
+    if (!self->query) {
+        self->query = zhash_new ();
+        zhash_autofree (self->query);
+        const char *q = strchr (cm_msg_route (self->request), '?');
+        while (q && *q) {
+            q++;
+            const char *end = strchr (q, '&');
+            size_t len = end ? (size_t) (end - q) : strlen (q);
+            const char *eq = memchr (q, '=', len);
+            char *key = s_url_decode (q, eq ? (size_t) (eq - q) : len);
+            char *value = eq ? s_url_decode (eq + 1, len - (size_t) (eq - q) - 1) : cm_strdup ("");
+            if (*key && !zhash_lookup (self->query, key))
+                zhash_insert (self->query, key, value);
+            free (key);
+            free (value);
+            q = end;
+        }
+    }
+    return zhash_lookup (self->query, name);
+}
+
+const char *
+cm_call_identity (cm_call_t *self)
+{
+    assert (self);
+    return cm_msg_identity (self->request);
+}
+
+const char *
+cm_call_header (cm_call_t *self, const char *name)
+{
+    assert (self);
+    return cm_msg_header (self->request, name);
+}
+
+const char *
+cm_call_body (cm_call_t *self, size_t *size_p)
+{
+    assert (self);
+    return cm_msg_body (self->request, size_p);
+}
+
+json_t *
+cm_call_json (cm_call_t *self)
+{
+    assert (self);
+    if (!self->json_parsed) {
+        self->json_parsed = true;
+        size_t size;
+        const char *body = cm_msg_body (self->request, &size);
+        if (size)
+            self->json = json_loadb (body, size, 0, NULL);
+    }
+    return self->json;
+}
+
+int64_t
+cm_call_deadline (cm_call_t *self)
+{
+    assert (self);
+    return cm_msg_deadline (self->request);
+}
+
+bool
+cm_call_cancelled (cm_call_t *self)
+{
+    assert (self);
+    if (atomic_load (&self->cancelled))
+        return true;
+    int64_t deadline = cm_msg_deadline (self->request);
+    if (deadline && cm_clock_wall_ms () >= deadline) {
+        atomic_store (&self->cancelled, true);
+        return true;
+    }
+    return false;
+}
+
+void
+cm_call_header_add (cm_call_t *self, const char *name, const char *value)
+{
+    assert (self && name && value);
+    if (!self->reply_headers)
+        self->reply_headers = cm_msg_new (CM_MSG_FINAL);
+    cm_msg_header_add (self->reply_headers, name, value);
+}
+
+//  Build and post one reply message of this type.
+static void
+s_call_send (cm_call_t *self, cm_msg_type_t type, int status, const char *content_type,
+             const void *data, size_t size)
+{
+    assert (!self->replied);
+    cm_msg_t *msg = cm_msg_new (type);
+    cm_msg_set_request_id (msg, cm_msg_request_id (self->request));
+    cm_msg_set_status (msg, (uint16_t) status);
+    cm_msg_set_content_type (msg, content_type ? content_type : "");
+    if (self->reply_headers) {
+        for (size_t i = 0; i < cm_msg_header_count (self->reply_headers); i++) {
+            const char *name, *value;
+            cm_msg_header_at (self->reply_headers, i, &name, &value);
+            cm_msg_header_add (msg, name, value);
+        }
+        cm_msg_destroy (&self->reply_headers);
+    }
+    cm_msg_set_body (msg, data, size);
+    s_post_msg (self->worker, msg);
+    cm_msg_destroy (&msg);
+    if (type == CM_MSG_FINAL)
+        self->replied = true;
+    else
+        self->streaming = true;
+}
+
+void
+cm_call_reply (cm_call_t *self, int status, const char *content_type, const void *body,
+               size_t size)
+{
+    assert (self);
+    s_call_send (self, CM_MSG_FINAL, status, content_type, body, size);
+}
+
+void
+cm_call_reply_json (cm_call_t *self, int status, json_t *value)
+{
+    assert (self && value);
+    char *text = json_dumps (value, JSON_COMPACT);
+    json_decref (value);
+    assert (text);
+    cm_call_reply (self, status, "application/json", text, strlen (text));
+    free (text);
+}
+
+void
+cm_call_reply_error (cm_call_t *self, int status, const char *message)
+{
+    cm_call_reply_json (self, status, json_pack ("{s:s}", "error", message));
+}
+
+void
+cm_call_stream (cm_call_t *self, int status, const char *content_type, const void *data,
+                size_t size)
+{
+    assert (self);
+    s_call_send (self, CM_MSG_PARTIAL, status, content_type, data, size);
+}
+
+void
+cm_call_sse (cm_call_t *self, json_t *event)
+{
+    assert (self && event);
+    char *text = json_dumps (event, JSON_COMPACT);
+    json_decref (event);
+    assert (text);
+    size_t len = strlen (text);
+    char *line = cm_malloc (len + 9);
+    memcpy (line, "data: ", 6);
+    memcpy (line + 6, text, len);
+    memcpy (line + 6 + len, "\n\n", 2);
+    free (text);
+    cm_call_stream (self, 200, "text/event-stream", line, len + 8);
+    free (line);
+}
+
+void
+cm_call_stream_end (cm_call_t *self)
+{
+    assert (self);
+    s_call_send (self, CM_MSG_FINAL, 200, "text/event-stream", "", 0);
+}
+
+bool
+cm_call_replied (cm_call_t *self)
+{
+    assert (self);
+    return self->replied;
+}
+
+//  --- standard daemon main -----------------------------------------------
+
+typedef struct {
+    char *endpoint;
+    char *instance;
+    int64_t heartbeat_ms;
+    int64_t liveness;
+    int64_t drain_ms;
+} s_daemon_config_t;
+
+static const cm_conf_entry_t s_daemon_table[] = {
+    {"GATEWAY_ENDPOINT", CM_CONF_ENDPOINT, "tcp://127.0.0.1:5555", 0, 0,
+     offsetof (s_daemon_config_t, endpoint), "the gateway's ZeroMQ backend to connect to"},
+    {"INSTANCE_ID", CM_CONF_STR, NULL, 0, 0, offsetof (s_daemon_config_t, instance),
+     "this instance's id (default service-host-pid)"},
+    {"HEARTBEAT_INTERVAL_MS", CM_CONF_INT, "1000", 10, 60000,
+     offsetof (s_daemon_config_t, heartbeat_ms), "heartbeat period, both directions"},
+    {"HEARTBEAT_LIVENESS", CM_CONF_INT, "3", 1, 100, offsetof (s_daemon_config_t, liveness),
+     "missed heartbeats before a peer counts as dead"},
+    {"DRAIN_TIMEOUT_MS", CM_CONF_INT, "10000", 0, 3600000,
+     offsetof (s_daemon_config_t, drain_ms), "on SIGTERM, how long open requests may finish"},
+    {NULL, 0, NULL, 0, 0, 0, NULL},
+};
+
+const cm_conf_entry_t *
+cm_worker_config_table (void)
+{
+    return s_daemon_table;
+}
+
+int
+cm_worker_main (const char *service, const cm_route_t *routes, void *arg, size_t concurrency,
+                size_t max_pending)
+{
+    s_daemon_config_t conf = {0};
+    char err[512];
+    if (cm_config_load (s_daemon_table, &conf, err, sizeof err)) {
+        cm_error ("bad configuration: %s", err);
+        fprintf (stderr, "%s: bad configuration: %s\n", service, err);
+        cm_config_free (s_daemon_table, &conf);
+        return 2;
+    }
+    //  Signals are taken by sigwait here, so no thread is interrupted.
+    sigset_t set;
+    sigemptyset (&set);
+    sigaddset (&set, SIGINT);
+    sigaddset (&set, SIGTERM);
+    pthread_sigmask (SIG_BLOCK, &set, NULL);
+    zsys_handler_set (NULL);
+
+    cm_worker_config_t config = {
+        .service = service,
+        .instance = conf.instance,
+        .endpoint = conf.endpoint,
+        .concurrency = concurrency,
+        .max_pending = max_pending,
+        .heartbeat_ms = conf.heartbeat_ms,
+        .liveness = conf.liveness,
+        .drain_ms = conf.drain_ms,
+        .routes = routes,
+        .arg = arg,
+    };
+    cm_worker_t *worker = cm_worker_new (&config);
+    cm_info ("%s instance %s connecting to %s (concurrency %zu, waiting line %zu)", service,
+             cm_worker_instance (worker), conf.endpoint, concurrency, max_pending);
+    int sig = 0;
+    sigwait (&set, &sig);
+    cm_info ("signal %d: draining for up to %lld ms", sig, (long long) conf.drain_ms);
+    cm_worker_destroy (&worker);
+    cm_config_free (s_daemon_table, &conf);
+    cm_info ("stopped");
+    return 0;
+}

@@ -1,0 +1,116 @@
+/*  cm_worker.h: a daemon's side of the gateway protocol.
+
+    A cm_worker owns one DEALER socket connected to the gateway (on its own
+    I/O thread) and a bounded queue (cm_queue) of handler threads. It says
+    READY with its service name, instance id and capacity, heartbeats, and
+    reconnects (READY again) when the gateway stops answering or says it does
+    not know us. Each REQUEST is matched against the route table and its
+    handler runs on a queue thread with a cm_call_t; a full queue is answered
+    429 with Retry-After at once. CANCEL marks the call cancelled (or drops
+    it while it still waits in the queue).
+
+    Threading: cm_worker_* functions are called by the thread that created
+    the worker. A cm_call_t belongs to the handler thread that runs it;
+    cm_call_cancelled may be read from any thread. Replies are handed to the
+    I/O thread through a mailbox, so handlers never touch ZeroMQ. */
+#ifndef CM_WORKER_H_INCLUDED
+#define CM_WORKER_H_INCLUDED
+
+#include "cm_common.h"
+#include <jansson.h>
+
+typedef struct cm_worker_s cm_worker_t;
+typedef struct cm_call_s cm_call_t;
+
+typedef void (cm_worker_handler_fn) (cm_call_t *call, void *arg);
+
+//  One route: method and a path pattern whose "{name}" segments match one
+//  path segment each (read them with cm_call_param). Tables end with a NULL
+//  method.
+typedef struct {
+    const char *method;
+    const char *pattern;
+    cm_worker_handler_fn *handler;
+} cm_route_t;
+
+typedef struct {
+    const char *service;      //  "chat", "ingest", "agent"
+    const char *instance;     //  unique id of this instance (NULL: host-pid)
+    const char *endpoint;     //  the gateway's backend (GATEWAY_ENDPOINT)
+    size_t concurrency;       //  handler threads (the queue's concurrency)
+    size_t max_pending;       //  waiting line beyond the running ones
+    int64_t heartbeat_ms;     //  heartbeat interval
+    int64_t liveness;         //  missed heartbeats before the peer is dead
+    int64_t drain_ms;         //  on stop, how long open calls may finish
+    const cm_route_t *routes; //  the route table (borrowed)
+    void *arg;                //  passed to every handler
+} cm_worker_config_t;
+
+//  Create and start a worker (connects at once). Caller owns it.
+cm_worker_t *cm_worker_new (const cm_worker_config_t *config);
+//  Stop: say DISCONNECT so no new work comes, let open calls finish for up
+//  to drain_ms, then cancel the rest and free. NULL-safe; nulls the pointer.
+void cm_worker_destroy (cm_worker_t **self_p);
+//  Instance id in use (borrowed).
+const char *cm_worker_instance (cm_worker_t *self);
+//  Calls received, for tests and metrics.
+uint64_t cm_worker_served (cm_worker_t *self);
+
+//  Standard daemon main: read the common daemon settings from the
+//  environment, run a worker for this service until SIGINT/SIGTERM, drain,
+//  exit. Returns the process exit code.
+int cm_worker_main (const char *service, const cm_route_t *routes, void *arg,
+                    size_t concurrency, size_t max_pending);
+
+//  The common daemon settings (GATEWAY_ENDPOINT, heartbeats, drain), for
+//  --help and the README.
+const struct cm_conf_entry_s *cm_worker_config_table (void);
+
+//  Match a path against a route pattern whose "{name}" segments match one
+//  non-empty path segment. Returns true on a match.
+bool cm_route_match (const char *pattern, const char *path);
+
+//  --- cm_call: one request being served -----------------------------------
+
+const char *cm_call_request_id (cm_call_t *self);
+const char *cm_call_method (cm_call_t *self);
+//  Path without the query string.
+const char *cm_call_path (cm_call_t *self);
+//  Value of a "{name}" segment of the matched route (borrowed), or NULL.
+const char *cm_call_param (cm_call_t *self, const char *name);
+//  A query-string parameter, percent-decoded (borrowed), or NULL.
+const char *cm_call_query (cm_call_t *self, const char *name);
+//  Caller identity as the gateway authenticated it.
+const char *cm_call_identity (cm_call_t *self);
+//  A request header the gateway forwarded (borrowed), or NULL.
+const char *cm_call_header (cm_call_t *self, const char *name);
+const char *cm_call_body (cm_call_t *self, size_t *size_p);
+//  The body parsed as JSON (borrowed; NULL when empty or not JSON).
+json_t *cm_call_json (cm_call_t *self);
+//  Wall-clock deadline in ms (0: none).
+int64_t cm_call_deadline (cm_call_t *self);
+//  True once the client is gone, a CANCEL came, or the deadline passed.
+//  Long handlers poll this and stop early.
+bool cm_call_cancelled (cm_call_t *self);
+
+//  Add a response header to the next reply message (e.g. Retry-After).
+void cm_call_header_add (cm_call_t *self, const char *name, const char *value);
+//  Send the whole reply (FINAL). At most one FINAL per call.
+void cm_call_reply (cm_call_t *self, int status, const char *content_type, const void *body,
+                    size_t size);
+//  Reply with JSON; takes the reference to value.
+void cm_call_reply_json (cm_call_t *self, int status, json_t *value);
+//  Reply {"error": message} style errors in one call.
+void cm_call_reply_error (cm_call_t *self, int status, const char *message);
+//  Stream: the first chunk fixes status and content type (PARTIAL).
+void cm_call_stream (cm_call_t *self, int status, const char *content_type, const void *data,
+                     size_t size);
+//  Stream one SSE event "data: <json>\n\n" (status 200, text/event-stream);
+//  takes the reference to event.
+void cm_call_sse (cm_call_t *self, json_t *event);
+//  End a stream (FINAL with an empty body).
+void cm_call_stream_end (cm_call_t *self);
+//  True once a FINAL was sent.
+bool cm_call_replied (cm_call_t *self);
+
+#endif

@@ -1,0 +1,543 @@
+/*  gw_broker.c: see gw_broker.h. Everything here runs on the broker thread
+    except the functions that post to its mailbox and read the snapshot. */
+#include "gw_broker.h"
+#include "cm_log.h"
+#include "cm_mailbox.h"
+#include <czmq.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+typedef struct {
+    char *id;          //  routing id == instance id
+    char *service;     //  service it serves
+    uint32_t capacity; //  slots it announced
+    int64_t inflight;  //  requests we sent that have not ended
+    int64_t last_seen; //  mono ms of the last frame from it
+    uint32_t reported; //  free slots it last reported
+    bool draining;     //  said DISCONNECT: no new work
+    uint64_t served;   //  requests sent to it
+} s_instance_t;
+
+typedef struct {
+    gw_exchange_t *exchange; //  our reference
+    s_instance_t *instance;  //  where it went (NULL once that one is gone)
+    char *instance_id;       //  for logs and CANCEL after expiry
+    int64_t deadline;        //  mono ms
+} s_pending_t;
+
+typedef enum { S_CMD_SUBMIT, S_CMD_CANCEL } s_cmd_type_t;
+
+typedef struct {
+    s_cmd_type_t type;       //  what to do
+    gw_exchange_t *exchange; //  SUBMIT: reference handed over
+    cm_msg_t *request;       //  SUBMIT: the REQUEST
+    char *request_id;        //  CANCEL
+    int64_t deadline;        //  SUBMIT: mono ms
+} s_cmd_t;
+
+struct gw_broker_s {
+    gw_broker_config_t config; //  copy (bind string owned below)
+    char *bind;                //  endpoint
+    zsock_t *router;           //  backend socket (broker thread only)
+    cm_mailbox_t *inbox;       //  commands from HTTP threads
+    pthread_t thread;          //  the broker thread
+    atomic_bool stop;          //  tell the thread to finish
+    zhashx_t *instances;       //  id -> s_instance_t
+    zhashx_t *pending;         //  request id -> s_pending_t
+    uint64_t rotate;           //  tie-breaker for instance choice
+    //  Counters (broker thread writes; snapshot reads under snap_lock).
+    uint64_t routed, replies, late_replies, dropped_frames, unroutable, timeouts,
+        expired_instances, no_instance;
+    pthread_mutex_t snap_lock; //  guards snapshot
+    json_t *snapshot;          //  last published state
+};
+
+static void *s_thread (void *arg);
+
+static void
+s_instance_free (void **item)
+{
+    s_instance_t *instance = *item;
+    free (instance->id);
+    free (instance->service);
+    free (instance);
+    *item = NULL;
+}
+
+gw_broker_t *
+gw_broker_new (const gw_broker_config_t *config)
+{
+    assert (config && config->bind);
+    gw_broker_t *self = cm_calloc (1, sizeof *self);
+    self->config = *config;
+    self->bind = cm_strdup (config->bind);
+    self->router = zsock_new (ZMQ_ROUTER);
+    assert (self->router);
+    //  An unroutable reply is an error we count, not a silent drop.
+    zsock_set_router_mandatory (self->router, 1);
+    //  A restarted daemon reconnecting with its id takes its place at once.
+    zsock_set_router_handover (self->router, 1);
+    zsock_set_sndhwm (self->router, 0);
+    zsock_set_rcvhwm (self->router, 0);
+    zsock_set_linger (self->router, 0);
+    if (zsock_bind (self->router, "%s", self->bind) < 0) {
+        cm_error ("cannot bind the backend at %s: %s", self->bind, zmq_strerror (zmq_errno ()));
+        zsock_destroy (&self->router);
+        free (self->bind);
+        free (self);
+        return NULL;
+    }
+    self->inbox = cm_mailbox_new ();
+    self->instances = zhashx_new ();
+    zhashx_set_destructor (self->instances, s_instance_free);
+    self->pending = zhashx_new ();
+    pthread_mutex_init (&self->snap_lock, NULL);
+    self->snapshot = json_object ();
+    if (pthread_create (&self->thread, NULL, s_thread, self))
+        abort ();
+    return self;
+}
+
+static void
+s_cmd_free (void *item)
+{
+    s_cmd_t *cmd = item;
+    if (cmd->exchange) {
+        gw_exchange_fail (cmd->exchange, 503, "The gateway is shutting down.");
+        gw_exchange_unref (&cmd->exchange);
+    }
+    cm_msg_destroy (&cmd->request);
+    free (cmd->request_id);
+    free (cmd);
+}
+
+void
+gw_broker_destroy (gw_broker_t **self_p)
+{
+    assert (self_p);
+    gw_broker_t *self = *self_p;
+    if (!self)
+        return;
+    atomic_store (&self->stop, true);
+    uint64_t one = 1;
+    ssize_t rc = write (cm_mailbox_fd (self->inbox), &one, sizeof one);
+    (void) rc;
+    pthread_join (self->thread, NULL);
+    cm_mailbox_destroy (&self->inbox, s_cmd_free);
+    zhashx_destroy (&self->pending);
+    zhashx_destroy (&self->instances);
+    zsock_destroy (&self->router);
+    json_decref (self->snapshot);
+    pthread_mutex_destroy (&self->snap_lock);
+    free (self->bind);
+    free (self);
+    *self_p = NULL;
+}
+
+void
+gw_broker_submit (gw_broker_t *self, gw_exchange_t *exchange, cm_msg_t **request_p,
+                  int64_t deadline_mono)
+{
+    assert (self && exchange && request_p && *request_p);
+    s_cmd_t *cmd = cm_calloc (1, sizeof *cmd);
+    cmd->type = S_CMD_SUBMIT;
+    cmd->exchange = exchange;
+    cmd->request = *request_p;
+    cmd->deadline = deadline_mono;
+    *request_p = NULL;
+    cm_mailbox_post (self->inbox, cmd);
+}
+
+void
+gw_broker_cancel (gw_broker_t *self, const char *request_id)
+{
+    assert (self && request_id);
+    s_cmd_t *cmd = cm_calloc (1, sizeof *cmd);
+    cmd->type = S_CMD_CANCEL;
+    cmd->request_id = cm_strdup (request_id);
+    cm_mailbox_post (self->inbox, cmd);
+}
+
+size_t
+gw_broker_live (gw_broker_t *self, const char *service)
+{
+    json_t *snap = gw_broker_snapshot (self);
+    json_t *live = json_object_get (json_object_get (snap, "live"), service);
+    size_t count = live ? (size_t) json_integer_value (live) : 0;
+    json_decref (snap);
+    return count;
+}
+
+json_t *
+gw_broker_snapshot (gw_broker_t *self)
+{
+    assert (self);
+    pthread_mutex_lock (&self->snap_lock);
+    json_t *copy = json_deep_copy (self->snapshot);
+    pthread_mutex_unlock (&self->snap_lock);
+    return copy;
+}
+
+//  --- broker thread ---------------------------------------------------------
+
+//  Send one message to an instance. Returns 0, or -1 when it is unreachable.
+static int
+s_send (gw_broker_t *self, const char *id, cm_msg_t *msg)
+{
+    char *data;
+    size_t size;
+    cm_msg_encode (msg, &data, &size);
+    void *sock = zsock_resolve (self->router);
+    int rc = zmq_send (sock, id, strlen (id), ZMQ_SNDMORE | ZMQ_DONTWAIT);
+    if (rc >= 0)
+        rc = zmq_send (sock, data, size, ZMQ_DONTWAIT);
+    free (data);
+    if (rc < 0) {
+        self->unroutable++;
+        cm_warn ("cannot send %s to %s: %s", cm_msg_type_name (cm_msg_type (msg)), id,
+                 zmq_strerror (zmq_errno ()));
+        return -1;
+    }
+    return 0;
+}
+
+static void
+s_pending_end (gw_broker_t *self, const char *request_id)
+{
+    s_pending_t *pending = zhashx_lookup (self->pending, request_id);
+    if (!pending)
+        return;
+    if (pending->instance)
+        pending->instance->inflight--;
+    gw_exchange_unref (&pending->exchange);
+    free (pending->instance_id);
+    zhashx_delete (self->pending, request_id);
+    free (pending);
+}
+
+//  Forget an instance; answer every request that was on it.
+static void
+s_instance_remove (gw_broker_t *self, s_instance_t *instance, const char *why)
+{
+    cm_warn ("%s instance %s removed: %s", instance->service, instance->id, why);
+    zlistx_t *ids = zhashx_keys (self->pending);
+    for (char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
+        s_pending_t *pending = zhashx_lookup (self->pending, id);
+        if (pending->instance != instance)
+            continue;
+        char message[256];
+        snprintf (message, sizeof message, "The %s service instance %s failed (%s).",
+                  instance->service, instance->id, why);
+        gw_exchange_fail (pending->exchange, 502, message);
+        s_pending_end (self, id);
+    }
+    zlistx_destroy (&ids);
+    zhashx_delete (self->instances, instance->id);
+}
+
+//  The live instance of a service with the most free capacity.
+static s_instance_t *
+s_choose (gw_broker_t *self, const char *service)
+{
+    s_instance_t *best = NULL;
+    int64_t best_free = INT64_MIN;
+    size_t count = zhashx_size (self->instances);
+    if (!count)
+        return NULL;
+    //  Start the scan at a rotating offset so ties spread evenly.
+    size_t skip = (size_t) (self->rotate++ % count);
+    s_instance_t *instance = zhashx_first (self->instances);
+    for (size_t i = 0; i < skip; i++)
+        instance = zhashx_next (self->instances);
+    for (size_t n = 0; n < count; n++) {
+        if (!instance)
+            instance = zhashx_first (self->instances);
+        if (!instance->draining && !strcmp (instance->service, service)) {
+            int64_t free_slots = (int64_t) instance->capacity - instance->inflight;
+            if (free_slots > best_free) {
+                best = instance;
+                best_free = free_slots;
+            }
+        }
+        instance = zhashx_next (self->instances);
+    }
+    return best;
+}
+
+static void
+s_submit (gw_broker_t *self, s_cmd_t *cmd)
+{
+    const char *service = cm_msg_service (cmd->request);
+    const char *request_id = cm_msg_request_id (cmd->request);
+    //  Try instances until one takes it: a send to a vanished peer fails at
+    //  once (ROUTER_MANDATORY), and that request has not started anywhere.
+    for (int attempt = 0; attempt < 4; attempt++) {
+        s_instance_t *instance = s_choose (self, service);
+        if (!instance)
+            break;
+        if (s_send (self, instance->id, cmd->request) == 0) {
+            s_pending_t *pending = cm_calloc (1, sizeof *pending);
+            pending->exchange = cmd->exchange;
+            pending->instance = instance;
+            pending->instance_id = cm_strdup (instance->id);
+            pending->deadline = cmd->deadline;
+            cmd->exchange = NULL;
+            zhashx_insert (self->pending, request_id, pending);
+            instance->inflight++;
+            instance->served++;
+            self->routed++;
+            return;
+        }
+        s_instance_remove (self, instance, "unreachable");
+    }
+    self->no_instance++;
+    char message[160];
+    snprintf (message, sizeof message, "No %s service instance is available.", service);
+    gw_exchange_fail (cmd->exchange, 503, message);
+}
+
+static void
+s_cancel (gw_broker_t *self, const char *request_id, const char *reason)
+{
+    s_pending_t *pending = zhashx_lookup (self->pending, request_id);
+    if (!pending)
+        return;
+    if (pending->instance) {
+        cm_msg_t *cancel = cm_msg_new (CM_MSG_CANCEL);
+        cm_msg_set_request_id (cancel, request_id);
+        cm_msg_set_reason (cancel, reason);
+        s_send (self, pending->instance->id, cancel);
+        cm_msg_destroy (&cancel);
+    }
+    s_pending_end (self, request_id);
+}
+
+static void
+s_handle_frame (gw_broker_t *self, const char *id, cm_msg_t *msg)
+{
+    s_instance_t *instance = zhashx_lookup (self->instances, id);
+    cm_msg_type_t type = cm_msg_type (msg);
+    if (type == CM_MSG_READY) {
+        if (instance && strcmp (instance->service, cm_msg_service (msg))) {
+            s_instance_remove (self, instance, "re-registered as another service");
+            instance = NULL;
+        }
+        if (!instance) {
+            instance = cm_calloc (1, sizeof *instance);
+            instance->id = cm_strdup (id);
+            instance->service = cm_strdup (cm_msg_service (msg));
+            zhashx_insert (self->instances, id, instance);
+            cm_info ("%s instance %s registered (capacity %u)", instance->service, id,
+                     cm_msg_capacity (msg));
+        }
+        instance->capacity = cm_msg_capacity (msg);
+        instance->reported = cm_msg_capacity (msg);
+        instance->draining = false;
+        instance->last_seen = cm_clock_mono_ms ();
+        return;
+    }
+    if (!instance) {
+        //  We restarted, or expired it: ask it to register again.
+        cm_msg_t *bye = cm_msg_new (CM_MSG_DISCONNECT);
+        cm_msg_set_reason (bye, "unknown instance; send READY");
+        s_send (self, id, bye);
+        cm_msg_destroy (&bye);
+        if (type != CM_MSG_HEARTBEAT)
+            self->late_replies++;
+        return;
+    }
+    instance->last_seen = cm_clock_mono_ms ();
+    switch (type) {
+        case CM_MSG_HEARTBEAT:
+            instance->reported = cm_msg_capacity (msg);
+            break;
+        case CM_MSG_DISCONNECT:
+            if (!instance->draining)
+                cm_info ("%s instance %s is draining (%s)", instance->service, id,
+                         cm_msg_reason (msg));
+            instance->draining = true;
+            break;
+        case CM_MSG_PARTIAL:
+        case CM_MSG_FINAL: {
+            s_pending_t *pending = zhashx_lookup (self->pending, cm_msg_request_id (msg));
+            if (!pending) {
+                //  Cancelled or timed out already: nothing waits for it.
+                self->late_replies++;
+                break;
+            }
+            self->replies++;
+            if (gw_exchange_deliver (pending->exchange, msg))
+                s_pending_end (self, cm_msg_request_id (msg));
+            break;
+        }
+        default:
+            self->dropped_frames++;
+            cm_warn ("dropped an unexpected %s from %s", cm_msg_type_name (type), id);
+    }
+}
+
+static void
+s_receive (gw_broker_t *self)
+{
+    void *sock = zsock_resolve (self->router);
+    char err[256];
+    for (int burst = 0; burst < 1024; burst++) {
+        zmq_msg_t id_frame, body;
+        zmq_msg_init (&id_frame);
+        if (zmq_msg_recv (&id_frame, sock, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close (&id_frame);
+            return;
+        }
+        zmq_msg_init (&body);
+        bool more = zmq_msg_more (&id_frame);
+        if (more)
+            zmq_msg_recv (&body, sock, 0);
+        //  Anything after the body frame is a protocol error; swallow it.
+        bool extra = more && zmq_msg_more (&body);
+        while (extra) {
+            zmq_msg_t skip;
+            zmq_msg_init (&skip);
+            zmq_msg_recv (&skip, sock, 0);
+            extra = zmq_msg_more (&skip);
+            zmq_msg_close (&skip);
+            more = false;
+        }
+        char id[256];
+        size_t id_size = zmq_msg_size (&id_frame);
+        if (id_size >= sizeof id)
+            id_size = sizeof id - 1;
+        memcpy (id, zmq_msg_data (&id_frame), id_size);
+        id[id_size] = 0;
+        cm_msg_t *msg = NULL;
+        if (more)
+            msg = cm_msg_decode (zmq_msg_data (&body), zmq_msg_size (&body), err, sizeof err);
+        else
+            snprintf (err, sizeof err, "wrong number of frames");
+        zmq_msg_close (&id_frame);
+        zmq_msg_close (&body);
+        if (!msg) {
+            self->dropped_frames++;
+            cm_warn ("dropped a frame from %s: %s (%llu dropped)", id, err,
+                     (unsigned long long) self->dropped_frames);
+            continue;
+        }
+        s_handle_frame (self, id, msg);
+        cm_msg_destroy (&msg);
+    }
+}
+
+static void
+s_tick (gw_broker_t *self, int64_t now, bool beat)
+{
+    //  Deadlines: answer 504 and tell the daemon to stop.
+    zlistx_t *ids = zhashx_keys (self->pending);
+    for (char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
+        s_pending_t *pending = zhashx_lookup (self->pending, id);
+        if (pending->deadline && now >= pending->deadline) {
+            self->timeouts++;
+            gw_exchange_fail (pending->exchange, 504, "The request timed out.");
+            s_cancel (self, id, "deadline");
+        }
+    }
+    zlistx_destroy (&ids);
+    //  Liveness: expire the silent, heartbeat the rest.
+    int64_t limit = self->config.heartbeat_ms * self->config.liveness;
+    zlistx_t *keys = zhashx_keys (self->instances);
+    for (char *id = zlistx_first (keys); id; id = zlistx_next (keys)) {
+        s_instance_t *instance = zhashx_lookup (self->instances, id);
+        if (now - instance->last_seen > limit) {
+            self->expired_instances++;
+            s_instance_remove (self, instance, "missed its heartbeats");
+        }
+        else if (beat) {
+            cm_msg_t *hb = cm_msg_new (CM_MSG_HEARTBEAT);
+            s_send (self, id, hb);
+            cm_msg_destroy (&hb);
+        }
+    }
+    zlistx_destroy (&keys);
+    //  Publish a snapshot for health and metrics readers.
+    json_t *snap = json_object ();
+    json_t *live = json_object ();
+    json_t *list = json_array ();
+    for (s_instance_t *i = zhashx_first (self->instances); i; i = zhashx_next (self->instances)) {
+        json_array_append_new (
+            list, json_pack ("{s:s, s:s, s:I, s:I, s:I, s:b, s:I, s:I}", "id", i->id, "service",
+                             i->service, "capacity", (json_int_t) i->capacity, "inflight",
+                             (json_int_t) i->inflight, "free", (json_int_t) i->reported,
+                             "draining", i->draining, "served", (json_int_t) i->served,
+                             "last_seen_ms_ago", (json_int_t) (now - i->last_seen)));
+        if (!i->draining) {
+            json_t *count = json_object_get (live, i->service);
+            json_object_set_new (live, i->service,
+                                 json_integer (count ? json_integer_value (count) + 1 : 1));
+        }
+    }
+    json_object_set_new (snap, "instances", list);
+    json_object_set_new (snap, "live", live);
+    json_object_set_new (
+        snap, "counters",
+        json_pack ("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "routed",
+                   (json_int_t) self->routed, "replies", (json_int_t) self->replies,
+                   "late_replies", (json_int_t) self->late_replies, "dropped_frames",
+                   (json_int_t) self->dropped_frames, "unroutable",
+                   (json_int_t) self->unroutable, "timeouts", (json_int_t) self->timeouts,
+                   "expired_instances", (json_int_t) self->expired_instances, "no_instance",
+                   (json_int_t) self->no_instance, "in_flight",
+                   (json_int_t) zhashx_size (self->pending)));
+    pthread_mutex_lock (&self->snap_lock);
+    json_decref (self->snapshot);
+    self->snapshot = snap;
+    pthread_mutex_unlock (&self->snap_lock);
+}
+
+static void *
+s_thread (void *arg)
+{
+    gw_broker_t *self = arg;
+    int64_t interval = self->config.heartbeat_ms;
+    int64_t next_beat = cm_clock_mono_ms () + interval;
+    int64_t next_tick = cm_clock_mono_ms ();
+    while (!atomic_load (&self->stop)) {
+        zmq_pollitem_t items[] = {{zsock_resolve (self->router), 0, ZMQ_POLLIN, 0},
+                                  {NULL, cm_mailbox_fd (self->inbox), ZMQ_POLLIN, 0}};
+        int64_t timeout = next_tick - cm_clock_mono_ms ();
+        if (timeout < 0)
+            timeout = 0;
+        if (zmq_poll (items, 2, (long) timeout) < 0 && zmq_errno () != EINTR)
+            break;
+        if (items[1].revents & ZMQ_POLLIN) {
+            s_cmd_t *cmd;
+            while ((cmd = cm_mailbox_take (self->inbox))) {
+                if (cmd->type == S_CMD_SUBMIT)
+                    s_submit (self, cmd);
+                else
+                    s_cancel (self, cmd->request_id, "client disconnected");
+                s_cmd_free (cmd);
+            }
+        }
+        if (items[0].revents & ZMQ_POLLIN)
+            s_receive (self);
+        int64_t now = cm_clock_mono_ms ();
+        if (now >= next_tick) {
+            bool beat = now >= next_beat;
+            if (beat)
+                next_beat = now + interval;
+            s_tick (self, now, beat);
+            //  Ten ticks per heartbeat, at most 100 ms apart: deadlines and
+            //  expiry are then accurate to a tenth of an interval.
+            int64_t step = interval / 10;
+            next_tick = now + (step > 100 ? 100 : step < 5 ? 5 : step);
+        }
+    }
+    //  Answer everything still open so no client hangs.
+    zlistx_t *ids = zhashx_keys (self->pending);
+    for (char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
+        s_pending_t *pending = zhashx_lookup (self->pending, id);
+        gw_exchange_fail (pending->exchange, 503, "The gateway is shutting down.");
+        s_pending_end (self, id);
+    }
+    zlistx_destroy (&ids);
+    return NULL;
+}

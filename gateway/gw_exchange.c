@@ -1,0 +1,281 @@
+/*  gw_exchange.c: see gw_exchange.h. */
+#include "gw_exchange.h"
+#include "cm_log.h"
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+struct gw_exchange_s {
+    atomic_int refs;                   //  references held
+    pthread_mutex_t lock;              //  guards everything below
+    char *request_id;                  //  gateway-made id
+    struct MHD_Connection *connection; //  NULL once closed
+    bool suspended;                    //  we suspended it and owe a resume
+    bool started;                      //  first reply part arrived
+    bool streaming;                    //  first part was a PARTIAL
+    bool responded;                    //  an MHD response is queued
+    bool ended;                        //  last part arrived (or failed)
+    int status;                        //  HTTP status of the reply
+    cm_msg_t *head;                    //  first reply part: content type, headers
+    char *data;                        //  bytes not yet handed to MHD
+    size_t size, offset, capacity;     //  of data
+};
+
+gw_exchange_t *
+gw_exchange_new (const char *request_id, struct MHD_Connection *connection)
+{
+    gw_exchange_t *self = cm_calloc (1, sizeof *self);
+    atomic_init (&self->refs, 1);
+    pthread_mutex_init (&self->lock, NULL);
+    self->request_id = cm_strdup (request_id);
+    self->connection = connection;
+    return self;
+}
+
+gw_exchange_t *
+gw_exchange_ref (gw_exchange_t *self)
+{
+    assert (self);
+    atomic_fetch_add (&self->refs, 1);
+    return self;
+}
+
+void
+gw_exchange_unref (gw_exchange_t **self_p)
+{
+    assert (self_p);
+    gw_exchange_t *self = *self_p;
+    if (!self)
+        return;
+    *self_p = NULL;
+    if (atomic_fetch_sub (&self->refs, 1) != 1)
+        return;
+    cm_msg_destroy (&self->head);
+    free (self->data);
+    free (self->request_id);
+    pthread_mutex_destroy (&self->lock);
+    free (self);
+}
+
+const char *
+gw_exchange_request_id (gw_exchange_t *self)
+{
+    assert (self);
+    return self->request_id;
+}
+
+//  Lock held. Append bytes for the client.
+static void
+s_append (gw_exchange_t *self, const char *data, size_t size)
+{
+    if (!size)
+        return;
+    if (self->offset && self->offset == self->size)
+        self->offset = self->size = 0;
+    if (self->size + size > self->capacity) {
+        //  Compact before growing: the reader may have consumed a prefix.
+        if (self->offset) {
+            memmove (self->data, self->data + self->offset, self->size - self->offset);
+            self->size -= self->offset;
+            self->offset = 0;
+        }
+        if (self->size + size > self->capacity) {
+            self->capacity = (self->size + size) * 2;
+            self->data = cm_realloc (self->data, self->capacity);
+        }
+    }
+    memcpy (self->data + self->size, data, size);
+    self->size += size;
+}
+
+//  Lock held. Wake the HTTP side if it is waiting for us.
+static void
+s_wake (gw_exchange_t *self)
+{
+    if (self->suspended && self->connection) {
+        self->suspended = false;
+        MHD_resume_connection (self->connection);
+    }
+}
+
+bool
+gw_exchange_deliver (gw_exchange_t *self, cm_msg_t *reply)
+{
+    assert (self && reply);
+    bool final = cm_msg_type (reply) == CM_MSG_FINAL;
+    pthread_mutex_lock (&self->lock);
+    if (!self->ended) {
+        if (!self->started) {
+            self->started = true;
+            self->streaming = !final;
+            self->status = cm_msg_status (reply) ? cm_msg_status (reply) : 200;
+            self->head = cm_msg_new (CM_MSG_FINAL);
+            cm_msg_set_content_type (self->head, cm_msg_content_type (reply));
+            for (size_t i = 0; i < cm_msg_header_count (reply); i++) {
+                const char *name, *value;
+                cm_msg_header_at (reply, i, &name, &value);
+                cm_msg_header_add (self->head, name, value);
+            }
+        }
+        size_t size;
+        const char *body = cm_msg_body (reply, &size);
+        s_append (self, body, size);
+        self->ended = final;
+        s_wake (self);
+    }
+    pthread_mutex_unlock (&self->lock);
+    return final;
+}
+
+void
+gw_exchange_fail (gw_exchange_t *self, int status, const char *message)
+{
+    assert (self && message);
+    pthread_mutex_lock (&self->lock);
+    if (!self->ended) {
+        json_t *event;
+        if (!self->started) {
+            self->started = true;
+            self->status = status;
+            self->head = cm_msg_new (CM_MSG_FINAL);
+            cm_msg_set_content_type (self->head, "application/json");
+            if (status == 503 || status == 429)
+                cm_msg_header_add (self->head, "Retry-After", "1");
+            event = json_pack ("{s:s}", "error", message);
+        }
+        else if (self->head
+                 && !strncmp (cm_msg_content_type (self->head), "text/event-stream", 17)) {
+            //  Mid-stream: the client sees the API.md abort event, then the end.
+            event = json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "uuid", self->request_id,
+                               "type", "abort", "textResponse", "sources", "close", 1,
+                               "error", message);
+        }
+        else
+            event = NULL;
+        if (event) {
+            char *text = json_dumps (event, JSON_COMPACT);
+            json_decref (event);
+            if (self->streaming)
+                s_append (self, "data: ", 6);
+            s_append (self, text, strlen (text));
+            if (self->streaming)
+                s_append (self, "\n\n", 2);
+            free (text);
+        }
+        self->ended = true;
+        s_wake (self);
+    }
+    pthread_mutex_unlock (&self->lock);
+}
+
+bool
+gw_exchange_started (gw_exchange_t *self)
+{
+    assert (self);
+    pthread_mutex_lock (&self->lock);
+    bool started = self->started;
+    pthread_mutex_unlock (&self->lock);
+    return started;
+}
+
+//  MHD content reader for streamed replies: hand over what arrived, or
+//  suspend until the broker delivers more.
+static ssize_t
+s_reader (void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void) pos;
+    gw_exchange_t *self = cls;
+    ssize_t rc;
+    pthread_mutex_lock (&self->lock);
+    size_t available = self->size - self->offset;
+    if (available) {
+        size_t n = available < max ? available : max;
+        memcpy (buf, self->data + self->offset, n);
+        self->offset += n;
+        rc = (ssize_t) n;
+    }
+    else if (self->ended)
+        rc = MHD_CONTENT_READER_END_OF_STREAM;
+    else {
+        self->suspended = true;
+        MHD_suspend_connection (self->connection);
+        rc = 0;
+    }
+    pthread_mutex_unlock (&self->lock);
+    return rc;
+}
+
+static void
+s_reader_free (void *cls)
+{
+    gw_exchange_t *self = cls;
+    gw_exchange_unref (&self);
+}
+
+static void
+s_add_headers (gw_exchange_t *self, struct MHD_Response *response)
+{
+    const char *type = cm_msg_content_type (self->head);
+    MHD_add_response_header (response, MHD_HTTP_HEADER_CONTENT_TYPE,
+                             *type ? type : "application/json");
+    MHD_add_response_header (response, "X-Request-Id", self->request_id);
+    for (size_t i = 0; i < cm_msg_header_count (self->head); i++) {
+        const char *name, *value;
+        cm_msg_header_at (self->head, i, &name, &value);
+        MHD_add_response_header (response, name, value);
+    }
+    if (!strncmp (type, "text/event-stream", 17)) {
+        MHD_add_response_header (response, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+        MHD_add_response_header (response, "X-Accel-Buffering", "no");
+    }
+}
+
+enum MHD_Result
+gw_exchange_respond (gw_exchange_t *self)
+{
+    assert (self);
+    enum MHD_Result rc = MHD_YES;
+    pthread_mutex_lock (&self->lock);
+    if (self->responded || !self->connection) {
+        pthread_mutex_unlock (&self->lock);
+        return MHD_YES;
+    }
+    if (!self->started) {
+        //  Woken early (nothing to say yet): wait again.
+        self->suspended = true;
+        MHD_suspend_connection (self->connection);
+    }
+    else if (self->ended && !self->streaming) {
+        struct MHD_Response *response = MHD_create_response_from_buffer (
+            self->size - self->offset, self->data + self->offset, MHD_RESPMEM_MUST_COPY);
+        s_add_headers (self, response);
+        rc = MHD_queue_response (self->connection, (unsigned) self->status, response);
+        MHD_destroy_response (response);
+        self->offset = self->size;
+        self->responded = true;
+    }
+    else {
+        //  The reader holds its own reference until MHD frees the response.
+        struct MHD_Response *response = MHD_create_response_from_callback (
+            MHD_SIZE_UNKNOWN, 16 * 1024, s_reader, gw_exchange_ref (self), s_reader_free);
+        s_add_headers (self, response);
+        rc = MHD_queue_response (self->connection, (unsigned) self->status, response);
+        MHD_destroy_response (response);
+        self->responded = true;
+    }
+    pthread_mutex_unlock (&self->lock);
+    return rc;
+}
+
+bool
+gw_exchange_close (gw_exchange_t *self)
+{
+    assert (self);
+    pthread_mutex_lock (&self->lock);
+    bool open = !self->ended;
+    self->ended = true;
+    self->connection = NULL;
+    self->suspended = false;
+    pthread_mutex_unlock (&self->lock);
+    return open;
+}

@@ -1,0 +1,55 @@
+/*  gw_routes.c: see gw_routes.h. Later issues add their routes here. */
+#include "gw_routes.h"
+#include "cm_worker.h"
+
+#define AUTH GW_ROUTE_AUTH
+#define JSON GW_ROUTE_JSON
+
+static const gw_route_t s_routes[] = {
+    //  Operational, answered by the gateway.
+    {"GET", "/api/ping", NULL, GW_LOCAL_PING, 0},
+    {"GET", "/api/health/live", NULL, GW_LOCAL_LIVE, 0},
+    {"GET", "/api/health/ready", NULL, GW_LOCAL_READY, 0},
+    {"GET", "/api/health", NULL, GW_LOCAL_HEALTH, 0},
+    {"GET", "/api/v1/auth", NULL, GW_LOCAL_AUTH, AUTH},
+    //  Workspaces and chat (chatd).
+    {"POST", "/api/v1/workspace/new", "chat", GW_LOCAL_NONE, AUTH | JSON},
+    {"GET", "/api/v1/workspaces", "chat", GW_LOCAL_NONE, AUTH},
+    {"GET", "/api/v1/workspace/{slug}", "chat", GW_LOCAL_NONE, AUTH},
+    {"POST", "/api/v1/workspace/{slug}/chat", "chat", GW_LOCAL_NONE, AUTH | JSON},
+    {"POST", "/api/v1/workspace/{slug}/stream-chat", "chat", GW_LOCAL_NONE, AUTH | JSON},
+    {NULL, NULL, NULL, GW_LOCAL_NONE, 0},
+};
+
+//  Every service the suite runs must be registered for readiness, also
+//  those whose routes come later (ingestd, agentd).
+static const char *const s_services[] = {"chat", "ingest", "agent", NULL};
+
+gw_route_result_t
+gw_routes_lookup (const char *method, const char *path, const gw_route_t **route, char *allow,
+                  size_t allow_size)
+{
+    assert (method && path && route);
+    *route = NULL;
+    size_t used = 0;
+    if (allow && allow_size)
+        allow[0] = 0;
+    for (const gw_route_t *r = s_routes; r->method; r++) {
+        if (!cm_route_match (r->pattern, path))
+            continue;
+        if (!strcmp (r->method, method)) {
+            *route = r;
+            return GW_ROUTE_FOUND;
+        }
+        if (allow && used + strlen (r->method) + 3 < allow_size)
+            used += (size_t) snprintf (allow + used, allow_size - used, "%s%s",
+                                       used ? ", " : "", r->method);
+    }
+    return used ? GW_ROUTE_BAD_METHOD : GW_ROUTE_NOT_FOUND;
+}
+
+const char *const *
+gw_routes_services (void)
+{
+    return s_services;
+}

@@ -1,0 +1,421 @@
+/*  gw_server.c: see gw_server.h. */
+#include "gw_server.h"
+#include "cm_log.h"
+#include "cm_msg.h"
+#include "gw_broker.h"
+#include "gw_exchange.h"
+#include "gw_routes.h"
+#include <arpa/inet.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <sodium.h>
+#include <stdatomic.h>
+#include <unistd.h>
+
+static const cm_conf_entry_t s_table[] = {
+    {"SERVER_PORT", CM_CONF_INT, "3001", 0, 65535, offsetof (gw_config_t, port),
+     "HTTP port of the gateway"},
+    {"SERVER_HOST", CM_CONF_STR, "0.0.0.0", 0, 0, offsetof (gw_config_t, host),
+     "IPv4 address the HTTP port binds"},
+    {"GATEWAY_BACKEND_BIND", CM_CONF_ENDPOINT, "tcp://127.0.0.1:5555", 0, 0,
+     offsetof (gw_config_t, backend_bind), "ZeroMQ endpoint the gateway binds for daemons"},
+    {"REQUEST_TIMEOUT_MS", CM_CONF_INT, "120000", 1, 86400000,
+     offsetof (gw_config_t, timeout_ms), "deadline of a forwarded request (then 504)"},
+    {"MAX_BODY_BYTES", CM_CONF_INT, "16777216", 1, 60 * 1024 * 1024,
+     offsetof (gw_config_t, max_body), "largest request body accepted (then 413)"},
+    {"GATEWAY_HTTP_THREADS", CM_CONF_INT, "0", 0, 256, offsetof (gw_config_t, threads),
+     "HTTP threads (0: one per CPU)"},
+    {"GATEWAY_MAX_CONNECTIONS", CM_CONF_INT, "10000", 16, 1000000,
+     offsetof (gw_config_t, max_connections), "open HTTP connections at most"},
+    {"HEARTBEAT_INTERVAL_MS", CM_CONF_INT, "1000", 10, 60000,
+     offsetof (gw_config_t, heartbeat_ms), "heartbeat period, both directions"},
+    {"HEARTBEAT_LIVENESS", CM_CONF_INT, "3", 1, 100, offsetof (gw_config_t, liveness),
+     "missed heartbeats before a peer counts as dead"},
+    {"ADMIN_API_KEY", CM_CONF_STR, NULL, 0, 0, offsetof (gw_config_t, admin_key),
+     "bearer key with full access (the local run generates one)"},
+    {NULL, 0, NULL, 0, 0, 0, NULL},
+};
+
+const cm_conf_entry_t *
+gw_config_table (void)
+{
+    return s_table;
+}
+
+struct gw_server_s {
+    const gw_config_t *config;  //  borrowed settings
+    gw_broker_t *broker;        //  the ZeroMQ side
+    struct MHD_Daemon *daemon;  //  the HTTP side
+    unsigned char admin_hash[crypto_generichash_BYTES]; //  hash of ADMIN_API_KEY
+    bool have_admin;            //  ADMIN_API_KEY set
+    char id_prefix[16];         //  random per start, for request ids
+    atomic_uint_fast64_t next_id; //  request counter
+    int port;                   //  bound port
+};
+
+//  Per-request state, created by the URI callback before the handler runs.
+typedef struct {
+    char *uri;                 //  raw URI with query string
+    const gw_route_t *route;   //  matched route
+    int early_status;          //  decided on the first call, answered later
+    char *early_message;       //  its error text
+    char allow[64];            //  for 405
+    char *body;                //  body so far
+    size_t body_size, body_capacity;
+    bool too_large;            //  body over MAX_BODY_BYTES
+    bool first_call_done;      //  first access-handler call has passed
+    gw_exchange_t *exchange;   //  once forwarded
+    char identity[32];         //  authenticated caller
+} s_request_t;
+
+static void *
+s_uri_logger (void *cls, const char *uri, struct MHD_Connection *connection)
+{
+    (void) cls;
+    (void) connection;
+    s_request_t *request = cm_calloc (1, sizeof *request);
+    request->uri = cm_strdup (uri);
+    return request;
+}
+
+static enum MHD_Result
+s_reply_json (struct MHD_Connection *connection, unsigned status, json_t *body,
+              const char *retry_after, const char *allow)
+{
+    char *text = json_dumps (body, JSON_COMPACT);
+    json_decref (body);
+    struct MHD_Response *response =
+        MHD_create_response_from_buffer (strlen (text), text, MHD_RESPMEM_MUST_FREE);
+    MHD_add_response_header (response, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    if (retry_after)
+        MHD_add_response_header (response, MHD_HTTP_HEADER_RETRY_AFTER, retry_after);
+    if (allow)
+        MHD_add_response_header (response, MHD_HTTP_HEADER_ALLOW, allow);
+    enum MHD_Result rc = MHD_queue_response (connection, status, response);
+    MHD_destroy_response (response);
+    return rc;
+}
+
+static enum MHD_Result
+s_reply_error (struct MHD_Connection *connection, unsigned status, const char *message)
+{
+    return s_reply_json (connection, status, json_pack ("{s:s}", "error", message),
+                         status == 503 ? "1" : NULL, NULL);
+}
+
+//  Constant-time check of "Authorization: Bearer <key>" against the admin
+//  key (hash both, compare the hashes: no length leak).
+static bool
+s_authenticate (gw_server_t *self, struct MHD_Connection *connection, s_request_t *request)
+{
+    if (!self->have_admin)
+        return false;
+    const char *auth =
+        MHD_lookup_connection_value (connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!auth || strncasecmp (auth, "Bearer ", 7))
+        return false;
+    const char *key = auth + 7;
+    while (*key == ' ')
+        key++;
+    unsigned char hash[crypto_generichash_BYTES];
+    crypto_generichash (hash, sizeof hash, (const unsigned char *) key, strlen (key), NULL, 0);
+    if (sodium_memcmp (hash, self->admin_hash, sizeof hash) != 0)
+        return false;
+    snprintf (request->identity, sizeof request->identity, "admin");
+    return true;
+}
+
+static enum MHD_Result
+s_local (gw_server_t *self, struct MHD_Connection *connection, s_request_t *request)
+{
+    switch (request->route->local) {
+        case GW_LOCAL_PING:
+            return s_reply_json (connection, 200, json_pack ("{s:b}", "online", 1), NULL, NULL);
+        case GW_LOCAL_LIVE:
+            return s_reply_json (connection, 200,
+                                 json_pack ("{s:s, s:i}", "status", "ok", "pid", (int) getpid ()),
+                                 NULL, NULL);
+        case GW_LOCAL_AUTH:
+            return s_reply_json (connection, 200, json_pack ("{s:b}", "authenticated", 1), NULL,
+                                 NULL);
+        case GW_LOCAL_READY:
+        case GW_LOCAL_HEALTH: {
+            json_t *snap = gw_broker_snapshot (self->broker);
+            json_t *live = json_object_get (snap, "live");
+            json_t *reasons = json_array ();
+            json_t *services = json_object ();
+            for (const char *const *s = gw_routes_services (); *s; s++) {
+                json_t *count = json_object_get (live, *s);
+                json_int_t n = count ? json_integer_value (count) : 0;
+                json_object_set_new (services, *s, json_pack ("{s:I}", "instances", n));
+                if (n == 0)
+                    json_array_append_new (reasons,
+                                           json_sprintf ("no %s instance is registered", *s));
+            }
+            bool ready = json_array_size (reasons) == 0;
+            json_t *body;
+            if (request->route->local == GW_LOCAL_READY)
+                body = json_pack ("{s:s, s:o}", "status", ready ? "ready" : "unready", "reasons",
+                                  reasons);
+            else
+                body = json_pack ("{s:s, s:{s:i, s:I}, s:o, s:O, s:O, s:o}", "status",
+                                  ready ? "ok" : "unready", "process", "pid", (int) getpid (),
+                                  "uptime_ms", (json_int_t) 0, "services", services,
+                                  "instances", json_object_get (snap, "instances"), "broker",
+                                  json_object_get (snap, "counters"), "reasons", reasons);
+            if (request->route->local == GW_LOCAL_READY)
+                json_decref (services);
+            json_decref (snap);
+            return s_reply_json (connection, ready ? 200 : 503, body, ready ? NULL : "1", NULL);
+        }
+        case GW_LOCAL_NONE:
+            break;
+    }
+    return s_reply_error (connection, 500, "Unknown local route.");
+}
+
+//  Forward to the owning service: build the REQUEST, suspend, hand over.
+static enum MHD_Result
+s_forward (gw_server_t *self, struct MHD_Connection *connection, s_request_t *request,
+           const char *method)
+{
+    char request_id[48];
+    snprintf (request_id, sizeof request_id, "%s-%llx", self->id_prefix,
+              (unsigned long long) atomic_fetch_add (&self->next_id, 1));
+    cm_msg_t *msg = cm_msg_new (CM_MSG_REQUEST);
+    cm_msg_set_request_id (msg, request_id);
+    cm_msg_set_service (msg, request->route->service);
+    cm_msg_set_method (msg, method);
+    cm_msg_set_route (msg, request->uri);
+    cm_msg_set_identity (msg, request->identity);
+    cm_msg_set_deadline (msg, cm_clock_wall_ms () + self->config->timeout_ms);
+    static const char *forwarded[] = {"Content-Type", "Accept", "Last-Event-ID", "User-Agent"};
+    for (size_t i = 0; i < sizeof forwarded / sizeof *forwarded; i++) {
+        const char *value =
+            MHD_lookup_connection_value (connection, MHD_HEADER_KIND, forwarded[i]);
+        if (value)
+            cm_msg_header_add (msg, forwarded[i], value);
+    }
+    if (request->body_size)
+        cm_msg_set_body_owned (msg, &request->body, request->body_size);
+    else if (request->route->flags & GW_ROUTE_JSON)
+        cm_msg_set_body (msg, "{}", 2);
+    request->exchange = gw_exchange_new (request_id, connection);
+    //  Suspend before the broker can answer, so its resume always follows.
+    gw_exchange_respond (request->exchange);
+    gw_broker_submit (self->broker, gw_exchange_ref (request->exchange), &msg,
+                      cm_clock_mono_ms () + self->config->timeout_ms);
+    return MHD_YES;
+}
+
+//  First call: headers are in. Decide what we can (route, auth, size) but
+//  queue nothing yet, to keep the connection alive.
+static void
+s_first_call (gw_server_t *self, struct MHD_Connection *connection, s_request_t *request,
+              const char *method, const char *url)
+{
+    const gw_route_t *route;
+    gw_route_result_t found =
+        gw_routes_lookup (method, url, &route, request->allow, sizeof request->allow);
+    if (found == GW_ROUTE_NOT_FOUND) {
+        request->early_status = 404;
+        request->early_message = cm_strdup ("Not found.");
+        return;
+    }
+    if (found == GW_ROUTE_BAD_METHOD) {
+        request->early_status = 405;
+        request->early_message = cm_strdup ("Method not allowed.");
+        return;
+    }
+    request->route = route;
+    if ((route->flags & GW_ROUTE_AUTH) && !s_authenticate (self, connection, request)) {
+        request->early_status = 403;
+        request->early_message = cm_strdup ("No valid api key found.");
+        return;
+    }
+    const char *length =
+        MHD_lookup_connection_value (connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (length && strtoull (length, NULL, 10) > (unsigned long long) self->config->max_body) {
+        request->too_large = true;
+        return;
+    }
+}
+
+static enum MHD_Result
+s_handler (void *cls, struct MHD_Connection *connection, const char *url, const char *method,
+           const char *version, const char *upload_data, size_t *upload_data_size,
+           void **con_cls)
+{
+    (void) version;
+    gw_server_t *self = cls;
+    s_request_t *request = *con_cls;
+    if (!request->first_call_done) {
+        request->first_call_done = true;
+        s_first_call (self, connection, request, method, url);
+        if (request->too_large) {
+            //  Answering now closes the connection: right for a body we
+            //  will not read.
+            char message[128];
+            snprintf (message, sizeof message, "Request body is larger than %lld bytes.",
+                      (long long) self->config->max_body);
+            return s_reply_error (connection, 413, message);
+        }
+        return MHD_YES;
+    }
+    if (request->exchange)
+        return gw_exchange_respond (request->exchange);
+    if (*upload_data_size) {
+        //  Bodies of refused requests are read and dropped.
+        if (!request->early_status && !request->too_large) {
+            if (request->body_size + *upload_data_size > (size_t) self->config->max_body)
+                request->too_large = true;
+            else {
+                if (request->body_size + *upload_data_size + 1 > request->body_capacity) {
+                    request->body_capacity = (request->body_size + *upload_data_size + 1) * 2;
+                    request->body = cm_realloc (request->body, request->body_capacity);
+                }
+                memcpy (request->body + request->body_size, upload_data, *upload_data_size);
+                request->body_size += *upload_data_size;
+            }
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    //  The whole request is in.
+    if (request->early_status == 405)
+        return s_reply_json (connection, 405, json_pack ("{s:s}", "error", request->early_message),
+                             NULL, request->allow);
+    if (request->early_status)
+        return s_reply_error (connection, (unsigned) request->early_status,
+                              request->early_message);
+    if (request->too_large) {
+        char message[128];
+        snprintf (message, sizeof message, "Request body is larger than %lld bytes.",
+                  (long long) self->config->max_body);
+        return s_reply_error (connection, 413, message);
+    }
+    if (!request->route->service)
+        return s_local (self, connection, request);
+    if ((request->route->flags & GW_ROUTE_JSON) && request->body_size) {
+        json_error_t error;
+        json_t *parsed = json_loadb (request->body, request->body_size, 0, &error);
+        if (!parsed) {
+            char message[300];
+            snprintf (message, sizeof message, "Invalid JSON body: %s (line %d, column %d).",
+                      error.text, error.line, error.column);
+            return s_reply_error (connection, 400, message);
+        }
+        bool object = json_is_object (parsed);
+        json_decref (parsed);
+        if (!object)
+            return s_reply_error (connection, 400, "Invalid JSON body: expected an object.");
+    }
+    return s_forward (self, connection, request, method);
+}
+
+static void
+s_completed (void *cls, struct MHD_Connection *connection, void **con_cls,
+             enum MHD_RequestTerminationCode toe)
+{
+    (void) connection;
+    (void) toe;
+    gw_server_t *self = cls;
+    s_request_t *request = *con_cls;
+    if (!request)
+        return;
+    if (request->exchange) {
+        //  Still open at the daemon: the client left or MHD gave up.
+        if (gw_exchange_close (request->exchange))
+            gw_broker_cancel (self->broker, gw_exchange_request_id (request->exchange));
+        gw_exchange_unref (&request->exchange);
+    }
+    free (request->uri);
+    free (request->body);
+    free (request->early_message);
+    free (request);
+    *con_cls = NULL;
+}
+
+gw_server_t *
+gw_server_new (const gw_config_t *config)
+{
+    assert (config);
+    if (sodium_init () < 0)
+        abort ();
+    gw_server_t *self = cm_calloc (1, sizeof *self);
+    self->config = config;
+    if (config->admin_key && *config->admin_key) {
+        self->have_admin = true;
+        crypto_generichash (self->admin_hash, sizeof self->admin_hash,
+                            (const unsigned char *) config->admin_key,
+                            strlen (config->admin_key), NULL, 0);
+    }
+    else
+        cm_warn ("ADMIN_API_KEY is not set: every /api/v1 route will answer 403");
+    uint32_t prefix = randombytes_random ();
+    snprintf (self->id_prefix, sizeof self->id_prefix, "%08x", prefix);
+
+    gw_broker_config_t broker_config = {.bind = config->backend_bind,
+                                        .heartbeat_ms = config->heartbeat_ms,
+                                        .liveness = config->liveness};
+    self->broker = gw_broker_new (&broker_config);
+    if (!self->broker)
+        goto fail;
+
+    struct sockaddr_in addr = {0};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons ((uint16_t) config->port);
+    if (inet_pton (AF_INET, config->host, &addr.sin_addr) != 1) {
+        cm_error ("SERVER_HOST: '%s' is not an IPv4 address", config->host);
+        goto fail;
+    }
+    unsigned threads = (unsigned) config->threads;
+    if (threads == 0) {
+        long cpus = sysconf (_SC_NPROCESSORS_ONLN);
+        threads = cpus > 0 ? (unsigned) cpus : 1;
+    }
+    self->daemon = MHD_start_daemon (
+        MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL,
+        NULL, s_handler, self, MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &addr,
+        MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_URI_LOG_CALLBACK, s_uri_logger, self,
+        MHD_OPTION_NOTIFY_COMPLETED, s_completed, self, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned) config->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) 120,
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_END);
+    if (!self->daemon) {
+        cm_error ("cannot listen on %s:%lld (in use, or not allowed)", config->host,
+                  (long long) config->port);
+        goto fail;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info (self->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    self->port = info ? info->port : (int) config->port;
+    cm_info ("gateway listening on http://%s:%d, backend %s, %u HTTP threads", config->host,
+             self->port, config->backend_bind, threads);
+    return self;
+fail:
+    gw_broker_destroy (&self->broker);
+    free (self);
+    return NULL;
+}
+
+void
+gw_server_destroy (gw_server_t **self_p)
+{
+    assert (self_p);
+    gw_server_t *self = *self_p;
+    if (!self)
+        return;
+    //  The broker answers and resumes every suspended connection first:
+    //  MHD must not be stopped while connections are suspended.
+    MHD_quiesce_daemon (self->daemon);
+    gw_broker_destroy (&self->broker);
+    MHD_stop_daemon (self->daemon);
+    free (self);
+    *self_p = NULL;
+}
+
+int
+gw_server_port (gw_server_t *self)
+{
+    assert (self);
+    return self->port;
+}
