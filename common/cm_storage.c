@@ -1,1 +1,1090 @@
-/* cm_storage.c: placeholder, being written. */
+/*  cm_storage.c: see cm_storage.h. SQLite, WAL mode, one file per host.
+
+    Concurrency: several processes (chatd replicas, ingestd, agentd) write
+    the same file. Every multi-statement write runs in BEGIN IMMEDIATE, so a
+    writer takes the lock before it reads what it will decide on (no
+    SQLITE_BUSY_SNAPSHOT on upgrade, no lost slug race), and the busy
+    timeout makes waiters queue instead of failing. Every statement is reset
+    right after use so that no read transaction stays open and pins an old
+    WAL snapshot. */
+#include "cm_storage.h"
+#include "cm_log.h"
+#include <errno.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <sqlite3.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <math.h>
+
+//  How long a connection waits for another one's lock before failing.
+#define S_BUSY_TIMEOUT_MS 5000
+//  Upstream truncates workspace names to 255 characters.
+#define S_NAME_MAX_CHARS 255
+//  Attempts at a free "<slug>-<8 digits>" before giving up.
+#define S_SLUG_TRIES 16
+
+//  ISO-8601 UTC with milliseconds, as upstream's Prisma serialises dates.
+#define S_NOW "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
+
+//  Migrations, in order: s_migrations[v] takes the schema from version v to
+//  v + 1. Append only; never edit a released step. Column order follows
+//  upstream's Prisma schema so rows read back in upstream's key order.
+//  Declared types matter to s_row: BOOLEAN reads back as true/false and
+//  JSON_TEXT (TEXT affinity) as parsed JSON.
+static const char *s_migrations[CM_STORAGE_SCHEMA_VERSION] = {
+    //  1: workspaces, threads, chat history
+    "CREATE TABLE IF NOT EXISTS workspaces ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  name TEXT NOT NULL,"
+    "  slug TEXT NOT NULL UNIQUE,"
+    "  vectorTag TEXT,"
+    "  createdAt TEXT NOT NULL DEFAULT (" S_NOW "),"
+    "  openAiTemp REAL,"
+    "  openAiHistory INTEGER NOT NULL DEFAULT 20,"
+    "  lastUpdatedAt TEXT NOT NULL DEFAULT (" S_NOW "),"
+    "  openAiPrompt TEXT,"
+    "  similarityThreshold REAL DEFAULT 0.25,"
+    "  chatProvider TEXT,"
+    "  chatModel TEXT,"
+    "  topN INTEGER DEFAULT 4,"
+    "  chatMode TEXT DEFAULT 'automatic',"
+    "  pfpFilename TEXT,"
+    "  agentProvider TEXT,"
+    "  agentModel TEXT,"
+    "  queryRefusalResponse TEXT,"
+    "  vectorSearchMode TEXT DEFAULT 'default');"
+    "CREATE TABLE IF NOT EXISTS workspace_threads ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  name TEXT NOT NULL,"
+    "  slug TEXT NOT NULL UNIQUE,"
+    "  workspace_id INTEGER NOT NULL REFERENCES workspaces (id) ON DELETE CASCADE,"
+    "  user_id INTEGER,"
+    "  createdAt TEXT NOT NULL DEFAULT (" S_NOW "),"
+    "  lastUpdatedAt TEXT NOT NULL DEFAULT (" S_NOW "));"
+    "CREATE INDEX IF NOT EXISTS workspace_threads_workspace_id"
+    "  ON workspace_threads (workspace_id);"
+    "CREATE TABLE IF NOT EXISTS workspace_chats ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  workspaceId INTEGER NOT NULL REFERENCES workspaces (id) ON DELETE CASCADE,"
+    "  prompt TEXT NOT NULL,"
+    "  response JSON_TEXT NOT NULL,"
+    "  include BOOLEAN NOT NULL DEFAULT 1,"
+    "  user_id INTEGER,"
+    "  thread_id INTEGER,"
+    "  api_session_id TEXT,"
+    "  createdAt TEXT NOT NULL DEFAULT (" S_NOW "),"
+    "  lastUpdatedAt TEXT NOT NULL DEFAULT (" S_NOW "),"
+    "  feedbackScore BOOLEAN);"
+    "CREATE INDEX IF NOT EXISTS workspace_chats_conversation"
+    "  ON workspace_chats (workspaceId, thread_id, api_session_id);",
+};
+
+#define S_WORKSPACE_COLUMNS                                                              \
+    "id, name, slug, vectorTag, createdAt, openAiTemp, openAiHistory, lastUpdatedAt, "   \
+    "openAiPrompt, similarityThreshold, chatProvider, chatModel, topN, chatMode, "       \
+    "pfpFilename, agentProvider, agentModel, queryRefusalResponse, vectorSearchMode"
+#define S_THREAD_COLUMNS "id, name, slug, workspace_id, user_id, createdAt, lastUpdatedAt"
+#define S_CHAT_COLUMNS                                                                   \
+    "id, workspaceId, prompt, response, include, user_id, thread_id, api_session_id, "   \
+    "createdAt, lastUpdatedAt, feedbackScore"
+
+typedef struct {
+    char *sql;          //  the statement's text, the cache key
+    sqlite3_stmt *stmt; //  prepared once, reset between uses
+} s_cached_t;
+
+struct cm_storage_s {
+    sqlite3 *db;       //  the connection (SQLITE_OPEN_NOMUTEX: one thread at a time)
+    char *path;        //  dir/llmrt.db
+    s_cached_t *cache; //  prepared statements, looked up by SQL text
+    size_t cache_size; //  entries in use
+    size_t cache_max;  //  entries allocated
+    char errmsg[512];  //  reason of the last failure ("" after none)
+    bool opening;      //  in cm_storage_new: failures go to its caller, unlogged
+};
+
+struct cm_storage_pool_s {
+    pthread_mutex_t lock; //  guards idle, idle_size and lent
+    char *dir;            //  storage directory new connections open
+    cm_storage_t **idle;  //  connections waiting to be lent
+    size_t idle_size;     //  entries in idle
+    size_t idle_max;      //  entries allocated
+    size_t lent;          //  connections out with callers
+};
+
+static int s_open (cm_storage_t *self);
+static int s_migrate (cm_storage_t *self);
+static int s_fail (cm_storage_t *self, const char *what);
+static sqlite3_stmt *s_stmt (cm_storage_t *self, const char *sql);
+static int s_exec (cm_storage_t *self, const char *sql);
+static json_t *s_row (sqlite3_stmt *stmt);
+static int s_mkdir_p (const char *dir, char *err, size_t errlen);
+static void s_uuid (char out[37]);
+
+//  --- connection -------------------------------------------------------------
+
+cm_storage_t *cm_storage_new (const char *dir, char *err, size_t errlen)
+{
+    assert (dir);
+    if (sodium_init () < 0) {
+        snprintf (err, errlen, "storage: libsodium failed to initialise");
+        return NULL;
+    }
+    if (!*dir) {
+        snprintf (err, errlen, "storage: the storage directory is empty");
+        return NULL;
+    }
+    if (s_mkdir_p (dir, err, errlen))
+        return NULL;
+
+    cm_storage_t *self = cm_calloc (1, sizeof *self);
+    size_t size = strlen (dir) + sizeof CM_STORAGE_FILE + 2;
+    self->path = cm_malloc (size);
+    snprintf (self->path, size, "%s/%s", dir, CM_STORAGE_FILE);
+    self->opening = true;
+    if (s_open (self) || s_migrate (self)) {
+        snprintf (err, errlen, "storage %s: %s", self->path, self->errmsg);
+        cm_storage_destroy (&self);
+        return NULL;
+    }
+    self->errmsg[0] = 0;
+    self->opening = false;
+    return self;
+}
+
+void cm_storage_destroy (cm_storage_t **self_p)
+{
+    assert (self_p);
+    cm_storage_t *self = *self_p;
+    if (!self)
+        return;
+    for (size_t i = 0; i < self->cache_size; i++) {
+        sqlite3_finalize (self->cache[i].stmt);
+        free (self->cache[i].sql);
+    }
+    free (self->cache);
+    if (self->db)
+        sqlite3_close (self->db);
+    free (self->path);
+    free (self);
+    *self_p = NULL;
+}
+
+const char *cm_storage_path (cm_storage_t *self)
+{
+    assert (self);
+    return self->path;
+}
+
+int cm_storage_schema_version (cm_storage_t *self)
+{
+    assert (self);
+    sqlite3_stmt *stmt = s_stmt (self, "PRAGMA user_version");
+    if (!stmt)
+        return -1;
+    int version = -1;
+    if (sqlite3_step (stmt) == SQLITE_ROW)
+        version = sqlite3_column_int (stmt, 0);
+    else
+        s_fail (self, "read schema version");
+    sqlite3_reset (stmt);
+    return version;
+}
+
+bool cm_storage_ping (cm_storage_t *self)
+{
+    assert (self);
+    sqlite3_stmt *stmt = s_stmt (self, "SELECT count(*) FROM workspaces");
+    if (!stmt)
+        return false;
+    bool ok = sqlite3_step (stmt) == SQLITE_ROW;
+    if (!ok)
+        s_fail (self, "ping");
+    sqlite3_reset (stmt);
+    return ok;
+}
+
+const char *cm_storage_errmsg (cm_storage_t *self)
+{
+    assert (self);
+    return self->errmsg;
+}
+
+//  --- pool -------------------------------------------------------------------
+
+cm_storage_pool_t *cm_storage_pool_new (const char *dir, char *err, size_t errlen)
+{
+    assert (dir);
+    cm_storage_t *first = cm_storage_new (dir, err, errlen);
+    if (!first)
+        return NULL;
+    cm_storage_pool_t *self = cm_calloc (1, sizeof *self);
+    pthread_mutex_init (&self->lock, NULL);
+    self->dir = cm_strdup (dir);
+    self->idle_max = 4;
+    self->idle = cm_calloc (self->idle_max, sizeof *self->idle);
+    self->idle[self->idle_size++] = first;
+    return self;
+}
+
+void cm_storage_pool_destroy (cm_storage_pool_t **self_p)
+{
+    assert (self_p);
+    cm_storage_pool_t *self = *self_p;
+    if (!self)
+        return;
+    pthread_mutex_lock (&self->lock);
+    size_t lent = self->lent;
+    pthread_mutex_unlock (&self->lock);
+    if (lent) {
+        //  A handler that outlived the drain still holds a connection and
+        //  will give it back here; leaking the pool is safer than freeing it.
+        cm_warn ("storage: pool destroyed with %zu connection(s) still lent; leaving it",
+                 lent);
+        *self_p = NULL;
+        return;
+    }
+    for (size_t i = 0; i < self->idle_size; i++)
+        cm_storage_destroy (&self->idle[i]);
+    free (self->idle);
+    free (self->dir);
+    pthread_mutex_destroy (&self->lock);
+    free (self);
+    *self_p = NULL;
+}
+
+cm_storage_t *cm_storage_pool_acquire (cm_storage_pool_t *self)
+{
+    assert (self);
+    pthread_mutex_lock (&self->lock);
+    cm_storage_t *storage = NULL;
+    if (self->idle_size)
+        storage = self->idle[--self->idle_size];
+    self->lent++;
+    pthread_mutex_unlock (&self->lock);
+    if (storage)
+        return storage;
+
+    //  Open outside the lock: it may wait on another process's lock.
+    char err[512];
+    storage = cm_storage_new (self->dir, err, sizeof err);
+    if (!storage) {
+        cm_error ("%s", err);
+        pthread_mutex_lock (&self->lock);
+        self->lent--;
+        pthread_mutex_unlock (&self->lock);
+    }
+    return storage;
+}
+
+void cm_storage_pool_release (cm_storage_pool_t *self, cm_storage_t **storage_p)
+{
+    assert (self);
+    assert (storage_p);
+    if (!*storage_p)
+        return;
+    pthread_mutex_lock (&self->lock);
+    if (self->idle_size == self->idle_max) {
+        self->idle_max *= 2;
+        self->idle = cm_realloc (self->idle, self->idle_max * sizeof *self->idle);
+    }
+    self->idle[self->idle_size++] = *storage_p;
+    self->lent--;
+    pthread_mutex_unlock (&self->lock);
+    *storage_p = NULL;
+}
+
+//  --- workspaces -------------------------------------------------------------
+
+char *cm_storage_slugify (const char *name)
+{
+    assert (name);
+    char *slug = cm_malloc (strlen (name) + 1);
+    size_t len = 0;
+    bool dash = false;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
+        unsigned char c = *p;
+        if (c >= 'A' && c <= 'Z')
+            c = (unsigned char)(c - 'A' + 'a');
+        if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) {
+            if (dash && len)
+                slug[len++] = '-';
+            dash = false;
+            slug[len++] = (char)c;
+        } else
+            dash = true;
+    }
+    slug[len] = 0;
+    return slug;
+}
+
+//  JavaScript's parseFloat on a JSON value: numbers as they are, strings by
+//  their leading number. False for anything else (null, "", "abc", objects).
+static bool s_parse_float (const json_t *value, double *out)
+{
+    if (json_is_number (value)) {
+        *out = json_number_value (value);
+        return isfinite (*out);
+    }
+    if (!json_is_string (value))
+        return false;
+    const char *text = json_string_value (value);
+    char *end;
+    errno = 0;
+    double v = strtod (text, &end);
+    if (end == text || errno == ERANGE || !isfinite (v))
+        return false;
+    *out = v;
+    return true;
+}
+
+//  JavaScript's parseInt: the float rule, truncated toward zero.
+static bool s_parse_int (const json_t *value, int64_t *out)
+{
+    double v;
+    if (!s_parse_float (value, &v) || v > 9e15 || v < -9e15)
+        return false;
+    *out = (int64_t)trunc (v);
+    return true;
+}
+
+//  A non-empty string, or NULL (upstream stores null for "", numbers, ...).
+static const char *s_string_or_null (const json_t *fields, const char *key)
+{
+    const char *text = json_string_value (json_object_get (fields, key));
+    return text && *text ? text : NULL;
+}
+
+//  Whether a workspace has this slug; *rc_p is -1 when the lookup failed.
+static bool s_slug_taken (cm_storage_t *self, const char *slug, int *rc_p)
+{
+    sqlite3_stmt *stmt = s_stmt (self, "SELECT 1 FROM workspaces WHERE slug = ?1");
+    if (!stmt) {
+        *rc_p = -1;
+        return false;
+    }
+    sqlite3_bind_text (stmt, 1, slug, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step (stmt);
+    sqlite3_reset (stmt);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        *rc_p = s_fail (self, "look up slug");
+        return false;
+    }
+    *rc_p = 0;
+    return rc == SQLITE_ROW;
+}
+
+//  One row as JSON, or NULL with *status_p saying why. id binds ?1 and text
+//  (when not NULL) ?2; a query may leave ?1 unused.
+static json_t *s_select_one (cm_storage_t *self, const char *sql, int64_t id,
+                             const char *text, cm_storage_status_t *status_p)
+{
+    sqlite3_stmt *stmt = s_stmt (self, sql);
+    if (!stmt) {
+        *status_p = CM_STORAGE_ERROR;
+        return NULL;
+    }
+    sqlite3_bind_int64 (stmt, 1, id);
+    if (text)
+        sqlite3_bind_text (stmt, 2, text, -1, SQLITE_TRANSIENT);
+    json_t *row = NULL;
+    int rc = sqlite3_step (stmt);
+    if (rc == SQLITE_ROW) {
+        row = s_row (stmt);
+        *status_p = CM_STORAGE_OK;
+    } else if (rc == SQLITE_DONE)
+        *status_p = CM_STORAGE_NOT_FOUND;
+    else {
+        s_fail (self, "read row");
+        *status_p = CM_STORAGE_ERROR;
+    }
+    sqlite3_reset (stmt);
+    return row;
+}
+
+cm_storage_status_t cm_storage_workspace_create (cm_storage_t *self, const json_t *fields,
+                                                 json_t **workspace_p)
+{
+    assert (self);
+    assert (workspace_p);
+    *workspace_p = NULL;
+    self->errmsg[0] = 0;
+    const char *name = json_string_value (json_object_get (fields, "name"));
+    if (!name || !*name) {
+        snprintf (self->errmsg, sizeof self->errmsg, "name cannot be null");
+        return CM_STORAGE_INVALID;
+    }
+    //  Truncate to 255 characters, never inside a UTF-8 sequence.
+    size_t cut = 0, chars = 0;
+    while (name[cut] && chars < S_NAME_MAX_CHARS) {
+        cut++;
+        while ((name[cut] & 0xC0) == 0x80)
+            cut++;
+        chars++;
+    }
+
+    //  Upstream's validations: a bad or missing value becomes the default.
+    double temp = 0, threshold = 0.25;
+    int64_t history = 20, top_n = 4;
+    bool has_temp =
+        s_parse_float (json_object_get (fields, "openAiTemp"), &temp) && temp >= 0;
+    if (!s_parse_int (json_object_get (fields, "openAiHistory"), &history))
+        history = 20;
+    else if (history < 0)
+        history = 0;
+    if (!s_parse_float (json_object_get (fields, "similarityThreshold"), &threshold))
+        threshold = 0.25;
+    threshold = threshold < 0 ? 0 : threshold > 1 ? 1 : threshold;
+    if (!s_parse_int (json_object_get (fields, "topN"), &top_n))
+        top_n = 4;
+    else if (top_n < 1)
+        top_n = 1;
+    const char *mode = s_string_or_null (fields, "chatMode");
+    if (!mode ||
+        (strcmp (mode, "automatic") && strcmp (mode, "chat") && strcmp (mode, "query")))
+        mode = "automatic";
+    const char *provider = s_string_or_null (fields, "chatProvider");
+    if (provider && !strcmp (provider, "none"))
+        provider = NULL;
+    const char *search = s_string_or_null (fields, "vectorSearchMode");
+    if (!search || (strcmp (search, "default") && strcmp (search, "rerank")))
+        search = "default";
+
+    char *base = cm_storage_slugify (name);
+    char *slug = NULL;
+    int64_t id = -1;
+    cm_storage_status_t status = CM_STORAGE_ERROR;
+    if (s_exec (self, "BEGIN IMMEDIATE"))
+        goto cleanup;
+
+    //  Under the write lock, so the check and the insert are one step for
+    //  every process that shares the file.
+    for (int attempt = 0; attempt < S_SLUG_TRIES; attempt++) {
+        free (slug);
+        if (!*base) {
+            slug = cm_malloc (37);
+            s_uuid (slug);
+        } else if (attempt == 0)
+            slug = cm_strdup (base);
+        else {
+            size_t size = strlen (base) + 10;
+            slug = cm_malloc (size);
+            snprintf (slug, size, "%s-%08u", base,
+                      10000000u + (unsigned)randombytes_uniform (90000000u));
+        }
+        int rc;
+        if (!s_slug_taken (self, slug, &rc)) {
+            if (rc)
+                goto rollback;
+            break;
+        }
+        if (attempt == S_SLUG_TRIES - 1) {
+            snprintf (self->errmsg, sizeof self->errmsg, "no free slug for '%s'", base);
+            status = CM_STORAGE_CONFLICT;
+            goto rollback;
+        }
+    }
+
+    sqlite3_stmt *stmt = s_stmt (
+        self,
+        "INSERT INTO workspaces (name, slug, openAiTemp, openAiHistory, openAiPrompt, "
+        "similarityThreshold, chatProvider, chatModel, topN, chatMode, agentProvider, "
+        "agentModel, queryRefusalResponse, vectorSearchMode) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)");
+    if (!stmt)
+        goto rollback;
+    sqlite3_bind_text (stmt, 1, name, (int)cut, SQLITE_TRANSIENT);
+    sqlite3_bind_text (stmt, 2, slug, -1, SQLITE_TRANSIENT);
+    if (has_temp)
+        sqlite3_bind_double (stmt, 3, temp);
+    sqlite3_bind_int64 (stmt, 4, history);
+    sqlite3_bind_text (stmt, 5, s_string_or_null (fields, "openAiPrompt"), -1,
+                       SQLITE_TRANSIENT);
+    sqlite3_bind_double (stmt, 6, threshold);
+    sqlite3_bind_text (stmt, 7, provider, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text (stmt, 8, s_string_or_null (fields, "chatModel"), -1,
+                       SQLITE_TRANSIENT);
+    sqlite3_bind_int64 (stmt, 9, top_n);
+    sqlite3_bind_text (stmt, 10, mode, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text (stmt, 11, s_string_or_null (fields, "agentProvider"), -1,
+                       SQLITE_TRANSIENT);
+    sqlite3_bind_text (stmt, 12, s_string_or_null (fields, "agentModel"), -1,
+                       SQLITE_TRANSIENT);
+    sqlite3_bind_text (stmt, 13, s_string_or_null (fields, "queryRefusalResponse"), -1,
+                       SQLITE_TRANSIENT);
+    sqlite3_bind_text (stmt, 14, search, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step (stmt);
+    sqlite3_reset (stmt);
+    if (rc != SQLITE_DONE) {
+        s_fail (self, "insert workspace");
+        goto rollback;
+    }
+    id = sqlite3_last_insert_rowid (self->db);
+    *workspace_p = s_select_one (
+        self, "SELECT " S_WORKSPACE_COLUMNS " FROM workspaces WHERE id = ?1", id, NULL,
+        &status);
+    if (status != CM_STORAGE_OK)
+        goto rollback;
+    if (s_exec (self, "COMMIT")) {
+        status = CM_STORAGE_ERROR;
+        goto rollback;
+    }
+    goto cleanup;
+
+rollback:
+    json_decref (*workspace_p);
+    *workspace_p = NULL;
+    if (status != CM_STORAGE_CONFLICT)
+        status = CM_STORAGE_ERROR;
+    if (!sqlite3_get_autocommit (self->db))
+        sqlite3_exec (self->db, "ROLLBACK", NULL, NULL, NULL);
+cleanup:
+    free (base);
+    free (slug);
+    return status;
+}
+
+cm_storage_status_t cm_storage_workspace_get (cm_storage_t *self, const char *slug,
+                                              json_t **workspace_p)
+{
+    assert (self);
+    assert (slug);
+    assert (workspace_p);
+    self->errmsg[0] = 0;
+    cm_storage_status_t status;
+    *workspace_p = s_select_one (
+        self, "SELECT " S_WORKSPACE_COLUMNS " FROM workspaces WHERE slug = ?2", 0, slug,
+        &status);
+    return status;
+}
+
+cm_storage_status_t cm_storage_workspace_list (cm_storage_t *self, json_t **workspaces_p)
+{
+    assert (self);
+    assert (workspaces_p);
+    *workspaces_p = NULL;
+    self->errmsg[0] = 0;
+    json_t *list = json_array ();
+    json_t *by_id = json_object (); //  "id" -> the workspace's threads array
+    cm_storage_status_t status = CM_STORAGE_ERROR;
+
+    //  Both reads in one transaction: a thread never shows up whose
+    //  workspace the first read did not see.
+    if (s_exec (self, "BEGIN"))
+        goto cleanup;
+    sqlite3_stmt *stmt =
+        s_stmt (self, "SELECT " S_WORKSPACE_COLUMNS " FROM workspaces ORDER BY id");
+    if (!stmt)
+        goto rollback;
+    int rc;
+    while ((rc = sqlite3_step (stmt)) == SQLITE_ROW) {
+        json_t *workspace = s_row (stmt);
+        json_t *threads = json_array ();
+        json_object_set_new (workspace, "threads", threads);
+        char key[32];
+        snprintf (key, sizeof key, "%lld", (long long)sqlite3_column_int64 (stmt, 0));
+        json_object_set (by_id, key, threads);
+        json_array_append_new (list, workspace);
+    }
+    sqlite3_reset (stmt);
+    if (rc != SQLITE_DONE) {
+        s_fail (self, "list workspaces");
+        goto rollback;
+    }
+    stmt = s_stmt (self, "SELECT " S_THREAD_COLUMNS
+                         " FROM workspace_threads ORDER BY workspace_id, id");
+    if (!stmt)
+        goto rollback;
+    while ((rc = sqlite3_step (stmt)) == SQLITE_ROW) {
+        char key[32];
+        snprintf (key, sizeof key, "%lld", (long long)sqlite3_column_int64 (stmt, 3));
+        json_t *threads = json_object_get (by_id, key);
+        if (threads)
+            json_array_append_new (threads, s_row (stmt));
+    }
+    sqlite3_reset (stmt);
+    if (rc != SQLITE_DONE) {
+        s_fail (self, "list threads");
+        goto rollback;
+    }
+    if (s_exec (self, "COMMIT"))
+        goto rollback;
+    *workspaces_p = list;
+    list = NULL;
+    status = CM_STORAGE_OK;
+    goto cleanup;
+
+rollback:
+    if (!sqlite3_get_autocommit (self->db))
+        sqlite3_exec (self->db, "ROLLBACK", NULL, NULL, NULL);
+cleanup:
+    json_decref (list);
+    json_decref (by_id);
+    return status;
+}
+
+//  --- threads ----------------------------------------------------------------
+
+cm_storage_status_t cm_storage_thread_create (cm_storage_t *self, int64_t workspace_id,
+                                              const json_t *fields, json_t **thread_p)
+{
+    assert (self);
+    assert (thread_p);
+    *thread_p = NULL;
+    self->errmsg[0] = 0;
+    const char *name = s_string_or_null (fields, "name");
+    const char *given = s_string_or_null (fields, "slug");
+    int64_t user_id = 0;
+    bool has_user = s_parse_int (json_object_get (fields, "userId"), &user_id);
+
+    char *slug;
+    if (given) {
+        slug = cm_storage_slugify (given);
+        if (!*slug) {
+            snprintf (self->errmsg, sizeof self->errmsg, "slug '%.200s' is not valid",
+                      given);
+            free (slug);
+            return CM_STORAGE_INVALID;
+        }
+    } else {
+        slug = cm_malloc (37);
+        s_uuid (slug);
+    }
+    cm_storage_status_t status = CM_STORAGE_ERROR;
+    sqlite3_stmt *stmt = s_stmt (self, "INSERT INTO workspace_threads (name, slug, "
+                                       "workspace_id, user_id) VALUES (?1, ?2, ?3, ?4)");
+    if (!stmt)
+        goto cleanup;
+    sqlite3_bind_text (stmt, 1, name ? name : "Thread", -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text (stmt, 2, slug, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64 (stmt, 3, workspace_id);
+    if (has_user)
+        sqlite3_bind_int64 (stmt, 4, user_id);
+    //  Extended result codes are on: step returns SQLITE_CONSTRAINT_UNIQUE etc.
+    int rc = sqlite3_step (stmt);
+    sqlite3_reset (stmt);
+    if (rc == SQLITE_CONSTRAINT_UNIQUE) {
+        snprintf (self->errmsg, sizeof self->errmsg,
+                  "a thread with slug '%s' already exists", slug);
+        status = CM_STORAGE_CONFLICT;
+        goto cleanup;
+    }
+    if (rc == SQLITE_CONSTRAINT_FOREIGNKEY) {
+        snprintf (self->errmsg, sizeof self->errmsg, "workspace %lld does not exist",
+                  (long long)workspace_id);
+        status = CM_STORAGE_INVALID;
+        goto cleanup;
+    }
+    if (rc != SQLITE_DONE) {
+        s_fail (self, "insert thread");
+        goto cleanup;
+    }
+    *thread_p = s_select_one (
+        self, "SELECT " S_THREAD_COLUMNS " FROM workspace_threads WHERE id = ?1",
+        sqlite3_last_insert_rowid (self->db), NULL, &status);
+cleanup:
+    free (slug);
+    return status;
+}
+
+cm_storage_status_t cm_storage_thread_get (cm_storage_t *self, int64_t workspace_id,
+                                           const char *slug, json_t **thread_p)
+{
+    assert (self);
+    assert (slug);
+    assert (thread_p);
+    self->errmsg[0] = 0;
+    cm_storage_status_t status;
+    *thread_p = s_select_one (self,
+                              "SELECT " S_THREAD_COLUMNS " FROM workspace_threads "
+                              "WHERE workspace_id = ?1 AND slug = ?2",
+                              workspace_id, slug, &status);
+    return status;
+}
+
+cm_storage_status_t cm_storage_thread_list (cm_storage_t *self, int64_t workspace_id,
+                                            json_t **threads_p)
+{
+    assert (self);
+    assert (threads_p);
+    *threads_p = NULL;
+    self->errmsg[0] = 0;
+    sqlite3_stmt *stmt =
+        s_stmt (self, "SELECT " S_THREAD_COLUMNS " FROM workspace_threads "
+                      "WHERE workspace_id = ?1 ORDER BY id");
+    if (!stmt)
+        return CM_STORAGE_ERROR;
+    sqlite3_bind_int64 (stmt, 1, workspace_id);
+    json_t *threads = json_array ();
+    int rc;
+    while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
+        json_array_append_new (threads, s_row (stmt));
+    sqlite3_reset (stmt);
+    if (rc != SQLITE_DONE) {
+        s_fail (self, "list threads");
+        json_decref (threads);
+        return CM_STORAGE_ERROR;
+    }
+    *threads_p = threads;
+    return CM_STORAGE_OK;
+}
+
+//  --- chat history ------------------------------------------------------------
+
+int64_t cm_storage_chat_add (cm_storage_t *self, const cm_storage_chat_t *chat)
+{
+    assert (self);
+    assert (chat && chat->prompt && chat->response);
+    self->errmsg[0] = 0;
+    char *response = json_dumps (chat->response, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!response) {
+        snprintf (self->errmsg, sizeof self->errmsg, "response is not serialisable");
+        return -1;
+    }
+    int64_t id = -1;
+    sqlite3_stmt *stmt =
+        s_stmt (self, "INSERT INTO workspace_chats (workspaceId, prompt, "
+                      "response, include, user_id, thread_id, api_session_id) "
+                      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+    if (stmt) {
+        sqlite3_bind_int64 (stmt, 1, chat->workspace_id);
+        sqlite3_bind_text (stmt, 2, chat->prompt, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text (stmt, 3, response, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int (stmt, 4, chat->include ? 1 : 0);
+        if (chat->user_id)
+            sqlite3_bind_int64 (stmt, 5, chat->user_id);
+        if (chat->thread_id)
+            sqlite3_bind_int64 (stmt, 6, chat->thread_id);
+        if (chat->session_id)
+            sqlite3_bind_text (stmt, 7, chat->session_id, -1, SQLITE_TRANSIENT);
+        if (sqlite3_step (stmt) == SQLITE_DONE)
+            id = sqlite3_last_insert_rowid (self->db);
+        else
+            s_fail (self, "insert chat");
+        sqlite3_reset (stmt);
+    }
+    free (response);
+    return id;
+}
+
+//  The WHERE clause both list and reset use; "IS ?" matches NULL to NULL.
+static void s_chat_where (char *sql, size_t size, const cm_storage_chat_filter_t *filter)
+{
+    snprintf (sql + strlen (sql), size - strlen (sql),
+              " WHERE workspaceId = ?1 AND api_session_id IS ?2 AND thread_id IS ?3%s%s",
+              filter->user_id >= 0 ? " AND user_id IS ?4" : "",
+              filter->included_only ? " AND include = 1" : "");
+}
+
+static void s_chat_bind (sqlite3_stmt *stmt, int64_t workspace_id,
+                         const cm_storage_chat_filter_t *filter)
+{
+    sqlite3_bind_int64 (stmt, 1, workspace_id);
+    if (filter->session_id)
+        sqlite3_bind_text (stmt, 2, filter->session_id, -1, SQLITE_TRANSIENT);
+    if (filter->thread_id)
+        sqlite3_bind_int64 (stmt, 3, filter->thread_id);
+    if (filter->user_id > 0)
+        sqlite3_bind_int64 (stmt, 4, filter->user_id);
+}
+
+cm_storage_status_t cm_storage_chat_list (cm_storage_t *self, int64_t workspace_id,
+                                          const cm_storage_chat_filter_t *filter,
+                                          json_t **chats_p)
+{
+    assert (self);
+    assert (filter);
+    assert (chats_p);
+    *chats_p = NULL;
+    self->errmsg[0] = 0;
+    char sql[512] = "SELECT " S_CHAT_COLUMNS " FROM workspace_chats";
+    s_chat_where (sql, sizeof sql, filter);
+    snprintf (sql + strlen (sql), sizeof sql - strlen (sql), " ORDER BY id %s LIMIT ?5",
+              filter->newest_first ? "DESC" : "ASC");
+    sqlite3_stmt *stmt = s_stmt (self, sql);
+    if (!stmt)
+        return CM_STORAGE_ERROR;
+    s_chat_bind (stmt, workspace_id, filter);
+    sqlite3_bind_int64 (stmt, 5, filter->limit > 0 ? filter->limit : -1);
+    json_t *chats = json_array ();
+    int rc;
+    while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
+        json_array_append_new (chats, s_row (stmt));
+    sqlite3_reset (stmt);
+    if (rc != SQLITE_DONE) {
+        s_fail (self, "list chats");
+        json_decref (chats);
+        return CM_STORAGE_ERROR;
+    }
+    *chats_p = chats;
+    return CM_STORAGE_OK;
+}
+
+int64_t cm_storage_chat_reset (cm_storage_t *self, int64_t workspace_id,
+                               const cm_storage_chat_filter_t *filter)
+{
+    assert (self);
+    assert (filter);
+    self->errmsg[0] = 0;
+    char sql[512] = "UPDATE workspace_chats SET include = 0, lastUpdatedAt = " S_NOW;
+    cm_storage_chat_filter_t only_included = *filter;
+    only_included.included_only = true;
+    s_chat_where (sql, sizeof sql, &only_included);
+    sqlite3_stmt *stmt = s_stmt (self, sql);
+    if (!stmt)
+        return -1;
+    s_chat_bind (stmt, workspace_id, filter);
+    int64_t changed = -1;
+    if (sqlite3_step (stmt) == SQLITE_DONE)
+        changed = sqlite3_changes (self->db);
+    else
+        s_fail (self, "reset chats");
+    sqlite3_reset (stmt);
+    return changed;
+}
+
+//  --- private ------------------------------------------------------------------
+
+//  Record a database failure and log it once, where it happens (while
+//  opening, the caller reports it instead). Returns -1.
+static int s_fail (cm_storage_t *self, const char *what)
+{
+    snprintf (self->errmsg, sizeof self->errmsg, "%s: %s (%d)", what,
+              self->db ? sqlite3_errmsg (self->db) : "no connection",
+              self->db ? sqlite3_extended_errcode (self->db) : 0);
+    if (!self->opening)
+        cm_error ("storage %s: %s", self->path, self->errmsg);
+    return -1;
+}
+
+//  Run a statement that returns no rows we need, from the cache.
+static int s_exec (cm_storage_t *self, const char *sql)
+{
+    sqlite3_stmt *stmt = s_stmt (self, sql);
+    if (!stmt)
+        return -1;
+    int rc;
+    while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
+        ;
+    sqlite3_reset (stmt);
+    if (rc != SQLITE_DONE)
+        return s_fail (self, sql);
+    return 0;
+}
+
+//  A prepared statement for sql, from the cache or newly prepared, reset and
+//  with no bindings. NULL on failure (logged).
+static sqlite3_stmt *s_stmt (cm_storage_t *self, const char *sql)
+{
+    for (size_t i = 0; i < self->cache_size; i++)
+        if (!strcmp (self->cache[i].sql, sql)) {
+            sqlite3_reset (self->cache[i].stmt);
+            sqlite3_clear_bindings (self->cache[i].stmt);
+            return self->cache[i].stmt;
+        }
+    sqlite3_stmt *stmt = NULL;
+    if (sqlite3_prepare_v3 (self->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt, NULL) !=
+        SQLITE_OK) {
+        s_fail (self, "prepare");
+        sqlite3_finalize (stmt);
+        return NULL;
+    }
+    if (self->cache_size == self->cache_max) {
+        self->cache_max = self->cache_max ? self->cache_max * 2 : 16;
+        self->cache = cm_realloc (self->cache, self->cache_max * sizeof *self->cache);
+    }
+    self->cache[self->cache_size].sql = cm_strdup (sql);
+    self->cache[self->cache_size].stmt = stmt;
+    self->cache_size++;
+    return stmt;
+}
+
+//  The current row as a JSON object keyed by column name.
+static json_t *s_row (sqlite3_stmt *stmt)
+{
+    json_t *row = json_object ();
+    int columns = sqlite3_column_count (stmt);
+    for (int i = 0; i < columns; i++) {
+        const char *name = sqlite3_column_name (stmt, i);
+        const char *decl = sqlite3_column_decltype (stmt, i);
+        json_t *value = NULL;
+        switch (sqlite3_column_type (stmt, i)) {
+            case SQLITE_INTEGER:
+                value = decl && !strcasecmp (decl, "BOOLEAN")
+                            ? json_boolean (sqlite3_column_int64 (stmt, i))
+                            : json_integer (sqlite3_column_int64 (stmt, i));
+                break;
+            case SQLITE_FLOAT:
+                value = json_real (sqlite3_column_double (stmt, i));
+                break;
+            case SQLITE_TEXT: {
+                const char *text = (const char *)sqlite3_column_text (stmt, i);
+                size_t size = (size_t)sqlite3_column_bytes (stmt, i);
+                if (decl && !strcasecmp (decl, "JSON_TEXT"))
+                    value = json_loadb (text, size, JSON_DECODE_ANY, NULL);
+                if (!value)
+                    value = json_stringn (text, size);
+                break;
+            }
+            default:
+                break;
+        }
+        json_object_set_new (row, name, value ? value : json_null ());
+    }
+    return row;
+}
+
+//  Run a PRAGMA that may need a lock the busy handler does not wait for
+//  (changing the journal mode), retrying until the busy timeout.
+static int s_pragma_text (cm_storage_t *self, const char *sql, char *out, size_t size)
+{
+    int64_t deadline = cm_clock_mono_ms () + S_BUSY_TIMEOUT_MS;
+    while (true) {
+        sqlite3_stmt *stmt = NULL;
+        int rc = sqlite3_prepare_v2 (self->db, sql, -1, &stmt, NULL);
+        if (rc == SQLITE_OK) {
+            rc = sqlite3_step (stmt);
+            if (rc == SQLITE_ROW) {
+                snprintf (out, size, "%s", (const char *)sqlite3_column_text (stmt, 0));
+                rc = SQLITE_DONE;
+            }
+        }
+        sqlite3_finalize (stmt);
+        if (rc == SQLITE_DONE)
+            return 0;
+        if ((rc & 0xff) != SQLITE_BUSY && (rc & 0xff) != SQLITE_LOCKED)
+            return s_fail (self, sql);
+        if (cm_clock_mono_ms () > deadline)
+            return s_fail (self, sql);
+        struct timespec pause = {0, 10 * 1000 * 1000};
+        nanosleep (&pause, NULL);
+    }
+}
+
+static int s_open (cm_storage_t *self)
+{
+    int rc = sqlite3_open_v2 (
+        self->path, &self->db,
+        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        if (!self->db) {
+            snprintf (self->errmsg, sizeof self->errmsg, "cannot open: out of memory");
+            return -1;
+        }
+        return s_fail (self, "open");
+    }
+    sqlite3_extended_result_codes (self->db, 1);
+    sqlite3_busy_timeout (self->db, S_BUSY_TIMEOUT_MS);
+
+    char mode[32] = "";
+    if (s_pragma_text (self, "PRAGMA journal_mode", mode, sizeof mode))
+        return -1;
+    if (strcasecmp (mode, "wal")) {
+        if (s_pragma_text (self, "PRAGMA journal_mode=WAL", mode, sizeof mode))
+            return -1;
+        if (strcasecmp (mode, "wal"))
+            cm_warn (
+                "storage %s: WAL mode refused (journal mode is %s); concurrent writers "
+                "will wait longer",
+                self->path, mode);
+    }
+    if (s_exec (self, "PRAGMA synchronous=NORMAL") ||
+        s_exec (self, "PRAGMA foreign_keys=ON"))
+        return -1;
+    return 0;
+}
+
+static int s_migrate (cm_storage_t *self)
+{
+    //  The common case (schema current) needs no write lock.
+    int version = cm_storage_schema_version (self);
+    if (version < 0)
+        return -1;
+    if (version == CM_STORAGE_SCHEMA_VERSION)
+        return 0;
+
+    //  Another process may be migrating right now: take the write lock, then
+    //  look again.
+    if (s_exec (self, "BEGIN IMMEDIATE"))
+        return -1;
+    version = cm_storage_schema_version (self);
+    if (version < 0)
+        goto rollback;
+    if (version > CM_STORAGE_SCHEMA_VERSION) {
+        snprintf (self->errmsg, sizeof self->errmsg,
+                  "schema version %d is newer than this build's %d; upgrade llmrt",
+                  version, CM_STORAGE_SCHEMA_VERSION);
+        goto rollback;
+    }
+    for (int step = version; step < CM_STORAGE_SCHEMA_VERSION; step++) {
+        char *message = NULL;
+        if (sqlite3_exec (self->db, s_migrations[step], NULL, NULL, &message) !=
+            SQLITE_OK) {
+            sqlite3_free (message);
+            char what[64];
+            snprintf (what, sizeof what, "migration to schema version %d", step + 1);
+            s_fail (self, what);
+            goto rollback;
+        }
+    }
+    char sql[64];
+    snprintf (sql, sizeof sql, "PRAGMA user_version = %d", CM_STORAGE_SCHEMA_VERSION);
+    if (sqlite3_exec (self->db, sql, NULL, NULL, NULL) != SQLITE_OK) {
+        s_fail (self, "set schema version");
+        goto rollback;
+    }
+    if (s_exec (self, "COMMIT"))
+        goto rollback;
+    if (version != CM_STORAGE_SCHEMA_VERSION)
+        cm_info ("storage %s: schema migrated from version %d to %d", self->path, version,
+                 CM_STORAGE_SCHEMA_VERSION);
+    return 0;
+
+rollback:
+    if (!sqlite3_get_autocommit (self->db))
+        sqlite3_exec (self->db, "ROLLBACK", NULL, NULL, NULL);
+    return -1;
+}
+
+static int s_mkdir_p (const char *dir, char *err, size_t errlen)
+{
+    char *path = cm_strdup (dir);
+    int rc = 0;
+    for (char *p = path + 1;; p++) {
+        if (*p != '/' && *p)
+            continue;
+        char saved = *p;
+        *p = 0;
+        if (mkdir (path, 0755) && errno != EEXIST) {
+            snprintf (err, errlen, "storage: cannot create directory %s: %s", path,
+                      strerror (errno));
+            rc = -1;
+            break;
+        }
+        *p = saved;
+        if (!saved)
+            break;
+    }
+    struct stat st;
+    if (!rc && (stat (dir, &st) || !S_ISDIR (st.st_mode))) {
+        snprintf (err, errlen, "storage: %s is not a directory", dir);
+        rc = -1;
+    }
+    free (path);
+    return rc;
+}
+
+//  A random (version 4) UUID in its 36-character text form.
+static void s_uuid (char out[37])
+{
+    unsigned char b[16];
+    randombytes_buf (b, sizeof b);
+    b[6] = (unsigned char)((b[6] & 0x0F) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
+    snprintf (out, 37,
+              "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+              b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11],
+              b[12], b[13], b[14], b[15]);
+}

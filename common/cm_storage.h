@@ -116,6 +116,10 @@ cm_storage_status_t cm_storage_thread_create (cm_storage_t *self, int64_t worksp
 cm_storage_status_t cm_storage_thread_get (cm_storage_t *self, int64_t workspace_id,
                                            const char *slug, json_t **thread_p);
 
+//  The threads of a workspace, by id. Caller owns *threads_p.
+cm_storage_status_t cm_storage_thread_list (cm_storage_t *self, int64_t workspace_id,
+                                            json_t **threads_p);
+
 //  --- chat history -------------------------------------------------------------
 
 //  One saved turn.

@@ -1,0 +1,797 @@
+/*  chat_service.c: see chat_service.h. Shapes follow upstream AnythingLLM's
+    developer API (server/endpoints/api/workspace, utils/chats/
+    apiChatHandler): where upstream is quirky, so are we, on purpose. */
+#include "chat_service.h"
+#include "cm_log.h"
+#include "cm_storage.h"
+#include <time.h>
+#include <uuid/uuid.h>
+
+//  Upstream's default system prompt (utils/chats chatPrompt).
+#define S_DEFAULT_PROMPT                                                                 \
+    "Given the following conversation, relevant context, and a follow up question, "     \
+    "reply "                                                                             \
+    "with an answer to the current question the user is asking. Return only your "       \
+    "response "                                                                          \
+    "to the question given the above information following the users instructions as "   \
+    "needed."
+#define S_DEFAULT_REFUSAL                                                                \
+    "There is no relevant information in this workspace to answer your query."
+#define S_NO_COMPLETION "No text completion could be completed with this input."
+#define S_RESET_DONE    "Chat history was reset!"
+
+struct chat_service_s {
+    cm_storage_pool_t *pool;   //  database connections lent to handler threads
+    chat_provider_t *provider; //  the LLM provider, shared by all handlers
+};
+
+//  One chat turn being served (the state a handler and its token callback
+//  share).
+typedef struct {
+    chat_service_t *service; //  the service (borrowed)
+    cm_call_t *call;         //  the request (borrowed)
+    cm_storage_t *storage;   //  a connection lent by the pool
+    bool streaming;          //  stream-chat (SSE) or chat (one JSON reply)
+    json_t *workspace;       //  the workspace row
+    json_t *thread;          //  the thread row, or NULL
+    int64_t workspace_id;    //  workspace.id
+    int64_t thread_id;       //  thread.id, 0 when none
+    int64_t user_id;         //  userId of a thread chat, 0 when none
+    const char *message;     //  the user's message (borrowed from the body)
+    char *mode;              //  automatic | chat | query (or what the client sent)
+    char *session_id;        //  the caller's sessionId, or NULL
+    json_t *attachments;     //  as sent (array), saved with the turn
+    char uuid[37];           //  id of this response
+    char *text;              //  the answer so far (streaming)
+    size_t text_size;        //  bytes in text
+    size_t text_max;         //  bytes allocated
+} s_turn_t;
+
+static void s_workspace_new (cm_call_t *call, void *arg);
+static void s_workspace_list (cm_call_t *call, void *arg);
+static void s_workspace_get (cm_call_t *call, void *arg);
+static void s_workspace_chats (cm_call_t *call, void *arg);
+static void s_thread_new (cm_call_t *call, void *arg);
+static void s_chat (cm_call_t *call, void *arg);
+static void s_stream_chat (cm_call_t *call, void *arg);
+static void s_thread_chat (cm_call_t *call, void *arg);
+static void s_thread_stream_chat (cm_call_t *call, void *arg);
+
+//  Literal routes first: a matcher that takes the first match never reads
+//  "new" as a slug.
+static const cm_route_t s_routes[] = {
+    {"POST", "/api/v1/workspace/new", s_workspace_new},
+    {"GET", "/api/v1/workspaces", s_workspace_list},
+    {"GET", "/api/v1/workspace/{slug}", s_workspace_get},
+    {"GET", "/api/v1/workspace/{slug}/chats", s_workspace_chats},
+    {"POST", "/api/v1/workspace/{slug}/thread/new", s_thread_new},
+    {"POST", "/api/v1/workspace/{slug}/chat", s_chat},
+    {"POST", "/api/v1/workspace/{slug}/stream-chat", s_stream_chat},
+    {"POST", "/api/v1/workspace/{slug}/thread/{threadSlug}/chat", s_thread_chat},
+    {"POST", "/api/v1/workspace/{slug}/thread/{threadSlug}/stream-chat",
+     s_thread_stream_chat},
+    {NULL, NULL, NULL},
+};
+
+chat_service_t *chat_service_new (const char *storage_dir, chat_provider_t **provider_p,
+                                  char *err, size_t errlen)
+{
+    assert (storage_dir);
+    assert (provider_p && *provider_p);
+    cm_storage_pool_t *pool = cm_storage_pool_new (storage_dir, err, errlen);
+    if (!pool) {
+        chat_provider_destroy (provider_p);
+        return NULL;
+    }
+    chat_service_t *self = cm_calloc (1, sizeof *self);
+    self->pool = pool;
+    self->provider = *provider_p;
+    *provider_p = NULL;
+    return self;
+}
+
+void chat_service_destroy (chat_service_t **self_p)
+{
+    assert (self_p);
+    chat_service_t *self = *self_p;
+    if (!self)
+        return;
+    cm_storage_pool_destroy (&self->pool);
+    chat_provider_destroy (&self->provider);
+    free (self);
+    *self_p = NULL;
+}
+
+const cm_route_t *chat_service_routes (void)
+{
+    return s_routes;
+}
+
+//  --- helpers ----------------------------------------------------------------------
+
+static void s_uuid (char out[37])
+{
+    uuid_t id;
+    uuid_generate_random (id);
+    uuid_unparse_lower (id, out);
+}
+
+//  The request body as an object; an empty object when absent or not one.
+static json_t *s_body (cm_call_t *call)
+{
+    json_t *body = cm_call_json (call);
+    return json_is_object (body) ? json_incref (body) : json_object ();
+}
+
+//  JavaScript truthiness of a JSON value.
+static bool s_truthy (const json_t *value)
+{
+    if (!value || json_is_null (value) || json_is_false (value))
+        return false;
+    if (json_is_integer (value))
+        return json_integer_value (value) != 0;
+    if (json_is_real (value))
+        return json_real_value (value) != 0;
+    if (json_is_string (value))
+        return json_string_length (value) > 0;
+    return true;
+}
+
+//  String(value) for a truthy value, else NULL (upstream's sessionId rule).
+static char *s_js_string (const json_t *value)
+{
+    if (!s_truthy (value))
+        return NULL;
+    if (json_is_string (value))
+        return cm_strdup (json_string_value (value));
+    return json_dumps (value, JSON_ENCODE_ANY | JSON_COMPACT);
+}
+
+static json_t *s_metrics_json (const chat_metrics_t *m)
+{
+    return json_pack (
+        "{s:I, s:I, s:I, s:f, s:f}", "prompt_tokens", (json_int_t)m->prompt_tokens,
+        "completion_tokens", (json_int_t)m->completion_tokens, "total_tokens",
+        (json_int_t)m->total_tokens, "outputTps", m->output_tps, "duration", m->duration);
+}
+
+//  Reply JSON built by json_pack, which gives NULL when a string is not
+//  valid UTF-8 (a provider's fault, never worth an assert in cm_worker).
+static void s_reply_json (cm_call_t *call, int status, json_t *value)
+{
+    if (!value) {
+        cm_error ("%s: a reply could not be encoded as JSON", cm_call_request_id (call));
+        value = json_pack ("{s:s}", "error", "The reply could not be encoded.");
+        status = 500;
+    }
+    cm_call_reply_json (call, status, value);
+}
+
+//  Send one SSE event built by json_pack; one that failed to encode is
+//  dropped with a log line rather than asserting.
+static void s_send_event (cm_call_t *call, json_t *event)
+{
+    if (event)
+        cm_call_sse (call, event);
+    else
+        cm_error ("%s: an event could not be encoded as JSON", cm_call_request_id (call));
+}
+
+//  Errors before any output: {id, type:"abort", textResponse:null,
+//  sources:[], close:true, error}.
+static void s_reply_abort (cm_call_t *call, int status, const char *error)
+{
+    char id[37];
+    s_uuid (id);
+    s_reply_json (call, status,
+                  json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "id", id, "type", "abort",
+                             "textResponse", "sources", "close", 1, "error", error));
+}
+
+//  Upstream's sendStatus(400): a plain-text body.
+static void s_reply_bad_request (cm_call_t *call)
+{
+    cm_call_reply (call, 400, "text/plain; charset=utf-8", "Bad Request", 11);
+}
+
+//  A workspace row with only the thread keys a route shows.
+static void s_trim_threads (json_t *threads, bool with_name)
+{
+    size_t i;
+    json_t *thread;
+    json_array_foreach (threads, i, thread)
+    {
+        json_t *trimmed =
+            json_pack ("{s:O, s:O}", "user_id", json_object_get (thread, "user_id"),
+                       "slug", json_object_get (thread, "slug"));
+        if (with_name)
+            json_object_set (trimmed, "name", json_object_get (thread, "name"));
+        json_array_set_new (threads, i, trimmed);
+    }
+}
+
+//  Seconds since the epoch of our stored "YYYY-MM-DDTHH:MM:SS.sssZ".
+static int64_t s_unix_seconds (const char *iso)
+{
+    struct tm tm = {0};
+    if (!iso || sscanf (iso, "%d-%d-%dT%d:%d:%d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                        &tm.tm_hour, &tm.tm_min, &tm.tm_sec) != 6)
+        return 0;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    return (int64_t)timegm (&tm);
+}
+
+//  --- workspace routes ----------------------------------------------------------------
+
+static void s_workspace_new (cm_call_t *call, void *arg)
+{
+    chat_service_t *self = (chat_service_t *)arg;
+    json_t *body = s_body (call);
+    const char *name = json_string_value (json_object_get (body, "name"));
+    if (!name || !*name) {
+        s_reply_json (
+            call, 400,
+            json_pack ("{s:n, s:s}", "workspace", "message", "name cannot be null"));
+        json_decref (body);
+        return;
+    }
+    cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
+    if (!storage) {
+        s_reply_json (
+            call, 500,
+            json_pack ("{s:n, s:s}", "workspace", "message", "storage unavailable"));
+        json_decref (body);
+        return;
+    }
+    json_t *workspace = NULL;
+    cm_storage_status_t status = cm_storage_workspace_create (storage, body, &workspace);
+    if (status == CM_STORAGE_OK)
+        s_reply_json (call, 200,
+                      json_pack ("{s:o, s:n}", "workspace", workspace, "message"));
+    else
+        s_reply_json (call, status == CM_STORAGE_INVALID ? 400 : 500,
+                      json_pack ("{s:n, s:s}", "workspace", "message",
+                                 cm_storage_errmsg (storage)));
+    cm_storage_pool_release (self->pool, &storage);
+    json_decref (body);
+}
+
+static void s_workspace_list (cm_call_t *call, void *arg)
+{
+    chat_service_t *self = (chat_service_t *)arg;
+    cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
+    json_t *workspaces = NULL;
+    if (!storage || cm_storage_workspace_list (storage, &workspaces) != CM_STORAGE_OK) {
+        cm_call_reply_error (call, 500, "Internal Server Error");
+        cm_storage_pool_release (self->pool, &storage);
+        return;
+    }
+    size_t i;
+    json_t *workspace;
+    json_array_foreach (workspaces, i, workspace)
+        s_trim_threads (json_object_get (workspace, "threads"), true);
+    s_reply_json (call, 200, json_pack ("{s:o}", "workspaces", workspaces));
+    cm_storage_pool_release (self->pool, &storage);
+}
+
+static void s_workspace_get (cm_call_t *call, void *arg)
+{
+    chat_service_t *self = (chat_service_t *)arg;
+    const char *slug = cm_call_param (call, "slug");
+    cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
+    json_t *workspace = NULL, *threads = NULL;
+    cm_storage_status_t status = CM_STORAGE_ERROR;
+    if (storage && slug)
+        status = cm_storage_workspace_get (storage, slug, &workspace);
+    if (status == CM_STORAGE_OK &&
+        cm_storage_thread_list (storage,
+                                json_integer_value (json_object_get (workspace, "id")),
+                                &threads) != CM_STORAGE_OK)
+        status = CM_STORAGE_ERROR;
+
+    if (status == CM_STORAGE_ERROR)
+        cm_call_reply_error (call, 500, "Internal Server Error");
+    else {
+        //  Quirk: an array, and [] (with 200) for an unknown slug.
+        json_t *list = json_array ();
+        if (workspace) {
+            s_trim_threads (threads, false);
+            //  No document store in chatd yet: no documents to list.
+            json_object_set_new (workspace, "documents", json_array ());
+            json_object_set (workspace, "threads", threads);
+            json_array_append (list, workspace);
+        }
+        s_reply_json (call, 200, json_pack ("{s:o}", "workspace", list));
+    }
+    json_decref (workspace);
+    json_decref (threads);
+    cm_storage_pool_release (self->pool, &storage);
+}
+
+static void s_workspace_chats (cm_call_t *call, void *arg)
+{
+    chat_service_t *self = (chat_service_t *)arg;
+    const char *slug = cm_call_param (call, "slug");
+    cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
+    json_t *workspace = NULL, *chats = NULL;
+    if (!storage) {
+        cm_call_reply_error (call, 500, "Internal Server Error");
+        return;
+    }
+    cm_storage_status_t status =
+        cm_storage_workspace_get (storage, slug ? slug : "", &workspace);
+    if (status == CM_STORAGE_NOT_FOUND) {
+        s_reply_bad_request (call);
+        goto cleanup;
+    }
+    if (status != CM_STORAGE_OK)
+        goto failed;
+
+    //  Upstream: limit = max(1, parseInt(limit)) (default 100); orderBy asc|desc.
+    int64_t limit = 100;
+    const char *text = cm_call_query (call, "limit");
+    if (text && *text) {
+        char *end;
+        long long v = strtoll (text, &end, 10);
+        if (end != text)
+            limit = v < 1 ? 1 : v;
+    }
+    const char *order = cm_call_query (call, "orderBy");
+    const char *session = cm_call_query (call, "apiSessionId");
+    cm_storage_chat_filter_t filter = {
+        .session_id = session && *session ? session : NULL,
+        .user_id = session && *session ? 0 : -1,
+        .included_only = !(session && *session),
+        .limit = limit,
+        .newest_first = order && !strcmp (order, "desc"),
+    };
+    if (cm_storage_chat_list (storage,
+                              json_integer_value (json_object_get (workspace, "id")),
+                              &filter, &chats) != CM_STORAGE_OK)
+        goto failed;
+
+    //  Upstream's convertToChatHistory: each turn as a user and an assistant
+    //  entry; a turn whose response has no text is skipped.
+    json_t *history = json_array ();
+    size_t i;
+    json_t *chat;
+    json_array_foreach (chats, i, chat)
+    {
+        json_t *response = json_object_get (chat, "response");
+        json_t *prompt = json_object_get (chat, "prompt");
+        json_t *answer = json_object_get (response, "text");
+        if (!json_is_string (prompt) || !json_is_string (answer))
+            continue;
+        json_int_t sent =
+            s_unix_seconds (json_string_value (json_object_get (chat, "createdAt")));
+        json_t *id = json_object_get (chat, "id");
+        json_t *attachments = json_object_get (response, "attachments");
+        json_t *sources = json_object_get (response, "sources");
+        json_t *metrics = json_object_get (response, "metrics");
+        json_t *feedback = json_object_get (chat, "feedbackScore");
+        const char *type = json_string_value (json_object_get (response, "type"));
+        json_array_append_new (
+            history, json_pack ("{s:s, s:O, s:I, s:o, s:O}", "role", "user", "content",
+                                prompt, "sentAt", sent, "attachments",
+                                json_is_array (attachments) ? json_incref (attachments)
+                                                            : json_array (),
+                                "chatId", id));
+        json_array_append_new (
+            history,
+            json_pack (
+                "{s:s, s:s, s:O, s:o, s:O, s:I, s:o, s:o}", "type", type ? type : "chart",
+                "role", "assistant", "content", answer, "sources",
+                json_is_array (sources) ? json_incref (sources) : json_array (), "chatId",
+                id, "sentAt", sent, "feedbackScore",
+                feedback ? json_incref (feedback) : json_null (), "metrics",
+                json_is_object (metrics) ? json_incref (metrics) : json_object ()));
+    }
+    s_reply_json (call, 200, json_pack ("{s:o}", "history", history));
+    goto cleanup;
+
+failed:
+    cm_call_reply_error (call, 500, "Internal Server Error");
+cleanup:
+    json_decref (workspace);
+    json_decref (chats);
+    cm_storage_pool_release (self->pool, &storage);
+}
+
+static void s_thread_new (cm_call_t *call, void *arg)
+{
+    chat_service_t *self = (chat_service_t *)arg;
+    const char *slug = cm_call_param (call, "slug");
+    json_t *body = s_body (call);
+    json_t *workspace = NULL, *thread = NULL;
+    cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
+    if (!storage) {
+        cm_call_reply_error (call, 500, "Internal Server Error");
+        json_decref (body);
+        return;
+    }
+    cm_storage_status_t status =
+        cm_storage_workspace_get (storage, slug ? slug : "", &workspace);
+    if (status == CM_STORAGE_NOT_FOUND)
+        s_reply_bad_request (call);
+    else if (status != CM_STORAGE_OK)
+        cm_call_reply_error (call, 500, "Internal Server Error");
+    else {
+        status = cm_storage_thread_create (
+            storage, json_integer_value (json_object_get (workspace, "id")), body,
+            &thread);
+        if (status == CM_STORAGE_OK)
+            s_reply_json (call, 200,
+                          json_pack ("{s:o, s:n}", "thread", thread, "message"));
+        else if (status == CM_STORAGE_ERROR)
+            cm_call_reply_error (call, 500, "Internal Server Error");
+        else //  upstream answers a refused thread with 200 and the reason
+            s_reply_json (call, 200,
+                          json_pack ("{s:n, s:s}", "thread", "message",
+                                     cm_storage_errmsg (storage)));
+    }
+    json_decref (workspace);
+    json_decref (body);
+    cm_storage_pool_release (self->pool, &storage);
+}
+
+//  --- chat -----------------------------------------------------------------------------
+
+static void s_append (s_turn_t *turn, const char *data, size_t size)
+{
+    if (turn->text_size + size + 1 > turn->text_max) {
+        turn->text_max = (turn->text_size + size + 1) * 2;
+        turn->text = cm_realloc (turn->text, turn->text_max);
+    }
+    memcpy (turn->text + turn->text_size, data, size);
+    turn->text_size += size;
+    turn->text[turn->text_size] = 0;
+}
+
+//  Save the turn; returns its chatId or -1 (logged by storage).
+static int64_t s_save (s_turn_t *turn, const char *text, const chat_metrics_t *metrics,
+                       bool include)
+{
+    json_t *response =
+        json_pack ("{s:s, s:[], s:s, s:O, s:o}", "text", text, "sources", "type",
+                   turn->mode, "attachments", turn->attachments, "metrics",
+                   metrics ? s_metrics_json (metrics) : json_object ());
+    if (!response) {
+        cm_error ("%s: the answer could not be encoded for history",
+                  cm_call_request_id (turn->call));
+        return -1;
+    }
+    cm_storage_chat_t chat = {
+        .workspace_id = turn->workspace_id,
+        .prompt = turn->message ? turn->message : "",
+        .response = response,
+        .session_id = turn->session_id,
+        .thread_id = turn->thread_id,
+        .user_id = turn->user_id,
+        .include = include,
+    };
+    int64_t id = cm_storage_chat_add (turn->storage, &chat);
+    json_decref (response);
+    return id;
+}
+
+//  An answer that is not the model's: a reset confirmation or a refusal.
+//  Streaming sends it as the one and only event, as upstream does.
+static void s_reply_text (s_turn_t *turn, const char *text)
+{
+    if (turn->streaming) {
+        s_send_event (turn->call,
+                      json_pack ("{s:s, s:s, s:s, s:[], s:[], s:b, s:n, s:{}}", "id",
+                                 turn->uuid, "type", "textResponse", "textResponse", text,
+                                 "sources", "attachments", "close", 1, "error",
+                                 "metrics"));
+        cm_call_stream_end (turn->call);
+    } else
+        s_reply_json (turn->call, 200,
+                      json_pack ("{s:s, s:s, s:s, s:[], s:b, s:n, s:{}}", "id",
+                                 turn->uuid, "type", "textResponse", "textResponse", text,
+                                 "sources", "close", 1, "error", "metrics"));
+}
+
+//  The prompt: system prompt, then the recent turns of this conversation
+//  (oldest first), then the message. Fills messages (caller frees the array;
+//  strings are borrowed from *history_p, which the caller releases).
+static int s_build_messages (s_turn_t *turn, chat_message_t **messages_p, size_t *count_p,
+                             json_t **history_p)
+{
+    //  Upstream: workspace.openAiHistory || 20 (so 0 means 20).
+    int64_t depth =
+        json_integer_value (json_object_get (turn->workspace, "openAiHistory"));
+    cm_storage_chat_filter_t filter = {
+        .session_id = turn->session_id,
+        .thread_id = turn->thread_id,
+        .user_id = turn->user_id,
+        .included_only = true,
+        .limit = depth > 0 ? depth : 20,
+        .newest_first = true,
+    };
+    json_t *history = NULL;
+    if (cm_storage_chat_list (turn->storage, turn->workspace_id, &filter, &history) !=
+        CM_STORAGE_OK)
+        return -1;
+    size_t turns = json_array_size (history);
+    chat_message_t *messages = cm_calloc (2 * turns + 2, sizeof *messages);
+    size_t count = 0;
+    const char *prompt =
+        json_string_value (json_object_get (turn->workspace, "openAiPrompt"));
+    messages[count++] =
+        (chat_message_t){CHAT_ROLE_SYSTEM, prompt && *prompt ? prompt : S_DEFAULT_PROMPT};
+    for (size_t i = turns; i-- > 0;) {
+        json_t *chat = json_array_get (history, i);
+        const char *asked = json_string_value (json_object_get (chat, "prompt"));
+        const char *answer = json_string_value (
+            json_object_get (json_object_get (chat, "response"), "text"));
+        if (!asked || !answer)
+            continue;
+        messages[count++] = (chat_message_t){CHAT_ROLE_USER, asked};
+        messages[count++] = (chat_message_t){CHAT_ROLE_ASSISTANT, answer};
+    }
+    messages[count++] = (chat_message_t){CHAT_ROLE_USER, turn->message};
+    *messages_p = messages;
+    *count_p = count;
+    *history_p = history;
+    return 0;
+}
+
+static chat_token_action_t s_on_token (const char *token, size_t size, void *arg)
+{
+    s_turn_t *turn = (s_turn_t *)arg;
+    if (cm_call_cancelled (turn->call))
+        return CHAT_TOKEN_STOP;
+    json_t *event = json_pack ("{s:s, s:[], s:s, s:s%, s:b, s:b}", "uuid", turn->uuid,
+                               "sources", "type", "textResponseChunk", "textResponse",
+                               token, size, "close", 0, "error", 0);
+    //  A token that is not valid UTF-8 is neither shown nor kept.
+    if (event)
+        s_append (turn, token, size);
+    s_send_event (turn->call, event);
+    return CHAT_TOKEN_CONTINUE;
+}
+
+static void s_finalize (s_turn_t *turn, int64_t chat_id, const chat_metrics_t *metrics)
+{
+    json_t *event = json_pack ("{s:s, s:s, s:b, s:b}", "uuid", turn->uuid, "type",
+                               "finalizeResponseStream", "close", 1, "error", 0);
+    if (chat_id > 0) {
+        json_object_set_new (event, "chatId", json_integer (chat_id));
+        json_object_set_new (event, "metrics", s_metrics_json (metrics));
+        json_object_set_new (event, "sources", json_array ());
+    }
+    s_send_event (turn->call, event);
+}
+
+static void s_complete_sync (s_turn_t *turn, const chat_request_t *request)
+{
+    chat_metrics_t metrics;
+    char err[256] = "";
+    char *text = chat_provider_complete (turn->service->provider, request, &metrics, err,
+                                         sizeof err);
+    if (!text) {
+        //  Failure after validation: 200 with type abort (upstream).
+        if (*err)
+            cm_warn ("chat %s: provider failed: %s", cm_call_request_id (turn->call),
+                     err);
+        s_reply_json (turn->call, 200,
+                      json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s, s:o}", "id", turn->uuid,
+                                 "type", "abort", "textResponse", "sources", "close", 1,
+                                 "error", S_NO_COMPLETION, "metrics",
+                                 s_metrics_json (&metrics)));
+        return;
+    }
+    int64_t chat_id = s_save (turn, text, &metrics, true);
+    if (chat_id < 0)
+        s_reply_abort (turn->call, 500, "The chat could not be saved.");
+    else
+        s_reply_json (turn->call, 200,
+                      json_pack ("{s:s, s:s, s:b, s:n, s:I, s:s, s:[], s:o}", "id",
+                                 turn->uuid, "type", "textResponse", "close", 1, "error",
+                                 "chatId", (json_int_t)chat_id, "textResponse", text,
+                                 "sources", "metrics", s_metrics_json (&metrics)));
+    free (text);
+}
+
+static void s_complete_stream (s_turn_t *turn, const chat_request_t *request)
+{
+    chat_metrics_t metrics;
+    char err[256] = "";
+    chat_provider_result_t result = chat_provider_stream (
+        turn->service->provider, request, s_on_token, turn, &metrics, err, sizeof err);
+    const char *text = turn->text ? turn->text : "";
+    if (result == CHAT_PROVIDER_STOPPED) {
+        //  The client is gone: keep what it was shown, send nothing more.
+        if (*text) {
+            int64_t chat_id = s_save (turn, text, &metrics, true);
+            cm_info ("chat %s: cancelled after %lld token(s); partial answer saved as "
+                     "chat %lld",
+                     cm_call_request_id (turn->call),
+                     (long long)metrics.completion_tokens, (long long)chat_id);
+        }
+        cm_call_stream_end (turn->call);
+        return;
+    }
+    if (result == CHAT_PROVIDER_FAILED) {
+        cm_warn ("chat %s: provider failed mid-stream: %s",
+                 cm_call_request_id (turn->call), err);
+        s_send_event (turn->call,
+                      json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "uuid", turn->uuid,
+                                 "type", "abort", "textResponse", "sources", "close", 1,
+                                 "error", *err ? err : S_NO_COMPLETION));
+        int64_t chat_id = *text ? s_save (turn, text, &metrics, true) : -1;
+        s_finalize (turn, chat_id, &metrics);
+        cm_call_stream_end (turn->call);
+        return;
+    }
+    //  Quirk: this close:true chunk is not the end; finalize follows.
+    s_send_event (turn->call,
+                  json_pack ("{s:s, s:[], s:s, s:s, s:b, s:b}", "uuid", turn->uuid,
+                             "sources", "type", "textResponseChunk", "textResponse", "",
+                             "close", 1, "error", 0));
+    int64_t chat_id = s_save (turn, text, &metrics, true);
+    if (chat_id < 0)
+        s_send_event (turn->call,
+                      json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "uuid", turn->uuid,
+                                 "type", "abort", "textResponse", "sources", "close", 1,
+                                 "error", "The chat could not be saved."));
+    s_finalize (turn, chat_id, &metrics);
+    cm_call_stream_end (turn->call);
+}
+
+//  Both chat routes, on a workspace or on one of its threads.
+static void s_chat_turn (cm_call_t *call, chat_service_t *self, bool streaming,
+                         bool threaded)
+{
+    s_turn_t turn = {.service = self, .call = call, .streaming = streaming};
+    s_uuid (turn.uuid);
+    json_t *body = s_body (call);
+    json_t *history = NULL;
+    chat_message_t *messages = NULL;
+    const char *slug = cm_call_param (call, "slug");
+    const char *thread_slug = threaded ? cm_call_param (call, "threadSlug") : NULL;
+    char error[512];
+
+    turn.storage = cm_storage_pool_acquire (self->pool);
+    if (!turn.storage) {
+        s_reply_abort (call, 500, "The database is unavailable.");
+        goto cleanup;
+    }
+    cm_storage_status_t status =
+        cm_storage_workspace_get (turn.storage, slug ? slug : "", &turn.workspace);
+    if (status == CM_STORAGE_OK) {
+        turn.workspace_id = json_integer_value (json_object_get (turn.workspace, "id"));
+        if (threaded)
+            status = cm_storage_thread_get (turn.storage, turn.workspace_id,
+                                            thread_slug ? thread_slug : "", &turn.thread);
+    }
+    if (status == CM_STORAGE_ERROR) {
+        s_reply_abort (call, 500, "The database is unavailable.");
+        goto cleanup;
+    }
+    if (status == CM_STORAGE_NOT_FOUND) {
+        if (threaded)
+            snprintf (error, sizeof error, "Workspace %s or thread %s is not valid.",
+                      slug ? slug : "", thread_slug ? thread_slug : "");
+        else
+            snprintf (error, sizeof error, "Workspace %s is not a valid workspace.",
+                      slug ? slug : "");
+        s_reply_abort (call, 400, error);
+        goto cleanup;
+    }
+    turn.thread_id = json_integer_value (json_object_get (turn.thread, "id"));
+
+    //  Upstream: mode ?? workspace.chatMode; only these three are valid.
+    turn.message = json_string_value (json_object_get (body, "message"));
+    if (turn.message && !*turn.message)
+        turn.message = NULL;
+    json_t *mode = json_object_get (body, "mode");
+    if (!mode || json_is_null (mode))
+        mode = json_object_get (turn.workspace, "chatMode");
+    if (json_is_string (mode))
+        turn.mode = cm_strdup (json_string_value (mode));
+    else if (!mode || json_is_null (mode))
+        turn.mode = cm_strdup ("automatic");
+    else
+        turn.mode = json_dumps (mode, JSON_ENCODE_ANY | JSON_COMPACT);
+    bool mode_valid = !strcmp (turn.mode, "automatic") || !strcmp (turn.mode, "chat") ||
+                      !strcmp (turn.mode, "query");
+    bool reset = s_truthy (json_object_get (body, "reset"));
+    if ((!turn.message || !mode_valid) && !reset) {
+        if (!turn.message)
+            snprintf (error, sizeof error, "Message is empty");
+        else
+            snprintf (error, sizeof error, "%s is not a valid mode.", turn.mode);
+        s_reply_abort (call, 400, error);
+        goto cleanup;
+    }
+    turn.session_id = s_js_string (json_object_get (body, "sessionId"));
+    if (threaded) {
+        json_t *user = json_object_get (body, "userId");
+        if (json_is_integer (user) && json_integer_value (user) > 0)
+            turn.user_id = json_integer_value (user);
+    }
+    json_t *attachments = json_object_get (body, "attachments");
+    turn.attachments =
+        json_is_array (attachments) ? json_incref (attachments) : json_array ();
+
+    //  reset: forget this conversation's history first; without a message
+    //  that is all the caller wanted.
+    if (reset) {
+        cm_storage_chat_filter_t filter = {
+            .session_id = turn.session_id,
+            .thread_id = turn.thread_id,
+            .user_id = turn.user_id ? turn.user_id : -1,
+        };
+        if (cm_storage_chat_reset (turn.storage, turn.workspace_id, &filter) < 0) {
+            s_reply_abort (call, 500, "The database is unavailable.");
+            goto cleanup;
+        }
+        if (!turn.message) {
+            s_reply_text (&turn, S_RESET_DONE);
+            goto cleanup;
+        }
+    }
+
+    //  No retrieval in chatd yet, so query mode has no context: upstream's
+    //  answer for a workspace without embeddings, kept out of history.
+    if (!strcmp (turn.mode, "query")) {
+        json_t *refusal = json_object_get (turn.workspace, "queryRefusalResponse");
+        const char *text =
+            json_is_string (refusal) ? json_string_value (refusal) : S_DEFAULT_REFUSAL;
+        s_save (&turn, text, NULL, false);
+        s_reply_text (&turn, text);
+        goto cleanup;
+    }
+
+    size_t count = 0;
+    if (s_build_messages (&turn, &messages, &count, &history)) {
+        s_reply_abort (call, 500, "The database is unavailable.");
+        goto cleanup;
+    }
+    json_t *temp = json_object_get (turn.workspace, "openAiTemp");
+    chat_request_t request = {
+        .messages = messages,
+        .count = count,
+        .model = json_string_value (json_object_get (turn.workspace, "chatModel")),
+        .temperature = json_is_number (temp) ? json_number_value (temp) : -1,
+    };
+    if (streaming)
+        s_complete_stream (&turn, &request);
+    else
+        s_complete_sync (&turn, &request);
+
+cleanup:
+    cm_storage_pool_release (self->pool, &turn.storage);
+    free (messages);
+    json_decref (history);
+    json_decref (turn.workspace);
+    json_decref (turn.thread);
+    json_decref (turn.attachments);
+    json_decref (body);
+    free (turn.mode);
+    free (turn.session_id);
+    free (turn.text);
+}
+
+static void s_chat (cm_call_t *call, void *arg)
+{
+    s_chat_turn (call, (chat_service_t *)arg, false, false);
+}
+
+static void s_stream_chat (cm_call_t *call, void *arg)
+{
+    s_chat_turn (call, (chat_service_t *)arg, true, false);
+}
+
+static void s_thread_chat (cm_call_t *call, void *arg)
+{
+    s_chat_turn (call, (chat_service_t *)arg, false, true);
+}
+
+static void s_thread_stream_chat (cm_call_t *call, void *arg)
+{
+    s_chat_turn (call, (chat_service_t *)arg, true, true);
+}

@@ -1,0 +1,43 @@
+/*  chat_service.h: chatd's core, the workspace and chat routes.
+
+    The route table serves AnythingLLM's developer API for workspaces,
+    threads and chats (docs: the HTTP contract, API.md), with upstream's
+    shapes and quirks: POST /api/v1/workspace/new, GET /api/v1/workspaces,
+    GET /api/v1/workspace/{slug} (an array; [] when unknown), GET
+    .../{slug}/chats, POST .../{slug}/thread/new, and POST .../chat and
+    .../stream-chat on a workspace or one of its threads. Every chat turn is
+    saved to history, a partial answer too when the client goes away in the
+    middle of a stream.
+
+    Query mode answers from the workspace's documents only; chatd has no
+    retrieval yet, so a query-mode turn gets the workspace's refusal text
+    (upstream's answer for a workspace without embeddings) and is saved
+    with include = false. Chat and automatic modes call the provider with
+    the system prompt, the recent history (openAiHistory turns of the same
+    session or thread) and the message.
+
+    Threading: handlers run on the worker's queue threads, several at once.
+    Each borrows its own database connection from the service's pool and
+    shares the provider (which must be thread-safe). */
+#ifndef CHAT_SERVICE_H_INCLUDED
+#define CHAT_SERVICE_H_INCLUDED
+
+#include "cm_common.h"
+#include "cm_worker.h"
+#include "chat_provider.h"
+
+typedef struct chat_service_s chat_service_t;
+
+//  Create the service on the database in storage_dir, taking over the
+//  provider (nulls *provider_p). NULL with the reason in err when the
+//  database cannot be opened (the provider is destroyed then too).
+chat_service_t *chat_service_new (const char *storage_dir, chat_provider_t **provider_p,
+                                  char *err, size_t errlen);
+//  Destroy; NULL-safe; nulls the pointer. Call after the worker stopped.
+void chat_service_destroy (chat_service_t **self_p);
+
+//  The route table (static, NULL-terminated). Handlers take the service as
+//  their arg (cm_worker_config_t.arg).
+const cm_route_t *chat_service_routes (void);
+
+#endif

@@ -1,0 +1,93 @@
+/*  chatd: the chat daemon. Reads its settings, opens the database, and
+    serves the workspace and chat routes (chat_service) as the gateway's
+    "chat" service until SIGINT/SIGTERM. */
+#include "cm_common.h"
+#include "cm_config.h"
+#include "cm_log.h"
+#include "cm_worker.h"
+#include "chat_provider.h"
+#include "chat_service.h"
+
+typedef struct {
+    int64_t concurrency;    //  handler threads (the chat queue's concurrency)
+    int64_t max_pending;    //  requests that may wait beyond the running ones
+    char *run_dir;          //  runtime directory; storage defaults under it
+    char *storage_dir;      //  where llmrt.db lives (NULL: $RUN_DIR/storage)
+    char *provider;         //  LLM provider name
+    int64_t token_delay_ms; //  builtin: pause before each streamed token
+} s_settings_t;
+
+static const cm_conf_entry_t s_config[] = {
+    {"CHAT_QUEUE_CONCURRENCY", CM_CONF_INT, "4", 1, 1024,
+     offsetof (s_settings_t, concurrency),
+     "chat requests served at once by this instance"},
+    {"CHAT_QUEUE_MAX_PENDING", CM_CONF_INT, "64", 0, 100000,
+     offsetof (s_settings_t, max_pending),
+     "chat requests that may wait for a slot; beyond that 429 with Retry-After"},
+    {"RUN_DIR", CM_CONF_STR, "./var", 0, 0, offsetof (s_settings_t, run_dir),
+     "runtime directory (state, sockets); STORAGE_DIR defaults under it"},
+    {"STORAGE_DIR", CM_CONF_STR, NULL, 0, 0, offsetof (s_settings_t, storage_dir),
+     "directory of the SQLite database llmrt.db (default $RUN_DIR/storage)"},
+    {"LLM_PROVIDER", CM_CONF_STR, "builtin", 0, 0, offsetof (s_settings_t, provider),
+     "LLM provider; only 'builtin' (the offline responder) for now"},
+    {"BUILTIN_LLM_TOKEN_DELAY_MS", CM_CONF_INT, "0", 0, 60000,
+     offsetof (s_settings_t, token_delay_ms),
+     "builtin provider: pause before each streamed token (non-streaming chat never "
+     "waits)"},
+    {NULL, 0, NULL, 0, 0, 0, NULL},
+};
+
+int main (int argc, char **argv)
+{
+    cm_log_init ("chatd");
+    int args = cm_main_args (argc, argv, "chatd",
+                             "The chat daemon of llmrt: workspaces, threads and chats "
+                             "(AnythingLLM's developer API) behind the gateway.",
+                             s_config);
+    if (args > 0 && argc > 1 &&
+        (!strcmp (argv[1], "--help") || !strcmp (argv[1], "-h"))) {
+        printf ("\nCommon daemon settings:\n");
+        cm_config_usage (cm_worker_config_table (), stdout);
+    }
+    if (args)
+        return args > 0 ? 0 : 2;
+
+    s_settings_t settings = {0};
+    char err[512];
+    int rc = 2;
+    chat_service_t *service = NULL;
+    if (cm_config_load (s_config, &settings, err, sizeof err)) {
+        fprintf (stderr, "chatd: %s\n", err);
+        goto cleanup;
+    }
+    if (strcmp (settings.provider, "builtin")) {
+        fprintf (stderr,
+                 "chatd: LLM_PROVIDER: '%s' is not supported (only 'builtin' for now)\n",
+                 settings.provider);
+        goto cleanup;
+    }
+    if (!settings.storage_dir) {
+        size_t size = strlen (settings.run_dir) + sizeof "/storage";
+        settings.storage_dir = cm_malloc (size);
+        snprintf (settings.storage_dir, size, "%s/storage", settings.run_dir);
+    }
+
+    chat_provider_t *provider = chat_provider_new_builtin (settings.token_delay_ms);
+    service = chat_service_new (settings.storage_dir, &provider, err, sizeof err);
+    if (!service) {
+        cm_error ("cannot open the database (STORAGE_DIR=%s): %s", settings.storage_dir,
+                  err);
+        rc = 1;
+        goto cleanup;
+    }
+    cm_info ("storage %s/llmrt.db, provider builtin, concurrency %lld, max pending %lld",
+             settings.storage_dir, (long long)settings.concurrency,
+             (long long)settings.max_pending);
+    rc = cm_worker_main ("chat", chat_service_routes (), service,
+                         (size_t)settings.concurrency, (size_t)settings.max_pending);
+
+cleanup:
+    chat_service_destroy (&service);
+    cm_config_free (s_config, &settings);
+    return rc;
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages llmrt needs to build, test and run, when
+# any is missing. Sourced or run; needs root (or sudo) only to install.
+set -euo pipefail
+LLMRT_PACKAGES=(
+    build-essential cmake pkg-config clang-format
+    libzmq3-dev libczmq-dev libmicrohttpd-dev libhiredis-dev libmsgpack-dev
+    libcriterion-dev libsqlite3-dev libcurl4-openssl-dev libjansson-dev
+    libsodium-dev uuid-dev
+    redis-server curl wrk nginx-light python3
+)
+missing=()
+for p in "${LLMRT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "deps: installing ${missing[*]}" >&2
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

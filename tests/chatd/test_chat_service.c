@@ -1,0 +1,706 @@
+/*  test_chat_service.c: chatd's routes against API.md's shapes.
+
+    The handlers are called directly with a fake cm_call_t: this file
+    defines every cm_call_* function itself (a link seam), so the test needs
+    no gateway and no ZeroMQ, and can cancel a stream at an exact event. */
+#include <criterion/criterion.h>
+#include "chat_service.h"
+#include "cm_storage.h"
+#include <ftw.h>
+
+//  --- the fake call ----------------------------------------------------------------
+
+struct cm_call_s {
+    const char *method;    //  request method
+    const char *pattern;   //  the route it was matched to
+    const char *params[4]; //  name, value, name, value of {param}s
+    const char *query[6];  //  name, value pairs of the query string
+    json_t *body;          //  request body (owned)
+    int cancel_after;      //  cancelled once this many SSE events went out (0: never)
+    int status;            //  status of the reply
+    json_t *reply;         //  a JSON FINAL, parsed
+    char *text;            //  a non-JSON FINAL body
+    json_t *events;        //  SSE events, in order
+    bool ended;            //  cm_call_stream_end was called
+    int finals;            //  FINAL messages sent (must end at 1)
+};
+
+const char *cm_call_request_id (cm_call_t *self)
+{
+    (void)self;
+    return "test-request";
+}
+
+const char *cm_call_method (cm_call_t *self)
+{
+    return self->method;
+}
+
+const char *cm_call_path (cm_call_t *self)
+{
+    return self->pattern;
+}
+
+static const char *s_lookup (const char *const *pairs, size_t count, const char *name)
+{
+    for (size_t i = 0; i + 1 < count && pairs[i]; i += 2)
+        if (!strcmp (pairs[i], name))
+            return pairs[i + 1];
+    return NULL;
+}
+
+const char *cm_call_param (cm_call_t *self, const char *name)
+{
+    return s_lookup (self->params, 4, name);
+}
+
+const char *cm_call_query (cm_call_t *self, const char *name)
+{
+    return s_lookup (self->query, 6, name);
+}
+
+const char *cm_call_identity (cm_call_t *self)
+{
+    (void)self;
+    return "test-key";
+}
+
+const char *cm_call_header (cm_call_t *self, const char *name)
+{
+    (void)self, (void)name;
+    return NULL;
+}
+
+const char *cm_call_body (cm_call_t *self, size_t *size_p)
+{
+    (void)self;
+    *size_p = 0;
+    return "";
+}
+
+json_t *cm_call_json (cm_call_t *self)
+{
+    return self->body;
+}
+
+int64_t cm_call_deadline (cm_call_t *self)
+{
+    (void)self;
+    return 0;
+}
+
+bool cm_call_cancelled (cm_call_t *self)
+{
+    return self->cancel_after &&
+           (int)json_array_size (self->events) >= self->cancel_after;
+}
+
+void cm_call_header_add (cm_call_t *self, const char *name, const char *value)
+{
+    (void)self, (void)name, (void)value;
+}
+
+void cm_call_reply (cm_call_t *self, int status, const char *content_type,
+                    const void *body, size_t size)
+{
+    (void)content_type;
+    cr_assert_eq (self->finals, 0, "one FINAL per call");
+    self->finals++;
+    self->status = status;
+    self->reply = json_loadb (body, size, 0, NULL);
+    self->text = strndup (body, size);
+}
+
+void cm_call_reply_json (cm_call_t *self, int status, json_t *value)
+{
+    cr_assert_not_null (value, "a reply was built from a bad json_pack");
+    char *text = json_dumps (value, JSON_COMPACT);
+    json_decref (value);
+    cm_call_reply (self, status, "application/json", text, strlen (text));
+    free (text);
+}
+
+void cm_call_reply_error (cm_call_t *self, int status, const char *message)
+{
+    cm_call_reply_json (self, status, json_pack ("{s:s}", "error", message));
+}
+
+void cm_call_stream (cm_call_t *self, int status, const char *content_type,
+                     const void *data, size_t size)
+{
+    (void)self, (void)status, (void)content_type, (void)data, (void)size;
+    cr_assert_fail ("chatd streams with cm_call_sse only");
+}
+
+void cm_call_sse (cm_call_t *self, json_t *event)
+{
+    cr_assert_not_null (event, "an event was built from a bad json_pack");
+    cr_assert_eq (self->finals, 0, "no event after the end");
+    self->status = 200;
+    json_array_append_new (self->events, event);
+}
+
+void cm_call_stream_end (cm_call_t *self)
+{
+    cr_assert_eq (self->finals, 0, "one FINAL per call");
+    self->finals++;
+    self->ended = true;
+}
+
+bool cm_call_replied (cm_call_t *self)
+{
+    return self->finals > 0;
+}
+
+//  --- harness ------------------------------------------------------------------------
+
+static char s_dir[64];
+static chat_service_t *s_service;
+static const char *s_query[6]; //  query string of the next s_serve (then cleared)
+
+static int s_remove_entry (const char *path, const struct stat *st, int flag,
+                           struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove (path);
+}
+
+static void s_setup (void)
+{
+    strcpy (s_dir, "/tmp/llmrt-chatd-XXXXXX");
+    cr_assert_not_null (mkdtemp (s_dir));
+    char err[512] = "";
+    chat_provider_t *provider = chat_provider_new_builtin (0);
+    s_service = chat_service_new (s_dir, &provider, err, sizeof err);
+    cr_assert_not_null (s_service, "%s", err);
+    cr_assert_null (provider);
+}
+
+static void s_teardown (void)
+{
+    chat_service_destroy (&s_service);
+    nftw (s_dir, s_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+//  Serve one request: the route by method and pattern, params "slug" and
+//  "threadSlug", a JSON body (text, may be NULL).
+static cm_call_t *s_serve (const char *method, const char *pattern, const char *slug,
+                           const char *thread, const char *body, int cancel_after)
+{
+    cm_call_t *call = calloc (1, sizeof *call);
+    call->method = method;
+    call->pattern = pattern;
+    call->params[0] = "slug";
+    call->params[1] = slug;
+    if (thread) {
+        call->params[2] = "threadSlug";
+        call->params[3] = thread;
+    }
+    call->body = body ? json_loads (body, 0, NULL) : NULL;
+    cr_assert (!body || call->body, "bad test body: %s", body);
+    call->cancel_after = cancel_after;
+    call->events = json_array ();
+    memcpy (call->query, s_query, sizeof s_query);
+    memset (s_query, 0, sizeof s_query);
+    const cm_route_t *route = chat_service_routes ();
+    while (route->method &&
+           (strcmp (route->method, method) || strcmp (route->pattern, pattern)))
+        route++;
+    cr_assert_not_null (route->method, "no route %s %s", method, pattern);
+    route->handler (call, s_service);
+    cr_assert_eq (call->finals, 1, "%s %s sent %d FINAL(s)", method, pattern,
+                  call->finals);
+    return call;
+}
+
+static void s_call_free (cm_call_t **call_p)
+{
+    cm_call_t *call = *call_p;
+    json_decref (call->body);
+    json_decref (call->reply);
+    json_decref (call->events);
+    free (call->text);
+    free (call);
+    *call_p = NULL;
+}
+
+static const char *s_str (json_t *object, const char *key)
+{
+    return json_string_value (json_object_get (object, key));
+}
+
+static void s_new_workspace (const char *body)
+{
+    cm_call_t *call = s_serve ("POST", "/api/v1/workspace/new", NULL, NULL, body, 0);
+    cr_assert_eq (call->status, 200, "%s", call->text);
+    s_call_free (&call);
+}
+
+//  The abort shape of errors before output.
+static void s_assert_abort (cm_call_t *call, int status, const char *error)
+{
+    cr_assert_eq (call->status, status, "status %d: %s", call->status, call->text);
+    cr_assert_eq (json_array_size (call->events), 0);
+    json_t *r = call->reply;
+    cr_assert_eq (json_object_size (r), 6, "%s", call->text);
+    cr_assert_eq (strlen (s_str (r, "id")), 36);
+    cr_assert_str_eq (s_str (r, "type"), "abort");
+    cr_assert (json_is_null (json_object_get (r, "textResponse")));
+    cr_assert_eq (json_array_size (json_object_get (r, "sources")), 0);
+    cr_assert (json_is_array (json_object_get (r, "sources")));
+    cr_assert (json_is_true (json_object_get (r, "close")));
+    cr_assert_str_eq (s_str (r, "error"), error);
+}
+
+static void s_assert_metrics (json_t *metrics)
+{
+    const char *keys[] = {"prompt_tokens", "completion_tokens", "total_tokens",
+                          "outputTps", "duration"};
+    cr_assert_eq (json_object_size (metrics), 5);
+    for (int i = 0; i < 5; i++)
+        cr_assert (json_is_number (json_object_get (metrics, keys[i])), "metrics.%s",
+                   keys[i]);
+    cr_assert_gt (json_integer_value (json_object_get (metrics, "completion_tokens")), 0);
+}
+
+TestSuite (chat_service, .init = s_setup, .fini = s_teardown);
+
+//  --- tests -------------------------------------------------------------------------
+
+Test (chat_service, walkthrough)
+{
+    //  Create a workspace.
+    cm_call_t *call = s_serve ("POST", "/api/v1/workspace/new", NULL, NULL,
+                               "{\"name\":\"Demo Space\",\"openAiHistory\":5}", 0);
+    cr_assert_eq (call->status, 200);
+    json_t *workspace = json_object_get (call->reply, "workspace");
+    cr_assert_str_eq (s_str (workspace, "slug"), "demo-space");
+    cr_assert_eq (json_integer_value (json_object_get (workspace, "openAiHistory")), 5);
+    cr_assert (json_object_get (call->reply, "message"));
+    cr_assert (json_is_null (json_object_get (call->reply, "message")));
+    s_call_free (&call);
+
+    //  Ask it something.
+    call = s_serve ("POST", "/api/v1/workspace/{slug}/chat", "demo-space", NULL,
+                    "{\"message\":\"Hello there\",\"mode\":\"chat\"}", 0);
+    cr_assert_eq (call->status, 200, "%s", call->text);
+    json_t *r = call->reply;
+    const char *keys[] = {"id",     "type",         "close",   "error",
+                          "chatId", "textResponse", "sources", "metrics"};
+    cr_assert_eq (json_object_size (r), 8, "%s", call->text);
+    for (int i = 0; i < 8; i++)
+        cr_assert (json_object_get (r, keys[i]), "missing %s", keys[i]);
+    cr_assert_str_eq (s_str (r, "type"), "textResponse");
+    cr_assert (json_is_true (json_object_get (r, "close")));
+    cr_assert (json_is_null (json_object_get (r, "error")));
+    cr_assert_gt (json_integer_value (json_object_get (r, "chatId")), 0);
+    cr_assert (strstr (s_str (r, "textResponse"), "\"Hello there\""));
+    s_assert_metrics (json_object_get (r, "metrics"));
+    s_call_free (&call);
+
+    //  The history shows the turn as a user and an assistant entry.
+    call = s_serve ("GET", "/api/v1/workspace/{slug}/chats", "demo-space", NULL, NULL, 0);
+    cr_assert_eq (call->status, 200);
+    json_t *history = json_object_get (call->reply, "history");
+    cr_assert_eq (json_array_size (history), 2);
+    json_t *user = json_array_get (history, 0), *assistant = json_array_get (history, 1);
+    cr_assert_str_eq (s_str (user, "role"), "user");
+    cr_assert_str_eq (s_str (user, "content"), "Hello there");
+    cr_assert_gt (json_integer_value (json_object_get (user, "sentAt")), 1600000000);
+    cr_assert_str_eq (s_str (assistant, "role"), "assistant");
+    cr_assert_str_eq (s_str (assistant, "type"), "chat");
+    s_assert_metrics (json_object_get (assistant, "metrics"));
+    s_call_free (&call);
+
+    //  Listing and reading it back.
+    call = s_serve ("GET", "/api/v1/workspaces", NULL, NULL, NULL, 0);
+    json_t *list = json_object_get (call->reply, "workspaces");
+    cr_assert_eq (json_array_size (list), 1);
+    cr_assert (json_is_array (json_object_get (json_array_get (list, 0), "threads")));
+    s_call_free (&call);
+    call = s_serve ("GET", "/api/v1/workspace/{slug}", "demo-space", NULL, NULL, 0);
+    json_t *found = json_object_get (call->reply, "workspace");
+    cr_assert (json_is_array (found));
+    cr_assert_eq (json_array_size (found), 1);
+    cr_assert (json_is_array (json_object_get (json_array_get (found, 0), "documents")));
+    s_call_free (&call);
+}
+
+Test (chat_service, workspace_new_without_name_is_400)
+{
+    const char *bodies[] = {NULL, "{}", "{\"name\":\"\"}", "{\"name\":null}", "[1,2]"};
+    for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++) {
+        cm_call_t *call =
+            s_serve ("POST", "/api/v1/workspace/new", NULL, NULL, bodies[i], 0);
+        cr_assert_eq (call->status, 400);
+        cr_assert_eq (json_object_size (call->reply), 2);
+        cr_assert (json_is_null (json_object_get (call->reply, "workspace")));
+        cr_assert_str_eq (s_str (call->reply, "message"), "name cannot be null");
+        s_call_free (&call);
+    }
+}
+
+Test (chat_service, unknown_slug_is_an_empty_array)
+{
+    cm_call_t *call = s_serve ("GET", "/api/v1/workspace/{slug}", "ghost", NULL, NULL, 0);
+    cr_assert_eq (call->status, 200);
+    cr_assert_str_eq (call->text, "{\"workspace\":[]}");
+    s_call_free (&call);
+}
+
+Test (chat_service, workspaces_list_threads_with_upstream_keys)
+{
+    s_new_workspace ("{\"name\":\"Threads\"}");
+    cm_call_t *call = s_serve ("POST", "/api/v1/workspace/{slug}/thread/new", "threads",
+                               NULL, "{\"name\":\"Side talk\",\"slug\":\"side\"}", 0);
+    cr_assert_eq (call->status, 200, "%s", call->text);
+    json_t *thread = json_object_get (call->reply, "thread");
+    cr_assert_str_eq (s_str (thread, "slug"), "side");
+    cr_assert_str_eq (s_str (thread, "name"), "Side talk");
+    cr_assert (json_is_null (json_object_get (call->reply, "message")));
+    s_call_free (&call);
+
+    call = s_serve ("GET", "/api/v1/workspaces", NULL, NULL, NULL, 0);
+    json_t *threads = json_object_get (
+        json_array_get (json_object_get (call->reply, "workspaces"), 0), "threads");
+    cr_assert_eq (json_array_size (threads), 1);
+    json_t *first = json_array_get (threads, 0);
+    cr_assert_eq (json_object_size (first), 3);
+    cr_assert (json_is_null (json_object_get (first, "user_id")));
+    cr_assert_str_eq (s_str (first, "slug"), "side");
+    cr_assert_str_eq (s_str (first, "name"), "Side talk");
+    s_call_free (&call);
+
+    call = s_serve ("GET", "/api/v1/workspace/{slug}", "threads", NULL, NULL, 0);
+    threads = json_object_get (
+        json_array_get (json_object_get (call->reply, "workspace"), 0), "threads");
+    cr_assert_eq (json_object_size (json_array_get (threads, 0)), 2,
+                  "get shows user_id, slug");
+    s_call_free (&call);
+
+    //  Unknown workspace: upstream's bare 400.
+    call = s_serve ("POST", "/api/v1/workspace/{slug}/thread/new", "nope", NULL, "{}", 0);
+    cr_assert_eq (call->status, 400);
+    cr_assert_str_eq (call->text, "Bad Request");
+    s_call_free (&call);
+}
+
+Test (chat_service, chat_errors_before_output)
+{
+    s_new_workspace ("{\"name\":\"Errors\"}");
+    const char *routes[] = {"/api/v1/workspace/{slug}/chat",
+                            "/api/v1/workspace/{slug}/stream-chat"};
+    for (int i = 0; i < 2; i++) {
+        cm_call_t *call =
+            s_serve ("POST", routes[i], "missing", NULL, "{\"message\":\"hi\"}", 0);
+        s_assert_abort (call, 400, "Workspace missing is not a valid workspace.");
+        s_call_free (&call);
+        call = s_serve ("POST", routes[i], "errors", NULL, "{\"message\":\"\"}", 0);
+        s_assert_abort (call, 400, "Message is empty");
+        s_call_free (&call);
+        call = s_serve ("POST", routes[i], "errors", NULL, NULL, 0);
+        s_assert_abort (call, 400, "Message is empty");
+        s_call_free (&call);
+        call = s_serve ("POST", routes[i], "errors", NULL,
+                        "{\"message\":\"hi\",\"mode\":\"bogus\"}", 0);
+        s_assert_abort (call, 400, "bogus is not a valid mode.");
+        s_call_free (&call);
+        //  An empty message wins over a bad mode, as upstream checks it first.
+        call = s_serve ("POST", routes[i], "errors", NULL, "{\"mode\":\"bogus\"}", 0);
+        s_assert_abort (call, 400, "Message is empty");
+        s_call_free (&call);
+    }
+    //  Nothing was saved.
+    cm_call_t *call =
+        s_serve ("GET", "/api/v1/workspace/{slug}/chats", "errors", NULL, NULL, 0);
+    cr_assert_eq (json_array_size (json_object_get (call->reply, "history")), 0);
+    s_call_free (&call);
+}
+
+Test (chat_service, stream_chat_events_in_upstream_order)
+{
+    s_new_workspace ("{\"name\":\"Stream\"}");
+    cm_call_t *sync =
+        s_serve ("POST", "/api/v1/workspace/{slug}/chat", "stream", NULL,
+                 "{\"message\":\"Tell me a story\",\"sessionId\":\"a\"}", 0);
+    cm_call_t *call =
+        s_serve ("POST", "/api/v1/workspace/{slug}/stream-chat", "stream", NULL,
+                 "{\"message\":\"Tell me a story\",\"sessionId\":\"b\"}", 0);
+    cr_assert_eq (call->status, 200);
+    cr_assert (call->ended);
+    size_t count = json_array_size (call->events);
+    cr_assert_gt (count, 3);
+
+    //  1. token chunks with uuid (not id) ...
+    char text[4096] = "";
+    const char *uuid = s_str (json_array_get (call->events, 0), "uuid");
+    cr_assert_eq (strlen (uuid), 36);
+    for (size_t i = 0; i + 2 < count; i++) {
+        json_t *e = json_array_get (call->events, i);
+        cr_assert_eq (json_object_size (e), 6);
+        cr_assert_str_eq (s_str (e, "uuid"), uuid);
+        cr_assert_null (json_object_get (e, "id"));
+        cr_assert_str_eq (s_str (e, "type"), "textResponseChunk");
+        cr_assert (json_is_false (json_object_get (e, "close")));
+        cr_assert (json_is_false (json_object_get (e, "error")));
+        cr_assert (json_is_array (json_object_get (e, "sources")));
+        strcat (text, s_str (e, "textResponse"));
+    }
+    //  ... that add up to what the non-streaming route answers ...
+    cr_assert_str_eq (text, s_str (sync->reply, "textResponse"));
+    //  2. the close:true chunk that is not the end ...
+    json_t *closing = json_array_get (call->events, count - 2);
+    cr_assert_str_eq (s_str (closing, "type"), "textResponseChunk");
+    cr_assert_str_eq (s_str (closing, "textResponse"), "");
+    cr_assert (json_is_true (json_object_get (closing, "close")));
+    cr_assert (json_is_false (json_object_get (closing, "error")));
+    cr_assert_str_eq (s_str (closing, "uuid"), uuid);
+    //  3. and finalizeResponseStream with chatId, metrics and sources.
+    json_t *last = json_array_get (call->events, count - 1);
+    cr_assert_str_eq (s_str (last, "type"), "finalizeResponseStream");
+    cr_assert_str_eq (s_str (last, "uuid"), uuid);
+    cr_assert (json_is_true (json_object_get (last, "close")));
+    cr_assert (json_is_false (json_object_get (last, "error")));
+    cr_assert_gt (json_integer_value (json_object_get (last, "chatId")), 0);
+    cr_assert (json_is_array (json_object_get (last, "sources")));
+    s_assert_metrics (json_object_get (last, "metrics"));
+    s_call_free (&call);
+    s_call_free (&sync);
+}
+
+Test (chat_service, cancelled_stream_saves_the_partial_answer)
+{
+    s_new_workspace ("{\"name\":\"Cancel\"}");
+    cm_call_t *call =
+        s_serve ("POST", "/api/v1/workspace/{slug}/stream-chat", "cancel", NULL,
+                 "{\"message\":\"Go on and on\",\"sessionId\":\"s1\"}", 4);
+    //  Four tokens went out; then the client was gone: no close, no finalize.
+    cr_assert_eq (json_array_size (call->events), 4);
+    cr_assert (call->ended);
+    char shown[1024] = "";
+    for (size_t i = 0; i < 4; i++) {
+        json_t *e = json_array_get (call->events, i);
+        cr_assert_str_eq (s_str (e, "type"), "textResponseChunk");
+        strcat (shown, s_str (e, "textResponse"));
+    }
+    s_call_free (&call);
+
+    //  The partial answer is in history, under its session.
+    s_query[0] = "apiSessionId";
+    s_query[1] = "s1";
+    call = s_serve ("GET", "/api/v1/workspace/{slug}/chats", "cancel", NULL, NULL, 0);
+    json_t *history = json_object_get (call->reply, "history");
+    cr_assert_eq (json_array_size (history), 2, "%s", call->text);
+    json_t *assistant = json_array_get (history, 1);
+    cr_assert_str_eq (s_str (assistant, "content"), shown);
+    cr_assert_eq (json_integer_value (json_object_get (
+                      json_object_get (assistant, "metrics"), "completion_tokens")),
+                  4);
+    s_call_free (&call);
+}
+
+Test (chat_service, history_feeds_the_next_prompt_and_reset_clears_it)
+{
+    s_new_workspace ("{\"name\":\"Memory\"}");
+    const char *route = "/api/v1/workspace/{slug}/chat";
+    cm_call_t *call = s_serve ("POST", route, "memory", NULL,
+                               "{\"message\":\"first\",\"sessionId\":\"m\"}", 0);
+    cr_assert (strstr (s_str (call->reply, "textResponse"), "0 earlier turns"));
+    s_call_free (&call);
+    call = s_serve ("POST", route, "memory", NULL,
+                    "{\"message\":\"second\",\"sessionId\":\"m\"}", 0);
+    cr_assert (strstr (s_str (call->reply, "textResponse"), "1 earlier turn "));
+    s_call_free (&call);
+    //  Another session has its own history.
+    call = s_serve ("POST", route, "memory", NULL,
+                    "{\"message\":\"other\",\"sessionId\":\"n\"}", 0);
+    cr_assert (strstr (s_str (call->reply, "textResponse"), "0 earlier turns"));
+    s_call_free (&call);
+
+    //  reset without a message: just the confirmation.
+    call = s_serve ("POST", route, "memory", NULL, "{\"sessionId\":\"m\",\"reset\":true}",
+                    0);
+    cr_assert_eq (call->status, 200, "%s", call->text);
+    cr_assert_str_eq (s_str (call->reply, "type"), "textResponse");
+    cr_assert_str_eq (s_str (call->reply, "textResponse"), "Chat history was reset!");
+    cr_assert (json_is_object (json_object_get (call->reply, "metrics")));
+    s_call_free (&call);
+    call = s_serve ("POST", route, "memory", NULL,
+                    "{\"message\":\"third\",\"sessionId\":\"m\"}", 0);
+    cr_assert (strstr (s_str (call->reply, "textResponse"), "0 earlier turns"));
+    s_call_free (&call);
+
+    //  The same on the streaming route: one textResponse event.
+    call = s_serve ("POST", "/api/v1/workspace/{slug}/stream-chat", "memory", NULL,
+                    "{\"sessionId\":\"m\",\"reset\":true}", 0);
+    cr_assert_eq (json_array_size (call->events), 1);
+    json_t *e = json_array_get (call->events, 0);
+    cr_assert_str_eq (s_str (e, "textResponse"), "Chat history was reset!");
+    cr_assert (json_is_true (json_object_get (e, "close")));
+    cr_assert (call->ended);
+    s_call_free (&call);
+}
+
+Test (chat_service, query_mode_without_documents_refuses)
+{
+    s_new_workspace ("{\"name\":\"Strict\",\"chatMode\":\"query\","
+                     "\"queryRefusalResponse\":\"Nothing on that here.\"}");
+    //  No mode in the body: the workspace's chatMode applies.
+    cm_call_t *call = s_serve ("POST", "/api/v1/workspace/{slug}/chat", "strict", NULL,
+                               "{\"message\":\"What is in my files?\"}", 0);
+    cr_assert_eq (call->status, 200);
+    cr_assert_str_eq (s_str (call->reply, "type"), "textResponse");
+    cr_assert_str_eq (s_str (call->reply, "textResponse"), "Nothing on that here.");
+    cr_assert (json_is_null (json_object_get (call->reply, "error")));
+    s_call_free (&call);
+
+    call = s_serve ("POST", "/api/v1/workspace/{slug}/stream-chat", "strict", NULL,
+                    "{\"message\":\"Anything?\"}", 0);
+    cr_assert_eq (json_array_size (call->events), 1);
+    cr_assert_str_eq (s_str (json_array_get (call->events, 0), "textResponse"),
+                      "Nothing on that here.");
+    s_call_free (&call);
+
+    //  Refusals are saved but are not history (include = false).
+    call = s_serve ("GET", "/api/v1/workspace/{slug}/chats", "strict", NULL, NULL, 0);
+    cr_assert_eq (json_array_size (json_object_get (call->reply, "history")), 0);
+    s_call_free (&call);
+
+    //  An explicit mode wins over the workspace's.
+    call = s_serve ("POST", "/api/v1/workspace/{slug}/chat", "strict", NULL,
+                    "{\"message\":\"Chat anyway\",\"mode\":\"automatic\"}", 0);
+    cr_assert (strstr (s_str (call->reply, "textResponse"), "offline responder"));
+    s_call_free (&call);
+}
+
+Test (chat_service, thread_chat_routes)
+{
+    s_new_workspace ("{\"name\":\"Threaded\"}");
+    cm_call_t *call = s_serve ("POST", "/api/v1/workspace/{slug}/thread/new", "threaded",
+                               NULL, "{\"slug\":\"t1\"}", 0);
+    s_call_free (&call);
+    call = s_serve ("POST", "/api/v1/workspace/{slug}/thread/{threadSlug}/chat",
+                    "threaded", "t1", "{\"message\":\"in a thread\"}", 0);
+    cr_assert_eq (call->status, 200, "%s", call->text);
+    cr_assert_gt (json_integer_value (json_object_get (call->reply, "chatId")), 0);
+    s_call_free (&call);
+    call = s_serve ("POST", "/api/v1/workspace/{slug}/thread/{threadSlug}/stream-chat",
+                    "threaded", "t1", "{\"message\":\"again\"}", 0);
+    json_t *last = json_array_get (call->events, json_array_size (call->events) - 1);
+    cr_assert_str_eq (s_str (last, "type"), "finalizeResponseStream");
+    s_call_free (&call);
+    call = s_serve ("POST", "/api/v1/workspace/{slug}/thread/{threadSlug}/chat",
+                    "threaded", "nope", "{\"message\":\"lost\"}", 0);
+    s_assert_abort (call, 400, "Workspace threaded or thread nope is not valid.");
+    s_call_free (&call);
+
+    //  Thread turns are not in the workspace's own history.
+    call = s_serve ("GET", "/api/v1/workspace/{slug}/chats", "threaded", NULL, NULL, 0);
+    cr_assert_eq (json_array_size (json_object_get (call->reply, "history")), 0);
+    s_call_free (&call);
+}
+
+Test (chat_service, chats_of_unknown_workspace_is_bare_400)
+{
+    cm_call_t *call =
+        s_serve ("GET", "/api/v1/workspace/{slug}/chats", "ghost", NULL, NULL, 0);
+    cr_assert_eq (call->status, 400);
+    cr_assert_str_eq (call->text, "Bad Request");
+    s_call_free (&call);
+}
+
+Test (chat_service, chats_limit_and_order_query)
+{
+    s_new_workspace ("{\"name\":\"Paged\"}");
+    const char *messages[] = {"{\"message\":\"one\"}", "{\"message\":\"two\"}",
+                              "{\"message\":\"three\"}"};
+    for (int i = 0; i < 3; i++) {
+        cm_call_t *call = s_serve ("POST", "/api/v1/workspace/{slug}/chat", "paged", NULL,
+                                   messages[i], 0);
+        s_call_free (&call);
+    }
+    s_query[0] = "limit";
+    s_query[1] = "2";
+    s_query[2] = "orderBy";
+    s_query[3] = "desc";
+    cm_call_t *call =
+        s_serve ("GET", "/api/v1/workspace/{slug}/chats", "paged", NULL, NULL, 0);
+    json_t *history = json_object_get (call->reply, "history");
+    cr_assert_eq (json_array_size (history), 4);
+    cr_assert_str_eq (s_str (json_array_get (history, 0), "content"), "three");
+    cr_assert_str_eq (s_str (json_array_get (history, 2), "content"), "two");
+    s_call_free (&call);
+
+    //  Default: oldest first, and limit below 1 means 1.
+    s_query[0] = "limit";
+    s_query[1] = "0";
+    call = s_serve ("GET", "/api/v1/workspace/{slug}/chats", "paged", NULL, NULL, 0);
+    history = json_object_get (call->reply, "history");
+    cr_assert_eq (json_array_size (history), 2);
+    cr_assert_str_eq (s_str (json_array_get (history, 0), "content"), "one");
+    s_call_free (&call);
+}
+
+//  A provider that misbehaves: a good token, a token that is not UTF-8,
+//  then a failure.
+static char *s_broken_complete (void *state, const chat_request_t *request,
+                                chat_metrics_t *metrics, char *err, size_t errlen)
+{
+    (void)state, (void)request, (void)metrics;
+    snprintf (err, errlen, "upstream exploded");
+    return NULL;
+}
+
+static chat_provider_result_t s_broken_stream (void *state, const chat_request_t *request,
+                                               chat_token_fn *on_token, void *arg,
+                                               chat_metrics_t *metrics, char *err,
+                                               size_t errlen)
+{
+    (void)state, (void)request;
+    on_token ("partial ", 8, arg);
+    on_token ("\xff\xfe ", 3, arg);
+    metrics->completion_tokens = 2;
+    snprintf (err, errlen, "upstream exploded");
+    return CHAT_PROVIDER_FAILED;
+}
+
+static const chat_provider_ops_t s_broken_ops = {"broken", s_broken_complete,
+                                                 s_broken_stream, NULL};
+
+Test (chat_service, provider_failure_after_validation)
+{
+    chat_service_destroy (&s_service);
+    chat_provider_t *provider = chat_provider_new (&s_broken_ops, NULL);
+    char err[256];
+    s_service = chat_service_new (s_dir, &provider, err, sizeof err);
+    cr_assert_not_null (s_service);
+    s_new_workspace ("{\"name\":\"Fragile\"}");
+
+    //  Non-streaming: 200 with type abort.
+    cm_call_t *call = s_serve ("POST", "/api/v1/workspace/{slug}/chat", "fragile", NULL,
+                               "{\"message\":\"hi\"}", 0);
+    cr_assert_eq (call->status, 200);
+    cr_assert_str_eq (s_str (call->reply, "type"), "abort");
+    cr_assert (json_is_null (json_object_get (call->reply, "textResponse")));
+    cr_assert_str_eq (s_str (call->reply, "error"),
+                      "No text completion could be completed with this input.");
+    s_call_free (&call);
+
+    //  Streaming: the good token, no event for the broken one, abort, finalize.
+    call = s_serve ("POST", "/api/v1/workspace/{slug}/stream-chat", "fragile", NULL,
+                    "{\"message\":\"hi\"}", 0);
+    cr_assert_eq (json_array_size (call->events), 3);
+    cr_assert_str_eq (s_str (json_array_get (call->events, 0), "textResponse"),
+                      "partial ");
+    json_t *abort = json_array_get (call->events, 1);
+    cr_assert_str_eq (s_str (abort, "type"), "abort");
+    cr_assert_str_eq (s_str (abort, "error"), "upstream exploded");
+    cr_assert (json_is_null (json_object_get (abort, "textResponse")));
+    cr_assert (json_is_true (json_object_get (abort, "close")));
+    json_t *last = json_array_get (call->events, 2);
+    cr_assert_str_eq (s_str (last, "type"), "finalizeResponseStream");
+    cr_assert_gt (json_integer_value (json_object_get (last, "chatId")), 0,
+                  "partial saved");
+    cr_assert (call->ended);
+    s_call_free (&call);
+}

@@ -1,0 +1,550 @@
+/*  test_cm_storage.c: the storage module on a real SQLite file in a temp
+    dir: walk-through, slugs, workspaces, threads, chat history, and
+    concurrent connections (threads and processes) on one file. */
+#include <criterion/criterion.h>
+#include "cm_storage.h"
+#include <ftw.h>
+#include <pthread.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char s_dir[64];
+
+static int s_remove_entry (const char *path, const struct stat *st, int flag,
+                           struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove (path);
+}
+
+static void s_setup (void)
+{
+    strcpy (s_dir, "/tmp/llmrt-storage-XXXXXX");
+    cr_assert_not_null (mkdtemp (s_dir));
+}
+
+static void s_teardown (void)
+{
+    nftw (s_dir, s_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static cm_storage_t *s_open (void)
+{
+    char err[512] = "";
+    cm_storage_t *storage = cm_storage_new (s_dir, err, sizeof err);
+    cr_assert_not_null (storage, "open failed: %s", err);
+    return storage;
+}
+
+static json_t *s_workspace (cm_storage_t *storage, const char *name)
+{
+    json_t *fields = json_pack ("{s:s}", "name", name);
+    json_t *workspace = NULL;
+    cr_assert_eq (cm_storage_workspace_create (storage, fields, &workspace),
+                  CM_STORAGE_OK);
+    json_decref (fields);
+    return workspace;
+}
+
+static int64_t s_id (json_t *row)
+{
+    return json_integer_value (json_object_get (row, "id"));
+}
+
+static int64_t s_add_chat (cm_storage_t *storage, int64_t workspace_id,
+                           const char *prompt, const char *session_id)
+{
+    json_t *response = json_pack ("{s:s, s:[], s:s, s:[], s:{}}", "text", prompt,
+                                  "sources", "type", "chat", "attachments", "metrics");
+    cm_storage_chat_t chat = {.workspace_id = workspace_id,
+                              .prompt = prompt,
+                              .response = response,
+                              .session_id = session_id,
+                              .include = true};
+    int64_t id = cm_storage_chat_add (storage, &chat);
+    json_decref (response);
+    return id;
+}
+
+TestSuite (cm_storage, .init = s_setup, .fini = s_teardown);
+
+Test (cm_storage, walkthrough)
+{
+    //  Opening creates the directory, the file and the schema.
+    char nested[128];
+    snprintf (nested, sizeof nested, "%s/a/b", s_dir);
+    char err[512] = "";
+    cm_storage_t *storage = cm_storage_new (nested, err, sizeof err);
+    cr_assert_not_null (storage, "%s", err);
+    cr_assert (strstr (cm_storage_path (storage), "/a/b/llmrt.db"));
+    cr_assert_eq (cm_storage_schema_version (storage), CM_STORAGE_SCHEMA_VERSION);
+    cr_assert (cm_storage_ping (storage));
+
+    //  A workspace, in upstream's shape.
+    json_t *fields =
+        json_pack ("{s:s, s:f, s:i}", "name", "My Docs", "openAiTemp", 0.5, "topN", 6);
+    json_t *workspace = NULL;
+    cr_assert_eq (cm_storage_workspace_create (storage, fields, &workspace),
+                  CM_STORAGE_OK);
+    json_decref (fields);
+    cr_assert_str_eq (json_string_value (json_object_get (workspace, "slug")), "my-docs");
+    cr_assert_str_eq (json_string_value (json_object_get (workspace, "name")), "My Docs");
+    cr_assert_eq (json_real_value (json_object_get (workspace, "openAiTemp")), 0.5);
+    cr_assert_eq (json_integer_value (json_object_get (workspace, "topN")), 6);
+    cr_assert_eq (json_integer_value (json_object_get (workspace, "openAiHistory")), 20);
+    cr_assert_eq (json_real_value (json_object_get (workspace, "similarityThreshold")),
+                  0.25);
+    cr_assert_str_eq (json_string_value (json_object_get (workspace, "chatMode")),
+                      "automatic");
+    cr_assert_str_eq (json_string_value (json_object_get (workspace, "vectorSearchMode")),
+                      "default");
+    cr_assert (json_is_null (json_object_get (workspace, "openAiPrompt")));
+    cr_assert (json_is_null (json_object_get (workspace, "queryRefusalResponse")));
+    cr_assert (json_is_null (json_object_get (workspace, "chatProvider")));
+    const char *created = json_string_value (json_object_get (workspace, "createdAt"));
+    cr_assert (created && strlen (created) == 24 && created[10] == 'T' &&
+                   created[23] == 'Z',
+               "createdAt was %s", created);
+
+    //  Read it back by slug; a chat turn; the history.
+    json_t *again = NULL;
+    cr_assert_eq (cm_storage_workspace_get (storage, "my-docs", &again), CM_STORAGE_OK);
+    cr_assert (json_equal (again, workspace));
+    int64_t chat_id = s_add_chat (storage, s_id (workspace), "hello", NULL);
+    cr_assert_gt (chat_id, 0);
+    json_t *chats = NULL;
+    cm_storage_chat_filter_t filter = {.user_id = -1, .included_only = true};
+    cr_assert_eq (cm_storage_chat_list (storage, s_id (workspace), &filter, &chats),
+                  CM_STORAGE_OK);
+    cr_assert_eq (json_array_size (chats), 1);
+    json_t *chat = json_array_get (chats, 0);
+    cr_assert_eq (s_id (chat), chat_id);
+    cr_assert_str_eq (json_string_value (json_object_get (chat, "prompt")), "hello");
+    cr_assert (json_is_true (json_object_get (chat, "include")));
+    cr_assert_str_eq (
+        json_string_value (json_object_get (json_object_get (chat, "response"), "text")),
+        "hello");
+
+    json_decref (chats);
+    json_decref (again);
+    json_decref (workspace);
+    cm_storage_destroy (&storage);
+    cr_assert_null (storage);
+    cm_storage_destroy (&storage); //  NULL-safe
+}
+
+Test (cm_storage, slugify_follows_upstream_rule)
+{
+    const char *cases[][2] = {
+        {"My Workspace", "my-workspace"},
+        {"  Hello,   World!  ", "hello-world"},
+        {"a--b__c", "a-b-c"},
+        {"UPPER lower 123", "upper-lower-123"},
+        {"caf\xC3\xA9 au lait", "caf-au-lait"},
+        {"!!!", ""},
+        {"", ""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *slug = cm_storage_slugify (cases[i][0]);
+        cr_assert_str_eq (slug, cases[i][1], "slugify('%s')", cases[i][0]);
+        free (slug);
+    }
+}
+
+Test (cm_storage, slug_collision_gets_eight_random_digits)
+{
+    cm_storage_t *storage = s_open ();
+    json_t *first = s_workspace (storage, "Team Notes");
+    json_t *second = s_workspace (storage, "team notes");
+    const char *slug = json_string_value (json_object_get (second, "slug"));
+    cr_assert_str_eq (json_string_value (json_object_get (first, "slug")), "team-notes");
+    cr_assert_eq (strlen (slug), strlen ("team-notes-") + 8, "slug was %s", slug);
+    cr_assert (!strncmp (slug, "team-notes-", 11));
+    for (int i = 11; i < 19; i++)
+        cr_assert (slug[i] >= '0' && slug[i] <= '9');
+    cr_assert (slug[11] != '0', "the suffix is 10000000..99999999");
+    json_decref (first);
+    json_decref (second);
+    cm_storage_destroy (&storage);
+}
+
+Test (cm_storage, unsluggable_name_gets_a_uuid)
+{
+    cm_storage_t *storage = s_open ();
+    json_t *workspace = s_workspace (storage, "???");
+    const char *slug = json_string_value (json_object_get (workspace, "slug"));
+    cr_assert_eq (strlen (slug), 36, "slug was %s", slug);
+    cr_assert_eq (slug[8], '-');
+    cr_assert_eq (slug[14], '4');
+    json_decref (workspace);
+    cm_storage_destroy (&storage);
+}
+
+Test (cm_storage, missing_name_is_refused_not_asserted)
+{
+    cm_storage_t *storage = s_open ();
+    json_t *workspace = NULL;
+    json_t *bodies[] = {json_object (), json_pack ("{s:s}", "name", ""),
+                        json_pack ("{s:i}", "name", 7), json_array (), NULL};
+    for (int i = 0; bodies[i]; i++) {
+        cr_assert_eq (cm_storage_workspace_create (storage, bodies[i], &workspace),
+                      CM_STORAGE_INVALID);
+        cr_assert_null (workspace);
+        cr_assert_str_eq (cm_storage_errmsg (storage), "name cannot be null");
+        json_decref (bodies[i]);
+    }
+    cr_assert_eq (cm_storage_workspace_create (storage, NULL, &workspace),
+                  CM_STORAGE_INVALID);
+    cm_storage_destroy (&storage);
+}
+
+Test (cm_storage, fields_are_normalised_like_upstream)
+{
+    cm_storage_t *storage = s_open ();
+    json_t *fields = json_pack (
+        "{s:s, s:f, s:i, s:s, s:i, s:f, s:s, s:s, s:s, s:s}", "name", "Tuned",
+        "similarityThreshold", 7.5, "openAiHistory", -3, "openAiTemp", "0.7", "topN", 0,
+        "openAiTemp_ignored", 1.0, "chatMode", "bogus", "chatProvider", "none",
+        "openAiPrompt", "Be brief.", "vectorSearchMode", "rerank");
+    json_t *workspace = NULL;
+    cr_assert_eq (cm_storage_workspace_create (storage, fields, &workspace),
+                  CM_STORAGE_OK);
+    cr_assert_eq (json_real_value (json_object_get (workspace, "similarityThreshold")),
+                  1.0);
+    cr_assert_eq (json_integer_value (json_object_get (workspace, "openAiHistory")), 0);
+    cr_assert_eq (json_real_value (json_object_get (workspace, "openAiTemp")), 0.7);
+    cr_assert_eq (json_integer_value (json_object_get (workspace, "topN")), 1);
+    cr_assert_str_eq (json_string_value (json_object_get (workspace, "chatMode")),
+                      "automatic");
+    cr_assert (json_is_null (json_object_get (workspace, "chatProvider")));
+    cr_assert_str_eq (json_string_value (json_object_get (workspace, "openAiPrompt")),
+                      "Be brief.");
+    cr_assert_str_eq (json_string_value (json_object_get (workspace, "vectorSearchMode")),
+                      "rerank");
+    json_decref (fields);
+    json_decref (workspace);
+
+    //  A long name is cut at 255 characters, never inside a UTF-8 sequence.
+    char name[1024] = "";
+    for (int i = 0; i < 300; i++)
+        strcat (name, "\xC3\xA9");
+    workspace = s_workspace (storage, name);
+    cr_assert_eq (strlen (json_string_value (json_object_get (workspace, "name"))), 510);
+    json_decref (workspace);
+    cm_storage_destroy (&storage);
+}
+
+Test (cm_storage, get_unknown_slug_is_not_found)
+{
+    cm_storage_t *storage = s_open ();
+    json_t *workspace = (json_t *)1;
+    cr_assert_eq (cm_storage_workspace_get (storage, "nope", &workspace),
+                  CM_STORAGE_NOT_FOUND);
+    cr_assert_null (workspace);
+    cm_storage_destroy (&storage);
+}
+
+Test (cm_storage, list_workspaces_with_their_threads)
+{
+    cm_storage_t *storage = s_open ();
+    json_t *alpha = s_workspace (storage, "Alpha");
+    json_t *beta = s_workspace (storage, "Beta");
+    json_t *thread = NULL;
+    json_t *fields =
+        json_pack ("{s:s, s:s, s:i}", "name", "Ideas", "slug", "My Ideas", "userId", 3);
+    cr_assert_eq (cm_storage_thread_create (storage, s_id (beta), fields, &thread),
+                  CM_STORAGE_OK);
+    cr_assert_str_eq (json_string_value (json_object_get (thread, "slug")), "my-ideas");
+    cr_assert_str_eq (json_string_value (json_object_get (thread, "name")), "Ideas");
+    cr_assert_eq (json_integer_value (json_object_get (thread, "workspace_id")),
+                  s_id (beta));
+    cr_assert_eq (json_integer_value (json_object_get (thread, "user_id")), 3);
+
+    //  The same slug again is a conflict; no fields gives "Thread" and a UUID.
+    json_t *dup = NULL;
+    cr_assert_eq (cm_storage_thread_create (storage, s_id (alpha), fields, &dup),
+                  CM_STORAGE_CONFLICT);
+    cr_assert_null (dup);
+    json_t *plain = NULL;
+    cr_assert_eq (cm_storage_thread_create (storage, s_id (alpha), NULL, &plain),
+                  CM_STORAGE_OK);
+    cr_assert_str_eq (json_string_value (json_object_get (plain, "name")), "Thread");
+    cr_assert_eq (strlen (json_string_value (json_object_get (plain, "slug"))), 36);
+    cr_assert (json_is_null (json_object_get (plain, "user_id")));
+
+    //  A thread of a workspace that does not exist is refused.
+    json_t *orphan = NULL;
+    cr_assert_eq (cm_storage_thread_create (storage, 9999, NULL, &orphan),
+                  CM_STORAGE_INVALID);
+
+    json_t *list = NULL;
+    cr_assert_eq (cm_storage_workspace_list (storage, &list), CM_STORAGE_OK);
+    cr_assert_eq (json_array_size (list), 2);
+    json_t *first = json_array_get (list, 0), *second = json_array_get (list, 1);
+    cr_assert_str_eq (json_string_value (json_object_get (first, "slug")), "alpha");
+    cr_assert_eq (json_array_size (json_object_get (first, "threads")), 1);
+    cr_assert_eq (json_array_size (json_object_get (second, "threads")), 1);
+    cr_assert_str_eq (
+        json_string_value (json_object_get (
+            json_array_get (json_object_get (second, "threads"), 0), "slug")),
+        "my-ideas");
+
+    json_t *found = NULL;
+    cr_assert_eq (cm_storage_thread_get (storage, s_id (beta), "my-ideas", &found),
+                  CM_STORAGE_OK);
+    cr_assert (json_equal (found, thread));
+    json_decref (found);
+    cr_assert_eq (cm_storage_thread_get (storage, s_id (alpha), "my-ideas", &found),
+                  CM_STORAGE_NOT_FOUND);
+    json_t *threads = NULL;
+    cr_assert_eq (cm_storage_thread_list (storage, s_id (alpha), &threads),
+                  CM_STORAGE_OK);
+    cr_assert_eq (json_array_size (threads), 1);
+
+    json_decref (threads);
+    json_decref (list);
+    json_decref (plain);
+    json_decref (fields);
+    json_decref (thread);
+    json_decref (alpha);
+    json_decref (beta);
+    cm_storage_destroy (&storage);
+}
+
+Test (cm_storage, chat_history_order_limit_and_filters)
+{
+    cm_storage_t *storage = s_open ();
+    json_t *workspace = s_workspace (storage, "History");
+    int64_t ws = s_id (workspace);
+    char prompt[16];
+    for (int i = 1; i <= 5; i++) {
+        snprintf (prompt, sizeof prompt, "p%d", i);
+        cr_assert_gt (s_add_chat (storage, ws, prompt, NULL), 0);
+    }
+    s_add_chat (storage, ws, "s1", "session-a");
+    s_add_chat (storage, ws, "s2", "session-a");
+
+    json_t *chats = NULL;
+    cm_storage_chat_filter_t oldest = {.user_id = -1, .included_only = true, .limit = 3};
+    cr_assert_eq (cm_storage_chat_list (storage, ws, &oldest, &chats), CM_STORAGE_OK);
+    cr_assert_eq (json_array_size (chats), 3);
+    cr_assert_str_eq (
+        json_string_value (json_object_get (json_array_get (chats, 0), "prompt")), "p1");
+    cr_assert_str_eq (
+        json_string_value (json_object_get (json_array_get (chats, 2), "prompt")), "p3");
+    json_decref (chats);
+
+    cm_storage_chat_filter_t newest = {.user_id = -1, .limit = 2, .newest_first = true};
+    cr_assert_eq (cm_storage_chat_list (storage, ws, &newest, &chats), CM_STORAGE_OK);
+    cr_assert_eq (json_array_size (chats), 2);
+    cr_assert_str_eq (
+        json_string_value (json_object_get (json_array_get (chats, 0), "prompt")), "p5");
+    json_decref (chats);
+
+    cm_storage_chat_filter_t session = {.session_id = "session-a", .user_id = 0};
+    cr_assert_eq (cm_storage_chat_list (storage, ws, &session, &chats), CM_STORAGE_OK);
+    cr_assert_eq (json_array_size (chats), 2);
+    cr_assert_str_eq (
+        json_string_value (json_object_get (json_array_get (chats, 0), "api_session_id")),
+        "session-a");
+    json_decref (chats);
+
+    //  Reset hides a conversation from history (include = false), no more.
+    cr_assert_eq (cm_storage_chat_reset (storage, ws, &session), 2);
+    session.included_only = true;
+    cr_assert_eq (cm_storage_chat_list (storage, ws, &session, &chats), CM_STORAGE_OK);
+    cr_assert_eq (json_array_size (chats), 0);
+    json_decref (chats);
+    cm_storage_chat_filter_t all = {.user_id = -1, .included_only = true};
+    cr_assert_eq (cm_storage_chat_list (storage, ws, &all, &chats), CM_STORAGE_OK);
+    cr_assert_eq (json_array_size (chats), 5);
+    json_decref (chats);
+
+    //  A turn of a workspace that does not exist fails cleanly.
+    cr_assert_eq (s_add_chat (storage, 4242, "lost", NULL), -1);
+    cr_assert (strlen (cm_storage_errmsg (storage)) > 0);
+
+    json_decref (workspace);
+    cm_storage_destroy (&storage);
+}
+
+Test (cm_storage, reopening_keeps_data_and_schema)
+{
+    cm_storage_t *storage = s_open ();
+    json_t *workspace = s_workspace (storage, "Durable");
+    json_decref (workspace);
+    cm_storage_destroy (&storage);
+    storage = s_open ();
+    cr_assert_eq (cm_storage_workspace_get (storage, "durable", &workspace),
+                  CM_STORAGE_OK);
+    json_decref (workspace);
+    cm_storage_destroy (&storage);
+}
+
+Test (cm_storage, corrupt_file_is_an_error_not_a_crash)
+{
+    char path[128];
+    snprintf (path, sizeof path, "%s/%s", s_dir, CM_STORAGE_FILE);
+    FILE *file = fopen (path, "w");
+    cr_assert_not_null (file);
+    for (int i = 0; i < 200; i++)
+        fputs ("this is not a database file, not at all. ", file);
+    fclose (file);
+    char err[512] = "";
+    cm_storage_t *storage = cm_storage_new (s_dir, err, sizeof err);
+    cr_assert_null (storage);
+    cr_assert (strstr (err, "llmrt.db"), "err was: %s", err);
+}
+
+Test (cm_storage, unusable_directory_is_an_error)
+{
+    char path[128];
+    snprintf (path, sizeof path, "%s/file", s_dir);
+    FILE *file = fopen (path, "w");
+    fclose (file);
+    char err[512] = "";
+    char dir[160];
+    snprintf (dir, sizeof dir, "%s/sub", path);
+    cr_assert_null (cm_storage_new (dir, err, sizeof err));
+    cr_assert (strstr (err, "cannot create directory"), "err was: %s", err);
+}
+
+//  --- concurrency ----------------------------------------------------------------
+
+#define S_WRITERS 4
+#define S_INSERTS 150
+
+typedef struct {
+    int64_t workspace_id;
+    int failures;
+} s_writer_t;
+
+static void *s_writer (void *arg)
+{
+    s_writer_t *writer = (s_writer_t *)arg;
+    char err[512];
+    cm_storage_t *storage = cm_storage_new (s_dir, err, sizeof err);
+    if (!storage) {
+        writer->failures = S_INSERTS;
+        return NULL;
+    }
+    for (int i = 0; i < S_INSERTS; i++) {
+        if (s_add_chat (storage, writer->workspace_id, "concurrent", NULL) < 0)
+            writer->failures++;
+        //  Interleave reads and multi-statement writes with the inserts.
+        if (i % 25 == 0) {
+            json_t *list = NULL;
+            if (cm_storage_workspace_list (storage, &list) != CM_STORAGE_OK)
+                writer->failures++;
+            json_decref (list);
+            json_t *ws = json_pack ("{s:s}", "name", "Shared Name");
+            json_t *created = NULL;
+            if (cm_storage_workspace_create (storage, ws, &created) != CM_STORAGE_OK)
+                writer->failures++;
+            json_decref (created);
+            json_decref (ws);
+        }
+    }
+    cm_storage_destroy (&storage);
+    return NULL;
+}
+
+static int64_t s_count_chats (cm_storage_t *storage, int64_t workspace_id)
+{
+    json_t *chats = NULL;
+    cm_storage_chat_filter_t all = {.user_id = -1};
+    cr_assert_eq (cm_storage_chat_list (storage, workspace_id, &all, &chats),
+                  CM_STORAGE_OK);
+    int64_t count = (int64_t)json_array_size (chats);
+    json_decref (chats);
+    return count;
+}
+
+Test (cm_storage, concurrent_threads_do_not_see_busy)
+{
+    cm_storage_t *storage = s_open ();
+    json_t *workspace = s_workspace (storage, "Busy");
+    pthread_t threads[S_WRITERS];
+    s_writer_t writers[S_WRITERS];
+    for (int i = 0; i < S_WRITERS; i++) {
+        writers[i] = (s_writer_t){.workspace_id = s_id (workspace)};
+        pthread_create (&threads[i], NULL, s_writer, &writers[i]);
+    }
+    for (int i = 0; i < S_WRITERS; i++) {
+        pthread_join (threads[i], NULL);
+        cr_assert_eq (writers[i].failures, 0, "writer %d failed %d time(s)", i,
+                      writers[i].failures);
+    }
+    cr_assert_eq (s_count_chats (storage, s_id (workspace)), S_WRITERS * S_INSERTS);
+
+    //  Every "Shared Name" got its own slug.
+    json_t *list = NULL;
+    cr_assert_eq (cm_storage_workspace_list (storage, &list), CM_STORAGE_OK);
+    cr_assert_eq (json_array_size (list), 1 + S_WRITERS * (S_INSERTS / 25));
+    json_decref (list);
+    json_decref (workspace);
+    cm_storage_destroy (&storage);
+}
+
+Test (cm_storage, concurrent_processes_share_the_file)
+{
+    //  A fresh file: the children race to create the schema too.
+    pid_t children[3];
+    for (int i = 0; i < 3; i++) {
+        children[i] = fork ();
+        cr_assert_neq (children[i], -1);
+        if (children[i] == 0) {
+            char err[512];
+            cm_storage_t *storage = cm_storage_new (s_dir, err, sizeof err);
+            if (!storage)
+                _exit (10);
+            json_t *ws = json_pack ("{s:s}", "name", "Per Process");
+            json_t *created = NULL;
+            int failures = 0;
+            if (cm_storage_workspace_create (storage, ws, &created) != CM_STORAGE_OK)
+                _exit (11);
+            for (int n = 0; n < S_INSERTS; n++)
+                if (s_add_chat (storage, s_id (created), "from a child", NULL) < 0)
+                    failures++;
+            json_decref (created);
+            json_decref (ws);
+            cm_storage_destroy (&storage);
+            _exit (failures ? 12 : 0);
+        }
+    }
+    for (int i = 0; i < 3; i++) {
+        int status = 0;
+        cr_assert_eq (waitpid (children[i], &status, 0), children[i]);
+        cr_assert (WIFEXITED (status) && WEXITSTATUS (status) == 0,
+                   "child %d exited with status %d", i, WEXITSTATUS (status));
+    }
+    cm_storage_t *storage = s_open ();
+    json_t *list = NULL;
+    cr_assert_eq (cm_storage_workspace_list (storage, &list), CM_STORAGE_OK);
+    cr_assert_eq (json_array_size (list), 3);
+    size_t i;
+    json_t *workspace;
+    json_array_foreach (list, i, workspace)
+        cr_assert_eq (s_count_chats (storage, s_id (workspace)), S_INSERTS);
+    json_decref (list);
+    cm_storage_destroy (&storage);
+}
+
+Test (cm_storage, pool_lends_separate_connections)
+{
+    char err[512] = "";
+    cm_storage_pool_t *pool = cm_storage_pool_new (s_dir, err, sizeof err);
+    cr_assert_not_null (pool, "%s", err);
+    cm_storage_t *a = cm_storage_pool_acquire (pool);
+    cm_storage_t *b = cm_storage_pool_acquire (pool);
+    cr_assert (a && b && a != b);
+    cm_storage_t *kept = a;
+    cm_storage_pool_release (pool, &a);
+    cr_assert_null (a);
+    cm_storage_t *c = cm_storage_pool_acquire (pool);
+    cr_assert_eq (c, kept, "an idle connection is lent again");
+    cm_storage_pool_release (pool, &b);
+    cm_storage_pool_release (pool, &c);
+    cm_storage_pool_destroy (&pool);
+    cr_assert_null (pool);
+}
