@@ -189,6 +189,73 @@ s_get_uint (const msgpack_object *o, uint64_t max, uint64_t *out)
     return true;
 }
 
+//  Walk the msgpack structure without building it, so a hostile header
+//  ("an array of 4 billion items") is refused before msgpack-c allocates
+//  for it. Returns true when the frame holds one object of at most
+//  S_MAX_OBJECTS objects in all, each within the frame's bytes.
+#define S_MAX_OBJECTS 1024
+
+static bool
+s_prescan (const unsigned char *p, size_t size)
+{
+    size_t at = 0, todo = 1, seen = 0;
+    while (todo) {
+        if (at >= size || ++seen > S_MAX_OBJECTS)
+            return false;
+        unsigned char c = p[at++];
+        uint64_t skip = 0, children = 0;
+        int len_bytes = 0;
+        if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
+            skip = 0;
+        else if (c >= 0x80 && c <= 0x8f)
+            children = 2u * (c & 0x0f);
+        else if (c >= 0x90 && c <= 0x9f)
+            children = c & 0x0f;
+        else if (c >= 0xa0 && c <= 0xbf)
+            skip = c & 0x1f;
+        else {
+            switch (c) {
+                case 0xc4: case 0xd9: len_bytes = 1; break;
+                case 0xc5: case 0xda: len_bytes = 2; break;
+                case 0xc6: case 0xdb: len_bytes = 4; break;
+                case 0xc7: len_bytes = 1; skip = 1; break;
+                case 0xc8: len_bytes = 2; skip = 1; break;
+                case 0xc9: len_bytes = 4; skip = 1; break;
+                case 0xca: skip = 4; break;
+                case 0xcb: skip = 8; break;
+                case 0xcc: case 0xd0: skip = 1; break;
+                case 0xcd: case 0xd1: skip = 2; break;
+                case 0xce: case 0xd2: skip = 4; break;
+                case 0xcf: case 0xd3: skip = 8; break;
+                case 0xd4: skip = 2; break;
+                case 0xd5: skip = 3; break;
+                case 0xd6: skip = 5; break;
+                case 0xd7: skip = 9; break;
+                case 0xd8: skip = 17; break;
+                case 0xdc: case 0xde: len_bytes = 2; break;
+                case 0xdd: case 0xdf: len_bytes = 4; break;
+                default: return false; //  0xc1 is never used
+            }
+            if (len_bytes) {
+                if (size - at < (size_t) len_bytes)
+                    return false;
+                uint64_t n = 0;
+                for (int i = 0; i < len_bytes; i++)
+                    n = (n << 8) | p[at++];
+                if (c >= 0xdc)
+                    children = (c == 0xde || c == 0xdf) ? 2 * n : n;
+                else
+                    skip += n;
+            }
+        }
+        if (children > S_MAX_OBJECTS || skip > size - at)
+            return false;
+        at += skip;
+        todo = todo - 1 + children;
+    }
+    return true;
+}
+
 cm_msg_t *
 cm_msg_decode (const void *data, size_t size, char *err, size_t errlen)
 {
@@ -201,6 +268,10 @@ cm_msg_decode (const void *data, size_t size, char *err, size_t errlen)
     }
     msgpack_unpacked result;
     msgpack_unpacked_init (&result);
+    if (!s_prescan (data, size)) {
+        snprintf (err, errlen, "malformed or truncated frame (%zu bytes)", size);
+        goto fail;
+    }
     size_t offset = 0;
     msgpack_unpack_return rc = msgpack_unpack_next (&result, data, size, &offset);
     if (rc != MSGPACK_UNPACK_SUCCESS) {

@@ -59,13 +59,14 @@ s_item_free (s_item_t *item)
 }
 
 void
-cm_queue_destroy (cm_queue_t **self_p)
+cm_queue_close (cm_queue_t *self)
 {
-    assert (self_p);
-    cm_queue_t *self = *self_p;
-    if (!self)
-        return;
+    assert (self);
     pthread_mutex_lock (&self->lock);
+    if (self->closing) {
+        pthread_mutex_unlock (&self->lock);
+        return;
+    }
     self->closing = true;
     s_item_t *waiting = self->head;
     self->head = self->tail = NULL;
@@ -80,6 +81,17 @@ cm_queue_destroy (cm_queue_t **self_p)
     }
     for (size_t i = 0; i < self->thread_count; i++)
         pthread_join (self->threads[i], NULL);
+    self->thread_count = 0;
+}
+
+void
+cm_queue_destroy (cm_queue_t **self_p)
+{
+    assert (self_p);
+    cm_queue_t *self = *self_p;
+    if (!self)
+        return;
+    cm_queue_close (self);
     pthread_cond_destroy (&self->wake);
     pthread_mutex_destroy (&self->lock);
     free (self->threads);

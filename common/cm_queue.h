@@ -36,8 +36,11 @@ typedef void (cm_queue_drop_fn) (void *task, cm_queue_drop_t why, void *arg);
 //  Create a queue with its threads. name is for logs (copied).
 cm_queue_t *cm_queue_new (const char *name, size_t concurrency, size_t max_pending,
                           cm_queue_run_fn *run, cm_queue_drop_fn *drop, void *arg);
-//  Drop waiting tasks (CM_QUEUE_DROP_SHUTDOWN), wait for running ones to
-//  return, join the threads, free. NULL-safe; nulls the pointer.
+//  Close: refuse new tasks, drop waiting ones (CM_QUEUE_DROP_SHUTDOWN), wait
+//  for running ones to return and join the threads. Other threads may still
+//  call stats, expire and cancel on a closed queue. Idempotent.
+void cm_queue_close (cm_queue_t *self);
+//  Close, then free. NULL-safe; nulls the pointer.
 void cm_queue_destroy (cm_queue_t **self_p);
 
 //  Submit a task; id (copied) lets cm_queue_cancel find it; deadline_ms is

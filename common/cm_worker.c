@@ -121,12 +121,15 @@ cm_worker_destroy (cm_worker_t **self_p)
     for (cm_call_t *call = self->calls; call; call = call->next)
         atomic_store (&call->cancelled, true);
     pthread_mutex_unlock (&self->calls_lock);
-    cm_queue_destroy (&self->queue);
+    //  Close (not free) the queue: the I/O thread still reads its stats
+    //  and sends the replies of the calls that finish now.
+    cm_queue_close (self->queue);
     atomic_store (&self->stopped, true);
     uint64_t one = 1;
     ssize_t rc = write (cm_mailbox_fd (self->outbox), &one, sizeof one);
     (void) rc;
     pthread_join (self->io_thread, NULL);
+    cm_queue_destroy (&self->queue);
     cm_mailbox_destroy (&self->outbox, s_frame_free);
     pthread_mutex_destroy (&self->calls_lock);
     free (self->service);
@@ -697,13 +700,21 @@ cm_call_reply (cm_call_t *self, int status, const char *content_type, const void
     s_call_send (self, CM_MSG_FINAL, status, content_type, body, size);
 }
 
+//  Floats as people wrote them (0.7, not 0.69999999999999996).
+#define S_JSON_FLAGS (JSON_COMPACT | JSON_REAL_PRECISION (15))
+
 void
 cm_call_reply_json (cm_call_t *self, int status, json_t *value)
 {
-    assert (self && value);
-    char *text = json_dumps (value, JSON_COMPACT);
+    assert (self);
+    //  NULL comes from json_pack on bad input (invalid UTF-8 upstream).
+    char *text = value ? json_dumps (value, S_JSON_FLAGS) : NULL;
     json_decref (value);
-    assert (text);
+    if (!text) {
+        const char *error = "{\"error\":\"The reply could not be encoded as JSON.\"}";
+        cm_call_reply (self, 500, "application/json", error, strlen (error));
+        return;
+    }
     cm_call_reply (self, status, "application/json", text, strlen (text));
     free (text);
 }
@@ -725,10 +736,12 @@ cm_call_stream (cm_call_t *self, int status, const char *content_type, const voi
 void
 cm_call_sse (cm_call_t *self, json_t *event)
 {
-    assert (self && event);
-    char *text = json_dumps (event, JSON_COMPACT);
+    assert (self);
+    char *text = event ? json_dumps (event, S_JSON_FLAGS) : NULL;
     json_decref (event);
-    assert (text);
+    if (!text)
+        text = cm_strdup ("{\"type\":\"abort\",\"textResponse\":null,\"sources\":[],"
+                          "\"close\":true,\"error\":\"The event could not be encoded as JSON.\"}");
     size_t len = strlen (text);
     char *line = cm_malloc (len + 9);
     memcpy (line, "data: ", 6);

@@ -21,10 +21,13 @@ typedef struct {
 
 typedef struct {
     gw_exchange_t *exchange; //  our reference
-    s_instance_t *instance;  //  where it went (NULL once that one is gone)
-    char *instance_id;       //  for logs and CANCEL after expiry
+    s_instance_t *instance;  //  where it went
+    cm_msg_t *request;       //  kept for a retry, NULL when not retryable
+    int attempts;            //  instances it was sent to
     int64_t deadline;        //  mono ms
 } s_pending_t;
+
+#define S_MAX_RETRIES 1
 
 typedef enum { S_CMD_SUBMIT, S_CMD_CANCEL } s_cmd_type_t;
 
@@ -34,6 +37,7 @@ typedef struct {
     cm_msg_t *request;       //  SUBMIT: the REQUEST
     char *request_id;        //  CANCEL
     int64_t deadline;        //  SUBMIT: mono ms
+    bool retry;              //  SUBMIT: may run again elsewhere
 } s_cmd_t;
 
 struct gw_broker_s {
@@ -48,7 +52,7 @@ struct gw_broker_s {
     uint64_t rotate;           //  tie-breaker for instance choice
     //  Counters (broker thread writes; snapshot reads under snap_lock).
     uint64_t routed, replies, late_replies, dropped_frames, unroutable, timeouts,
-        expired_instances, no_instance;
+        expired_instances, no_instance, retries;
     pthread_mutex_t snap_lock; //  guards snapshot
     json_t *snapshot;          //  last published state
 };
@@ -137,7 +141,7 @@ gw_broker_destroy (gw_broker_t **self_p)
 
 void
 gw_broker_submit (gw_broker_t *self, gw_exchange_t *exchange, cm_msg_t **request_p,
-                  int64_t deadline_mono)
+                  int64_t deadline_mono, bool retry)
 {
     assert (self && exchange && request_p && *request_p);
     s_cmd_t *cmd = cm_calloc (1, sizeof *cmd);
@@ -145,6 +149,7 @@ gw_broker_submit (gw_broker_t *self, gw_exchange_t *exchange, cm_msg_t **request
     cmd->exchange = exchange;
     cmd->request = *request_p;
     cmd->deadline = deadline_mono;
+    cmd->retry = retry;
     *request_p = NULL;
     cm_mailbox_post (self->inbox, cmd);
 }
@@ -211,24 +216,37 @@ s_pending_end (gw_broker_t *self, const char *request_id)
     if (pending->instance)
         pending->instance->inflight--;
     gw_exchange_unref (&pending->exchange);
-    free (pending->instance_id);
+    cm_msg_destroy (&pending->request);
     zhashx_delete (self->pending, request_id);
     free (pending);
 }
 
-//  Forget an instance; answer every request that was on it.
+static bool s_dispatch (gw_broker_t *self, s_pending_t *pending, cm_msg_t *request);
+
+//  Forget an instance; every request that was on it is sent elsewhere (when
+//  retryable and not started) or answered.
 static void
 s_instance_remove (gw_broker_t *self, s_instance_t *instance, const char *why)
 {
     cm_warn ("%s instance %s removed: %s", instance->service, instance->id, why);
+    char message[256];
+    snprintf (message, sizeof message, "The %s service instance %s failed (%s).",
+              instance->service, instance->id, why);
+    //  Take it out of routing first, so no retry goes back to it.
+    instance->draining = true;
     zlistx_t *ids = zhashx_keys (self->pending);
     for (char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
         s_pending_t *pending = zhashx_lookup (self->pending, id);
-        if (pending->instance != instance)
-            continue;
-        char message[256];
-        snprintf (message, sizeof message, "The %s service instance %s failed (%s).",
-                  instance->service, instance->id, why);
+        if (!pending || pending->instance != instance)
+            continue; //  (ended meanwhile by a nested removal)
+        instance->inflight--;
+        pending->instance = NULL;
+        if (pending->request && pending->attempts <= S_MAX_RETRIES
+            && !gw_exchange_started (pending->exchange)) {
+            self->retries++;
+            if (s_dispatch (self, pending, pending->request))
+                continue;
+        }
         gw_exchange_fail (pending->exchange, 502, message);
         s_pending_end (self, id);
     }
@@ -265,36 +283,52 @@ s_choose (gw_broker_t *self, const char *service)
     return best;
 }
 
-static void
-s_submit (gw_broker_t *self, s_cmd_t *cmd)
+//  Send a request to the best live instance. Tries the next one when a
+//  send fails at once (ROUTER_MANDATORY: the peer is gone, and the request
+//  has not started anywhere). Returns false when no instance took it.
+static bool
+s_dispatch (gw_broker_t *self, s_pending_t *pending, cm_msg_t *request)
 {
-    const char *service = cm_msg_service (cmd->request);
-    const char *request_id = cm_msg_request_id (cmd->request);
-    //  Try instances until one takes it: a send to a vanished peer fails at
-    //  once (ROUTER_MANDATORY), and that request has not started anywhere.
+    const char *service = cm_msg_service (request);
     for (int attempt = 0; attempt < 4; attempt++) {
         s_instance_t *instance = s_choose (self, service);
         if (!instance)
-            break;
-        if (s_send (self, instance->id, cmd->request) == 0) {
-            s_pending_t *pending = cm_calloc (1, sizeof *pending);
-            pending->exchange = cmd->exchange;
+            return false;
+        if (s_send (self, instance->id, request) == 0) {
             pending->instance = instance;
-            pending->instance_id = cm_strdup (instance->id);
-            pending->deadline = cmd->deadline;
-            cmd->exchange = NULL;
-            zhashx_insert (self->pending, request_id, pending);
+            pending->attempts++;
             instance->inflight++;
             instance->served++;
             self->routed++;
-            return;
+            return true;
         }
         s_instance_remove (self, instance, "unreachable");
     }
+    return false;
+}
+
+static void
+s_submit (gw_broker_t *self, s_cmd_t *cmd)
+{
+    const char *request_id = cm_msg_request_id (cmd->request);
+    s_pending_t *pending = cm_calloc (1, sizeof *pending);
+    pending->exchange = cmd->exchange;
+    pending->deadline = cmd->deadline;
+    cmd->exchange = NULL;
+    zhashx_insert (self->pending, request_id, pending);
+    if (s_dispatch (self, pending, cmd->request)) {
+        if (cmd->retry) {
+            pending->request = cmd->request;
+            cmd->request = NULL;
+        }
+        return;
+    }
     self->no_instance++;
     char message[160];
-    snprintf (message, sizeof message, "No %s service instance is available.", service);
-    gw_exchange_fail (cmd->exchange, 503, message);
+    snprintf (message, sizeof message, "No %s service instance is available.",
+              cm_msg_service (cmd->request));
+    gw_exchange_fail (pending->exchange, 503, message);
+    s_pending_end (self, request_id);
 }
 
 static void
@@ -478,7 +512,8 @@ s_tick (gw_broker_t *self, int64_t now, bool beat)
     json_object_set_new (snap, "live", live);
     json_object_set_new (
         snap, "counters",
-        json_pack ("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "routed",
+        json_pack ("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "retries",
+                   (json_int_t) self->retries, "routed",
                    (json_int_t) self->routed, "replies", (json_int_t) self->replies,
                    "late_replies", (json_int_t) self->late_replies, "dropped_frames",
                    (json_int_t) self->dropped_frames, "unroutable",

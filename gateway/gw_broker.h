@@ -35,8 +35,11 @@ void gw_broker_destroy (gw_broker_t **self_p);
 
 //  Route a REQUEST (takes ownership of *request_p and a reference to
 //  exchange). deadline_mono is the monotonic ms after which it is 504.
+//  retry: when the instance dies before any reply started, send the request
+//  to another instance (once) instead of answering 502; only for routes
+//  where running twice is harmless.
 void gw_broker_submit (gw_broker_t *self, gw_exchange_t *exchange, cm_msg_t **request_p,
-                       int64_t deadline_mono);
+                       int64_t deadline_mono, bool retry);
 //  The HTTP client of this request id is gone: CANCEL at the daemon.
 void gw_broker_cancel (gw_broker_t *self, const char *request_id);
 

@@ -4,6 +4,7 @@
 
 #define AUTH GW_ROUTE_AUTH
 #define JSON GW_ROUTE_JSON
+#define RETRY GW_ROUTE_RETRY
 
 static const gw_route_t s_routes[] = {
     //  Operational, answered by the gateway.
@@ -14,10 +15,20 @@ static const gw_route_t s_routes[] = {
     {"GET", "/api/v1/auth", NULL, GW_LOCAL_AUTH, AUTH},
     //  Workspaces and chat (chatd).
     {"POST", "/api/v1/workspace/new", "chat", GW_LOCAL_NONE, AUTH | JSON},
-    {"GET", "/api/v1/workspaces", "chat", GW_LOCAL_NONE, AUTH},
-    {"GET", "/api/v1/workspace/{slug}", "chat", GW_LOCAL_NONE, AUTH},
-    {"POST", "/api/v1/workspace/{slug}/chat", "chat", GW_LOCAL_NONE, AUTH | JSON},
-    {"POST", "/api/v1/workspace/{slug}/stream-chat", "chat", GW_LOCAL_NONE, AUTH | JSON},
+    {"GET", "/api/v1/workspaces", "chat", GW_LOCAL_NONE, AUTH | RETRY},
+    {"GET", "/api/v1/workspace/{slug}", "chat", GW_LOCAL_NONE, AUTH | RETRY},
+    {"GET", "/api/v1/workspace/{slug}/chats", "chat", GW_LOCAL_NONE, AUTH | RETRY},
+    {"POST", "/api/v1/workspace/{slug}/thread/new", "chat", GW_LOCAL_NONE, AUTH | JSON},
+    //  A chat turn whose daemon died before answering is run again on
+    //  another replica: the client gets its answer; at worst a turn the
+    //  dead one saved but never sent shows twice in history.
+    {"POST", "/api/v1/workspace/{slug}/chat", "chat", GW_LOCAL_NONE, AUTH | JSON | RETRY},
+    {"POST", "/api/v1/workspace/{slug}/stream-chat", "chat", GW_LOCAL_NONE,
+     AUTH | JSON | RETRY},
+    {"POST", "/api/v1/workspace/{slug}/thread/{thread}/chat", "chat", GW_LOCAL_NONE,
+     AUTH | JSON | RETRY},
+    {"POST", "/api/v1/workspace/{slug}/thread/{thread}/stream-chat", "chat", GW_LOCAL_NONE,
+     AUTH | JSON | RETRY},
     {NULL, NULL, NULL, GW_LOCAL_NONE, 0},
 };
 

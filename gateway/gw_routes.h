@@ -10,6 +10,9 @@
 typedef enum {
     GW_ROUTE_AUTH = 1 << 0, //  needs a valid API key
     GW_ROUTE_JSON = 1 << 1, //  body must be a JSON object (empty means {})
+    GW_ROUTE_RETRY = 1 << 2, //  may be resent to another instance if the
+                             //  first died before replying (running twice
+                             //  is harmless: reads, and chat turns)
 } gw_route_flags_t;
 
 typedef enum {

@@ -204,7 +204,8 @@ s_forward (gw_server_t *self, struct MHD_Connection *connection, s_request_t *re
     //  Suspend before the broker can answer, so its resume always follows.
     gw_exchange_respond (request->exchange);
     gw_broker_submit (self->broker, gw_exchange_ref (request->exchange), &msg,
-                      cm_clock_mono_ms () + self->config->timeout_ms);
+                      cm_clock_mono_ms () + self->config->timeout_ms,
+                      (request->route->flags & GW_ROUTE_RETRY) != 0);
     return MHD_YES;
 }
 

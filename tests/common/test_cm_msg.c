@@ -139,6 +139,16 @@ Test (cm_msg, malformed_and_wrong_version_are_refused)
     s_refused ("\x93\x01\x06\x01\x00", 5, "trailing");
 }
 
+Test (cm_msg, hostile_container_sizes_are_refused_before_allocating)
+{
+    //  [1, 2, <array of 2^32-1 items>]: would make msgpack-c allocate ~100 GB.
+    s_refused ("\x93\x01\x02\xdd\xff\xff\xff\xff", 8, "malformed");
+    //  A map claiming 65535 pairs in a 5-byte frame.
+    s_refused ("\x93\x01\x06\xde\xff\xff", 6, "malformed");
+    //  A bin claiming 4 GB.
+    s_refused ("\x93\x01\x06\xc6\xff\xff\xff\xff", 8, "malformed");
+}
+
 Test (cm_msg, oversized_frame_is_refused)
 {
     size_t size = CM_MSG_MAX_BYTES + 1;

@@ -1,0 +1,95 @@
+/*  main.c: the supervisor program: runs the suite named by a config file in
+    the foreground. Arguments, settings, the environment handed on, then the
+    supervisor's loop until SIGINT/SIGTERM. */
+#include "cm_common.h"
+#include "cm_config.h"
+#include "cm_log.h"
+#include "sup_conf.h"
+#include "sup_env.h"
+#include "sup_supervisor.h"
+
+static const char *s_summary =
+    "Runs the programs of the suite file FILE in the foreground (see the top of\n"
+    "deploy/local/suite.conf for its format), restarts a child that dies with\n"
+    "capped exponential back-off and jitter, gives a child up after too many\n"
+    "crashes, and on SIGINT/SIGTERM stops every child (SIGKILL after the grace\n"
+    "period) and exits 0. Every child inherits this environment, plus its\n"
+    "program's env entries, INSTANCE_INDEX and SUPERVISED=1.\n"
+    "\n"
+    "  -c, --config FILE   the suite file (required)\n"
+    "  -h, --help          this help\n"
+    "  -V, --version       the version";
+
+//  Returns 0 to go on, 1 to exit 0 (help or version shown), -1 to exit 2.
+static int s_args (int argc, char **argv, const char **config)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (!strcmp (arg, "-c") || !strcmp (arg, "--config")) {
+            if (i + 1 == argc) {
+                fprintf (stderr, "supervisor: %s needs a FILE (try --help)\n", arg);
+                return -1;
+            }
+            *config = argv[++i];
+        } else if (!strncmp (arg, "--config=", 9))
+            *config = arg + 9;
+        else if (!strcmp (arg, "--help") || !strcmp (arg, "-h")) {
+            printf ("usage: supervisor -c FILE [--help] [--version]\n\n%s\n\n",
+                    s_summary);
+            printf ("Configuration (environment variables):\n");
+            cm_config_usage (sup_env_table, stdout);
+            return 1;
+        } else {
+            //  --version, and the message for anything unknown.
+            char *single[] = {argv[0], argv[i], NULL};
+            int rc = cm_main_args (2, single, "supervisor", s_summary, sup_env_table);
+            if (rc != 0)
+                return rc;
+        }
+    }
+    if (!*config) {
+        fprintf (stderr, "supervisor: -c FILE is required (try --help)\n");
+        return -1;
+    }
+    return 0;
+}
+
+int main (int argc, char **argv)
+{
+    cm_log_init ("supervisor");
+    const char *config = NULL;
+    int rc = s_args (argc, argv, &config);
+    if (rc)
+        return rc > 0 ? 0 : 2;
+
+    char err[1024];
+    sup_settings_t settings = {0};
+    sup_conf_t *conf = NULL;
+    sup_supervisor_t *supervisor = NULL;
+    rc = 1;
+    if (sup_env_load (&settings, err, sizeof err) ||
+        sup_env_prepare (&settings, err, sizeof err) ||
+        sup_env_admin_key (&settings, stdout, err, sizeof err)) {
+        cm_error ("%s", err);
+        goto done;
+    }
+    cm_log_set_level ((cm_log_level_t)cm_log_level_parse (settings.log_level));
+    cm_info ("RUN_DIR=%s BIN_DIR=%s REDIS_URL=%s", settings.run_dir, settings.bin_dir,
+             settings.redis_url);
+    conf = sup_conf_load (config, err, sizeof err);
+    if (!conf) {
+        cm_error ("%s", err);
+        goto done;
+    }
+    supervisor = sup_supervisor_new (&conf, &settings);
+    if (!supervisor)
+        goto done;
+    //  The metrics endpoint (a later change) joins the loop here, with
+    //  sup_supervisor_reader (supervisor, socket, 0, handler, state).
+    rc = sup_supervisor_run (supervisor);
+done:
+    sup_supervisor_destroy (&supervisor);
+    sup_conf_destroy (&conf);
+    sup_env_free (&settings);
+    return rc;
+}

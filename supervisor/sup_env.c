@@ -1,0 +1,322 @@
+/*  sup_env.c: see sup_env.h. */
+#include "sup_env.h"
+#include "cm_log.h"
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sodium.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define S_REDIS_DEFAULT_PORT 6379
+
+const cm_conf_entry_t sup_env_table[] = {
+    {"SUPERVISOR_RESTART_INITIAL_MS", CM_CONF_INT, "500", 1, 3600000,
+     offsetof (sup_settings_t, restart_initial_ms),
+     "delay before restarting a crashed child; doubles with each quick crash"},
+    {"SUPERVISOR_RESTART_MAX_MS", CM_CONF_INT, "30000", 1, 3600000,
+     offsetof (sup_settings_t, restart_max_ms), "cap on the restart delay"},
+    {"SUPERVISOR_RESTART_RESET_MS", CM_CONF_INT, "10000", 0, 86400000,
+     offsetof (sup_settings_t, restart_reset_ms),
+     "a run this long counts as stable: the delay goes back to the initial one"},
+    {"SUPERVISOR_MAX_CRASHES", CM_CONF_INT, "10", 0, 100000,
+     offsetof (sup_settings_t, max_crashes),
+     "exits within the crash window after which a child is given up (0: never)"},
+    {"SUPERVISOR_CRASH_WINDOW_MS", CM_CONF_INT, "300000", 1, 86400000,
+     offsetof (sup_settings_t, crash_window_ms),
+     "sliding window in which SUPERVISOR_MAX_CRASHES exits are counted"},
+    {"SUPERVISOR_GRACE_MS", CM_CONF_INT, "10000", 0, 3600000,
+     offsetof (sup_settings_t, grace_ms),
+     "on SIGINT/SIGTERM, time children get to exit before SIGKILL"},
+    {"REDIS_URL", CM_CONF_URL, "redis://127.0.0.1:6379", 0, 0,
+     offsetof (sup_settings_t, redis_url),
+     "the suite's Redis; REDIS_HOST and REDIS_PORT are derived from it"},
+    {"RUN_DIR", CM_CONF_STR, "./var", 0, 0, offsetof (sup_settings_t, run_dir),
+     "state of a local run (redis/, log/, admin_api_key); made absolute"},
+    {"BIN_DIR", CM_CONF_STR, NULL, 0, 0, offsetof (sup_settings_t, bin_dir),
+     "where the daemons are; unset: the supervisor's own directory"},
+    {"ADMIN_API_KEY", CM_CONF_STR, NULL, 0, 0, offsetof (sup_settings_t, admin_api_key),
+     "admin key; unset: read from or generated into $RUN_DIR/admin_api_key"},
+    {"LOG_LEVEL", CM_CONF_STR, "info", 0, 0, offsetof (sup_settings_t, log_level),
+     "debug, info, warn or error"},
+    {NULL, 0, NULL, 0, 0, 0, NULL},
+};
+
+static int s_mkdir (const char *path, bool parents);
+
+int sup_env_load (sup_settings_t *settings, char *err, size_t errlen)
+{
+    assert (settings && err);
+    if (cm_config_load (sup_env_table, settings, err, errlen))
+        return -1;
+    if (settings->restart_initial_ms > settings->restart_max_ms) {
+        snprintf (err, errlen,
+                  "SUPERVISOR_RESTART_INITIAL_MS (%lld) must not exceed "
+                  "SUPERVISOR_RESTART_MAX_MS (%lld)",
+                  (long long)settings->restart_initial_ms,
+                  (long long)settings->restart_max_ms);
+        return -1;
+    }
+    if (cm_log_level_parse (settings->log_level) < 0) {
+        snprintf (err, errlen, "LOG_LEVEL: '%s' is not debug, info, warn or error",
+                  settings->log_level);
+        return -1;
+    }
+    return 0;
+}
+
+void sup_env_free (sup_settings_t *settings)
+{
+    assert (settings);
+    cm_config_free (sup_env_table, settings);
+}
+
+sup_backoff_policy_t sup_env_backoff_policy (const sup_settings_t *settings)
+{
+    assert (settings);
+    sup_backoff_policy_t policy = {
+        .initial_ms = settings->restart_initial_ms,
+        .max_ms = settings->restart_max_ms,
+        .reset_ms = settings->restart_reset_ms,
+        .max_crashes = settings->max_crashes,
+        .window_ms = settings->crash_window_ms,
+    };
+    return policy;
+}
+
+int sup_env_redis_url (const char *url, char *host, size_t hostlen, int64_t *port)
+{
+    assert (url && host && port);
+    if (strncasecmp (url, "redis://", 8))
+        return -1;
+    const char *p = url + 8;
+    const char *end = p + strcspn (p, "/?#");
+    const char *at = memrchr (p, '@', (size_t)(end - p));
+    if (at)
+        p = at + 1;
+    const char *host_start = p, *host_end, *port_text = NULL;
+    if (*p == '[') {
+        host_start = p + 1;
+        host_end = memchr (p, ']', (size_t)(end - p));
+        if (!host_end)
+            return -1;
+        if (host_end + 1 < end) {
+            if (host_end[1] != ':')
+                return -1;
+            port_text = host_end + 2;
+        }
+    } else {
+        host_end = memchr (p, ':', (size_t)(end - p));
+        if (host_end)
+            port_text = host_end + 1;
+        else
+            host_end = end;
+    }
+    size_t len = (size_t)(host_end - host_start);
+    if (len == 0 || len >= hostlen)
+        return -1;
+    for (const char *c = host_start; c < host_end; c++)
+        if (!isalnum ((unsigned char)*c) && !strchr (".-_:%", *c))
+            return -1;
+    *port = S_REDIS_DEFAULT_PORT;
+    if (port_text) {
+        char *text = cm_strndup (port_text, (size_t)(end - port_text));
+        int rc = cm_config_parse_int (text, 1, 65535, port);
+        bool bad = rc || strchr (text, ' ');
+        free (text);
+        if (bad)
+            return -1;
+    }
+    //  An optional database number, then nothing but a query string.
+    if (*end == '/')
+        for (end++; isdigit ((unsigned char)*end); end++)
+            ;
+    if (*end && *end != '?')
+        return -1;
+    memcpy (host, host_start, len);
+    host[len] = 0;
+    return 0;
+}
+
+int sup_env_prepare (sup_settings_t *settings, char *err, size_t errlen)
+{
+    assert (settings && settings->redis_url && settings->run_dir && err);
+    char host[256];
+    int64_t port;
+    if (sup_env_redis_url (settings->redis_url, host, sizeof host, &port)) {
+        snprintf (err, errlen,
+                  "REDIS_URL: '%s' is not redis://[user:password@]host[:port][/db]",
+                  settings->redis_url);
+        return -1;
+    }
+    char port_text[16];
+    snprintf (port_text, sizeof port_text, "%lld", (long long)port);
+    setenv ("REDIS_URL", settings->redis_url, 1);
+    setenv ("REDIS_HOST", host, 1);
+    setenv ("REDIS_PORT", port_text, 1);
+
+    if (s_mkdir (settings->run_dir, true)) {
+        snprintf (err, errlen, "RUN_DIR: cannot create '%s': %s", settings->run_dir,
+                  strerror (errno));
+        return -1;
+    }
+    char *run_dir = realpath (settings->run_dir, NULL);
+    if (!run_dir) {
+        snprintf (err, errlen, "RUN_DIR: '%s': %s", settings->run_dir, strerror (errno));
+        return -1;
+    }
+    free (settings->run_dir);
+    settings->run_dir = run_dir;
+    static const char *subdirs[] = {"log", "redis"};
+    for (size_t i = 0; i < sizeof subdirs / sizeof subdirs[0]; i++) {
+        char path[PATH_MAX];
+        snprintf (path, sizeof path, "%s/%s", run_dir, subdirs[i]);
+        if (s_mkdir (path, false)) {
+            snprintf (err, errlen, "RUN_DIR: cannot create '%s': %s", path,
+                      strerror (errno));
+            return -1;
+        }
+    }
+    setenv ("RUN_DIR", run_dir, 1);
+
+    char *bin_dir;
+    if (settings->bin_dir) {
+        bin_dir = realpath (settings->bin_dir, NULL);
+        if (!bin_dir) {
+            snprintf (err, errlen, "BIN_DIR: '%s': %s", settings->bin_dir,
+                      strerror (errno));
+            return -1;
+        }
+    } else {
+        char exe[PATH_MAX];
+        ssize_t n = readlink ("/proc/self/exe", exe, sizeof exe - 1);
+        if (n <= 0) {
+            snprintf (err, errlen, "BIN_DIR: unset, and /proc/self/exe is unreadable: %s",
+                      strerror (errno));
+            return -1;
+        }
+        exe[n] = 0;
+        char *slash = strrchr (exe, '/');
+        if (slash)
+            *slash = 0;
+        bin_dir = cm_strdup (slash && *exe ? exe : "/");
+    }
+    free (settings->bin_dir);
+    settings->bin_dir = bin_dir;
+    setenv ("BIN_DIR", bin_dir, 1);
+    return 0;
+}
+
+int sup_env_admin_key (sup_settings_t *settings, FILE *out, char *err, size_t errlen)
+{
+    assert (settings && settings->run_dir && out && err);
+    if (settings->admin_api_key)
+        return 0;
+    char path[PATH_MAX];
+    snprintf (path, sizeof path, "%s/%s", settings->run_dir, SUP_ENV_ADMIN_KEY_FILE);
+    char key[1024];
+    const char *how;
+    int fd = open (path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read (fd, key, sizeof key - 1);
+        struct stat st;
+        bool exposed = fstat (fd, &st) == 0 && (st.st_mode & 077);
+        close (fd);
+        if (n < 0) {
+            snprintf (err, errlen, "ADMIN_API_KEY: cannot read %s: %s", path,
+                      strerror (errno));
+            return -1;
+        }
+        while (n > 0 && isspace ((unsigned char)key[n - 1]))
+            n--;
+        key[n] = 0;
+        bool valid = n > 0;
+        for (ssize_t i = 0; i < n; i++)
+            if (!isgraph ((unsigned char)key[i]))
+                valid = false;
+        if (!valid) {
+            snprintf (
+                err, errlen,
+                "ADMIN_API_KEY: %s does not hold a key (delete it to have a new one "
+                "generated)",
+                path);
+            return -1;
+        }
+        if (exposed)
+            cm_warn ("%s can be read by other users: chmod 600 it", path);
+        how = "read from";
+    } else if (errno == ENOENT) {
+        if (sodium_init () < 0) {
+            snprintf (err, errlen, "ADMIN_API_KEY: libsodium failed to initialise");
+            return -1;
+        }
+        unsigned char raw[32];
+        randombytes_buf (raw, sizeof raw);
+        sodium_bin2hex (key, sizeof key, raw, sizeof raw);
+        sodium_memzero (raw, sizeof raw);
+        fd = open (path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            snprintf (err, errlen, "ADMIN_API_KEY: cannot create %s: %s", path,
+                      strerror (errno));
+            return -1;
+        }
+        size_t len = strlen (key);
+        key[len] = '\n';
+        bool written =
+            fchmod (fd, 0600) == 0 && write (fd, key, len + 1) == (ssize_t)len + 1;
+        key[len] = 0;
+        int saved = errno;
+        if (close (fd))
+            written = false;
+        if (!written) {
+            unlink (path);
+            snprintf (err, errlen, "ADMIN_API_KEY: cannot write %s: %s", path,
+                      strerror (saved));
+            return -1;
+        }
+        how = "generated into";
+    } else {
+        snprintf (err, errlen, "ADMIN_API_KEY: cannot read %s: %s", path,
+                  strerror (errno));
+        return -1;
+    }
+    setenv ("ADMIN_API_KEY", key, 1);
+    settings->admin_api_key = cm_strdup (key);
+    fprintf (out, "ADMIN_API_KEY=%s\n", key);
+    fflush (out);
+    cm_info ("ADMIN_API_KEY was unset: %s %s; every child of this run gets it", how,
+             path);
+    return 0;
+}
+
+//  mkdir that accepts an existing directory; with parents, like mkdir -p.
+static int s_mkdir (const char *path, bool parents)
+{
+    if (!*path) {
+        errno = ENOENT;
+        return -1;
+    }
+    char *copy = cm_strdup (path);
+    int rc = 0;
+    if (parents)
+        for (char *slash = strchr (copy + 1, '/'); slash && rc == 0;
+             slash = strchr (slash + 1, '/')) {
+            *slash = 0;
+            if (mkdir (copy, 0755) && errno != EEXIST)
+                rc = -1;
+            *slash = '/';
+        }
+    if (rc == 0 && mkdir (copy, 0755) && errno != EEXIST)
+        rc = -1;
+    struct stat st;
+    if (rc == 0 && stat (copy, &st))
+        rc = -1;
+    else if (rc == 0 && !S_ISDIR (st.st_mode)) {
+        errno = ENOTDIR;
+        rc = -1;
+    }
+    free (copy);
+    return rc;
+}

@@ -1,0 +1,67 @@
+/*  sup_env.h: the supervisor's settings, and the environment it hands on.
+
+    The settings are environment variables declared in sup_env_table (listed
+    by --help). Before the suite file is read, sup_env_prepare derives and
+    exports what the file and the children need: REDIS_URL (with its
+    default), REDIS_HOST and REDIS_PORT parsed from it, RUN_DIR (created,
+    made absolute) and BIN_DIR. sup_env_admin_key makes sure ADMIN_API_KEY is
+    set, so that every child sees the same key. The supervisor's environment
+    reaches every child, so one set of variables configures a whole run. */
+#ifndef SUP_ENV_H_INCLUDED
+#define SUP_ENV_H_INCLUDED
+
+#include "cm_common.h"
+#include "cm_config.h"
+#include "sup_backoff.h"
+
+//  Plain data filled from the environment by sup_env_load (cm_config stores
+//  by offset, so this struct is public). Strings are owned by it.
+typedef struct {
+    int64_t restart_initial_ms; //  SUPERVISOR_RESTART_INITIAL_MS
+    int64_t restart_max_ms;     //  SUPERVISOR_RESTART_MAX_MS
+    int64_t restart_reset_ms;   //  SUPERVISOR_RESTART_RESET_MS
+    int64_t max_crashes;        //  SUPERVISOR_MAX_CRASHES
+    int64_t crash_window_ms;    //  SUPERVISOR_CRASH_WINDOW_MS
+    int64_t grace_ms;           //  SUPERVISOR_GRACE_MS
+    char *redis_url;            //  REDIS_URL
+    char *run_dir;              //  RUN_DIR (absolute after sup_env_prepare)
+    char *bin_dir;              //  BIN_DIR (set by sup_env_prepare)
+    char *admin_api_key;        //  ADMIN_API_KEY (set by sup_env_admin_key)
+    char *log_level;            //  LOG_LEVEL
+} sup_settings_t;
+
+//  The settings table, for cm_config and --help.
+extern const cm_conf_entry_t sup_env_table[];
+
+//  Name of the file under RUN_DIR that keeps a generated admin key.
+#define SUP_ENV_ADMIN_KEY_FILE "admin_api_key"
+
+//  Load settings from the environment and check them together. Returns 0,
+//  or -1 with a message naming the variable in err. Free with sup_env_free
+//  in either case.
+int sup_env_load (sup_settings_t *settings, char *err, size_t errlen);
+
+//  Free the strings of settings.
+void sup_env_free (sup_settings_t *settings);
+
+//  The back-off policy the settings describe.
+sup_backoff_policy_t sup_env_backoff_policy (const sup_settings_t *settings);
+
+//  Parse a redis://[user[:password]@]host[:port][/db] URL; host may be an
+//  IPv6 address in brackets (given back without them). Returns 0, or -1
+//  when url is not of that form.
+int sup_env_redis_url (const char *url, char *host, size_t hostlen, int64_t *port);
+
+//  Export REDIS_URL, REDIS_HOST, REDIS_PORT, RUN_DIR (creating it, and its
+//  log/ and redis/ subdirectories) and BIN_DIR (default: the directory of
+//  this executable). Updates settings to the absolute paths. Returns 0, or
+//  -1 with a message naming the variable in err.
+int sup_env_prepare (sup_settings_t *settings, char *err, size_t errlen);
+
+//  Make sure ADMIN_API_KEY is set. When it is not, read it from
+//  $RUN_DIR/admin_api_key, or generate 32 random bytes (64 hex digits) and
+//  keep them there (mode 0600); then export it, print "ADMIN_API_KEY=..." on
+//  out and log where it is kept. Returns 0, or -1 with the reason in err.
+int sup_env_admin_key (sup_settings_t *settings, FILE *out, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,371 @@
+/*  test_suite.c: the whole suite as users run it: the supervisor starts
+    redis-server, the gateway, two chatd replicas, ingestd and agentd; tests
+    talk HTTP to the gateway and kill processes for real. */
+#include <criterion/criterion.h>
+#include <curl/curl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "it_harness.h"
+
+static it_suite_t s_suite;
+
+static void
+s_url (char *url, size_t size, const char *path)
+{
+    snprintf (url, size, "%s%s", s_suite.base, path);
+}
+
+static void
+s_create_workspace (const char *name)
+{
+    char url[256];
+    s_url (url, sizeof url, "/api/v1/workspace/new");
+    char body[128];
+    snprintf (body, sizeof body, "{\"name\":\"%s\"}", name);
+    it_response_t r;
+    it_http ("POST", url, body, true, &r);
+    cr_assert_eq (r.status, 200, "workspace/new: %ld %s", r.status, r.body);
+    it_response_free (&r);
+}
+
+//  --- SSE client ----------------------------------------------------------
+
+typedef struct {
+    char url[256];
+    char *data;                //  everything received
+    size_t size;
+    pthread_mutex_t lock;      //  guards data
+    atomic_bool done;          //  transfer finished
+    long status;               //  HTTP status
+    CURLcode result;           //  transfer result
+} s_stream_t;
+
+static size_t
+s_stream_write (char *data, size_t size, size_t nmemb, void *arg)
+{
+    s_stream_t *stream = arg;
+    size_t n = size * nmemb;
+    pthread_mutex_lock (&stream->lock);
+    stream->data = realloc (stream->data, stream->size + n + 1);
+    memcpy (stream->data + stream->size, data, n);
+    stream->size += n;
+    stream->data[stream->size] = 0;
+    pthread_mutex_unlock (&stream->lock);
+    return n;
+}
+
+static void *
+s_stream_run (void *arg)
+{
+    s_stream_t *stream = arg;
+    CURL *curl = curl_easy_init ();
+    struct curl_slist *headers = NULL;
+    headers = curl_slist_append (headers, "Content-Type: application/json");
+    headers = curl_slist_append (headers, "Authorization: Bearer " IT_ADMIN_KEY);
+    curl_easy_setopt (curl, CURLOPT_URL, stream->url);
+    curl_easy_setopt (curl, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt (curl, CURLOPT_POSTFIELDS, "{\"message\":\"tell me a long story\"}");
+    curl_easy_setopt (curl, CURLOPT_WRITEFUNCTION, s_stream_write);
+    curl_easy_setopt (curl, CURLOPT_WRITEDATA, stream);
+    curl_easy_setopt (curl, CURLOPT_TIMEOUT_MS, 30000L);
+    curl_easy_setopt (curl, CURLOPT_NOSIGNAL, 1L);
+    stream->result = curl_easy_perform (curl);
+    curl_easy_getinfo (curl, CURLINFO_RESPONSE_CODE, &stream->status);
+    curl_slist_free_all (headers);
+    curl_easy_cleanup (curl);
+    atomic_store (&stream->done, true);
+    return NULL;
+}
+
+//  Parse "data: {...}\n\n" events; checks that every event has that form.
+static json_t *
+s_events (const char *text)
+{
+    json_t *events = json_array ();
+    const char *p = text;
+    while (*p) {
+        cr_assert_eq (strncmp (p, "data: ", 6), 0, "event does not start with 'data: ': %.40s", p);
+        const char *end = strstr (p, "\n\n");
+        cr_assert_not_null (end, "event not terminated by a blank line");
+        json_error_t error;
+        json_t *event = json_loadb (p + 6, (size_t) (end - p - 6), 0, &error);
+        cr_assert_not_null (event, "event is not JSON: %.80s", p + 6);
+        json_array_append_new (events, event);
+        p = end + 2;
+    }
+    return events;
+}
+
+static const char *
+s_type (json_t *event)
+{
+    return json_string_value (json_object_get (event, "type"));
+}
+
+//  --- tests ---------------------------------------------------------------
+
+Test (suite, chat_and_stream_chat_have_the_api_shapes, .timeout = 90)
+{
+    it_suite_start (&s_suite, NULL);
+    s_create_workspace ("Shapes Test");
+    char url[256];
+    s_url (url, sizeof url, "/api/v1/workspace/shapes-test/chat");
+    it_response_t r;
+    it_http ("POST", url, "{\"message\":\"hello there\",\"mode\":\"chat\"}", true, &r);
+    cr_assert_eq (r.status, 200, "chat: %ld %s", r.status, r.body);
+    json_t *chat = it_json (&r);
+    cr_assert_str_eq (s_type (chat), "textResponse");
+    cr_assert (json_is_true (json_object_get (chat, "close")));
+    cr_assert (json_is_null (json_object_get (chat, "error")));
+    cr_assert (json_is_string (json_object_get (chat, "id")));
+    cr_assert_not_null (json_object_get (chat, "chatId"));
+    cr_assert (json_string_length (json_object_get (chat, "textResponse")) > 0);
+    cr_assert (json_is_array (json_object_get (chat, "sources")));
+    json_t *metrics = json_object_get (chat, "metrics");
+    cr_assert (json_is_integer (json_object_get (metrics, "total_tokens")) ||
+               json_is_number (json_object_get (metrics, "total_tokens")));
+    json_decref (chat);
+    it_response_free (&r);
+
+    //  Unknown workspace: 400 with the abort shape.
+    s_url (url, sizeof url, "/api/v1/workspace/nope/chat");
+    it_http ("POST", url, "{\"message\":\"hi\"}", true, &r);
+    cr_assert_eq (r.status, 400, "%ld %s", r.status, r.body);
+    json_t *abort_reply = it_json (&r);
+    cr_assert_str_eq (s_type (abort_reply), "abort");
+    cr_assert (json_is_null (json_object_get (abort_reply, "textResponse")));
+    cr_assert_str_eq (json_string_value (json_object_get (abort_reply, "error")),
+                      "Workspace nope is not a valid workspace.");
+    json_decref (abort_reply);
+    it_response_free (&r);
+
+    //  Streaming: chunks with uuid, a close:true chunk, then finalize last.
+    s_stream_t stream = {0};
+    pthread_mutex_init (&stream.lock, NULL);
+    s_url (stream.url, sizeof stream.url, "/api/v1/workspace/shapes-test/stream-chat");
+    s_stream_run (&stream);
+    cr_assert_eq (stream.result, CURLE_OK);
+    cr_assert_eq (stream.status, 200);
+    json_t *events = s_events (stream.data);
+    size_t count = json_array_size (events);
+    cr_assert_geq (count, 3, "too few events: %s", stream.data);
+    for (size_t i = 0; i + 2 < count; i++) {
+        json_t *e = json_array_get (events, i);
+        cr_assert_str_eq (s_type (e), "textResponseChunk");
+        cr_assert (json_is_string (json_object_get (e, "uuid")));
+        cr_assert (json_is_false (json_object_get (e, "close")));
+    }
+    json_t *closing = json_array_get (events, count - 2);
+    cr_assert_str_eq (s_type (closing), "textResponseChunk");
+    cr_assert (json_is_true (json_object_get (closing, "close")));
+    json_t *last = json_array_get (events, count - 1);
+    cr_assert_str_eq (s_type (last), "finalizeResponseStream");
+    cr_assert_not_null (json_object_get (last, "chatId"));
+    json_decref (events);
+    free (stream.data);
+    it_suite_stop (&s_suite);
+}
+
+typedef struct {
+    pid_t old;
+} s_restart_t;
+
+static bool
+s_replaced (void *arg)
+{
+    s_restart_t *restart = arg;
+    pid_t pids[8];
+    size_t n = it_children (s_suite.supervisor, "chatd", pids, 8);
+    if (n < 2)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (pids[i] == restart->old)
+            return false;
+    return true;
+}
+
+Test (suite, killed_chatd_is_restarted_while_the_other_serves, .timeout = 90)
+{
+    it_suite_start (&s_suite, NULL);
+    s_create_workspace ("Restart");
+    pid_t pids[8];
+    cr_assert_eq (it_children (s_suite.supervisor, "chatd", pids, 8), 2);
+    s_restart_t restart = {pids[0]};
+    kill (pids[0], SIGKILL);
+    //  Requests keep succeeding while the replacement starts.
+    char url[256];
+    s_url (url, sizeof url, "/api/v1/workspace/restart/chat");
+    int served = 0;
+    long long until = it_now_ms () + 1500;
+    while (it_now_ms () < until || served < 20) {
+        it_response_t r;
+        it_http ("POST", url, "{\"message\":\"still there?\"}", true, &r);
+        cr_assert_eq (r.status, 200, "request %d after the kill: %ld %s", served, r.status, r.body);
+        it_response_free (&r);
+        served++;
+    }
+    cr_assert (it_wait (s_replaced, &restart, 15000), "no new chatd replaced pid %d",
+               (int) restart.old);
+    it_suite_stop (&s_suite);
+}
+
+typedef struct {
+    char url[256];
+    atomic_int ok;
+} s_load_t;
+
+static void *
+s_one_chat (void *arg)
+{
+    s_load_t *load = arg;
+    it_response_t r;
+    it_http ("POST", load->url, "{\"message\":\"concurrent hello\"}", true, &r);
+    if (r.status == 200 && strstr (r.body, "\"textResponse\""))
+        atomic_fetch_add (&load->ok, 1);
+    it_response_free (&r);
+    return NULL;
+}
+
+static char s_last_health[4096];
+
+//  True when /api/health shows two chat instances that together served at
+//  least 100 requests, each some.
+static bool
+s_spread (void *arg)
+{
+    (void) arg;
+    char url[256];
+    s_url (url, sizeof url, "/api/health");
+    it_response_t r;
+    it_http ("GET", url, NULL, false, &r);
+    snprintf (s_last_health, sizeof s_last_health, "%s", r.body);
+    json_t *health = json_loads (r.body, 0, NULL);
+    it_response_free (&r);
+    json_t *instances = json_object_get (health, "instances");
+    int chat_instances = 0, idle = 0;
+    json_int_t total = 0;
+    for (size_t i = 0; i < json_array_size (instances); i++) {
+        json_t *instance = json_array_get (instances, i);
+        if (strcmp (json_string_value (json_object_get (instance, "service")), "chat"))
+            continue;
+        chat_instances++;
+        json_int_t served = json_integer_value (json_object_get (instance, "served"));
+        idle += served == 0;
+        total += served;
+    }
+    json_decref (health);
+    return chat_instances == 2 && idle == 0 && total >= 100;
+}
+
+Test (suite, concurrent_chats_spread_over_both_replicas, .timeout = 120)
+{
+    const char *extra[] = {"CHAT_QUEUE_MAX_PENDING=200", NULL};
+    it_suite_start (&s_suite, extra);
+    s_create_workspace ("Load");
+    s_load_t load = {.ok = 0};
+    s_url (load.url, sizeof load.url, "/api/v1/workspace/load/chat");
+    pthread_t threads[100];
+    for (int i = 0; i < 100; i++)
+        pthread_create (&threads[i], NULL, s_one_chat, &load);
+    for (int i = 0; i < 100; i++)
+        pthread_join (threads[i], NULL);
+    cr_assert_eq (atomic_load (&load.ok), 100);
+    //  The gateway's view (a snapshot refreshed every few ms): each chat
+    //  instance served some of them.
+    cr_assert (it_wait (s_spread, NULL, 5000), "requests did not spread: %s", s_last_health);
+    it_suite_stop (&s_suite);
+}
+
+static bool
+s_stream_started (void *arg)
+{
+    s_stream_t *stream = arg;
+    pthread_mutex_lock (&stream->lock);
+    bool started = stream->size > 0;
+    pthread_mutex_unlock (&stream->lock);
+    return started;
+}
+
+static bool
+s_stream_done (void *arg)
+{
+    return atomic_load (&((s_stream_t *) arg)->done);
+}
+
+//  The pid of the chat instance with a request in flight (ids end in -pid).
+static pid_t
+s_busy_chat_pid (void)
+{
+    char url[256];
+    s_url (url, sizeof url, "/api/health");
+    it_response_t r;
+    it_http ("GET", url, NULL, false, &r);
+    json_t *health = it_json (&r);
+    json_t *instances = json_object_get (health, "instances");
+    pid_t pid = 0;
+    for (size_t i = 0; i < json_array_size (instances); i++) {
+        json_t *instance = json_array_get (instances, i);
+        if (json_integer_value (json_object_get (instance, "inflight")) > 0
+            && !strcmp (json_string_value (json_object_get (instance, "service")), "chat")) {
+            const char *id = json_string_value (json_object_get (instance, "id"));
+            pid = (pid_t) atoi (strrchr (id, '-') + 1);
+        }
+    }
+    json_decref (health);
+    it_response_free (&r);
+    return pid;
+}
+
+Test (suite, chatd_killed_mid_stream_gives_an_abort_event, .timeout = 90)
+{
+    const char *extra[] = {"BUILTIN_LLM_TOKEN_DELAY_MS=50", NULL};
+    it_suite_start (&s_suite, extra);
+    s_create_workspace ("Midstream");
+    s_stream_t stream = {0};
+    pthread_mutex_init (&stream.lock, NULL);
+    s_url (stream.url, sizeof stream.url, "/api/v1/workspace/midstream/stream-chat");
+    pthread_t thread;
+    pthread_create (&thread, NULL, s_stream_run, &stream);
+    cr_assert (it_wait (s_stream_started, &stream, 10000), "the stream never started");
+    pid_t pid = s_busy_chat_pid ();
+    cr_assert_gt (pid, 0, "no chat instance has the stream in flight");
+    kill (pid, SIGKILL);
+    long long killed_at = it_now_ms ();
+    cr_assert (it_wait (s_stream_done, &stream, 10000), "the stream hangs after the kill");
+    long long took = it_now_ms () - killed_at;
+    pthread_join (thread, NULL);
+    cr_assert_eq (stream.result, CURLE_OK, "the stream ended with a transport error %d",
+                  stream.result);
+    json_t *events = s_events (stream.data);
+    json_t *last = json_array_get (events, json_array_size (events) - 1);
+    cr_assert_str_eq (s_type (last), "abort", "last event: %s", stream.data);
+    cr_assert (json_is_string (json_object_get (last, "error")));
+    cr_log_info ("stream ended %lld ms after the kill", took);
+    json_decref (events);
+    free (stream.data);
+    it_suite_stop (&s_suite);
+}
+
+Test (suite, sigterm_stops_every_child_within_the_grace_period, .timeout = 90)
+{
+    it_suite_start (&s_suite, NULL);
+    pid_t pids[16];
+    size_t n = it_children (s_suite.supervisor, "", pids, 16);
+    cr_assert_geq (n, 6, "expected redis, gateway, 2 chatd, ingestd, agentd; got %zu", n);
+    long long start = it_now_ms ();
+    kill (s_suite.supervisor, SIGTERM);
+    int status = 0;
+    while (waitpid (s_suite.supervisor, &status, WNOHANG) == 0 && it_now_ms () - start < 15000)
+        usleep (10 * 1000);
+    long long took = it_now_ms () - start;
+    cr_assert (WIFEXITED (status) && WEXITSTATUS (status) == 0, "supervisor status %d", status);
+    //  Grace is 5 s in the harness: everything must be gone by then.
+    cr_assert_leq (took, 6000, "supervisor took %lld ms", took);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_not (it_alive (pids[i]), "child %d outlived the supervisor", (int) pids[i]);
+    s_suite.supervisor = 0;
+    it_suite_stop (&s_suite);
+}

@@ -1,0 +1,509 @@
+/*  test_sup_run.c: the real build/bin/supervisor on small suite files whose
+    children are sleep and sh: restart after kill -9, graceful stop, SIGKILL
+    after the grace period, giving up on a crash loop, start-up errors, the
+    admin key and the environment the children see. Every wait is a poll
+    with a generous deadline, so a slow machine only makes it slower. */
+#include <criterion/criterion.h>
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include "cm_common.h"
+
+//  Deadline for anything that should happen "soon", however loaded the box.
+#define S_PATIENCE_MS 30000
+
+static pid_t s_supervisor;    //  the supervisor under test, 0 when none
+static char s_dir[64];        //  scratch directory of the test
+static char s_path[PATH_MAX]; //  scratch path
+static pid_t s_seen[256];     //  every child seen, for the clean-up
+static size_t s_seen_size;    //  entries in s_seen
+
+static void s_setup (void)
+{
+    strcpy (s_dir, "/tmp/test_sup_run.XXXXXX");
+    cr_assert_not_null (mkdtemp (s_dir));
+    //  Fast restarts, a short grace, a key so none is generated.
+    setenv ("RUN_DIR", s_dir, 1);
+    setenv ("ADMIN_API_KEY", "test-admin-key", 1);
+    setenv ("SUPERVISOR_RESTART_INITIAL_MS", "20", 1);
+    setenv ("SUPERVISOR_RESTART_MAX_MS", "200", 1);
+    setenv ("SUPERVISOR_GRACE_MS", "10000", 1);
+    unsetenv ("SUPERVISOR_MAX_CRASHES");
+    unsetenv ("REDIS_URL");
+    unsetenv ("BIN_DIR");
+    unsetenv ("LOG_LEVEL");
+}
+
+//  Whatever happened, leave no process behind.
+static void s_teardown (void)
+{
+    if (s_supervisor > 0) {
+        kill (s_supervisor, SIGKILL);
+        waitpid (s_supervisor, NULL, 0);
+        s_supervisor = 0;
+    }
+    for (size_t i = 0; i < s_seen_size; i++) {
+        kill (-s_seen[i], SIGKILL);
+        kill (s_seen[i], SIGKILL);
+    }
+    char command[128];
+    snprintf (command, sizeof command, "rm -rf '%s'", s_dir);
+    if (system (command))
+        fprintf (stderr, "cannot remove %s\n", s_dir);
+}
+
+static void s_sleep_ms (int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep (&ts, NULL);
+}
+
+static const char *s_file (const char *name)
+{
+    snprintf (s_path, sizeof s_path, "%s/%s", s_dir, name);
+    return s_path;
+}
+
+//  The whole file as a string (empty when missing); the caller frees it.
+static char *s_slurp (const char *path)
+{
+    char *text = cm_calloc (1, 1);
+    size_t len = 0;
+    FILE *file = fopen (path, "r");
+    if (!file)
+        return text;
+    char chunk[4096];
+    size_t n;
+    while ((n = fread (chunk, 1, sizeof chunk, file)) > 0) {
+        text = cm_realloc (text, len + n + 1);
+        memcpy (text + len, chunk, n);
+        len += n;
+        text[len] = 0;
+    }
+    fclose (file);
+    return text;
+}
+
+//  Occurrences of needle in the supervisor's log.
+static size_t s_log_count (const char *needle)
+{
+    char *log = s_slurp (s_file ("stderr"));
+    size_t count = 0;
+    for (char *p = strstr (log, needle); p; p = strstr (p + 1, needle))
+        count++;
+    free (log);
+    return count;
+}
+
+//  Some line of the log holds both needles.
+static bool s_log_line_has (const char *needle1, const char *needle2)
+{
+    char *log = s_slurp (s_file ("stderr"));
+    bool found = false;
+    for (char *line = strtok (log, "\n"); line && !found; line = strtok (NULL, "\n"))
+        found = strstr (line, needle1) && strstr (line, needle2);
+    free (log);
+    return found;
+}
+
+static bool s_wait_log (const char *needle)
+{
+    int64_t deadline = cm_clock_mono_ms () + S_PATIENCE_MS;
+    while (s_log_count (needle) == 0) {
+        if (cm_clock_mono_ms () > deadline)
+            return false;
+        s_sleep_ms (20);
+    }
+    return true;
+}
+
+//  Live (not zombie) processes whose parent is parent, sorted by /proc.
+static size_t s_children (pid_t parent, pid_t *pids, size_t max)
+{
+    size_t count = 0;
+    DIR *proc = opendir ("/proc");
+    cr_assert_not_null (proc);
+    struct dirent *entry;
+    while ((entry = readdir (proc)) && count < max) {
+        if (!isdigit ((unsigned char)entry->d_name[0]))
+            continue;
+        char path[300];
+        snprintf (path, sizeof path, "/proc/%s/stat", entry->d_name);
+        FILE *file = fopen (path, "r");
+        if (!file)
+            continue;
+        char line[1024] = "";
+        bool read_ok = fgets (line, sizeof line, file) != NULL;
+        fclose (file);
+        //  pid (comm) state ppid ...: comm may hold anything, so go from
+        //  the last ')'.
+        char *close_paren = strrchr (line, ')');
+        char state;
+        int ppid;
+        if (!read_ok || !close_paren ||
+            sscanf (close_paren + 1, " %c %d", &state, &ppid) != 2)
+            continue;
+        if (ppid == parent && state != 'Z') {
+            pids[count++] = (pid_t)atoi (entry->d_name);
+            bool known = false;
+            for (size_t i = 0; i < s_seen_size; i++)
+                known = known || s_seen[i] == pids[count - 1];
+            if (!known && s_seen_size < sizeof s_seen / sizeof s_seen[0])
+                s_seen[s_seen_size++] = pids[count - 1];
+        }
+    }
+    closedir (proc);
+    return count;
+}
+
+//  Wait until parent has exactly count live children; fill pids.
+static bool s_wait_children (pid_t parent, size_t count, pid_t *pids)
+{
+    int64_t deadline = cm_clock_mono_ms () + S_PATIENCE_MS;
+    while (s_children (parent, pids, 64) != count) {
+        if (cm_clock_mono_ms () > deadline)
+            return false;
+        s_sleep_ms (20);
+    }
+    return true;
+}
+
+//  A process that exists and is not a zombie.
+static bool s_alive (pid_t pid)
+{
+    char path[64];
+    snprintf (path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *file = fopen (path, "r");
+    if (!file)
+        return false;
+    char line[1024] = "";
+    bool read_ok = fgets (line, sizeof line, file) != NULL;
+    fclose (file);
+    char *close_paren = strrchr (line, ')');
+    return read_ok && close_paren && close_paren[2] != 'Z';
+}
+
+static bool s_wait_gone (pid_t pid)
+{
+    int64_t deadline = cm_clock_mono_ms () + S_PATIENCE_MS;
+    while (s_alive (pid)) {
+        if (cm_clock_mono_ms () > deadline)
+            return false;
+        s_sleep_ms (20);
+    }
+    return true;
+}
+
+//  Wait for the supervisor to exit; its wait status, or -1 on time-out.
+static int s_wait_exit (int64_t patience_ms)
+{
+    int64_t deadline = cm_clock_mono_ms () + patience_ms;
+    while (true) {
+        int status;
+        pid_t pid = waitpid (s_supervisor, &status, WNOHANG);
+        if (pid == s_supervisor) {
+            s_supervisor = 0;
+            //  In the sanitizer build, a leak or UB report fails the test
+            //  even when it leaves the exit status alone.
+            cr_assert_eq (s_log_count ("Sanitizer"), 0, "sanitizer report in the log");
+            cr_assert_eq (s_log_count ("runtime error:"), 0, "UBSan report in the log");
+            return status;
+        }
+        if (cm_clock_mono_ms () > deadline)
+            return -1;
+        s_sleep_ms (20);
+    }
+}
+
+//  Write conf as the suite file and start the supervisor on it, its stdout
+//  and stderr going to files in the scratch directory.
+static void s_start (const char *conf)
+{
+    FILE *file = fopen (s_file ("suite.conf"), "w");
+    cr_assert_not_null (file);
+    fputs (conf, file);
+    fclose (file);
+    const char *bin_dir = getenv ("LLMRT_BIN_DIR");
+    cr_assert_not_null (bin_dir, "LLMRT_BIN_DIR is set by ctest");
+    char program[PATH_MAX], config[PATH_MAX], out[PATH_MAX], err[PATH_MAX];
+    snprintf (program, sizeof program, "%s/supervisor", bin_dir);
+    snprintf (config, sizeof config, "%s/suite.conf", s_dir);
+    snprintf (out, sizeof out, "%s/stdout", s_dir);
+    snprintf (err, sizeof err, "%s/stderr", s_dir);
+    pid_t pid = fork ();
+    cr_assert_geq (pid, 0);
+    if (pid == 0) {
+        int fd_out = open (out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int fd_err = open (err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd_out < 0 || fd_err < 0)
+            _exit (126);
+        dup2 (fd_out, STDOUT_FILENO);
+        dup2 (fd_err, STDERR_FILENO);
+        execl (program, program, "-c", config, (char *)NULL);
+        _exit (127);
+    }
+    s_supervisor = pid;
+}
+
+Test (sup_run, walkthrough_restart_after_kill_then_stop, .init = s_setup,
+      .fini = s_teardown)
+{
+    s_start ("[program:sleeper]\ncommand = sleep 1000\nreplicas = 2\n");
+    pid_t first[64], now[64];
+    cr_assert (s_wait_children (s_supervisor, 2, first), "two sleepers started");
+
+    //  kill -9 one: a new pid takes its place, and the log says so.
+    cr_assert_eq (kill (first[0], SIGKILL), 0);
+    int64_t deadline = cm_clock_mono_ms () + S_PATIENCE_MS;
+    bool replaced = false;
+    while (!replaced && cm_clock_mono_ms () < deadline) {
+        size_t n = s_children (s_supervisor, now, 64);
+        replaced = n == 2 && now[0] != first[0] && now[1] != first[0];
+        if (!replaced)
+            s_sleep_ms (20);
+    }
+    cr_assert (replaced, "the killed sleeper was restarted");
+    char needle[128];
+    snprintf (needle, sizeof needle, "pid %d killed by signal 9", (int)first[0]);
+    cr_assert (s_wait_log (needle), "exit logged with pid");
+    pid_t fresh = now[0] == first[1] ? now[1] : now[0];
+    snprintf (needle, sizeof needle, "pid %d (start 2)", (int)fresh);
+    cr_assert (s_wait_log (needle), "restart logged with the new pid");
+    cr_assert (s_wait_log ("restarting sleeper."));
+
+    //  SIGINT: both sleepers stopped, exit 0.
+    cr_assert_eq (kill (s_supervisor, SIGINT), 0);
+    int status = s_wait_exit (S_PATIENCE_MS);
+    cr_assert_neq (status, -1, "the supervisor exited");
+    cr_assert (WIFEXITED (status) && WEXITSTATUS (status) == 0, "status 0x%x", status);
+    cr_assert (s_wait_gone (now[0]) && s_wait_gone (now[1]));
+}
+
+Test (sup_run, sigterm_stops_every_child_within_grace, .init = s_setup,
+      .fini = s_teardown)
+{
+    //  The shell stays as parent of its sleep: its whole group must go.
+    s_start ("[program:a]\ncommand = sleep 1000\n"
+             "[program:b]\ncommand = sh -c 'sleep 1000; echo never'\nreplicas = 2\n"
+             "[program:c]\ncommand = sleep 1000\nstop_signal = INT\n");
+    pid_t children[64], grandchildren[64];
+    cr_assert (s_wait_children (s_supervisor, 4, children));
+    size_t grand = 0;
+    for (size_t i = 0; i < 4; i++) {
+        pid_t found[64];
+        int64_t deadline = cm_clock_mono_ms () + S_PATIENCE_MS;
+        char path[64];
+        snprintf (path, sizeof path, "/proc/%d/comm", (int)children[i]);
+        char *comm = s_slurp (path);
+        bool shell = !strncmp (comm, "sh", 2);
+        free (comm);
+        if (!shell)
+            continue;
+        while (s_children (children[i], found, 64) != 1 && cm_clock_mono_ms () < deadline)
+            s_sleep_ms (20);
+        cr_assert_eq (s_children (children[i], found, 64), 1, "sh started its sleep");
+        grandchildren[grand++] = found[0];
+    }
+    cr_assert_eq (grand, 2);
+
+    int64_t start = cm_clock_mono_ms ();
+    cr_assert_eq (kill (s_supervisor, SIGTERM), 0);
+    int status = s_wait_exit (S_PATIENCE_MS);
+    cr_assert_neq (status, -1);
+    cr_assert (WIFEXITED (status) && WEXITSTATUS (status) == 0, "status 0x%x", status);
+    cr_assert_lt (cm_clock_mono_ms () - start, 10000, "within the grace period");
+    for (size_t i = 0; i < 4; i++)
+        cr_assert_not (s_alive (children[i]), "child %d is gone", (int)children[i]);
+    for (size_t i = 0; i < grand; i++)
+        cr_assert (s_wait_gone (grandchildren[i]), "grandchild %d is gone",
+                   (int)grandchildren[i]);
+    cr_assert_eq (s_log_count ("sending SIGKILL"), 0, "nobody needed SIGKILL");
+    cr_assert (s_log_count ("sending INT to c.0"));
+    cr_assert (s_log_count ("every child has exited"));
+}
+
+Test (sup_run, a_child_ignoring_sigterm_is_killed_after_grace, .init = s_setup,
+      .fini = s_teardown)
+{
+    setenv ("SUPERVISOR_GRACE_MS", "300", 1);
+    s_start ("[program:stubborn]\ncommand = sh -c 'trap \"\" TERM; sleep 1000; true'\n"
+             "[program:polite]\ncommand = sleep 1000\n");
+    pid_t children[64];
+    cr_assert (s_wait_children (s_supervisor, 2, children));
+    //  Let the shell set its trap before it is asked to stop.
+    for (size_t i = 0; i < 2; i++) {
+        pid_t found[64];
+        char path[64];
+        snprintf (path, sizeof path, "/proc/%d/comm", (int)children[i]);
+        char *comm = s_slurp (path);
+        bool shell = !strncmp (comm, "sh", 2);
+        free (comm);
+        int64_t deadline = cm_clock_mono_ms () + S_PATIENCE_MS;
+        while (shell && s_children (children[i], found, 64) != 1 &&
+               cm_clock_mono_ms () < deadline)
+            s_sleep_ms (20);
+    }
+    int64_t start = cm_clock_mono_ms ();
+    cr_assert_eq (kill (s_supervisor, SIGTERM), 0);
+    int status = s_wait_exit (S_PATIENCE_MS);
+    cr_assert_neq (status, -1);
+    cr_assert (WIFEXITED (status) && WEXITSTATUS (status) == 0, "status 0x%x", status);
+    cr_assert_geq (cm_clock_mono_ms () - start, 300, "the grace period was given");
+    cr_assert (s_log_line_has ("stubborn.0 pid", "sending SIGKILL"));
+    cr_assert (s_log_count ("killed by signal 9"));
+    for (size_t i = 0; i < s_seen_size; i++)
+        cr_assert (s_wait_gone (s_seen[i]), "pid %d is gone", (int)s_seen[i]);
+}
+
+Test (sup_run, a_crash_loop_is_given_up_loudly, .init = s_setup, .fini = s_teardown)
+{
+    setenv ("SUPERVISOR_MAX_CRASHES", "3", 1);
+    s_start ("[program:crasher]\ncommand = sh -c 'exit 7'\n"
+             "[program:steady]\ncommand = sleep 1000\n");
+    cr_assert (s_wait_log ("ERROR: crasher.0 exited 3 times"), "give-up logged");
+    cr_assert (s_log_count ("GIVING UP"));
+    cr_assert_eq (s_log_count ("crasher.0 pid"), 6,
+                  "3 starts and 3 exits, each with a pid");
+    cr_assert_eq (s_log_count ("exited with status 7"), 3);
+    //  The rest of the suite runs on.
+    pid_t children[64];
+    cr_assert (s_wait_children (s_supervisor, 1, children));
+    cr_assert_eq (waitpid (s_supervisor, NULL, WNOHANG), 0, "still supervising");
+    cr_assert_eq (kill (s_supervisor, SIGTERM), 0);
+    int status = s_wait_exit (S_PATIENCE_MS);
+    cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 0);
+    cr_assert_eq (s_log_count ("exited with status 7"), 3, "never restarted again");
+}
+
+Test (sup_run, nothing_left_to_supervise_exits_1, .init = s_setup, .fini = s_teardown)
+{
+    setenv ("SUPERVISOR_MAX_CRASHES", "2", 1);
+    s_start ("[program:crasher]\ncommand = false\n"
+             "[program:missing]\ncommand = /nonexistent/daemon\n");
+    int status = s_wait_exit (S_PATIENCE_MS);
+    cr_assert_neq (status, -1);
+    cr_assert (WIFEXITED (status) && WEXITSTATUS (status) == 1, "status 0x%x", status);
+    cr_assert (s_log_count ("cannot execute '/nonexistent/daemon'"));
+    cr_assert (s_log_count ("nothing left to supervise"));
+}
+
+Test (sup_run, children_die_with_a_killed_supervisor, .init = s_setup, .fini = s_teardown)
+{
+    s_start ("[program:sleeper]\ncommand = sleep 1000\nreplicas = 3\n");
+    pid_t children[64];
+    cr_assert (s_wait_children (s_supervisor, 3, children));
+    kill (s_supervisor, SIGKILL);
+    waitpid (s_supervisor, NULL, 0);
+    s_supervisor = 0;
+    //  PR_SET_PDEATHSIG sends them SIGTERM.
+    for (size_t i = 0; i < 3; i++)
+        cr_assert (s_wait_gone (children[i]), "pid %d outlived the supervisor",
+                   (int)children[i]);
+}
+
+Test (sup_run, children_see_one_environment, .init = s_setup, .fini = s_teardown)
+{
+    unsetenv ("ADMIN_API_KEY");
+    setenv ("REDIS_URL", "redis://127.0.0.9:7777/1", 1);
+    s_start (
+        "[program:probe]\n"
+        "command = sh -c 'echo \"$ADMIN_API_KEY $REDIS_HOST $REDIS_PORT $BIN_DIR "
+        "$INSTANCE_INDEX $SUPERVISED $GREETING\" > \"$RUN_DIR/seen.$INSTANCE_INDEX\"; "
+        "exec sleep 1000'\n"
+        "replicas = 2\n"
+        "env = GREETING=${REDIS_PORT}-hello\n");
+    pid_t children[64];
+    cr_assert (s_wait_children (s_supervisor, 2, children));
+    cr_assert (s_wait_log ("admin_api_key"), "the log says where the key is kept");
+
+    //  The key: generated, printed on stdout, kept with mode 0600.
+    char keyfile[PATH_MAX];
+    snprintf (keyfile, sizeof keyfile, "%s/admin_api_key", s_dir);
+    char *key = s_slurp (keyfile);
+    cr_assert_eq (strlen (key), 65, "64 hex digits and a newline: '%s'", key);
+    key[64] = 0;
+    struct stat st;
+    cr_assert_eq (stat (keyfile, &st), 0);
+    cr_assert_eq (st.st_mode & 0777, 0600);
+    char *out = s_slurp (s_file ("stdout"));
+    char line[128];
+    snprintf (line, sizeof line, "ADMIN_API_KEY=%s\n", key);
+    cr_assert (strstr (out, line), "stdout was '%s'", out);
+    free (out);
+
+    char bin_dir[PATH_MAX];
+    cr_assert_not_null (realpath (getenv ("LLMRT_BIN_DIR"), bin_dir));
+    for (int i = 0; i < 2; i++) {
+        char name[32], expected[2 * PATH_MAX];
+        snprintf (name, sizeof name, "seen.%d", i);
+        int64_t deadline = cm_clock_mono_ms () + S_PATIENCE_MS;
+        char *seen = s_slurp (s_file (name));
+        while (!strchr (seen, '\n') && cm_clock_mono_ms () < deadline) {
+            free (seen);
+            s_sleep_ms (20);
+            seen = s_slurp (s_file (name));
+        }
+        snprintf (expected, sizeof expected, "%s 127.0.0.9 7777 %s %d 1 7777-hello\n",
+                  key, bin_dir, i);
+        cr_assert_str_eq (seen, expected);
+        free (seen);
+    }
+    free (key);
+    cr_assert_eq (kill (s_supervisor, SIGTERM), 0);
+    int status = s_wait_exit (S_PATIENCE_MS);
+    cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 0);
+}
+
+Test (sup_run, config_errors_stop_startup, .init = s_setup, .fini = s_teardown)
+{
+    s_start ("[program:a]\ncommand = sleep 1000\nreplica = 2\n");
+    int status = s_wait_exit (S_PATIENCE_MS);
+    cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 1);
+    cr_assert (s_log_count ("suite.conf:3: unknown key 'replica'"));
+
+    unsetenv ("SUP_TEST_UNDEFINED");
+    s_start ("[program:a]\ncommand = ${SUP_TEST_UNDEFINED}/daemon\n");
+    status = s_wait_exit (S_PATIENCE_MS);
+    cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 1);
+    cr_assert (
+        s_log_count ("suite.conf:2: command: undefined variable ${SUP_TEST_UNDEFINED}"));
+
+    setenv ("REDIS_URL", "http://127.0.0.1:6379", 1);
+    s_start ("[program:a]\ncommand = sleep 1000\n");
+    status = s_wait_exit (S_PATIENCE_MS);
+    cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 1);
+    cr_assert (s_log_count ("REDIS_URL"));
+
+    pid_t none[64];
+    cr_assert_eq (s_children (getpid (), none, 64), 0, "no child was started");
+}
+
+Test (sup_run, help_lists_the_settings, .init = s_setup, .fini = s_teardown)
+{
+    char command[PATH_MAX + 64];
+    snprintf (command, sizeof command, "'%s/supervisor' --help > '%s/help'",
+              getenv ("LLMRT_BIN_DIR"), s_dir);
+    cr_assert_eq (system (command), 0);
+    char *help = s_slurp (s_file ("help"));
+    const char *names[] = {"-c FILE",
+                           "SUPERVISOR_RESTART_INITIAL_MS",
+                           "SUPERVISOR_RESTART_MAX_MS",
+                           "SUPERVISOR_RESTART_RESET_MS",
+                           "SUPERVISOR_MAX_CRASHES",
+                           "SUPERVISOR_CRASH_WINDOW_MS",
+                           "SUPERVISOR_GRACE_MS",
+                           "REDIS_URL",
+                           "RUN_DIR",
+                           "BIN_DIR",
+                           "ADMIN_API_KEY"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        cr_assert (strstr (help, names[i]), "--help lacks %s", names[i]);
+    free (help);
+}
