@@ -28,6 +28,10 @@ main (int argc, char **argv)
 {
     cm_log_init ("ingestd");
     int rc = cm_main_args (argc, argv, "ingestd", "The ingest daemon of llmrt.", s_table);
+    if (rc > 0 && argc > 1 && (!strcmp (argv[1], "--help") || !strcmp (argv[1], "-h"))) {
+        printf ("\nCommon daemon settings:\n");
+        cm_config_usage (cm_worker_config_table (), stdout);
+    }
     if (rc)
         return rc > 0 ? 0 : 2;
     s_config_t config = {0};
