@@ -493,11 +493,37 @@ static void s_reply_text (s_turn_t *turn, const char *text)
                                  "sources", "close", 1, "error", "metrics"));
 }
 
+//  Recent turns, newest first, as storage hands them over.
+typedef struct {
+    char **texts;    //  prompt, answer, prompt, answer, ... (owned)
+    size_t count;    //  strings in texts
+    size_t capacity; //  slots in texts
+} s_context_t;
+
+static void s_context_add (const char *prompt, const char *answer, void *arg)
+{
+    s_context_t *context = (s_context_t *)arg;
+    if (context->count + 2 > context->capacity) {
+        context->capacity = context->capacity ? context->capacity * 2 : 16;
+        context->texts = cm_realloc (context->texts, context->capacity * sizeof (char *));
+    }
+    context->texts[context->count++] = cm_strdup (prompt);
+    context->texts[context->count++] = cm_strdup (answer);
+}
+
+static void s_context_free (s_context_t *context)
+{
+    for (size_t i = 0; i < context->count; i++)
+        free (context->texts[i]);
+    free (context->texts);
+    memset (context, 0, sizeof *context);
+}
+
 //  The prompt: system prompt, then the recent turns of this conversation
 //  (oldest first), then the message. Fills messages (caller frees the array;
-//  strings are borrowed from *history_p, which the caller releases).
+//  strings are borrowed from *context, which the caller frees).
 static int s_build_messages (s_turn_t *turn, chat_message_t **messages_p, size_t *count_p,
-                             json_t **history_p)
+                             s_context_t *context)
 {
     //  Upstream: workspace.openAiHistory || 20 (so 0 means 20).
     int64_t depth =
@@ -510,11 +536,10 @@ static int s_build_messages (s_turn_t *turn, chat_message_t **messages_p, size_t
         .limit = depth > 0 ? depth : 20,
         .newest_first = true,
     };
-    json_t *history = NULL;
-    if (cm_storage_chat_list (turn->storage, turn->workspace_id, &filter, &history) !=
-        CM_STORAGE_OK)
+    if (cm_storage_chat_context (turn->storage, turn->workspace_id, &filter, s_context_add,
+                                 context) != CM_STORAGE_OK)
         return -1;
-    size_t turns = json_array_size (history);
+    size_t turns = context->count / 2;
     chat_message_t *messages = cm_calloc (2 * turns + 2, sizeof *messages);
     size_t count = 0;
     const char *prompt =
@@ -522,19 +547,12 @@ static int s_build_messages (s_turn_t *turn, chat_message_t **messages_p, size_t
     messages[count++] =
         (chat_message_t){CHAT_ROLE_SYSTEM, prompt && *prompt ? prompt : S_DEFAULT_PROMPT};
     for (size_t i = turns; i-- > 0;) {
-        json_t *chat = json_array_get (history, i);
-        const char *asked = json_string_value (json_object_get (chat, "prompt"));
-        const char *answer = json_string_value (
-            json_object_get (json_object_get (chat, "response"), "text"));
-        if (!asked || !answer)
-            continue;
-        messages[count++] = (chat_message_t){CHAT_ROLE_USER, asked};
-        messages[count++] = (chat_message_t){CHAT_ROLE_ASSISTANT, answer};
+        messages[count++] = (chat_message_t){CHAT_ROLE_USER, context->texts[2 * i]};
+        messages[count++] = (chat_message_t){CHAT_ROLE_ASSISTANT, context->texts[2 * i + 1]};
     }
     messages[count++] = (chat_message_t){CHAT_ROLE_USER, turn->message};
     *messages_p = messages;
     *count_p = count;
-    *history_p = history;
     return 0;
 }
 
@@ -648,7 +666,7 @@ static void s_chat_turn (cm_call_t *call, chat_service_t *self, bool streaming,
     s_turn_t turn = {.service = self, .call = call, .streaming = streaming};
     s_uuid (turn.uuid);
     json_t *body = s_body (call);
-    json_t *history = NULL;
+    s_context_t context = {0};
     chat_message_t *messages = NULL;
     const char *slug = cm_call_param (call, "slug");
     const char *thread_slug = threaded ? cm_call_param (call, "threadSlug") : NULL;
@@ -747,7 +765,7 @@ static void s_chat_turn (cm_call_t *call, chat_service_t *self, bool streaming,
     }
 
     size_t count = 0;
-    if (s_build_messages (&turn, &messages, &count, &history)) {
+    if (s_build_messages (&turn, &messages, &count, &context)) {
         s_reply_abort (call, 500, "The database is unavailable.");
         goto cleanup;
     }
@@ -766,7 +784,7 @@ static void s_chat_turn (cm_call_t *call, chat_service_t *self, bool streaming,
 cleanup:
     cm_storage_pool_release (self->pool, &turn.storage);
     free (messages);
-    json_decref (history);
+    s_context_free (&context);
     json_decref (turn.workspace);
     json_decref (turn.thread);
     json_decref (turn.attachments);

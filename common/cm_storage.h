@@ -154,6 +154,15 @@ cm_storage_status_t cm_storage_chat_list (cm_storage_t *self, int64_t workspace_
                                           const cm_storage_chat_filter_t *filter,
                                           json_t **chats_p);
 
+//  The conversation as a prompt needs it, without building JSON: the
+//  matching turns' prompt and answer text (the response's "text"), newest
+//  first, handed to fn one by one (strings borrowed for the call). Returns
+//  CM_STORAGE_OK or CM_STORAGE_ERROR.
+typedef void (cm_storage_turn_fn) (const char *prompt, const char *answer, void *arg);
+cm_storage_status_t cm_storage_chat_context (cm_storage_t *self, int64_t workspace_id,
+                                             const cm_storage_chat_filter_t *filter,
+                                             cm_storage_turn_fn *fn, void *arg);
+
 //  Mark the matching turns include = false (the "reset" of a conversation;
 //  limit and order are ignored). Returns how many, or -1 on failure.
 int64_t cm_storage_chat_reset (cm_storage_t *self, int64_t workspace_id,

@@ -442,7 +442,14 @@ s_io_thread (void *arg)
             last_heard = now;
         }
     }
-    //  Flush the last replies before closing (linger sends them).
+    //  Flush the last replies before closing (linger sends them), and say
+    //  goodbye if the stop came too fast for the loop to.
+    if (sock && !said_goodbye) {
+        cm_msg_t *bye = cm_msg_new (CM_MSG_DISCONNECT);
+        cm_msg_set_reason (bye, "stopping");
+        s_send_msg (sock, bye);
+        cm_msg_destroy (&bye);
+    }
     if (sock) {
         s_frame_t *frame;
         while ((frame = cm_mailbox_take (self->outbox))) {
@@ -492,8 +499,11 @@ s_drop_call (void *task, cm_queue_drop_t why, void *arg)
     cm_call_t *call = task;
     if (why == CM_QUEUE_DROP_TIMEOUT)
         cm_call_reply_error (call, 504, "The request waited in the queue past its deadline.");
-    else if (why == CM_QUEUE_DROP_SHUTDOWN)
+    else if (why == CM_QUEUE_DROP_SHUTDOWN) {
+        //  It never ran, so it is safe to retry: say so, like every other 503.
+        cm_call_header_add (call, "Retry-After", "1");
         cm_call_reply_error (call, 503, "The service is shutting down.");
+    }
     s_call_unlink (self, call);
     s_call_destroy (&call);
 }

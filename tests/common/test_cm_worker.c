@@ -1,0 +1,1011 @@
+/*  test_cm_worker.c: the daemon side of the gateway protocol. The test plays
+    the gateway on a real ROUTER socket (as gw_broker does: mandatory routing,
+    hand-over) and speaks cm_msg frames to a real cm_worker: READY and
+    heartbeats, reconnects, requests routed to handlers, streaming, the
+    bounded queue's 429, CANCEL, deadlines, bad frames and draining on
+    destroy. Every wait is a poll with a generous deadline, and the gateway
+    keeps heartbeating while it waits, so a slow machine only makes the
+    tests slower. */
+#include <criterion/criterion.h>
+#include <czmq.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <unistd.h>
+#include "cm_msg.h"
+#include "cm_worker.h"
+
+//  Deadline for anything that should happen "soon", however loaded the box.
+#define S_PATIENCE_MS 20000
+//  The worker's heartbeat; with liveness 3 it reconnects after 150 ms of
+//  silence, so the test gateway beats far more often than that.
+#define S_HEARTBEAT_MS    50
+#define S_LIVENESS        3
+#define S_GATEWAY_BEAT_MS 10
+#define S_INSTANCE        "test-1"
+
+//  --- handlers ----------------------------------------------------------
+
+//  What the handlers saw, shared with the test (the route table's arg).
+typedef struct {
+    atomic_int slow_started;   //  slow handlers that began
+    atomic_int slow_cancelled; //  slow handlers that saw cm_call_cancelled
+    atomic_int gate_started;   //  gate handlers that began
+    atomic_bool gate_open;     //  lets gate handlers reply
+    atomic_int counted;        //  runs of the count handler
+} s_state_t;
+
+//  POST /echo: the body back as JSON, with a response header.
+static void
+s_echo (cm_call_t *call, void *arg)
+{
+    (void) arg;
+    json_t *body = cm_call_json (call);
+    cm_call_header_add (call, "X-Echo", "yes");
+    cm_call_reply_json (call, 200,
+                        json_pack ("{s:s, s:s, s:O?}", "method", cm_call_method (call),
+                                   "path", cm_call_path (call), "echo", body));
+}
+
+//  GET /stream: three SSE events, then the end of the stream.
+static void
+s_stream (cm_call_t *call, void *arg)
+{
+    (void) arg;
+    for (int n = 0; n < 3; n++)
+        cm_call_sse (call, json_pack ("{s:i}", "n", n));
+    cm_call_stream_end (call);
+}
+
+//  GET /stream/unfinished: one event and no end; the worker ends it.
+static void
+s_stream_unfinished (cm_call_t *call, void *arg)
+{
+    (void) arg;
+    cm_call_sse (call, json_pack ("{s:i}", "n", 0));
+}
+
+//  GET /slow: works until cancelled, then returns without a reply (the
+//  gateway has answered the client already).
+static void
+s_slow (cm_call_t *call, void *arg)
+{
+    s_state_t *state = arg;
+    atomic_fetch_add (&state->slow_started, 1);
+    int64_t until = cm_clock_mono_ms () + 2 * S_PATIENCE_MS;
+    while (!cm_call_cancelled (call) && cm_clock_mono_ms () < until)
+        usleep (1000);
+    if (cm_call_cancelled (call))
+        atomic_fetch_add (&state->slow_cancelled, 1);
+}
+
+//  GET /gate: waits until the test opens the gate, then replies 200.
+static void
+s_gate (cm_call_t *call, void *arg)
+{
+    s_state_t *state = arg;
+    atomic_fetch_add (&state->gate_started, 1);
+    while (!atomic_load (&state->gate_open) && !cm_call_cancelled (call))
+        usleep (1000);
+    if (!cm_call_cancelled (call))
+        cm_call_reply_json (call, 200, json_pack ("{s:s}", "gate", "passed"));
+}
+
+//  GET /silent: forgets to reply.
+static void
+s_silent (cm_call_t *call, void *arg)
+{
+    (void) call;
+    (void) arg;
+}
+
+//  GET /count: counts its runs and replies 200.
+static void
+s_count (cm_call_t *call, void *arg)
+{
+    s_state_t *state = arg;
+    atomic_fetch_add (&state->counted, 1);
+    cm_call_reply (call, 200, "text/plain", "counted", 7);
+}
+
+//  Set key to a string, or to null when value is NULL.
+static void
+s_set (json_t *json, const char *key, const char *value)
+{
+    json_object_set_new (json, key, value ? json_string (value) : json_null ());
+}
+
+//  POST /users/{user}/items/{item}: reports everything it can read.
+static void
+s_inspect (cm_call_t *call, void *arg)
+{
+    (void) arg;
+    json_t *seen = json_object ();
+    s_set (seen, "user", cm_call_param (call, "user"));
+    s_set (seen, "item", cm_call_param (call, "item"));
+    s_set (seen, "nothing", cm_call_param (call, "nothing"));
+    const char *queries[] = {"q", "tag", "name", "empty", "flag", "bad", "missing"};
+    for (size_t i = 0; i < sizeof queries / sizeof queries[0]; i++)
+        s_set (seen, queries[i], cm_call_query (call, queries[i]));
+    s_set (seen, "accept", cm_call_header (call, "accept"));
+    s_set (seen, "absent", cm_call_header (call, "X-Absent"));
+    s_set (seen, "identity", cm_call_identity (call));
+    s_set (seen, "path", cm_call_path (call));
+    s_set (seen, "method", cm_call_method (call));
+    s_set (seen, "request_id", cm_call_request_id (call));
+    json_object_set_new (seen, "deadline", json_integer (cm_call_deadline (call)));
+    json_t *body = cm_call_json (call);
+    json_object_set (seen, "body", body ? body : json_null ());
+    cm_call_reply_json (call, 201, seen);
+}
+
+static const cm_route_t s_routes[] = {
+    {"POST", "/echo", s_echo},
+    {"GET", "/stream", s_stream},
+    {"GET", "/stream/unfinished", s_stream_unfinished},
+    {"GET", "/slow", s_slow},
+    {"GET", "/gate", s_gate},
+    {"GET", "/silent", s_silent},
+    {"GET", "/count", s_count},
+    {"POST", "/users/{user}/items/{item}", s_inspect},
+    {NULL, NULL, NULL},
+};
+
+//  --- the test gateway ----------------------------------------------------
+
+typedef struct {
+    zsock_t *router;   //  bound like the gateway's backend
+    char endpoint[64]; //  where the worker connects
+    char peer[256];    //  the worker's routing id (its instance)
+    zlist_t *inbox;    //  received messages other than HEARTBEAT, not taken yet
+    int first_type;    //  type of the very first message received, 0 none yet
+    size_t beats;      //  HEARTBEATs received
+    int free_slots;    //  capacity of the last HEARTBEAT, -1 none yet
+    int64_t next_beat; //  when we heartbeat the worker next
+    bool silent;       //  stop heartbeating: the gateway hangs
+    size_t strangers;  //  messages from another routing id, ignored
+} s_gateway_t;
+
+static s_gateway_t *
+s_gateway_new (void)
+{
+    s_gateway_t *self = calloc (1, sizeof *self);
+    cr_assert_not_null (self);
+    self->router = zsock_new (ZMQ_ROUTER);
+    cr_assert_not_null (self->router);
+    zsock_set_router_mandatory (self->router, 1);
+    zsock_set_router_handover (self->router, 1);
+    zsock_set_linger (self->router, 0);
+    zsock_set_rcvtimeo (self->router, 10);
+    int port = zsock_bind (self->router, "tcp://127.0.0.1:*");
+    cr_assert_gt (port, 0, "cannot bind the test gateway");
+    snprintf (self->endpoint, sizeof self->endpoint, "tcp://127.0.0.1:%d", port);
+    self->inbox = zlist_new ();
+    self->free_slots = -1;
+    return self;
+}
+
+static void
+s_gateway_destroy (s_gateway_t **self_p)
+{
+    s_gateway_t *self = *self_p;
+    cm_msg_t *msg;
+    while ((msg = zlist_pop (self->inbox)))
+        cm_msg_destroy (&msg);
+    zlist_destroy (&self->inbox);
+    zsock_destroy (&self->router);
+    free (self);
+    *self_p = NULL;
+}
+
+//  Send one frame to the worker; -1 when it is not connected.
+static int
+s_gateway_send_frame (s_gateway_t *self, const void *data, size_t size)
+{
+    void *handle = zsock_resolve (self->router);
+    if (zmq_send (handle, self->peer, strlen (self->peer), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        return -1;
+    return zmq_send (handle, data, size, ZMQ_DONTWAIT) < 0 ? -1 : 0;
+}
+
+//  Send a message to the worker and destroy it.
+static void
+s_gateway_send (s_gateway_t *self, cm_msg_t **msg_p)
+{
+    char *data;
+    size_t size;
+    cm_msg_encode (*msg_p, &data, &size);
+    cr_assert_eq (s_gateway_send_frame (self, data, size), 0, "cannot send %s to %s",
+                  cm_msg_type_name (cm_msg_type (*msg_p)), self->peer);
+    free (data);
+    cm_msg_destroy (msg_p);
+}
+
+//  Heartbeat the worker when due. A beat may find it between sockets.
+static void
+s_gateway_beat (s_gateway_t *self)
+{
+    int64_t now = cm_clock_mono_ms ();
+    if (self->silent || now < self->next_beat)
+        return;
+    cm_msg_t *beat = cm_msg_new (CM_MSG_HEARTBEAT);
+    char *data;
+    size_t size;
+    cm_msg_encode (beat, &data, &size);
+    s_gateway_send_frame (self, data, size);
+    free (data);
+    cm_msg_destroy (&beat);
+    self->next_beat = now + S_GATEWAY_BEAT_MS;
+}
+
+//  Receive at most one message within about 10 ms, heartbeating meanwhile.
+//  HEARTBEATs are counted, anything else goes to the inbox.
+static void
+s_gateway_pump (s_gateway_t *self)
+{
+    s_gateway_beat (self);
+    zmsg_t *zmsg = zmsg_recv (self->router);
+    if (!zmsg)
+        return;
+    cr_assert_eq (zmsg_size (zmsg), 2, "the worker sends one frame per message");
+    //  After a reconnect, hand-over gives the worker's old connection a made-up
+    //  routing id; what still comes through it (a last heartbeat) is ignored.
+    char *peer = zmsg_popstr (zmsg);
+    bool stranger = strcmp (peer, self->peer) != 0;
+    free (peer);
+    if (stranger) {
+        self->strangers++;
+        zmsg_destroy (&zmsg);
+        return;
+    }
+    zframe_t *frame = zmsg_first (zmsg);
+    char err[256] = "";
+    cm_msg_t *msg = cm_msg_decode (zframe_data (frame), zframe_size (frame), err, sizeof err);
+    cr_assert_not_null (msg, "the worker sent a bad frame: %s", err);
+    zmsg_destroy (&zmsg);
+    if (!self->first_type)
+        self->first_type = cm_msg_type (msg);
+    if (cm_msg_type (msg) == CM_MSG_HEARTBEAT) {
+        self->beats++;
+        self->free_slots = (int) cm_msg_capacity (msg);
+        cm_msg_destroy (&msg);
+    }
+    else
+        zlist_append (self->inbox, msg);
+}
+
+//  Take the oldest inbox message of this type (0: any) for this request id
+//  (NULL: any), or NULL.
+static cm_msg_t *
+s_gateway_take (s_gateway_t *self, int type, const char *request_id)
+{
+    for (cm_msg_t *msg = zlist_first (self->inbox); msg; msg = zlist_next (self->inbox))
+        if ((!type || (int) cm_msg_type (msg) == type)
+            && (!request_id || !strcmp (cm_msg_request_id (msg), request_id))) {
+            zlist_remove (self->inbox, msg);
+            return msg;
+        }
+    return NULL;
+}
+
+//  Wait for a message as s_gateway_take finds it; fails the test on timeout.
+static cm_msg_t *
+s_gateway_expect (s_gateway_t *self, int type, const char *request_id)
+{
+    int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
+    while (true) {
+        cm_msg_t *msg = s_gateway_take (self, type, request_id);
+        if (msg)
+            return msg;
+        cr_assert_lt (cm_clock_mono_ms (), until, "no %s for '%s' from the worker",
+                      type ? cm_msg_type_name (type) : "message",
+                      request_id ? request_id : "*");
+        s_gateway_pump (self);
+    }
+}
+
+//  Expect the FINAL of a request with this status; returns it.
+static cm_msg_t *
+s_gateway_expect_final (s_gateway_t *self, const char *request_id, int status)
+{
+    cm_msg_t *final = s_gateway_expect (self, CM_MSG_FINAL, request_id);
+    cr_assert_eq (cm_msg_status (final), status, "%s: status %d, expected %d", request_id,
+                  cm_msg_status (final), status);
+    return final;
+}
+
+//  Keep the gateway going until *value reaches target.
+static void
+s_gateway_wait_for (s_gateway_t *self, atomic_int *value, int target, const char *what)
+{
+    int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
+    while (atomic_load (value) < target) {
+        cr_assert_lt (cm_clock_mono_ms (), until, "timed out waiting for %s", what);
+        s_gateway_pump (self);
+    }
+}
+
+//  Wait for a HEARTBEAT, received from now on, that reports free_slots.
+static void
+s_gateway_wait_beat (s_gateway_t *self, int free_slots)
+{
+    int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
+    while (true) {
+        size_t before = self->beats;
+        s_gateway_pump (self);
+        if (self->beats > before && self->free_slots == free_slots)
+            return;
+        cr_assert_lt (cm_clock_mono_ms (), until, "no HEARTBEAT with %d free slots (last %d)",
+                      free_slots, self->free_slots);
+    }
+}
+
+//  Send a REQUEST; body (JSON text) may be NULL.
+static void
+s_gateway_request (s_gateway_t *self, const char *id, const char *method, const char *route,
+                   int64_t deadline, const char *body)
+{
+    cm_msg_t *msg = cm_msg_new (CM_MSG_REQUEST);
+    cm_msg_set_request_id (msg, id);
+    cm_msg_set_service (msg, "test");
+    cm_msg_set_method (msg, method);
+    cm_msg_set_route (msg, route);
+    cm_msg_set_deadline (msg, deadline);
+    cm_msg_set_identity (msg, "tester");
+    if (body) {
+        cm_msg_header_add (msg, "Content-Type", "application/json");
+        cm_msg_set_body (msg, body, strlen (body));
+    }
+    s_gateway_send (self, &msg);
+}
+
+static void
+s_gateway_cancel (s_gateway_t *self, const char *id)
+{
+    cm_msg_t *msg = cm_msg_new (CM_MSG_CANCEL);
+    cm_msg_set_request_id (msg, id);
+    cm_msg_set_reason (msg, "client gone");
+    s_gateway_send (self, &msg);
+}
+
+//  Parse a reply's JSON body; caller decrefs.
+static json_t *
+s_json_body (cm_msg_t *msg)
+{
+    size_t size;
+    const char *body = cm_msg_body (msg, &size);
+    json_error_t error;
+    json_t *json = json_loadb (body, size, 0, &error);
+    cr_assert_not_null (json, "reply is not JSON: %s", error.text);
+    return json;
+}
+
+static const char *
+s_json_str (json_t *json, const char *key)
+{
+    return json_string_value (json_object_get (json, key));
+}
+
+//  A worker on the test gateway, with the test's instance id; waits for its
+//  READY.
+static cm_worker_t *
+s_worker_start (s_gateway_t *gateway, s_state_t *state, size_t concurrency,
+                size_t max_pending, int64_t drain_ms)
+{
+    cm_worker_config_t config = {
+        .service = "test",
+        .instance = S_INSTANCE,
+        .endpoint = gateway->endpoint,
+        .concurrency = concurrency,
+        .max_pending = max_pending,
+        .heartbeat_ms = S_HEARTBEAT_MS,
+        .liveness = S_LIVENESS,
+        .drain_ms = drain_ms,
+        .routes = s_routes,
+        .arg = state,
+    };
+    cm_worker_t *worker = cm_worker_new (&config);
+    cr_assert_not_null (worker);
+    snprintf (gateway->peer, sizeof gateway->peer, "%s", cm_worker_instance (worker));
+    cm_msg_t *ready = s_gateway_expect (gateway, CM_MSG_READY, NULL);
+    cm_msg_destroy (&ready);
+    return worker;
+}
+
+//  --- tests -----------------------------------------------------------------
+
+Test (cm_worker, walkthrough_ready_request_reply_disconnect, .timeout = 60)
+{
+    //  The gateway binds a ROUTER; the worker connects and says READY.
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    cm_worker_config_t config = {
+        .service = "test",
+        .instance = S_INSTANCE,
+        .endpoint = gateway->endpoint,
+        .concurrency = 2,
+        .max_pending = 4,
+        .heartbeat_ms = S_HEARTBEAT_MS,
+        .liveness = S_LIVENESS,
+        .drain_ms = 1000,
+        .routes = s_routes,
+        .arg = &state,
+    };
+    cm_worker_t *worker = cm_worker_new (&config);
+    cr_assert_str_eq (cm_worker_instance (worker), S_INSTANCE);
+    strcpy (gateway->peer, S_INSTANCE);
+    cm_msg_t *ready = s_gateway_expect (gateway, CM_MSG_READY, NULL);
+    cr_assert_str_eq (cm_msg_service (ready), "test");
+    cm_msg_destroy (&ready);
+
+    //  A REQUEST runs its route's handler; the reply comes back as FINAL.
+    s_gateway_request (gateway, "r1", "POST", "/echo", 0, "{\"hello\":\"world\"}");
+    cm_msg_t *final = s_gateway_expect_final (gateway, "r1", 200);
+    cr_assert_str_eq (cm_msg_content_type (final), "application/json");
+    json_t *body = s_json_body (final);
+    cr_assert_str_eq (s_json_str (json_object_get (body, "echo"), "hello"), "world");
+    json_decref (body);
+    cm_msg_destroy (&final);
+    cr_assert_eq (cm_worker_served (worker), 1);
+
+    //  Destroy says DISCONNECT before it goes.
+    cm_worker_destroy (&worker);
+    cr_assert_null (worker);
+    cm_msg_t *bye = s_gateway_expect (gateway, CM_MSG_DISCONNECT, NULL);
+    cr_assert_str_eq (cm_msg_reason (bye), "draining");
+    cm_msg_destroy (&bye);
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, ready_comes_first_with_service_instance_capacity, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    //  No instance given: the worker makes up service-host-pid.
+    cm_worker_config_t config = {
+        .service = "test",
+        .endpoint = gateway->endpoint,
+        .concurrency = 3,
+        .max_pending = 5,
+        .heartbeat_ms = S_HEARTBEAT_MS,
+        .liveness = S_LIVENESS,
+        .routes = s_routes,
+        .arg = &state,
+    };
+    cm_worker_t *worker = cm_worker_new (&config);
+    const char *instance = cm_worker_instance (worker);
+    char suffix[32];
+    snprintf (suffix, sizeof suffix, "-%d", (int) getpid ());
+    cr_assert_eq (strncmp (instance, "test-", 5), 0, "instance %s", instance);
+    cr_assert_str_eq (instance + strlen (instance) - strlen (suffix), suffix);
+    snprintf (gateway->peer, sizeof gateway->peer, "%s", instance);
+
+    cm_msg_t *ready = s_gateway_expect (gateway, CM_MSG_READY, NULL);
+    cr_assert_eq (gateway->first_type, CM_MSG_READY, "READY before anything else");
+    cr_assert_eq (gateway->strangers, 0, "the routing id is the instance id");
+    cr_assert_str_eq (cm_msg_service (ready), "test");
+    cr_assert_str_eq (cm_msg_instance (ready), instance);
+    cr_assert_eq (cm_msg_capacity (ready), 3, "capacity is the concurrency");
+    cm_msg_destroy (&ready);
+    cm_worker_destroy (&worker);
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, heartbeats_report_free_slots, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    cm_worker_t *worker = s_worker_start (gateway, &state, 2, 1, 1000);
+    //  Idle: every slot free, beat after beat.
+    s_gateway_wait_beat (gateway, 2);
+    size_t beats = gateway->beats;
+    for (int i = 0; i < 3; i++)
+        s_gateway_wait_beat (gateway, 2);
+    cr_assert_geq (gateway->beats, beats + 3);
+
+    //  Each running call takes a slot; one waiting in line leaves none.
+    s_gateway_request (gateway, "a", "GET", "/slow", 0, NULL);
+    s_gateway_wait_for (gateway, &state.slow_started, 1, "a to start");
+    s_gateway_wait_beat (gateway, 1);
+    s_gateway_request (gateway, "b", "GET", "/slow", 0, NULL);
+    s_gateway_wait_for (gateway, &state.slow_started, 2, "b to start");
+    s_gateway_wait_beat (gateway, 0);
+    s_gateway_request (gateway, "c", "GET", "/slow", 0, NULL);
+    s_gateway_wait_beat (gateway, 0);
+
+    //  Done: the slots come back.
+    s_gateway_cancel (gateway, "c");
+    s_gateway_cancel (gateway, "a");
+    s_gateway_cancel (gateway, "b");
+    s_gateway_wait_for (gateway, &state.slow_cancelled, 2, "a and b to stop");
+    s_gateway_wait_beat (gateway, 2);
+    cr_assert_eq (atomic_load (&state.slow_started), 2, "c never ran");
+    cm_worker_destroy (&worker);
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, reply_has_status_type_headers_and_body, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    cm_worker_t *worker = s_worker_start (gateway, &state, 2, 4, 1000);
+    s_gateway_request (gateway, "e1", "POST", "/echo", 0, "[1,2,3]");
+    cm_msg_t *final = s_gateway_expect_final (gateway, "e1", 200);
+    cr_assert_str_eq (cm_msg_content_type (final), "application/json");
+    cr_assert_str_eq (cm_msg_header (final, "x-echo"), "yes");
+    json_t *body = s_json_body (final);
+    cr_assert_str_eq (s_json_str (body, "method"), "POST");
+    cr_assert_str_eq (s_json_str (body, "path"), "/echo");
+    cr_assert_eq (json_array_size (json_object_get (body, "echo")), 3);
+    json_decref (body);
+    cm_msg_destroy (&final);
+
+    //  A plain-text reply keeps its type and bytes.
+    s_gateway_request (gateway, "c1", "GET", "/count", 0, NULL);
+    final = s_gateway_expect_final (gateway, "c1", 200);
+    cr_assert_str_eq (cm_msg_content_type (final), "text/plain");
+    size_t size;
+    const char *text = cm_msg_body (final, &size);
+    cr_assert_eq (size, 7);
+    cr_assert_eq (memcmp (text, "counted", 7), 0);
+    cm_msg_destroy (&final);
+    cm_worker_destroy (&worker);
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, params_query_headers_identity_and_json_reach_handler, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    cm_worker_t *worker = s_worker_start (gateway, &state, 2, 4, 1000);
+    int64_t deadline = cm_clock_wall_ms () + 10 * S_PATIENCE_MS;
+    cm_msg_t *request = cm_msg_new (CM_MSG_REQUEST);
+    cm_msg_set_request_id (request, "i1");
+    cm_msg_set_service (request, "test");
+    cm_msg_set_method (request, "POST");
+    cm_msg_set_route (request, "/users/ada/items/42?q=hello+world%21&tag=a%2Bb&empty="
+                               "&flag&%6Eame=%C3%A9t%C3%A9&q=second&bad=%zz");
+    cm_msg_set_deadline (request, deadline);
+    cm_msg_set_identity (request, "ada@example.org");
+    cm_msg_header_add (request, "Content-Type", "application/json");
+    cm_msg_header_add (request, "Accept", "text/event-stream");
+    const char *json = "{\"name\":\"Ada\",\"n\":7}";
+    cm_msg_set_body (request, json, strlen (json));
+    s_gateway_send (gateway, &request);
+
+    cm_msg_t *final = s_gateway_expect_final (gateway, "i1", 201);
+    json_t *seen = s_json_body (final);
+    //  "{name}" segments of the route.
+    cr_assert_str_eq (s_json_str (seen, "user"), "ada");
+    cr_assert_str_eq (s_json_str (seen, "item"), "42");
+    cr_assert (json_is_null (json_object_get (seen, "nothing")));
+    //  The query string: percent-decoded, '+' is a space, the first wins.
+    cr_assert_str_eq (s_json_str (seen, "q"), "hello world!");
+    cr_assert_str_eq (s_json_str (seen, "tag"), "a+b");
+    cr_assert_str_eq (s_json_str (seen, "name"), "\xc3\xa9t\xc3\xa9", "keys are decoded too");
+    cr_assert_str_eq (s_json_str (seen, "empty"), "");
+    cr_assert_str_eq (s_json_str (seen, "flag"), "");
+    cr_assert_str_eq (s_json_str (seen, "bad"), "%zz", "a broken escape stays as it is");
+    cr_assert (json_is_null (json_object_get (seen, "missing")));
+    //  Headers are looked up without regard to case.
+    cr_assert_str_eq (s_json_str (seen, "accept"), "text/event-stream");
+    cr_assert (json_is_null (json_object_get (seen, "absent")));
+    cr_assert_str_eq (s_json_str (seen, "identity"), "ada@example.org");
+    cr_assert_str_eq (s_json_str (seen, "path"), "/users/ada/items/42");
+    cr_assert_str_eq (s_json_str (seen, "method"), "POST");
+    cr_assert_str_eq (s_json_str (seen, "request_id"), "i1");
+    cr_assert_eq (json_integer_value (json_object_get (seen, "deadline")), deadline);
+    json_t *body = json_object_get (seen, "body");
+    cr_assert_str_eq (s_json_str (body, "name"), "Ada");
+    cr_assert_eq (json_integer_value (json_object_get (body, "n")), 7);
+    json_decref (seen);
+    cm_msg_destroy (&final);
+
+    //  A body that is not JSON reads as NULL.
+    s_gateway_request (gateway, "i2", "POST", "/users/bob/items/x", 0, "not json");
+    final = s_gateway_expect_final (gateway, "i2", 201);
+    seen = s_json_body (final);
+    cr_assert_str_eq (s_json_str (seen, "user"), "bob");
+    cr_assert (json_is_null (json_object_get (seen, "body")));
+    cr_assert (json_is_null (json_object_get (seen, "q")));
+    json_decref (seen);
+    cm_msg_destroy (&final);
+    cm_worker_destroy (&worker);
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, stream_sends_partials_then_final, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    cm_worker_t *worker = s_worker_start (gateway, &state, 2, 4, 1000);
+    s_gateway_request (gateway, "s1", "GET", "/stream", 0, NULL);
+    for (int n = 0; n < 3; n++) {
+        cm_msg_t *part = s_gateway_expect (gateway, 0, "s1");
+        cr_assert_eq (cm_msg_type (part), CM_MSG_PARTIAL, "event %d is a PARTIAL", n);
+        cr_assert_eq (cm_msg_status (part), 200);
+        cr_assert_str_eq (cm_msg_content_type (part), "text/event-stream");
+        char expected[32];
+        snprintf (expected, sizeof expected, "data: {\"n\":%d}\n\n", n);
+        size_t size;
+        const char *data = cm_msg_body (part, &size);
+        cr_assert_eq (size, strlen (expected));
+        cr_assert_eq (memcmp (data, expected, size), 0);
+        cm_msg_destroy (&part);
+    }
+    cm_msg_t *final = s_gateway_expect (gateway, 0, "s1");
+    cr_assert_eq (cm_msg_type (final), CM_MSG_FINAL);
+    size_t size;
+    cm_msg_body (final, &size);
+    cr_assert_eq (size, 0, "the end of a stream has no body");
+    cm_msg_destroy (&final);
+
+    //  A handler that forgets the end: the worker ends the stream for it.
+    s_gateway_request (gateway, "s2", "GET", "/stream/unfinished", 0, NULL);
+    cm_msg_t *part = s_gateway_expect (gateway, 0, "s2");
+    cr_assert_eq (cm_msg_type (part), CM_MSG_PARTIAL);
+    cm_msg_destroy (&part);
+    final = s_gateway_expect (gateway, 0, "s2");
+    cr_assert_eq (cm_msg_type (final), CM_MSG_FINAL);
+    cr_assert_eq (cm_msg_status (final), 200);
+    cm_msg_destroy (&final);
+    cm_worker_destroy (&worker);
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, unknown_path_is_404, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    cm_worker_t *worker = s_worker_start (gateway, &state, 2, 4, 1000);
+    s_gateway_request (gateway, "n1", "GET", "/nowhere?x=1", 0, NULL);
+    s_gateway_request (gateway, "n2", "POST", "/users/ada/items", 0, NULL);
+    s_gateway_request (gateway, "n3", "POST", "/users//items/1", 0, NULL);
+    const char *ids[] = {"n1", "n2", "n3"};
+    for (int i = 0; i < 3; i++) {
+        cm_msg_t *final = s_gateway_expect_final (gateway, ids[i], 404);
+        cr_assert_str_eq (cm_msg_content_type (final), "application/json");
+        json_t *body = s_json_body (final);
+        cr_assert_not_null (s_json_str (body, "error"));
+        json_decref (body);
+        cm_msg_destroy (&final);
+    }
+    cm_worker_destroy (&worker);
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, known_path_with_wrong_method_is_405, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    cm_worker_t *worker = s_worker_start (gateway, &state, 2, 4, 1000);
+    s_gateway_request (gateway, "m1", "DELETE", "/echo", 0, NULL);
+    s_gateway_request (gateway, "m2", "GET", "/users/ada/items/1", 0, NULL);
+    cm_msg_t *final = s_gateway_expect_final (gateway, "m1", 405);
+    json_t *body = s_json_body (final);
+    cr_assert_not_null (s_json_str (body, "error"));
+    json_decref (body);
+    cm_msg_destroy (&final);
+    final = s_gateway_expect_final (gateway, "m2", 405);
+    cm_msg_destroy (&final);
+    cr_assert_eq (atomic_load (&state.counted), 0);
+    cm_worker_destroy (&worker);
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, handler_without_reply_is_500, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    cm_worker_t *worker = s_worker_start (gateway, &state, 2, 4, 1000);
+    s_gateway_request (gateway, "x1", "GET", "/silent", 0, NULL);
+    cm_msg_t *final = s_gateway_expect_final (gateway, "x1", 500);
+    cr_assert_str_eq (cm_msg_content_type (final), "application/json");
+    json_t *body = s_json_body (final);
+    cr_assert_not_null (s_json_str (body, "error"));
+    json_decref (body);
+    cm_msg_destroy (&final);
+    cm_worker_destroy (&worker);
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, full_queue_answers_429_with_retry_after, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    //  One running, one waiting: the third has nowhere to go.
+    cm_worker_t *worker = s_worker_start (gateway, &state, 1, 1, 1000);
+    s_gateway_request (gateway, "a", "GET", "/slow", 0, NULL);
+    s_gateway_wait_for (gateway, &state.slow_started, 1, "a to start");
+    s_gateway_request (gateway, "b", "GET", "/slow", 0, NULL);
+    s_gateway_request (gateway, "c", "GET", "/slow", 0, NULL);
+    cm_msg_t *final = s_gateway_expect_final (gateway, "c", 429);
+    cr_assert_str_eq (cm_msg_header (final, "Retry-After"), "1");
+    cr_assert_str_eq (cm_msg_content_type (final), "application/json");
+    json_t *body = s_json_body (final);
+    cr_assert_not_null (s_json_str (body, "error"));
+    json_decref (body);
+    cm_msg_destroy (&final);
+    //  At once: a still runs and b still waits.
+    cr_assert_null (s_gateway_take (gateway, CM_MSG_FINAL, NULL));
+    cr_assert_eq (atomic_load (&state.slow_started), 1);
+    cr_assert_eq (atomic_load (&state.slow_cancelled), 0);
+
+    s_gateway_cancel (gateway, "b");
+    s_gateway_cancel (gateway, "a");
+    s_gateway_wait_for (gateway, &state.slow_cancelled, 1, "a to stop");
+    //  With one slot, the next call's reply comes after anything of a or b.
+    s_gateway_request (gateway, "d", "GET", "/count", 0, NULL);
+    final = s_gateway_expect_final (gateway, "d", 200);
+    cm_msg_destroy (&final);
+    cr_assert_null (s_gateway_take (gateway, CM_MSG_FINAL, NULL), "no reply for a or b");
+    cr_assert_eq (atomic_load (&state.slow_started), 1, "b never ran");
+    cm_worker_destroy (&worker);
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, cancel_of_running_call_is_seen_by_handler, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    cm_worker_t *worker = s_worker_start (gateway, &state, 1, 4, 1000);
+    s_gateway_request (gateway, "a", "GET", "/slow", 0, NULL);
+    s_gateway_wait_for (gateway, &state.slow_started, 1, "a to start");
+    cr_assert_eq (atomic_load (&state.slow_cancelled), 0);
+    //  A CANCEL for a call it does not know is harmless.
+    s_gateway_cancel (gateway, "nobody");
+    s_gateway_cancel (gateway, "a");
+    s_gateway_wait_for (gateway, &state.slow_cancelled, 1, "a to see the cancel");
+    //  The cancelled call sends nothing (the gateway answered already), and
+    //  its slot serves the next call.
+    s_gateway_request (gateway, "b", "GET", "/count", 0, NULL);
+    cm_msg_t *final = s_gateway_expect_final (gateway, "b", 200);
+    cm_msg_destroy (&final);
+    cr_assert_null (s_gateway_take (gateway, CM_MSG_FINAL, "a"));
+    cm_worker_destroy (&worker);
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, cancel_of_waiting_call_means_it_never_runs, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    cm_worker_t *worker = s_worker_start (gateway, &state, 1, 4, 1000);
+    s_gateway_request (gateway, "a", "GET", "/slow", 0, NULL);
+    s_gateway_wait_for (gateway, &state.slow_started, 1, "a to start");
+    s_gateway_request (gateway, "b", "GET", "/count", 0, NULL);
+    s_gateway_cancel (gateway, "b");
+    s_gateway_cancel (gateway, "a");
+    s_gateway_wait_for (gateway, &state.slow_cancelled, 1, "a to stop");
+    s_gateway_request (gateway, "c", "GET", "/count", 0, NULL);
+    cm_msg_t *final = s_gateway_expect_final (gateway, "c", 200);
+    cm_msg_destroy (&final);
+    cr_assert_eq (atomic_load (&state.counted), 1, "only c ran");
+    cr_assert_null (s_gateway_take (gateway, CM_MSG_FINAL, NULL), "no reply for a or b");
+    cm_worker_destroy (&worker);
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, past_deadline_of_waiting_call_is_504, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    cm_worker_t *worker = s_worker_start (gateway, &state, 1, 4, 1000);
+    //  A free slot, but the deadline has passed already: 504, never runs.
+    s_gateway_request (gateway, "late", "GET", "/count", cm_clock_wall_ms () - 1000, NULL);
+    cm_msg_t *final = s_gateway_expect_final (gateway, "late", 504);
+    cr_assert_str_eq (cm_msg_content_type (final), "application/json");
+    cm_msg_destroy (&final);
+
+    //  Waiting behind a busy slot: the worker expires it on its own.
+    s_gateway_request (gateway, "a", "GET", "/slow", 0, NULL);
+    s_gateway_wait_for (gateway, &state.slow_started, 1, "a to start");
+    s_gateway_request (gateway, "b", "GET", "/count", cm_clock_wall_ms () - 1, NULL);
+    s_gateway_request (gateway, "c", "GET", "/count", cm_clock_wall_ms () + 200, NULL);
+    final = s_gateway_expect_final (gateway, "b", 504);
+    json_t *body = s_json_body (final);
+    cr_assert_not_null (s_json_str (body, "error"));
+    json_decref (body);
+    cm_msg_destroy (&final);
+    final = s_gateway_expect_final (gateway, "c", 504);
+    cm_msg_destroy (&final);
+    cr_assert_eq (atomic_load (&state.slow_cancelled), 0, "a still runs");
+    cr_assert_eq (atomic_load (&state.counted), 0, "b and c never ran");
+
+    s_gateway_cancel (gateway, "a");
+    s_gateway_wait_for (gateway, &state.slow_cancelled, 1, "a to stop");
+    cm_worker_destroy (&worker);
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, deadline_passing_while_running_cancels_call, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    cm_worker_t *worker = s_worker_start (gateway, &state, 1, 4, 1000);
+    //  Room enough for it to start, however slow the machine.
+    s_gateway_request (gateway, "a", "GET", "/slow", cm_clock_wall_ms () + 1500, NULL);
+    s_gateway_wait_for (gateway, &state.slow_started, 1, "a to start");
+    s_gateway_wait_for (gateway, &state.slow_cancelled, 1, "a to see its deadline");
+    s_gateway_request (gateway, "b", "GET", "/count", 0, NULL);
+    cm_msg_t *final = s_gateway_expect_final (gateway, "b", 200);
+    cm_msg_destroy (&final);
+    cr_assert_null (s_gateway_take (gateway, CM_MSG_FINAL, "a"), "a sent nothing");
+    cm_worker_destroy (&worker);
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, malformed_frames_are_dropped_and_serving_goes_on, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    cm_worker_t *worker = s_worker_start (gateway, &state, 2, 4, 1000);
+    //  Not msgpack, empty, truncated, another version, and a type the gateway
+    //  never sends.
+    cr_assert_eq (s_gateway_send_frame (gateway, "not msgpack at all", 18), 0);
+    cr_assert_eq (s_gateway_send_frame (gateway, "", 0), 0);
+    cm_msg_t *msg = cm_msg_new (CM_MSG_CANCEL);
+    cm_msg_set_request_id (msg, "v2");
+    char *data;
+    size_t size;
+    cm_msg_encode (msg, &data, &size);
+    //  Truncated...
+    cr_assert_eq (s_gateway_send_frame (gateway, data, size - 1), 0);
+    //  ...and whole but of another version.
+    cr_assert_eq ((unsigned char) data[1], CM_MSG_VERSION, "version right after the array");
+    data[1] = CM_MSG_VERSION + 1;
+    cr_assert_eq (s_gateway_send_frame (gateway, data, size), 0);
+    free (data);
+    cm_msg_destroy (&msg);
+    msg = cm_msg_new (CM_MSG_FINAL);
+    cm_msg_set_request_id (msg, "odd");
+    cm_msg_set_status (msg, 200);
+    s_gateway_send (gateway, &msg);
+
+    s_gateway_request (gateway, "e1", "POST", "/echo", 0, "{}");
+    cm_msg_t *final = s_gateway_expect_final (gateway, "e1", 200);
+    cm_msg_destroy (&final);
+    cr_assert_eq (cm_worker_served (worker), 1, "bad frames are not requests");
+    cr_assert_null (s_gateway_take (gateway, CM_MSG_READY, NULL), "no reconnect");
+    cm_worker_destroy (&worker);
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, disconnect_from_gateway_makes_worker_say_ready_again, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    cm_worker_t *worker = s_worker_start (gateway, &state, 2, 4, 1000);
+    //  "I do not know you" (the gateway restarted): register again.
+    cm_msg_t *msg = cm_msg_new (CM_MSG_DISCONNECT);
+    cm_msg_set_reason (msg, "unknown instance");
+    s_gateway_send (gateway, &msg);
+    cm_msg_t *ready = s_gateway_expect (gateway, CM_MSG_READY, NULL);
+    cr_assert_str_eq (cm_msg_service (ready), "test");
+    cr_assert_str_eq (cm_msg_instance (ready), S_INSTANCE);
+    cr_assert_eq (cm_msg_capacity (ready), 2);
+    cm_msg_destroy (&ready);
+    s_gateway_request (gateway, "e1", "POST", "/echo", 0, "{}");
+    cm_msg_t *final = s_gateway_expect_final (gateway, "e1", 200);
+    cm_msg_destroy (&final);
+    cm_worker_destroy (&worker);
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, silent_gateway_makes_worker_reconnect, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    cm_worker_t *worker = s_worker_start (gateway, &state, 2, 4, 1000);
+    s_gateway_wait_beat (gateway, 2);
+    //  The gateway stops talking; the worker keeps beating, then gives up
+    //  on the connection and says READY on a new one.
+    gateway->silent = true;
+    size_t beats = gateway->beats;
+    cm_msg_t *ready = s_gateway_expect (gateway, CM_MSG_READY, NULL);
+    gateway->silent = false;
+    cr_assert_gt (gateway->beats, beats, "the worker beat while we were silent");
+    cr_assert_str_eq (cm_msg_instance (ready), S_INSTANCE);
+    cr_assert_eq (cm_msg_capacity (ready), 2);
+    cm_msg_destroy (&ready);
+    //  The new connection serves.
+    s_gateway_request (gateway, "e1", "POST", "/echo", 0, "{}");
+    cm_msg_t *final = s_gateway_expect_final (gateway, "e1", 200);
+    cm_msg_destroy (&final);
+    cm_worker_destroy (&worker);
+    s_gateway_destroy (&gateway);
+}
+
+//  cm_worker_destroy blocks while it drains, so a thread runs it.
+typedef struct {
+    cm_worker_t *worker; //  handed over to the thread, which destroys it
+    atomic_int done;     //  1 once destroy returned
+} s_stopper_t;
+
+static void *
+s_stopper (void *arg)
+{
+    s_stopper_t *stopper = arg;
+    cm_worker_destroy (&stopper->worker);
+    atomic_store (&stopper->done, 1);
+    return NULL;
+}
+
+Test (cm_worker, destroy_drains_running_call_and_refuses_new_ones, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    cm_worker_t *worker = s_worker_start (gateway, &state, 1, 4, 2 * S_PATIENCE_MS);
+    s_gateway_request (gateway, "a", "GET", "/gate", 0, NULL);
+    s_gateway_wait_for (gateway, &state.gate_started, 1, "a to start");
+
+    s_stopper_t stopper = {.worker = worker};
+    worker = NULL;
+    pthread_t thread;
+    cr_assert_eq (pthread_create (&thread, NULL, s_stopper, &stopper), 0);
+    //  First the worker says it is leaving...
+    cm_msg_t *bye = s_gateway_expect (gateway, CM_MSG_DISCONNECT, NULL);
+    cr_assert_str_eq (cm_msg_reason (bye), "draining");
+    cm_msg_destroy (&bye);
+    //  ...so a request that crossed it on the wire is refused.
+    s_gateway_request (gateway, "b", "POST", "/echo", 0, "{}");
+    cm_msg_t *final = s_gateway_expect_final (gateway, "b", 503);
+    cr_assert_str_eq (cm_msg_header (final, "Retry-After"), "1");
+    cm_msg_destroy (&final);
+    s_gateway_wait_beat (gateway, 0);
+    cr_assert_eq (atomic_load (&stopper.done), 0, "destroy waits for a");
+
+    //  The running call finishes within the drain time and its reply goes out.
+    atomic_store (&state.gate_open, true);
+    final = s_gateway_expect_final (gateway, "a", 200);
+    json_t *body = s_json_body (final);
+    cr_assert_str_eq (s_json_str (body, "gate"), "passed");
+    json_decref (body);
+    cm_msg_destroy (&final);
+    s_gateway_wait_for (gateway, &stopper.done, 1, "destroy to return");
+    pthread_join (thread, NULL);
+    cr_assert_null (stopper.worker);
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, destroy_without_drain_cancels_running_calls, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    cm_worker_t *worker = s_worker_start (gateway, &state, 1, 4, 0);
+    s_gateway_request (gateway, "a", "GET", "/slow", 0, NULL);
+    s_gateway_wait_for (gateway, &state.slow_started, 1, "a to start");
+    s_gateway_request (gateway, "b", "GET", "/count", 0, NULL);
+    //  The 404 comes after b was put in the worker's line.
+    s_gateway_request (gateway, "n", "GET", "/nowhere", 0, NULL);
+    cm_msg_t *final = s_gateway_expect_final (gateway, "n", 404);
+    cm_msg_destroy (&final);
+    cm_worker_destroy (&worker);
+    cr_assert_eq (atomic_load (&state.slow_cancelled), 1, "a was told to stop");
+    cr_assert_eq (atomic_load (&state.counted), 0, "b never ran");
+    //  The waiting call is refused; the socket's linger delivers it.
+    final = s_gateway_expect_final (gateway, "b", 503);
+    cr_assert_str_eq (cm_msg_header (final, "Retry-After"), "1");
+    cm_msg_destroy (&final);
+    cm_msg_t *bye = s_gateway_expect (gateway, CM_MSG_DISCONNECT, NULL);
+    cm_msg_destroy (&bye);
+    cr_assert_null (s_gateway_take (gateway, CM_MSG_FINAL, "a"));
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, route_match_params_and_segments)
+{
+    cr_assert (cm_route_match ("/echo", "/echo"));
+    cr_assert_not (cm_route_match ("/echo", "/echoes"));
+    cr_assert_not (cm_route_match ("/echo", "/echo/"));
+    cr_assert_not (cm_route_match ("/echo/x", "/echo"));
+    cr_assert (cm_route_match ("/a/{x}", "/a/7"));
+    cr_assert (cm_route_match ("/a/{x}/b/{y}", "/a/7/b/some-thing"));
+    cr_assert (cm_route_match ("/{x}/{y}", "/1/2"));
+    //  "{name}" is one non-empty segment, no more, no less.
+    cr_assert_not (cm_route_match ("/a/{x}", "/a/"));
+    cr_assert_not (cm_route_match ("/a/{x}", "/a"));
+    cr_assert_not (cm_route_match ("/a/{x}", "/a/7/8"));
+    cr_assert_not (cm_route_match ("/a/{x}/b", "/a//b"));
+    cr_assert_not (cm_route_match ("/a/{x}/b", "/a/7/c"));
+}
