@@ -58,6 +58,7 @@ struct gw_broker_s {
 };
 
 static void *s_thread (void *arg);
+static void s_tick (gw_broker_t *self, int64_t now, bool beat);
 
 static void
 s_instance_free (void **item)
@@ -97,7 +98,9 @@ gw_broker_new (const gw_broker_config_t *config)
     zhashx_set_destructor (self->instances, s_instance_free);
     self->pending = zhashx_new ();
     pthread_mutex_init (&self->snap_lock, NULL);
-    self->snapshot = json_object ();
+    //  Publish a whole first snapshot before any reader can look: health
+    //  asked before the thread's first tick must find every field.
+    s_tick (self, cm_clock_mono_ms (), false);
     if (pthread_create (&self->thread, NULL, s_thread, self))
         abort ();
     return self;
@@ -480,6 +483,8 @@ s_tick (gw_broker_t *self, int64_t now, bool beat)
     zlistx_t *keys = zhashx_keys (self->instances);
     for (char *id = zlistx_first (keys); id; id = zlistx_next (keys)) {
         s_instance_t *instance = zhashx_lookup (self->instances, id);
+        if (!instance)
+            continue; //  (removed meanwhile: a retry found it unreachable)
         if (now - instance->last_seen > limit) {
             self->expired_instances++;
             s_instance_remove (self, instance, "missed its heartbeats");

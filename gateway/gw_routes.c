@@ -43,6 +43,7 @@ gw_routes_lookup (const char *method, const char *path, const gw_route_t **route
     assert (method && path && route);
     *route = NULL;
     size_t used = 0;
+    bool known = false; //  the path exists with another method
     if (allow && allow_size)
         allow[0] = 0;
     for (const gw_route_t *r = s_routes; r->method; r++) {
@@ -52,11 +53,12 @@ gw_routes_lookup (const char *method, const char *path, const gw_route_t **route
             *route = r;
             return GW_ROUTE_FOUND;
         }
+        known = true;
         if (allow && used + strlen (r->method) + 3 < allow_size)
             used += (size_t) snprintf (allow + used, allow_size - used, "%s%s",
                                        used ? ", " : "", r->method);
     }
-    return used ? GW_ROUTE_BAD_METHOD : GW_ROUTE_NOT_FOUND;
+    return known ? GW_ROUTE_BAD_METHOD : GW_ROUTE_NOT_FOUND;
 }
 
 const char *const *
