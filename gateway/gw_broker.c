@@ -5,6 +5,7 @@
 #include "cm_mailbox.h"
 #include <czmq.h>
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -29,7 +30,7 @@ typedef struct {
 
 #define S_MAX_RETRIES 1
 
-typedef enum { S_CMD_SUBMIT, S_CMD_CANCEL } s_cmd_type_t;
+typedef enum { S_CMD_SUBMIT, S_CMD_CANCEL, S_CMD_CLOSE } s_cmd_type_t;
 
 typedef struct {
     s_cmd_type_t type;       //  what to do
@@ -47,12 +48,13 @@ struct gw_broker_s {
     cm_mailbox_t *inbox;       //  commands from HTTP threads
     pthread_t thread;          //  the broker thread
     atomic_bool stop;          //  tell the thread to finish
+    bool closing;              //  answer everything 503 (broker thread)
     zhashx_t *instances;       //  id -> s_instance_t
     zhashx_t *pending;         //  request id -> s_pending_t
     uint64_t rotate;           //  tie-breaker for instance choice
     //  Counters (broker thread writes; snapshot reads under snap_lock).
     uint64_t routed, replies, late_replies, dropped_frames, unroutable, timeouts,
-        expired_instances, no_instance, retries;
+        expired_instances, no_instance, retries, client_gone;
     pthread_mutex_t snap_lock; //  guards snapshot
     json_t *snapshot;          //  last published state
 };
@@ -154,6 +156,15 @@ gw_broker_submit (gw_broker_t *self, gw_exchange_t *exchange, cm_msg_t **request
     cmd->deadline = deadline_mono;
     cmd->retry = retry;
     *request_p = NULL;
+    cm_mailbox_post (self->inbox, cmd);
+}
+
+void
+gw_broker_close (gw_broker_t *self)
+{
+    assert (self);
+    s_cmd_t *cmd = cm_calloc (1, sizeof *cmd);
+    cmd->type = S_CMD_CLOSE;
     cm_mailbox_post (self->inbox, cmd);
 }
 
@@ -319,6 +330,11 @@ s_submit (gw_broker_t *self, s_cmd_t *cmd)
     pending->deadline = cmd->deadline;
     cmd->exchange = NULL;
     zhashx_insert (self->pending, request_id, pending);
+    if (self->closing) {
+        gw_exchange_fail (pending->exchange, 503, "The gateway is shutting down.");
+        s_pending_end (self, request_id);
+        return;
+    }
     if (s_dispatch (self, pending, cmd->request)) {
         if (cmd->retry) {
             pending->request = cmd->request;
@@ -464,9 +480,51 @@ s_receive (gw_broker_t *self)
     }
 }
 
+//  Clients that hung up while their connection was suspended (MHD cannot
+//  see them then): cancel at the daemon at once and end the exchange, so
+//  MHD resumes the connection and closes it.
+static void
+s_reap_gone_clients (gw_broker_t *self)
+{
+    size_t count = zhashx_size (self->pending);
+    if (!count)
+        return;
+    struct pollfd *fds = cm_calloc (count, sizeof *fds);
+    char **ids = cm_calloc (count, sizeof *ids);
+    size_t n = 0;
+    for (s_pending_t *pending = zhashx_first (self->pending); pending && n < count;
+         pending = zhashx_next (self->pending)) {
+        int fd = gw_exchange_suspended_fd (pending->exchange);
+        if (fd < 0)
+            continue;
+        fds[n].fd = fd;
+        fds[n].events = POLLRDHUP;
+        ids[n++] = cm_strdup (zhashx_cursor (self->pending));
+    }
+    if (n && poll (fds, n, 0) > 0) {
+        for (size_t i = 0; i < n; i++) {
+            if (!(fds[i].revents & (POLLRDHUP | POLLHUP | POLLERR)))
+                continue;
+            s_pending_t *pending = zhashx_lookup (self->pending, ids[i]);
+            if (!pending)
+                continue;
+            self->client_gone++;
+            gw_exchange_t *exchange = gw_exchange_ref (pending->exchange);
+            s_cancel (self, ids[i], "client disconnected");
+            gw_exchange_fail (exchange, 499, "The client closed the connection.");
+            gw_exchange_unref (&exchange);
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        free (ids[i]);
+    free (ids);
+    free (fds);
+}
+
 static void
 s_tick (gw_broker_t *self, int64_t now, bool beat)
 {
+    s_reap_gone_clients (self);
     //  Deadlines: answer 504 and tell the daemon to stop.
     zlistx_t *ids = zhashx_keys (self->pending);
     for (char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
@@ -517,7 +575,8 @@ s_tick (gw_broker_t *self, int64_t now, bool beat)
     json_object_set_new (snap, "live", live);
     json_object_set_new (
         snap, "counters",
-        json_pack ("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "retries",
+        json_pack ("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "client_gone",
+                   (json_int_t) self->client_gone, "retries",
                    (json_int_t) self->retries, "routed",
                    (json_int_t) self->routed, "replies", (json_int_t) self->replies,
                    "late_replies", (json_int_t) self->late_replies, "dropped_frames",
@@ -530,6 +589,28 @@ s_tick (gw_broker_t *self, int64_t now, bool beat)
     json_decref (self->snapshot);
     self->snapshot = snap;
     pthread_mutex_unlock (&self->snap_lock);
+}
+
+//  Shutdown: answer everything open and everything to come, so no client
+//  hangs and no connection stays suspended.
+static void
+s_fail_all (gw_broker_t *self)
+{
+    self->closing = true;
+    zlistx_t *ids = zhashx_keys (self->pending);
+    for (char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
+        s_pending_t *pending = zhashx_lookup (self->pending, id);
+        if (pending->instance) {
+            cm_msg_t *cancel = cm_msg_new (CM_MSG_CANCEL);
+            cm_msg_set_request_id (cancel, id);
+            cm_msg_set_reason (cancel, "gateway shutting down");
+            s_send (self, pending->instance->id, cancel);
+            cm_msg_destroy (&cancel);
+        }
+        gw_exchange_fail (pending->exchange, 503, "The gateway is shutting down.");
+        s_pending_end (self, id);
+    }
+    zlistx_destroy (&ids);
 }
 
 static void *
@@ -552,8 +633,10 @@ s_thread (void *arg)
             while ((cmd = cm_mailbox_take (self->inbox))) {
                 if (cmd->type == S_CMD_SUBMIT)
                     s_submit (self, cmd);
-                else
+                else if (cmd->type == S_CMD_CANCEL)
                     s_cancel (self, cmd->request_id, "client disconnected");
+                else
+                    s_fail_all (self);
                 s_cmd_free (cmd);
             }
         }
@@ -571,13 +654,6 @@ s_thread (void *arg)
             next_tick = now + (step > 100 ? 100 : step < 5 ? 5 : step);
         }
     }
-    //  Answer everything still open so no client hangs.
-    zlistx_t *ids = zhashx_keys (self->pending);
-    for (char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
-        s_pending_t *pending = zhashx_lookup (self->pending, id);
-        gw_exchange_fail (pending->exchange, 503, "The gateway is shutting down.");
-        s_pending_end (self, id);
-    }
-    zlistx_destroy (&ids);
+    s_fail_all (self);
     return NULL;
 }

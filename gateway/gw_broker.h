@@ -30,6 +30,9 @@ typedef struct {
 
 //  Bind and start the broker thread. NULL (logged) when the bind fails.
 gw_broker_t *gw_broker_new (const gw_broker_config_t *config);
+//  Begin shutdown: every pending and every later request is answered 503
+//  by the broker thread (so every suspended connection is resumed).
+void gw_broker_close (gw_broker_t *self);
 //  Stop the thread, answer whatever is still pending (503), free.
 void gw_broker_destroy (gw_broker_t **self_p);
 

@@ -10,6 +10,7 @@ struct gw_exchange_s {
     pthread_mutex_t lock;              //  guards everything below
     char *request_id;                  //  gateway-made id
     struct MHD_Connection *connection; //  NULL once closed
+    int fd;                            //  the client socket
     bool suspended;                    //  we suspended it and owe a resume
     bool started;                      //  first reply part arrived
     bool streaming;                    //  first part was a PARTIAL
@@ -29,6 +30,10 @@ gw_exchange_new (const char *request_id, struct MHD_Connection *connection)
     pthread_mutex_init (&self->lock, NULL);
     self->request_id = cm_strdup (request_id);
     self->connection = connection;
+    const union MHD_ConnectionInfo *info =
+        connection ? MHD_get_connection_info (connection, MHD_CONNECTION_INFO_CONNECTION_FD)
+                   : NULL;
+    self->fd = info ? info->connect_fd : -1;
     return self;
 }
 
@@ -166,6 +171,16 @@ gw_exchange_fail (gw_exchange_t *self, int status, const char *message)
         s_wake (self);
     }
     pthread_mutex_unlock (&self->lock);
+}
+
+int
+gw_exchange_suspended_fd (gw_exchange_t *self)
+{
+    assert (self);
+    pthread_mutex_lock (&self->lock);
+    int fd = self->suspended && self->connection ? self->fd : -1;
+    pthread_mutex_unlock (&self->lock);
+    return fd;
 }
 
 bool

@@ -38,6 +38,11 @@ void gw_exchange_fail (gw_exchange_t *self, int status, const char *message);
 //  True once a reply started (a daemon PARTIAL or FINAL arrived).
 bool gw_exchange_started (gw_exchange_t *self);
 
+//  Broker: the client socket's fd while the connection is suspended (MHD
+//  does not watch suspended sockets, so the broker polls them for a peer
+//  that hung up), or -1.
+int gw_exchange_suspended_fd (gw_exchange_t *self);
+
 //  HTTP thread: the handler was called again after a resume. Queues the
 //  response if one is ready and returns MHD_YES, or suspends again.
 enum MHD_Result gw_exchange_respond (gw_exchange_t *self);

@@ -50,6 +50,9 @@ struct gw_server_s {
     bool have_admin;            //  ADMIN_API_KEY set
     char id_prefix[16];         //  random per start, for request ids
     atomic_uint_fast64_t next_id; //  request counter
+    atomic_bool stopping;       //  destroy has begun: no new forwarding
+    atomic_int open_exchanges;  //  forwarded requests not yet completed
+    int64_t started_ms;         //  mono ms at start, for uptime
     int port;                   //  bound port
 };
 
@@ -160,7 +163,8 @@ s_local (gw_server_t *self, struct MHD_Connection *connection, s_request_t *requ
             else
                 body = json_pack ("{s:s, s:{s:i, s:I}, s:o, s:O, s:O, s:o}", "status",
                                   ready ? "ok" : "unready", "process", "pid", (int) getpid (),
-                                  "uptime_ms", (json_int_t) 0, "services", services,
+                                  "uptime_ms", (json_int_t) (cm_clock_mono_ms () - self->started_ms),
+                                  "services", services,
                                   "instances", json_object_get (snap, "instances"), "broker",
                                   json_object_get (snap, "counters"), "reasons", reasons);
             if (request->route->local == GW_LOCAL_READY)
@@ -179,6 +183,13 @@ static enum MHD_Result
 s_forward (gw_server_t *self, struct MHD_Connection *connection, s_request_t *request,
            const char *method)
 {
+    //  Count first, then look at the flag: destroy sets the flag, then waits
+    //  for the count, so it never misses a request on its way in.
+    atomic_fetch_add (&self->open_exchanges, 1);
+    if (atomic_load (&self->stopping)) {
+        atomic_fetch_sub (&self->open_exchanges, 1);
+        return s_reply_error (connection, 503, "The gateway is shutting down.");
+    }
     char request_id[48];
     snprintf (request_id, sizeof request_id, "%s-%llx", self->id_prefix,
               (unsigned long long) atomic_fetch_add (&self->next_id, 1));
@@ -329,6 +340,7 @@ s_completed (void *cls, struct MHD_Connection *connection, void **con_cls,
         if (gw_exchange_close (request->exchange))
             gw_broker_cancel (self->broker, gw_exchange_request_id (request->exchange));
         gw_exchange_unref (&request->exchange);
+        atomic_fetch_sub (&self->open_exchanges, 1);
     }
     free (request->uri);
     free (request->body);
@@ -345,6 +357,7 @@ gw_server_new (const gw_config_t *config)
         abort ();
     gw_server_t *self = cm_calloc (1, sizeof *self);
     self->config = config;
+    self->started_ms = cm_clock_mono_ms ();
     if (config->admin_key && *config->admin_key) {
         self->have_admin = true;
         crypto_generichash (self->admin_hash, sizeof self->admin_hash,
@@ -405,11 +418,18 @@ gw_server_destroy (gw_server_t **self_p)
     gw_server_t *self = *self_p;
     if (!self)
         return;
-    //  The broker answers and resumes every suspended connection first:
-    //  MHD must not be stopped while connections are suspended.
+    //  No new forwarding; the broker answers and resumes every suspended
+    //  connection; MHD must not be stopped while one is still suspended.
+    atomic_store (&self->stopping, true);
     MHD_quiesce_daemon (self->daemon);
-    gw_broker_destroy (&self->broker);
+    gw_broker_close (self->broker);
+    int64_t until = cm_clock_mono_ms () + 5000;
+    while (atomic_load (&self->open_exchanges) > 0 && cm_clock_mono_ms () < until)
+        usleep (5 * 1000);
+    if (atomic_load (&self->open_exchanges) > 0)
+        cm_warn ("%d requests still open at shutdown", atomic_load (&self->open_exchanges));
     MHD_stop_daemon (self->daemon);
+    gw_broker_destroy (&self->broker);
     free (self);
     *self_p = NULL;
 }

@@ -125,6 +125,7 @@ typedef struct {
     bool chunked;          //  send the body with Transfer-Encoding: chunked
     const char *extra[4];  //  more request headers, NULL-terminated
     bool hang_up;          //  close the connection once some body arrived
+    long timeout_ms;       //  give up (and close) after this long; 0: default
     CURL *curl;            //  a handle to reuse (borrowed), NULL: its own
     //  The response, filled while the call runs.
     pthread_mutex_t lock;  //  guards reply while the call runs
@@ -248,7 +249,8 @@ s_call_perform (s_call_t *self)
     curl_easy_setopt (curl, CURLOPT_WRITEDATA, self);
     curl_easy_setopt (curl, CURLOPT_HEADERFUNCTION, s_call_on_header);
     curl_easy_setopt (curl, CURLOPT_HEADERDATA, self);
-    curl_easy_setopt (curl, CURLOPT_TIMEOUT_MS, (long) (3 * S_WAIT_MS));
+    curl_easy_setopt (curl, CURLOPT_TIMEOUT_MS,
+                      self->timeout_ms ? self->timeout_ms : (long) (3 * S_WAIT_MS));
     curl_easy_setopt (curl, CURLOPT_NOSIGNAL, 1L);
     self->code = curl_easy_perform (curl);
     curl_easy_getinfo (curl, CURLINFO_RESPONSE_CODE, &self->status);
@@ -1127,6 +1129,54 @@ Test (gw_server, client_leaving_mid_stream_cancels_at_the_daemon)
     cm_msg_destroy (&cancel);
     s_wait_health (&gateway, "broker.in_flight", 0);
     cm_msg_destroy (&request);
+    s_daemon_destroy (&chatd);
+    s_gateway_stop (&gateway);
+}
+
+//  The client gives up while the daemon is silent: the connection is
+//  suspended (MHD does not watch it), yet the CANCEL must still come, at
+//  once and without the daemon writing anything.
+Test (gw_server, client_leaving_a_silent_request_cancels_at_the_daemon)
+{
+    s_gateway_t gateway;
+    s_gateway_start (&gateway, S_TIMEOUT_MS, 1 << 20);
+    s_daemon_t *chatd = s_daemon_new (&gateway, "chat", "chat-1", 4);
+    s_wait_health (&gateway, "services.chat.instances", 1);
+
+    //  A non-streamed request: the client gives up after 300 ms.
+    s_call_t *call = s_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat", S_KEY,
+                                 "{\"message\":\"slow\"}");
+    call->timeout_ms = 300;
+    s_call_start (call);
+    cm_msg_t *request = s_daemon_expect (chatd, CM_MSG_REQUEST);
+    s_call_join (call);
+    cr_assert_eq (call->code, CURLE_OPERATION_TIMEDOUT, "%s", curl_easy_strerror (call->code));
+    int64_t left = cm_clock_mono_ms ();
+    cm_msg_t *cancel = s_daemon_expect (chatd, CM_MSG_CANCEL);
+    cr_assert_str_eq (cm_msg_request_id (cancel), cm_msg_request_id (request));
+    cr_log_info ("CANCEL reached the daemon %lld ms after the client left",
+                 (long long) (cm_clock_mono_ms () - left));
+    cm_msg_destroy (&cancel);
+    cm_msg_destroy (&request);
+    s_call_destroy (&call);
+
+    //  A stream whose daemon pauses between tokens: the client hangs up on
+    //  the first chunk and the daemon writes nothing more.
+    call = s_call_new (&gateway, "POST", "/api/v1/workspace/demo/stream-chat", S_KEY,
+                       "{\"message\":\"slow\"}");
+    call->hang_up = true;
+    s_call_start (call);
+    request = s_daemon_expect (chatd, CM_MSG_REQUEST);
+    s_daemon_reply (chatd, CM_MSG_PARTIAL, cm_msg_request_id (request), 200,
+                    "text/event-stream", "data: {\"n\":0}\n\n");
+    s_call_join (call);
+    cancel = s_daemon_expect (chatd, CM_MSG_CANCEL);
+    cr_assert_str_eq (cm_msg_request_id (cancel), cm_msg_request_id (request));
+    cm_msg_destroy (&cancel);
+    cm_msg_destroy (&request);
+    s_call_destroy (&call);
+    s_wait_health (&gateway, "broker.in_flight", 0);
+    cr_assert_geq (s_health_number (&gateway, "broker.client_gone"), 1);
     s_daemon_destroy (&chatd);
     s_gateway_stop (&gateway);
 }

@@ -188,7 +188,18 @@ s_ready (void *arg)
     it_http ("GET", url, NULL, false, &response);
     bool ok = response.status == 200;
     it_response_free (&response);
-    return ok && it_alive (suite->supervisor);
+    if (!ok || !it_alive (suite->supervisor))
+        return false;
+    //  Ready needs one chat instance; the tests want both replicas.
+    snprintf (url, sizeof url, "%s/api/health", suite->base);
+    it_http ("GET", url, NULL, false, &response);
+    json_t *health = json_loads (response.body ? response.body : "", 0, NULL);
+    it_response_free (&response);
+    json_int_t chat = json_integer_value (
+        json_object_get (json_object_get (json_object_get (health, "services"), "chat"),
+                         "instances"));
+    json_decref (health);
+    return chat >= 2;
 }
 
 void
