@@ -11,9 +11,10 @@ typedef struct {
 } s_config_t;
 
 static const cm_conf_entry_t s_table[] = {
-    {"AGENT_FLOW_QUEUE_CONCURRENCY", CM_CONF_INT, "2", 1, 1024, offsetof (s_config_t, concurrency),
-     "agent requests running at once per instance"},
-    {"AGENT_FLOW_QUEUE_MAX_PENDING", CM_CONF_INT, "64", 0, 100000, offsetof (s_config_t, max_pending),
+    {"AGENT_FLOW_QUEUE_CONCURRENCY", CM_CONF_INT, "2", 1, 1024,
+     offsetof (s_config_t, concurrency), "agent requests running at once per instance"},
+    {"AGENT_FLOW_QUEUE_MAX_PENDING", CM_CONF_INT, "64", 0, 100000,
+     offsetof (s_config_t, max_pending),
      "agent requests waiting beyond those (then 429)"},
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };

@@ -16,7 +16,8 @@ typedef struct {
 
 static const chat_provider_ops_t s_builtin_ops;
 
-chat_provider_t *chat_provider_new (const chat_provider_ops_t *ops, void *state)
+chat_provider_t *
+chat_provider_new (const chat_provider_ops_t *ops, void *state)
 {
     assert (ops && ops->name && ops->complete && ops->stream);
     chat_provider_t *self = cm_calloc (1, sizeof *self);
@@ -25,7 +26,8 @@ chat_provider_t *chat_provider_new (const chat_provider_ops_t *ops, void *state)
     return self;
 }
 
-chat_provider_t *chat_provider_new_builtin (int64_t token_delay_ms)
+chat_provider_t *
+chat_provider_new_builtin (int64_t token_delay_ms)
 {
     assert (token_delay_ms >= 0);
     s_builtin_t *state = cm_calloc (1, sizeof *state);
@@ -33,7 +35,8 @@ chat_provider_t *chat_provider_new_builtin (int64_t token_delay_ms)
     return chat_provider_new (&s_builtin_ops, state);
 }
 
-void chat_provider_destroy (chat_provider_t **self_p)
+void
+chat_provider_destroy (chat_provider_t **self_p)
 {
     assert (self_p);
     chat_provider_t *self = *self_p;
@@ -45,37 +48,40 @@ void chat_provider_destroy (chat_provider_t **self_p)
     *self_p = NULL;
 }
 
-const char *chat_provider_name (chat_provider_t *self)
+const char *
+chat_provider_name (chat_provider_t *self)
 {
     assert (self);
     return self->ops->name;
 }
 
-char *chat_provider_complete (chat_provider_t *self, const chat_request_t *request,
-                              chat_metrics_t *metrics, char *err, size_t errlen)
+char *
+chat_provider_complete (chat_provider_t *self, const chat_request_t *request,
+                        chat_metrics_t *metrics, char *err, size_t errlen)
 {
     assert (self && request && metrics);
     memset (metrics, 0, sizeof *metrics);
     return self->ops->complete (self->state, request, metrics, err, errlen);
 }
 
-chat_provider_result_t chat_provider_stream (chat_provider_t *self,
-                                             const chat_request_t *request,
-                                             chat_token_fn *on_token, void *arg,
-                                             chat_metrics_t *metrics, char *err,
-                                             size_t errlen)
+chat_provider_result_t
+chat_provider_stream (chat_provider_t *self, const chat_request_t *request,
+                      chat_token_fn *on_token, void *arg, chat_metrics_t *metrics,
+                      char *err, size_t errlen)
 {
     assert (self && request && on_token && metrics);
     memset (metrics, 0, sizeof *metrics);
     return self->ops->stream (self->state, request, on_token, arg, metrics, err, errlen);
 }
 
-static bool s_blank (char c)
+static bool
+s_blank (char c)
 {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
-size_t chat_provider_token_length (const char *text)
+size_t
+chat_provider_token_length (const char *text)
 {
     assert (text);
     size_t n = 0;
@@ -86,7 +92,8 @@ size_t chat_provider_token_length (const char *text)
     return n;
 }
 
-int64_t chat_provider_count_tokens (const char *text)
+int64_t
+chat_provider_count_tokens (const char *text)
 {
     assert (text);
     int64_t count = 0;
@@ -100,15 +107,17 @@ int64_t chat_provider_count_tokens (const char *text)
 
 //  --- the builtin offline responder ----------------------------------------------
 
-static double s_seconds (void)
+static double
+s_seconds (void)
 {
     struct timespec ts;
     clock_gettime (CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
 }
 
-static void s_finish_metrics (chat_metrics_t *metrics, const chat_request_t *request,
-                              int64_t produced, double started)
+static void
+s_finish_metrics (chat_metrics_t *metrics, const chat_request_t *request,
+                  int64_t produced, double started)
 {
     metrics->prompt_tokens = 0;
     for (size_t i = 0; i < request->count; i++)
@@ -121,11 +130,12 @@ static void s_finish_metrics (chat_metrics_t *metrics, const chat_request_t *req
     if (metrics->duration < 0)
         metrics->duration = 0;
     metrics->output_tps =
-        metrics->duration > 0 ? (double)produced / metrics->duration : 0;
+        metrics->duration > 0 ? (double) produced / metrics->duration : 0;
 }
 
 //  The builtin's whole answer: a function of the messages alone.
-static char *s_builtin_text (const chat_request_t *request)
+static char *
+s_builtin_text (const chat_request_t *request)
 {
     //  The last user message is the one to answer; the others are history.
     const char *message = "";
@@ -141,10 +151,10 @@ static char *s_builtin_text (const chat_request_t *request)
     size_t words = 0, chars = 0;
     uint32_t hash = 2166136261u;
     bool in_word = false;
-    for (const unsigned char *p = (const unsigned char *)message; *p; p++) {
+    for (const unsigned char *p = (const unsigned char *) message; *p; p++) {
         if ((*p & 0xC0) != 0x80)
             chars++;
-        bool blank = s_blank ((char)*p);
+        bool blank = s_blank ((char) *p);
         if (!blank && !in_word)
             words++;
         in_word = !blank;
@@ -185,18 +195,19 @@ static char *s_builtin_text (const chat_request_t *request)
     int need = snprintf (NULL, 0, format, words, words == 1 ? "word" : "words", chars,
                          chars == 1 ? "character" : "characters", excerpt, hash, earlier,
                          earlier == 1 ? "turn" : "turns");
-    char *text = cm_malloc ((size_t)need + 1);
-    snprintf (text, (size_t)need + 1, format, words, words == 1 ? "word" : "words", chars,
-              chars == 1 ? "character" : "characters", excerpt, hash, earlier,
+    char *text = cm_malloc ((size_t) need + 1);
+    snprintf (text, (size_t) need + 1, format, words, words == 1 ? "word" : "words",
+              chars, chars == 1 ? "character" : "characters", excerpt, hash, earlier,
               earlier == 1 ? "turn" : "turns");
     free (excerpt);
     return text;
 }
 
-static char *s_builtin_complete (void *state, const chat_request_t *request,
-                                 chat_metrics_t *metrics, char *err, size_t errlen)
+static char *
+s_builtin_complete (void *state, const chat_request_t *request, chat_metrics_t *metrics,
+                    char *err, size_t errlen)
 {
-    (void)state, (void)err, (void)errlen;
+    (void) state, (void) err, (void) errlen;
     double started = s_seconds ();
     char *text = s_builtin_text (request);
     s_finish_metrics (metrics, request, chat_provider_count_tokens (text), started);
@@ -207,8 +218,8 @@ static chat_provider_result_t
 s_builtin_stream (void *state, const chat_request_t *request, chat_token_fn *on_token,
                   void *arg, chat_metrics_t *metrics, char *err, size_t errlen)
 {
-    (void)err, (void)errlen;
-    s_builtin_t *self = (s_builtin_t *)state;
+    (void) err, (void) errlen;
+    s_builtin_t *self = (s_builtin_t *) state;
     double started = s_seconds ();
     char *text = s_builtin_text (request);
     chat_provider_result_t result = CHAT_PROVIDER_DONE;
@@ -217,8 +228,8 @@ s_builtin_stream (void *state, const chat_request_t *request, chat_token_fn *on_
     size_t n;
     while ((n = chat_provider_token_length (p)) > 0) {
         if (self->token_delay_ms > 0) {
-            struct timespec pause = {(time_t)(self->token_delay_ms / 1000),
-                                     (long)(self->token_delay_ms % 1000) * 1000000L};
+            struct timespec pause = {(time_t) (self->token_delay_ms / 1000),
+                                     (long) (self->token_delay_ms % 1000) * 1000000L};
             while (nanosleep (&pause, &pause) == -1)
                 ;
         }
@@ -235,7 +246,8 @@ s_builtin_stream (void *state, const chat_request_t *request, chat_token_fn *on_
     return result;
 }
 
-static void s_builtin_destroy (void *state)
+static void
+s_builtin_destroy (void *state)
 {
     free (state);
 }

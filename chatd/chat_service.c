@@ -73,8 +73,9 @@ static const cm_route_t s_routes[] = {
     {NULL, NULL, NULL},
 };
 
-chat_service_t *chat_service_new (const char *storage_dir, chat_provider_t **provider_p,
-                                  char *err, size_t errlen)
+chat_service_t *
+chat_service_new (const char *storage_dir, chat_provider_t **provider_p, char *err,
+                  size_t errlen)
 {
     assert (storage_dir);
     assert (provider_p && *provider_p);
@@ -90,7 +91,8 @@ chat_service_t *chat_service_new (const char *storage_dir, chat_provider_t **pro
     return self;
 }
 
-void chat_service_destroy (chat_service_t **self_p)
+void
+chat_service_destroy (chat_service_t **self_p)
 {
     assert (self_p);
     chat_service_t *self = *self_p;
@@ -102,14 +104,16 @@ void chat_service_destroy (chat_service_t **self_p)
     *self_p = NULL;
 }
 
-const cm_route_t *chat_service_routes (void)
+const cm_route_t *
+chat_service_routes (void)
 {
     return s_routes;
 }
 
 //  --- helpers ----------------------------------------------------------------------
 
-static void s_uuid (char out[37])
+static void
+s_uuid (char out[37])
 {
     uuid_t id;
     uuid_generate_random (id);
@@ -117,14 +121,16 @@ static void s_uuid (char out[37])
 }
 
 //  The request body as an object; an empty object when absent or not one.
-static json_t *s_body (cm_call_t *call)
+static json_t *
+s_body (cm_call_t *call)
 {
     json_t *body = cm_call_json (call);
     return json_is_object (body) ? json_incref (body) : json_object ();
 }
 
 //  JavaScript truthiness of a JSON value.
-static bool s_truthy (const json_t *value)
+static bool
+s_truthy (const json_t *value)
 {
     if (!value || json_is_null (value) || json_is_false (value))
         return false;
@@ -138,7 +144,8 @@ static bool s_truthy (const json_t *value)
 }
 
 //  String(value) for a truthy value, else NULL (upstream's sessionId rule).
-static char *s_js_string (const json_t *value)
+static char *
+s_js_string (const json_t *value)
 {
     if (!s_truthy (value))
         return NULL;
@@ -147,17 +154,20 @@ static char *s_js_string (const json_t *value)
     return json_dumps (value, JSON_ENCODE_ANY | JSON_COMPACT);
 }
 
-static json_t *s_metrics_json (const chat_metrics_t *m)
+static json_t *
+s_metrics_json (const chat_metrics_t *m)
 {
-    return json_pack (
-        "{s:I, s:I, s:I, s:f, s:f}", "prompt_tokens", (json_int_t)m->prompt_tokens,
-        "completion_tokens", (json_int_t)m->completion_tokens, "total_tokens",
-        (json_int_t)m->total_tokens, "outputTps", m->output_tps, "duration", m->duration);
+    return json_pack ("{s:I, s:I, s:I, s:f, s:f}", "prompt_tokens",
+                      (json_int_t) m->prompt_tokens, "completion_tokens",
+                      (json_int_t) m->completion_tokens, "total_tokens",
+                      (json_int_t) m->total_tokens, "outputTps", m->output_tps,
+                      "duration", m->duration);
 }
 
 //  Reply JSON built by json_pack, which gives NULL when a string is not
 //  valid UTF-8 (a provider's fault, never worth an assert in cm_worker).
-static void s_reply_json (cm_call_t *call, int status, json_t *value)
+static void
+s_reply_json (cm_call_t *call, int status, json_t *value)
 {
     if (!value) {
         cm_error ("%s: a reply could not be encoded as JSON", cm_call_request_id (call));
@@ -169,7 +179,8 @@ static void s_reply_json (cm_call_t *call, int status, json_t *value)
 
 //  Send one SSE event built by json_pack; one that failed to encode is
 //  dropped with a log line rather than asserting.
-static void s_send_event (cm_call_t *call, json_t *event)
+static void
+s_send_event (cm_call_t *call, json_t *event)
 {
     if (event)
         cm_call_sse (call, event);
@@ -179,7 +190,8 @@ static void s_send_event (cm_call_t *call, json_t *event)
 
 //  Errors before any output: {id, type:"abort", textResponse:null,
 //  sources:[], close:true, error}.
-static void s_reply_abort (cm_call_t *call, int status, const char *error)
+static void
+s_reply_abort (cm_call_t *call, int status, const char *error)
 {
     char id[37];
     s_uuid (id);
@@ -189,13 +201,15 @@ static void s_reply_abort (cm_call_t *call, int status, const char *error)
 }
 
 //  Upstream's sendStatus(400): a plain-text body.
-static void s_reply_bad_request (cm_call_t *call)
+static void
+s_reply_bad_request (cm_call_t *call)
 {
     cm_call_reply (call, 400, "text/plain; charset=utf-8", "Bad Request", 11);
 }
 
 //  A workspace row with only the thread keys a route shows.
-static void s_trim_threads (json_t *threads, bool with_name)
+static void
+s_trim_threads (json_t *threads, bool with_name)
 {
     size_t i;
     json_t *thread;
@@ -211,7 +225,8 @@ static void s_trim_threads (json_t *threads, bool with_name)
 }
 
 //  Seconds since the epoch of our stored "YYYY-MM-DDTHH:MM:SS.sssZ".
-static int64_t s_unix_seconds (const char *iso)
+static int64_t
+s_unix_seconds (const char *iso)
 {
     struct tm tm = {0};
     if (!iso || sscanf (iso, "%d-%d-%dT%d:%d:%d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
@@ -219,14 +234,15 @@ static int64_t s_unix_seconds (const char *iso)
         return 0;
     tm.tm_year -= 1900;
     tm.tm_mon -= 1;
-    return (int64_t)timegm (&tm);
+    return (int64_t) timegm (&tm);
 }
 
 //  --- workspace routes ----------------------------------------------------------------
 
-static void s_workspace_new (cm_call_t *call, void *arg)
+static void
+s_workspace_new (cm_call_t *call, void *arg)
 {
-    chat_service_t *self = (chat_service_t *)arg;
+    chat_service_t *self = (chat_service_t *) arg;
     json_t *body = s_body (call);
     const char *name = json_string_value (json_object_get (body, "name"));
     if (!name || !*name) {
@@ -257,9 +273,10 @@ static void s_workspace_new (cm_call_t *call, void *arg)
     json_decref (body);
 }
 
-static void s_workspace_list (cm_call_t *call, void *arg)
+static void
+s_workspace_list (cm_call_t *call, void *arg)
 {
-    chat_service_t *self = (chat_service_t *)arg;
+    chat_service_t *self = (chat_service_t *) arg;
     cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
     json_t *workspaces = NULL;
     if (!storage || cm_storage_workspace_list (storage, &workspaces) != CM_STORAGE_OK) {
@@ -275,9 +292,10 @@ static void s_workspace_list (cm_call_t *call, void *arg)
     cm_storage_pool_release (self->pool, &storage);
 }
 
-static void s_workspace_get (cm_call_t *call, void *arg)
+static void
+s_workspace_get (cm_call_t *call, void *arg)
 {
-    chat_service_t *self = (chat_service_t *)arg;
+    chat_service_t *self = (chat_service_t *) arg;
     const char *slug = cm_call_param (call, "slug");
     cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
     json_t *workspace = NULL, *threads = NULL;
@@ -309,9 +327,10 @@ static void s_workspace_get (cm_call_t *call, void *arg)
     cm_storage_pool_release (self->pool, &storage);
 }
 
-static void s_workspace_chats (cm_call_t *call, void *arg)
+static void
+s_workspace_chats (cm_call_t *call, void *arg)
 {
-    chat_service_t *self = (chat_service_t *)arg;
+    chat_service_t *self = (chat_service_t *) arg;
     const char *slug = cm_call_param (call, "slug");
     cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
     json_t *workspace = NULL, *chats = NULL;
@@ -398,9 +417,10 @@ cleanup:
     cm_storage_pool_release (self->pool, &storage);
 }
 
-static void s_thread_new (cm_call_t *call, void *arg)
+static void
+s_thread_new (cm_call_t *call, void *arg)
 {
-    chat_service_t *self = (chat_service_t *)arg;
+    chat_service_t *self = (chat_service_t *) arg;
     const char *slug = cm_call_param (call, "slug");
     json_t *body = s_body (call);
     json_t *workspace = NULL, *thread = NULL;
@@ -437,7 +457,8 @@ static void s_thread_new (cm_call_t *call, void *arg)
 
 //  --- chat -----------------------------------------------------------------------------
 
-static void s_append (s_turn_t *turn, const char *data, size_t size)
+static void
+s_append (s_turn_t *turn, const char *data, size_t size)
 {
     if (turn->text_size + size + 1 > turn->text_max) {
         turn->text_max = (turn->text_size + size + 1) * 2;
@@ -449,8 +470,8 @@ static void s_append (s_turn_t *turn, const char *data, size_t size)
 }
 
 //  Save the turn; returns its chatId or -1 (logged by storage).
-static int64_t s_save (s_turn_t *turn, const char *text, const chat_metrics_t *metrics,
-                       bool include)
+static int64_t
+s_save (s_turn_t *turn, const char *text, const chat_metrics_t *metrics, bool include)
 {
     json_t *response =
         json_pack ("{s:s, s:[], s:s, s:O, s:o}", "text", text, "sources", "type",
@@ -477,7 +498,8 @@ static int64_t s_save (s_turn_t *turn, const char *text, const chat_metrics_t *m
 
 //  An answer that is not the model's: a reset confirmation or a refusal.
 //  Streaming sends it as the one and only event, as upstream does.
-static void s_reply_text (s_turn_t *turn, const char *text)
+static void
+s_reply_text (s_turn_t *turn, const char *text)
 {
     if (turn->streaming) {
         s_send_event (turn->call,
@@ -500,9 +522,10 @@ typedef struct {
     size_t capacity; //  slots in texts
 } s_context_t;
 
-static void s_context_add (const char *prompt, const char *answer, void *arg)
+static void
+s_context_add (const char *prompt, const char *answer, void *arg)
 {
-    s_context_t *context = (s_context_t *)arg;
+    s_context_t *context = (s_context_t *) arg;
     if (context->count + 2 > context->capacity) {
         context->capacity = context->capacity ? context->capacity * 2 : 16;
         context->texts = cm_realloc (context->texts, context->capacity * sizeof (char *));
@@ -511,7 +534,8 @@ static void s_context_add (const char *prompt, const char *answer, void *arg)
     context->texts[context->count++] = cm_strdup (answer);
 }
 
-static void s_context_free (s_context_t *context)
+static void
+s_context_free (s_context_t *context)
 {
     for (size_t i = 0; i < context->count; i++)
         free (context->texts[i]);
@@ -522,8 +546,9 @@ static void s_context_free (s_context_t *context)
 //  The prompt: system prompt, then the recent turns of this conversation
 //  (oldest first), then the message. Fills messages (caller frees the array;
 //  strings are borrowed from *context, which the caller frees).
-static int s_build_messages (s_turn_t *turn, chat_message_t **messages_p, size_t *count_p,
-                             s_context_t *context)
+static int
+s_build_messages (s_turn_t *turn, chat_message_t **messages_p, size_t *count_p,
+                  s_context_t *context)
 {
     //  Upstream: workspace.openAiHistory || 20 (so 0 means 20).
     int64_t depth =
@@ -536,8 +561,8 @@ static int s_build_messages (s_turn_t *turn, chat_message_t **messages_p, size_t
         .limit = depth > 0 ? depth : 20,
         .newest_first = true,
     };
-    if (cm_storage_chat_context (turn->storage, turn->workspace_id, &filter, s_context_add,
-                                 context) != CM_STORAGE_OK)
+    if (cm_storage_chat_context (turn->storage, turn->workspace_id, &filter,
+                                 s_context_add, context) != CM_STORAGE_OK)
         return -1;
     size_t turns = context->count / 2;
     chat_message_t *messages = cm_calloc (2 * turns + 2, sizeof *messages);
@@ -548,7 +573,8 @@ static int s_build_messages (s_turn_t *turn, chat_message_t **messages_p, size_t
         (chat_message_t){CHAT_ROLE_SYSTEM, prompt && *prompt ? prompt : S_DEFAULT_PROMPT};
     for (size_t i = turns; i-- > 0;) {
         messages[count++] = (chat_message_t){CHAT_ROLE_USER, context->texts[2 * i]};
-        messages[count++] = (chat_message_t){CHAT_ROLE_ASSISTANT, context->texts[2 * i + 1]};
+        messages[count++] =
+            (chat_message_t){CHAT_ROLE_ASSISTANT, context->texts[2 * i + 1]};
     }
     messages[count++] = (chat_message_t){CHAT_ROLE_USER, turn->message};
     *messages_p = messages;
@@ -556,9 +582,10 @@ static int s_build_messages (s_turn_t *turn, chat_message_t **messages_p, size_t
     return 0;
 }
 
-static chat_token_action_t s_on_token (const char *token, size_t size, void *arg)
+static chat_token_action_t
+s_on_token (const char *token, size_t size, void *arg)
 {
-    s_turn_t *turn = (s_turn_t *)arg;
+    s_turn_t *turn = (s_turn_t *) arg;
     if (cm_call_cancelled (turn->call))
         return CHAT_TOKEN_STOP;
     json_t *event = json_pack ("{s:s, s:[], s:s, s:s%, s:b, s:b}", "uuid", turn->uuid,
@@ -571,7 +598,8 @@ static chat_token_action_t s_on_token (const char *token, size_t size, void *arg
     return CHAT_TOKEN_CONTINUE;
 }
 
-static void s_finalize (s_turn_t *turn, int64_t chat_id, const chat_metrics_t *metrics)
+static void
+s_finalize (s_turn_t *turn, int64_t chat_id, const chat_metrics_t *metrics)
 {
     json_t *event = json_pack ("{s:s, s:s, s:b, s:b}", "uuid", turn->uuid, "type",
                                "finalizeResponseStream", "close", 1, "error", 0);
@@ -583,7 +611,8 @@ static void s_finalize (s_turn_t *turn, int64_t chat_id, const chat_metrics_t *m
     s_send_event (turn->call, event);
 }
 
-static void s_complete_sync (s_turn_t *turn, const chat_request_t *request)
+static void
+s_complete_sync (s_turn_t *turn, const chat_request_t *request)
 {
     chat_metrics_t metrics;
     char err[256] = "";
@@ -608,12 +637,13 @@ static void s_complete_sync (s_turn_t *turn, const chat_request_t *request)
         s_reply_json (turn->call, 200,
                       json_pack ("{s:s, s:s, s:b, s:n, s:I, s:s, s:[], s:o}", "id",
                                  turn->uuid, "type", "textResponse", "close", 1, "error",
-                                 "chatId", (json_int_t)chat_id, "textResponse", text,
+                                 "chatId", (json_int_t) chat_id, "textResponse", text,
                                  "sources", "metrics", s_metrics_json (&metrics)));
     free (text);
 }
 
-static void s_complete_stream (s_turn_t *turn, const chat_request_t *request)
+static void
+s_complete_stream (s_turn_t *turn, const chat_request_t *request)
 {
     chat_metrics_t metrics;
     char err[256] = "";
@@ -627,7 +657,7 @@ static void s_complete_stream (s_turn_t *turn, const chat_request_t *request)
             cm_info ("chat %s: cancelled after %lld token(s); partial answer saved as "
                      "chat %lld",
                      cm_call_request_id (turn->call),
-                     (long long)metrics.completion_tokens, (long long)chat_id);
+                     (long long) metrics.completion_tokens, (long long) chat_id);
         }
         cm_call_stream_end (turn->call);
         return;
@@ -660,8 +690,8 @@ static void s_complete_stream (s_turn_t *turn, const chat_request_t *request)
 }
 
 //  Both chat routes, on a workspace or on one of its threads.
-static void s_chat_turn (cm_call_t *call, chat_service_t *self, bool streaming,
-                         bool threaded)
+static void
+s_chat_turn (cm_call_t *call, chat_service_t *self, bool streaming, bool threaded)
 {
     s_turn_t turn = {.service = self, .call = call, .streaming = streaming};
     s_uuid (turn.uuid);
@@ -794,22 +824,26 @@ cleanup:
     free (turn.text);
 }
 
-static void s_chat (cm_call_t *call, void *arg)
+static void
+s_chat (cm_call_t *call, void *arg)
 {
-    s_chat_turn (call, (chat_service_t *)arg, false, false);
+    s_chat_turn (call, (chat_service_t *) arg, false, false);
 }
 
-static void s_stream_chat (cm_call_t *call, void *arg)
+static void
+s_stream_chat (cm_call_t *call, void *arg)
 {
-    s_chat_turn (call, (chat_service_t *)arg, true, false);
+    s_chat_turn (call, (chat_service_t *) arg, true, false);
 }
 
-static void s_thread_chat (cm_call_t *call, void *arg)
+static void
+s_thread_chat (cm_call_t *call, void *arg)
 {
-    s_chat_turn (call, (chat_service_t *)arg, false, true);
+    s_chat_turn (call, (chat_service_t *) arg, false, true);
 }
 
-static void s_thread_stream_chat (cm_call_t *call, void *arg)
+static void
+s_thread_stream_chat (cm_call_t *call, void *arg)
 {
-    s_chat_turn (call, (chat_service_t *)arg, true, true);
+    s_chat_turn (call, (chat_service_t *) arg, true, true);
 }

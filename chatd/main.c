@@ -37,7 +37,8 @@ static const cm_conf_entry_t s_config[] = {
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
-int main (int argc, char **argv)
+int
+main (int argc, char **argv)
 {
     cm_log_init ("chatd");
     int args = cm_main_args (argc, argv, "chatd",
@@ -81,10 +82,10 @@ int main (int argc, char **argv)
         goto cleanup;
     }
     cm_info ("storage %s/llmrt.db, provider builtin, concurrency %lld, max pending %lld",
-             settings.storage_dir, (long long)settings.concurrency,
-             (long long)settings.max_pending);
+             settings.storage_dir, (long long) settings.concurrency,
+             (long long) settings.max_pending);
     rc = cm_worker_main ("chat", chat_service_routes (), service,
-                         (size_t)settings.concurrency, (size_t)settings.max_pending);
+                         (size_t) settings.concurrency, (size_t) settings.max_pending);
 
 cleanup:
     chat_service_destroy (&service);

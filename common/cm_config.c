@@ -46,11 +46,12 @@ s_valid_endpoint (const char *text)
     if (!strncmp (text, "tcp://", 6)) {
         const char *colon = strrchr (text + 6, ':');
         int64_t port;
-        return colon && colon > text + 6
-               && (!strcmp (colon + 1, "*")
-                   || cm_config_parse_int (colon + 1, 0, 65535, &port) == 0);
+        return colon && colon > text + 6 &&
+               (!strcmp (colon + 1, "*") ||
+                cm_config_parse_int (colon + 1, 0, 65535, &port) == 0);
     }
-    return (!strncmp (text, "ipc://", 6) && text[6]) || (!strncmp (text, "inproc://", 9) && text[9]);
+    return (!strncmp (text, "ipc://", 6) && text[6]) ||
+           (!strncmp (text, "inproc://", 9) && text[9]);
 }
 
 static bool
@@ -101,8 +102,8 @@ cm_config_load (const cm_conf_entry_t *table, void *target, char *err, size_t er
                     return -1;
                 }
                 if (text && e->type == CM_CONF_URL && !s_valid_url (text)) {
-                    snprintf (err, errlen, "%s: '%s' is not a URL (scheme://...)", e->name,
-                              text);
+                    snprintf (err, errlen, "%s: '%s' is not a URL (scheme://...)",
+                              e->name, text);
                     return -1;
                 }
                 char **slot = (char **) (base + e->offset);
@@ -120,7 +121,8 @@ cm_config_free (const cm_conf_entry_t *table, void *target)
 {
     char *base = (char *) target;
     for (const cm_conf_entry_t *e = table; e->name; e++)
-        if (e->type == CM_CONF_STR || e->type == CM_CONF_ENDPOINT || e->type == CM_CONF_URL) {
+        if (e->type == CM_CONF_STR || e->type == CM_CONF_ENDPOINT ||
+            e->type == CM_CONF_URL) {
             char **slot = (char **) (base + e->offset);
             free (*slot);
             *slot = NULL;

@@ -48,10 +48,11 @@ cm_log (cm_log_level_t level, const char *fmt, ...)
     gettimeofday (&tv, NULL);
     struct tm tm;
     gmtime_r (&tv.tv_sec, &tm);
-    int n = snprintf (line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s[%d] %s: ",
-                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                      tm.tm_sec, (long) tv.tv_usec / 1000, s_program, (int) getpid (),
-                      s_names[level]);
+    int n =
+        snprintf (line, sizeof line,
+                  "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s[%d] %s: ", tm.tm_year + 1900,
+                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                  (long) tv.tv_usec / 1000, s_program, (int) getpid (), s_names[level]);
     va_list args;
     va_start (args, fmt);
     int m = vsnprintf (line + n, sizeof line - n - 1, fmt, args);

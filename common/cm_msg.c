@@ -25,8 +25,8 @@ typedef enum {
 #define S_MAX_FIELDS 9
 static const s_field_t s_layout[8][S_MAX_FIELDS] = {
     [CM_MSG_READY] = {F_SERVICE, F_INSTANCE, F_CAPACITY},
-    [CM_MSG_REQUEST] = {F_REQUEST_ID, F_SERVICE, F_METHOD, F_ROUTE, F_DEADLINE, F_IDENTITY,
-                        F_HEADERS, F_BODY},
+    [CM_MSG_REQUEST] = {F_REQUEST_ID, F_SERVICE, F_METHOD, F_ROUTE, F_DEADLINE,
+                        F_IDENTITY, F_HEADERS, F_BODY},
     [CM_MSG_PARTIAL] = {F_REQUEST_ID, F_STATUS, F_CONTENT_TYPE, F_HEADERS, F_BODY},
     [CM_MSG_FINAL] = {F_REQUEST_ID, F_STATUS, F_CONTENT_TYPE, F_HEADERS, F_BODY},
     [CM_MSG_CANCEL] = {F_REQUEST_ID, F_REASON},
@@ -155,8 +155,7 @@ cm_msg_encode (cm_msg_t *self, char **data_p, size_t *size_p)
         else if (f == F_BODY) {
             msgpack_pack_bin (&pk, self->body_size);
             msgpack_pack_bin_body (&pk, self->body ? self->body : "", self->body_size);
-        }
-        else if (f == F_HEADERS) {
+        } else if (f == F_HEADERS) {
             msgpack_pack_map (&pk, self->header_count);
             for (size_t h = 0; h < self->header_count * 2; h++)
                 s_pack_str (&pk, self->headers[h]);
@@ -172,8 +171,8 @@ cm_msg_encode (cm_msg_t *self, char **data_p, size_t *size_p)
 static bool
 s_get_str (const msgpack_object *o, char **out)
 {
-    if (o->type != MSGPACK_OBJECT_STR || o->via.str.size > S_MAX_STRING
-        || memchr (o->via.str.ptr, 0, o->via.str.size))
+    if (o->type != MSGPACK_OBJECT_STR || o->via.str.size > S_MAX_STRING ||
+        memchr (o->via.str.ptr, 0, o->via.str.size))
         return false;
     free (*out);
     *out = cm_strndup (o->via.str.ptr, o->via.str.size);
@@ -215,26 +214,77 @@ s_prescan (const unsigned char *p, size_t size)
             skip = c & 0x1f;
         else {
             switch (c) {
-                case 0xc4: case 0xd9: len_bytes = 1; break;
-                case 0xc5: case 0xda: len_bytes = 2; break;
-                case 0xc6: case 0xdb: len_bytes = 4; break;
-                case 0xc7: len_bytes = 1; skip = 1; break;
-                case 0xc8: len_bytes = 2; skip = 1; break;
-                case 0xc9: len_bytes = 4; skip = 1; break;
-                case 0xca: skip = 4; break;
-                case 0xcb: skip = 8; break;
-                case 0xcc: case 0xd0: skip = 1; break;
-                case 0xcd: case 0xd1: skip = 2; break;
-                case 0xce: case 0xd2: skip = 4; break;
-                case 0xcf: case 0xd3: skip = 8; break;
-                case 0xd4: skip = 2; break;
-                case 0xd5: skip = 3; break;
-                case 0xd6: skip = 5; break;
-                case 0xd7: skip = 9; break;
-                case 0xd8: skip = 17; break;
-                case 0xdc: case 0xde: len_bytes = 2; break;
-                case 0xdd: case 0xdf: len_bytes = 4; break;
-                default: return false; //  0xc1 is never used
+                case 0xc4:
+                case 0xd9:
+                    len_bytes = 1;
+                    break;
+                case 0xc5:
+                case 0xda:
+                    len_bytes = 2;
+                    break;
+                case 0xc6:
+                case 0xdb:
+                    len_bytes = 4;
+                    break;
+                case 0xc7:
+                    len_bytes = 1;
+                    skip = 1;
+                    break;
+                case 0xc8:
+                    len_bytes = 2;
+                    skip = 1;
+                    break;
+                case 0xc9:
+                    len_bytes = 4;
+                    skip = 1;
+                    break;
+                case 0xca:
+                    skip = 4;
+                    break;
+                case 0xcb:
+                    skip = 8;
+                    break;
+                case 0xcc:
+                case 0xd0:
+                    skip = 1;
+                    break;
+                case 0xcd:
+                case 0xd1:
+                    skip = 2;
+                    break;
+                case 0xce:
+                case 0xd2:
+                    skip = 4;
+                    break;
+                case 0xcf:
+                case 0xd3:
+                    skip = 8;
+                    break;
+                case 0xd4:
+                    skip = 2;
+                    break;
+                case 0xd5:
+                    skip = 3;
+                    break;
+                case 0xd6:
+                    skip = 5;
+                    break;
+                case 0xd7:
+                    skip = 9;
+                    break;
+                case 0xd8:
+                    skip = 17;
+                    break;
+                case 0xdc:
+                case 0xde:
+                    len_bytes = 2;
+                    break;
+                case 0xdd:
+                case 0xdf:
+                    len_bytes = 4;
+                    break;
+                default:
+                    return false; //  0xc1 is never used
             }
             if (len_bytes) {
                 if (size - at < (size_t) len_bytes)
@@ -319,30 +369,26 @@ cm_msg_decode (const void *data, size_t size, char *err, size_t errlen)
         else if (f == F_CAPACITY) {
             ok = s_get_uint (o, UINT32_MAX, &u);
             self->capacity = (uint32_t) u;
-        }
-        else if (f == F_STATUS) {
+        } else if (f == F_STATUS) {
             ok = s_get_uint (o, 999, &u);
             self->status = (uint16_t) u;
-        }
-        else if (f == F_DEADLINE) {
+        } else if (f == F_DEADLINE) {
             if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= INT64_MAX)
                 self->deadline = (int64_t) o->via.u64;
             else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
                 self->deadline = o->via.i64;
             else
                 ok = false;
-        }
-        else if (f == F_BODY) {
+        } else if (f == F_BODY) {
             ok = o->type == MSGPACK_OBJECT_BIN;
             if (ok)
                 cm_msg_set_body (self, o->via.bin.ptr, o->via.bin.size);
-        }
-        else if (f == F_HEADERS) {
+        } else if (f == F_HEADERS) {
             ok = o->type == MSGPACK_OBJECT_MAP && o->via.map.size <= S_MAX_HEADERS;
             for (uint32_t h = 0; ok && h < o->via.map.size; h++) {
                 char *name = NULL, *value = NULL;
-                ok = s_get_str (&o->via.map.ptr[h].key, &name)
-                     && s_get_str (&o->via.map.ptr[h].val, &value);
+                ok = s_get_str (&o->via.map.ptr[h].key, &name) &&
+                     s_get_str (&o->via.map.ptr[h].val, &value);
                 if (ok)
                     cm_msg_header_add (self, name, value);
                 free (name);
@@ -376,17 +422,17 @@ cm_msg_type (cm_msg_t *self)
     return self->type;
 }
 
-#define S_STRING_ACCESSORS(field)                                                       \
-    const char *cm_msg_##field (cm_msg_t *self)                                         \
-    {                                                                                   \
-        assert (self);                                                                  \
-        return self->field ? self->field : "";                                          \
-    }                                                                                   \
-    void cm_msg_set_##field (cm_msg_t *self, const char *value)                         \
-    {                                                                                   \
-        assert (self);                                                                  \
-        free (self->field);                                                             \
-        self->field = value ? cm_strdup (value) : NULL;                                 \
+#define S_STRING_ACCESSORS(field)                                                        \
+    const char *cm_msg_##field (cm_msg_t *self)                                          \
+    {                                                                                    \
+        assert (self);                                                                   \
+        return self->field ? self->field : "";                                           \
+    }                                                                                    \
+    void cm_msg_set_##field (cm_msg_t *self, const char *value)                          \
+    {                                                                                    \
+        assert (self);                                                                   \
+        free (self->field);                                                              \
+        self->field = value ? cm_strdup (value) : NULL;                                  \
     }
 
 S_STRING_ACCESSORS (service)
@@ -398,16 +444,16 @@ S_STRING_ACCESSORS (identity)
 S_STRING_ACCESSORS (content_type)
 S_STRING_ACCESSORS (reason)
 
-#define S_NUMBER_ACCESSORS(field, type)                                                 \
-    type cm_msg_##field (cm_msg_t *self)                                                \
-    {                                                                                   \
-        assert (self);                                                                  \
-        return self->field;                                                             \
-    }                                                                                   \
-    void cm_msg_set_##field (cm_msg_t *self, type value)                                \
-    {                                                                                   \
-        assert (self);                                                                  \
-        self->field = value;                                                            \
+#define S_NUMBER_ACCESSORS(field, type)                                                  \
+    type cm_msg_##field (cm_msg_t *self)                                                 \
+    {                                                                                    \
+        assert (self);                                                                   \
+        return self->field;                                                              \
+    }                                                                                    \
+    void cm_msg_set_##field (cm_msg_t *self, type value)                                 \
+    {                                                                                    \
+        assert (self);                                                                   \
+        self->field = value;                                                             \
     }
 
 S_NUMBER_ACCESSORS (capacity, uint32_t)
@@ -451,7 +497,8 @@ void
 cm_msg_header_add (cm_msg_t *self, const char *name, const char *value)
 {
     assert (self && name && value);
-    self->headers = cm_realloc (self->headers, (self->header_count + 1) * 2 * sizeof (char *));
+    self->headers =
+        cm_realloc (self->headers, (self->header_count + 1) * 2 * sizeof (char *));
     self->headers[self->header_count * 2] = cm_strdup (name);
     self->headers[self->header_count * 2 + 1] = cm_strdup (value);
     self->header_count++;

@@ -86,6 +86,7 @@ void cm_msg_header_add (cm_msg_t *self, const char *name, const char *value);
 const char *cm_msg_header (cm_msg_t *self, const char *name);
 size_t cm_msg_header_count (cm_msg_t *self);
 //  The index-th header's name and value (borrowed).
-void cm_msg_header_at (cm_msg_t *self, size_t index, const char **name, const char **value);
+void cm_msg_header_at (cm_msg_t *self, size_t index, const char **name,
+                       const char **value);
 
 #endif

@@ -13,24 +13,24 @@ typedef struct s_item_s {
 } s_item_t;
 
 struct cm_queue_s {
-    char *name;               //  for logs
-    cm_queue_run_fn *run;     //  runs a task
-    cm_queue_drop_fn *drop;   //  disposes of a task that will not run
-    void *arg;                //  passed to run and drop
-    pthread_mutex_t lock;     //  guards everything below
-    pthread_cond_t wake;      //  signalled when work arrives or on shutdown
-    s_item_t *head, *tail;    //  waiting FIFO
-    cm_queue_stats_t stats;   //  counters and gauges
-    bool closing;             //  destroy has begun
-    pthread_t *threads;       //  the runners
-    size_t thread_count;      //  == concurrency
+    char *name;             //  for logs
+    cm_queue_run_fn *run;   //  runs a task
+    cm_queue_drop_fn *drop; //  disposes of a task that will not run
+    void *arg;              //  passed to run and drop
+    pthread_mutex_t lock;   //  guards everything below
+    pthread_cond_t wake;    //  signalled when work arrives or on shutdown
+    s_item_t *head, *tail;  //  waiting FIFO
+    cm_queue_stats_t stats; //  counters and gauges
+    bool closing;           //  destroy has begun
+    pthread_t *threads;     //  the runners
+    size_t thread_count;    //  == concurrency
 };
 
 static void *s_runner (void *arg);
 
 cm_queue_t *
-cm_queue_new (const char *name, size_t concurrency, size_t max_pending, cm_queue_run_fn *run,
-              cm_queue_drop_fn *drop, void *arg)
+cm_queue_new (const char *name, size_t concurrency, size_t max_pending,
+              cm_queue_run_fn *run, cm_queue_drop_fn *drop, void *arg)
 {
     assert (name && run && drop && concurrency > 0);
     cm_queue_t *self = cm_calloc (1, sizeof *self);
@@ -140,8 +140,8 @@ s_unlink (cm_queue_t *self, const char *id, int64_t now_ms)
     s_item_t **link = &self->head, *prev = NULL;
     while (*link) {
         s_item_t *item = *link;
-        bool match = id ? !strcmp (item->id, id)
-                        : (item->deadline && item->deadline <= now_ms);
+        bool match =
+            id ? !strcmp (item->id, id) : (item->deadline && item->deadline <= now_ms);
         if (match) {
             *link = item->next;
             if (self->tail == item)
@@ -152,8 +152,7 @@ s_unlink (cm_queue_t *self, const char *id, int64_t now_ms)
             self->stats.pending--;
             if (id)
                 break;
-        }
-        else {
+        } else {
             prev = item;
             link = &item->next;
         }

@@ -125,7 +125,8 @@ static void s_uuid (char out[37]);
 
 //  --- connection -------------------------------------------------------------
 
-cm_storage_t *cm_storage_new (const char *dir, char *err, size_t errlen)
+cm_storage_t *
+cm_storage_new (const char *dir, char *err, size_t errlen)
 {
     assert (dir);
     if (sodium_init () < 0) {
@@ -154,7 +155,8 @@ cm_storage_t *cm_storage_new (const char *dir, char *err, size_t errlen)
     return self;
 }
 
-void cm_storage_destroy (cm_storage_t **self_p)
+void
+cm_storage_destroy (cm_storage_t **self_p)
 {
     assert (self_p);
     cm_storage_t *self = *self_p;
@@ -172,13 +174,15 @@ void cm_storage_destroy (cm_storage_t **self_p)
     *self_p = NULL;
 }
 
-const char *cm_storage_path (cm_storage_t *self)
+const char *
+cm_storage_path (cm_storage_t *self)
 {
     assert (self);
     return self->path;
 }
 
-int cm_storage_schema_version (cm_storage_t *self)
+int
+cm_storage_schema_version (cm_storage_t *self)
 {
     assert (self);
     sqlite3_stmt *stmt = s_stmt (self, "PRAGMA user_version");
@@ -193,7 +197,8 @@ int cm_storage_schema_version (cm_storage_t *self)
     return version;
 }
 
-bool cm_storage_ping (cm_storage_t *self)
+bool
+cm_storage_ping (cm_storage_t *self)
 {
     assert (self);
     sqlite3_stmt *stmt = s_stmt (self, "SELECT count(*) FROM workspaces");
@@ -206,7 +211,8 @@ bool cm_storage_ping (cm_storage_t *self)
     return ok;
 }
 
-const char *cm_storage_errmsg (cm_storage_t *self)
+const char *
+cm_storage_errmsg (cm_storage_t *self)
 {
     assert (self);
     return self->errmsg;
@@ -214,7 +220,8 @@ const char *cm_storage_errmsg (cm_storage_t *self)
 
 //  --- pool -------------------------------------------------------------------
 
-cm_storage_pool_t *cm_storage_pool_new (const char *dir, char *err, size_t errlen)
+cm_storage_pool_t *
+cm_storage_pool_new (const char *dir, char *err, size_t errlen)
 {
     assert (dir);
     cm_storage_t *first = cm_storage_new (dir, err, errlen);
@@ -229,7 +236,8 @@ cm_storage_pool_t *cm_storage_pool_new (const char *dir, char *err, size_t errle
     return self;
 }
 
-void cm_storage_pool_destroy (cm_storage_pool_t **self_p)
+void
+cm_storage_pool_destroy (cm_storage_pool_t **self_p)
 {
     assert (self_p);
     cm_storage_pool_t *self = *self_p;
@@ -255,7 +263,8 @@ void cm_storage_pool_destroy (cm_storage_pool_t **self_p)
     *self_p = NULL;
 }
 
-cm_storage_t *cm_storage_pool_acquire (cm_storage_pool_t *self)
+cm_storage_t *
+cm_storage_pool_acquire (cm_storage_pool_t *self)
 {
     assert (self);
     pthread_mutex_lock (&self->lock);
@@ -279,7 +288,8 @@ cm_storage_t *cm_storage_pool_acquire (cm_storage_pool_t *self)
     return storage;
 }
 
-void cm_storage_pool_release (cm_storage_pool_t *self, cm_storage_t **storage_p)
+void
+cm_storage_pool_release (cm_storage_pool_t *self, cm_storage_t **storage_p)
 {
     assert (self);
     assert (storage_p);
@@ -298,21 +308,22 @@ void cm_storage_pool_release (cm_storage_pool_t *self, cm_storage_t **storage_p)
 
 //  --- workspaces -------------------------------------------------------------
 
-char *cm_storage_slugify (const char *name)
+char *
+cm_storage_slugify (const char *name)
 {
     assert (name);
     char *slug = cm_malloc (strlen (name) + 1);
     size_t len = 0;
     bool dash = false;
-    for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
+    for (const unsigned char *p = (const unsigned char *) name; *p; p++) {
         unsigned char c = *p;
         if (c >= 'A' && c <= 'Z')
-            c = (unsigned char)(c - 'A' + 'a');
+            c = (unsigned char) (c - 'A' + 'a');
         if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) {
             if (dash && len)
                 slug[len++] = '-';
             dash = false;
-            slug[len++] = (char)c;
+            slug[len++] = (char) c;
         } else
             dash = true;
     }
@@ -322,7 +333,8 @@ char *cm_storage_slugify (const char *name)
 
 //  JavaScript's parseFloat on a JSON value: numbers as they are, strings by
 //  their leading number. False for anything else (null, "", "abc", objects).
-static bool s_parse_float (const json_t *value, double *out)
+static bool
+s_parse_float (const json_t *value, double *out)
 {
     if (json_is_number (value)) {
         *out = json_number_value (value);
@@ -341,24 +353,27 @@ static bool s_parse_float (const json_t *value, double *out)
 }
 
 //  JavaScript's parseInt: the float rule, truncated toward zero.
-static bool s_parse_int (const json_t *value, int64_t *out)
+static bool
+s_parse_int (const json_t *value, int64_t *out)
 {
     double v;
     if (!s_parse_float (value, &v) || v > 9e15 || v < -9e15)
         return false;
-    *out = (int64_t)trunc (v);
+    *out = (int64_t) trunc (v);
     return true;
 }
 
 //  A non-empty string, or NULL (upstream stores null for "", numbers, ...).
-static const char *s_string_or_null (const json_t *fields, const char *key)
+static const char *
+s_string_or_null (const json_t *fields, const char *key)
 {
     const char *text = json_string_value (json_object_get (fields, key));
     return text && *text ? text : NULL;
 }
 
 //  Whether a workspace has this slug; *rc_p is -1 when the lookup failed.
-static bool s_slug_taken (cm_storage_t *self, const char *slug, int *rc_p)
+static bool
+s_slug_taken (cm_storage_t *self, const char *slug, int *rc_p)
 {
     sqlite3_stmt *stmt = s_stmt (self, "SELECT 1 FROM workspaces WHERE slug = ?1");
     if (!stmt) {
@@ -378,8 +393,9 @@ static bool s_slug_taken (cm_storage_t *self, const char *slug, int *rc_p)
 
 //  One row as JSON, or NULL with *status_p saying why. id binds ?1 and text
 //  (when not NULL) ?2; a query may leave ?1 unused.
-static json_t *s_select_one (cm_storage_t *self, const char *sql, int64_t id,
-                             const char *text, cm_storage_status_t *status_p)
+static json_t *
+s_select_one (cm_storage_t *self, const char *sql, int64_t id, const char *text,
+              cm_storage_status_t *status_p)
 {
     sqlite3_stmt *stmt = s_stmt (self, sql);
     if (!stmt) {
@@ -404,8 +420,9 @@ static json_t *s_select_one (cm_storage_t *self, const char *sql, int64_t id,
     return row;
 }
 
-cm_storage_status_t cm_storage_workspace_create (cm_storage_t *self, const json_t *fields,
-                                                 json_t **workspace_p)
+cm_storage_status_t
+cm_storage_workspace_create (cm_storage_t *self, const json_t *fields,
+                             json_t **workspace_p)
 {
     assert (self);
     assert (workspace_p);
@@ -472,7 +489,7 @@ cm_storage_status_t cm_storage_workspace_create (cm_storage_t *self, const json_
             size_t size = strlen (base) + 10;
             slug = cm_malloc (size);
             snprintf (slug, size, "%s-%08u", base,
-                      10000000u + (unsigned)randombytes_uniform (90000000u));
+                      10000000u + (unsigned) randombytes_uniform (90000000u));
         }
         int rc;
         if (!s_slug_taken (self, slug, &rc)) {
@@ -495,7 +512,7 @@ cm_storage_status_t cm_storage_workspace_create (cm_storage_t *self, const json_
         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)");
     if (!stmt)
         goto rollback;
-    sqlite3_bind_text (stmt, 1, name, (int)cut, SQLITE_TRANSIENT);
+    sqlite3_bind_text (stmt, 1, name, (int) cut, SQLITE_TRANSIENT);
     sqlite3_bind_text (stmt, 2, slug, -1, SQLITE_TRANSIENT);
     if (has_temp)
         sqlite3_bind_double (stmt, 3, temp);
@@ -546,8 +563,8 @@ cleanup:
     return status;
 }
 
-cm_storage_status_t cm_storage_workspace_get (cm_storage_t *self, const char *slug,
-                                              json_t **workspace_p)
+cm_storage_status_t
+cm_storage_workspace_get (cm_storage_t *self, const char *slug, json_t **workspace_p)
 {
     assert (self);
     assert (slug);
@@ -560,7 +577,8 @@ cm_storage_status_t cm_storage_workspace_get (cm_storage_t *self, const char *sl
     return status;
 }
 
-cm_storage_status_t cm_storage_workspace_list (cm_storage_t *self, json_t **workspaces_p)
+cm_storage_status_t
+cm_storage_workspace_list (cm_storage_t *self, json_t **workspaces_p)
 {
     assert (self);
     assert (workspaces_p);
@@ -584,7 +602,7 @@ cm_storage_status_t cm_storage_workspace_list (cm_storage_t *self, json_t **work
         json_t *threads = json_array ();
         json_object_set_new (workspace, "threads", threads);
         char key[32];
-        snprintf (key, sizeof key, "%lld", (long long)sqlite3_column_int64 (stmt, 0));
+        snprintf (key, sizeof key, "%lld", (long long) sqlite3_column_int64 (stmt, 0));
         json_object_set (by_id, key, threads);
         json_array_append_new (list, workspace);
     }
@@ -599,7 +617,7 @@ cm_storage_status_t cm_storage_workspace_list (cm_storage_t *self, json_t **work
         goto rollback;
     while ((rc = sqlite3_step (stmt)) == SQLITE_ROW) {
         char key[32];
-        snprintf (key, sizeof key, "%lld", (long long)sqlite3_column_int64 (stmt, 3));
+        snprintf (key, sizeof key, "%lld", (long long) sqlite3_column_int64 (stmt, 3));
         json_t *threads = json_object_get (by_id, key);
         if (threads)
             json_array_append_new (threads, s_row (stmt));
@@ -627,8 +645,9 @@ cleanup:
 
 //  --- threads ----------------------------------------------------------------
 
-cm_storage_status_t cm_storage_thread_create (cm_storage_t *self, int64_t workspace_id,
-                                              const json_t *fields, json_t **thread_p)
+cm_storage_status_t
+cm_storage_thread_create (cm_storage_t *self, int64_t workspace_id, const json_t *fields,
+                          json_t **thread_p)
 {
     assert (self);
     assert (thread_p);
@@ -673,7 +692,7 @@ cm_storage_status_t cm_storage_thread_create (cm_storage_t *self, int64_t worksp
     }
     if (rc == SQLITE_CONSTRAINT_FOREIGNKEY) {
         snprintf (self->errmsg, sizeof self->errmsg, "workspace %lld does not exist",
-                  (long long)workspace_id);
+                  (long long) workspace_id);
         status = CM_STORAGE_INVALID;
         goto cleanup;
     }
@@ -689,8 +708,9 @@ cleanup:
     return status;
 }
 
-cm_storage_status_t cm_storage_thread_get (cm_storage_t *self, int64_t workspace_id,
-                                           const char *slug, json_t **thread_p)
+cm_storage_status_t
+cm_storage_thread_get (cm_storage_t *self, int64_t workspace_id, const char *slug,
+                       json_t **thread_p)
 {
     assert (self);
     assert (slug);
@@ -704,8 +724,8 @@ cm_storage_status_t cm_storage_thread_get (cm_storage_t *self, int64_t workspace
     return status;
 }
 
-cm_storage_status_t cm_storage_thread_list (cm_storage_t *self, int64_t workspace_id,
-                                            json_t **threads_p)
+cm_storage_status_t
+cm_storage_thread_list (cm_storage_t *self, int64_t workspace_id, json_t **threads_p)
 {
     assert (self);
     assert (threads_p);
@@ -733,7 +753,8 @@ cm_storage_status_t cm_storage_thread_list (cm_storage_t *self, int64_t workspac
 
 //  --- chat history ------------------------------------------------------------
 
-int64_t cm_storage_chat_add (cm_storage_t *self, const cm_storage_chat_t *chat)
+int64_t
+cm_storage_chat_add (cm_storage_t *self, const cm_storage_chat_t *chat)
 {
     assert (self);
     assert (chat && chat->prompt && chat->response);
@@ -770,7 +791,8 @@ int64_t cm_storage_chat_add (cm_storage_t *self, const cm_storage_chat_t *chat)
 }
 
 //  The WHERE clause both list and reset use; "IS ?" matches NULL to NULL.
-static void s_chat_where (char *sql, size_t size, const cm_storage_chat_filter_t *filter)
+static void
+s_chat_where (char *sql, size_t size, const cm_storage_chat_filter_t *filter)
 {
     snprintf (sql + strlen (sql), size - strlen (sql),
               " WHERE workspaceId = ?1 AND api_session_id IS ?2 AND thread_id IS ?3%s%s",
@@ -778,8 +800,9 @@ static void s_chat_where (char *sql, size_t size, const cm_storage_chat_filter_t
               filter->included_only ? " AND include = 1" : "");
 }
 
-static void s_chat_bind (sqlite3_stmt *stmt, int64_t workspace_id,
-                         const cm_storage_chat_filter_t *filter)
+static void
+s_chat_bind (sqlite3_stmt *stmt, int64_t workspace_id,
+             const cm_storage_chat_filter_t *filter)
 {
     sqlite3_bind_int64 (stmt, 1, workspace_id);
     if (filter->session_id)
@@ -790,9 +813,9 @@ static void s_chat_bind (sqlite3_stmt *stmt, int64_t workspace_id,
         sqlite3_bind_int64 (stmt, 4, filter->user_id);
 }
 
-cm_storage_status_t cm_storage_chat_list (cm_storage_t *self, int64_t workspace_id,
-                                          const cm_storage_chat_filter_t *filter,
-                                          json_t **chats_p)
+cm_storage_status_t
+cm_storage_chat_list (cm_storage_t *self, int64_t workspace_id,
+                      const cm_storage_chat_filter_t *filter, json_t **chats_p)
 {
     assert (self);
     assert (filter);
@@ -822,9 +845,10 @@ cm_storage_status_t cm_storage_chat_list (cm_storage_t *self, int64_t workspace_
     return CM_STORAGE_OK;
 }
 
-cm_storage_status_t cm_storage_chat_context (cm_storage_t *self, int64_t workspace_id,
-                                             const cm_storage_chat_filter_t *filter,
-                                             cm_storage_turn_fn *fn, void *arg)
+cm_storage_status_t
+cm_storage_chat_context (cm_storage_t *self, int64_t workspace_id,
+                         const cm_storage_chat_filter_t *filter, cm_storage_turn_fn *fn,
+                         void *arg)
 {
     assert (self);
     assert (filter);
@@ -832,7 +856,8 @@ cm_storage_status_t cm_storage_chat_context (cm_storage_t *self, int64_t workspa
     self->errmsg[0] = 0;
     //  json_extract in SQLite: a chat turn's prompt needs only two strings
     //  per row, and parsing every stored response was most of a turn's cost.
-    char sql[512] = "SELECT prompt, json_extract (response, '$.text') FROM workspace_chats";
+    char sql[512] =
+        "SELECT prompt, json_extract (response, '$.text') FROM workspace_chats";
     s_chat_where (sql, sizeof sql, filter);
     snprintf (sql + strlen (sql), sizeof sql - strlen (sql), " ORDER BY id %s LIMIT ?5",
               filter->newest_first ? "DESC" : "ASC");
@@ -856,8 +881,9 @@ cm_storage_status_t cm_storage_chat_context (cm_storage_t *self, int64_t workspa
     return CM_STORAGE_OK;
 }
 
-int64_t cm_storage_chat_reset (cm_storage_t *self, int64_t workspace_id,
-                               const cm_storage_chat_filter_t *filter)
+int64_t
+cm_storage_chat_reset (cm_storage_t *self, int64_t workspace_id,
+                       const cm_storage_chat_filter_t *filter)
 {
     assert (self);
     assert (filter);
@@ -883,7 +909,8 @@ int64_t cm_storage_chat_reset (cm_storage_t *self, int64_t workspace_id,
 
 //  Record a database failure and log it once, where it happens (while
 //  opening, the caller reports it instead). Returns -1.
-static int s_fail (cm_storage_t *self, const char *what)
+static int
+s_fail (cm_storage_t *self, const char *what)
 {
     snprintf (self->errmsg, sizeof self->errmsg, "%s: %s (%d)", what,
               self->db ? sqlite3_errmsg (self->db) : "no connection",
@@ -894,7 +921,8 @@ static int s_fail (cm_storage_t *self, const char *what)
 }
 
 //  Run a statement that returns no rows we need, from the cache.
-static int s_exec (cm_storage_t *self, const char *sql)
+static int
+s_exec (cm_storage_t *self, const char *sql)
 {
     sqlite3_stmt *stmt = s_stmt (self, sql);
     if (!stmt)
@@ -910,7 +938,8 @@ static int s_exec (cm_storage_t *self, const char *sql)
 
 //  A prepared statement for sql, from the cache or newly prepared, reset and
 //  with no bindings. NULL on failure (logged).
-static sqlite3_stmt *s_stmt (cm_storage_t *self, const char *sql)
+static sqlite3_stmt *
+s_stmt (cm_storage_t *self, const char *sql)
 {
     for (size_t i = 0; i < self->cache_size; i++)
         if (!strcmp (self->cache[i].sql, sql)) {
@@ -936,7 +965,8 @@ static sqlite3_stmt *s_stmt (cm_storage_t *self, const char *sql)
 }
 
 //  The current row as a JSON object keyed by column name.
-static json_t *s_row (sqlite3_stmt *stmt)
+static json_t *
+s_row (sqlite3_stmt *stmt)
 {
     json_t *row = json_object ();
     int columns = sqlite3_column_count (stmt);
@@ -954,8 +984,8 @@ static json_t *s_row (sqlite3_stmt *stmt)
                 value = json_real (sqlite3_column_double (stmt, i));
                 break;
             case SQLITE_TEXT: {
-                const char *text = (const char *)sqlite3_column_text (stmt, i);
-                size_t size = (size_t)sqlite3_column_bytes (stmt, i);
+                const char *text = (const char *) sqlite3_column_text (stmt, i);
+                size_t size = (size_t) sqlite3_column_bytes (stmt, i);
                 if (decl && !strcasecmp (decl, "JSON_TEXT"))
                     value = json_loadb (text, size, JSON_DECODE_ANY, NULL);
                 if (!value)
@@ -972,7 +1002,8 @@ static json_t *s_row (sqlite3_stmt *stmt)
 
 //  Run a PRAGMA that may need a lock the busy handler does not wait for
 //  (changing the journal mode), retrying until the busy timeout.
-static int s_pragma_text (cm_storage_t *self, const char *sql, char *out, size_t size)
+static int
+s_pragma_text (cm_storage_t *self, const char *sql, char *out, size_t size)
 {
     int64_t deadline = cm_clock_mono_ms () + S_BUSY_TIMEOUT_MS;
     while (true) {
@@ -981,7 +1012,7 @@ static int s_pragma_text (cm_storage_t *self, const char *sql, char *out, size_t
         if (rc == SQLITE_OK) {
             rc = sqlite3_step (stmt);
             if (rc == SQLITE_ROW) {
-                snprintf (out, size, "%s", (const char *)sqlite3_column_text (stmt, 0));
+                snprintf (out, size, "%s", (const char *) sqlite3_column_text (stmt, 0));
                 rc = SQLITE_DONE;
             }
         }
@@ -997,7 +1028,8 @@ static int s_pragma_text (cm_storage_t *self, const char *sql, char *out, size_t
     }
 }
 
-static int s_open (cm_storage_t *self)
+static int
+s_open (cm_storage_t *self)
 {
     int rc = sqlite3_open_v2 (
         self->path, &self->db,
@@ -1033,7 +1065,8 @@ static int s_open (cm_storage_t *self)
     return 0;
 }
 
-static int s_migrate (cm_storage_t *self)
+static int
+s_migrate (cm_storage_t *self)
 {
     //  The common case (schema current) needs no write lock.
     int version = cm_storage_schema_version (self);
@@ -1085,7 +1118,8 @@ rollback:
     return -1;
 }
 
-static int s_mkdir_p (const char *dir, char *err, size_t errlen)
+static int
+s_mkdir_p (const char *dir, char *err, size_t errlen)
 {
     char *path = cm_strdup (dir);
     int rc = 0;
@@ -1114,12 +1148,13 @@ static int s_mkdir_p (const char *dir, char *err, size_t errlen)
 }
 
 //  A random (version 4) UUID in its 36-character text form.
-static void s_uuid (char out[37])
+static void
+s_uuid (char out[37])
 {
     unsigned char b[16];
     randombytes_buf (b, sizeof b);
-    b[6] = (unsigned char)((b[6] & 0x0F) | 0x40);
-    b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
+    b[6] = (unsigned char) ((b[6] & 0x0F) | 0x40);
+    b[8] = (unsigned char) ((b[8] & 0x3F) | 0x80);
     snprintf (out, 37,
               "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
               b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11],

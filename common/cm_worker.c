@@ -26,14 +26,14 @@ struct cm_call_s {
     char *param_names[S_MAX_PARAMS]; //  "{name}" segments of the route
     char *param_values[S_MAX_PARAMS];
     size_t param_count;
-    zhash_t *query;            //  decoded query string, built on first use
-    json_t *json;              //  parsed body, built on first use
-    bool json_parsed;          //  json was attempted
-    atomic_bool cancelled;     //  CANCEL came or client gone
-    bool replied;              //  FINAL sent
-    bool streaming;            //  a PARTIAL was sent
-    cm_msg_t *reply_headers;   //  headers for the next reply (FINAL type as holder)
-    struct cm_call_s *next;    //  link in the live-call list
+    zhash_t *query;          //  decoded query string, built on first use
+    json_t *json;            //  parsed body, built on first use
+    bool json_parsed;        //  json was attempted
+    atomic_bool cancelled;   //  CANCEL came or client gone
+    bool replied;            //  FINAL sent
+    bool streaming;          //  a PARTIAL was sent
+    cm_msg_t *reply_headers; //  headers for the next reply (FINAL type as holder)
+    struct cm_call_s *next;  //  link in the live-call list
 };
 
 typedef struct {
@@ -221,13 +221,13 @@ s_route_match (const char *pattern, const char *path, cm_call_t *call)
             size_t len = end ? (size_t) (end - s) : strlen (s);
             if (len == 0 || call->param_count == S_MAX_PARAMS)
                 return false;
-            call->param_names[call->param_count] = cm_strndup (p + 1, (size_t) (close - p - 1));
+            call->param_names[call->param_count] =
+                cm_strndup (p + 1, (size_t) (close - p - 1));
             call->param_values[call->param_count] = cm_strndup (s, len);
             call->param_count++;
             p = close + 1;
             s += len;
-        }
-        else if (*p++ != *s++)
+        } else if (*p++ != *s++)
             return false;
     }
     return *p == 0 && *s == 0;
@@ -307,12 +307,11 @@ s_handle_request (cm_worker_t *self, zsock_t *sock, cm_msg_t **request_p)
     call->next = self->calls;
     self->calls = call;
     pthread_mutex_unlock (&self->calls_lock);
-    cm_queue_result_t rc = cm_queue_submit (self->queue, cm_msg_request_id (request), call,
-                                            cm_msg_deadline (request));
+    cm_queue_result_t rc = cm_queue_submit (self->queue, cm_msg_request_id (request),
+                                            call, cm_msg_deadline (request));
     if (rc != CM_QUEUE_ACCEPTED) {
         //  Full: refuse at once so the client can retry elsewhere or later.
-        s_reply_direct (sock, request,
-                        rc == CM_QUEUE_FULL ? 429 : 503,
+        s_reply_direct (sock, request, rc == CM_QUEUE_FULL ? 429 : 503,
                         rc == CM_QUEUE_FULL ? "The queue is full; retry later."
                                             : "The service is shutting down.",
                         "1");
@@ -377,8 +376,8 @@ s_io_thread (void *arg)
                     break;
                 }
                 last_heard = cm_clock_mono_ms ();
-                cm_msg_t *msg = cm_msg_decode (zmq_msg_data (&frame), zmq_msg_size (&frame),
-                                               err, sizeof err);
+                cm_msg_t *msg = cm_msg_decode (zmq_msg_data (&frame),
+                                               zmq_msg_size (&frame), err, sizeof err);
                 zmq_msg_close (&frame);
                 if (!msg) {
                     self->dropped++;
@@ -389,8 +388,8 @@ s_io_thread (void *arg)
                 switch (cm_msg_type (msg)) {
                     case CM_MSG_REQUEST:
                         if (atomic_load (&self->stopping))
-                            s_reply_direct (sock, msg, 503, "The service is shutting down.",
-                                            "1");
+                            s_reply_direct (sock, msg, 503,
+                                            "The service is shutting down.", "1");
                         else
                             s_handle_request (self, sock, &msg);
                         break;
@@ -399,7 +398,8 @@ s_io_thread (void *arg)
                         break;
                     case CM_MSG_DISCONNECT: {
                         //  The gateway does not know us (it restarted): say READY again.
-                        cm_info ("gateway asked us to register again (%s)", cm_msg_reason (msg));
+                        cm_info ("gateway asked us to register again (%s)",
+                                 cm_msg_reason (msg));
                         cm_msg_t *ready = cm_msg_new (CM_MSG_READY);
                         cm_msg_set_service (ready, self->service);
                         cm_msg_set_instance (ready, self->instance);
@@ -498,7 +498,8 @@ s_drop_call (void *task, cm_queue_drop_t why, void *arg)
     cm_worker_t *self = arg;
     cm_call_t *call = task;
     if (why == CM_QUEUE_DROP_TIMEOUT)
-        cm_call_reply_error (call, 504, "The request waited in the queue past its deadline.");
+        cm_call_reply_error (call, 504,
+                             "The request waited in the queue past its deadline.");
     else if (why == CM_QUEUE_DROP_SHUTDOWN) {
         //  It never ran, so it is safe to retry: say so, like every other 503.
         cm_call_header_add (call, "Retry-After", "1");
@@ -574,11 +575,11 @@ s_url_decode (const char *s, size_t len)
 {
     char *out = cm_malloc (len + 1), *o = out;
     for (size_t i = 0; i < len; i++) {
-        if (s[i] == '%' && i + 2 < len && s_hex (s[i + 1]) >= 0 && s_hex (s[i + 2]) >= 0) {
+        if (s[i] == '%' && i + 2 < len && s_hex (s[i + 1]) >= 0 &&
+            s_hex (s[i + 2]) >= 0) {
             *o++ = (char) (s_hex (s[i + 1]) * 16 + s_hex (s[i + 2]));
             i += 2;
-        }
-        else
+        } else
             *o++ = s[i] == '+' ? ' ' : s[i];
     }
     *o = 0;
@@ -599,7 +600,8 @@ cm_call_query (cm_call_t *self, const char *name)
             size_t len = end ? (size_t) (end - q) : strlen (q);
             const char *eq = memchr (q, '=', len);
             char *key = s_url_decode (q, eq ? (size_t) (eq - q) : len);
-            char *value = eq ? s_url_decode (eq + 1, len - (size_t) (eq - q) - 1) : cm_strdup ("");
+            char *value =
+                eq ? s_url_decode (eq + 1, len - (size_t) (eq - q) - 1) : cm_strdup ("");
             if (*key && !zhash_lookup (self->query, key))
                 zhash_insert (self->query, key, value);
             free (key);
@@ -750,8 +752,9 @@ cm_call_sse (cm_call_t *self, json_t *event)
     char *text = event ? json_dumps (event, S_JSON_FLAGS) : NULL;
     json_decref (event);
     if (!text)
-        text = cm_strdup ("{\"type\":\"abort\",\"textResponse\":null,\"sources\":[],"
-                          "\"close\":true,\"error\":\"The event could not be encoded as JSON.\"}");
+        text = cm_strdup (
+            "{\"type\":\"abort\",\"textResponse\":null,\"sources\":[],"
+            "\"close\":true,\"error\":\"The event could not be encoded as JSON.\"}");
     size_t len = strlen (text);
     char *line = cm_malloc (len + 9);
     memcpy (line, "data: ", 6);
@@ -788,15 +791,18 @@ typedef struct {
 
 static const cm_conf_entry_t s_daemon_table[] = {
     {"GATEWAY_ENDPOINT", CM_CONF_ENDPOINT, "tcp://127.0.0.1:5555", 0, 0,
-     offsetof (s_daemon_config_t, endpoint), "the gateway's ZeroMQ backend to connect to"},
+     offsetof (s_daemon_config_t, endpoint),
+     "the gateway's ZeroMQ backend to connect to"},
     {"INSTANCE_ID", CM_CONF_STR, NULL, 0, 0, offsetof (s_daemon_config_t, instance),
      "this instance's id (default service-host-pid)"},
     {"HEARTBEAT_INTERVAL_MS", CM_CONF_INT, "1000", 10, 60000,
      offsetof (s_daemon_config_t, heartbeat_ms), "heartbeat period, both directions"},
-    {"HEARTBEAT_LIVENESS", CM_CONF_INT, "3", 1, 100, offsetof (s_daemon_config_t, liveness),
+    {"HEARTBEAT_LIVENESS", CM_CONF_INT, "3", 1, 100,
+     offsetof (s_daemon_config_t, liveness),
      "missed heartbeats before a peer counts as dead"},
     {"DRAIN_TIMEOUT_MS", CM_CONF_INT, "10000", 0, 3600000,
-     offsetof (s_daemon_config_t, drain_ms), "on SIGTERM, how long open requests may finish"},
+     offsetof (s_daemon_config_t, drain_ms),
+     "on SIGTERM, how long open requests may finish"},
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
@@ -807,8 +813,8 @@ cm_worker_config_table (void)
 }
 
 int
-cm_worker_main (const char *service, const cm_route_t *routes, void *arg, size_t concurrency,
-                size_t max_pending)
+cm_worker_main (const char *service, const cm_route_t *routes, void *arg,
+                size_t concurrency, size_t max_pending)
 {
     s_daemon_config_t conf = {0};
     char err[512];
@@ -839,8 +845,9 @@ cm_worker_main (const char *service, const cm_route_t *routes, void *arg, size_t
         .arg = arg,
     };
     cm_worker_t *worker = cm_worker_new (&config);
-    cm_info ("%s instance %s connecting to %s (concurrency %zu, waiting line %zu)", service,
-             cm_worker_instance (worker), conf.endpoint, concurrency, max_pending);
+    cm_info ("%s instance %s connecting to %s (concurrency %zu, waiting line %zu)",
+             service, cm_worker_instance (worker), conf.endpoint, concurrency,
+             max_pending);
     int sig = 0;
     sigwait (&set, &sig);
     cm_info ("signal %d: draining for up to %lld ms", sig, (long long) conf.drain_ms);

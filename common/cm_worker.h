@@ -96,15 +96,15 @@ bool cm_call_cancelled (cm_call_t *self);
 //  Add a response header to the next reply message (e.g. Retry-After).
 void cm_call_header_add (cm_call_t *self, const char *name, const char *value);
 //  Send the whole reply (FINAL). At most one FINAL per call.
-void cm_call_reply (cm_call_t *self, int status, const char *content_type, const void *body,
-                    size_t size);
+void cm_call_reply (cm_call_t *self, int status, const char *content_type,
+                    const void *body, size_t size);
 //  Reply with JSON; takes the reference to value.
 void cm_call_reply_json (cm_call_t *self, int status, json_t *value);
 //  Reply {"error": message} style errors in one call.
 void cm_call_reply_error (cm_call_t *self, int status, const char *message);
 //  Stream: the first chunk fixes status and content type (PARTIAL).
-void cm_call_stream (cm_call_t *self, int status, const char *content_type, const void *data,
-                     size_t size);
+void cm_call_stream (cm_call_t *self, int status, const char *content_type,
+                     const void *data, size_t size);
 //  Stream one SSE event "data: <json>\n\n" (status 200, text/event-stream);
 //  takes the reference to event.
 void cm_call_sse (cm_call_t *self, json_t *event);

@@ -89,7 +89,8 @@ gw_broker_new (const gw_broker_config_t *config)
     zsock_set_rcvhwm (self->router, 0);
     zsock_set_linger (self->router, 0);
     if (zsock_bind (self->router, "%s", self->bind) < 0) {
-        cm_error ("cannot bind the backend at %s: %s", self->bind, zmq_strerror (zmq_errno ()));
+        cm_error ("cannot bind the backend at %s: %s", self->bind,
+                  zmq_strerror (zmq_errno ()));
         zsock_destroy (&self->router);
         free (self->bind);
         free (self);
@@ -255,8 +256,8 @@ s_instance_remove (gw_broker_t *self, s_instance_t *instance, const char *why)
             continue; //  (ended meanwhile by a nested removal)
         instance->inflight--;
         pending->instance = NULL;
-        if (pending->request && pending->attempts <= S_MAX_RETRIES
-            && !gw_exchange_started (pending->exchange)) {
+        if (pending->request && pending->attempts <= S_MAX_RETRIES &&
+            !gw_exchange_started (pending->exchange)) {
             self->retries++;
             if (s_dispatch (self, pending, pending->request))
                 continue;
@@ -464,7 +465,8 @@ s_receive (gw_broker_t *self)
         id[id_size] = 0;
         cm_msg_t *msg = NULL;
         if (more)
-            msg = cm_msg_decode (zmq_msg_data (&body), zmq_msg_size (&body), err, sizeof err);
+            msg = cm_msg_decode (zmq_msg_data (&body), zmq_msg_size (&body), err,
+                                 sizeof err);
         else
             snprintf (err, sizeof err, "wrong number of frames");
         zmq_msg_close (&id_frame);
@@ -546,8 +548,7 @@ s_tick (gw_broker_t *self, int64_t now, bool beat)
         if (now - instance->last_seen > limit) {
             self->expired_instances++;
             s_instance_remove (self, instance, "missed its heartbeats");
-        }
-        else if (beat) {
+        } else if (beat) {
             cm_msg_t *hb = cm_msg_new (CM_MSG_HEARTBEAT);
             s_send (self, id, hb);
             cm_msg_destroy (&hb);
@@ -558,32 +559,35 @@ s_tick (gw_broker_t *self, int64_t now, bool beat)
     json_t *snap = json_object ();
     json_t *live = json_object ();
     json_t *list = json_array ();
-    for (s_instance_t *i = zhashx_first (self->instances); i; i = zhashx_next (self->instances)) {
+    for (s_instance_t *i = zhashx_first (self->instances); i;
+         i = zhashx_next (self->instances)) {
         json_array_append_new (
-            list, json_pack ("{s:s, s:s, s:I, s:I, s:I, s:b, s:I, s:I}", "id", i->id, "service",
-                             i->service, "capacity", (json_int_t) i->capacity, "inflight",
-                             (json_int_t) i->inflight, "free", (json_int_t) i->reported,
-                             "draining", i->draining, "served", (json_int_t) i->served,
-                             "last_seen_ms_ago", (json_int_t) (now - i->last_seen)));
+            list,
+            json_pack ("{s:s, s:s, s:I, s:I, s:I, s:b, s:I, s:I}", "id", i->id, "service",
+                       i->service, "capacity", (json_int_t) i->capacity, "inflight",
+                       (json_int_t) i->inflight, "free", (json_int_t) i->reported,
+                       "draining", i->draining, "served", (json_int_t) i->served,
+                       "last_seen_ms_ago", (json_int_t) (now - i->last_seen)));
         if (!i->draining) {
             json_t *count = json_object_get (live, i->service);
-            json_object_set_new (live, i->service,
-                                 json_integer (count ? json_integer_value (count) + 1 : 1));
+            json_object_set_new (
+                live, i->service,
+                json_integer (count ? json_integer_value (count) + 1 : 1));
         }
     }
     json_object_set_new (snap, "instances", list);
     json_object_set_new (snap, "live", live);
     json_object_set_new (
         snap, "counters",
-        json_pack ("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "client_gone",
-                   (json_int_t) self->client_gone, "retries",
-                   (json_int_t) self->retries, "routed",
-                   (json_int_t) self->routed, "replies", (json_int_t) self->replies,
-                   "late_replies", (json_int_t) self->late_replies, "dropped_frames",
+        json_pack ("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+                   "client_gone", (json_int_t) self->client_gone, "retries",
+                   (json_int_t) self->retries, "routed", (json_int_t) self->routed,
+                   "replies", (json_int_t) self->replies, "late_replies",
+                   (json_int_t) self->late_replies, "dropped_frames",
                    (json_int_t) self->dropped_frames, "unroutable",
                    (json_int_t) self->unroutable, "timeouts", (json_int_t) self->timeouts,
-                   "expired_instances", (json_int_t) self->expired_instances, "no_instance",
-                   (json_int_t) self->no_instance, "in_flight",
+                   "expired_instances", (json_int_t) self->expired_instances,
+                   "no_instance", (json_int_t) self->no_instance, "in_flight",
                    (json_int_t) zhashx_size (self->pending)));
     pthread_mutex_lock (&self->snap_lock);
     json_decref (self->snapshot);

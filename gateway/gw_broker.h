@@ -23,9 +23,9 @@
 typedef struct gw_broker_s gw_broker_t;
 
 typedef struct {
-    const char *bind;      //  ZeroMQ endpoint to bind
-    int64_t heartbeat_ms;  //  heartbeat interval
-    int64_t liveness;      //  missed heartbeats before expiry
+    const char *bind;     //  ZeroMQ endpoint to bind
+    int64_t heartbeat_ms; //  heartbeat interval
+    int64_t liveness;     //  missed heartbeats before expiry
 } gw_broker_config_t;
 
 //  Bind and start the broker thread. NULL (logged) when the bind fails.

@@ -31,8 +31,9 @@ gw_exchange_new (const char *request_id, struct MHD_Connection *connection)
     self->request_id = cm_strdup (request_id);
     self->connection = connection;
     const union MHD_ConnectionInfo *info =
-        connection ? MHD_get_connection_info (connection, MHD_CONNECTION_INFO_CONNECTION_FD)
-                   : NULL;
+        connection
+            ? MHD_get_connection_info (connection, MHD_CONNECTION_INFO_CONNECTION_FD)
+            : NULL;
     self->fd = info ? info->connect_fd : -1;
     return self;
 }
@@ -147,15 +148,13 @@ gw_exchange_fail (gw_exchange_t *self, int status, const char *message)
             if (status == 503 || status == 429)
                 cm_msg_header_add (self->head, "Retry-After", "1");
             event = json_pack ("{s:s}", "error", message);
-        }
-        else if (self->head
-                 && !strncmp (cm_msg_content_type (self->head), "text/event-stream", 17)) {
+        } else if (self->head &&
+                   !strncmp (cm_msg_content_type (self->head), "text/event-stream", 17)) {
             //  Mid-stream: the client sees the API.md abort event, then the end.
-            event = json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "uuid", self->request_id,
-                               "type", "abort", "textResponse", "sources", "close", 1,
-                               "error", message);
-        }
-        else
+            event = json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "uuid",
+                               self->request_id, "type", "abort", "textResponse",
+                               "sources", "close", 1, "error", message);
+        } else
             event = NULL;
         if (event) {
             char *text = json_dumps (event, JSON_COMPACT);
@@ -208,8 +207,7 @@ s_reader (void *cls, uint64_t pos, char *buf, size_t max)
         memcpy (buf, self->data + self->offset, n);
         self->offset += n;
         rc = (ssize_t) n;
-    }
-    else if (self->ended)
+    } else if (self->ended)
         rc = MHD_CONTENT_READER_END_OF_STREAM;
     else {
         self->suspended = true;
@@ -259,8 +257,7 @@ gw_exchange_respond (gw_exchange_t *self)
         //  Woken early (nothing to say yet): wait again.
         self->suspended = true;
         MHD_suspend_connection (self->connection);
-    }
-    else if (self->ended && !self->streaming) {
+    } else if (self->ended && !self->streaming) {
         struct MHD_Response *response = MHD_create_response_from_buffer (
             self->size - self->offset, self->data + self->offset, MHD_RESPMEM_MUST_COPY);
         s_add_headers (self, response);
@@ -268,8 +265,7 @@ gw_exchange_respond (gw_exchange_t *self)
         MHD_destroy_response (response);
         self->offset = self->size;
         self->responded = true;
-    }
-    else {
+    } else {
         //  The reader holds its own reference until MHD frees the response.
         struct MHD_Response *response = MHD_create_response_from_callback (
             MHD_SIZE_UNKNOWN, 16 * 1024, s_reader, gw_exchange_ref (self), s_reader_free);

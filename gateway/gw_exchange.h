@@ -20,7 +20,8 @@
 typedef struct gw_exchange_s gw_exchange_t;
 
 //  New exchange for a suspended connection; one reference, the caller's.
-gw_exchange_t *gw_exchange_new (const char *request_id, struct MHD_Connection *connection);
+gw_exchange_t *gw_exchange_new (const char *request_id,
+                                struct MHD_Connection *connection);
 //  Take another reference.
 gw_exchange_t *gw_exchange_ref (gw_exchange_t *self);
 //  Drop a reference; frees on the last. Nulls the pointer; NULL-safe.

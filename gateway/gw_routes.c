@@ -2,8 +2,8 @@
 #include "gw_routes.h"
 #include "cm_worker.h"
 
-#define AUTH GW_ROUTE_AUTH
-#define JSON GW_ROUTE_JSON
+#define AUTH  GW_ROUTE_AUTH
+#define JSON  GW_ROUTE_JSON
 #define RETRY GW_ROUTE_RETRY
 
 static const gw_route_t s_routes[] = {
@@ -27,8 +27,8 @@ static const gw_route_t s_routes[] = {
      AUTH | JSON | RETRY},
     {"POST", "/api/v1/workspace/{slug}/thread/{thread}/chat", "chat", GW_LOCAL_NONE,
      AUTH | JSON | RETRY},
-    {"POST", "/api/v1/workspace/{slug}/thread/{thread}/stream-chat", "chat", GW_LOCAL_NONE,
-     AUTH | JSON | RETRY},
+    {"POST", "/api/v1/workspace/{slug}/thread/{thread}/stream-chat", "chat",
+     GW_LOCAL_NONE, AUTH | JSON | RETRY},
     {NULL, NULL, NULL, GW_LOCAL_NONE, 0},
 };
 
@@ -37,8 +37,8 @@ static const gw_route_t s_routes[] = {
 static const char *const s_services[] = {"chat", "ingest", "agent", NULL};
 
 gw_route_result_t
-gw_routes_lookup (const char *method, const char *path, const gw_route_t **route, char *allow,
-                  size_t allow_size)
+gw_routes_lookup (const char *method, const char *path, const gw_route_t **route,
+                  char *allow, size_t allow_size)
 {
     assert (method && path && route);
     *route = NULL;

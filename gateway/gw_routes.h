@@ -8,20 +8,20 @@
 #include "cm_common.h"
 
 typedef enum {
-    GW_ROUTE_AUTH = 1 << 0, //  needs a valid API key
-    GW_ROUTE_JSON = 1 << 1, //  body must be a JSON object (empty means {})
+    GW_ROUTE_AUTH = 1 << 0,  //  needs a valid API key
+    GW_ROUTE_JSON = 1 << 1,  //  body must be a JSON object (empty means {})
     GW_ROUTE_RETRY = 1 << 2, //  may be resent to another instance if the
                              //  first died before replying (running twice
                              //  is harmless: reads, and chat turns)
 } gw_route_flags_t;
 
 typedef enum {
-    GW_LOCAL_NONE = 0,  //  forwarded to its service
-    GW_LOCAL_PING,      //  GET /api/ping
-    GW_LOCAL_LIVE,      //  GET /api/health/live
-    GW_LOCAL_READY,     //  GET /api/health/ready
-    GW_LOCAL_HEALTH,    //  GET /api/health
-    GW_LOCAL_AUTH,      //  GET /api/v1/auth
+    GW_LOCAL_NONE = 0, //  forwarded to its service
+    GW_LOCAL_PING,     //  GET /api/ping
+    GW_LOCAL_LIVE,     //  GET /api/health/live
+    GW_LOCAL_READY,    //  GET /api/health/ready
+    GW_LOCAL_HEALTH,   //  GET /api/health
+    GW_LOCAL_AUTH,     //  GET /api/v1/auth
 } gw_local_t;
 
 typedef struct {
@@ -33,15 +33,16 @@ typedef struct {
 } gw_route_t;
 
 typedef enum {
-    GW_ROUTE_FOUND = 0,    //  *route is set
-    GW_ROUTE_NOT_FOUND,    //  no pattern matches the path
-    GW_ROUTE_BAD_METHOD,   //  the path exists with other methods (allow is set)
+    GW_ROUTE_FOUND = 0,  //  *route is set
+    GW_ROUTE_NOT_FOUND,  //  no pattern matches the path
+    GW_ROUTE_BAD_METHOD, //  the path exists with other methods (allow is set)
 } gw_route_result_t;
 
 //  Look a request up. On GW_ROUTE_BAD_METHOD, allow (size allow_size) gets
 //  the comma-separated methods the path accepts.
 gw_route_result_t gw_routes_lookup (const char *method, const char *path,
-                                    const gw_route_t **route, char *allow, size_t allow_size);
+                                    const gw_route_t **route, char *allow,
+                                    size_t allow_size);
 
 //  The services the table forwards to (NULL-terminated), for readiness.
 const char *const *gw_routes_services (void);

@@ -18,7 +18,8 @@ static const cm_conf_entry_t s_table[] = {
     {"SERVER_HOST", CM_CONF_STR, "0.0.0.0", 0, 0, offsetof (gw_config_t, host),
      "IPv4 address the HTTP port binds"},
     {"GATEWAY_BACKEND_BIND", CM_CONF_ENDPOINT, "tcp://127.0.0.1:5555", 0, 0,
-     offsetof (gw_config_t, backend_bind), "ZeroMQ endpoint the gateway binds for daemons"},
+     offsetof (gw_config_t, backend_bind),
+     "ZeroMQ endpoint the gateway binds for daemons"},
     {"REQUEST_TIMEOUT_MS", CM_CONF_INT, "120000", 1, 86400000,
      offsetof (gw_config_t, timeout_ms), "deadline of a forwarded request (then 504)"},
     {"MAX_BODY_BYTES", CM_CONF_INT, "16777216", 1, 60 * 1024 * 1024,
@@ -43,32 +44,32 @@ gw_config_table (void)
 }
 
 struct gw_server_s {
-    const gw_config_t *config;  //  borrowed settings
-    gw_broker_t *broker;        //  the ZeroMQ side
-    struct MHD_Daemon *daemon;  //  the HTTP side
+    const gw_config_t *config;                          //  borrowed settings
+    gw_broker_t *broker;                                //  the ZeroMQ side
+    struct MHD_Daemon *daemon;                          //  the HTTP side
     unsigned char admin_hash[crypto_generichash_BYTES]; //  hash of ADMIN_API_KEY
-    bool have_admin;            //  ADMIN_API_KEY set
-    char id_prefix[16];         //  random per start, for request ids
+    bool have_admin;                                    //  ADMIN_API_KEY set
+    char id_prefix[16];           //  random per start, for request ids
     atomic_uint_fast64_t next_id; //  request counter
-    atomic_bool stopping;       //  destroy has begun: no new forwarding
-    atomic_int open_exchanges;  //  forwarded requests not yet completed
-    int64_t started_ms;         //  mono ms at start, for uptime
-    int port;                   //  bound port
+    atomic_bool stopping;         //  destroy has begun: no new forwarding
+    atomic_int open_exchanges;    //  forwarded requests not yet completed
+    int64_t started_ms;           //  mono ms at start, for uptime
+    int port;                     //  bound port
 };
 
 //  Per-request state, created by the URI callback before the handler runs.
 typedef struct {
-    char *uri;                 //  raw URI with query string
-    const gw_route_t *route;   //  matched route
-    int early_status;          //  decided on the first call, answered later
-    char *early_message;       //  its error text
-    char allow[64];            //  for 405
-    char *body;                //  body so far
+    char *uri;               //  raw URI with query string
+    const gw_route_t *route; //  matched route
+    int early_status;        //  decided on the first call, answered later
+    char *early_message;     //  its error text
+    char allow[64];          //  for 405
+    char *body;              //  body so far
     size_t body_size, body_capacity;
-    bool too_large;            //  body over MAX_BODY_BYTES
-    bool first_call_done;      //  first access-handler call has passed
-    gw_exchange_t *exchange;   //  once forwarded
-    char identity[32];         //  authenticated caller
+    bool too_large;          //  body over MAX_BODY_BYTES
+    bool first_call_done;    //  first access-handler call has passed
+    gw_exchange_t *exchange; //  once forwarded
+    char identity[32];       //  authenticated caller
 } s_request_t;
 
 static void *
@@ -109,19 +110,21 @@ s_reply_error (struct MHD_Connection *connection, unsigned status, const char *m
 //  Constant-time check of "Authorization: Bearer <key>" against the admin
 //  key (hash both, compare the hashes: no length leak).
 static bool
-s_authenticate (gw_server_t *self, struct MHD_Connection *connection, s_request_t *request)
+s_authenticate (gw_server_t *self, struct MHD_Connection *connection,
+                s_request_t *request)
 {
     if (!self->have_admin)
         return false;
-    const char *auth =
-        MHD_lookup_connection_value (connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    const char *auth = MHD_lookup_connection_value (connection, MHD_HEADER_KIND,
+                                                    MHD_HTTP_HEADER_AUTHORIZATION);
     if (!auth || strncasecmp (auth, "Bearer ", 7))
         return false;
     const char *key = auth + 7;
     while (*key == ' ')
         key++;
     unsigned char hash[crypto_generichash_BYTES];
-    crypto_generichash (hash, sizeof hash, (const unsigned char *) key, strlen (key), NULL, 0);
+    crypto_generichash (hash, sizeof hash, (const unsigned char *) key, strlen (key),
+                        NULL, 0);
     if (sodium_memcmp (hash, self->admin_hash, sizeof hash) != 0)
         return false;
     snprintf (request->identity, sizeof request->identity, "admin");
@@ -133,14 +136,16 @@ s_local (gw_server_t *self, struct MHD_Connection *connection, s_request_t *requ
 {
     switch (request->route->local) {
         case GW_LOCAL_PING:
-            return s_reply_json (connection, 200, json_pack ("{s:b}", "online", 1), NULL, NULL);
-        case GW_LOCAL_LIVE:
-            return s_reply_json (connection, 200,
-                                 json_pack ("{s:s, s:i}", "status", "ok", "pid", (int) getpid ()),
-                                 NULL, NULL);
-        case GW_LOCAL_AUTH:
-            return s_reply_json (connection, 200, json_pack ("{s:b}", "authenticated", 1), NULL,
+            return s_reply_json (connection, 200, json_pack ("{s:b}", "online", 1), NULL,
                                  NULL);
+        case GW_LOCAL_LIVE:
+            return s_reply_json (
+                connection, 200,
+                json_pack ("{s:s, s:i}", "status", "ok", "pid", (int) getpid ()), NULL,
+                NULL);
+        case GW_LOCAL_AUTH:
+            return s_reply_json (connection, 200, json_pack ("{s:b}", "authenticated", 1),
+                                 NULL, NULL);
         case GW_LOCAL_READY:
         case GW_LOCAL_HEALTH: {
             json_t *snap = gw_broker_snapshot (self->broker);
@@ -152,25 +157,27 @@ s_local (gw_server_t *self, struct MHD_Connection *connection, s_request_t *requ
                 json_int_t n = count ? json_integer_value (count) : 0;
                 json_object_set_new (services, *s, json_pack ("{s:I}", "instances", n));
                 if (n == 0)
-                    json_array_append_new (reasons,
-                                           json_sprintf ("no %s instance is registered", *s));
+                    json_array_append_new (
+                        reasons, json_sprintf ("no %s instance is registered", *s));
             }
             bool ready = json_array_size (reasons) == 0;
             json_t *body;
             if (request->route->local == GW_LOCAL_READY)
-                body = json_pack ("{s:s, s:o}", "status", ready ? "ready" : "unready", "reasons",
-                                  reasons);
+                body = json_pack ("{s:s, s:o}", "status", ready ? "ready" : "unready",
+                                  "reasons", reasons);
             else
                 body = json_pack ("{s:s, s:{s:i, s:I}, s:o, s:O, s:O, s:o}", "status",
-                                  ready ? "ok" : "unready", "process", "pid", (int) getpid (),
-                                  "uptime_ms", (json_int_t) (cm_clock_mono_ms () - self->started_ms),
-                                  "services", services,
-                                  "instances", json_object_get (snap, "instances"), "broker",
+                                  ready ? "ok" : "unready", "process", "pid",
+                                  (int) getpid (), "uptime_ms",
+                                  (json_int_t) (cm_clock_mono_ms () - self->started_ms),
+                                  "services", services, "instances",
+                                  json_object_get (snap, "instances"), "broker",
                                   json_object_get (snap, "counters"), "reasons", reasons);
             if (request->route->local == GW_LOCAL_READY)
                 json_decref (services);
             json_decref (snap);
-            return s_reply_json (connection, ready ? 200 : 503, body, ready ? NULL : "1", NULL);
+            return s_reply_json (connection, ready ? 200 : 503, body, ready ? NULL : "1",
+                                 NULL);
         }
         case GW_LOCAL_NONE:
             break;
@@ -200,7 +207,8 @@ s_forward (gw_server_t *self, struct MHD_Connection *connection, s_request_t *re
     cm_msg_set_route (msg, request->uri);
     cm_msg_set_identity (msg, request->identity);
     cm_msg_set_deadline (msg, cm_clock_wall_ms () + self->config->timeout_ms);
-    static const char *forwarded[] = {"Content-Type", "Accept", "Last-Event-ID", "User-Agent"};
+    static const char *forwarded[] = {"Content-Type", "Accept", "Last-Event-ID",
+                                      "User-Agent"};
     for (size_t i = 0; i < sizeof forwarded / sizeof *forwarded; i++) {
         const char *value =
             MHD_lookup_connection_value (connection, MHD_HEADER_KIND, forwarded[i]);
@@ -245,18 +253,19 @@ s_first_call (gw_server_t *self, struct MHD_Connection *connection, s_request_t 
         request->early_message = cm_strdup ("No valid api key found.");
         return;
     }
-    const char *length =
-        MHD_lookup_connection_value (connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (length && strtoull (length, NULL, 10) > (unsigned long long) self->config->max_body) {
+    const char *length = MHD_lookup_connection_value (connection, MHD_HEADER_KIND,
+                                                      MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (length &&
+        strtoull (length, NULL, 10) > (unsigned long long) self->config->max_body) {
         request->too_large = true;
         return;
     }
 }
 
 static enum MHD_Result
-s_handler (void *cls, struct MHD_Connection *connection, const char *url, const char *method,
-           const char *version, const char *upload_data, size_t *upload_data_size,
-           void **con_cls)
+s_handler (void *cls, struct MHD_Connection *connection, const char *url,
+           const char *method, const char *version, const char *upload_data,
+           size_t *upload_data_size, void **con_cls)
 {
     (void) version;
     gw_server_t *self = cls;
@@ -283,10 +292,12 @@ s_handler (void *cls, struct MHD_Connection *connection, const char *url, const 
                 request->too_large = true;
             else {
                 if (request->body_size + *upload_data_size + 1 > request->body_capacity) {
-                    request->body_capacity = (request->body_size + *upload_data_size + 1) * 2;
+                    request->body_capacity =
+                        (request->body_size + *upload_data_size + 1) * 2;
                     request->body = cm_realloc (request->body, request->body_capacity);
                 }
-                memcpy (request->body + request->body_size, upload_data, *upload_data_size);
+                memcpy (request->body + request->body_size, upload_data,
+                        *upload_data_size);
                 request->body_size += *upload_data_size;
             }
         }
@@ -295,8 +306,9 @@ s_handler (void *cls, struct MHD_Connection *connection, const char *url, const 
     }
     //  The whole request is in.
     if (request->early_status == 405)
-        return s_reply_json (connection, 405, json_pack ("{s:s}", "error", request->early_message),
-                             NULL, request->allow);
+        return s_reply_json (connection, 405,
+                             json_pack ("{s:s}", "error", request->early_message), NULL,
+                             request->allow);
     if (request->early_status)
         return s_reply_error (connection, (unsigned) request->early_status,
                               request->early_message);
@@ -313,14 +325,16 @@ s_handler (void *cls, struct MHD_Connection *connection, const char *url, const 
         json_t *parsed = json_loadb (request->body, request->body_size, 0, &error);
         if (!parsed) {
             char message[300];
-            snprintf (message, sizeof message, "Invalid JSON body: %s (line %d, column %d).",
-                      error.text, error.line, error.column);
+            snprintf (message, sizeof message,
+                      "Invalid JSON body: %s (line %d, column %d).", error.text,
+                      error.line, error.column);
             return s_reply_error (connection, 400, message);
         }
         bool object = json_is_object (parsed);
         json_decref (parsed);
         if (!object)
-            return s_reply_error (connection, 400, "Invalid JSON body: expected an object.");
+            return s_reply_error (connection, 400,
+                                  "Invalid JSON body: expected an object.");
     }
     return s_forward (self, connection, request, method);
 }
@@ -363,8 +377,7 @@ gw_server_new (const gw_config_t *config)
         crypto_generichash (self->admin_hash, sizeof self->admin_hash,
                             (const unsigned char *) config->admin_key,
                             strlen (config->admin_key), NULL, 0);
-    }
-    else
+    } else
         cm_warn ("ADMIN_API_KEY is not set: every /api/v1 route will answer 403");
     uint32_t prefix = randombytes_random ();
     snprintf (self->id_prefix, sizeof self->id_prefix, "%08x", prefix);
@@ -389,10 +402,10 @@ gw_server_new (const gw_config_t *config)
         threads = cpus > 0 ? (unsigned) cpus : 1;
     }
     self->daemon = MHD_start_daemon (
-        MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL,
-        NULL, s_handler, self, MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &addr,
-        MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_URI_LOG_CALLBACK, s_uri_logger, self,
-        MHD_OPTION_NOTIFY_COMPLETED, s_completed, self, MHD_OPTION_CONNECTION_LIMIT,
+        MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0,
+        NULL, NULL, s_handler, self, MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &addr,
+        MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_URI_LOG_CALLBACK, s_uri_logger,
+        self, MHD_OPTION_NOTIFY_COMPLETED, s_completed, self, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned) config->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) 120,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_END);
     if (!self->daemon) {
@@ -400,10 +413,11 @@ gw_server_new (const gw_config_t *config)
                   (long long) config->port);
         goto fail;
     }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info (self->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    const union MHD_DaemonInfo *info =
+        MHD_get_daemon_info (self->daemon, MHD_DAEMON_INFO_BIND_PORT);
     self->port = info ? info->port : (int) config->port;
-    cm_info ("gateway listening on http://%s:%d, backend %s, %u HTTP threads", config->host,
-             self->port, config->backend_bind, threads);
+    cm_info ("gateway listening on http://%s:%d, backend %s, %u HTTP threads",
+             config->host, self->port, config->backend_bind, threads);
     return self;
 fail:
     gw_broker_destroy (&self->broker);
@@ -427,7 +441,8 @@ gw_server_destroy (gw_server_t **self_p)
     while (atomic_load (&self->open_exchanges) > 0 && cm_clock_mono_ms () < until)
         usleep (5 * 1000);
     if (atomic_load (&self->open_exchanges) > 0)
-        cm_warn ("%d requests still open at shutdown", atomic_load (&self->open_exchanges));
+        cm_warn ("%d requests still open at shutdown",
+                 atomic_load (&self->open_exchanges));
     MHD_stop_daemon (self->daemon);
     gw_broker_destroy (&self->broker);
     free (self);

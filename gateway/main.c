@@ -11,10 +11,11 @@ int
 main (int argc, char **argv)
 {
     cm_log_init ("gateway");
-    int rc = cm_main_args (argc, argv, "gateway",
-                           "The HTTP gateway: authenticates requests and forwards them over "
-                           "ZeroMQ to the chat, ingestion and agent daemons.",
-                           gw_config_table ());
+    int rc =
+        cm_main_args (argc, argv, "gateway",
+                      "The HTTP gateway: authenticates requests and forwards them over "
+                      "ZeroMQ to the chat, ingestion and agent daemons.",
+                      gw_config_table ());
     if (rc)
         return rc > 0 ? 0 : 2;
     gw_config_t config = {0};

@@ -21,7 +21,8 @@ static const char *s_summary =
     "  -V, --version       the version";
 
 //  Returns 0 to go on, 1 to exit 0 (help or version shown), -1 to exit 2.
-static int s_args (int argc, char **argv, const char **config)
+static int
+s_args (int argc, char **argv, const char **config)
 {
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
@@ -54,7 +55,8 @@ static int s_args (int argc, char **argv, const char **config)
     return 0;
 }
 
-int main (int argc, char **argv)
+int
+main (int argc, char **argv)
 {
     cm_log_init ("supervisor");
     const char *config = NULL;
@@ -73,7 +75,7 @@ int main (int argc, char **argv)
         cm_error ("%s", err);
         goto done;
     }
-    cm_log_set_level ((cm_log_level_t)cm_log_level_parse (settings.log_level));
+    cm_log_set_level ((cm_log_level_t) cm_log_level_parse (settings.log_level));
     cm_info ("RUN_DIR=%s BIN_DIR=%s REDIS_URL=%s", settings.run_dir, settings.bin_dir,
              settings.redis_url);
     conf = sup_conf_load (config, err, sizeof err);

@@ -19,7 +19,8 @@ struct sup_backoff_s {
 //  Doubling stops here: 2^40 ms is decades, far past any cap.
 #define SUP_BACKOFF_ATTEMPT_MAX 40
 
-sup_backoff_t *sup_backoff_new (const sup_backoff_policy_t *policy)
+sup_backoff_t *
+sup_backoff_new (const sup_backoff_policy_t *policy)
 {
     assert (policy);
     assert (policy->initial_ms > 0 && policy->max_ms >= policy->initial_ms);
@@ -27,12 +28,13 @@ sup_backoff_t *sup_backoff_new (const sup_backoff_policy_t *policy)
     sup_backoff_t *self = cm_calloc (1, sizeof *self);
     self->policy = *policy;
     self->started_ms = -1;
-    self->ring_size = policy->max_crashes > 0 ? (size_t)policy->max_crashes : 1;
+    self->ring_size = policy->max_crashes > 0 ? (size_t) policy->max_crashes : 1;
     self->ring = cm_calloc (self->ring_size, sizeof *self->ring);
     return self;
 }
 
-void sup_backoff_destroy (sup_backoff_t **self_p)
+void
+sup_backoff_destroy (sup_backoff_t **self_p)
 {
     assert (self_p);
     sup_backoff_t *self = *self_p;
@@ -43,14 +45,16 @@ void sup_backoff_destroy (sup_backoff_t **self_p)
     }
 }
 
-void sup_backoff_started (sup_backoff_t *self, int64_t now_ms)
+void
+sup_backoff_started (sup_backoff_t *self, int64_t now_ms)
 {
     assert (self);
     self->started_ms = now_ms;
 }
 
-sup_backoff_verdict_t sup_backoff_exited (sup_backoff_t *self, int64_t now_ms,
-                                          uint32_t random, int64_t *delay_ms)
+sup_backoff_verdict_t
+sup_backoff_exited (sup_backoff_t *self, int64_t now_ms, uint32_t random,
+                    int64_t *delay_ms)
 {
     assert (self && delay_ms);
     if (self->started_ms >= 0 && now_ms - self->started_ms >= self->policy.reset_ms)
@@ -62,7 +66,7 @@ sup_backoff_verdict_t sup_backoff_exited (sup_backoff_t *self, int64_t now_ms,
     if (self->ring_used < self->ring_size)
         self->ring_used++;
     if (self->policy.max_crashes > 0 &&
-        sup_backoff_crashes (self, now_ms) >= (size_t)self->policy.max_crashes)
+        sup_backoff_crashes (self, now_ms) >= (size_t) self->policy.max_crashes)
         return SUP_BACKOFF_GIVE_UP;
 
     *delay_ms = sup_backoff_delay (&self->policy, self->attempt, random);
@@ -71,7 +75,8 @@ sup_backoff_verdict_t sup_backoff_exited (sup_backoff_t *self, int64_t now_ms,
     return SUP_BACKOFF_RESTART;
 }
 
-size_t sup_backoff_crashes (sup_backoff_t *self, int64_t now_ms)
+size_t
+sup_backoff_crashes (sup_backoff_t *self, int64_t now_ms)
 {
     assert (self);
     size_t count = 0;
@@ -81,14 +86,15 @@ size_t sup_backoff_crashes (sup_backoff_t *self, int64_t now_ms)
     return count;
 }
 
-unsigned sup_backoff_attempt (sup_backoff_t *self)
+unsigned
+sup_backoff_attempt (sup_backoff_t *self)
 {
     assert (self);
     return self->attempt;
 }
 
-int64_t sup_backoff_delay (const sup_backoff_policy_t *policy, unsigned attempt,
-                           uint32_t random)
+int64_t
+sup_backoff_delay (const sup_backoff_policy_t *policy, unsigned attempt, uint32_t random)
 {
     assert (policy && policy->initial_ms > 0);
     int64_t base = policy->initial_ms;
@@ -98,5 +104,5 @@ int64_t sup_backoff_delay (const sup_backoff_policy_t *policy, unsigned attempt,
         base = policy->max_ms;
     //  Jitter takes off up to half: never longer than the cap, never so
     //  short that the back-off stops meaning anything.
-    return base - (int64_t)(random % (uint64_t)(base / 2 + 1));
+    return base - (int64_t) (random % (uint64_t) (base / 2 + 1));
 }

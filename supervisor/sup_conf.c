@@ -96,7 +96,8 @@ static char *s_trim (char *s);
 static bool s_valid_name (const char *s, size_t n);
 static bool s_valid_var (const char *s, size_t n);
 
-sup_conf_t *sup_conf_load (const char *path, char *err, size_t errlen)
+sup_conf_t *
+sup_conf_load (const char *path, char *err, size_t errlen)
 {
     assert (path && err);
     FILE *file = fopen (path, "r");
@@ -121,8 +122,8 @@ sup_conf_t *sup_conf_load (const char *path, char *err, size_t errlen)
     return self;
 }
 
-sup_conf_t *sup_conf_parse (const char *text, const char *origin, char *err,
-                            size_t errlen)
+sup_conf_t *
+sup_conf_parse (const char *text, const char *origin, char *err, size_t errlen)
 {
     assert (text && origin && err);
     sup_conf_t *self = cm_calloc (1, sizeof *self);
@@ -133,7 +134,7 @@ sup_conf_t *sup_conf_parse (const char *text, const char *origin, char *err,
     int rc = 0;
     while (*p && rc == 0) {
         const char *eol = strchr (p, '\n');
-        size_t len = eol ? (size_t)(eol - p) : strlen (p);
+        size_t len = eol ? (size_t) (eol - p) : strlen (p);
         char *line = cm_strndup (p, len);
         p += len + (eol ? 1 : 0);
         lineno++;
@@ -173,7 +174,8 @@ sup_conf_t *sup_conf_parse (const char *text, const char *origin, char *err,
     return self;
 }
 
-void sup_conf_destroy (sup_conf_t **self_p)
+void
+sup_conf_destroy (sup_conf_t **self_p)
 {
     assert (self_p);
     sup_conf_t *self = *self_p;
@@ -186,19 +188,22 @@ void sup_conf_destroy (sup_conf_t **self_p)
     }
 }
 
-size_t sup_conf_size (sup_conf_t *self)
+size_t
+sup_conf_size (sup_conf_t *self)
 {
     assert (self);
     return self->size;
 }
 
-const sup_program_t *sup_conf_program (sup_conf_t *self, size_t index)
+const sup_program_t *
+sup_conf_program (sup_conf_t *self, size_t index)
 {
     assert (self && index < self->size);
     return self->programs[index];
 }
 
-const sup_program_t *sup_conf_lookup (sup_conf_t *self, const char *name)
+const sup_program_t *
+sup_conf_lookup (sup_conf_t *self, const char *name)
 {
     assert (self && name);
     for (size_t i = 0; i < self->size; i++)
@@ -207,7 +212,8 @@ const sup_program_t *sup_conf_lookup (sup_conf_t *self, const char *name)
     return NULL;
 }
 
-char *sup_conf_expand (const char *text, char *err, size_t errlen)
+char *
+sup_conf_expand (const char *text, char *err, size_t errlen)
 {
     assert (text && err);
     s_buf_t out = {0};
@@ -218,43 +224,50 @@ char *sup_conf_expand (const char *text, char *err, size_t errlen)
     return s_buf_take (&out);
 }
 
-const char *sup_program_name (const sup_program_t *self)
+const char *
+sup_program_name (const sup_program_t *self)
 {
     assert (self);
     return self->name;
 }
 
-char *const *sup_program_argv (const sup_program_t *self)
+char *const *
+sup_program_argv (const sup_program_t *self)
 {
     assert (self);
     return self->argv;
 }
 
-size_t sup_program_argc (const sup_program_t *self)
+size_t
+sup_program_argc (const sup_program_t *self)
 {
     assert (self);
     return self->argc;
 }
 
-char *const *sup_program_env (const sup_program_t *self)
+char *const *
+sup_program_env (const sup_program_t *self)
 {
     assert (self);
     return self->env;
 }
 
-size_t sup_program_replicas (const sup_program_t *self)
+size_t
+sup_program_replicas (const sup_program_t *self)
 {
     assert (self);
-    return (size_t)self->replicas;
+    return (size_t) self->replicas;
 }
 
-int sup_program_stop_signal (const sup_program_t *self)
+int
+sup_program_stop_signal (const sup_program_t *self)
 {
     assert (self);
     return self->stop_signal;
 }
 
-int sup_program_line (const sup_program_t *self)
+int
+sup_program_line (const sup_program_t *self)
 {
     assert (self);
     return self->line;
@@ -263,7 +276,8 @@ int sup_program_line (const sup_program_t *self)
 //  --------------------------------------------------------------------------
 //  Private helpers
 
-static sup_program_t *s_program_new (const char *name, int line)
+static sup_program_t *
+s_program_new (const char *name, int line)
 {
     sup_program_t *self = cm_calloc (1, sizeof *self);
     self->name = cm_strdup (name);
@@ -274,7 +288,8 @@ static sup_program_t *s_program_new (const char *name, int line)
     return self;
 }
 
-static void s_program_destroy (sup_program_t **self_p)
+static void
+s_program_destroy (sup_program_t **self_p)
 {
     sup_program_t *self = *self_p;
     if (self) {
@@ -287,7 +302,8 @@ static void s_program_destroy (sup_program_t **self_p)
 }
 
 //  One logical line, trimmed of nothing yet: a section header or key = value.
-static int s_parse_line (s_parser_t *parser, char *line)
+static int
+s_parse_line (s_parser_t *parser, char *line)
 {
     line = s_trim (line);
     size_t len = strlen (line);
@@ -346,7 +362,8 @@ static int s_parse_line (s_parser_t *parser, char *line)
 }
 
 //  The current section is complete: check it and add it to the conf.
-static int s_finish_program (s_parser_t *parser)
+static int
+s_finish_program (s_parser_t *parser)
 {
     sup_program_t *program = parser->program;
     if (!program)
@@ -365,8 +382,8 @@ static int s_finish_program (s_parser_t *parser)
     return 0;
 }
 
-static int s_key_command (s_parser_t *parser, sup_program_t *program, char ***words_p,
-                          size_t count)
+static int
+s_key_command (s_parser_t *parser, sup_program_t *program, char ***words_p, size_t count)
 {
     if (count == 0)
         return s_fail (parser, "command: nothing to run");
@@ -376,8 +393,8 @@ static int s_key_command (s_parser_t *parser, sup_program_t *program, char ***wo
     return 0;
 }
 
-static int s_key_replicas (s_parser_t *parser, sup_program_t *program, char ***words_p,
-                           size_t count)
+static int
+s_key_replicas (s_parser_t *parser, sup_program_t *program, char ***words_p, size_t count)
 {
     char **words = *words_p;
     if (count != 1 ||
@@ -387,14 +404,14 @@ static int s_key_replicas (s_parser_t *parser, sup_program_t *program, char ***w
     return 0;
 }
 
-static int s_key_env (s_parser_t *parser, sup_program_t *program, char ***words_p,
-                      size_t count)
+static int
+s_key_env (s_parser_t *parser, sup_program_t *program, char ***words_p, size_t count)
 {
     char **words = *words_p;
     if (count != 1)
         return s_fail (parser, "env: expected one KEY=VALUE (quote a value with spaces)");
     const char *equals = strchr (words[0], '=');
-    if (!equals || !s_valid_var (words[0], (size_t)(equals - words[0])))
+    if (!equals || !s_valid_var (words[0], (size_t) (equals - words[0])))
         return s_fail (parser, "env: '%s' is not KEY=VALUE with KEY a variable name",
                        words[0]);
     program->env =
@@ -404,8 +421,9 @@ static int s_key_env (s_parser_t *parser, sup_program_t *program, char ***words_
     return 0;
 }
 
-static int s_key_stop_signal (s_parser_t *parser, sup_program_t *program, char ***words_p,
-                              size_t count)
+static int
+s_key_stop_signal (s_parser_t *parser, sup_program_t *program, char ***words_p,
+                   size_t count)
 {
     char **words = *words_p;
     const char *name = count == 1 ? words[0] : "";
@@ -423,21 +441,21 @@ static int s_key_stop_signal (s_parser_t *parser, sup_program_t *program, char *
 }
 
 //  Split text into words as a shell would, expanding ${...} as it goes.
-static int s_split (const char *text, char ***words_p, size_t *count_p, char *err,
-                    size_t errlen)
+static int
+s_split (const char *text, char ***words_p, size_t *count_p, char *err, size_t errlen)
 {
     char **words = cm_calloc (1, sizeof *words);
     size_t count = 0;
     const char *p = text;
     while (true) {
-        while (isspace ((unsigned char)*p))
+        while (isspace ((unsigned char) *p))
             p++;
         if (!*p)
             break;
         s_buf_t word = {0};
         bool quoted = false;
         int rc = 0;
-        while (*p && !isspace ((unsigned char)*p) && rc == 0) {
+        while (*p && !isspace ((unsigned char) *p) && rc == 0) {
             if (*p == '\'') {
                 const char *end = strchr (p + 1, '\'');
                 if (!end) {
@@ -445,7 +463,7 @@ static int s_split (const char *text, char ***words_p, size_t *count_p, char *er
                     rc = -1;
                     break;
                 }
-                s_buf_put (&word, p + 1, (size_t)(end - p - 1));
+                s_buf_put (&word, p + 1, (size_t) (end - p - 1));
                 quoted = true;
                 p = end + 1;
             } else if (*p == '"') {
@@ -493,7 +511,8 @@ static int s_split (const char *text, char ***words_p, size_t *count_p, char *er
     return 0;
 }
 
-static int s_expand_text (const char *text, s_buf_t *out, char *err, size_t errlen)
+static int
+s_expand_text (const char *text, s_buf_t *out, char *err, size_t errlen)
 {
     const char *p = text;
     while (*p)
@@ -506,7 +525,8 @@ static int s_expand_text (const char *text, s_buf_t *out, char *err, size_t errl
 }
 
 //  Expand the $$ or ${...} at *p into out and move *p past it.
-static int s_expand_dollar (const char **p, s_buf_t *out, char *err, size_t errlen)
+static int
+s_expand_dollar (const char **p, s_buf_t *out, char *err, size_t errlen)
 {
     const char *s = *p;
     assert (*s == '$');
@@ -521,12 +541,12 @@ static int s_expand_dollar (const char **p, s_buf_t *out, char *err, size_t errl
     }
     const char *name = s + 2;
     const char *q = name;
-    while (isalnum ((unsigned char)*q) || *q == '_')
+    while (isalnum ((unsigned char) *q) || *q == '_')
         q++;
-    size_t namelen = (size_t)(q - name);
+    size_t namelen = (size_t) (q - name);
     if (!s_valid_var (name, namelen) || (*q != '}' && strncmp (q, ":-", 2))) {
         snprintf (err, errlen, "malformed '%.*s': expected ${NAME} or ${NAME:-default}",
-                  (int)strcspn (s, "} \t"), s);
+                  (int) strcspn (s, "} \t"), s);
         return -1;
     }
     char *var = cm_strndup (name, namelen);
@@ -565,7 +585,7 @@ static int s_expand_dollar (const char **p, s_buf_t *out, char *err, size_t errl
         } else if (value && *value)
             s_buf_put (out, value, strlen (value));
         else {
-            char *def = cm_strndup (d, (size_t)(end - d));
+            char *def = cm_strndup (d, (size_t) (end - d));
             rc = s_expand_text (def, out, err, errlen);
             free (def);
         }
@@ -575,7 +595,8 @@ static int s_expand_dollar (const char **p, s_buf_t *out, char *err, size_t errl
     return rc;
 }
 
-static void s_words_free (char ***words_p)
+static void
+s_words_free (char ***words_p)
 {
     char **words = *words_p;
     if (words) {
@@ -586,25 +607,28 @@ static void s_words_free (char ***words_p)
     }
 }
 
-static int s_fail (s_parser_t *parser, const char *fmt, ...)
+static int
+s_fail (s_parser_t *parser, const char *fmt, ...)
 {
     int n =
         snprintf (parser->err, parser->errlen, "%s:%d: ", parser->origin, parser->line);
-    if (n >= 0 && (size_t)n < parser->errlen) {
+    if (n >= 0 && (size_t) n < parser->errlen) {
         va_list args;
         va_start (args, fmt);
-        vsnprintf (parser->err + n, parser->errlen - (size_t)n, fmt, args);
+        vsnprintf (parser->err + n, parser->errlen - (size_t) n, fmt, args);
         va_end (args);
     }
     return -1;
 }
 
-static void s_buf_putc (s_buf_t *buf, char c)
+static void
+s_buf_putc (s_buf_t *buf, char c)
 {
     s_buf_put (buf, &c, 1);
 }
 
-static void s_buf_put (s_buf_t *buf, const char *s, size_t n)
+static void
+s_buf_put (s_buf_t *buf, const char *s, size_t n)
 {
     if (buf->len + n + 1 > buf->cap) {
         buf->cap = (buf->len + n + 1) * 2;
@@ -616,7 +640,8 @@ static void s_buf_put (s_buf_t *buf, const char *s, size_t n)
 }
 
 //  Hand over the contents (an empty string if none) and reset buf.
-static char *s_buf_take (s_buf_t *buf)
+static char *
+s_buf_take (s_buf_t *buf)
 {
     char *data = buf->data ? buf->data : cm_strdup ("");
     buf->data = NULL;
@@ -624,34 +649,37 @@ static char *s_buf_take (s_buf_t *buf)
     return data;
 }
 
-static char *s_trim (char *s)
+static char *
+s_trim (char *s)
 {
-    while (isspace ((unsigned char)*s))
+    while (isspace ((unsigned char) *s))
         s++;
     size_t len = strlen (s);
-    while (len > 0 && isspace ((unsigned char)s[len - 1]))
+    while (len > 0 && isspace ((unsigned char) s[len - 1]))
         s[--len] = 0;
     return s;
 }
 
 //  Program names: letters, digits, '_', '-', '.'.
-static bool s_valid_name (const char *s, size_t n)
+static bool
+s_valid_name (const char *s, size_t n)
 {
     if (n == 0)
         return false;
     for (size_t i = 0; i < n; i++)
-        if (!isalnum ((unsigned char)s[i]) && !strchr ("_-.", s[i]))
+        if (!isalnum ((unsigned char) s[i]) && !strchr ("_-.", s[i]))
             return false;
     return true;
 }
 
 //  Environment variable names: a letter or '_', then letters, digits, '_'.
-static bool s_valid_var (const char *s, size_t n)
+static bool
+s_valid_var (const char *s, size_t n)
 {
-    if (n == 0 || isdigit ((unsigned char)s[0]))
+    if (n == 0 || isdigit ((unsigned char) s[0]))
         return false;
     for (size_t i = 0; i < n; i++)
-        if (!isalnum ((unsigned char)s[i]) && s[i] != '_')
+        if (!isalnum ((unsigned char) s[i]) && s[i] != '_')
             return false;
     return true;
 }

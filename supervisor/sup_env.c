@@ -46,7 +46,8 @@ const cm_conf_entry_t sup_env_table[] = {
 
 static int s_mkdir (const char *path, bool parents);
 
-int sup_env_load (sup_settings_t *settings, char *err, size_t errlen)
+int
+sup_env_load (sup_settings_t *settings, char *err, size_t errlen)
 {
     assert (settings && err);
     if (cm_config_load (sup_env_table, settings, err, errlen))
@@ -55,8 +56,8 @@ int sup_env_load (sup_settings_t *settings, char *err, size_t errlen)
         snprintf (err, errlen,
                   "SUPERVISOR_RESTART_INITIAL_MS (%lld) must not exceed "
                   "SUPERVISOR_RESTART_MAX_MS (%lld)",
-                  (long long)settings->restart_initial_ms,
-                  (long long)settings->restart_max_ms);
+                  (long long) settings->restart_initial_ms,
+                  (long long) settings->restart_max_ms);
         return -1;
     }
     if (cm_log_level_parse (settings->log_level) < 0) {
@@ -67,13 +68,15 @@ int sup_env_load (sup_settings_t *settings, char *err, size_t errlen)
     return 0;
 }
 
-void sup_env_free (sup_settings_t *settings)
+void
+sup_env_free (sup_settings_t *settings)
 {
     assert (settings);
     cm_config_free (sup_env_table, settings);
 }
 
-sup_backoff_policy_t sup_env_backoff_policy (const sup_settings_t *settings)
+sup_backoff_policy_t
+sup_env_backoff_policy (const sup_settings_t *settings)
 {
     assert (settings);
     sup_backoff_policy_t policy = {
@@ -86,20 +89,21 @@ sup_backoff_policy_t sup_env_backoff_policy (const sup_settings_t *settings)
     return policy;
 }
 
-int sup_env_redis_url (const char *url, char *host, size_t hostlen, int64_t *port)
+int
+sup_env_redis_url (const char *url, char *host, size_t hostlen, int64_t *port)
 {
     assert (url && host && port);
     if (strncasecmp (url, "redis://", 8))
         return -1;
     const char *p = url + 8;
     const char *end = p + strcspn (p, "/?#");
-    const char *at = memrchr (p, '@', (size_t)(end - p));
+    const char *at = memrchr (p, '@', (size_t) (end - p));
     if (at)
         p = at + 1;
     const char *host_start = p, *host_end, *port_text = NULL;
     if (*p == '[') {
         host_start = p + 1;
-        host_end = memchr (p, ']', (size_t)(end - p));
+        host_end = memchr (p, ']', (size_t) (end - p));
         if (!host_end)
             return -1;
         if (host_end + 1 < end) {
@@ -108,21 +112,21 @@ int sup_env_redis_url (const char *url, char *host, size_t hostlen, int64_t *por
             port_text = host_end + 2;
         }
     } else {
-        host_end = memchr (p, ':', (size_t)(end - p));
+        host_end = memchr (p, ':', (size_t) (end - p));
         if (host_end)
             port_text = host_end + 1;
         else
             host_end = end;
     }
-    size_t len = (size_t)(host_end - host_start);
+    size_t len = (size_t) (host_end - host_start);
     if (len == 0 || len >= hostlen)
         return -1;
     for (const char *c = host_start; c < host_end; c++)
-        if (!isalnum ((unsigned char)*c) && !strchr (".-_:%", *c))
+        if (!isalnum ((unsigned char) *c) && !strchr (".-_:%", *c))
             return -1;
     *port = S_REDIS_DEFAULT_PORT;
     if (port_text) {
-        char *text = cm_strndup (port_text, (size_t)(end - port_text));
+        char *text = cm_strndup (port_text, (size_t) (end - port_text));
         int rc = cm_config_parse_int (text, 1, 65535, port);
         bool bad = rc || strchr (text, ' ');
         free (text);
@@ -131,7 +135,7 @@ int sup_env_redis_url (const char *url, char *host, size_t hostlen, int64_t *por
     }
     //  An optional database number, then nothing but a query string.
     if (*end == '/')
-        for (end++; isdigit ((unsigned char)*end); end++)
+        for (end++; isdigit ((unsigned char) *end); end++)
             ;
     if (*end && *end != '?')
         return -1;
@@ -140,7 +144,8 @@ int sup_env_redis_url (const char *url, char *host, size_t hostlen, int64_t *por
     return 0;
 }
 
-int sup_env_prepare (sup_settings_t *settings, char *err, size_t errlen)
+int
+sup_env_prepare (sup_settings_t *settings, char *err, size_t errlen)
 {
     assert (settings && settings->redis_url && settings->run_dir && err);
     char host[256];
@@ -152,7 +157,7 @@ int sup_env_prepare (sup_settings_t *settings, char *err, size_t errlen)
         return -1;
     }
     char port_text[16];
-    snprintf (port_text, sizeof port_text, "%lld", (long long)port);
+    snprintf (port_text, sizeof port_text, "%lld", (long long) port);
     setenv ("REDIS_URL", settings->redis_url, 1);
     setenv ("REDIS_HOST", host, 1);
     setenv ("REDIS_PORT", port_text, 1);
@@ -209,7 +214,8 @@ int sup_env_prepare (sup_settings_t *settings, char *err, size_t errlen)
     return 0;
 }
 
-int sup_env_admin_key (sup_settings_t *settings, FILE *out, char *err, size_t errlen)
+int
+sup_env_admin_key (sup_settings_t *settings, FILE *out, char *err, size_t errlen)
 {
     assert (settings && settings->run_dir && out && err);
     if (settings->admin_api_key)
@@ -229,12 +235,12 @@ int sup_env_admin_key (sup_settings_t *settings, FILE *out, char *err, size_t er
                       strerror (errno));
             return -1;
         }
-        while (n > 0 && isspace ((unsigned char)key[n - 1]))
+        while (n > 0 && isspace ((unsigned char) key[n - 1]))
             n--;
         key[n] = 0;
         bool valid = n > 0;
         for (ssize_t i = 0; i < n; i++)
-            if (!isgraph ((unsigned char)key[i]))
+            if (!isgraph ((unsigned char) key[i]))
                 valid = false;
         if (!valid) {
             snprintf (
@@ -265,7 +271,7 @@ int sup_env_admin_key (sup_settings_t *settings, FILE *out, char *err, size_t er
         size_t len = strlen (key);
         key[len] = '\n';
         bool written =
-            fchmod (fd, 0600) == 0 && write (fd, key, len + 1) == (ssize_t)len + 1;
+            fchmod (fd, 0600) == 0 && write (fd, key, len + 1) == (ssize_t) len + 1;
         key[len] = 0;
         int saved = errno;
         if (close (fd))
@@ -292,7 +298,8 @@ int sup_env_admin_key (sup_settings_t *settings, FILE *out, char *err, size_t er
 }
 
 //  mkdir that accepts an existing directory; with parents, like mkdir -p.
-static int s_mkdir (const char *path, bool parents)
+static int
+s_mkdir (const char *path, bool parents)
 {
     if (!*path) {
         errno = ENOENT;

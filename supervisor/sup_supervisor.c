@@ -91,7 +91,8 @@ static void s_kill_all (sup_supervisor_t *self, int signum, bool log);
 static s_instance_t *s_lookup (sup_supervisor_t *self, pid_t pid);
 static void s_command_line (const sup_program_t *program, char *buf, size_t size);
 
-sup_supervisor_t *sup_supervisor_new (sup_conf_t **conf_p, const sup_settings_t *settings)
+sup_supervisor_t *
+sup_supervisor_new (sup_conf_t **conf_p, const sup_settings_t *settings)
 {
     assert (conf_p && *conf_p && settings);
     if (sodium_init () < 0) {
@@ -144,7 +145,8 @@ sup_supervisor_t *sup_supervisor_new (sup_conf_t **conf_p, const sup_settings_t 
     return self;
 }
 
-void sup_supervisor_destroy (sup_supervisor_t **self_p)
+void
+sup_supervisor_destroy (sup_supervisor_t **self_p)
 {
     assert (self_p);
     sup_supervisor_t *self = *self_p;
@@ -157,7 +159,7 @@ void sup_supervisor_destroy (sup_supervisor_t **self_p)
         //  Drain what is pending, so that unblocking does not hand a stale
         //  signal to its default action.
         struct signalfd_siginfo info;
-        while (read (self->sigfd, &info, sizeof info) == (ssize_t)sizeof info)
+        while (read (self->sigfd, &info, sizeof info) == (ssize_t) sizeof info)
             ;
         close (self->sigfd);
         sigprocmask (SIG_SETMASK, &self->old_mask, NULL);
@@ -166,8 +168,9 @@ void sup_supervisor_destroy (sup_supervisor_t **self_p)
     }
 }
 
-int sup_supervisor_reader (sup_supervisor_t *self, void *socket, int fd,
-                           sup_supervisor_reader_fn *fn, void *arg)
+int
+sup_supervisor_reader (sup_supervisor_t *self, void *socket, int fd,
+                       sup_supervisor_reader_fn *fn, void *arg)
 {
     assert (self && fn);
     assert (socket || fd >= 0);
@@ -177,7 +180,8 @@ int sup_supervisor_reader (sup_supervisor_t *self, void *socket, int fd,
     return 0;
 }
 
-int sup_supervisor_run (sup_supervisor_t *self)
+int
+sup_supervisor_run (sup_supervisor_t *self)
 {
     assert (self && !self->started);
     self->started = true;
@@ -192,7 +196,8 @@ int sup_supervisor_run (sup_supervisor_t *self)
         return 1;
     }
     cm_info ("supervising %zu instances of %zu programs (grace %lld ms)",
-             self->instances_size, sup_conf_size (self->conf), (long long)self->grace_ms);
+             self->instances_size, sup_conf_size (self->conf),
+             (long long) self->grace_ms);
     for (size_t i = 0; i < self->instances_size; i++)
         s_spawn (self, &self->instances[i], now_ms);
 
@@ -207,7 +212,7 @@ int sup_supervisor_run (sup_supervisor_t *self)
             items[1 + i] = (zmq_pollitem_t){self->readers[i].socket, self->readers[i].fd,
                                             ZMQ_POLLIN, 0};
         int rc =
-            zmq_poll (items, (int)(1 + self->readers_size), s_timeout (self, now_ms));
+            zmq_poll (items, (int) (1 + self->readers_size), s_timeout (self, now_ms));
         if (rc < 0) {
             if (errno == EINTR)
                 continue;
@@ -226,7 +231,8 @@ int sup_supervisor_run (sup_supervisor_t *self)
     return self->exit_code;
 }
 
-void sup_supervisor_stop (sup_supervisor_t *self, int64_t now_ms)
+void
+sup_supervisor_stop (sup_supervisor_t *self, int64_t now_ms)
 {
     assert (self);
     if (self->stopping) {
@@ -239,7 +245,7 @@ void sup_supervisor_stop (sup_supervisor_t *self, int64_t now_ms)
     self->stopping = true;
     self->kill_at_ms = now_ms + self->grace_ms;
     cm_info ("stopping %zu running children (grace %lld ms)",
-             sup_supervisor_running (self), (long long)self->grace_ms);
+             sup_supervisor_running (self), (long long) self->grace_ms);
     for (size_t i = 0; i < self->instances_size; i++) {
         s_instance_t *inst = &self->instances[i];
         if (inst->state == SUP_INSTANCE_WAITING || inst->state == SUP_INSTANCE_IDLE)
@@ -247,14 +253,15 @@ void sup_supervisor_stop (sup_supervisor_t *self, int64_t now_ms)
         else if (inst->state == SUP_INSTANCE_RUNNING) {
             int signum = sup_program_stop_signal (inst->program);
             cm_info ("sending %s to %s pid %d", sigabbrev_np (signum), inst->name,
-                     (int)inst->pid);
+                     (int) inst->pid);
             if (kill (-inst->pid, signum) && errno == ESRCH)
                 kill (inst->pid, signum);
         }
     }
 }
 
-size_t sup_supervisor_running (sup_supervisor_t *self)
+size_t
+sup_supervisor_running (sup_supervisor_t *self)
 {
     assert (self);
     size_t count = 0;
@@ -269,7 +276,8 @@ size_t sup_supervisor_running (sup_supervisor_t *self)
 
 //  Start one instance. Whatever goes wrong counts as a crash, so a program
 //  that cannot start is retried with back-off and given up like any other.
-static void s_spawn (sup_supervisor_t *self, s_instance_t *inst, int64_t now_ms)
+static void
+s_spawn (sup_supervisor_t *self, s_instance_t *inst, int64_t now_ms)
 {
     //  Everything the child needs is built before fork: between fork and
     //  exec the child only makes async-signal-safe calls.
@@ -313,16 +321,17 @@ static void s_spawn (sup_supervisor_t *self, s_instance_t *inst, int64_t now_ms)
     char command[512];
     s_command_line (inst->program, command, sizeof command);
     if (n == sizeof child_errno)
-        cm_error ("%s pid %d: cannot execute '%s': %s", inst->name, (int)pid,
+        cm_error ("%s pid %d: cannot execute '%s': %s", inst->name, (int) pid,
                   sup_program_argv (inst->program)[0], strerror (child_errno));
     else if (inst->starts == 1)
-        cm_info ("started %s pid %d: %s", inst->name, (int)pid, command);
+        cm_info ("started %s pid %d: %s", inst->name, (int) pid, command);
     else
-        cm_info ("restarted %s pid %d (start %u): %s", inst->name, (int)pid, inst->starts,
-                 command);
+        cm_info ("restarted %s pid %d (start %u): %s", inst->name, (int) pid,
+                 inst->starts, command);
 }
 
-static void s_child (s_instance_t *inst, char **envp, int errfd, pid_t parent)
+static void
+s_child (s_instance_t *inst, char **envp, int errfd, pid_t parent)
 {
     setpgid (0, 0);
     prctl (PR_SET_PDEATHSIG, SIGTERM);
@@ -345,13 +354,14 @@ static void s_child (s_instance_t *inst, char **envp, int errfd, pid_t parent)
     execvpe (argv[0], argv, envp);
     int err = errno;
     ssize_t rc = write (errfd, &err, sizeof err);
-    (void)rc;
+    (void) rc;
     _exit (127);
 }
 
 //  The supervisor's environment, then the program's env entries, then
 //  INSTANCE_INDEX and SUPERVISED; a later entry replaces an earlier one.
-static char **s_child_environment (s_instance_t *inst)
+static char **
+s_child_environment (s_instance_t *inst)
 {
     extern char **environ;
     char *const *extra = sup_program_env (inst->program);
@@ -396,7 +406,8 @@ static char **s_child_environment (s_instance_t *inst)
     return envp;
 }
 
-static void s_reap (sup_supervisor_t *self, int64_t now_ms)
+static void
+s_reap (sup_supervisor_t *self, int64_t now_ms)
 {
     while (true) {
         siginfo_t info = {0};
@@ -413,12 +424,12 @@ static void s_reap (sup_supervisor_t *self, int64_t now_ms)
         if (inst)
             s_exited (self, inst, status, now_ms);
         else
-            cm_debug ("reaped orphan pid %d", (int)pid);
+            cm_debug ("reaped orphan pid %d", (int) pid);
     }
 }
 
-static void s_exited (sup_supervisor_t *self, s_instance_t *inst, int status,
-                      int64_t now_ms)
+static void
+s_exited (sup_supervisor_t *self, s_instance_t *inst, int status, int64_t now_ms)
 {
     char how[128];
     if (WIFEXITED (status))
@@ -429,9 +440,9 @@ static void s_exited (sup_supervisor_t *self, s_instance_t *inst, int status,
                                                    : "?",
                   WCOREDUMP (status) ? ", core dumped" : "");
     else
-        snprintf (how, sizeof how, "ended with wait status 0x%x", (unsigned)status);
+        snprintf (how, sizeof how, "ended with wait status 0x%x", (unsigned) status);
     cm_log (self->stopping ? CM_LOG_INFO : CM_LOG_WARN, "%s pid %d %s after %lld ms",
-            inst->name, (int)inst->pid, how, (long long)(now_ms - inst->started_ms));
+            inst->name, (int) inst->pid, how, (long long) (now_ms - inst->started_ms));
     inst->pid = 0;
     if (self->stopping)
         inst->state = SUP_INSTANCE_STOPPED;
@@ -440,7 +451,8 @@ static void s_exited (sup_supervisor_t *self, s_instance_t *inst, int status,
 }
 
 //  Decide about an instance that is not running and should be.
-static void s_crashed (sup_supervisor_t *self, s_instance_t *inst, int64_t now_ms)
+static void
+s_crashed (sup_supervisor_t *self, s_instance_t *inst, int64_t now_ms)
 {
     int64_t delay_ms = 0;
     sup_backoff_verdict_t verdict =
@@ -451,8 +463,8 @@ static void s_crashed (sup_supervisor_t *self, s_instance_t *inst, int64_t now_m
         cm_error (
             "%s exited %zu times within %lld ms: GIVING UP, it will not be "
             "restarted (SUPERVISOR_MAX_CRASHES=%lld, SUPERVISOR_CRASH_WINDOW_MS=%lld)",
-            inst->name, crashes, (long long)self->policy.window_ms,
-            (long long)self->policy.max_crashes, (long long)self->policy.window_ms);
+            inst->name, crashes, (long long) self->policy.window_ms,
+            (long long) self->policy.max_crashes, (long long) self->policy.window_ms);
         return;
     }
     inst->state = SUP_INSTANCE_WAITING;
@@ -460,18 +472,20 @@ static void s_crashed (sup_supervisor_t *self, s_instance_t *inst, int64_t now_m
     if (self->policy.max_crashes > 0)
         cm_info ("restarting %s in %lld ms (exit %zu of %lld within %lld ms before it is "
                  "given up)",
-                 inst->name, (long long)delay_ms, crashes,
-                 (long long)self->policy.max_crashes, (long long)self->policy.window_ms);
+                 inst->name, (long long) delay_ms, crashes,
+                 (long long) self->policy.max_crashes,
+                 (long long) self->policy.window_ms);
     else
-        cm_info ("restarting %s in %lld ms", inst->name, (long long)delay_ms);
+        cm_info ("restarting %s in %lld ms", inst->name, (long long) delay_ms);
 }
 
-static void s_signals (sup_supervisor_t *self, int64_t now_ms)
+static void
+s_signals (sup_supervisor_t *self, int64_t now_ms)
 {
     struct signalfd_siginfo info;
-    while (read (self->sigfd, &info, sizeof info) == (ssize_t)sizeof info)
+    while (read (self->sigfd, &info, sizeof info) == (ssize_t) sizeof info)
         if (info.ssi_signo != SIGCHLD) {
-            cm_info ("received SIG%s from pid %u", sigabbrev_np ((int)info.ssi_signo),
+            cm_info ("received SIG%s from pid %u", sigabbrev_np ((int) info.ssi_signo),
                      info.ssi_pid);
             sup_supervisor_stop (self, now_ms);
         }
@@ -481,7 +495,8 @@ static void s_signals (sup_supervisor_t *self, int64_t now_ms)
 }
 
 //  Do what is due at now_ms: restarts, or the steps of a shutdown.
-static void s_tick (sup_supervisor_t *self, int64_t now_ms)
+static void
+s_tick (sup_supervisor_t *self, int64_t now_ms)
 {
     size_t running = sup_supervisor_running (self);
     if (self->stopping) {
@@ -516,7 +531,8 @@ static void s_tick (sup_supervisor_t *self, int64_t now_ms)
 }
 
 //  Milliseconds until the next thing due, -1 when only a signal can wake us.
-static long s_timeout (sup_supervisor_t *self, int64_t now_ms)
+static long
+s_timeout (sup_supervisor_t *self, int64_t now_ms)
 {
     int64_t next = -1;
     if (self->stopping)
@@ -530,10 +546,11 @@ static long s_timeout (sup_supervisor_t *self, int64_t now_ms)
         }
     if (next < 0)
         return -1;
-    return next > now_ms ? (long)(next - now_ms) : 0;
+    return next > now_ms ? (long) (next - now_ms) : 0;
 }
 
-static void s_kill_all (sup_supervisor_t *self, int signum, bool log)
+static void
+s_kill_all (sup_supervisor_t *self, int signum, bool log)
 {
     for (size_t i = 0; i < self->instances_size; i++) {
         s_instance_t *inst = &self->instances[i];
@@ -541,13 +558,14 @@ static void s_kill_all (sup_supervisor_t *self, int signum, bool log)
             continue;
         if (log)
             cm_warn ("%s pid %d still running after %lld ms: sending SIG%s", inst->name,
-                     (int)inst->pid, (long long)self->grace_ms, sigabbrev_np (signum));
+                     (int) inst->pid, (long long) self->grace_ms, sigabbrev_np (signum));
         if (kill (-inst->pid, signum) && errno == ESRCH)
             kill (inst->pid, signum);
     }
 }
 
-static s_instance_t *s_lookup (sup_supervisor_t *self, pid_t pid)
+static s_instance_t *
+s_lookup (sup_supervisor_t *self, pid_t pid)
 {
     for (size_t i = 0; i < self->instances_size; i++)
         if (self->instances[i].state == SUP_INSTANCE_RUNNING &&
@@ -557,7 +575,8 @@ static s_instance_t *s_lookup (sup_supervisor_t *self, pid_t pid)
 }
 
 //  The command words joined by spaces, cut to fit, for the log.
-static void s_command_line (const sup_program_t *program, char *buf, size_t size)
+static void
+s_command_line (const sup_program_t *program, char *buf, size_t size)
 {
     size_t len = 0;
     buf[0] = 0;
@@ -565,6 +584,6 @@ static void s_command_line (const sup_program_t *program, char *buf, size_t size
         int n = snprintf (buf + len, size - len, "%s%s", len ? " " : "", *w);
         if (n < 0)
             break;
-        len += (size_t)n;
+        len += (size_t) n;
     }
 }

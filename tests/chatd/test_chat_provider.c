@@ -18,9 +18,10 @@ typedef struct {
     int stop_after;  //  say stop at this token (0: never)
 } s_sink_t;
 
-static chat_token_action_t s_collect (const char *token, size_t size, void *arg)
+static chat_token_action_t
+s_collect (const char *token, size_t size, void *arg)
 {
-    s_sink_t *sink = (s_sink_t *)arg;
+    s_sink_t *sink = (s_sink_t *) arg;
     if (sink->stop_after && sink->tokens == sink->stop_after)
         return CHAT_TOKEN_STOP;
     cr_assert (size > 0);
@@ -129,7 +130,7 @@ Test (chat_provider, stream_is_paced_by_token_delay)
 
     //  complete never waits: it is what the non-streaming route uses.
     char *text = chat_provider_complete (provider, &s_request, &metrics, err, sizeof err);
-    cr_assert_lt (metrics.duration, 5.0 * (double)metrics.completion_tokens / 1000.0);
+    cr_assert_lt (metrics.duration, 5.0 * (double) metrics.completion_tokens / 1000.0);
     free (text);
     chat_provider_destroy (&provider);
 }
@@ -150,7 +151,7 @@ Test (chat_provider, long_and_unicode_messages_stay_valid_utf8)
                "a long message is shortened with an ellipsis");
     //  Every token is whole UTF-8: no token starts with a continuation byte.
     for (const char *p = text; *p; p += chat_provider_token_length (p))
-        cr_assert_neq ((unsigned char)*p & 0xC0, 0x80);
+        cr_assert_neq ((unsigned char) *p & 0xC0, 0x80);
     free (text);
 
     chat_message_t empty[] = {{CHAT_ROLE_SYSTEM, "sys"}};

@@ -25,23 +25,27 @@ struct cm_call_s {
     int finals;            //  FINAL messages sent (must end at 1)
 };
 
-const char *cm_call_request_id (cm_call_t *self)
+const char *
+cm_call_request_id (cm_call_t *self)
 {
-    (void)self;
+    (void) self;
     return "test-request";
 }
 
-const char *cm_call_method (cm_call_t *self)
+const char *
+cm_call_method (cm_call_t *self)
 {
     return self->method;
 }
 
-const char *cm_call_path (cm_call_t *self)
+const char *
+cm_call_path (cm_call_t *self)
 {
     return self->pattern;
 }
 
-static const char *s_lookup (const char *const *pairs, size_t count, const char *name)
+static const char *
+s_lookup (const char *const *pairs, size_t count, const char *name)
 {
     for (size_t i = 0; i + 1 < count && pairs[i]; i += 2)
         if (!strcmp (pairs[i], name))
@@ -49,61 +53,71 @@ static const char *s_lookup (const char *const *pairs, size_t count, const char 
     return NULL;
 }
 
-const char *cm_call_param (cm_call_t *self, const char *name)
+const char *
+cm_call_param (cm_call_t *self, const char *name)
 {
     return s_lookup (self->params, 4, name);
 }
 
-const char *cm_call_query (cm_call_t *self, const char *name)
+const char *
+cm_call_query (cm_call_t *self, const char *name)
 {
     return s_lookup (self->query, 6, name);
 }
 
-const char *cm_call_identity (cm_call_t *self)
+const char *
+cm_call_identity (cm_call_t *self)
 {
-    (void)self;
+    (void) self;
     return "test-key";
 }
 
-const char *cm_call_header (cm_call_t *self, const char *name)
+const char *
+cm_call_header (cm_call_t *self, const char *name)
 {
-    (void)self, (void)name;
+    (void) self, (void) name;
     return NULL;
 }
 
-const char *cm_call_body (cm_call_t *self, size_t *size_p)
+const char *
+cm_call_body (cm_call_t *self, size_t *size_p)
 {
-    (void)self;
+    (void) self;
     *size_p = 0;
     return "";
 }
 
-json_t *cm_call_json (cm_call_t *self)
+json_t *
+cm_call_json (cm_call_t *self)
 {
     return self->body;
 }
 
-int64_t cm_call_deadline (cm_call_t *self)
+int64_t
+cm_call_deadline (cm_call_t *self)
 {
-    (void)self;
+    (void) self;
     return 0;
 }
 
-bool cm_call_cancelled (cm_call_t *self)
+bool
+cm_call_cancelled (cm_call_t *self)
 {
     return self->cancel_after &&
-           (int)json_array_size (self->events) >= self->cancel_after;
+           (int) json_array_size (self->events) >= self->cancel_after;
 }
 
-void cm_call_header_add (cm_call_t *self, const char *name, const char *value)
+void
+cm_call_header_add (cm_call_t *self, const char *name, const char *value)
 {
-    (void)self, (void)name, (void)value;
+    (void) self, (void) name, (void) value;
 }
 
-void cm_call_reply (cm_call_t *self, int status, const char *content_type,
-                    const void *body, size_t size)
+void
+cm_call_reply (cm_call_t *self, int status, const char *content_type, const void *body,
+               size_t size)
 {
-    (void)content_type;
+    (void) content_type;
     cr_assert_eq (self->finals, 0, "one FINAL per call");
     self->finals++;
     self->status = status;
@@ -111,7 +125,8 @@ void cm_call_reply (cm_call_t *self, int status, const char *content_type,
     self->text = strndup (body, size);
 }
 
-void cm_call_reply_json (cm_call_t *self, int status, json_t *value)
+void
+cm_call_reply_json (cm_call_t *self, int status, json_t *value)
 {
     cr_assert_not_null (value, "a reply was built from a bad json_pack");
     char *text = json_dumps (value, JSON_COMPACT);
@@ -120,19 +135,22 @@ void cm_call_reply_json (cm_call_t *self, int status, json_t *value)
     free (text);
 }
 
-void cm_call_reply_error (cm_call_t *self, int status, const char *message)
+void
+cm_call_reply_error (cm_call_t *self, int status, const char *message)
 {
     cm_call_reply_json (self, status, json_pack ("{s:s}", "error", message));
 }
 
-void cm_call_stream (cm_call_t *self, int status, const char *content_type,
-                     const void *data, size_t size)
+void
+cm_call_stream (cm_call_t *self, int status, const char *content_type, const void *data,
+                size_t size)
 {
-    (void)self, (void)status, (void)content_type, (void)data, (void)size;
+    (void) self, (void) status, (void) content_type, (void) data, (void) size;
     cr_assert_fail ("chatd streams with cm_call_sse only");
 }
 
-void cm_call_sse (cm_call_t *self, json_t *event)
+void
+cm_call_sse (cm_call_t *self, json_t *event)
 {
     cr_assert_not_null (event, "an event was built from a bad json_pack");
     cr_assert_eq (self->finals, 0, "no event after the end");
@@ -140,14 +158,16 @@ void cm_call_sse (cm_call_t *self, json_t *event)
     json_array_append_new (self->events, event);
 }
 
-void cm_call_stream_end (cm_call_t *self)
+void
+cm_call_stream_end (cm_call_t *self)
 {
     cr_assert_eq (self->finals, 0, "one FINAL per call");
     self->finals++;
     self->ended = true;
 }
 
-bool cm_call_replied (cm_call_t *self)
+bool
+cm_call_replied (cm_call_t *self)
 {
     return self->finals > 0;
 }
@@ -158,14 +178,15 @@ static char s_dir[64];
 static chat_service_t *s_service;
 static const char *s_query[6]; //  query string of the next s_serve (then cleared)
 
-static int s_remove_entry (const char *path, const struct stat *st, int flag,
-                           struct FTW *ftw)
+static int
+s_remove_entry (const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
-    (void)st, (void)flag, (void)ftw;
+    (void) st, (void) flag, (void) ftw;
     return remove (path);
 }
 
-static void s_setup (void)
+static void
+s_setup (void)
 {
     strcpy (s_dir, "/tmp/llmrt-chatd-XXXXXX");
     cr_assert_not_null (mkdtemp (s_dir));
@@ -176,7 +197,8 @@ static void s_setup (void)
     cr_assert_null (provider);
 }
 
-static void s_teardown (void)
+static void
+s_teardown (void)
 {
     chat_service_destroy (&s_service);
     nftw (s_dir, s_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
@@ -184,8 +206,9 @@ static void s_teardown (void)
 
 //  Serve one request: the route by method and pattern, params "slug" and
 //  "threadSlug", a JSON body (text, may be NULL).
-static cm_call_t *s_serve (const char *method, const char *pattern, const char *slug,
-                           const char *thread, const char *body, int cancel_after)
+static cm_call_t *
+s_serve (const char *method, const char *pattern, const char *slug, const char *thread,
+         const char *body, int cancel_after)
 {
     cm_call_t *call = calloc (1, sizeof *call);
     call->method = method;
@@ -213,7 +236,8 @@ static cm_call_t *s_serve (const char *method, const char *pattern, const char *
     return call;
 }
 
-static void s_call_free (cm_call_t **call_p)
+static void
+s_call_free (cm_call_t **call_p)
 {
     cm_call_t *call = *call_p;
     json_decref (call->body);
@@ -224,12 +248,14 @@ static void s_call_free (cm_call_t **call_p)
     *call_p = NULL;
 }
 
-static const char *s_str (json_t *object, const char *key)
+static const char *
+s_str (json_t *object, const char *key)
 {
     return json_string_value (json_object_get (object, key));
 }
 
-static void s_new_workspace (const char *body)
+static void
+s_new_workspace (const char *body)
 {
     cm_call_t *call = s_serve ("POST", "/api/v1/workspace/new", NULL, NULL, body, 0);
     cr_assert_eq (call->status, 200, "%s", call->text);
@@ -237,7 +263,8 @@ static void s_new_workspace (const char *body)
 }
 
 //  The abort shape of errors before output.
-static void s_assert_abort (cm_call_t *call, int status, const char *error)
+static void
+s_assert_abort (cm_call_t *call, int status, const char *error)
 {
     cr_assert_eq (call->status, status, "status %d: %s", call->status, call->text);
     cr_assert_eq (json_array_size (call->events), 0);
@@ -252,7 +279,8 @@ static void s_assert_abort (cm_call_t *call, int status, const char *error)
     cr_assert_str_eq (s_str (r, "error"), error);
 }
 
-static void s_assert_metrics (json_t *metrics)
+static void
+s_assert_metrics (json_t *metrics)
 {
     const char *keys[] = {"prompt_tokens", "completion_tokens", "total_tokens",
                           "outputTps", "duration"};
@@ -643,20 +671,20 @@ Test (chat_service, chats_limit_and_order_query)
 
 //  A provider that misbehaves: a good token, a token that is not UTF-8,
 //  then a failure.
-static char *s_broken_complete (void *state, const chat_request_t *request,
-                                chat_metrics_t *metrics, char *err, size_t errlen)
+static char *
+s_broken_complete (void *state, const chat_request_t *request, chat_metrics_t *metrics,
+                   char *err, size_t errlen)
 {
-    (void)state, (void)request, (void)metrics;
+    (void) state, (void) request, (void) metrics;
     snprintf (err, errlen, "upstream exploded");
     return NULL;
 }
 
-static chat_provider_result_t s_broken_stream (void *state, const chat_request_t *request,
-                                               chat_token_fn *on_token, void *arg,
-                                               chat_metrics_t *metrics, char *err,
-                                               size_t errlen)
+static chat_provider_result_t
+s_broken_stream (void *state, const chat_request_t *request, chat_token_fn *on_token,
+                 void *arg, chat_metrics_t *metrics, char *err, size_t errlen)
 {
-    (void)state, (void)request;
+    (void) state, (void) request;
     on_token ("partial ", 8, arg);
     on_token ("\xff\xfe ", 3, arg);
     metrics->completion_tokens = 2;

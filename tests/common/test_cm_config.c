@@ -13,8 +13,8 @@ static const cm_conf_entry_t s_table[] = {
     {"TEST_PORT", CM_CONF_INT, "3001", 1, 65535, offsetof (settings_t, port), "port"},
     {"TEST_NAME", CM_CONF_STR, "alpha", 0, 0, offsetof (settings_t, name), "name"},
     {"TEST_FLAG", CM_CONF_BOOL, "false", 0, 0, offsetof (settings_t, flag), "flag"},
-    {"TEST_EP", CM_CONF_ENDPOINT, "tcp://127.0.0.1:5555", 0, 0, offsetof (settings_t, endpoint),
-     "endpoint"},
+    {"TEST_EP", CM_CONF_ENDPOINT, "tcp://127.0.0.1:5555", 0, 0,
+     offsetof (settings_t, endpoint), "endpoint"},
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 

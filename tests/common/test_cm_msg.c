@@ -116,7 +116,8 @@ Test (cm_msg, truncated_frames_are_refused)
     cm_msg_encode (msg, &data, &size);
     for (size_t cut = 0; cut < size; cut++) {
         char err[256];
-        cr_assert_null (cm_msg_decode (data, cut, err, sizeof err), "cut at %zu accepted", cut);
+        cr_assert_null (cm_msg_decode (data, cut, err, sizeof err), "cut at %zu accepted",
+                        cut);
     }
     free (data);
     cm_msg_destroy (&msg);

@@ -54,7 +54,8 @@ Test (cm_queue, walkthrough_bounded_then_full)
     char id[16];
     for (int i = 0; i < 5; i++) {
         snprintf (id, sizeof id, "t%d", i);
-        cr_assert_eq (cm_queue_submit (queue, id, (void *) (intptr_t) i, 0), CM_QUEUE_ACCEPTED);
+        cr_assert_eq (cm_queue_submit (queue, id, (void *) (intptr_t) i, 0),
+                      CM_QUEUE_ACCEPTED);
     }
     //  Two running, three waiting: the sixth is refused at once.
     cr_assert_eq (cm_queue_submit (queue, "t5", (void *) 5, 0), CM_QUEUE_FULL);
@@ -77,7 +78,8 @@ Test (cm_queue, runs_in_fifo_order)
     atomic_store (&state.release, true);
     cm_queue_t *queue = cm_queue_new ("fifo", 1, 50, s_run, s_drop, &state);
     for (int i = 0; i < 20; i++)
-        cr_assert_eq (cm_queue_submit (queue, "x", (void *) (intptr_t) i, 0), CM_QUEUE_ACCEPTED);
+        cr_assert_eq (cm_queue_submit (queue, "x", (void *) (intptr_t) i, 0),
+                      CM_QUEUE_ACCEPTED);
     s_wait_for (&state.ran, 20);
     for (int i = 0; i < 20; i++)
         cr_assert_eq (state.order[i], i);
@@ -131,6 +133,7 @@ Test (cm_queue, destroy_drops_waiting_tasks)
     cm_queue_submit (queue, "c", (void *) 2, 0);
     atomic_store (&state.release, true);
     cm_queue_destroy (&queue);
-    cr_assert_eq (atomic_load (&state.ran) + atomic_load (&state.dropped[CM_QUEUE_DROP_SHUTDOWN]),
+    cr_assert_eq (atomic_load (&state.ran) +
+                      atomic_load (&state.dropped[CM_QUEUE_DROP_SHUTDOWN]),
                   3);
 }

@@ -10,25 +10,28 @@
 
 static char s_dir[64];
 
-static int s_remove_entry (const char *path, const struct stat *st, int flag,
-                           struct FTW *ftw)
+static int
+s_remove_entry (const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
-    (void)st, (void)flag, (void)ftw;
+    (void) st, (void) flag, (void) ftw;
     return remove (path);
 }
 
-static void s_setup (void)
+static void
+s_setup (void)
 {
     strcpy (s_dir, "/tmp/llmrt-storage-XXXXXX");
     cr_assert_not_null (mkdtemp (s_dir));
 }
 
-static void s_teardown (void)
+static void
+s_teardown (void)
 {
     nftw (s_dir, s_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-static cm_storage_t *s_open (void)
+static cm_storage_t *
+s_open (void)
 {
     char err[512] = "";
     cm_storage_t *storage = cm_storage_new (s_dir, err, sizeof err);
@@ -36,7 +39,8 @@ static cm_storage_t *s_open (void)
     return storage;
 }
 
-static json_t *s_workspace (cm_storage_t *storage, const char *name)
+static json_t *
+s_workspace (cm_storage_t *storage, const char *name)
 {
     json_t *fields = json_pack ("{s:s}", "name", name);
     json_t *workspace = NULL;
@@ -46,13 +50,15 @@ static json_t *s_workspace (cm_storage_t *storage, const char *name)
     return workspace;
 }
 
-static int64_t s_id (json_t *row)
+static int64_t
+s_id (json_t *row)
 {
     return json_integer_value (json_object_get (row, "id"));
 }
 
-static int64_t s_add_chat (cm_storage_t *storage, int64_t workspace_id,
-                           const char *prompt, const char *session_id)
+static int64_t
+s_add_chat (cm_storage_t *storage, int64_t workspace_id, const char *prompt,
+            const char *session_id)
 {
     json_t *response = json_pack ("{s:s, s:[], s:s, s:[], s:{}}", "text", prompt,
                                   "sources", "type", "chat", "attachments", "metrics");
@@ -237,7 +243,7 @@ Test (cm_storage, fields_are_normalised_like_upstream)
 Test (cm_storage, get_unknown_slug_is_not_found)
 {
     cm_storage_t *storage = s_open ();
-    json_t *workspace = (json_t *)1;
+    json_t *workspace = (json_t *) 1;
     cr_assert_eq (cm_storage_workspace_get (storage, "nope", &workspace),
                   CM_STORAGE_NOT_FOUND);
     cr_assert_null (workspace);
@@ -419,9 +425,10 @@ typedef struct {
     int failures;
 } s_writer_t;
 
-static void *s_writer (void *arg)
+static void *
+s_writer (void *arg)
 {
-    s_writer_t *writer = (s_writer_t *)arg;
+    s_writer_t *writer = (s_writer_t *) arg;
     char err[512];
     cm_storage_t *storage = cm_storage_new (s_dir, err, sizeof err);
     if (!storage) {
@@ -449,13 +456,14 @@ static void *s_writer (void *arg)
     return NULL;
 }
 
-static int64_t s_count_chats (cm_storage_t *storage, int64_t workspace_id)
+static int64_t
+s_count_chats (cm_storage_t *storage, int64_t workspace_id)
 {
     json_t *chats = NULL;
     cm_storage_chat_filter_t all = {.user_id = -1};
     cr_assert_eq (cm_storage_chat_list (storage, workspace_id, &all, &chats),
                   CM_STORAGE_OK);
-    int64_t count = (int64_t)json_array_size (chats);
+    int64_t count = (int64_t) json_array_size (chats);
     json_decref (chats);
     return count;
 }

@@ -203,7 +203,8 @@ static int
 s_gateway_send_frame (s_gateway_t *self, const void *data, size_t size)
 {
     void *handle = zsock_resolve (self->router);
-    if (zmq_send (handle, self->peer, strlen (self->peer), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+    if (zmq_send (handle, self->peer, strlen (self->peer), ZMQ_SNDMORE | ZMQ_DONTWAIT) <
+        0)
         return -1;
     return zmq_send (handle, data, size, ZMQ_DONTWAIT) < 0 ? -1 : 0;
 }
@@ -260,7 +261,8 @@ s_gateway_pump (s_gateway_t *self)
     }
     zframe_t *frame = zmsg_first (zmsg);
     char err[256] = "";
-    cm_msg_t *msg = cm_msg_decode (zframe_data (frame), zframe_size (frame), err, sizeof err);
+    cm_msg_t *msg =
+        cm_msg_decode (zframe_data (frame), zframe_size (frame), err, sizeof err);
     cr_assert_not_null (msg, "the worker sent a bad frame: %s", err);
     zmsg_destroy (&zmsg);
     if (!self->first_type)
@@ -269,8 +271,7 @@ s_gateway_pump (s_gateway_t *self)
         self->beats++;
         self->free_slots = (int) cm_msg_capacity (msg);
         cm_msg_destroy (&msg);
-    }
-    else
+    } else
         zlist_append (self->inbox, msg);
 }
 
@@ -280,8 +281,8 @@ static cm_msg_t *
 s_gateway_take (s_gateway_t *self, int type, const char *request_id)
 {
     for (cm_msg_t *msg = zlist_first (self->inbox); msg; msg = zlist_next (self->inbox))
-        if ((!type || (int) cm_msg_type (msg) == type)
-            && (!request_id || !strcmp (cm_msg_request_id (msg), request_id))) {
+        if ((!type || (int) cm_msg_type (msg) == type) &&
+            (!request_id || !strcmp (cm_msg_request_id (msg), request_id))) {
             zlist_remove (self->inbox, msg);
             return msg;
         }
@@ -335,15 +336,16 @@ s_gateway_wait_beat (s_gateway_t *self, int free_slots)
         s_gateway_pump (self);
         if (self->beats > before && self->free_slots == free_slots)
             return;
-        cr_assert_lt (cm_clock_mono_ms (), until, "no HEARTBEAT with %d free slots (last %d)",
-                      free_slots, self->free_slots);
+        cr_assert_lt (cm_clock_mono_ms (), until,
+                      "no HEARTBEAT with %d free slots (last %d)", free_slots,
+                      self->free_slots);
     }
 }
 
 //  Send a REQUEST; body (JSON text) may be NULL.
 static void
-s_gateway_request (s_gateway_t *self, const char *id, const char *method, const char *route,
-                   int64_t deadline, const char *body)
+s_gateway_request (s_gateway_t *self, const char *id, const char *method,
+                   const char *route, int64_t deadline, const char *body)
 {
     cm_msg_t *msg = cm_msg_new (CM_MSG_REQUEST);
     cm_msg_set_request_id (msg, id);
@@ -582,7 +584,8 @@ Test (cm_worker, params_query_headers_identity_and_json_reach_handler, .timeout 
     //  The query string: percent-decoded, '+' is a space, the first wins.
     cr_assert_str_eq (s_json_str (seen, "q"), "hello world!");
     cr_assert_str_eq (s_json_str (seen, "tag"), "a+b");
-    cr_assert_str_eq (s_json_str (seen, "name"), "\xc3\xa9t\xc3\xa9", "keys are decoded too");
+    cr_assert_str_eq (s_json_str (seen, "name"), "\xc3\xa9t\xc3\xa9",
+                      "keys are decoded too");
     cr_assert_str_eq (s_json_str (seen, "empty"), "");
     cr_assert_str_eq (s_json_str (seen, "flag"), "");
     cr_assert_str_eq (s_json_str (seen, "bad"), "%zz", "a broken escape stays as it is");
@@ -792,7 +795,8 @@ Test (cm_worker, past_deadline_of_waiting_call_is_504, .timeout = 60)
     s_state_t state = {0};
     cm_worker_t *worker = s_worker_start (gateway, &state, 1, 4, 1000);
     //  A free slot, but the deadline has passed already: 504, never runs.
-    s_gateway_request (gateway, "late", "GET", "/count", cm_clock_wall_ms () - 1000, NULL);
+    s_gateway_request (gateway, "late", "GET", "/count", cm_clock_wall_ms () - 1000,
+                       NULL);
     cm_msg_t *final = s_gateway_expect_final (gateway, "late", 504);
     cr_assert_str_eq (cm_msg_content_type (final), "application/json");
     cm_msg_destroy (&final);
@@ -852,7 +856,8 @@ Test (cm_worker, malformed_frames_are_dropped_and_serving_goes_on, .timeout = 60
     //  Truncated...
     cr_assert_eq (s_gateway_send_frame (gateway, data, size - 1), 0);
     //  ...and whole but of another version.
-    cr_assert_eq ((unsigned char) data[1], CM_MSG_VERSION, "version right after the array");
+    cr_assert_eq ((unsigned char) data[1], CM_MSG_VERSION,
+                  "version right after the array");
     data[1] = CM_MSG_VERSION + 1;
     cr_assert_eq (s_gateway_send_frame (gateway, data, size), 0);
     free (data);

@@ -33,12 +33,15 @@ Test (gw_routes, walkthrough_lookup)
 Test (gw_routes, params_match_one_non_empty_segment)
 {
     const gw_route_t *route;
-    cr_assert_eq (gw_routes_lookup ("POST", "/api/v1/workspace/my-ws/thread/t-42/stream-chat",
+    cr_assert_eq (gw_routes_lookup ("POST",
+                                    "/api/v1/workspace/my-ws/thread/t-42/stream-chat",
                                     &route, NULL, 0),
                   GW_ROUTE_FOUND);
-    cr_assert_str_eq (route->pattern, "/api/v1/workspace/{slug}/thread/{thread}/stream-chat");
-    cr_assert_eq (gw_routes_lookup ("GET", "/api/v1/workspace/my-ws/chats", &route, NULL, 0),
-                  GW_ROUTE_FOUND);
+    cr_assert_str_eq (route->pattern,
+                      "/api/v1/workspace/{slug}/thread/{thread}/stream-chat");
+    cr_assert_eq (
+        gw_routes_lookup ("GET", "/api/v1/workspace/my-ws/chats", &route, NULL, 0),
+        GW_ROUTE_FOUND);
     cr_assert_str_eq (route->pattern, "/api/v1/workspace/{slug}/chats");
     //  An empty segment, a segment spanning a slash, a trailing slash or a
     //  missing tail do not match.
@@ -65,8 +68,9 @@ Test (gw_routes, unknown_path_is_not_found_for_every_method)
     for (size_t i = 0; i < sizeof methods / sizeof *methods; i++) {
         const gw_route_t *route = (const gw_route_t *) 1;
         char allow[64] = "junk";
-        cr_assert_eq (gw_routes_lookup (methods[i], "/api/v2/nope", &route, allow, sizeof allow),
-                      GW_ROUTE_NOT_FOUND);
+        cr_assert_eq (
+            gw_routes_lookup (methods[i], "/api/v2/nope", &route, allow, sizeof allow),
+            GW_ROUTE_NOT_FOUND);
         cr_assert_null (route);
         cr_assert_str_eq (allow, "", "allow is cleared");
     }
@@ -79,13 +83,14 @@ Test (gw_routes, bad_method_lists_every_allowed_method)
     cr_assert_eq (gw_routes_lookup ("DELETE", "/api/ping", &route, allow, sizeof allow),
                   GW_ROUTE_BAD_METHOD);
     cr_assert_str_eq (allow, "GET");
-    cr_assert_eq (gw_routes_lookup ("POST", "/api/v1/workspaces", &route, allow, sizeof allow),
-                  GW_ROUTE_BAD_METHOD);
+    cr_assert_eq (
+        gw_routes_lookup ("POST", "/api/v1/workspaces", &route, allow, sizeof allow),
+        GW_ROUTE_BAD_METHOD);
     cr_assert_str_eq (allow, "GET");
     //  "/api/v1/workspace/new" is the create route and also a {slug}.
-    cr_assert_eq (gw_routes_lookup ("DELETE", "/api/v1/workspace/new", &route, allow,
-                                    sizeof allow),
-                  GW_ROUTE_BAD_METHOD);
+    cr_assert_eq (
+        gw_routes_lookup ("DELETE", "/api/v1/workspace/new", &route, allow, sizeof allow),
+        GW_ROUTE_BAD_METHOD);
     cr_assert_str_eq (allow, "POST, GET");
     //  Methods are case-sensitive (RFC 9110).
     cr_assert_eq (gw_routes_lookup ("get", "/api/ping", &route, allow, sizeof allow),
@@ -121,8 +126,9 @@ Test (gw_routes, local_routes_have_no_service)
     };
     for (size_t i = 0; i < sizeof locals / sizeof *locals; i++) {
         const gw_route_t *route;
-        cr_assert_eq (gw_routes_lookup (locals[i].method, locals[i].path, &route, NULL, 0),
-                      GW_ROUTE_FOUND, "%s", locals[i].path);
+        cr_assert_eq (
+            gw_routes_lookup (locals[i].method, locals[i].path, &route, NULL, 0),
+            GW_ROUTE_FOUND, "%s", locals[i].path);
         cr_assert_null (route->service, "%s is answered by the gateway", locals[i].path);
         cr_assert_eq (route->local, locals[i].local, "%s", locals[i].path);
         cr_assert_eq (route->flags, locals[i].flags, "%s", locals[i].path);
@@ -151,8 +157,9 @@ Test (gw_routes, flags_are_as_declared)
     };
     for (size_t i = 0; i < sizeof routes / sizeof *routes; i++) {
         const gw_route_t *route;
-        cr_assert_eq (gw_routes_lookup (routes[i].method, routes[i].path, &route, NULL, 0),
-                      GW_ROUTE_FOUND, "%s %s", routes[i].method, routes[i].path);
+        cr_assert_eq (
+            gw_routes_lookup (routes[i].method, routes[i].path, &route, NULL, 0),
+            GW_ROUTE_FOUND, "%s %s", routes[i].method, routes[i].path);
         cr_assert_eq (route->flags, routes[i].flags, "%s %s: flags %#x, expected %#x",
                       routes[i].method, routes[i].path, route->flags, routes[i].flags);
         cr_assert_str_eq (route->service, "chat");
@@ -169,7 +176,8 @@ Test (gw_routes, services_cover_every_forwarded_route)
     const char *paths[] = {"/api/v1/workspace/new", "/api/v1/workspace/demo/chat"};
     for (size_t i = 0; i < sizeof paths / sizeof *paths; i++) {
         const gw_route_t *route;
-        cr_assert_eq (gw_routes_lookup ("POST", paths[i], &route, NULL, 0), GW_ROUTE_FOUND);
+        cr_assert_eq (gw_routes_lookup ("POST", paths[i], &route, NULL, 0),
+                      GW_ROUTE_FOUND);
         bool listed = false;
         for (const char *const *s = services; *s; s++)
             listed = listed || !strcmp (*s, route->service);

@@ -88,7 +88,8 @@ s_gateway_start (s_gateway_t *self, int64_t timeout_ms, int64_t max_body)
     snprintf (self->key, sizeof self->key, "%s", S_KEY);
     //  Another process may take the free port before we bind it: try again.
     for (int attempt = 0; attempt < 5 && !self->server; attempt++) {
-        snprintf (self->backend, sizeof self->backend, "tcp://127.0.0.1:%d", s_free_port ());
+        snprintf (self->backend, sizeof self->backend, "tcp://127.0.0.1:%d",
+                  s_free_port ());
         self->config = (gw_config_t){.port = 0,
                                      .host = self->host,
                                      .backend_bind = self->backend,
@@ -118,26 +119,26 @@ s_gateway_stop (s_gateway_t *self)
 
 typedef struct {
     //  The request, set before the call.
-    const char *method;    //  "GET", "POST", ...
-    char url[320];         //  base + path and query
-    const char *key;       //  bearer key, NULL: none
-    const char *body;      //  request body, NULL: none
-    bool chunked;          //  send the body with Transfer-Encoding: chunked
-    const char *extra[4];  //  more request headers, NULL-terminated
-    bool hang_up;          //  close the connection once some body arrived
-    long timeout_ms;       //  give up (and close) after this long; 0: default
-    CURL *curl;            //  a handle to reuse (borrowed), NULL: its own
+    const char *method;   //  "GET", "POST", ...
+    char url[320];        //  base + path and query
+    const char *key;      //  bearer key, NULL: none
+    const char *body;     //  request body, NULL: none
+    bool chunked;         //  send the body with Transfer-Encoding: chunked
+    const char *extra[4]; //  more request headers, NULL-terminated
+    bool hang_up;         //  close the connection once some body arrived
+    long timeout_ms;      //  give up (and close) after this long; 0: default
+    CURL *curl;           //  a handle to reuse (borrowed), NULL: its own
     //  The response, filled while the call runs.
-    pthread_mutex_t lock;  //  guards reply while the call runs
-    char *reply;           //  body so far, NUL-terminated
-    size_t reply_size;     //  its length
-    char headers[4096];    //  raw headers of the last response
-    long status;           //  HTTP status, 0 when the transfer failed early
-    CURLcode code;         //  transfer result
-    long connects;         //  new connections the call opened
-    size_t sent;           //  chunked upload offset
-    pthread_t thread;      //  when started on a thread
-    atomic_bool done;      //  the call has returned
+    pthread_mutex_t lock; //  guards reply while the call runs
+    char *reply;          //  body so far, NUL-terminated
+    size_t reply_size;    //  its length
+    char headers[4096];   //  raw headers of the last response
+    long status;          //  HTTP status, 0 when the transfer failed early
+    CURLcode code;        //  transfer result
+    long connects;        //  new connections the call opened
+    size_t sent;          //  chunked upload offset
+    pthread_t thread;     //  when started on a thread
+    atomic_bool done;     //  the call has returned
 } s_call_t;
 
 static s_call_t *
@@ -237,8 +238,7 @@ s_call_perform (s_call_t *self)
         curl_easy_setopt (curl, CURLOPT_POST, 1L);
         curl_easy_setopt (curl, CURLOPT_READFUNCTION, s_call_on_upload);
         curl_easy_setopt (curl, CURLOPT_READDATA, self);
-    }
-    else if (self->body) {
+    } else if (self->body) {
         curl_easy_setopt (curl, CURLOPT_POSTFIELDS, self->body);
         curl_easy_setopt (curl, CURLOPT_POSTFIELDSIZE, (long) strlen (self->body));
     }
@@ -326,7 +326,8 @@ s_call_header (s_call_t *self, const char *name)
     for (const char *line = self->headers; line && *line;) {
         const char *end = strstr (line, "\r\n");
         size_t size = end ? (size_t) (end - line) : strlen (line);
-        if (size > name_size && line[name_size] == ':' && !strncasecmp (line, name, name_size)) {
+        if (size > name_size && line[name_size] == ':' &&
+            !strncasecmp (line, name, name_size)) {
             const char *start = line + name_size + 1;
             while (*start == ' ')
                 start++;
@@ -356,7 +357,8 @@ s_call_json (s_call_t *self)
 static void
 s_assert_error (s_call_t *self, long status, const char *message)
 {
-    cr_assert_eq (self->code, CURLE_OK, "%s: %s", self->url, curl_easy_strerror (self->code));
+    cr_assert_eq (self->code, CURLE_OK, "%s: %s", self->url,
+                  curl_easy_strerror (self->code));
     cr_assert_eq (self->status, status, "%s: status %ld, expected %ld (%s)", self->url,
                   self->status, status, self->reply);
     const char *type = s_call_header (self, "Content-Type");
@@ -422,8 +424,8 @@ s_wait_health (s_gateway_t *gateway, const char *path, json_int_t value)
         s_sleep_ms (10);
         now = s_health_number (gateway, path);
     }
-    cr_assert_eq (now, value, "/api/health %s is %lld, expected %lld", path, (long long) now,
-                  (long long) value);
+    cr_assert_eq (now, value, "/api/health %s is %lld, expected %lld", path,
+                  (long long) now, (long long) value);
 }
 
 //  How long ago the gateway heard from an instance, -1 when it does not
@@ -505,8 +507,7 @@ s_daemon_actor (zsock_t *pipe, void *args)
             if (verb && streq (verb, "SEND")) {
                 zframe_t *frame = zmsg_pop (command);
                 zframe_send (&frame, dealer, 0);
-            }
-            else if (verb && streq (verb, "$TERM"))
+            } else if (verb && streq (verb, "$TERM"))
                 running = false;
             zstr_free (&verb);
             zmsg_destroy (&command);
@@ -514,14 +515,13 @@ s_daemon_actor (zsock_t *pipe, void *args)
         if (items[1].revents & ZMQ_POLLIN) {
             zframe_t *frame = zframe_recv (dealer);
             char err[256];
-            cm_msg_t *msg =
-                frame ? cm_msg_decode (zframe_data (frame), zframe_size (frame), err, sizeof err)
-                      : NULL;
+            cm_msg_t *msg = frame ? cm_msg_decode (zframe_data (frame),
+                                                   zframe_size (frame), err, sizeof err)
+                                  : NULL;
             if (msg && cm_msg_type (msg) == CM_MSG_HEARTBEAT) {
                 atomic_fetch_add (&self->heartbeats, 1);
                 zframe_destroy (&frame);
-            }
-            else if (frame)
+            } else if (frame)
                 zframe_send (&frame, pipe, 0);
             cm_msg_destroy (&msg);
         }
@@ -541,8 +541,8 @@ s_daemon_actor (zsock_t *pipe, void *args)
 //  A fake daemon instance connected to the gateway; when announce, it says
 //  READY with this capacity.
 static s_daemon_t *
-s_daemon_start (s_gateway_t *gateway, const char *service, const char *id, uint32_t capacity,
-                bool announce)
+s_daemon_start (s_gateway_t *gateway, const char *service, const char *id,
+                uint32_t capacity, bool announce)
 {
     s_daemon_t *self = calloc (1, sizeof *self);
     cr_assert_not_null (self);
@@ -557,7 +557,8 @@ s_daemon_start (s_gateway_t *gateway, const char *service, const char *id, uint3
 }
 
 static s_daemon_t *
-s_daemon_new (s_gateway_t *gateway, const char *service, const char *id, uint32_t capacity)
+s_daemon_new (s_gateway_t *gateway, const char *service, const char *id,
+              uint32_t capacity)
 {
     return s_daemon_start (gateway, service, id, capacity, true);
 }
@@ -603,8 +604,8 @@ s_daemon_send (s_daemon_t *self, cm_msg_t **msg_p)
 
 //  Answer a request with a PARTIAL or FINAL.
 static void
-s_daemon_reply (s_daemon_t *self, cm_msg_type_t type, const char *request_id, uint16_t status,
-                const char *content_type, const char *body)
+s_daemon_reply (s_daemon_t *self, cm_msg_type_t type, const char *request_id,
+                uint16_t status, const char *content_type, const char *body)
 {
     cm_msg_t *reply = cm_msg_new (type);
     cm_msg_set_request_id (reply, request_id);
@@ -624,7 +625,8 @@ s_daemon_recv (s_daemon_t *self, int timeout_ms)
     if (!frame)
         return NULL;
     char err[256];
-    cm_msg_t *msg = cm_msg_decode (zframe_data (frame), zframe_size (frame), err, sizeof err);
+    cm_msg_t *msg =
+        cm_msg_decode (zframe_data (frame), zframe_size (frame), err, sizeof err);
     zframe_destroy (&frame);
     cr_assert_not_null (msg, "the gateway sent a frame its own codec refuses: %s", err);
     return msg;
@@ -651,8 +653,8 @@ s_daemons_expect_request (s_daemon_t **daemons, size_t count, size_t *which)
         for (size_t i = 0; i < count; i++) {
             cm_msg_t *msg = s_daemon_recv (daemons[i], 2);
             if (msg) {
-                cr_assert_eq (cm_msg_type (msg), CM_MSG_REQUEST, "%s: got %s", daemons[i]->id,
-                              cm_msg_type_name (cm_msg_type (msg)));
+                cr_assert_eq (cm_msg_type (msg), CM_MSG_REQUEST, "%s: got %s",
+                              daemons[i]->id, cm_msg_type_name (cm_msg_type (msg)));
                 *which = i;
                 return msg;
             }
@@ -680,8 +682,8 @@ Test (gw_server, walkthrough_forward_a_chat_to_a_daemon)
     //  The daemon gets it as a REQUEST and answers with one FINAL.
     cm_msg_t *request = s_daemon_expect (chatd, CM_MSG_REQUEST);
     cr_assert_str_eq (cm_msg_route (request), "/api/v1/workspace/demo/chat");
-    s_daemon_reply (chatd, CM_MSG_FINAL, cm_msg_request_id (request), 200, "application/json",
-                    "{\"textResponse\":\"hi there\"}");
+    s_daemon_reply (chatd, CM_MSG_FINAL, cm_msg_request_id (request), 200,
+                    "application/json", "{\"textResponse\":\"hi there\"}");
     cm_msg_destroy (&request);
 
     //  The client has the daemon's answer.
@@ -722,8 +724,8 @@ Test (gw_server, operational_routes_need_no_key)
     cr_assert_str_eq (json_string_value (json_object_get (json, "status")), "unready");
     cr_assert_eq (json_array_size (json_object_get (json, "reasons")), 3);
     cr_assert (json_is_object (json_object_get (json, "broker")));
-    cr_assert (json_is_integer (json_object_get (json_object_get (json, "broker"),
-                                                 "dropped_frames")));
+    cr_assert (json_is_integer (
+        json_object_get (json_object_get (json, "broker"), "dropped_frames")));
     json_decref (json);
     s_call_destroy (&call);
 
@@ -755,7 +757,8 @@ Test (gw_server, health_answers_from_the_first_moment)
                       curl_easy_strerror (call->code));
         cr_assert_eq (call->status, 503);
         json_t *json = s_call_json (call);
-        cr_assert (json_is_array (json_object_get (json, "instances")), "%s", call->reply);
+        cr_assert (json_is_array (json_object_get (json, "instances")), "%s",
+                   call->reply);
         cr_assert (json_is_object (json_object_get (json, "broker")), "%s", call->reply);
         json_decref (json);
         s_call_destroy (&call);
@@ -800,8 +803,8 @@ Test (gw_server, api_routes_refuse_a_missing_or_wrong_key)
         s_call_destroy (&call);
     }
     //  Also for a POST with a body, and for a local route that needs a key.
-    s_call_t *call =
-        s_http (&gateway, "POST", "/api/v1/workspace/demo/chat", "nope", "{\"message\":\"x\"}");
+    s_call_t *call = s_http (&gateway, "POST", "/api/v1/workspace/demo/chat", "nope",
+                             "{\"message\":\"x\"}");
     cr_assert_str_eq (call->reply, "{\"error\":\"No valid api key found.\"}");
     cr_assert_eq (call->status, 403);
     s_call_destroy (&call);
@@ -854,11 +857,13 @@ Test (gw_server, bad_json_body_is_400_naming_the_problem)
     s_gateway_t gateway;
     s_gateway_start (&gateway, S_TIMEOUT_MS, 1 << 20);
     //  Checked before routing: no daemon is needed to refuse it.
-    s_call_t *call = s_http (&gateway, "POST", "/api/v1/workspace/new", S_KEY, "{\"name\": ");
+    s_call_t *call =
+        s_http (&gateway, "POST", "/api/v1/workspace/new", S_KEY, "{\"name\": ");
     s_assert_error (call, 400, NULL);
     json_t *json = s_call_json (call);
     const char *error = json_string_value (json_object_get (json, "error"));
-    cr_assert (strstr (error, "Invalid JSON body") && strstr (error, "line 1"), "%s", error);
+    cr_assert (strstr (error, "Invalid JSON body") && strstr (error, "line 1"), "%s",
+               error);
     json_decref (json);
     s_call_destroy (&call);
 
@@ -917,8 +922,8 @@ Test (gw_server, no_instance_is_503_json)
 {
     s_gateway_t gateway;
     s_gateway_start (&gateway, S_TIMEOUT_MS, 1 << 20);
-    s_call_t *call =
-        s_http (&gateway, "POST", "/api/v1/workspace/demo/chat", S_KEY, "{\"message\":\"hi\"}");
+    s_call_t *call = s_http (&gateway, "POST", "/api/v1/workspace/demo/chat", S_KEY,
+                             "{\"message\":\"hi\"}");
     s_assert_error (call, 503, "No chat service instance is available.");
     cr_assert_str_eq (s_call_header (call, "Retry-After"), "1");
     s_call_destroy (&call);
@@ -942,8 +947,8 @@ Test (gw_server, request_reaches_the_daemon_and_its_reply_the_client)
     s_wait_health (&gateway, "services.chat.instances", 1);
 
     const char *body = "{\"message\":\"caf\xc3\xa9 \\u00e9\",\"mode\":\"query\"}";
-    s_call_t *call =
-        s_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat?mode=query&x=%2F", S_KEY, body);
+    s_call_t *call = s_call_new (
+        &gateway, "POST", "/api/v1/workspace/demo/chat?mode=query&x=%2F", S_KEY, body);
     call->extra[0] = "Accept: application/json";
     call->extra[1] = "User-Agent: gw-test/1.0";
     call->extra[2] = "X-Not-Forwarded: secret";
@@ -955,13 +960,15 @@ Test (gw_server, request_reaches_the_daemon_and_its_reply_the_client)
     cr_assert_neq (*cm_msg_request_id (request), 0);
     cr_assert_str_eq (cm_msg_service (request), "chat");
     cr_assert_str_eq (cm_msg_method (request), "POST");
-    cr_assert_str_eq (cm_msg_route (request), "/api/v1/workspace/demo/chat?mode=query&x=%2F");
+    cr_assert_str_eq (cm_msg_route (request),
+                      "/api/v1/workspace/demo/chat?mode=query&x=%2F");
     cr_assert_str_eq (cm_msg_identity (request), "admin");
     cr_assert_str_eq (cm_msg_header (request, "Content-Type"), "application/json");
     cr_assert_str_eq (cm_msg_header (request, "Accept"), "application/json");
     cr_assert_str_eq (cm_msg_header (request, "User-Agent"), "gw-test/1.0");
     cr_assert_null (cm_msg_header (request, "X-Not-Forwarded"));
-    cr_assert_null (cm_msg_header (request, "Authorization"), "the key stays at the gateway");
+    cr_assert_null (cm_msg_header (request, "Authorization"),
+                    "the key stays at the gateway");
     size_t size;
     const char *received = cm_msg_body (request, &size);
     cr_assert_eq (size, strlen (body));
@@ -984,7 +991,8 @@ Test (gw_server, request_reaches_the_daemon_and_its_reply_the_client)
     s_call_join (call);
     cr_assert_eq (call->code, CURLE_OK);
     cr_assert_eq (call->status, 429);
-    cr_assert_str_eq (s_call_header (call, "Content-Type"), "application/json; charset=utf-8");
+    cr_assert_str_eq (s_call_header (call, "Content-Type"),
+                      "application/json; charset=utf-8");
     cr_assert_str_eq (s_call_header (call, "Retry-After"), "7");
     cr_assert_str_eq (s_call_header (call, "X-Queue"), "chat");
     cr_assert_str_eq (s_call_header (call, "X-Request-Id"), cm_msg_request_id (request));
@@ -1012,8 +1020,8 @@ Test (gw_server, empty_json_body_is_sent_as_an_empty_object)
     const char *body = cm_msg_body (request, &size);
     cr_assert_eq (size, 2);
     cr_assert_eq (memcmp (body, "{}", 2), 0);
-    s_daemon_reply (chatd, CM_MSG_FINAL, cm_msg_request_id (request), 200, "application/json",
-                    "{}");
+    s_daemon_reply (chatd, CM_MSG_FINAL, cm_msg_request_id (request), 200,
+                    "application/json", "{}");
     cm_msg_destroy (&request);
     s_call_join (call);
     cr_assert_eq (call->status, 200);
@@ -1029,8 +1037,8 @@ Test (gw_server, stream_chunks_reach_the_client_as_they_are_sent)
     s_daemon_t *chatd = s_daemon_new (&gateway, "chat", "chat-1", 4);
     s_wait_health (&gateway, "services.chat.instances", 1);
 
-    s_call_t *call = s_call_new (&gateway, "POST", "/api/v1/workspace/demo/stream-chat", S_KEY,
-                                 "{\"message\":\"tell me\"}");
+    s_call_t *call = s_call_new (&gateway, "POST", "/api/v1/workspace/demo/stream-chat",
+                                 S_KEY, "{\"message\":\"tell me\"}");
     call->extra[0] = "Accept: text/event-stream";
     s_call_start (call);
     cm_msg_t *request = s_daemon_expect (chatd, CM_MSG_REQUEST);
@@ -1041,7 +1049,8 @@ Test (gw_server, stream_chunks_reach_the_client_as_they_are_sent)
     const char *chunks[] = {"data: {\"n\":1}\n\n", "data: {\"n\":2}\n\n"};
     for (size_t i = 0; i < 2; i++) {
         s_daemon_reply (chatd, CM_MSG_PARTIAL, id, 200, "text/event-stream", chunks[i]);
-        cr_assert (s_call_wait_for (call, chunks[i]), "chunk %zu did not reach the client", i);
+        cr_assert (s_call_wait_for (call, chunks[i]),
+                   "chunk %zu did not reach the client", i);
         cr_assert (!atomic_load (&call->done), "the stream is still open");
     }
     s_daemon_reply (chatd, CM_MSG_FINAL, id, 200, "text/event-stream",
@@ -1068,8 +1077,8 @@ Test (gw_server, no_answer_within_the_timeout_is_504_and_cancel)
     s_daemon_t *chatd = s_daemon_new (&gateway, "chat", "chat-1", 4);
     s_wait_health (&gateway, "services.chat.instances", 1);
 
-    s_call_t *call =
-        s_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat", S_KEY, "{\"message\":\"?\"}");
+    s_call_t *call = s_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat", S_KEY,
+                                 "{\"message\":\"?\"}");
     s_call_start (call);
     cm_msg_t *request = s_daemon_expect (chatd, CM_MSG_REQUEST);
     //  The daemon says nothing; the client gets 504 and the daemon a CANCEL.
@@ -1083,8 +1092,8 @@ Test (gw_server, no_answer_within_the_timeout_is_504_and_cancel)
     s_wait_health (&gateway, "broker.timeouts", 1);
 
     //  An answer that comes too late is counted, not delivered anywhere.
-    s_daemon_reply (chatd, CM_MSG_FINAL, cm_msg_request_id (request), 200, "application/json",
-                    "{}");
+    s_daemon_reply (chatd, CM_MSG_FINAL, cm_msg_request_id (request), 200,
+                    "application/json", "{}");
     s_wait_health (&gateway, "broker.late_replies", 1);
     s_wait_health (&gateway, "broker.in_flight", 0);
     cm_msg_destroy (&request);
@@ -1099,13 +1108,14 @@ Test (gw_server, client_leaving_mid_stream_cancels_at_the_daemon)
     s_daemon_t *chatd = s_daemon_new (&gateway, "chat", "chat-1", 4);
     s_wait_health (&gateway, "services.chat.instances", 1);
 
-    s_call_t *call = s_call_new (&gateway, "POST", "/api/v1/workspace/demo/stream-chat", S_KEY,
-                                 "{\"message\":\"long story\"}");
+    s_call_t *call = s_call_new (&gateway, "POST", "/api/v1/workspace/demo/stream-chat",
+                                 S_KEY, "{\"message\":\"long story\"}");
     call->hang_up = true;
     s_call_start (call);
     cm_msg_t *request = s_daemon_expect (chatd, CM_MSG_REQUEST);
     const char *id = cm_msg_request_id (request);
-    s_daemon_reply (chatd, CM_MSG_PARTIAL, id, 200, "text/event-stream", "data: {\"n\":0}\n\n");
+    s_daemon_reply (chatd, CM_MSG_PARTIAL, id, 200, "text/event-stream",
+                    "data: {\"n\":0}\n\n");
     //  The client hangs up on the first chunk.
     s_call_join (call);
     cr_assert_eq (call->code, CURLE_WRITE_ERROR, "%s", curl_easy_strerror (call->code));
@@ -1150,7 +1160,8 @@ Test (gw_server, client_leaving_a_silent_request_cancels_at_the_daemon)
     s_call_start (call);
     cm_msg_t *request = s_daemon_expect (chatd, CM_MSG_REQUEST);
     s_call_join (call);
-    cr_assert_eq (call->code, CURLE_OPERATION_TIMEDOUT, "%s", curl_easy_strerror (call->code));
+    cr_assert_eq (call->code, CURLE_OPERATION_TIMEDOUT, "%s",
+                  curl_easy_strerror (call->code));
     int64_t left = cm_clock_mono_ms ();
     cm_msg_t *cancel = s_daemon_expect (chatd, CM_MSG_CANCEL);
     cr_assert_str_eq (cm_msg_request_id (cancel), cm_msg_request_id (request));
@@ -1208,7 +1219,8 @@ Test (gw_server, silent_instance_expires_and_its_requests_are_answered)
     s_assert_error (plain, 502, NULL);
     json_t *json = s_call_json (plain);
     const char *error = json_string_value (json_object_get (json, "error"));
-    cr_assert (strstr (error, "chat-1") && strstr (error, "missed its heartbeats"), "%s", error);
+    cr_assert (strstr (error, "chat-1") && strstr (error, "missed its heartbeats"), "%s",
+               error);
     json_decref (json);
 
     //  The stream ends with an abort event after what it had.
@@ -1216,7 +1228,8 @@ Test (gw_server, silent_instance_expires_and_its_requests_are_answered)
     cr_assert_eq (stream->code, CURLE_OK);
     cr_assert_eq (stream->status, 200);
     const char *prefix = "data: {\"n\":1}\n\ndata: ";
-    cr_assert_eq (strncmp (stream->reply, prefix, strlen (prefix)), 0, "%s", stream->reply);
+    cr_assert_eq (strncmp (stream->reply, prefix, strlen (prefix)), 0, "%s",
+                  stream->reply);
     const char *event = stream->reply + strlen (prefix);
     size_t length = strlen (event);
     cr_assert (length > 2 && !strcmp (event + length - 2, "\n\n"), "%s", stream->reply);
@@ -1272,13 +1285,14 @@ Test (gw_server, requests_go_to_the_instance_with_most_free_credit)
     for (size_t i = 0; i < 5; i++) {
         char answer[64];
         snprintf (answer, sizeof answer, "{\"from\":\"%s\"}", daemons[where[i]]->id);
-        s_daemon_reply (daemons[where[i]], CM_MSG_FINAL, cm_msg_request_id (requests[i]), 200,
-                        "application/json", answer);
+        s_daemon_reply (daemons[where[i]], CM_MSG_FINAL, cm_msg_request_id (requests[i]),
+                        200, "application/json", answer);
     }
     for (size_t i = 0; i < 5; i++) {
         s_call_join (calls[i]);
         cr_assert_eq (calls[i]->status, 200);
-        cr_assert (strstr (calls[i]->reply, daemons[where[i]]->id), "%s", calls[i]->reply);
+        cr_assert (strstr (calls[i]->reply, daemons[where[i]]->id), "%s",
+                   calls[i]->reply);
         s_call_destroy (&calls[i]);
         cm_msg_destroy (&requests[i]);
     }
@@ -1286,7 +1300,8 @@ Test (gw_server, requests_go_to_the_instance_with_most_free_credit)
 
     //  Credit comes back with each FINAL: with both idle again, the big
     //  one is first once more.
-    s_call_t *busy = s_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat", S_KEY, "{}");
+    s_call_t *busy =
+        s_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat", S_KEY, "{}");
     s_call_start (busy);
     size_t at;
     cm_msg_t *held = s_daemons_expect_request (daemons, 2, &at);
@@ -1294,7 +1309,8 @@ Test (gw_server, requests_go_to_the_instance_with_most_free_credit)
     cm_msg_t *more[3];
     s_call_t *others[3];
     for (size_t i = 0; i < 3; i++) {
-        others[i] = s_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat", S_KEY, "{}");
+        others[i] =
+            s_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat", S_KEY, "{}");
         s_call_start (others[i]);
         more[i] = s_daemons_expect_request (daemons, 2, &where[i]);
     }
@@ -1336,10 +1352,10 @@ Test (gw_server, one_busy_instance_sends_the_next_request_to_the_other)
     s_call_start (second);
     cm_msg_t *b = s_daemons_expect_request (daemons, 2, &two);
     cr_assert_neq (one, two, "both went to %s", daemons[one]->id);
-    s_daemon_reply (daemons[one], CM_MSG_FINAL, cm_msg_request_id (a), 200, "application/json",
-                    "[]");
-    s_daemon_reply (daemons[two], CM_MSG_FINAL, cm_msg_request_id (b), 200, "application/json",
-                    "[]");
+    s_daemon_reply (daemons[one], CM_MSG_FINAL, cm_msg_request_id (a), 200,
+                    "application/json", "[]");
+    s_daemon_reply (daemons[two], CM_MSG_FINAL, cm_msg_request_id (b), 200,
+                    "application/json", "[]");
     s_call_join (first);
     s_call_join (second);
     cr_assert_eq (first->status, 200);
@@ -1384,12 +1400,12 @@ Test (gw_server, malformed_frames_are_counted_and_dropped)
     s_wait_health (&gateway, "broker.dropped_frames", 3);
 
     //  The gateway and the instance go on working.
-    s_call_t *call =
-        s_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat", S_KEY, "{\"message\":\"?\"}");
+    s_call_t *call = s_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat", S_KEY,
+                                 "{\"message\":\"?\"}");
     s_call_start (call);
     cm_msg_t *request = s_daemon_expect (chatd, CM_MSG_REQUEST);
-    s_daemon_reply (chatd, CM_MSG_FINAL, cm_msg_request_id (request), 200, "application/json",
-                    "{\"ok\":true}");
+    s_daemon_reply (chatd, CM_MSG_FINAL, cm_msg_request_id (request), 200,
+                    "application/json", "{\"ok\":true}");
     s_call_join (call);
     cr_assert_eq (call->status, 200);
     cr_assert_str_eq (call->reply, "{\"ok\":true}");
@@ -1445,7 +1461,8 @@ Test (gw_server, retryable_request_is_resent_when_its_instance_dies)
     s_wait_health (&gateway, "services.chat.instances", 2);
 
     const char *body = "{\"message\":\"again\"}";
-    s_call_t *call = s_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat?x=1", S_KEY, body);
+    s_call_t *call =
+        s_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat?x=1", S_KEY, body);
     s_call_start (call);
     size_t dies;
     cm_msg_t *request = s_daemons_expect_request (daemons, 2, &dies);
@@ -1460,8 +1477,8 @@ Test (gw_server, retryable_request_is_resent_when_its_instance_dies)
     const char *received = cm_msg_body (again, &size);
     cr_assert_eq (size, strlen (body));
     cr_assert_eq (memcmp (received, body, size), 0);
-    s_daemon_reply (other, CM_MSG_FINAL, cm_msg_request_id (again), 200, "application/json",
-                    "{\"textResponse\":\"second try\"}");
+    s_daemon_reply (other, CM_MSG_FINAL, cm_msg_request_id (again), 200,
+                    "application/json", "{\"textResponse\":\"second try\"}");
     s_call_join (call);
     cr_assert_eq (call->status, 200);
     cr_assert_str_eq (call->reply, "{\"textResponse\":\"second try\"}");
@@ -1485,8 +1502,8 @@ Test (gw_server, non_retryable_request_is_502_when_its_instance_dies)
     s_wait_health (&gateway, "services.chat.instances", 2);
 
     //  Creating a workspace twice would be wrong: no second try.
-    s_call_t *call =
-        s_call_new (&gateway, "POST", "/api/v1/workspace/new", S_KEY, "{\"name\":\"once\"}");
+    s_call_t *call = s_call_new (&gateway, "POST", "/api/v1/workspace/new", S_KEY,
+                                 "{\"name\":\"once\"}");
     s_call_start (call);
     size_t dies;
     cm_msg_t *request = s_daemons_expect_request (daemons, 2, &dies);
@@ -1517,8 +1534,8 @@ Test (gw_server, retry_to_a_vanished_instance_is_answered_502)
         s_daemon_t *a = s_daemon_new (&gateway, "chat", ids[round][0], 2);
         s_daemon_t *b = s_daemon_new (&gateway, "chat", ids[round][1], 1);
         s_wait_health (&gateway, "services.chat.instances", 2);
-        s_call_t *call = s_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat", S_KEY,
-                                     "{\"message\":\"hi\"}");
+        s_call_t *call = s_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat",
+                                     S_KEY, "{\"message\":\"hi\"}");
         s_call_start (call);
         cm_msg_t *request = s_daemon_expect (a, CM_MSG_REQUEST);
         s_daemon_mute (a);
@@ -1567,8 +1584,8 @@ Test (gw_server, keep_alive_reuses_the_connection)
         {"GET", "/api/health/live", NULL, NULL, 200, false},
     };
     for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
-        s_call_t *call = s_call_new (&gateway, steps[i].method, steps[i].path, steps[i].key,
-                                     steps[i].body);
+        s_call_t *call = s_call_new (&gateway, steps[i].method, steps[i].path,
+                                     steps[i].key, steps[i].body);
         call->curl = curl;
         if (steps[i].forwarded) {
             s_call_start (call);
@@ -1577,13 +1594,13 @@ Test (gw_server, keep_alive_reuses_the_connection)
                             "application/json", "{}");
             cm_msg_destroy (&request);
             s_call_join (call);
-        }
-        else
+        } else
             s_call_run (call);
         cr_assert_eq (call->code, CURLE_OK);
         cr_assert_eq (call->status, steps[i].status, "step %zu", i);
-        cr_assert_eq (call->connects, i == 0 ? 1 : 0, "step %zu (%s %s) opened a connection",
-                      i, steps[i].method, steps[i].path);
+        cr_assert_eq (call->connects, i == 0 ? 1 : 0,
+                      "step %zu (%s %s) opened a connection", i, steps[i].method,
+                      steps[i].path);
         s_call_destroy (&call);
     }
     curl_easy_cleanup (curl);

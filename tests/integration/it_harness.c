@@ -195,9 +195,8 @@ s_ready (void *arg)
     it_http ("GET", url, NULL, false, &response);
     json_t *health = json_loads (response.body ? response.body : "", 0, NULL);
     it_response_free (&response);
-    json_int_t chat = json_integer_value (
-        json_object_get (json_object_get (json_object_get (health, "services"), "chat"),
-                         "instances"));
+    json_int_t chat = json_integer_value (json_object_get (
+        json_object_get (json_object_get (health, "services"), "chat"), "instances"));
     json_decref (health);
     return chat >= 2;
 }

@@ -37,9 +37,9 @@ size_t it_children (pid_t parent, const char *name, pid_t *pids, size_t max);
 bool it_alive (pid_t pid);
 
 typedef struct {
-    long status;       //  HTTP status, 0 on a transport error
-    char *body;        //  response body (malloc'd, NUL-terminated)
-    size_t size;       //  its length
+    long status;        //  HTTP status, 0 on a transport error
+    char *body;         //  response body (malloc'd, NUL-terminated)
+    size_t size;        //  its length
     char headers[4096]; //  raw response headers
 } it_response_t;
 

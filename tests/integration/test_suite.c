@@ -35,12 +35,12 @@ s_create_workspace (const char *name)
 
 typedef struct {
     char url[256];
-    char *data;                //  everything received
+    char *data; //  everything received
     size_t size;
-    pthread_mutex_t lock;      //  guards data
-    atomic_bool done;          //  transfer finished
-    long status;               //  HTTP status
-    CURLcode result;           //  transfer result
+    pthread_mutex_t lock; //  guards data
+    atomic_bool done;     //  transfer finished
+    long status;          //  HTTP status
+    CURLcode result;      //  transfer result
 } s_stream_t;
 
 static size_t
@@ -87,7 +87,8 @@ s_events (const char *text)
     json_t *events = json_array ();
     const char *p = text;
     while (*p) {
-        cr_assert_eq (strncmp (p, "data: ", 6), 0, "event does not start with 'data: ': %.40s", p);
+        cr_assert_eq (strncmp (p, "data: ", 6), 0,
+                      "event does not start with 'data: ': %.40s", p);
         const char *end = strstr (p, "\n\n");
         cr_assert_not_null (end, "event not terminated by a blank line");
         json_error_t error;
@@ -203,7 +204,8 @@ Test (suite, killed_chatd_is_restarted_while_the_other_serves, .timeout = 90)
     while (it_now_ms () < until || served < 20) {
         it_response_t r;
         it_http ("POST", url, "{\"message\":\"still there?\"}", true, &r);
-        cr_assert_eq (r.status, 200, "request %d after the kill: %ld %s", served, r.status, r.body);
+        cr_assert_eq (r.status, 200, "request %d after the kill: %ld %s", served,
+                      r.status, r.body);
         it_response_free (&r);
         served++;
     }
@@ -275,7 +277,8 @@ Test (suite, concurrent_chats_spread_over_both_replicas, .timeout = 120)
     cr_assert_eq (atomic_load (&load.ok), 100);
     //  The gateway's view (a snapshot refreshed every few ms): each chat
     //  instance served some of them.
-    cr_assert (it_wait (s_spread, NULL, 5000), "requests did not spread: %s", s_last_health);
+    cr_assert (it_wait (s_spread, NULL, 5000), "requests did not spread: %s",
+               s_last_health);
     it_suite_stop (&s_suite);
 }
 
@@ -308,8 +311,8 @@ s_busy_chat_pid (void)
     pid_t pid = 0;
     for (size_t i = 0; i < json_array_size (instances); i++) {
         json_t *instance = json_array_get (instances, i);
-        if (json_integer_value (json_object_get (instance, "inflight")) > 0
-            && !strcmp (json_string_value (json_object_get (instance, "service")), "chat")) {
+        if (json_integer_value (json_object_get (instance, "inflight")) > 0 &&
+            !strcmp (json_string_value (json_object_get (instance, "service")), "chat")) {
             const char *id = json_string_value (json_object_get (instance, "id"));
             pid = (pid_t) atoi (strrchr (id, '-') + 1);
         }
@@ -334,7 +337,8 @@ Test (suite, chatd_killed_mid_stream_gives_an_abort_event, .timeout = 90)
     cr_assert_gt (pid, 0, "no chat instance has the stream in flight");
     kill (pid, SIGKILL);
     long long killed_at = it_now_ms ();
-    cr_assert (it_wait (s_stream_done, &stream, 10000), "the stream hangs after the kill");
+    cr_assert (it_wait (s_stream_done, &stream, 10000),
+               "the stream hangs after the kill");
     long long took = it_now_ms () - killed_at;
     pthread_join (thread, NULL);
     cr_assert_eq (stream.result, CURLE_OK, "the stream ended with a transport error %d",
@@ -358,14 +362,17 @@ Test (suite, sigterm_stops_every_child_within_the_grace_period, .timeout = 90)
     long long start = it_now_ms ();
     kill (s_suite.supervisor, SIGTERM);
     int status = 0;
-    while (waitpid (s_suite.supervisor, &status, WNOHANG) == 0 && it_now_ms () - start < 15000)
+    while (waitpid (s_suite.supervisor, &status, WNOHANG) == 0 &&
+           it_now_ms () - start < 15000)
         usleep (10 * 1000);
     long long took = it_now_ms () - start;
-    cr_assert (WIFEXITED (status) && WEXITSTATUS (status) == 0, "supervisor status %d", status);
+    cr_assert (WIFEXITED (status) && WEXITSTATUS (status) == 0, "supervisor status %d",
+               status);
     //  Grace is 5 s in the harness: everything must be gone by then.
     cr_assert_leq (took, 6000, "supervisor took %lld ms", took);
     for (size_t i = 0; i < n; i++)
-        cr_assert_not (it_alive (pids[i]), "child %d outlived the supervisor", (int) pids[i]);
+        cr_assert_not (it_alive (pids[i]), "child %d outlived the supervisor",
+                       (int) pids[i]);
     s_suite.supervisor = 0;
     it_suite_stop (&s_suite);
 }

@@ -60,7 +60,7 @@ Test (sup_backoff, jitter_stays_within_half_of_the_base)
         for (size_t i = 0; i < sizeof randoms / sizeof randoms[0]; i++) {
             int64_t delay = sup_backoff_delay (&s_policy, attempt, randoms[i]);
             cr_assert_geq (delay, (base + 1) / 2, "attempt %u random %u: %lld", attempt,
-                           randoms[i], (long long)delay);
+                           randoms[i], (long long) delay);
             cr_assert_leq (delay, base);
             cr_assert_leq (delay, s_policy.max_ms);
             if (delay < base)
@@ -127,7 +127,7 @@ Test (sup_backoff, crashes_outside_the_window_are_forgotten)
     for (int64_t t = 0; t < 3; t++) {
         sup_backoff_started (backoff, later + t * 10);
         cr_assert_eq (sup_backoff_exited (backoff, later + t * 10 + 1, 0, &delay),
-                      SUP_BACKOFF_RESTART, "crash %lld", (long long)t);
+                      SUP_BACKOFF_RESTART, "crash %lld", (long long) t);
     }
     sup_backoff_started (backoff, later + 100);
     cr_assert_eq (sup_backoff_exited (backoff, later + 101, 0, &delay),
@@ -144,7 +144,7 @@ Test (sup_backoff, window_slides_over_a_steady_crash_rate)
     for (int64_t t = 0; t < 50; t++) {
         sup_backoff_started (backoff, t * 20000);
         cr_assert_eq (sup_backoff_exited (backoff, t * 20000 + 19000, 0, &delay),
-                      SUP_BACKOFF_RESTART, "crash %lld", (long long)t);
+                      SUP_BACKOFF_RESTART, "crash %lld", (long long) t);
         cr_assert_leq (sup_backoff_crashes (backoff, t * 20000 + 19000), 3);
     }
     sup_backoff_destroy (&backoff);

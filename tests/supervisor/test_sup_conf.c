@@ -6,14 +6,16 @@
 
 static char s_err[1024];
 
-static sup_conf_t *s_parse (const char *text)
+static sup_conf_t *
+s_parse (const char *text)
 {
     s_err[0] = 0;
     return sup_conf_parse (text, "test.conf", s_err, sizeof s_err);
 }
 
 //  Parsing must fail, with an error that contains each of the needles.
-static void s_refused (const char *text, const char *needle1, const char *needle2)
+static void
+s_refused (const char *text, const char *needle1, const char *needle2)
 {
     sup_conf_t *conf = s_parse (text);
     cr_assert_null (conf, "accepted: %s", text);

@@ -7,21 +7,24 @@
 
 static char s_err[1024];
 
-static void s_clear (void)
+static void
+s_clear (void)
 {
     for (const cm_conf_entry_t *e = sup_env_table; e->name; e++)
         unsetenv (e->name);
 }
 
 //  A fresh directory under /tmp; the caller frees the path.
-static char *s_tempdir (void)
+static char *
+s_tempdir (void)
 {
     char *dir = strdup ("/tmp/test_sup_env.XXXXXX");
     cr_assert_not_null (mkdtemp (dir));
     return dir;
 }
 
-static void s_rmtree (const char *dir)
+static void
+s_rmtree (const char *dir)
 {
     char command[4200];
     snprintf (command, sizeof command, "rm -rf '%s'", dir);

@@ -25,7 +25,8 @@ static char s_path[PATH_MAX]; //  scratch path
 static pid_t s_seen[256];     //  every child seen, for the clean-up
 static size_t s_seen_size;    //  entries in s_seen
 
-static void s_setup (void)
+static void
+s_setup (void)
 {
     strcpy (s_dir, "/tmp/test_sup_run.XXXXXX");
     cr_assert_not_null (mkdtemp (s_dir));
@@ -42,7 +43,8 @@ static void s_setup (void)
 }
 
 //  Whatever happened, leave no process behind.
-static void s_teardown (void)
+static void
+s_teardown (void)
 {
     if (s_supervisor > 0) {
         kill (s_supervisor, SIGKILL);
@@ -59,20 +61,23 @@ static void s_teardown (void)
         fprintf (stderr, "cannot remove %s\n", s_dir);
 }
 
-static void s_sleep_ms (int ms)
+static void
+s_sleep_ms (int ms)
 {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    struct timespec ts = {ms / 1000, (long) (ms % 1000) * 1000000};
     nanosleep (&ts, NULL);
 }
 
-static const char *s_file (const char *name)
+static const char *
+s_file (const char *name)
 {
     snprintf (s_path, sizeof s_path, "%s/%s", s_dir, name);
     return s_path;
 }
 
 //  The whole file as a string (empty when missing); the caller frees it.
-static char *s_slurp (const char *path)
+static char *
+s_slurp (const char *path)
 {
     char *text = cm_calloc (1, 1);
     size_t len = 0;
@@ -92,7 +97,8 @@ static char *s_slurp (const char *path)
 }
 
 //  Occurrences of needle in the supervisor's log.
-static size_t s_log_count (const char *needle)
+static size_t
+s_log_count (const char *needle)
 {
     char *log = s_slurp (s_file ("stderr"));
     size_t count = 0;
@@ -103,7 +109,8 @@ static size_t s_log_count (const char *needle)
 }
 
 //  Some line of the log holds both needles.
-static bool s_log_line_has (const char *needle1, const char *needle2)
+static bool
+s_log_line_has (const char *needle1, const char *needle2)
 {
     char *log = s_slurp (s_file ("stderr"));
     bool found = false;
@@ -113,7 +120,8 @@ static bool s_log_line_has (const char *needle1, const char *needle2)
     return found;
 }
 
-static bool s_wait_log (const char *needle)
+static bool
+s_wait_log (const char *needle)
 {
     int64_t deadline = cm_clock_mono_ms () + S_PATIENCE_MS;
     while (s_log_count (needle) == 0) {
@@ -125,14 +133,15 @@ static bool s_wait_log (const char *needle)
 }
 
 //  Live (not zombie) processes whose parent is parent, sorted by /proc.
-static size_t s_children (pid_t parent, pid_t *pids, size_t max)
+static size_t
+s_children (pid_t parent, pid_t *pids, size_t max)
 {
     size_t count = 0;
     DIR *proc = opendir ("/proc");
     cr_assert_not_null (proc);
     struct dirent *entry;
     while ((entry = readdir (proc)) && count < max) {
-        if (!isdigit ((unsigned char)entry->d_name[0]))
+        if (!isdigit ((unsigned char) entry->d_name[0]))
             continue;
         char path[300];
         snprintf (path, sizeof path, "/proc/%s/stat", entry->d_name);
@@ -151,7 +160,7 @@ static size_t s_children (pid_t parent, pid_t *pids, size_t max)
             sscanf (close_paren + 1, " %c %d", &state, &ppid) != 2)
             continue;
         if (ppid == parent && state != 'Z') {
-            pids[count++] = (pid_t)atoi (entry->d_name);
+            pids[count++] = (pid_t) atoi (entry->d_name);
             bool known = false;
             for (size_t i = 0; i < s_seen_size; i++)
                 known = known || s_seen[i] == pids[count - 1];
@@ -164,7 +173,8 @@ static size_t s_children (pid_t parent, pid_t *pids, size_t max)
 }
 
 //  Wait until parent has exactly count live children; fill pids.
-static bool s_wait_children (pid_t parent, size_t count, pid_t *pids)
+static bool
+s_wait_children (pid_t parent, size_t count, pid_t *pids)
 {
     int64_t deadline = cm_clock_mono_ms () + S_PATIENCE_MS;
     while (s_children (parent, pids, 64) != count) {
@@ -176,10 +186,11 @@ static bool s_wait_children (pid_t parent, size_t count, pid_t *pids)
 }
 
 //  A process that exists and is not a zombie.
-static bool s_alive (pid_t pid)
+static bool
+s_alive (pid_t pid)
 {
     char path[64];
-    snprintf (path, sizeof path, "/proc/%d/stat", (int)pid);
+    snprintf (path, sizeof path, "/proc/%d/stat", (int) pid);
     FILE *file = fopen (path, "r");
     if (!file)
         return false;
@@ -190,7 +201,8 @@ static bool s_alive (pid_t pid)
     return read_ok && close_paren && close_paren[2] != 'Z';
 }
 
-static bool s_wait_gone (pid_t pid)
+static bool
+s_wait_gone (pid_t pid)
 {
     int64_t deadline = cm_clock_mono_ms () + S_PATIENCE_MS;
     while (s_alive (pid)) {
@@ -202,7 +214,8 @@ static bool s_wait_gone (pid_t pid)
 }
 
 //  Wait for the supervisor to exit; its wait status, or -1 on time-out.
-static int s_wait_exit (int64_t patience_ms)
+static int
+s_wait_exit (int64_t patience_ms)
 {
     int64_t deadline = cm_clock_mono_ms () + patience_ms;
     while (true) {
@@ -224,7 +237,8 @@ static int s_wait_exit (int64_t patience_ms)
 
 //  Write conf as the suite file and start the supervisor on it, its stdout
 //  and stderr going to files in the scratch directory.
-static void s_start (const char *conf)
+static void
+s_start (const char *conf)
 {
     FILE *file = fopen (s_file ("suite.conf"), "w");
     cr_assert_not_null (file);
@@ -246,7 +260,7 @@ static void s_start (const char *conf)
             _exit (126);
         dup2 (fd_out, STDOUT_FILENO);
         dup2 (fd_err, STDERR_FILENO);
-        execl (program, program, "-c", config, (char *)NULL);
+        execl (program, program, "-c", config, (char *) NULL);
         _exit (127);
     }
     s_supervisor = pid;
@@ -271,10 +285,10 @@ Test (sup_run, walkthrough_restart_after_kill_then_stop, .init = s_setup,
     }
     cr_assert (replaced, "the killed sleeper was restarted");
     char needle[128];
-    snprintf (needle, sizeof needle, "pid %d killed by signal 9", (int)first[0]);
+    snprintf (needle, sizeof needle, "pid %d killed by signal 9", (int) first[0]);
     cr_assert (s_wait_log (needle), "exit logged with pid");
     pid_t fresh = now[0] == first[1] ? now[1] : now[0];
-    snprintf (needle, sizeof needle, "pid %d (start 2)", (int)fresh);
+    snprintf (needle, sizeof needle, "pid %d (start 2)", (int) fresh);
     cr_assert (s_wait_log (needle), "restart logged with the new pid");
     cr_assert (s_wait_log ("restarting sleeper."));
 
@@ -300,7 +314,7 @@ Test (sup_run, sigterm_stops_every_child_within_grace, .init = s_setup,
         pid_t found[64];
         int64_t deadline = cm_clock_mono_ms () + S_PATIENCE_MS;
         char path[64];
-        snprintf (path, sizeof path, "/proc/%d/comm", (int)children[i]);
+        snprintf (path, sizeof path, "/proc/%d/comm", (int) children[i]);
         char *comm = s_slurp (path);
         bool shell = !strncmp (comm, "sh", 2);
         free (comm);
@@ -320,10 +334,10 @@ Test (sup_run, sigterm_stops_every_child_within_grace, .init = s_setup,
     cr_assert (WIFEXITED (status) && WEXITSTATUS (status) == 0, "status 0x%x", status);
     cr_assert_lt (cm_clock_mono_ms () - start, 10000, "within the grace period");
     for (size_t i = 0; i < 4; i++)
-        cr_assert_not (s_alive (children[i]), "child %d is gone", (int)children[i]);
+        cr_assert_not (s_alive (children[i]), "child %d is gone", (int) children[i]);
     for (size_t i = 0; i < grand; i++)
         cr_assert (s_wait_gone (grandchildren[i]), "grandchild %d is gone",
-                   (int)grandchildren[i]);
+                   (int) grandchildren[i]);
     cr_assert_eq (s_log_count ("sending SIGKILL"), 0, "nobody needed SIGKILL");
     cr_assert (s_log_count ("sending INT to c.0"));
     cr_assert (s_log_count ("every child has exited"));
@@ -341,7 +355,7 @@ Test (sup_run, a_child_ignoring_sigterm_is_killed_after_grace, .init = s_setup,
     for (size_t i = 0; i < 2; i++) {
         pid_t found[64];
         char path[64];
-        snprintf (path, sizeof path, "/proc/%d/comm", (int)children[i]);
+        snprintf (path, sizeof path, "/proc/%d/comm", (int) children[i]);
         char *comm = s_slurp (path);
         bool shell = !strncmp (comm, "sh", 2);
         free (comm);
@@ -359,7 +373,7 @@ Test (sup_run, a_child_ignoring_sigterm_is_killed_after_grace, .init = s_setup,
     cr_assert (s_log_line_has ("stubborn.0 pid", "sending SIGKILL"));
     cr_assert (s_log_count ("killed by signal 9"));
     for (size_t i = 0; i < s_seen_size; i++)
-        cr_assert (s_wait_gone (s_seen[i]), "pid %d is gone", (int)s_seen[i]);
+        cr_assert (s_wait_gone (s_seen[i]), "pid %d is gone", (int) s_seen[i]);
 }
 
 Test (sup_run, a_crash_loop_is_given_up_loudly, .init = s_setup, .fini = s_teardown)
@@ -405,7 +419,7 @@ Test (sup_run, children_die_with_a_killed_supervisor, .init = s_setup, .fini = s
     //  PR_SET_PDEATHSIG sends them SIGTERM.
     for (size_t i = 0; i < 3; i++)
         cr_assert (s_wait_gone (children[i]), "pid %d outlived the supervisor",
-                   (int)children[i]);
+                   (int) children[i]);
 }
 
 Test (sup_run, children_see_one_environment, .init = s_setup, .fini = s_teardown)

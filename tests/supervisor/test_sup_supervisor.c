@@ -11,7 +11,8 @@
 
 static char s_err[1024];
 
-static sup_settings_t s_settings (void)
+static sup_settings_t
+s_settings (void)
 {
     sup_settings_t settings = {
         .restart_initial_ms = 1,
@@ -24,7 +25,8 @@ static sup_settings_t s_settings (void)
     return settings;
 }
 
-static sup_conf_t *s_conf (const char *text)
+static sup_conf_t *
+s_conf (const char *text)
 {
     sup_conf_t *conf = sup_conf_parse (text, "test.conf", s_err, sizeof s_err);
     cr_assert_not_null (conf, "%s", s_err);
@@ -32,12 +34,13 @@ static sup_conf_t *s_conf (const char *text)
 }
 
 //  Reader hook: take the byte and stop the run.
-static void s_on_pipe (sup_supervisor_t *self, void *socket, int fd, void *arg)
+static void
+s_on_pipe (sup_supervisor_t *self, void *socket, int fd, void *arg)
 {
     cr_assert_null (socket);
     char byte;
     cr_assert_eq (read (fd, &byte, 1), 1);
-    *(int *)arg += 1;
+    *(int *) arg += 1;
     cr_assert_eq (sup_supervisor_running (self), 2, "both sleepers are up");
     sup_supervisor_stop (self, cm_clock_mono_ms ());
 }
