@@ -434,8 +434,10 @@ gw_server_destroy (gw_server_t **self_p)
         return;
     //  No new forwarding; the broker answers and resumes every suspended
     //  connection; MHD must not be stopped while one is still suspended.
+    //  (No MHD_quiesce_daemon: with an epoll thread pool, 0.9.75 can abort
+    //  in it ("Failed to remove listen FD from epoll set"). New requests
+    //  meanwhile are answered 503 by the stopping flag.)
     atomic_store (&self->stopping, true);
-    MHD_quiesce_daemon (self->daemon);
     gw_broker_close (self->broker);
     int64_t until = cm_clock_mono_ms () + 5000;
     while (atomic_load (&self->open_exchanges) > 0 && cm_clock_mono_ms () < until)
