@@ -8,9 +8,15 @@
     picks it up) and handed to the drop callback; so is a waiting task that
     is cancelled by id, and every waiting task when the queue is destroyed.
 
-    Threading: submit, cancel, expire and stats may be called from any
-    thread; run and drop callbacks are called without the queue's lock held,
-    run on a queue thread, drop on the thread that caused the drop. */
+    Threading: the queue owns `concurrency` runner threads, started by
+    cm_queue_new and joined by cm_queue_close. submit, cancel, expire and
+    stats may be called from any thread (one mutex guards the line and the
+    counters; runners sleep on a condition variable). run and drop callbacks
+    are called without the lock held: run on a runner thread, drop on the
+    thread that caused the drop (the expiring, cancelling or closing one).
+    A running task is never interrupted by the queue: cancellation of a
+    running task is cooperative (cm_worker marks its call cancelled and the
+    handler checks, which also aborts its upstream call). */
 #ifndef CM_QUEUE_H_INCLUDED
 #define CM_QUEUE_H_INCLUDED
 
@@ -30,7 +36,14 @@ typedef enum {
     CM_QUEUE_DROP_SHUTDOWN,    //  queue destroyed while waiting
 } cm_queue_drop_t;
 
-typedef void (cm_queue_run_fn) (void *task, void *arg);
+//  How a task that ran ended, for the counters.
+typedef enum {
+    CM_QUEUE_COMPLETED = 0, //  did its work
+    CM_QUEUE_FAILED,        //  ran, and failed (an upstream error, a 5xx)
+    CM_QUEUE_ABORTED,       //  ran, and stopped early: cancelled or past deadline
+} cm_queue_outcome_t;
+
+typedef cm_queue_outcome_t (cm_queue_run_fn) (void *task, void *arg);
 typedef void (cm_queue_drop_fn) (void *task, cm_queue_drop_t why, void *arg);
 
 //  Create a queue with its threads. name is for logs (copied).
@@ -60,10 +73,33 @@ typedef struct {
     size_t active;      //  running now
     size_t pending;     //  waiting now
     uint64_t completed; //  tasks that ran to the end
+    uint64_t failed;    //  tasks that ran and failed
+    uint64_t aborted;   //  tasks that ran and stopped early (cancel, deadline)
     uint64_t rejected;  //  submits refused as full
     uint64_t timed_out; //  dropped waiting past the deadline
     uint64_t cancelled; //  dropped by cancel while waiting
 } cm_queue_stats_t;
 void cm_queue_stats (cm_queue_t *self, cm_queue_stats_t *stats);
+
+//  Publish this queue in a metrics registry (cm_metrics.h) under the label
+//  queue="<name>": gauges llmrt_queue_depth, llmrt_queue_active,
+//  llmrt_queue_concurrency, llmrt_queue_max_pending; counter
+//  llmrt_queue_tasks_total{outcome=completed|failed|aborted|rejected|
+//  timed_out|cancelled}; histograms llmrt_queue_wait_seconds (submit to
+//  start) and llmrt_queue_run_seconds (start to end). Call once, before
+//  tasks are submitted. The registry keeps a collector that reads this
+//  queue: take no snapshot after the queue is destroyed. (In
+//  cm_queue_metrics.c, so programs without metrics do not link them.)
+struct cm_metrics_s;
+void cm_queue_attach_metrics (cm_queue_t *self, struct cm_metrics_s *metrics);
+
+//  Hook for cm_queue_attach_metrics: fn is called on the runner thread with
+//  the seconds a task waited, then the seconds it ran. The queue owns arg
+//  and frees it with free_fn (may be NULL) when destroyed.
+typedef void (cm_queue_timing_fn) (void *arg, double waited, double ran);
+void cm_queue_set_timing (cm_queue_t *self, cm_queue_timing_fn *fn, void *arg,
+                          void (*free_fn) (void *arg));
+//  The queue's name (borrowed).
+const char *cm_queue_name (cm_queue_t *self);
 
 #endif

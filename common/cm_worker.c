@@ -31,6 +31,7 @@ struct cm_call_s {
     bool json_parsed;        //  json was attempted
     atomic_bool cancelled;   //  CANCEL came or client gone
     bool replied;            //  FINAL sent
+    int status;              //  status of the reply (its first part's)
     bool streaming;          //  a PARTIAL was sent
     cm_msg_t *reply_headers; //  headers for the next reply (FINAL type as holder)
     struct cm_call_s *next;  //  link in the live-call list
@@ -58,7 +59,7 @@ struct cm_worker_s {
 };
 
 static void *s_io_thread (void *arg);
-static void s_run_call (void *task, void *arg);
+static cm_queue_outcome_t s_run_call (void *task, void *arg);
 static void s_drop_call (void *task, cm_queue_drop_t why, void *arg);
 static void s_call_destroy (cm_call_t **self_p);
 
@@ -475,7 +476,7 @@ s_call_unlink (cm_worker_t *self, cm_call_t *call)
     pthread_mutex_unlock (&self->calls_lock);
 }
 
-static void
+static cm_queue_outcome_t
 s_run_call (void *task, void *arg)
 {
     cm_worker_t *self = arg;
@@ -488,8 +489,14 @@ s_run_call (void *task, void *arg)
         else if (!atomic_load (&call->cancelled))
             cm_call_reply_error (call, 500, "The handler returned no reply.");
     }
+    //  For the queue's counters: a 5xx is a failure, a call that saw its
+    //  client leave or its deadline pass stopped early.
+    cm_queue_outcome_t outcome = atomic_load (&call->cancelled) ? CM_QUEUE_ABORTED
+                                 : call->status >= 500          ? CM_QUEUE_FAILED
+                                                                : CM_QUEUE_COMPLETED;
     s_call_unlink (self, call);
     s_call_destroy (&call);
+    return outcome;
 }
 
 static void
@@ -697,6 +704,8 @@ s_call_send (cm_call_t *self, cm_msg_type_t type, int status, const char *conten
     }
     cm_msg_set_body (msg, data, size);
     s_post_msg (self->worker, msg);
+    if (!self->status)
+        self->status = status;
     cm_msg_destroy (&msg);
     if (type == CM_MSG_FINAL)
         self->replied = true;
