@@ -42,6 +42,7 @@ http=$(free_port); backend=$(free_port); redis=$(free_port)
 RUN_DIR=$dir/run SERVER_PORT=$http SERVER_HOST=127.0.0.1 \
 GATEWAY_BACKEND_BIND=tcp://127.0.0.1:$backend GATEWAY_ENDPOINT=tcp://127.0.0.1:$backend \
 REDIS_URL=redis://127.0.0.1:$redis ADMIN_API_KEY=$BENCH_KEY LOG_LEVEL=warn \
+SUPERVISOR_ENDPOINT=ipc://$dir/supervisor.sock \
 CHAT_QUEUE_MAX_PENDING=${CHAT_QUEUE_MAX_PENDING:-1024} \
     "$build/bin/supervisor" -c "$root/deploy/local/suite.conf" >"$dir/suite.log" 2>&1 &
 sup_pid=$!

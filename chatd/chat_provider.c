@@ -55,13 +55,20 @@ chat_provider_name (chat_provider_t *self)
     return self->ops->name;
 }
 
-char *
+chat_provider_result_t
 chat_provider_complete (chat_provider_t *self, const chat_request_t *request,
-                        chat_metrics_t *metrics, char *err, size_t errlen)
+                        char **text_p, chat_metrics_t *metrics, char *err, size_t errlen)
 {
-    assert (self && request && metrics);
+    assert (self && request && text_p && metrics);
     memset (metrics, 0, sizeof *metrics);
-    return self->ops->complete (self->state, request, metrics, err, errlen);
+    *text_p = NULL;
+    chat_provider_result_t result =
+        self->ops->complete (self->state, request, text_p, metrics, err, errlen);
+    //  A whole completion is DONE with text or did not happen; never STOPPED.
+    assert (result == CHAT_PROVIDER_DONE
+                ? *text_p != NULL
+                : *text_p == NULL && result != CHAT_PROVIDER_STOPPED);
+    return result;
 }
 
 chat_provider_result_t
@@ -203,15 +210,16 @@ s_builtin_text (const chat_request_t *request)
     return text;
 }
 
-static char *
-s_builtin_complete (void *state, const chat_request_t *request, chat_metrics_t *metrics,
-                    char *err, size_t errlen)
+//  The builtin never fails.
+static chat_provider_result_t
+s_builtin_complete (void *state, const chat_request_t *request, char **text_p,
+                    chat_metrics_t *metrics, char *err, size_t errlen)
 {
     (void) state, (void) err, (void) errlen;
     double started = s_seconds ();
-    char *text = s_builtin_text (request);
-    s_finish_metrics (metrics, request, chat_provider_count_tokens (text), started);
-    return text;
+    *text_p = s_builtin_text (request);
+    s_finish_metrics (metrics, request, chat_provider_count_tokens (*text_p), started);
+    return CHAT_PROVIDER_DONE;
 }
 
 static chat_provider_result_t

@@ -58,20 +58,28 @@ typedef enum { CHAT_TOKEN_CONTINUE = 0, CHAT_TOKEN_STOP = 1 } chat_token_action_
 //  UTF-8). Return CHAT_TOKEN_STOP to end the call early (client gone).
 typedef chat_token_action_t (chat_token_fn) (const char *token, size_t size, void *arg);
 
-//  How a provider call ended.
+//  How a provider call ended. FAILED and REJECTED differ for the circuit
+//  breaker: FAILED counts against the upstream, REJECTED (the request's own
+//  fault) does not.
 typedef enum {
-    CHAT_PROVIDER_DONE = 0,    //  the whole completion was produced
-    CHAT_PROVIDER_STOPPED = 1, //  the callback said stop; metrics cover what was sent
-    CHAT_PROVIDER_FAILED = -1, //  the upstream failed; reason in err
+    CHAT_PROVIDER_DONE = 0,      //  the whole completion was produced
+    CHAT_PROVIDER_STOPPED = 1,   //  the callback said stop; metrics cover what was sent
+    CHAT_PROVIDER_FAILED = -1,   //  the upstream failed (unreachable, 5xx, timeout, its
+                                 //  credentials refused); reason in err
+    CHAT_PROVIDER_REJECTED = -2, //  the upstream refused this request for its own
+                                 //  fault (a 4xx such as "context too long"); reason
+                                 //  in err, fit to show the client
 } chat_provider_result_t;
 
 //  The vtable a provider implements. state is the provider's own.
 typedef struct {
     const char *name;
-    //  The whole completion at once: a new string the caller frees, or NULL
-    //  with the reason in err.
-    char *(*complete) (void *state, const chat_request_t *request,
-                       chat_metrics_t *metrics, char *err, size_t errlen);
+    //  The whole completion at once: DONE with *text_p a new string the
+    //  caller frees, or FAILED / REJECTED with the reason in err (*text_p
+    //  stays NULL).
+    chat_provider_result_t (*complete) (void *state, const chat_request_t *request,
+                                        char **text_p, chat_metrics_t *metrics, char *err,
+                                        size_t errlen);
     //  Stream the completion, one on_token call per token.
     chat_provider_result_t (*stream) (void *state, const chat_request_t *request,
                                       chat_token_fn *on_token, void *arg,
@@ -90,9 +98,12 @@ void chat_provider_destroy (chat_provider_t **self_p);
 
 //  Provider name ("builtin"), borrowed.
 const char *chat_provider_name (chat_provider_t *self);
-//  See chat_provider_ops_t.complete. metrics is always filled (zeros on failure).
-char *chat_provider_complete (chat_provider_t *self, const chat_request_t *request,
-                              chat_metrics_t *metrics, char *err, size_t errlen);
+//  See chat_provider_ops_t.complete. *text_p is set (NULL unless DONE);
+//  metrics is always filled (zeros on failure).
+chat_provider_result_t chat_provider_complete (chat_provider_t *self,
+                                               const chat_request_t *request,
+                                               char **text_p, chat_metrics_t *metrics,
+                                               char *err, size_t errlen);
 //  See chat_provider_ops_t.stream. metrics is always filled.
 chat_provider_result_t chat_provider_stream (chat_provider_t *self,
                                              const chat_request_t *request,

@@ -23,6 +23,9 @@
 struct chat_service_s {
     cm_storage_pool_t *pool;   //  database connections lent to handler threads
     chat_provider_t *provider; //  the LLM provider, shared by all handlers
+    cm_breaker_t *breaker;     //  circuit breaker around the provider (thread-safe)
+    chat_clock_fn *clock;      //  monotonic ms for the breaker; NULL: cm_clock_mono_ms
+    void *clock_arg;           //  argument of clock
 };
 
 //  One chat turn being served (the state a handler and its token callback
@@ -45,6 +48,8 @@ typedef struct {
     char *text;              //  the answer so far (streaming)
     size_t text_size;        //  bytes in text
     size_t text_max;         //  bytes allocated
+
+    cm_breaker_permit_t permit; //  the breaker's ticket for the provider call
 } s_turn_t;
 
 static void s_workspace_new (cm_call_t *call, void *arg);
@@ -88,6 +93,9 @@ chat_service_new (const char *storage_dir, chat_provider_t **provider_p, char *e
     self->pool = pool;
     self->provider = *provider_p;
     *provider_p = NULL;
+    cm_breaker_config_t config;
+    cm_breaker_config_defaults (&config);
+    self->breaker = cm_breaker_new ("chat", &config);
     return self;
 }
 
@@ -100,8 +108,33 @@ chat_service_destroy (chat_service_t **self_p)
         return;
     cm_storage_pool_destroy (&self->pool);
     chat_provider_destroy (&self->provider);
+    cm_breaker_destroy (&self->breaker);
     free (self);
     *self_p = NULL;
+}
+
+void
+chat_service_set_breaker (chat_service_t *self, cm_breaker_t **breaker_p)
+{
+    assert (self && breaker_p && *breaker_p);
+    cm_breaker_destroy (&self->breaker);
+    self->breaker = *breaker_p;
+    *breaker_p = NULL;
+}
+
+cm_breaker_t *
+chat_service_breaker (chat_service_t *self)
+{
+    assert (self);
+    return self->breaker;
+}
+
+void
+chat_service_set_clock (chat_service_t *self, chat_clock_fn *clock, void *arg)
+{
+    assert (self);
+    self->clock = clock;
+    self->clock_arg = arg;
 }
 
 const cm_route_t *
@@ -198,6 +231,45 @@ s_reply_abort (cm_call_t *call, int status, const char *error)
     s_reply_json (call, status,
                   json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "id", id, "type", "abort",
                              "textResponse", "sources", "close", 1, "error", error));
+}
+
+//  The breaker refused the provider call: 503 with Retry-After in whole
+//  seconds, rounded up (at least 1), and the abort shape naming the circuit.
+static void
+s_reply_circuit_open (chat_service_t *self, cm_call_t *call, int64_t retry_ms)
+{
+    int64_t seconds = (retry_ms + 999) / 1000;
+    if (seconds < 1)
+        seconds = 1;
+    char value[24], error[256];
+    snprintf (value, sizeof value, "%lld", (long long) seconds);
+    snprintf (error, sizeof error,
+              "The %s circuit is open: the LLM provider is failing, so chat is paused. "
+              "Retry after %lld s.",
+              cm_breaker_name (self->breaker), (long long) seconds);
+    cm_call_header_add (call, "Retry-After", value);
+    s_reply_abort (call, 503, error);
+}
+
+static int64_t
+s_now (chat_service_t *self)
+{
+    return self->clock ? self->clock (self->clock_arg) : cm_clock_mono_ms ();
+}
+
+//  Report a provider call's end to the breaker: an upstream failure counts
+//  against it; a stop (the client left) or the request's own fault says
+//  nothing about the upstream.
+static void
+s_breaker_report (s_turn_t *turn, chat_provider_result_t result)
+{
+    chat_service_t *self = turn->service;
+    if (result == CHAT_PROVIDER_DONE)
+        cm_breaker_success (self->breaker, turn->permit, s_now (self));
+    else if (result == CHAT_PROVIDER_FAILED)
+        cm_breaker_failure (self->breaker, turn->permit, s_now (self));
+    else
+        cm_breaker_release (self->breaker, turn->permit);
 }
 
 //  Upstream's sendStatus(400): a plain-text body.
@@ -616,18 +688,22 @@ s_complete_sync (s_turn_t *turn, const chat_request_t *request)
 {
     chat_metrics_t metrics;
     char err[256] = "";
-    char *text = chat_provider_complete (turn->service->provider, request, &metrics, err,
-                                         sizeof err);
+    char *text = NULL;
+    chat_provider_result_t result = chat_provider_complete (
+        turn->service->provider, request, &text, &metrics, err, sizeof err);
+    s_breaker_report (turn, result);
     if (!text) {
-        //  Failure after validation: 200 with type abort (upstream).
+        //  Failure after validation: 200 with type abort (upstream). The
+        //  request's own fault is worth telling the client.
+        bool rejected = result == CHAT_PROVIDER_REJECTED;
         if (*err)
-            cm_warn ("chat %s: provider failed: %s", cm_call_request_id (turn->call),
-                     err);
+            cm_warn ("chat %s: provider %s: %s", cm_call_request_id (turn->call),
+                     rejected ? "refused the request" : "failed", err);
         s_reply_json (turn->call, 200,
                       json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s, s:o}", "id", turn->uuid,
                                  "type", "abort", "textResponse", "sources", "close", 1,
-                                 "error", S_NO_COMPLETION, "metrics",
-                                 s_metrics_json (&metrics)));
+                                 "error", rejected && *err ? err : S_NO_COMPLETION,
+                                 "metrics", s_metrics_json (&metrics)));
         return;
     }
     int64_t chat_id = s_save (turn, text, &metrics, true);
@@ -649,6 +725,7 @@ s_complete_stream (s_turn_t *turn, const chat_request_t *request)
     char err[256] = "";
     chat_provider_result_t result = chat_provider_stream (
         turn->service->provider, request, s_on_token, turn, &metrics, err, sizeof err);
+    s_breaker_report (turn, result);
     const char *text = turn->text ? turn->text : "";
     if (result == CHAT_PROVIDER_STOPPED) {
         //  The client is gone: keep what it was shown, send nothing more.
@@ -662,9 +739,10 @@ s_complete_stream (s_turn_t *turn, const chat_request_t *request)
         cm_call_stream_end (turn->call);
         return;
     }
-    if (result == CHAT_PROVIDER_FAILED) {
-        cm_warn ("chat %s: provider failed mid-stream: %s",
-                 cm_call_request_id (turn->call), err);
+    if (result == CHAT_PROVIDER_FAILED || result == CHAT_PROVIDER_REJECTED) {
+        cm_warn ("chat %s: provider %s mid-stream: %s", cm_call_request_id (turn->call),
+                 result == CHAT_PROVIDER_REJECTED ? "refused the request" : "failed",
+                 err);
         s_send_event (turn->call,
                       json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "uuid", turn->uuid,
                                  "type", "abort", "textResponse", "sources", "close", 1,
@@ -806,6 +884,14 @@ s_chat_turn (cm_call_t *call, chat_service_t *self, bool streaming, bool threade
         .model = json_string_value (json_object_get (turn.workspace, "chatModel")),
         .temperature = json_is_number (temp) ? json_number_value (temp) : -1,
     };
+    //  The breaker guards the provider: an open circuit is answered at once,
+    //  before any stream starts.
+    int64_t retry_ms = 0;
+    if (cm_breaker_acquire (self->breaker, s_now (self), &turn.permit, &retry_ms) ==
+        CM_BREAKER_REJECTED) {
+        s_reply_circuit_open (self, call, retry_ms);
+        goto cleanup;
+    }
     if (streaming)
         s_complete_stream (&turn, &request);
     else

@@ -25,6 +25,7 @@
 #include "cm_common.h"
 #include "cm_worker.h"
 #include "chat_provider.h"
+#include "cm_breaker.h"
 
 typedef struct chat_service_s chat_service_t;
 
@@ -35,6 +36,23 @@ chat_service_t *chat_service_new (const char *storage_dir, chat_provider_t **pro
                                   char *err, size_t errlen);
 //  Destroy; NULL-safe; nulls the pointer. Call after the worker stopped.
 void chat_service_destroy (chat_service_t **self_p);
+
+//  Guard the provider with breaker (taken over; nulls *breaker_p) instead
+//  of the default one (named "chat", cm_breaker_config_defaults). Before
+//  each provider call a chat turn asks the breaker; an open circuit is
+//  answered 503 with Retry-After (whole seconds until probes may go,
+//  rounded up) and the abort shape, before any stream starts. A provider
+//  failure counts against the circuit; a success for it; a client that
+//  left or a request the upstream refused as the request's own fault
+//  (CHAT_PROVIDER_REJECTED) neither. Call before serving.
+void chat_service_set_breaker (chat_service_t *self, cm_breaker_t **breaker_p);
+//  The breaker in use (borrowed), for metrics and health.
+cm_breaker_t *chat_service_breaker (chat_service_t *self);
+
+//  The monotonic clock in ms that the breaker is given (default
+//  cm_clock_mono_ms), so tests can move time by hand. Call before serving.
+typedef int64_t (chat_clock_fn) (void *arg);
+void chat_service_set_clock (chat_service_t *self, chat_clock_fn *clock, void *arg);
 
 //  The route table (static, NULL-terminated). Handlers take the service as
 //  their arg (cm_worker_config_t.arg).

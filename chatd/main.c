@@ -4,17 +4,19 @@
 #include "cm_common.h"
 #include "cm_config.h"
 #include "cm_log.h"
+#include "cm_metrics.h"
 #include "cm_worker.h"
 #include "chat_provider.h"
 #include "chat_service.h"
 
 typedef struct {
-    int64_t concurrency;    //  handler threads (the chat queue's concurrency)
-    int64_t max_pending;    //  requests that may wait beyond the running ones
-    char *run_dir;          //  runtime directory; storage defaults under it
-    char *storage_dir;      //  where llmrt.db lives (NULL: $RUN_DIR/storage)
-    char *provider;         //  LLM provider name
-    int64_t token_delay_ms; //  builtin: pause before each streamed token
+    int64_t concurrency;         //  handler threads (the chat queue's concurrency)
+    int64_t max_pending;         //  requests that may wait beyond the running ones
+    char *run_dir;               //  runtime directory; storage defaults under it
+    char *storage_dir;           //  where llmrt.db lives (NULL: $RUN_DIR/storage)
+    char *provider;              //  LLM provider name
+    int64_t token_delay_ms;      //  builtin: pause before each streamed token
+    cm_breaker_config_t breaker; //  CHAT_CIRCUIT_*: the breaker around the provider
 } s_settings_t;
 
 static const cm_conf_entry_t s_config[] = {
@@ -34,6 +36,7 @@ static const cm_conf_entry_t s_config[] = {
      offsetof (s_settings_t, token_delay_ms),
      "builtin provider: pause before each streamed token (non-streaming chat never "
      "waits)"},
+    CM_BREAKER_CONF_ENTRIES ("CHAT", s_settings_t, breaker),
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
@@ -57,7 +60,9 @@ main (int argc, char **argv)
     char err[512];
     int rc = 2;
     chat_service_t *service = NULL;
-    if (cm_config_load (s_config, &settings, err, sizeof err)) {
+    cm_metrics_t *metrics = NULL;
+    if (cm_config_load (s_config, &settings, err, sizeof err) ||
+        cm_breaker_config_check (&settings.breaker, "CHAT", err, sizeof err)) {
         fprintf (stderr, "chatd: %s\n", err);
         goto cleanup;
     }
@@ -81,13 +86,24 @@ main (int argc, char **argv)
         rc = 1;
         goto cleanup;
     }
-    cm_info ("storage %s/llmrt.db, provider builtin, concurrency %lld, max pending %lld",
+    cm_breaker_t *breaker = cm_breaker_new ("chat", &settings.breaker);
+    chat_service_set_breaker (service, &breaker);
+    //  The daemon's registry: the worker reports it with its own series.
+    metrics = cm_metrics_new ();
+    cm_breaker_attach_metrics (chat_service_breaker (service), metrics);
+    cm_info ("storage %s/llmrt.db, provider builtin, concurrency %lld, max pending %lld, "
+             "circuit opens after %lld failure(s) for %lld ms",
              settings.storage_dir, (long long) settings.concurrency,
-             (long long) settings.max_pending);
+             (long long) settings.max_pending,
+             (long long) settings.breaker.failure_threshold,
+             (long long) settings.breaker.reset_ms);
     rc = cm_worker_main ("chat", chat_service_routes (), service,
-                         (size_t) settings.concurrency, (size_t) settings.max_pending);
+                         (size_t) settings.concurrency, (size_t) settings.max_pending,
+                         metrics);
 
 cleanup:
+    //  The worker has stopped: no snapshot reads the breaker any more.
+    cm_metrics_destroy (&metrics);
     chat_service_destroy (&service);
     cm_config_free (s_config, &settings);
     return rc;

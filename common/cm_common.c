@@ -63,6 +63,14 @@ cm_clock_mono_ms (void)
     return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t
+cm_clock_mono_us (void)
+{
+    struct timespec ts;
+    clock_gettime (CLOCK_MONOTONIC, &ts);
+    return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 int
 cm_main_args (int argc, char **argv, const char *program, const char *summary,
               const cm_conf_entry_t *table)

@@ -31,6 +31,8 @@ char *cm_strndup (const char *s, size_t n);
 int64_t cm_clock_wall_ms (void);
 //  Monotonic milliseconds (timeouts inside one process).
 int64_t cm_clock_mono_ms (void);
+//  Monotonic microseconds (rate limits: sub-millisecond precision).
+int64_t cm_clock_mono_us (void);
 
 //  Standard --help/--version handling for a program's main. Returns 1 when
 //  the program should exit 0 (it printed usage or version), 0 to go on, and

@@ -23,6 +23,26 @@ cm_config_parse_int (const char *text, int64_t min, int64_t max, int64_t *value)
 }
 
 int
+cm_config_parse_double (const char *text, double min, double max, double *value)
+{
+    assert (text && value);
+    while (*text == ' ')
+        text++;
+    //  Decimal only: strtod would also take "inf", "nan" and hex floats.
+    if (!*text || strpbrk (text, "xXiInN"))
+        return -1;
+    errno = 0;
+    char *end;
+    double v = strtod (text, &end);
+    while (*end == ' ')
+        end++;
+    if (errno || *end || end == text || !(v >= min && v <= max))
+        return -1;
+    *value = v;
+    return 0;
+}
+
+int
 cm_config_parse_bool (const char *text, bool *value)
 {
     static const char *yes[] = {"1", "true", "yes", "on"};
@@ -79,6 +99,18 @@ cm_config_load (const cm_conf_entry_t *table, void *target, char *err, size_t er
                     return -1;
                 }
                 *(int64_t *) (base + e->offset) = v;
+                break;
+            }
+            case CM_CONF_DOUBLE: {
+                double v;
+                if (!text ||
+                    cm_config_parse_double (text, (double) e->min, (double) e->max, &v)) {
+                    snprintf (err, errlen, "%s: '%s' is not a number from %lld to %lld",
+                              e->name, text ? text : "", (long long) e->min,
+                              (long long) e->max);
+                    return -1;
+                }
+                *(double *) (base + e->offset) = v;
                 break;
             }
             case CM_CONF_BOOL: {

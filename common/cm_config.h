@@ -16,6 +16,7 @@ typedef enum {
     CM_CONF_BOOL,     //  bool: 1/0, true/false, yes/no, on/off
     CM_CONF_ENDPOINT, //  char *, a ZeroMQ endpoint: tcp://host:port, ipc://, inproc://
     CM_CONF_URL,      //  char *, must start with a scheme (http://, redis://, ...)
+    CM_CONF_DOUBLE,   //  double, a decimal number bounded by min..max
 } cm_conf_type_t;
 
 typedef struct cm_conf_entry_s {
@@ -40,6 +41,10 @@ void cm_config_usage (const cm_conf_entry_t *table, FILE *out);
 //  Parse one integer setting; helpers for code that reads ad-hoc values.
 //  Returns 0 and sets *value, or -1 when text is not an integer in bounds.
 int cm_config_parse_int (const char *text, int64_t min, int64_t max, int64_t *value);
+
+//  Parse a decimal number (no inf or nan); returns 0 and sets *value, or -1
+//  when text is not a number in bounds.
+int cm_config_parse_double (const char *text, double min, double max, double *value);
 
 //  Parse a boolean; returns 0 and sets *value, or -1.
 int cm_config_parse_bool (const char *text, bool *value);

@@ -67,6 +67,10 @@ double cm_metric_value (cm_metric_t *self);
 //  stats, a breaker's state) just before each snapshot.
 typedef void (cm_metrics_collect_fn) (cm_metrics_t *metrics, void *arg);
 void cm_metrics_collector (cm_metrics_t *self, cm_metrics_collect_fn *fn, void *arg);
+//  Remove a collector added with the same fn and arg (before what it reads
+//  is freed while the registry lives on). Returns true when one was found.
+bool cm_metrics_collector_remove (cm_metrics_t *self, cm_metrics_collect_fn *fn,
+                                  void *arg);
 
 //  Snapshot (new reference), after running the collectors:
 //    {"families": [{"name", "help", "type": "counter"|"gauge"|"histogram",
@@ -74,6 +78,10 @@ void cm_metrics_collector (cm_metrics_t *self, cm_metrics_collect_fn *fn, void *
 //                              {"labels": {..}, "bounds": [..],
 //                               "buckets": [cumulative counts.., +Inf count],
 //                               "sum": s, "count": c}]}]}
+//  Labels are sorted by name. A value that is NaN or infinite is null (JSON
+//  has no such numbers) and reads back as NaN. Registering a name again
+//  with another type, a histogram again with other bounds, an invalid name
+//  or label name, or a label "le" on a histogram is API misuse (asserted).
 json_t *cm_metrics_snapshot (cm_metrics_t *self);
 
 //  Merge snapshot into aggregate (both in the snapshot format; aggregate
@@ -88,10 +96,28 @@ void cm_metrics_merge (json_t *aggregate, const json_t *snapshot);
 //  does; NaN when it has no observations.
 double cm_metrics_quantile (const json_t *series, double q);
 
+//  A copy of snapshot (new reference) with labels (a NULL-terminated
+//  name/value array) added to every series, replacing a label of the same
+//  name. Merging such copies into one snapshot keeps the series of
+//  different sources apart: the per-instance breakdown.
+json_t *cm_metrics_relabel (const json_t *snapshot, const char *const *labels);
+
+//  The series of family name in snapshot whose labels are exactly labels
+//  (NULL: none), borrowed; NULL when there is none.
+const json_t *cm_metrics_series (const json_t *snapshot, const char *name,
+                                 const char *const *labels);
+
+//  Sum over the series of family name whose labels include labels (NULL:
+//  every series) of their value (histograms: their observation count); 0
+//  when there is none.
+double cm_metrics_sum (const json_t *snapshot, const char *name,
+                       const char *const *labels);
+
 //  Prometheus text exposition (format 0.0.4) of a snapshot: HELP and TYPE
 //  once per family, then every series. extra_labels (NULL or a
-//  NULL-terminated name/value array) are added to every series. Caller
-//  frees the result.
+//  NULL-terminated name/value array) are added to every series. Families
+//  or series that are malformed or carry invalid names are left out (the
+//  snapshot may come from another process). Caller frees the result.
 char *cm_metrics_prometheus (const json_t *snapshot, const char *const *extra_labels);
 
 #endif

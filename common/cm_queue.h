@@ -87,8 +87,8 @@ void cm_queue_stats (cm_queue_t *self, cm_queue_stats_t *stats);
 //  llmrt_queue_tasks_total{outcome=completed|failed|aborted|rejected|
 //  timed_out|cancelled}; histograms llmrt_queue_wait_seconds (submit to
 //  start) and llmrt_queue_run_seconds (start to end). Call once, before
-//  tasks are submitted. The registry keeps a collector that reads this
-//  queue: take no snapshot after the queue is destroyed. (In
+//  tasks are submitted. The registry must outlive the queue (destroying
+//  the queue removes its collector). (In
 //  cm_queue_metrics.c, so programs without metrics do not link them.)
 struct cm_metrics_s;
 void cm_queue_attach_metrics (cm_queue_t *self, struct cm_metrics_s *metrics);

@@ -58,6 +58,15 @@ s_collect (cm_metrics_t *metrics, void *arg)
     s_total (metrics, name, "cancelled", stats.cancelled);
 }
 
+//  The queue is going: the registry must not read it any more.
+static void
+s_binding_free (void *arg)
+{
+    s_binding_t *binding = arg;
+    cm_metrics_collector_remove (binding->metrics, s_collect, binding);
+    free (binding);
+}
+
 void
 cm_queue_attach_metrics (cm_queue_t *self, cm_metrics_t *metrics)
 {
@@ -74,5 +83,5 @@ cm_queue_attach_metrics (cm_queue_t *self, cm_metrics_t *metrics)
         metrics, "llmrt_queue_run_seconds", "Time from start to end.", labels,
         cm_metrics_latency_buckets, cm_metrics_latency_bucket_count);
     cm_metrics_collector (metrics, s_collect, binding);
-    cm_queue_set_timing (self, s_timing, binding, free);
+    cm_queue_set_timing (self, s_timing, binding, s_binding_free);
 }

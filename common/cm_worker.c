@@ -10,6 +10,7 @@
 #include "cm_mailbox.h"
 #include "cm_msg.h"
 #include "cm_queue.h"
+#include "cm_reporter.h"
 #include <czmq.h>
 #include <pthread.h>
 #include <signal.h>
@@ -34,6 +35,7 @@ struct cm_call_s {
     int status;              //  status of the reply (its first part's)
     bool streaming;          //  a PARTIAL was sent
     cm_msg_t *reply_headers; //  headers for the next reply (FINAL type as holder)
+    int64_t received_us;     //  mono µs when the REQUEST arrived (for its duration)
     struct cm_call_s *next;  //  link in the live-call list
 };
 
@@ -56,9 +58,17 @@ struct cm_worker_s {
     cm_call_t *calls;            //  live calls (for CANCEL)
     atomic_uint_fast64_t served; //  requests received
     uint64_t dropped;            //  malformed frames (I/O thread only)
+    cm_metrics_t *metrics;       //  the registry reported (owned when own_metrics)
+    bool own_metrics;            //  we made the registry
+    cm_metric_t **requests;      //  llmrt_worker_requests_total, one per route
+    cm_metric_t **durations;     //  llmrt_worker_request_duration_seconds, per route
+    cm_metric_t *unmatched;      //  llmrt_worker_unmatched_requests_total
+    cm_metric_t *dropped_frames; //  llmrt_worker_dropped_frames_total
+    cm_reporter_t *reporter;     //  sends snapshots to the supervisor, or NULL
 };
 
 static void *s_io_thread (void *arg);
+static void s_metrics_init (cm_worker_t *self);
 static cm_queue_outcome_t s_run_call (void *task, void *arg);
 static void s_drop_call (void *task, cm_queue_drop_t why, void *arg);
 static void s_call_destroy (cm_call_t **self_p);
@@ -87,9 +97,54 @@ cm_worker_new (const cm_worker_config_t *config)
     self->outbox = cm_mailbox_new ();
     self->queue = cm_queue_new (self->service, config->concurrency, config->max_pending,
                                 s_run_call, s_drop_call, self);
+    s_metrics_init (self);
+    //  The queue's series join the same registry (depth, active, limits,
+    //  wait and run time, outcomes).
+    cm_queue_attach_metrics (self->queue, self->metrics);
+    if (config->supervisor && *config->supervisor) {
+        cm_reporter_config_t reporter = {.metrics = self->metrics,
+                                         .endpoint = config->supervisor,
+                                         .service = self->service,
+                                         .instance = self->instance,
+                                         .interval_ms = config->report_ms};
+        self->reporter = cm_reporter_new (&reporter);
+    }
     if (pthread_create (&self->io_thread, NULL, s_io_thread, self))
         abort ();
     return self;
+}
+
+//  The worker's own series, registered up front so that every route shows
+//  (at zero) from the first report on; request paths only add to them.
+static void
+s_metrics_init (cm_worker_t *self)
+{
+    self->own_metrics = self->config.metrics == NULL;
+    self->metrics = self->own_metrics ? cm_metrics_new () : self->config.metrics;
+    size_t routes = 0;
+    while (self->config.routes[routes].method)
+        routes++;
+    self->requests = cm_calloc (routes, sizeof *self->requests);
+    self->durations = cm_calloc (routes, sizeof *self->durations);
+    for (size_t i = 0; i < routes; i++) {
+        const cm_route_t *route = &self->config.routes[i];
+        const char *labels[] = {"method", route->method, "route", route->pattern, NULL};
+        self->requests[i] = cm_metrics_counter (
+            self->metrics, "llmrt_worker_requests_total",
+            "Requests received by this instance, by route (before the queue decides).",
+            labels);
+        self->durations[i] = cm_metrics_histogram (
+            self->metrics, "llmrt_worker_request_duration_seconds",
+            "From a request's arrival to the end of its handler (waiting in the "
+            "queue included), for requests that ran.",
+            labels, cm_metrics_latency_buckets, cm_metrics_latency_bucket_count);
+    }
+    self->unmatched = cm_metrics_counter (
+        self->metrics, "llmrt_worker_unmatched_requests_total",
+        "Requests for no route of this daemon (answered 404 or 405).", NULL);
+    self->dropped_frames = cm_metrics_counter (
+        self->metrics, "llmrt_worker_dropped_frames_total",
+        "Frames from the gateway dropped as malformed or unexpected.", NULL);
 }
 
 static void
@@ -130,9 +185,15 @@ cm_worker_destroy (cm_worker_t **self_p)
     ssize_t rc = write (cm_mailbox_fd (self->outbox), &one, sizeof one);
     (void) rc;
     pthread_join (self->io_thread, NULL);
+    //  Reports stop before the queue goes: a snapshot reads the queue.
+    cm_reporter_destroy (&self->reporter);
     cm_queue_destroy (&self->queue);
     cm_mailbox_destroy (&self->outbox, s_frame_free);
     pthread_mutex_destroy (&self->calls_lock);
+    free (self->requests);
+    free (self->durations);
+    if (self->own_metrics)
+        cm_metrics_destroy (&self->metrics);
     free (self->service);
     free (self->instance);
     free (self->endpoint);
@@ -152,6 +213,13 @@ cm_worker_served (cm_worker_t *self)
 {
     assert (self);
     return atomic_load (&self->served);
+}
+
+cm_metrics_t *
+cm_worker_metrics (cm_worker_t *self)
+{
+    assert (self);
+    return self->metrics;
 }
 
 //  --- I/O thread ------------------------------------------------------------
@@ -279,6 +347,7 @@ s_handle_request (cm_worker_t *self, zsock_t *sock, cm_msg_t **request_p)
     atomic_fetch_add (&self->served, 1);
     cm_call_t *call = cm_calloc (1, sizeof *call);
     call->worker = self;
+    call->received_us = cm_clock_mono_us ();
     const char *route = cm_msg_route (request);
     const char *q = strchr (route, '?');
     call->path = q ? cm_strndup (route, (size_t) (q - route)) : cm_strdup (route);
@@ -295,6 +364,7 @@ s_handle_request (cm_worker_t *self, zsock_t *sock, cm_msg_t **request_p)
     }
     if (!call->route) {
         //  The gateway routes by the same table, so this is a version skew.
+        cm_metric_add (self->unmatched, 1);
         if (path_known)
             s_reply_direct (sock, request, 405, "Method not allowed.", NULL);
         else
@@ -302,6 +372,7 @@ s_handle_request (cm_worker_t *self, zsock_t *sock, cm_msg_t **request_p)
         s_call_destroy (&call);
         return;
     }
+    cm_metric_add (self->requests[call->route - self->config.routes], 1);
     call->request = request;
     *request_p = NULL;
     pthread_mutex_lock (&self->calls_lock);
@@ -382,6 +453,7 @@ s_io_thread (void *arg)
                 zmq_msg_close (&frame);
                 if (!msg) {
                     self->dropped++;
+                    cm_metric_add (self->dropped_frames, 1);
                     cm_warn ("dropped a frame from the gateway: %s (%llu dropped)", err,
                              (unsigned long long) self->dropped);
                     continue;
@@ -413,6 +485,7 @@ s_io_thread (void *arg)
                         break;
                     default:
                         self->dropped++;
+                        cm_metric_add (self->dropped_frames, 1);
                         cm_warn ("dropped an unexpected %s from the gateway",
                                  cm_msg_type_name (cm_msg_type (msg)));
                 }
@@ -494,6 +567,8 @@ s_run_call (void *task, void *arg)
     cm_queue_outcome_t outcome = atomic_load (&call->cancelled) ? CM_QUEUE_ABORTED
                                  : call->status >= 500          ? CM_QUEUE_FAILED
                                                                 : CM_QUEUE_COMPLETED;
+    cm_metric_observe (self->durations[call->route - self->config.routes],
+                       (double) (cm_clock_mono_us () - call->received_us) / 1e6);
     s_call_unlink (self, call);
     s_call_destroy (&call);
     return outcome;
@@ -796,6 +871,8 @@ typedef struct {
     int64_t heartbeat_ms;
     int64_t liveness;
     int64_t drain_ms;
+    char *supervisor;
+    int64_t report_ms;
 } s_daemon_config_t;
 
 static const cm_conf_entry_t s_daemon_table[] = {
@@ -812,6 +889,12 @@ static const cm_conf_entry_t s_daemon_table[] = {
     {"DRAIN_TIMEOUT_MS", CM_CONF_INT, "10000", 0, 3600000,
      offsetof (s_daemon_config_t, drain_ms),
      "on SIGTERM, how long open requests may finish"},
+    {"SUPERVISOR_ENDPOINT", CM_CONF_ENDPOINT, CM_REPORTER_ENDPOINT, 0, 0,
+     offsetof (s_daemon_config_t, supervisor),
+     "the supervisor's metrics endpoint, where this instance reports"},
+    {"METRICS_REPORT_INTERVAL_MS", CM_CONF_INT, "1000", 10, 600000,
+     offsetof (s_daemon_config_t, report_ms),
+     "how often this instance reports its metrics to the supervisor"},
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
@@ -823,7 +906,7 @@ cm_worker_config_table (void)
 
 int
 cm_worker_main (const char *service, const cm_route_t *routes, void *arg,
-                size_t concurrency, size_t max_pending)
+                size_t concurrency, size_t max_pending, cm_metrics_t *metrics)
 {
     s_daemon_config_t conf = {0};
     char err[512];
@@ -852,6 +935,9 @@ cm_worker_main (const char *service, const cm_route_t *routes, void *arg,
         .drain_ms = conf.drain_ms,
         .routes = routes,
         .arg = arg,
+        .metrics = metrics,
+        .supervisor = conf.supervisor,
+        .report_ms = conf.report_ms,
     };
     cm_worker_t *worker = cm_worker_new (&config);
     cm_info ("%s instance %s connecting to %s (concurrency %zu, waiting line %zu)",

@@ -17,6 +17,7 @@
 #define CM_WORKER_H_INCLUDED
 
 #include "cm_common.h"
+#include "cm_metrics.h"
 #include <jansson.h>
 
 typedef struct cm_worker_s cm_worker_t;
@@ -44,6 +45,9 @@ typedef struct {
     int64_t drain_ms;         //  on stop, how long open calls may finish
     const cm_route_t *routes; //  the route table (borrowed)
     void *arg;                //  passed to every handler
+    cm_metrics_t *metrics;    //  registry (borrowed; NULL: the worker makes its own)
+    const char *supervisor;   //  SUPERVISOR_ENDPOINT to report metrics to (NULL: none)
+    int64_t report_ms;        //  METRICS_REPORT_INTERVAL_MS (<= 0: 1000)
 } cm_worker_config_t;
 
 //  Create and start a worker (connects at once). Caller owns it.
@@ -55,14 +59,25 @@ void cm_worker_destroy (cm_worker_t **self_p);
 const char *cm_worker_instance (cm_worker_t *self);
 //  Calls received, for tests and metrics.
 uint64_t cm_worker_served (cm_worker_t *self);
+//  The registry the worker reports (borrowed: the config's, or its own).
+//  It holds the worker's series: llmrt_worker_requests_total{method,route},
+//  llmrt_worker_request_duration_seconds{method,route} (from receipt to the
+//  end of the handler), llmrt_worker_unmatched_requests_total and
+//  llmrt_worker_dropped_frames_total. With a supervisor endpoint, a
+//  cm_reporter sends its snapshot there every report_ms, as service
+//  `service`, instance `instance`.
+cm_metrics_t *cm_worker_metrics (cm_worker_t *self);
 
 //  Standard daemon main: read the common daemon settings from the
 //  environment, run a worker for this service until SIGINT/SIGTERM, drain,
-//  exit. Returns the process exit code.
+//  exit. metrics: the daemon's registry, whose series (breakers...) are
+//  reported with the worker's (borrowed; NULL: the worker makes its own).
+//  Returns the process exit code.
 int cm_worker_main (const char *service, const cm_route_t *routes, void *arg,
-                    size_t concurrency, size_t max_pending);
+                    size_t concurrency, size_t max_pending, cm_metrics_t *metrics);
 
-//  The common daemon settings (GATEWAY_ENDPOINT, heartbeats, drain), for
+//  The common daemon settings (GATEWAY_ENDPOINT, heartbeats, drain,
+//  SUPERVISOR_ENDPOINT, METRICS_REPORT_INTERVAL_MS), for
 //  --help and the README.
 const struct cm_conf_entry_s *cm_worker_config_table (void);
 

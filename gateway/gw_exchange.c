@@ -18,6 +18,8 @@ struct gw_exchange_s {
     bool ended;                        //  last part arrived (or failed)
     int status;                        //  HTTP status of the reply
     cm_msg_t *head;                    //  first reply part: content type, headers
+    cm_msg_t *extra;                   //  headers the gateway adds (rate limits),
+                                       //  NULL when none
     char *data;                        //  bytes not yet handed to MHD
     size_t size, offset, capacity;     //  of data
 };
@@ -57,6 +59,7 @@ gw_exchange_unref (gw_exchange_t **self_p)
     if (atomic_fetch_sub (&self->refs, 1) != 1)
         return;
     cm_msg_destroy (&self->head);
+    cm_msg_destroy (&self->extra);
     free (self->data);
     free (self->request_id);
     pthread_mutex_destroy (&self->lock);
@@ -172,6 +175,19 @@ gw_exchange_fail (gw_exchange_t *self, int status, const char *message)
     pthread_mutex_unlock (&self->lock);
 }
 
+void
+gw_exchange_header_add (gw_exchange_t *self, const char *name, const char *value)
+{
+    assert (self && name && value);
+    pthread_mutex_lock (&self->lock);
+    assert (!self->responded);
+    //  A message is a handy ordered list of headers; only that part is used.
+    if (!self->extra)
+        self->extra = cm_msg_new (CM_MSG_FINAL);
+    cm_msg_header_add (self->extra, name, value);
+    pthread_mutex_unlock (&self->lock);
+}
+
 int
 gw_exchange_suspended_fd (gw_exchange_t *self)
 {
@@ -235,6 +251,11 @@ s_add_headers (gw_exchange_t *self, struct MHD_Response *response)
     for (size_t i = 0; i < cm_msg_header_count (self->head); i++) {
         const char *name, *value;
         cm_msg_header_at (self->head, i, &name, &value);
+        MHD_add_response_header (response, name, value);
+    }
+    for (size_t i = 0; self->extra && i < cm_msg_header_count (self->extra); i++) {
+        const char *name, *value;
+        cm_msg_header_at (self->extra, i, &name, &value);
         MHD_add_response_header (response, name, value);
     }
     if (!strncmp (type, "text/event-stream", 17)) {

@@ -39,6 +39,11 @@ void gw_exchange_fail (gw_exchange_t *self, int status, const char *message);
 //  True once a reply started (a daemon PARTIAL or FINAL arrived).
 bool gw_exchange_started (gw_exchange_t *self);
 
+//  HTTP thread, before handing the exchange to the broker: a header for the
+//  response, whatever it turns out to be (a daemon's reply or a gateway-made
+//  failure), for example the rate-limit headers. Strings are copied.
+void gw_exchange_header_add (gw_exchange_t *self, const char *name, const char *value);
+
 //  Broker: the client socket's fd while the connection is suspended (MHD
 //  does not watch suspended sockets, so the broker polls them for a peer
 //  that hung up), or -1.

@@ -12,6 +12,8 @@ static const gw_route_t s_routes[] = {
     {"GET", "/api/health/live", NULL, GW_LOCAL_LIVE, 0},
     {"GET", "/api/health/ready", NULL, GW_LOCAL_READY, 0},
     {"GET", "/api/health", NULL, GW_LOCAL_HEALTH, 0},
+    {"GET", "/api/metrics", NULL, GW_LOCAL_METRICS, 0},
+    {"GET", "/api/metrics/prometheus", NULL, GW_LOCAL_PROMETHEUS, 0},
     {"GET", "/api/v1/auth", NULL, GW_LOCAL_AUTH, AUTH},
     //  Workspaces and chat (chatd).
     {"POST", "/api/v1/workspace/new", "chat", GW_LOCAL_NONE, AUTH | JSON},

@@ -16,12 +16,14 @@ typedef enum {
 } gw_route_flags_t;
 
 typedef enum {
-    GW_LOCAL_NONE = 0, //  forwarded to its service
-    GW_LOCAL_PING,     //  GET /api/ping
-    GW_LOCAL_LIVE,     //  GET /api/health/live
-    GW_LOCAL_READY,    //  GET /api/health/ready
-    GW_LOCAL_HEALTH,   //  GET /api/health
-    GW_LOCAL_AUTH,     //  GET /api/v1/auth
+    GW_LOCAL_NONE = 0,   //  forwarded to its service
+    GW_LOCAL_PING,       //  GET /api/ping
+    GW_LOCAL_LIVE,       //  GET /api/health/live
+    GW_LOCAL_READY,      //  GET /api/health/ready
+    GW_LOCAL_HEALTH,     //  GET /api/health
+    GW_LOCAL_AUTH,       //  GET /api/v1/auth
+    GW_LOCAL_METRICS,    //  GET /api/metrics (gw_metrics)
+    GW_LOCAL_PROMETHEUS, //  GET /api/metrics/prometheus (gw_metrics)
 } gw_local_t;
 
 typedef struct {

@@ -2,8 +2,11 @@
 #include "gw_server.h"
 #include "cm_log.h"
 #include "cm_msg.h"
+#include "cm_reporter.h"
 #include "gw_broker.h"
 #include "gw_exchange.h"
+#include "gw_health.h"
+#include "gw_metrics.h"
 #include "gw_routes.h"
 #include <arpa/inet.h>
 #include <jansson.h>
@@ -32,6 +35,51 @@ static const cm_conf_entry_t s_table[] = {
      offsetof (gw_config_t, heartbeat_ms), "heartbeat period, both directions"},
     {"HEARTBEAT_LIVENESS", CM_CONF_INT, "3", 1, 100, offsetof (gw_config_t, liveness),
      "missed heartbeats before a peer counts as dead"},
+    //  Rate limits of forwarded routes (gw_limits.h); a rate of 0 is no limit.
+    {"RATE_LIMIT_GLOBAL_RPS", CM_CONF_DOUBLE, "0", 0, 1000000,
+     offsetof (gw_config_t, limits.global_rps),
+     "requests/s over all forwarded routes (0: unlimited; fractions allowed)"},
+    {"RATE_LIMIT_GLOBAL_BURST", CM_CONF_INT, "0", 0, 1000000000,
+     offsetof (gw_config_t, limits.global_burst),
+     "requests that may come at once (0: the rate, rounded up)"},
+    {"RATE_LIMIT_CHAT_RPS", CM_CONF_DOUBLE, "0", 0, 1000000,
+     offsetof (gw_config_t, limits.chat_rps), "requests/s over the chat routes"},
+    {"RATE_LIMIT_CHAT_BURST", CM_CONF_INT, "0", 0, 1000000000,
+     offsetof (gw_config_t, limits.chat_burst), "burst of the chat routes"},
+    {"RATE_LIMIT_INGESTION_RPS", CM_CONF_DOUBLE, "0", 0, 1000000,
+     offsetof (gw_config_t, limits.ingestion_rps),
+     "requests/s over the ingestion routes"},
+    {"RATE_LIMIT_INGESTION_BURST", CM_CONF_INT, "0", 0, 1000000000,
+     offsetof (gw_config_t, limits.ingestion_burst), "burst of the ingestion routes"},
+    {"RATE_LIMIT_AGENT_RPS", CM_CONF_DOUBLE, "0", 0, 1000000,
+     offsetof (gw_config_t, limits.agent_rps), "requests/s over the agent-flow routes"},
+    {"RATE_LIMIT_AGENT_BURST", CM_CONF_INT, "0", 0, 1000000000,
+     offsetof (gw_config_t, limits.agent_burst), "burst of the agent-flow routes"},
+    {"RATE_LIMIT_KEY_RPS", CM_CONF_DOUBLE, "0", 0, 1000000,
+     offsetof (gw_config_t, limits.key_rps), "requests/s of each API key"},
+    {"RATE_LIMIT_KEY_BURST", CM_CONF_INT, "0", 0, 1000000000,
+     offsetof (gw_config_t, limits.key_burst), "burst of each API key"},
+    {"RATE_LIMIT_MAX_KEYS", CM_CONF_INT, "100000", 1, 10000000,
+     offsetof (gw_config_t, limits.max_keys),
+     "API keys tracked at most (least recently used forgotten first)"},
+    {"RUN_DIR", CM_CONF_STR, "./var", 0, 0, offsetof (gw_config_t, run_dir),
+     "runtime directory; STORAGE_DIR defaults under it"},
+    {"STORAGE_DIR", CM_CONF_STR, NULL, 0, 0, offsetof (gw_config_t, storage_dir),
+     "directory of the SQLite database, checked for health (default $RUN_DIR/storage)"},
+    {"REDIS_URL", CM_CONF_URL, "redis://127.0.0.1:6379", 0, 0,
+     offsetof (gw_config_t, redis_url), "the queue backend, checked for health"},
+    {"HEALTH_CHECK_INTERVAL_MS", CM_CONF_INT, "1000", 50, 60000,
+     offsetof (gw_config_t, health_interval),
+     "how often the database and Redis are checked"},
+    {"SUPERVISOR_ENDPOINT", CM_CONF_ENDPOINT, CM_REPORTER_ENDPOINT, 0, 0,
+     offsetof (gw_config_t, supervisor),
+     "the supervisor's metrics hub: the gateway reports there and asks it for "
+     "the aggregate behind /api/metrics"},
+    {"METRICS_REPORT_INTERVAL_MS", CM_CONF_INT, "1000", 10, 600000,
+     offsetof (gw_config_t, report_ms), "how often the gateway reports its metrics"},
+    {"METRICS_QUERY_TIMEOUT_MS", CM_CONF_INT, "250", 1, 60000,
+     offsetof (gw_config_t, metrics_timeout_ms),
+     "how long /api/metrics waits for the supervisor's aggregate"},
     {"ADMIN_API_KEY", CM_CONF_STR, NULL, 0, 0, offsetof (gw_config_t, admin_key),
      "bearer key with full access (the local run generates one)"},
     {NULL, 0, NULL, 0, 0, 0, NULL},
@@ -46,6 +94,10 @@ gw_config_table (void)
 struct gw_server_s {
     const gw_config_t *config;                          //  borrowed settings
     gw_broker_t *broker;                                //  the ZeroMQ side
+    gw_health_t *health;                                //  database and Redis checks
+    gw_limits_t *limits;                                //  rate limits
+    cm_metrics_t *metrics;                              //  the gateway's registry
+    gw_metrics_t *observer;                             //  its series and routes
     struct MHD_Daemon *daemon;                          //  the HTTP side
     unsigned char admin_hash[crypto_generichash_BYTES]; //  hash of ADMIN_API_KEY
     bool have_admin;                                    //  ADMIN_API_KEY set
@@ -70,6 +122,9 @@ typedef struct {
     bool first_call_done;    //  first access-handler call has passed
     gw_exchange_t *exchange; //  once forwarded
     char identity[32];       //  authenticated caller
+    //  The rate-limit decision (.limit NULL: no limit applies).
+    gw_limits_verdict_t limits;
+    int64_t complete_us; //  mono µs when the request was in (0: never)
 } s_request_t;
 
 static void *
@@ -107,6 +162,32 @@ s_reply_error (struct MHD_Connection *connection, unsigned status, const char *m
                          status == 503 ? "1" : NULL, NULL);
 }
 
+//  An answer on a route that went through the rate limits: it carries their
+//  headers (RateLimit-Policy, RateLimit; Retry-After when refused).
+static enum MHD_Result
+s_reply_limited (struct MHD_Connection *connection, s_request_t *request, unsigned status,
+                 json_t *body)
+{
+    const gw_limits_verdict_t *verdict = &request->limits;
+    char *text = json_dumps (body, JSON_COMPACT);
+    json_decref (body);
+    struct MHD_Response *response =
+        MHD_create_response_from_buffer (strlen (text), text, MHD_RESPMEM_MUST_FREE);
+    MHD_add_response_header (response, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    if (*verdict->retry_after)
+        MHD_add_response_header (response, MHD_HTTP_HEADER_RETRY_AFTER,
+                                 verdict->retry_after);
+    else if (status == 503)
+        MHD_add_response_header (response, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (verdict->limit) {
+        MHD_add_response_header (response, "RateLimit-Policy", verdict->policy);
+        MHD_add_response_header (response, "RateLimit", verdict->state);
+    }
+    enum MHD_Result rc = MHD_queue_response (connection, status, response);
+    MHD_destroy_response (response);
+    return rc;
+}
+
 //  Constant-time check of "Authorization: Bearer <key>" against the admin
 //  key (hash both, compare the hashes: no length leak).
 static bool
@@ -131,6 +212,99 @@ s_authenticate (gw_server_t *self, struct MHD_Connection *connection,
     return true;
 }
 
+//  The daemon program behind a service name, as users know it.
+static const char *
+s_daemon_name (const char *service)
+{
+    return !strcmp (service, "chat")     ? "chatd"
+           : !strcmp (service, "ingest") ? "ingestd"
+           : !strcmp (service, "agent")  ? "agentd"
+                                         : service;
+}
+
+//  Ready: the database answers, every daemon has an instance, and we are
+//  not stopping. Health adds the detail, and "degraded" when Redis is down
+//  (ingestion then takes its synchronous path, so we still serve).
+static enum MHD_Result
+s_health (gw_server_t *self, struct MHD_Connection *connection, bool ready_only)
+{
+    json_t *snap = gw_broker_snapshot (self->broker);
+    json_t *live = json_object_get (snap, "live");
+    json_t *reasons = json_array ();
+    json_t *services = json_object ();
+    if (atomic_load (&self->stopping))
+        json_array_append_new (reasons, json_string ("the gateway is draining"));
+    json_t *deps = gw_health_report (self->health);
+    if (!gw_health_database_ok (self->health)) {
+        const char *error = json_string_value (
+            json_object_get (json_object_get (deps, "database"), "error"));
+        json_array_append_new (reasons,
+                               json_sprintf ("the database is not usable%s%s",
+                                             error ? ": " : "", error ? error : ""));
+    }
+    for (const char *const *s = gw_routes_services (); *s; s++) {
+        json_t *count = json_object_get (live, *s);
+        json_int_t n = count ? json_integer_value (count) : 0;
+        json_object_set_new (
+            services, *s,
+            json_pack ("{s:s, s:I}", "daemon", s_daemon_name (*s), "instances", n));
+        if (n == 0)
+            json_array_append_new (reasons, json_sprintf ("no %s instance is registered",
+                                                          s_daemon_name (*s)));
+    }
+    bool ready = json_array_size (reasons) == 0;
+    json_t *body;
+    if (ready_only) {
+        body = json_pack ("{s:s, s:o}", "status", ready ? "ready" : "unready", "reasons",
+                          reasons);
+        json_decref (services);
+        json_decref (deps);
+    } else {
+        json_t *warnings = json_array ();
+        if (!gw_health_redis_ok (self->health)) {
+            const char *error = json_string_value (
+                json_object_get (json_object_get (deps, "queue_backend"), "error"));
+            json_array_append_new (
+                warnings, json_sprintf ("Redis (the queue backend) is unreachable%s%s; "
+                                        "ingestion runs synchronously",
+                                        error ? ": " : "", error ? error : ""));
+        }
+        const char *status = !ready                       ? "unready"
+                             : json_array_size (warnings) ? "degraded"
+                                                          : "ok";
+        body = json_pack (
+            "{s:s, s:{s:i, s:I}, s:O, s:O, s:o, s:O, s:O, s:o, s:o}", "status", status,
+            "process", "pid", (int) getpid (), "uptime_ms",
+            (json_int_t) (cm_clock_mono_ms () - self->started_ms), "database",
+            json_object_get (deps, "database"), "queue_backend",
+            json_object_get (deps, "queue_backend"), "services", services, "instances",
+            json_object_get (snap, "instances"), "broker",
+            json_object_get (snap, "counters"), "reasons", reasons, "warnings", warnings);
+        json_decref (deps);
+    }
+    json_decref (snap);
+    return s_reply_json (connection, ready ? 200 : 503, body, ready ? NULL : "1", NULL);
+}
+
+//  /api/metrics and /api/metrics/prometheus: answered by the metrics
+//  thread (it asks the supervisor), on a suspended connection, like a
+//  forwarded request.
+static enum MHD_Result
+s_metrics (gw_server_t *self, struct MHD_Connection *connection, s_request_t *request)
+{
+    atomic_fetch_add (&self->open_exchanges, 1);
+    if (atomic_load (&self->stopping)) {
+        atomic_fetch_sub (&self->open_exchanges, 1);
+        return s_reply_error (connection, 503, "The gateway is shutting down.");
+    }
+    char request_id[48];
+    snprintf (request_id, sizeof request_id, "%s-%llx", self->id_prefix,
+              (unsigned long long) atomic_fetch_add (&self->next_id, 1));
+    request->exchange = gw_metrics_request (self->observer, connection, request_id,
+                                            request->route->local == GW_LOCAL_PROMETHEUS);
+    return MHD_YES;
+}
+
 static enum MHD_Result
 s_local (gw_server_t *self, struct MHD_Connection *connection, s_request_t *request)
 {
@@ -147,38 +321,11 @@ s_local (gw_server_t *self, struct MHD_Connection *connection, s_request_t *requ
             return s_reply_json (connection, 200, json_pack ("{s:b}", "authenticated", 1),
                                  NULL, NULL);
         case GW_LOCAL_READY:
-        case GW_LOCAL_HEALTH: {
-            json_t *snap = gw_broker_snapshot (self->broker);
-            json_t *live = json_object_get (snap, "live");
-            json_t *reasons = json_array ();
-            json_t *services = json_object ();
-            for (const char *const *s = gw_routes_services (); *s; s++) {
-                json_t *count = json_object_get (live, *s);
-                json_int_t n = count ? json_integer_value (count) : 0;
-                json_object_set_new (services, *s, json_pack ("{s:I}", "instances", n));
-                if (n == 0)
-                    json_array_append_new (
-                        reasons, json_sprintf ("no %s instance is registered", *s));
-            }
-            bool ready = json_array_size (reasons) == 0;
-            json_t *body;
-            if (request->route->local == GW_LOCAL_READY)
-                body = json_pack ("{s:s, s:o}", "status", ready ? "ready" : "unready",
-                                  "reasons", reasons);
-            else
-                body = json_pack ("{s:s, s:{s:i, s:I}, s:o, s:O, s:O, s:o}", "status",
-                                  ready ? "ok" : "unready", "process", "pid",
-                                  (int) getpid (), "uptime_ms",
-                                  (json_int_t) (cm_clock_mono_ms () - self->started_ms),
-                                  "services", services, "instances",
-                                  json_object_get (snap, "instances"), "broker",
-                                  json_object_get (snap, "counters"), "reasons", reasons);
-            if (request->route->local == GW_LOCAL_READY)
-                json_decref (services);
-            json_decref (snap);
-            return s_reply_json (connection, ready ? 200 : 503, body, ready ? NULL : "1",
-                                 NULL);
-        }
+        case GW_LOCAL_HEALTH:
+            return s_health (self, connection, request->route->local == GW_LOCAL_READY);
+        case GW_LOCAL_METRICS:
+        case GW_LOCAL_PROMETHEUS:
+            return s_metrics (self, connection, request);
         case GW_LOCAL_NONE:
             break;
     }
@@ -195,7 +342,9 @@ s_forward (gw_server_t *self, struct MHD_Connection *connection, s_request_t *re
     atomic_fetch_add (&self->open_exchanges, 1);
     if (atomic_load (&self->stopping)) {
         atomic_fetch_sub (&self->open_exchanges, 1);
-        return s_reply_error (connection, 503, "The gateway is shutting down.");
+        return s_reply_limited (
+            connection, request, 503,
+            json_pack ("{s:s}", "error", "The gateway is shutting down."));
     }
     char request_id[48];
     snprintf (request_id, sizeof request_id, "%s-%llx", self->id_prefix,
@@ -220,6 +369,11 @@ s_forward (gw_server_t *self, struct MHD_Connection *connection, s_request_t *re
     else if (request->route->flags & GW_ROUTE_JSON)
         cm_msg_set_body (msg, "{}", 2);
     request->exchange = gw_exchange_new (request_id, connection);
+    if (request->limits.limit) {
+        gw_exchange_header_add (request->exchange, "RateLimit-Policy",
+                                request->limits.policy);
+        gw_exchange_header_add (request->exchange, "RateLimit", request->limits.state);
+    }
     //  Suspend before the broker can answer, so its resume always follows.
     gw_exchange_respond (request->exchange);
     gw_broker_submit (self->broker, gw_exchange_ref (request->exchange), &msg,
@@ -260,6 +414,12 @@ s_first_call (gw_server_t *self, struct MHD_Connection *connection, s_request_t 
         request->too_large = true;
         return;
     }
+    //  Rate limits: after auth (a bad key is not counted), before the body
+    //  (a refused body is dropped, not buffered). Answered on a later call.
+    if (route->service &&
+        gw_limits_check (self->limits, route->service, request->identity,
+                         cm_clock_mono_us (), &request->limits) == CM_RATELIMIT_REJECTED)
+        request->early_status = 429;
 }
 
 static enum MHD_Result
@@ -304,7 +464,15 @@ s_handler (void *cls, struct MHD_Connection *connection, const char *url,
         *upload_data_size = 0;
         return MHD_YES;
     }
-    //  The whole request is in.
+    //  The whole request is in: from here to the completion callback is
+    //  the request's latency, and it is in flight.
+    if (!request->complete_us) {
+        request->complete_us = cm_clock_mono_us ();
+        gw_metrics_begin (self->observer, gw_metrics_class (request->route));
+    }
+    if (request->early_status == 429)
+        return s_reply_limited (connection, request, 429,
+                                gw_limits_verdict_body (&request->limits));
     if (request->early_status == 405)
         return s_reply_json (connection, 405,
                              json_pack ("{s:s}", "error", request->early_message), NULL,
@@ -328,13 +496,15 @@ s_handler (void *cls, struct MHD_Connection *connection, const char *url,
             snprintf (message, sizeof message,
                       "Invalid JSON body: %s (line %d, column %d).", error.text,
                       error.line, error.column);
-            return s_reply_error (connection, 400, message);
+            return s_reply_limited (connection, request, 400,
+                                    json_pack ("{s:s}", "error", message));
         }
         bool object = json_is_object (parsed);
         json_decref (parsed);
         if (!object)
-            return s_reply_error (connection, 400,
-                                  "Invalid JSON body: expected an object.");
+            return s_reply_limited (
+                connection, request, 400,
+                json_pack ("{s:s}", "error", "Invalid JSON body: expected an object."));
     }
     return s_forward (self, connection, request, method);
 }
@@ -349,6 +519,18 @@ s_completed (void *cls, struct MHD_Connection *connection, void **con_cls,
     s_request_t *request = *con_cls;
     if (!request)
         return;
+    if (request->first_call_done) {
+        //  The status queued, if any (none: the client left first).
+        const union MHD_ConnectionInfo *info =
+            MHD_get_connection_info (connection, MHD_CONNECTION_INFO_HTTP_STATUS);
+        unsigned status = info ? info->http_status : 0;
+        gw_metrics_class_t route_class = gw_metrics_class (request->route);
+        if (request->complete_us)
+            gw_metrics_end (self->observer, route_class, status,
+                            (double) (cm_clock_mono_us () - request->complete_us) / 1e6);
+        else
+            gw_metrics_count (self->observer, route_class, status);
+    }
     if (request->exchange) {
         //  Still open at the daemon: the client left or MHD gave up.
         if (gw_exchange_close (request->exchange))
@@ -371,6 +553,15 @@ gw_server_new (const gw_config_t *config)
         abort ();
     gw_server_t *self = cm_calloc (1, sizeof *self);
     self->config = config;
+    self->metrics = cm_metrics_new ();
+    char err[256];
+    self->limits = gw_limits_new (&config->limits, err, sizeof err);
+    if (!self->limits) {
+        cm_error ("%s", err);
+        cm_metrics_destroy (&self->metrics);
+        free (self);
+        return NULL;
+    }
     self->started_ms = cm_clock_mono_ms ();
     if (config->admin_key && *config->admin_key) {
         self->have_admin = true;
@@ -388,6 +579,19 @@ gw_server_new (const gw_config_t *config)
     self->broker = gw_broker_new (&broker_config);
     if (!self->broker)
         goto fail;
+    gw_metrics_config_t metrics_config = {.broker = self->broker,
+                                          .limits = self->limits,
+                                          .supervisor = config->supervisor,
+                                          .report_ms = config->report_ms,
+                                          .query_timeout_ms = config->metrics_timeout_ms};
+    self->observer = gw_metrics_new (self->metrics, &metrics_config);
+    char storage_dir[1024];
+    if (config->storage_dir && *config->storage_dir)
+        snprintf (storage_dir, sizeof storage_dir, "%s", config->storage_dir);
+    else
+        snprintf (storage_dir, sizeof storage_dir, "%s/storage", config->run_dir);
+    self->health =
+        gw_health_new (storage_dir, config->redis_url, config->health_interval, 250);
 
     struct sockaddr_in addr = {0};
     addr.sin_family = AF_INET;
@@ -420,7 +624,11 @@ gw_server_new (const gw_config_t *config)
              config->host, self->port, config->backend_bind, threads);
     return self;
 fail:
+    gw_metrics_destroy (&self->observer);
     gw_broker_destroy (&self->broker);
+    gw_limits_destroy (&self->limits);
+    gw_health_destroy (&self->health);
+    cm_metrics_destroy (&self->metrics);
     free (self);
     return NULL;
 }
@@ -439,6 +647,7 @@ gw_server_destroy (gw_server_t **self_p)
     //  meanwhile are answered 503 by the stopping flag.)
     atomic_store (&self->stopping, true);
     gw_broker_close (self->broker);
+    gw_metrics_close (self->observer);
     int64_t until = cm_clock_mono_ms () + 5000;
     while (atomic_load (&self->open_exchanges) > 0 && cm_clock_mono_ms () < until)
         usleep (5 * 1000);
@@ -446,7 +655,12 @@ gw_server_destroy (gw_server_t **self_p)
         cm_warn ("%d requests still open at shutdown",
                  atomic_load (&self->open_exchanges));
     MHD_stop_daemon (self->daemon);
+    //  Its collector reads the broker and the limits: it goes first.
+    gw_metrics_destroy (&self->observer);
     gw_broker_destroy (&self->broker);
+    gw_limits_destroy (&self->limits);
+    gw_health_destroy (&self->health);
+    cm_metrics_destroy (&self->metrics);
     free (self);
     *self_p = NULL;
 }
@@ -456,4 +670,18 @@ gw_server_port (gw_server_t *self)
 {
     assert (self);
     return self->port;
+}
+
+gw_limits_t *
+gw_server_limits (gw_server_t *self)
+{
+    assert (self);
+    return self->limits;
+}
+
+cm_metrics_t *
+gw_server_metrics (gw_server_t *self)
+{
+    assert (self);
+    return self->metrics;
 }

@@ -12,6 +12,8 @@
 
 #include "cm_common.h"
 #include "cm_config.h"
+#include "cm_metrics.h"
+#include "gw_limits.h"
 
 typedef struct {
     int64_t port;            //  SERVER_PORT
@@ -24,6 +26,15 @@ typedef struct {
     int64_t liveness;        //  HEARTBEAT_LIVENESS
     char *admin_key;         //  ADMIN_API_KEY
     int64_t max_connections; //  GATEWAY_MAX_CONNECTIONS
+    //  RATE_LIMIT_* (see gw_limits.h)
+    gw_limits_config_t limits;
+    char *run_dir;              //  RUN_DIR
+    char *storage_dir;          //  STORAGE_DIR (NULL: $RUN_DIR/storage)
+    char *redis_url;            //  REDIS_URL
+    int64_t health_interval;    //  HEALTH_CHECK_INTERVAL_MS
+    char *supervisor;           //  SUPERVISOR_ENDPOINT (NULL: no metrics hub)
+    int64_t report_ms;          //  METRICS_REPORT_INTERVAL_MS
+    int64_t metrics_timeout_ms; //  METRICS_QUERY_TIMEOUT_MS
 } gw_config_t;
 
 //  The gateway's settings table (for cm_config_load and --help).
@@ -38,5 +49,11 @@ gw_server_t *gw_server_new (const gw_config_t *config);
 void gw_server_destroy (gw_server_t **self_p);
 //  The HTTP port actually bound (useful with SERVER_PORT=0).
 int gw_server_port (gw_server_t *self);
+//  The rate limits (borrowed), for their counters: gw_limits_stats.
+gw_limits_t *gw_server_limits (gw_server_t *self);
+//  The gateway's metrics registry (borrowed): its own series (gw_metrics.h),
+//  reported to the supervisor as service "gateway". Modules of the gateway
+//  may register theirs in it.
+cm_metrics_t *gw_server_metrics (gw_server_t *self);
 
 #endif

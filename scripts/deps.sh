@@ -8,6 +8,10 @@ LLMRT_PACKAGES=(
     libcriterion-dev libsqlite3-dev libcurl4-openssl-dev libjansson-dev
     libsodium-dev uuid-dev
     redis-server curl wrk nginx-light python3
+    # promtool, with which the tests check /api/metrics/prometheus. Debian
+    # ships it only with the server, whose systemd unit the package enables:
+    # `systemctl disable --now prometheus` where that is not wanted.
+    prometheus
 )
 missing=()
 for p in "${LLMRT_PACKAGES[@]}"; do

@@ -6,7 +6,9 @@
 #include "cm_log.h"
 #include "sup_conf.h"
 #include "sup_env.h"
+#include "sup_metrics.h"
 #include "sup_supervisor.h"
+#include <czmq.h>
 
 static const char *s_summary =
     "Runs the programs of the suite file FILE in the foreground (see the top of\n"
@@ -68,6 +70,7 @@ main (int argc, char **argv)
     sup_settings_t settings = {0};
     sup_conf_t *conf = NULL;
     sup_supervisor_t *supervisor = NULL;
+    sup_metrics_t *metrics = NULL;
     rc = 1;
     if (sup_env_load (&settings, err, sizeof err) ||
         sup_env_prepare (&settings, err, sizeof err) ||
@@ -86,10 +89,17 @@ main (int argc, char **argv)
     supervisor = sup_supervisor_new (&conf, &settings);
     if (!supervisor)
         goto done;
-    //  The metrics endpoint (a later change) joins the loop here, with
-    //  sup_supervisor_reader (supervisor, socket, 0, handler, state).
+    //  The metrics hub joins the loop before any child starts, so that
+    //  their first reports find it (see sup_metrics.h).
+    //  Signals come from the supervisor's signalfd: czmq installs no handlers.
+    zsys_handler_set (NULL);
+    metrics = sup_metrics_new (settings.metrics_endpoint, settings.metrics_ttl_ms);
+    if (!metrics || sup_metrics_attach (metrics, supervisor))
+        goto done;
     rc = sup_supervisor_run (supervisor);
 done:
+    //  The hub reads the supervisor's state: it goes first.
+    sup_metrics_destroy (&metrics);
     sup_supervisor_destroy (&supervisor);
     sup_conf_destroy (&conf);
     sup_env_free (&settings);

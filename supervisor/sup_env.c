@@ -1,6 +1,8 @@
 /*  sup_env.c: see sup_env.h. */
 #include "sup_env.h"
 #include "cm_log.h"
+#include "cm_redis.h"
+#include "cm_reporter.h"
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -9,8 +11,6 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#define S_REDIS_DEFAULT_PORT 6379
 
 const cm_conf_entry_t sup_env_table[] = {
     {"SUPERVISOR_RESTART_INITIAL_MS", CM_CONF_INT, "500", 1, 3600000,
@@ -41,6 +41,13 @@ const cm_conf_entry_t sup_env_table[] = {
      "admin key; unset: read from or generated into $RUN_DIR/admin_api_key"},
     {"LOG_LEVEL", CM_CONF_STR, "info", 0, 0, offsetof (sup_settings_t, log_level),
      "debug, info, warn or error"},
+    {"SUPERVISOR_ENDPOINT", CM_CONF_ENDPOINT, CM_REPORTER_ENDPOINT, 0, 0,
+     offsetof (sup_settings_t, metrics_endpoint),
+     "ZeroMQ endpoint of the metrics hub: bound here; daemons report and the "
+     "gateway asks there"},
+    {"METRICS_INSTANCE_TTL_MS", CM_CONF_INT, "5000", 100, 3600000,
+     offsetof (sup_settings_t, metrics_ttl_ms),
+     "an instance that has not reported for this long leaves the aggregate"},
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
@@ -92,56 +99,7 @@ sup_env_backoff_policy (const sup_settings_t *settings)
 int
 sup_env_redis_url (const char *url, char *host, size_t hostlen, int64_t *port)
 {
-    assert (url && host && port);
-    if (strncasecmp (url, "redis://", 8))
-        return -1;
-    const char *p = url + 8;
-    const char *end = p + strcspn (p, "/?#");
-    const char *at = memrchr (p, '@', (size_t) (end - p));
-    if (at)
-        p = at + 1;
-    const char *host_start = p, *host_end, *port_text = NULL;
-    if (*p == '[') {
-        host_start = p + 1;
-        host_end = memchr (p, ']', (size_t) (end - p));
-        if (!host_end)
-            return -1;
-        if (host_end + 1 < end) {
-            if (host_end[1] != ':')
-                return -1;
-            port_text = host_end + 2;
-        }
-    } else {
-        host_end = memchr (p, ':', (size_t) (end - p));
-        if (host_end)
-            port_text = host_end + 1;
-        else
-            host_end = end;
-    }
-    size_t len = (size_t) (host_end - host_start);
-    if (len == 0 || len >= hostlen)
-        return -1;
-    for (const char *c = host_start; c < host_end; c++)
-        if (!isalnum ((unsigned char) *c) && !strchr (".-_:%", *c))
-            return -1;
-    *port = S_REDIS_DEFAULT_PORT;
-    if (port_text) {
-        char *text = cm_strndup (port_text, (size_t) (end - port_text));
-        int rc = cm_config_parse_int (text, 1, 65535, port);
-        bool bad = rc || strchr (text, ' ');
-        free (text);
-        if (bad)
-            return -1;
-    }
-    //  An optional database number, then nothing but a query string.
-    if (*end == '/')
-        for (end++; isdigit ((unsigned char) *end); end++)
-            ;
-    if (*end && *end != '?')
-        return -1;
-    memcpy (host, host_start, len);
-    host[len] = 0;
-    return 0;
+    return cm_redis_parse_url (url, host, hostlen, port);
 }
 
 int

@@ -28,6 +28,8 @@ typedef struct {
     char *bin_dir;              //  BIN_DIR (set by sup_env_prepare)
     char *admin_api_key;        //  ADMIN_API_KEY (set by sup_env_admin_key)
     char *log_level;            //  LOG_LEVEL
+    char *metrics_endpoint;     //  SUPERVISOR_ENDPOINT (bound for the metrics hub)
+    int64_t metrics_ttl_ms;     //  METRICS_INSTANCE_TTL_MS
 } sup_settings_t;
 
 //  The settings table, for cm_config and --help.

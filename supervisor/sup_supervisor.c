@@ -271,6 +271,34 @@ sup_supervisor_running (sup_supervisor_t *self)
     return count;
 }
 
+size_t
+sup_supervisor_programs (sup_supervisor_t *self)
+{
+    assert (self);
+    return sup_conf_size (self->conf);
+}
+
+void
+sup_supervisor_program_stats (sup_supervisor_t *self, size_t index,
+                              sup_program_stats_t *stats)
+{
+    assert (self && stats && index < sup_conf_size (self->conf));
+    const sup_program_t *program = sup_conf_program (self->conf, index);
+    *stats = (sup_program_stats_t){.name = sup_program_name (program),
+                                   .replicas = sup_program_replicas (program)};
+    for (size_t i = 0; i < self->instances_size; i++) {
+        s_instance_t *inst = &self->instances[i];
+        if (inst->program != program)
+            continue;
+        if (inst->state == SUP_INSTANCE_RUNNING)
+            stats->running++;
+        else if (inst->state == SUP_INSTANCE_GAVE_UP)
+            stats->given_up++;
+        if (inst->starts > 1)
+            stats->restarts += inst->starts - 1;
+    }
+}
+
 //  --------------------------------------------------------------------------
 //  Private helpers
 

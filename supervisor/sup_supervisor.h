@@ -41,7 +41,7 @@ sup_supervisor_t *sup_supervisor_new (sup_conf_t **conf_p,
 //  signal mask.
 void sup_supervisor_destroy (sup_supervisor_t **self_p);
 
-//  The extension point for the metrics endpoint (a later change): poll a
+//  The extension point for the metrics endpoint (sup_metrics): poll a
 //  libzmq socket (socket not NULL) or a file descriptor (socket NULL) in the
 //  loop, and call fn when it is readable. Returns 0, or -1 when the table
 //  is full.
@@ -60,5 +60,20 @@ void sup_supervisor_stop (sup_supervisor_t *self, int64_t now_ms);
 
 //  Number of children running now.
 size_t sup_supervisor_running (sup_supervisor_t *self);
+
+//  One program of the suite as it is now, for metrics.
+typedef struct {
+    const char *name;  //  the NAME of [program:NAME] (borrowed)
+    size_t replicas;   //  instances configured
+    size_t running;    //  instances running now
+    size_t given_up;   //  instances given up after crashing too often
+    uint64_t restarts; //  starts after each instance's first (restarts so far)
+} sup_program_stats_t;
+
+//  Number of programs, in the suite file's order.
+size_t sup_supervisor_programs (sup_supervisor_t *self);
+//  Fill stats for the program at index (< sup_supervisor_programs).
+void sup_supervisor_program_stats (sup_supervisor_t *self, size_t index,
+                                   sup_program_stats_t *stats);
 
 #endif

@@ -41,7 +41,10 @@ Test (chat_provider, walkthrough)
     //  All at once: an honest answer about the last user message.
     chat_metrics_t metrics;
     char err[256] = "";
-    char *text = chat_provider_complete (provider, &s_request, &metrics, err, sizeof err);
+    char *text = NULL;
+    cr_assert_eq (
+        chat_provider_complete (provider, &s_request, &text, &metrics, err, sizeof err),
+        CHAT_PROVIDER_DONE);
     cr_assert_not_null (text);
     cr_assert (strstr (text, "llmrt's built-in offline responder"), "text: %s", text);
     cr_assert (strstr (text, "no language model was called"));
@@ -75,9 +78,15 @@ Test (chat_provider, builtin_is_deterministic)
     chat_provider_t *two = chat_provider_new_builtin (0);
     chat_metrics_t m1, m2;
     char err[64];
-    char *a = chat_provider_complete (one, &s_request, &m1, err, sizeof err);
-    char *b = chat_provider_complete (two, &s_request, &m2, err, sizeof err);
-    char *c = chat_provider_complete (one, &s_request, &m2, err, sizeof err);
+    char *a = NULL;
+    cr_assert_eq (chat_provider_complete (one, &s_request, &a, &m1, err, sizeof err),
+                  CHAT_PROVIDER_DONE);
+    char *b = NULL;
+    cr_assert_eq (chat_provider_complete (two, &s_request, &b, &m2, err, sizeof err),
+                  CHAT_PROVIDER_DONE);
+    char *c = NULL;
+    cr_assert_eq (chat_provider_complete (one, &s_request, &c, &m2, err, sizeof err),
+                  CHAT_PROVIDER_DONE);
     cr_assert_str_eq (a, b);
     cr_assert_str_eq (a, c);
     cr_assert_eq (m1.completion_tokens, m2.completion_tokens);
@@ -86,7 +95,9 @@ Test (chat_provider, builtin_is_deterministic)
     //  A different message gives a different answer.
     chat_message_t other[] = {{CHAT_ROLE_USER, "What is the capital of Spain?"}};
     chat_request_t request = {other, 1, NULL, -1};
-    char *d = chat_provider_complete (one, &request, &m1, err, sizeof err);
+    char *d = NULL;
+    cr_assert_eq (chat_provider_complete (one, &request, &d, &m1, err, sizeof err),
+                  CHAT_PROVIDER_DONE);
     cr_assert_str_neq (a, d);
     cr_assert (strstr (d, "0 earlier turns"));
     free (a);
@@ -108,7 +119,10 @@ Test (chat_provider, stream_stops_when_told)
                   CHAT_PROVIDER_STOPPED);
     cr_assert_eq (sink.tokens, 5);
     cr_assert_eq (metrics.completion_tokens, 5, "the refused token is not counted");
-    char *full = chat_provider_complete (provider, &s_request, &metrics, err, sizeof err);
+    char *full = NULL;
+    cr_assert_eq (
+        chat_provider_complete (provider, &s_request, &full, &metrics, err, sizeof err),
+        CHAT_PROVIDER_DONE);
     cr_assert (!strncmp (full, sink.text, sink.size), "the partial text is a prefix");
     cr_assert_lt (sink.size, strlen (full));
     free (full);
@@ -129,7 +143,10 @@ Test (chat_provider, stream_is_paced_by_token_delay)
     cr_assert_geq (metrics.duration, 0.020);
 
     //  complete never waits: it is what the non-streaming route uses.
-    char *text = chat_provider_complete (provider, &s_request, &metrics, err, sizeof err);
+    char *text = NULL;
+    cr_assert_eq (
+        chat_provider_complete (provider, &s_request, &text, &metrics, err, sizeof err),
+        CHAT_PROVIDER_DONE);
     cr_assert_lt (metrics.duration, 5.0 * (double) metrics.completion_tokens / 1000.0);
     free (text);
     chat_provider_destroy (&provider);
@@ -145,7 +162,10 @@ Test (chat_provider, long_and_unicode_messages_stay_valid_utf8)
     chat_provider_t *provider = chat_provider_new_builtin (0);
     chat_metrics_t metrics;
     char err[64];
-    char *text = chat_provider_complete (provider, &request, &metrics, err, sizeof err);
+    char *text = NULL;
+    cr_assert_eq (
+        chat_provider_complete (provider, &request, &text, &metrics, err, sizeof err),
+        CHAT_PROVIDER_DONE);
     cr_assert (strstr (text, "200 words and 400 characters"), "text: %s", text);
     cr_assert (strstr (text, "\xE2\x80\xA6\""),
                "a long message is shortened with an ellipsis");
@@ -156,7 +176,9 @@ Test (chat_provider, long_and_unicode_messages_stay_valid_utf8)
 
     chat_message_t empty[] = {{CHAT_ROLE_SYSTEM, "sys"}};
     request = (chat_request_t){empty, 1, NULL, -1};
-    text = chat_provider_complete (provider, &request, &metrics, err, sizeof err);
+    cr_assert_eq (
+        chat_provider_complete (provider, &request, &text, &metrics, err, sizeof err),
+        CHAT_PROVIDER_DONE);
     cr_assert (strstr (text, "0 words"));
     free (text);
     chat_provider_destroy (&provider);

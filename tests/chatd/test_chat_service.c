@@ -23,6 +23,7 @@ struct cm_call_s {
     json_t *events;        //  SSE events, in order
     bool ended;            //  cm_call_stream_end was called
     int finals;            //  FINAL messages sent (must end at 1)
+    json_t *headers;       //  response headers added, name: value
 };
 
 const char *
@@ -110,7 +111,8 @@ cm_call_cancelled (cm_call_t *self)
 void
 cm_call_header_add (cm_call_t *self, const char *name, const char *value)
 {
-    (void) self, (void) name, (void) value;
+    cr_assert_eq (self->finals, 0, "headers go before the reply");
+    json_object_set_new (self->headers, name, json_string (value));
 }
 
 void
@@ -223,6 +225,7 @@ s_serve (const char *method, const char *pattern, const char *slug, const char *
     cr_assert (!body || call->body, "bad test body: %s", body);
     call->cancel_after = cancel_after;
     call->events = json_array ();
+    call->headers = json_object ();
     memcpy (call->query, s_query, sizeof s_query);
     memset (s_query, 0, sizeof s_query);
     const cm_route_t *route = chat_service_routes ();
@@ -243,6 +246,7 @@ s_call_free (cm_call_t **call_p)
     json_decref (call->body);
     json_decref (call->reply);
     json_decref (call->events);
+    json_decref (call->headers);
     free (call->text);
     free (call);
     *call_p = NULL;
@@ -671,13 +675,13 @@ Test (chat_service, chats_limit_and_order_query)
 
 //  A provider that misbehaves: a good token, a token that is not UTF-8,
 //  then a failure.
-static char *
-s_broken_complete (void *state, const chat_request_t *request, chat_metrics_t *metrics,
-                   char *err, size_t errlen)
+static chat_provider_result_t
+s_broken_complete (void *state, const chat_request_t *request, char **text_p,
+                   chat_metrics_t *metrics, char *err, size_t errlen)
 {
-    (void) state, (void) request, (void) metrics;
+    (void) state, (void) request, (void) text_p, (void) metrics;
     snprintf (err, errlen, "upstream exploded");
-    return NULL;
+    return CHAT_PROVIDER_FAILED;
 }
 
 static chat_provider_result_t
@@ -731,4 +735,249 @@ Test (chat_service, provider_failure_after_validation)
                   "partial saved");
     cr_assert (call->ended);
     s_call_free (&call);
+}
+
+//  --- the circuit breaker around the provider ---------------------------------------
+
+//  A provider whose next outcome the test chooses, counting its calls.
+static struct {
+    chat_provider_result_t result; //  what calls return (DONE: the text "fine answer")
+    int calls;                     //  calls made
+} s_switch;
+
+static void
+s_switch_error (char *err, size_t errlen)
+{
+    snprintf (err, errlen, "%s",
+              s_switch.result == CHAT_PROVIDER_REJECTED
+                  ? "This model's maximum context length is 8 tokens."
+                  : "upstream unreachable");
+}
+
+static chat_provider_result_t
+s_switch_complete (void *state, const chat_request_t *request, char **text_p,
+                   chat_metrics_t *metrics, char *err, size_t errlen)
+{
+    (void) state, (void) request;
+    s_switch.calls++;
+    if (s_switch.result != CHAT_PROVIDER_DONE) {
+        s_switch_error (err, errlen);
+        return s_switch.result;
+    }
+    *text_p = strdup ("fine answer");
+    metrics->completion_tokens = 2;
+    return CHAT_PROVIDER_DONE;
+}
+
+static chat_provider_result_t
+s_switch_stream (void *state, const chat_request_t *request, chat_token_fn *on_token,
+                 void *arg, chat_metrics_t *metrics, char *err, size_t errlen)
+{
+    (void) state, (void) request;
+    s_switch.calls++;
+    if (s_switch.result != CHAT_PROVIDER_DONE) {
+        s_switch_error (err, errlen);
+        return s_switch.result;
+    }
+    const char *tokens[] = {"fine ", "answer"};
+    for (int i = 0; i < 2; i++) {
+        if (on_token (tokens[i], strlen (tokens[i]), arg) == CHAT_TOKEN_STOP)
+            return CHAT_PROVIDER_STOPPED;
+        metrics->completion_tokens++;
+    }
+    return CHAT_PROVIDER_DONE;
+}
+
+static const chat_provider_ops_t s_switch_ops = {"switch", s_switch_complete,
+                                                 s_switch_stream, NULL};
+
+//  The breaker's clock, moved by hand.
+static int64_t s_now_ms;
+
+static int64_t
+s_clock (void *arg)
+{
+    (void) arg;
+    return s_now_ms;
+}
+
+//  Serve with the switch provider behind a breaker of this threshold,
+//  cool-down and probes, on a workspace "guarded".
+static void
+s_guarded (int64_t threshold, int64_t reset_ms, int64_t probes)
+{
+    chat_service_destroy (&s_service);
+    chat_provider_t *provider = chat_provider_new (&s_switch_ops, NULL);
+    char err[256];
+    s_service = chat_service_new (s_dir, &provider, err, sizeof err);
+    cr_assert_not_null (s_service, "%s", err);
+    cm_breaker_config_t config;
+    cm_breaker_config_defaults (&config);
+    config.failure_threshold = threshold;
+    config.reset_ms = reset_ms;
+    config.max_reset_ms = 8 * reset_ms;
+    config.half_open_probes = probes;
+    cm_breaker_t *breaker = cm_breaker_new ("chat", &config);
+    chat_service_set_breaker (s_service, &breaker);
+    cr_assert_null (breaker);
+    chat_service_set_clock (s_service, s_clock, NULL);
+    s_now_ms = 1000000;
+    s_switch.result = CHAT_PROVIDER_DONE;
+    s_switch.calls = 0;
+    s_new_workspace ("{\"name\":\"Guarded\"}");
+}
+
+static cm_call_t *
+s_guarded_chat (bool streaming, int cancel_after)
+{
+    return s_serve ("POST",
+                    streaming ? "/api/v1/workspace/{slug}/stream-chat"
+                              : "/api/v1/workspace/{slug}/chat",
+                    "guarded", NULL, "{\"message\":\"hello\"}", cancel_after);
+}
+
+//  The 503 of an open circuit: the abort shape, Retry-After in seconds.
+static void
+s_assert_circuit_open (cm_call_t *call, const char *retry_after)
+{
+    cr_assert_eq (call->status, 503, "%s", call->text);
+    cr_assert_eq (json_array_size (call->events), 0, "no stream started");
+    json_t *r = call->reply;
+    cr_assert_eq (json_object_size (r), 6, "%s", call->text);
+    cr_assert_str_eq (s_str (r, "type"), "abort");
+    cr_assert (json_is_null (json_object_get (r, "textResponse")));
+    cr_assert (json_is_array (json_object_get (r, "sources")));
+    cr_assert (json_is_true (json_object_get (r, "close")));
+    cr_assert (strstr (s_str (r, "error"), "chat circuit is open"), "%s", call->text);
+    cr_assert_str_eq (s_str (call->headers, "Retry-After"), retry_after);
+}
+
+Test (chat_service, breaker_opens_after_threshold_provider_failures)
+{
+    s_guarded (3, 10000, 1);
+    s_switch.result = CHAT_PROVIDER_FAILED;
+    //  Failures answer 200 abort (non-streaming) or abort + finalize (streaming).
+    for (int i = 0; i < 3; i++) {
+        cm_call_t *call = s_guarded_chat (i == 2, 0);
+        cr_assert_eq (call->status, 200);
+        if (i == 2) {
+            cr_assert_eq (json_array_size (call->events), 2);
+            cr_assert_str_eq (s_str (json_array_get (call->events, 0), "type"), "abort");
+            cr_assert_str_eq (s_str (json_array_get (call->events, 1), "type"),
+                              "finalizeResponseStream");
+        } else
+            cr_assert_str_eq (s_str (call->reply, "type"), "abort");
+        s_call_free (&call);
+    }
+    cr_assert_eq (s_switch.calls, 3);
+    cr_assert_eq (cm_breaker_state (chat_service_breaker (s_service)), CM_BREAKER_OPEN);
+
+    //  Open: 503 at once, on both routes, without calling the provider.
+    cm_call_t *call = s_guarded_chat (false, 0);
+    s_assert_circuit_open (call, "10");
+    s_call_free (&call);
+    s_now_ms += 1;
+    call = s_guarded_chat (true, 0);
+    s_assert_circuit_open (call, "10"); //  9999 ms: rounded up
+    s_call_free (&call);
+    s_now_ms += 9000;
+    call = s_guarded_chat (false, 0);
+    s_assert_circuit_open (call, "1"); //  999 ms
+    s_call_free (&call);
+    cr_assert_eq (s_switch.calls, 3);
+
+    cm_breaker_stats_t stats;
+    cm_breaker_stats (chat_service_breaker (s_service), &stats);
+    cr_assert_eq (stats.failed, 3);
+    cr_assert_eq (stats.rejected, 3);
+}
+
+Test (chat_service, breaker_half_open_probe_success_closes)
+{
+    s_guarded (2, 5000, 1);
+    s_switch.result = CHAT_PROVIDER_FAILED;
+    for (int i = 0; i < 2; i++) {
+        cm_call_t *call = s_guarded_chat (false, 0);
+        s_call_free (&call);
+    }
+    //  The upstream recovers; after the cool-down one probe goes through.
+    s_switch.result = CHAT_PROVIDER_DONE;
+    s_now_ms += 5000;
+    cm_call_t *call = s_guarded_chat (true, 0);
+    cr_assert_eq (call->status, 200);
+    json_t *last = json_array_get (call->events, json_array_size (call->events) - 1);
+    cr_assert_str_eq (s_str (last, "type"), "finalizeResponseStream");
+    cr_assert_gt (json_integer_value (json_object_get (last, "chatId")), 0);
+    s_call_free (&call);
+    cr_assert_eq (s_switch.calls, 3);
+    cm_breaker_t *breaker = chat_service_breaker (s_service);
+    cr_assert_eq (cm_breaker_state (breaker), CM_BREAKER_CLOSED);
+    call = s_guarded_chat (false, 0);
+    cr_assert_eq (call->status, 200);
+    cr_assert_str_eq (s_str (call->reply, "textResponse"), "fine answer");
+    s_call_free (&call);
+    cm_breaker_stats_t stats;
+    cm_breaker_stats (breaker, &stats);
+    cr_assert_eq (stats.transitions[CM_BREAKER_HALF_OPEN][CM_BREAKER_CLOSED], 1);
+}
+
+Test (chat_service, breaker_probe_failure_reopens_longer)
+{
+    s_guarded (1, 2000, 1);
+    s_switch.result = CHAT_PROVIDER_FAILED;
+    cm_call_t *call = s_guarded_chat (false, 0);
+    s_call_free (&call);
+    s_now_ms += 2000;
+    call = s_guarded_chat (false, 0); //  the probe, failing
+    cr_assert_eq (call->status, 200);
+    cr_assert_str_eq (s_str (call->reply, "type"), "abort");
+    s_call_free (&call);
+    call = s_guarded_chat (false, 0);
+    s_assert_circuit_open (call, "4");
+    s_call_free (&call);
+    cr_assert_eq (s_switch.calls, 2);
+}
+
+Test (chat_service, request_faults_and_cancels_do_not_trip_the_breaker)
+{
+    s_guarded (1, 10000, 1);
+    //  The upstream refuses the request itself: the client learns why, and
+    //  the circuit stays closed.
+    s_switch.result = CHAT_PROVIDER_REJECTED;
+    cm_call_t *call = s_guarded_chat (false, 0);
+    cr_assert_eq (call->status, 200);
+    cr_assert_str_eq (s_str (call->reply, "type"), "abort");
+    cr_assert_str_eq (s_str (call->reply, "error"),
+                      "This model's maximum context length is 8 tokens.");
+    s_call_free (&call);
+    call = s_guarded_chat (true, 0);
+    cr_assert_str_eq (s_str (json_array_get (call->events, 0), "type"), "abort");
+    s_call_free (&call);
+
+    //  A client that leaves mid-stream neither.
+    s_switch.result = CHAT_PROVIDER_DONE;
+    call = s_guarded_chat (true, 1);
+    cr_assert_eq (json_array_size (call->events), 1);
+    s_call_free (&call);
+
+    cm_breaker_t *breaker = chat_service_breaker (s_service);
+    cm_breaker_stats_t stats;
+    cm_breaker_stats (breaker, &stats);
+    cr_assert_eq (stats.state, CM_BREAKER_CLOSED);
+    cr_assert_eq (stats.failed, 0);
+    cr_assert_eq (stats.released, 3);
+    cr_assert_eq (s_switch.calls, 3);
+
+    //  Turns that never reach the provider never ask the breaker.
+    call = s_serve ("POST", "/api/v1/workspace/{slug}/chat", "guarded", NULL,
+                    "{\"message\":\"\"}", 0);
+    s_call_free (&call);
+    cm_breaker_stats (breaker, &stats);
+    cr_assert_eq (stats.allowed, 3);
+
+    //  And one real failure opens this threshold-1 circuit.
+    s_switch.result = CHAT_PROVIDER_FAILED;
+    call = s_guarded_chat (false, 0);
+    s_call_free (&call);
+    cr_assert_eq (cm_breaker_state (breaker), CM_BREAKER_OPEN);
 }

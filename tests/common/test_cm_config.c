@@ -103,3 +103,35 @@ Test (cm_config, parse_helpers)
     cr_assert (b);
     cr_assert_eq (cm_config_parse_bool ("nah", &b), -1);
 }
+
+Test (cm_config, decimal_numbers_and_their_bounds)
+{
+    //  CM_CONF_DOUBLE: fractional settings (rates), bounded like integers.
+    typedef struct {
+        double rate;
+    } rate_settings_t;
+    static const cm_conf_entry_t table[] = {
+        {"TEST_RATE", CM_CONF_DOUBLE, "0", 0, 1000, offsetof (rate_settings_t, rate),
+         "rate"},
+        {NULL, 0, NULL, 0, 0, 0, NULL},
+    };
+    rate_settings_t s = {0};
+    char err[256] = "";
+    unsetenv ("TEST_RATE");
+    cr_assert_eq (cm_config_load (table, &s, err, sizeof err), 0);
+    cr_assert_eq (s.rate, 0);
+    setenv ("TEST_RATE", "0.5", 1);
+    cr_assert_eq (cm_config_load (table, &s, err, sizeof err), 0);
+    cr_assert_eq (s.rate, 0.5);
+    const char *bad[] = {"fast", "1.5x", "-1", "1001", "inf", "nan", "0x10", "."};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        setenv ("TEST_RATE", bad[i], 1);
+        cr_assert_eq (cm_config_load (table, &s, err, sizeof err), -1, "%s", bad[i]);
+        cr_assert (strstr (err, "TEST_RATE") && strstr (err, bad[i]), "error was: %s",
+                   err);
+    }
+    double v;
+    cr_assert_eq (cm_config_parse_double (" 2.5e2 ", 0, 1000, &v), 0);
+    cr_assert_eq (v, 250);
+    unsetenv ("TEST_RATE");
+}

@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <unistd.h>
+#include "cm_metrics_msg.h"
 #include "cm_msg.h"
 #include "cm_worker.h"
 
@@ -1013,4 +1014,123 @@ Test (cm_worker, route_match_params_and_segments)
     cr_assert_not (cm_route_match ("/a/{x}", "/a/7/8"));
     cr_assert_not (cm_route_match ("/a/{x}/b", "/a//b"));
     cr_assert_not (cm_route_match ("/a/{x}/b", "/a/7/c"));
+}
+
+//  --- metrics ---------------------------------------------------------------
+
+Test (cm_worker, counts_requests_per_route_in_its_registry, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    //  A registry of the daemon's own (the breaker's series go there too).
+    cm_metrics_t *metrics = cm_metrics_new ();
+    cm_worker_config_t config = {
+        .service = "test",
+        .instance = S_INSTANCE,
+        .endpoint = gateway->endpoint,
+        .concurrency = 2,
+        .max_pending = 4,
+        .heartbeat_ms = S_HEARTBEAT_MS,
+        .liveness = S_LIVENESS,
+        .drain_ms = 1000,
+        .routes = s_routes,
+        .arg = &state,
+        .metrics = metrics,
+    };
+    cm_worker_t *worker = cm_worker_new (&config);
+    cr_assert_eq (cm_worker_metrics (worker), metrics);
+    strcpy (gateway->peer, S_INSTANCE);
+    cm_msg_t *msg = s_gateway_expect (gateway, CM_MSG_READY, NULL);
+    cm_msg_destroy (&msg);
+    s_gateway_request (gateway, "c1", "GET", "/count", 0, NULL);
+    s_gateway_request (gateway, "c2", "GET", "/count?again=1", 0, NULL);
+    s_gateway_request (gateway, "e1", "POST", "/echo", 0, "{}");
+    s_gateway_request (gateway, "x1", "GET", "/nowhere", 0, NULL);
+    const char *ids[] = {"c1", "c2", "e1"};
+    for (int i = 0; i < 3; i++) {
+        msg = s_gateway_expect_final (gateway, ids[i], 200);
+        cm_msg_destroy (&msg);
+    }
+    msg = s_gateway_expect_final (gateway, "x1", 404);
+    cm_msg_destroy (&msg);
+    //  A duration is observed just after the reply is posted: poll.
+    const char *count[] = {"method", "GET", "route", "/count", NULL};
+    int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
+    json_t *snapshot = cm_metrics_snapshot (metrics);
+    while (cm_metrics_sum (snapshot, "llmrt_worker_request_duration_seconds", count) <
+           2) {
+        cr_assert_lt (cm_clock_mono_ms (), until, "durations were not observed");
+        json_decref (snapshot);
+        s_gateway_pump (gateway);
+        snapshot = cm_metrics_snapshot (metrics);
+    }
+    cr_assert_eq (cm_metrics_sum (snapshot, "llmrt_worker_requests_total", count), 2);
+    const char *echo[] = {"method", "POST", "route", "/echo", NULL};
+    cr_assert_eq (cm_metrics_sum (snapshot, "llmrt_worker_requests_total", echo), 1);
+    const char *slow[] = {"method", "GET", "route", "/slow", NULL};
+    cr_assert_not_null (cm_metrics_series (snapshot, "llmrt_worker_requests_total", slow),
+                        "every route has its series from the start");
+    cr_assert_eq (cm_metrics_sum (snapshot, "llmrt_worker_requests_total", NULL), 3);
+    cr_assert_eq (
+        cm_metrics_sum (snapshot, "llmrt_worker_unmatched_requests_total", NULL), 1);
+    json_decref (snapshot);
+    cm_worker_destroy (&worker);
+    //  The registry is the caller's: it outlives the worker.
+    cm_metrics_destroy (&metrics);
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, reports_its_registry_to_the_supervisor, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    zsock_t *supervisor = zsock_new (ZMQ_ROUTER);
+    int port = zsock_bind (supervisor, "tcp://127.0.0.1:*");
+    cr_assert_gt (port, 0);
+    char endpoint[64];
+    snprintf (endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
+    cm_worker_config_t config = {
+        .service = "test",
+        .instance = S_INSTANCE,
+        .endpoint = gateway->endpoint,
+        .concurrency = 1,
+        .heartbeat_ms = S_HEARTBEAT_MS,
+        .liveness = S_LIVENESS,
+        .routes = s_routes,
+        .arg = &state,
+        .supervisor = endpoint,
+        .report_ms = 20,
+    };
+    cm_worker_t *worker = cm_worker_new (&config);
+    strcpy (gateway->peer, S_INSTANCE);
+    cm_msg_t *msg = s_gateway_expect (gateway, CM_MSG_READY, NULL);
+    cm_msg_destroy (&msg);
+    s_gateway_request (gateway, "c1", "GET", "/count", 0, NULL);
+    msg = s_gateway_expect_final (gateway, "c1", 200);
+    cm_msg_destroy (&msg);
+    //  Reports come until one counts the request.
+    const char *count[] = {"method", "GET", "route", "/count", NULL};
+    int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
+    bool seen = false;
+    while (!seen) {
+        cr_assert_lt (cm_clock_mono_ms (), until, "no report counts the request");
+        s_gateway_pump (gateway);
+        zmsg_t *zmsg = zmsg_recv_nowait (supervisor);
+        if (!zmsg)
+            continue;
+        zframe_t *frame = zmsg_last (zmsg);
+        char err[256];
+        cm_metrics_msg_t *report = cm_metrics_msg_decode (
+            zframe_data (frame), zframe_size (frame), err, sizeof err);
+        cr_assert_not_null (report, "%s", err);
+        cr_assert_str_eq (cm_metrics_msg_service (report), "test");
+        cr_assert_str_eq (cm_metrics_msg_instance (report), S_INSTANCE);
+        seen = cm_metrics_sum (cm_metrics_msg_body (report),
+                               "llmrt_worker_requests_total", count) == 1;
+        cm_metrics_msg_destroy (&report);
+        zmsg_destroy (&zmsg);
+    }
+    cm_worker_destroy (&worker);
+    zsock_destroy (&supervisor);
+    s_gateway_destroy (&gateway);
 }

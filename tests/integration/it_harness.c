@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -176,8 +177,6 @@ it_children (pid_t parent, const char *name, pid_t *pids, size_t max)
     return count;
 }
 
-static it_suite_t *s_ready_suite;
-
 static bool
 s_ready (void *arg)
 {
@@ -201,8 +200,36 @@ s_ready (void *arg)
     return chat >= 2;
 }
 
+static bool
+s_live (void *arg)
+{
+    it_suite_t *suite = arg;
+    char url[128];
+    snprintf (url, sizeof url, "%s/api/health/live", suite->base);
+    it_response_t response;
+    it_http ("GET", url, NULL, false, &response);
+    bool ok = response.status == 200;
+    it_response_free (&response);
+    return ok && it_alive (suite->supervisor);
+}
+
+static void s_suite_start (it_suite_t *suite, const char *const *extra,
+                           bool (*until) (void *));
+
 void
 it_suite_start (it_suite_t *suite, const char *const *extra)
+{
+    s_suite_start (suite, extra, s_ready);
+}
+
+void
+it_suite_start_live (it_suite_t *suite, const char *const *extra)
+{
+    s_suite_start (suite, extra, s_live);
+}
+
+static void
+s_suite_start (it_suite_t *suite, const char *const *extra, bool (*until) (void *))
 {
     memset (suite, 0, sizeof *suite);
     const char *bin = getenv ("LLMRT_BIN_DIR");
@@ -223,6 +250,9 @@ it_suite_start (it_suite_t *suite, const char *const *extra)
     pid_t pid = fork ();
     cr_assert_geq (pid, 0);
     if (pid == 0) {
+        //  A test that fails (or times out) ends without it_suite_stop: the
+        //  suite must not outlive it. SIGTERM stops the supervisor cleanly.
+        prctl (PR_SET_PDEATHSIG, SIGTERM);
         char value[300];
         snprintf (value, sizeof value, "%d", suite->http_port);
         setenv ("SERVER_PORT", value, 1);
@@ -233,6 +263,9 @@ it_suite_start (it_suite_t *suite, const char *const *extra)
         snprintf (value, sizeof value, "redis://127.0.0.1:%d", suite->redis_port);
         setenv ("REDIS_URL", value, 1);
         setenv ("RUN_DIR", suite->run_dir, 1);
+        //  The metrics hub on a socket in RUN_DIR: no port to collide on.
+        snprintf (value, sizeof value, "ipc://%s/supervisor.sock", suite->run_dir);
+        setenv ("SUPERVISOR_ENDPOINT", value, 1);
         setenv ("ADMIN_API_KEY", IT_ADMIN_KEY, 1);
         setenv ("HEARTBEAT_INTERVAL_MS", "100", 1);
         setenv ("HEARTBEAT_LIVENESS", "5", 1);
@@ -249,14 +282,13 @@ it_suite_start (it_suite_t *suite, const char *const *extra)
         _exit (127);
     }
     suite->supervisor = pid;
-    s_ready_suite = suite;
-    if (!it_wait (s_ready, suite, 30000)) {
+    if (!it_wait (until, suite, 30000)) {
         char cmd[400];
         snprintf (cmd, sizeof cmd, "tail -n 40 %s >&2", log_path);
         int rc = system (cmd);
         (void) rc;
         it_suite_stop (suite);
-        cr_assert_fail ("the suite did not become ready within 30 s (log above)");
+        cr_assert_fail ("the suite did not come up within 30 s (log above)");
     }
 }
 

@@ -28,6 +28,9 @@ int it_free_port (void);
 //  fast heartbeats; extra is a NULL-terminated list of "NAME=VALUE" added to
 //  its environment. Waits until /api/health/ready answers 200.
 void it_suite_start (it_suite_t *suite, const char *const *extra);
+//  The same, but wait only until the gateway answers /api/health/live (for
+//  suites that are meant not to become ready).
+void it_suite_start_live (it_suite_t *suite, const char *const *extra);
 //  SIGTERM the supervisor, wait for it; kill leftovers; remove RUN_DIR.
 void it_suite_stop (it_suite_t *suite);
 

@@ -36,6 +36,11 @@ s_setup (void)
     setenv ("SUPERVISOR_RESTART_INITIAL_MS", "20", 1);
     setenv ("SUPERVISOR_RESTART_MAX_MS", "200", 1);
     setenv ("SUPERVISOR_GRACE_MS", "10000", 1);
+    //  The metrics hub on a socket of its own: no port shared with a suite
+    //  that may be running on this machine.
+    char endpoint[128];
+    snprintf (endpoint, sizeof endpoint, "ipc://%s/metrics.sock", s_dir);
+    setenv ("SUPERVISOR_ENDPOINT", endpoint, 1);
     unsetenv ("SUPERVISOR_MAX_CRASHES");
     unsetenv ("REDIS_URL");
     unsetenv ("BIN_DIR");

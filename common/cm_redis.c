@@ -1,0 +1,149 @@
+/*  cm_redis.c: see cm_redis.h. */
+#include "cm_redis.h"
+#include "cm_config.h"
+#include <ctype.h>
+#include <strings.h>
+
+int
+cm_redis_parse_url (const char *url, char *host, size_t hostlen, int64_t *port)
+{
+    assert (url && host && port);
+    if (strncasecmp (url, "redis://", 8))
+        return -1;
+    const char *p = url + 8;
+    const char *end = p + strcspn (p, "/?#");
+    const char *at = memrchr (p, '@', (size_t) (end - p));
+    if (at)
+        p = at + 1;
+    const char *host_start = p, *host_end, *port_text = NULL;
+    if (*p == '[') {
+        host_start = p + 1;
+        host_end = memchr (p, ']', (size_t) (end - p));
+        if (!host_end)
+            return -1;
+        if (host_end + 1 < end) {
+            if (host_end[1] != ':')
+                return -1;
+            port_text = host_end + 2;
+        }
+    } else {
+        host_end = memchr (p, ':', (size_t) (end - p));
+        if (host_end)
+            port_text = host_end + 1;
+        else
+            host_end = end;
+    }
+    size_t len = (size_t) (host_end - host_start);
+    if (len == 0 || len >= hostlen)
+        return -1;
+    for (const char *c = host_start; c < host_end; c++)
+        if (!isalnum ((unsigned char) *c) && !strchr (".-_:%", *c))
+            return -1;
+    *port = CM_REDIS_DEFAULT_PORT;
+    if (port_text) {
+        char *text = cm_strndup (port_text, (size_t) (end - port_text));
+        int rc = cm_config_parse_int (text, 1, 65535, port);
+        bool bad = rc || strchr (text, ' ');
+        free (text);
+        if (bad)
+            return -1;
+    }
+    //  An optional database number, then nothing but a query string.
+    if (*end == '/')
+        for (end++; isdigit ((unsigned char) *end); end++)
+            ;
+    if (*end && *end != '?')
+        return -1;
+    memcpy (host, host_start, len);
+    host[len] = 0;
+    return 0;
+}
+
+static bool
+s_url_credentials (const char *url, char *password, size_t size, int64_t *db)
+{
+    //  redis://[user:]password@host:port/db
+    const char *p = url + 8;
+    const char *end = p + strcspn (p, "/?#");
+    const char *at = memrchr (p, '@', (size_t) (end - p));
+    password[0] = 0;
+    if (at) {
+        const char *colon = memchr (p, ':', (size_t) (at - p));
+        const char *start = colon ? colon + 1 : p;
+        size_t len = (size_t) (at - start);
+        if (len >= size)
+            return false;
+        memcpy (password, start, len);
+        password[len] = 0;
+    }
+    *db = 0;
+    if (*end == '/' && isdigit ((unsigned char) end[1]))
+        *db = strtoll (end + 1, NULL, 10);
+    return true;
+}
+
+redisContext *
+cm_redis_connect (const char *url, int timeout_ms, char *err, size_t errlen)
+{
+    assert (url && err);
+    char host[256], password[256];
+    int64_t port, db;
+    if (cm_redis_parse_url (url, host, sizeof host, &port) ||
+        !s_url_credentials (url, password, sizeof password, &db)) {
+        snprintf (err, errlen, "'%s' is not a redis:// URL", url);
+        return NULL;
+    }
+    struct timeval timeout = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    redisContext *redis = redisConnectWithTimeout (host, (int) port, timeout);
+    if (!redis || redis->err) {
+        snprintf (err, errlen, "cannot connect to Redis at %s:%lld: %s", host,
+                  (long long) port, redis ? redis->errstr : "out of memory");
+        if (redis)
+            redisFree (redis);
+        return NULL;
+    }
+    redisSetTimeout (redis, timeout);
+    redisReply *reply = NULL;
+    if (*password) {
+        reply = redisCommand (redis, "AUTH %s", password);
+        if (!reply || reply->type == REDIS_REPLY_ERROR) {
+            snprintf (err, errlen, "Redis at %s:%lld refused the password", host,
+                      (long long) port);
+            goto fail;
+        }
+        freeReplyObject (reply);
+    }
+    if (db) {
+        reply = redisCommand (redis, "SELECT %lld", (long long) db);
+        if (!reply || reply->type == REDIS_REPLY_ERROR) {
+            snprintf (err, errlen, "Redis at %s:%lld has no database %lld", host,
+                      (long long) port, (long long) db);
+            goto fail;
+        }
+        freeReplyObject (reply);
+    }
+    return redis;
+fail:
+    if (reply)
+        freeReplyObject (reply);
+    redisFree (redis);
+    return NULL;
+}
+
+int
+cm_redis_ping (redisContext *redis, char *err, size_t errlen)
+{
+    assert (redis && err);
+    redisReply *reply = redisCommand (redis, "PING");
+    int rc = -1;
+    if (!reply)
+        snprintf (err, errlen, "Redis did not answer PING: %s", redis->errstr);
+    else if (reply->type == REDIS_REPLY_STATUS && !strcmp (reply->str, "PONG"))
+        rc = 0;
+    else
+        snprintf (err, errlen, "Redis answered PING with %s",
+                  reply->type == REDIS_REPLY_ERROR ? reply->str : "something else");
+    if (reply)
+        freeReplyObject (reply);
+    return rc;
+}

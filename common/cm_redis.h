@@ -1,0 +1,23 @@
+/*  cm_redis.h: Redis helpers every daemon shares: the REDIS_URL format and
+    a connection (hiredis) with timeouts, password and database applied. */
+#ifndef CM_REDIS_H_INCLUDED
+#define CM_REDIS_H_INCLUDED
+
+#include "cm_common.h"
+#include <hiredis.h>
+
+#define CM_REDIS_DEFAULT_PORT 6379
+
+//  Parse redis://[user:password@]host[:port][/db] (IPv6 hosts in []). Sets
+//  host (NUL-terminated) and port. Returns 0, or -1 when it is not one.
+int cm_redis_parse_url (const char *url, char *host, size_t hostlen, int64_t *port);
+
+//  Connect with a connect and command timeout, AUTH and SELECT as the URL
+//  says. Returns the caller's connection (redisFree), or NULL with err set.
+redisContext *cm_redis_connect (const char *url, int timeout_ms, char *err,
+                                size_t errlen);
+
+//  PING. Returns 0 on PONG, else -1 with err set.
+int cm_redis_ping (redisContext *redis, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,85 @@
+/*  test_health.c: /api/health and /api/health/ready against the real suite
+    when a dependency is missing: Redis frozen, no chatd at all. */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <unistd.h>
+#include "it_harness.h"
+
+static it_suite_t s_suite;
+
+static json_t *
+s_get (const char *path, long *status)
+{
+    char url[256];
+    snprintf (url, sizeof url, "%s%s", s_suite.base, path);
+    it_response_t r;
+    it_http ("GET", url, NULL, false, &r);
+    *status = r.status;
+    json_t *json = it_json (&r);
+    it_response_free (&r);
+    return json;
+}
+
+static bool
+s_health_is (void *arg)
+{
+    long status;
+    json_t *health = s_get ("/api/health", &status);
+    bool match = !strcmp (json_string_value (json_object_get (health, "status")), arg);
+    json_decref (health);
+    return match;
+}
+
+Test (health, redis_down_is_degraded_and_named_then_ok_again, .timeout = 90)
+{
+    it_suite_start (&s_suite, NULL);
+    cr_assert (it_wait (s_health_is, "ok", 10000), "health never said ok");
+    pid_t redis[2];
+    cr_assert_eq (it_children (s_suite.supervisor, "redis-server", redis, 2), 1);
+    //  Frozen, not killed: the supervisor would restart a dead one at once.
+    kill (redis[0], SIGSTOP);
+    cr_assert (it_wait (s_health_is, "degraded", 10000), "health never said degraded");
+    long status;
+    json_t *health = s_get ("/api/health", &status);
+    cr_assert_eq (status, 200, "degraded still serves");
+    char *text = json_dumps (health, 0);
+    cr_assert (strstr (text, "Redis"), "the warning does not name Redis: %s", text);
+    cr_assert_str_eq (json_string_value (json_object_get (
+                          json_object_get (health, "queue_backend"), "status")),
+                      "down");
+    free (text);
+    json_decref (health);
+    json_t *ready = s_get ("/api/health/ready", &status);
+    cr_assert_eq (status, 200, "Redis down is degraded, not unready");
+    json_decref (ready);
+    kill (redis[0], SIGCONT);
+    cr_assert (it_wait (s_health_is, "ok", 10000), "health did not recover");
+    it_suite_stop (&s_suite);
+}
+
+static char s_last[2048];
+
+//  Ready is 503 and chatd is the only thing missing (the other daemons have
+//  registered and the database has been checked by then).
+static bool
+s_only_chatd_missing (void *arg)
+{
+    (void) arg;
+    long status;
+    json_t *ready = s_get ("/api/health/ready", &status);
+    char *text = json_dumps (ready, 0);
+    snprintf (s_last, sizeof s_last, "%ld %s", status, text);
+    json_t *reasons = json_object_get (ready, "reasons");
+    bool only = status == 503 && json_array_size (reasons) == 1 && strstr (text, "chatd");
+    free (text);
+    json_decref (ready);
+    return only;
+}
+
+Test (health, no_chatd_is_unready_naming_chatd, .timeout = 90)
+{
+    const char *extra[] = {"CHAT_REPLICAS=0", NULL};
+    it_suite_start_live (&s_suite, extra);
+    cr_assert (it_wait (s_only_chatd_missing, NULL, 15000), "last answer: %s", s_last);
+    it_suite_stop (&s_suite);
+}
