@@ -44,6 +44,7 @@ GATEWAY_BACKEND_BIND=tcp://127.0.0.1:$backend GATEWAY_ENDPOINT=tcp://127.0.0.1:$
 REDIS_URL=redis://127.0.0.1:$redis ADMIN_API_KEY=$BENCH_KEY LOG_LEVEL=warn \
 SUPERVISOR_ENDPOINT=ipc://$dir/supervisor.sock \
 CHAT_QUEUE_MAX_PENDING=${CHAT_QUEUE_MAX_PENDING:-1024} \
+RATE_LIMIT_KEY_RPS=${RATE_LIMIT_KEY_RPS:-1000000} \
     "$build/bin/supervisor" -c "$root/deploy/local/suite.conf" >"$dir/suite.log" 2>&1 &
 sup_pid=$!
 for _ in $(seq 1 300); do

@@ -88,6 +88,10 @@ struct gw_metrics_s {
     pthread_t thread;                       //  the metrics thread
     atomic_bool closing;                    //  answer 503 from now on
     atomic_bool stop;                       //  the thread should end
+    int64_t refresh_ms;                     //  period of background queries
+    pthread_mutex_t cache_lock;             //  guards breakers, breakers_at
+    json_t *breakers;                       //  last breakers section, or NULL
+    int64_t breakers_at;                    //  mono ms it was built
 };
 
 static void *s_thread (void *arg);
@@ -113,6 +117,8 @@ gw_metrics_new (cm_metrics_t *registry, const gw_metrics_config_t *config)
         self->supervisor = cm_strdup (config->supervisor);
     self->timeout_ms =
         config->query_timeout_ms > 0 ? config->query_timeout_ms : S_DEFAULT_TIMEOUT_MS;
+    self->refresh_ms = config->report_ms > 0 ? config->report_ms : 1000;
+    pthread_mutex_init (&self->cache_lock, NULL);
     for (int c = 0; c < GW_METRICS_CLASSES; c++) {
         for (int s = 0; s < S_STATUS_CLASSES; s++) {
             const char *labels[] = {"route_class", s_class_names[c], "status_class",
@@ -181,6 +187,8 @@ gw_metrics_destroy (gw_metrics_t **self_p)
     //  No snapshot may run the collector once the broker is gone.
     cm_reporter_destroy (&self->reporter);
     cm_metrics_collector_remove (self->registry, s_collect, self);
+    json_decref (self->breakers);
+    pthread_mutex_destroy (&self->cache_lock);
     free (self->instance);
     free (self->supervisor);
     free (self);
@@ -889,6 +897,32 @@ s_fail_all (s_waiting_t *waiting)
     waiting->size = 0;
 }
 
+//  Keep the breakers section of an aggregate for gw_metrics_breakers.
+static void
+s_cache (gw_metrics_t *self, const json_t *aggregate)
+{
+    json_t *body = gw_metrics_json (self, aggregate, NULL);
+    json_t *breakers = json_incref (json_object_get (body, "breakers"));
+    json_decref (body);
+    pthread_mutex_lock (&self->cache_lock);
+    json_decref (self->breakers);
+    self->breakers = breakers;
+    self->breakers_at = cm_clock_mono_ms ();
+    pthread_mutex_unlock (&self->cache_lock);
+}
+
+json_t *
+gw_metrics_breakers (gw_metrics_t *self, int64_t *age_ms)
+{
+    assert (self);
+    pthread_mutex_lock (&self->cache_lock);
+    json_t *copy = self->breakers ? json_deep_copy (self->breakers) : NULL;
+    if (age_ms)
+        *age_ms = self->breakers ? cm_clock_mono_ms () - self->breakers_at : -1;
+    pthread_mutex_unlock (&self->cache_lock);
+    return copy;
+}
+
 static void *
 s_thread (void *arg)
 {
@@ -911,15 +945,15 @@ s_thread (void *arg)
     uint64_t query_id = 0;
     bool asking = false;  //  a QUERY is out
     int64_t deadline = 0; //  mono ms when it times out
+    //  Without requests, still ask once a period, so /api/health can show
+    //  breaker states without waiting for the supervisor.
+    int64_t next_refresh = cm_clock_mono_ms () + self->refresh_ms;
     char reason[256];
     while (!atomic_load (&self->stop)) {
         zmq_pollitem_t items[] = {{NULL, cm_mailbox_fd (self->inbox), ZMQ_POLLIN, 0},
                                   {sock ? zsock_resolve (sock) : NULL, 0, ZMQ_POLLIN, 0}};
-        long timeout = 1000;
-        if (asking) {
-            int64_t left = deadline - cm_clock_mono_ms ();
-            timeout = left > 0 ? (long) left : 0;
-        }
+        int64_t left = (asking ? deadline : next_refresh) - cm_clock_mono_ms ();
+        long timeout = left > 0 ? (long) left : 0;
         zmq_poll (items, sock ? 2 : 1, timeout);
         s_job_t *job;
         while ((job = cm_mailbox_take (self->inbox))) {
@@ -949,6 +983,7 @@ s_thread (void *arg)
             else if (asking && cm_metrics_msg_type (msg) == CM_METRICS_MSG_AGGREGATE &&
                      cm_metrics_msg_id (msg) == query_id) {
                 cm_metric_add (self->queries[S_QUERY_ANSWERED], 1);
+                s_cache (self, cm_metrics_msg_body (msg));
                 s_answer_all (self, &waiting, cm_metrics_msg_body (msg), NULL);
                 asking = false;
             }
@@ -963,7 +998,10 @@ s_thread (void *arg)
             s_answer_all (self, &waiting, NULL, reason);
             asking = false;
         }
-        if (waiting.size && !asking) {
+        bool refresh = sock && !asking && cm_clock_mono_ms () >= next_refresh;
+        if (refresh)
+            next_refresh = cm_clock_mono_ms () + self->refresh_ms;
+        if ((waiting.size || refresh) && !asking) {
             if (!sock) {
                 cm_metric_add (self->queries[S_QUERY_UNREACHABLE], 1);
                 s_answer_all (self, &waiting, NULL,

@@ -66,6 +66,12 @@ gw_metrics_t *gw_metrics_new (cm_metrics_t *registry, const gw_metrics_config_t 
 //  the pointer. Call before the broker and the limits are destroyed.
 void gw_metrics_destroy (gw_metrics_t **self_p);
 
+//  The circuit breakers of every daemon instance, from the last aggregate
+//  (the metrics thread asks the supervisor once a report interval): a new
+//  reference, or NULL before the first answer. *age_ms (may be NULL) gets
+//  how old it is.
+json_t *gw_metrics_breakers (gw_metrics_t *self, int64_t *age_ms);
+
 //  This gateway's instance id (borrowed).
 const char *gw_metrics_instance (gw_metrics_t *self);
 //  The class of a route (NULL: unmatched); its label with gw_metrics_class_name.

@@ -281,6 +281,14 @@ s_health (gw_server_t *self, struct MHD_Connection *connection, bool ready_only)
             json_object_get (snap, "instances"), "broker",
             json_object_get (snap, "counters"), "reasons", reasons, "warnings", warnings);
         json_decref (deps);
+        //  Breaker states as the daemons last reported them (per instance:
+        //  a sum over instances is not a state).
+        int64_t age_ms = -1;
+        json_t *breakers =
+            self->observer ? gw_metrics_breakers (self->observer, &age_ms) : NULL;
+        json_object_set_new (body, "breakers", breakers ? breakers : json_null ());
+        if (breakers)
+            json_object_set_new (body, "breakers_age_ms", json_integer (age_ms));
     }
     json_decref (snap);
     return s_reply_json (connection, ready ? 200 : 503, body, ready ? NULL : "1", NULL);

@@ -376,3 +376,63 @@ Test (suite, sigterm_stops_every_child_within_the_grace_period, .timeout = 90)
     s_suite.supervisor = 0;
     it_suite_stop (&s_suite);
 }
+
+typedef struct {
+    char url[256];
+    long status;
+    char headers[4096];
+    char body[512];
+} s_limited_t;
+
+static void *
+s_limited_chat (void *arg)
+{
+    s_limited_t *call = arg;
+    it_response_t r;
+    it_http ("POST", call->url, "{\"message\":\"limited\"}", true, &r);
+    call->status = r.status;
+    snprintf (call->headers, sizeof call->headers, "%s", r.headers);
+    snprintf (call->body, sizeof call->body, "%s", r.body);
+    it_response_free (&r);
+    return NULL;
+}
+
+Test (suite, a_burst_over_the_chat_limit_gets_429_with_headers, .timeout = 90)
+{
+    //  Burst 4 at 0.1 request/s: creating the workspace takes one (every
+    //  route of the chat service is in the chat class); of 6 chats at once,
+    //  exactly 3 pass.
+    const char *extra[] = {"RATE_LIMIT_CHAT_RPS=0.1", "RATE_LIMIT_CHAT_BURST=4", NULL};
+    it_suite_start (&s_suite, extra);
+    s_create_workspace ("Limited");
+    s_limited_t calls[6];
+    pthread_t threads[6];
+    for (int i = 0; i < 6; i++) {
+        memset (&calls[i], 0, sizeof calls[i]);
+        s_url (calls[i].url, sizeof calls[i].url, "/api/v1/workspace/limited/chat");
+        pthread_create (&threads[i], NULL, s_limited_chat, &calls[i]);
+    }
+    int ok = 0, limited = 0;
+    for (int i = 0; i < 6; i++) {
+        pthread_join (threads[i], NULL);
+        //  Every response of a limited route carries both draft headers.
+        cr_assert (strcasestr (calls[i].headers, "\nRateLimit-Policy: \"chat\";q=4;"),
+                   "no RateLimit-Policy: %s", calls[i].headers);
+        cr_assert (strcasestr (calls[i].headers, "\nRateLimit: \"chat\";r="),
+                   "no RateLimit: %s", calls[i].headers);
+        if (calls[i].status == 200)
+            ok++;
+        else {
+            cr_assert_eq (calls[i].status, 429, "%ld %s", calls[i].status, calls[i].body);
+            limited++;
+            //  10 s until the next token: Retry-After is never earlier.
+            const char *retry = strcasestr (calls[i].headers, "\nRetry-After: ");
+            cr_assert_not_null (retry, "%s", calls[i].headers);
+            cr_assert_geq (atoi (retry + 14), 9, "%s", calls[i].headers);
+            cr_assert (strstr (calls[i].body, "\"limit\":\"chat\""), "%s", calls[i].body);
+        }
+    }
+    cr_assert_eq (ok, 3);
+    cr_assert_eq (limited, 3);
+    it_suite_stop (&s_suite);
+}
