@@ -64,10 +64,9 @@ chat_provider_complete (chat_provider_t *self, const chat_request_t *request,
     *text_p = NULL;
     chat_provider_result_t result =
         self->ops->complete (self->state, request, text_p, metrics, err, errlen);
-    //  A whole completion is DONE with text or did not happen; never STOPPED.
-    assert (result == CHAT_PROVIDER_DONE
-                ? *text_p != NULL
-                : *text_p == NULL && result != CHAT_PROVIDER_STOPPED);
+    //  A whole completion is DONE with text, or did not happen (STOPPED only
+    //  when the request's cancelled hook said so).
+    assert (result == CHAT_PROVIDER_DONE ? *text_p != NULL : *text_p == NULL);
     return result;
 }
 

@@ -4,18 +4,18 @@
     once (complete) or token by token (stream), and reports token metrics in
     the shape upstream AnythingLLM returns: prompt_tokens,
     completion_tokens, total_tokens, outputTps, duration (seconds).
-    Providers are a vtable (chat_provider_ops_t) behind one opaque handle,
-    so a network provider (OpenAI-compatible over libcurl) can be added
-    without touching the chat service.
+    Providers are a vtable (chat_provider_ops_t) behind one opaque handle:
+    "builtin" (here) and "openai", any OpenAI-compatible server over
+    libcurl (chat_openai.h).
 
-    "builtin" is the only provider for now: llmrt's offline responder. It
-    calls no model; it answers with a short text that says so, echoing and
-    describing the user's last message. It is deterministic (the same
-    messages always give the same text and token counts), which is what
-    tests and benchmarks need. Streaming waits token_delay_ms before each
-    token (BUILTIN_LLM_TOKEN_DELAY_MS) to imitate a model's pace; complete
-    never waits, so a benchmark of the non-streaming route measures the
-    runtime, not a sleep.
+    "builtin" is llmrt's offline responder. It calls no model; it answers
+    with a short text that says so, echoing and describing the user's last
+    message. It is deterministic (the same messages always give the same
+    text and token counts), which is what tests and benchmarks need.
+    Streaming waits token_delay_ms before each token
+    (BUILTIN_LLM_TOKEN_DELAY_MS) to imitate a model's pace; complete never
+    waits, so a benchmark of the non-streaming route measures the runtime,
+    not a sleep.
 
     Threading: one provider is shared by every handler thread; its calls may
     run concurrently (the builtin keeps no mutable state). */
@@ -34,12 +34,19 @@ typedef struct {
     const char *content;
 } chat_message_t;
 
+//  Polled by providers that wait on a network, every few milliseconds, so
+//  that a client that left (or a passed deadline) ends the call even while
+//  the upstream sends nothing. True: stop now.
+typedef bool (chat_cancelled_fn) (void *arg);
+
 //  What to complete.
 typedef struct {
     const chat_message_t *messages; //  system prompt, history, the user's message last
     size_t count;                   //  number of messages
     const char *model;              //  workspace's chatModel; NULL: provider default
     double temperature;             //  < 0: provider default
+    chat_cancelled_fn *cancelled;   //  NULL: the call is never cancelled from outside
+    void *cancel_arg;               //  argument of cancelled
 } chat_request_t;
 
 //  Upstream's performance metrics of one completion.
@@ -75,8 +82,8 @@ typedef enum {
 typedef struct {
     const char *name;
     //  The whole completion at once: DONE with *text_p a new string the
-    //  caller frees, or FAILED / REJECTED with the reason in err (*text_p
-    //  stays NULL).
+    //  caller frees, or FAILED / REJECTED with the reason in err, or
+    //  STOPPED when request->cancelled said so (*text_p stays NULL).
     chat_provider_result_t (*complete) (void *state, const chat_request_t *request,
                                         char **text_p, chat_metrics_t *metrics, char *err,
                                         size_t errlen);

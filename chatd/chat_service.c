@@ -19,6 +19,9 @@
     "There is no relevant information in this workspace to answer your query."
 #define S_NO_COMPLETION "No text completion could be completed with this input."
 #define S_RESET_DONE    "Chat history was reset!"
+//  The vector store the OpenAI route names (upstream: VECTOR_DB, "lancedb";
+//  ours keeps vectors in the database).
+#define S_VECTOR_PROVIDER "sqlite"
 
 struct chat_service_s {
     cm_storage_pool_t *pool;   //  database connections lent to handler threads
@@ -35,6 +38,13 @@ typedef struct {
     cm_call_t *call;         //  the request (borrowed)
     cm_storage_t *storage;   //  a connection lent by the pool
     bool streaming;          //  stream-chat (SSE) or chat (one JSON reply)
+    bool openai;             //  the OpenAI-compatible route: its shapes, not upstream's
+    json_t *history;         //  openai: the request's conversation before the prompt,
+                             //  [{role, content}] with string contents; else NULL
+    json_t *system;          //  openai: the request's system prompt (string), or NULL
+    json_t *prompt;          //  openai: the prompt's text (string); message points in
+    double temperature;      //  openai: the request's temperature (< 0: the workspace's)
+    int64_t created;         //  openai: the response's time, unix seconds
     json_t *workspace;       //  the workspace row
     json_t *thread;          //  the thread row, or NULL
     int64_t workspace_id;    //  workspace.id
@@ -61,6 +71,9 @@ static void s_chat (cm_call_t *call, void *arg);
 static void s_stream_chat (cm_call_t *call, void *arg);
 static void s_thread_chat (cm_call_t *call, void *arg);
 static void s_thread_stream_chat (cm_call_t *call, void *arg);
+static void s_openai_models (cm_call_t *call, void *arg);
+static void s_openai_completions (cm_call_t *call, void *arg);
+static void s_openai_vector_stores (cm_call_t *call, void *arg);
 
 //  Literal routes first: a matcher that takes the first match never reads
 //  "new" as a slug.
@@ -75,6 +88,9 @@ static const cm_route_t s_routes[] = {
     {"POST", "/api/v1/workspace/{slug}/thread/{threadSlug}/chat", s_thread_chat},
     {"POST", "/api/v1/workspace/{slug}/thread/{threadSlug}/stream-chat",
      s_thread_stream_chat},
+    {"GET", "/api/v1/openai/models", s_openai_models},
+    {"POST", "/api/v1/openai/chat/completions", s_openai_completions},
+    {"GET", "/api/v1/openai/vector_stores", s_openai_vector_stores},
     {NULL, NULL, NULL},
 };
 
@@ -568,11 +584,76 @@ s_save (s_turn_t *turn, const char *text, const chat_metrics_t *metrics, bool in
     return id;
 }
 
+//  --- OpenAI-compatible shapes (upstream's utils/chats/openaiCompatible) -----------
+
+//  A completion, or with chunk a chunk of one: {id, object, created, model,
+//  choices:[{index:0, message|delta:{role:"assistant", content}, logprobs:null,
+//  finish_reason}]}; content NULL gives null, finish_reason NULL too. NULL
+//  when content is not valid UTF-8.
+static json_t *
+s_openai_object (s_turn_t *turn, bool chunk, const char *content, size_t size,
+                 const char *finish_reason)
+{
+    json_t *message =
+        content ? json_pack ("{s:s, s:s%}", "role", "assistant", "content", content, size)
+                : json_pack ("{s:s, s:n}", "role", "assistant", "content");
+    if (!message)
+        return NULL;
+    const char *slug = json_string_value (json_object_get (turn->workspace, "slug"));
+    return json_pack ("{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:n, s:s?}]}", "id", turn->uuid,
+                      "object", chunk ? "chat.completion.chunk" : "chat.completion",
+                      "created", (json_int_t) turn->created, "model", slug ? slug : "",
+                      "choices", "index", 0, chunk ? "delta" : "message", message,
+                      "logprobs", "finish_reason", finish_reason);
+}
+
+//  OpenAI's error object, which its client libraries raise as an APIError,
+//  in a reply and in a stream alike.
+static json_t *
+s_openai_error (const char *message, bool request_fault)
+{
+    return json_pack ("{s:{s:s, s:s, s:n, s:n}}", "error", "message", message, "type",
+                      request_fault ? "invalid_request_error" : "server_error", "param",
+                      "code");
+}
+
+//  The end of an OpenAI stream. Upstream AnythingLLM just ends the response;
+//  OpenAI sends this line, which its client libraries stop at (and clients
+//  that read until it, rather than to the end of the body, need).
+static void
+s_openai_done (s_turn_t *turn)
+{
+    static const char done[] = "data: [DONE]\n\n";
+    cm_call_stream (turn->call, 200, "text/event-stream", done, sizeof done - 1);
+}
+
+//  An answer that is not the model's (a query-mode refusal), as upstream's
+//  OpenAI route sends it: finish_reason "abort"; streaming, one chunk.
+static void
+s_openai_text (s_turn_t *turn, const char *text)
+{
+    json_t *answer =
+        s_openai_object (turn, turn->streaming, text, strlen (text), "abort");
+    if (answer)
+        json_object_set_new (answer, "usage", json_object ());
+    if (!turn->streaming) {
+        s_reply_json (turn->call, 200, answer);
+        return;
+    }
+    s_send_event (turn->call, answer);
+    s_openai_done (turn);
+    cm_call_stream_end (turn->call);
+}
+
 //  An answer that is not the model's: a reset confirmation or a refusal.
 //  Streaming sends it as the one and only event, as upstream does.
 static void
 s_reply_text (s_turn_t *turn, const char *text)
 {
+    if (turn->openai) {
+        s_openai_text (turn, text);
+        return;
+    }
     if (turn->streaming) {
         s_send_event (turn->call,
                       json_pack ("{s:s, s:s, s:s, s:[], s:[], s:b, s:n, s:{}}", "id",
@@ -654,15 +735,25 @@ s_build_messages (s_turn_t *turn, chat_message_t **messages_p, size_t *count_p,
     return 0;
 }
 
+//  The provider polls this while it waits on the upstream, so a client that
+//  left stops the upstream call even when no token comes.
+static bool
+s_call_cancelled (void *arg)
+{
+    return cm_call_cancelled ((cm_call_t *) arg);
+}
+
 static chat_token_action_t
 s_on_token (const char *token, size_t size, void *arg)
 {
     s_turn_t *turn = (s_turn_t *) arg;
     if (cm_call_cancelled (turn->call))
         return CHAT_TOKEN_STOP;
-    json_t *event = json_pack ("{s:s, s:[], s:s, s:s%, s:b, s:b}", "uuid", turn->uuid,
-                               "sources", "type", "textResponseChunk", "textResponse",
-                               token, size, "close", 0, "error", 0);
+    json_t *event = turn->openai
+                        ? s_openai_object (turn, true, token, size, NULL)
+                        : json_pack ("{s:s, s:[], s:s, s:s%, s:b, s:b}", "uuid",
+                                     turn->uuid, "sources", "type", "textResponseChunk",
+                                     "textResponse", token, size, "close", 0, "error", 0);
     //  A token that is not valid UTF-8 is neither shown nor kept.
     if (event)
         s_append (turn, token, size);
@@ -693,23 +784,39 @@ s_complete_sync (s_turn_t *turn, const chat_request_t *request)
         turn->service->provider, request, &text, &metrics, err, sizeof err);
     s_breaker_report (turn, result);
     if (!text) {
-        //  Failure after validation: 200 with type abort (upstream). The
-        //  request's own fault is worth telling the client.
+        //  Failure after validation: 200 with type abort and the provider's
+        //  reason (upstream answers its e.message). A client that left
+        //  (STOPPED) is not there to read it.
         bool rejected = result == CHAT_PROVIDER_REJECTED;
-        if (*err)
+        if (result == CHAT_PROVIDER_STOPPED)
+            cm_info ("chat %s: cancelled while the provider was answering",
+                     cm_call_request_id (turn->call));
+        else if (*err)
             cm_warn ("chat %s: provider %s: %s", cm_call_request_id (turn->call),
                      rejected ? "refused the request" : "failed", err);
+        if (turn->openai) {
+            //  Upstream's OpenAI route answers a failed completion 500; ours
+            //  says why, in OpenAI's error shape (400 for the request's own).
+            s_reply_json (turn->call, rejected ? 400 : 500,
+                          s_openai_error (*err ? err : S_NO_COMPLETION, rejected));
+            return;
+        }
         s_reply_json (turn->call, 200,
                       json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s, s:o}", "id", turn->uuid,
                                  "type", "abort", "textResponse", "sources", "close", 1,
-                                 "error", rejected && *err ? err : S_NO_COMPLETION,
+                                 "error", *err ? err : S_NO_COMPLETION,
                                  "metrics", s_metrics_json (&metrics)));
         return;
     }
     int64_t chat_id = s_save (turn, text, &metrics, true);
     if (chat_id < 0)
         s_reply_abort (turn->call, 500, "The chat could not be saved.");
-    else
+    else if (turn->openai) {
+        json_t *answer = s_openai_object (turn, false, text, strlen (text), "stop");
+        if (answer)
+            json_object_set_new (answer, "usage", s_metrics_json (&metrics));
+        s_reply_json (turn->call, 200, answer);
+    } else
         s_reply_json (turn->call, 200,
                       json_pack ("{s:s, s:s, s:b, s:n, s:I, s:s, s:[], s:o}", "id",
                                  turn->uuid, "type", "textResponse", "close", 1, "error",
@@ -743,12 +850,35 @@ s_complete_stream (s_turn_t *turn, const chat_request_t *request)
         cm_warn ("chat %s: provider %s mid-stream: %s", cm_call_request_id (turn->call),
                  result == CHAT_PROVIDER_REJECTED ? "refused the request" : "failed",
                  err);
+        if (turn->openai) {
+            //  OpenAI's error event: its client libraries raise it.
+            s_send_event (turn->call, s_openai_error (*err ? err : S_NO_COMPLETION,
+                                                      result == CHAT_PROVIDER_REJECTED));
+            if (*text)
+                s_save (turn, text, &metrics, true);
+            cm_call_stream_end (turn->call);
+            return;
+        }
         s_send_event (turn->call,
                       json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "uuid", turn->uuid,
                                  "type", "abort", "textResponse", "sources", "close", 1,
                                  "error", *err ? err : S_NO_COMPLETION));
         int64_t chat_id = *text ? s_save (turn, text, &metrics, true) : -1;
         s_finalize (turn, chat_id, &metrics);
+        cm_call_stream_end (turn->call);
+        return;
+    }
+    if (turn->openai) {
+        //  Upstream's last chunk: finish_reason "stop" and the usage.
+        int64_t chat_id = s_save (turn, text, &metrics, true);
+        json_t *last = chat_id < 0
+                           ? s_openai_error ("The chat could not be saved.", false)
+                           : s_openai_object (turn, true, "", 0, "stop");
+        if (chat_id >= 0)
+            json_object_set_new (last, "usage", s_metrics_json (&metrics));
+        s_send_event (turn->call, last);
+        if (chat_id >= 0)
+            s_openai_done (turn);
         cm_call_stream_end (turn->call);
         return;
     }
@@ -767,15 +897,101 @@ s_complete_stream (s_turn_t *turn, const chat_request_t *request)
     cm_call_stream_end (turn->call);
 }
 
+//  The OpenAI route's prompt: the request's system prompt (else the
+//  workspace's), the request's conversation (not the stored history, as
+//  upstream's chatHistoryOverride), then the prompt. Strings are borrowed
+//  from the turn.
+static int
+s_openai_messages (s_turn_t *turn, chat_message_t **messages_p, size_t *count_p)
+{
+    size_t turns = json_array_size (turn->history);
+    chat_message_t *messages = cm_calloc (turns + 2, sizeof *messages);
+    size_t count = 0;
+    const char *prompt =
+        json_string_value (json_object_get (turn->workspace, "openAiPrompt"));
+    if (turn->system)
+        prompt = json_string_value (turn->system);
+    messages[count++] =
+        (chat_message_t){CHAT_ROLE_SYSTEM, prompt && *prompt ? prompt : S_DEFAULT_PROMPT};
+    size_t i;
+    json_t *entry;
+    json_array_foreach (turn->history, i, entry)
+    {
+        const char *role = json_string_value (json_object_get (entry, "role"));
+        messages[count++] = (chat_message_t){
+            !strcmp (role, "assistant") ? CHAT_ROLE_ASSISTANT : CHAT_ROLE_USER,
+            json_string_value (json_object_get (entry, "content"))};
+    }
+    messages[count++] = (chat_message_t){CHAT_ROLE_USER, turn->message};
+    *messages_p = messages;
+    *count_p = count;
+    return 0;
+}
+
+//  A chat turn after its route validated it, the same for every route: the
+//  query-mode refusal, or the prompt, the breaker, the provider, history
+//  and the answer in the route's shapes.
+static void
+s_turn_run (s_turn_t *turn)
+{
+    chat_service_t *self = turn->service;
+    s_context_t context = {0};
+    chat_message_t *messages = NULL;
+    //  No retrieval in chatd yet, so query mode has no context: upstream's
+    //  answer for a workspace without embeddings, kept out of history.
+    if (!strcmp (turn->mode, "query")) {
+        json_t *refusal = json_object_get (turn->workspace, "queryRefusalResponse");
+        const char *text =
+            json_is_string (refusal) ? json_string_value (refusal) : S_DEFAULT_REFUSAL;
+        s_save (turn, text, NULL, false);
+        s_reply_text (turn, text);
+        goto done;
+    }
+
+    size_t count = 0;
+    int rc = turn->openai ? s_openai_messages (turn, &messages, &count)
+                          : s_build_messages (turn, &messages, &count, &context);
+    if (rc) {
+        s_reply_abort (turn->call, 500, "The database is unavailable.");
+        goto done;
+    }
+    json_t *temp = json_object_get (turn->workspace, "openAiTemp");
+    chat_request_t request = {
+        .messages = messages,
+        .count = count,
+        .model = json_string_value (json_object_get (turn->workspace, "chatModel")),
+        .temperature = turn->temperature >= 0  ? turn->temperature
+                       : json_is_number (temp) ? json_number_value (temp)
+                                               : -1,
+        .cancelled = s_call_cancelled,
+        .cancel_arg = turn->call,
+    };
+    //  The breaker guards the provider: an open circuit is answered at once,
+    //  before any stream starts.
+    int64_t retry_ms = 0;
+    if (cm_breaker_acquire (self->breaker, s_now (self), &turn->permit, &retry_ms) ==
+        CM_BREAKER_REJECTED) {
+        s_reply_circuit_open (self, turn->call, retry_ms);
+        goto done;
+    }
+    if (turn->streaming)
+        s_complete_stream (turn, &request);
+    else
+        s_complete_sync (turn, &request);
+
+done:
+    free (messages);
+    s_context_free (&context);
+}
+
 //  Both chat routes, on a workspace or on one of its threads.
 static void
 s_chat_turn (cm_call_t *call, chat_service_t *self, bool streaming, bool threaded)
 {
-    s_turn_t turn = {.service = self, .call = call, .streaming = streaming};
+    s_turn_t turn = {
+        .service = self, .call = call, .streaming = streaming, .temperature = -1};
     s_uuid (turn.uuid);
     json_t *body = s_body (call);
-    s_context_t context = {0};
-    chat_message_t *messages = NULL;
     const char *slug = cm_call_param (call, "slug");
     const char *thread_slug = threaded ? cm_call_param (call, "threadSlug") : NULL;
     char error[512];
@@ -861,46 +1077,10 @@ s_chat_turn (cm_call_t *call, chat_service_t *self, bool streaming, bool threade
         }
     }
 
-    //  No retrieval in chatd yet, so query mode has no context: upstream's
-    //  answer for a workspace without embeddings, kept out of history.
-    if (!strcmp (turn.mode, "query")) {
-        json_t *refusal = json_object_get (turn.workspace, "queryRefusalResponse");
-        const char *text =
-            json_is_string (refusal) ? json_string_value (refusal) : S_DEFAULT_REFUSAL;
-        s_save (&turn, text, NULL, false);
-        s_reply_text (&turn, text);
-        goto cleanup;
-    }
-
-    size_t count = 0;
-    if (s_build_messages (&turn, &messages, &count, &context)) {
-        s_reply_abort (call, 500, "The database is unavailable.");
-        goto cleanup;
-    }
-    json_t *temp = json_object_get (turn.workspace, "openAiTemp");
-    chat_request_t request = {
-        .messages = messages,
-        .count = count,
-        .model = json_string_value (json_object_get (turn.workspace, "chatModel")),
-        .temperature = json_is_number (temp) ? json_number_value (temp) : -1,
-    };
-    //  The breaker guards the provider: an open circuit is answered at once,
-    //  before any stream starts.
-    int64_t retry_ms = 0;
-    if (cm_breaker_acquire (self->breaker, s_now (self), &turn.permit, &retry_ms) ==
-        CM_BREAKER_REJECTED) {
-        s_reply_circuit_open (self, call, retry_ms);
-        goto cleanup;
-    }
-    if (streaming)
-        s_complete_stream (&turn, &request);
-    else
-        s_complete_sync (&turn, &request);
+    s_turn_run (&turn);
 
 cleanup:
     cm_storage_pool_release (self->pool, &turn.storage);
-    free (messages);
-    s_context_free (&context);
     json_decref (turn.workspace);
     json_decref (turn.thread);
     json_decref (turn.attachments);
@@ -932,4 +1112,209 @@ static void
 s_thread_stream_chat (cm_call_t *call, void *arg)
 {
     s_chat_turn (call, (chat_service_t *) arg, true, true);
+}
+
+//  --- OpenAI-compatible routes ----------------------------------------------------
+
+//  The text of an OpenAI message's content (new reference, a string): a
+//  string as it is; an array of parts, its "text" parts joined by newlines
+//  (upstream's extractTextContent; images are not supported); else "".
+static json_t *
+s_openai_content (const json_t *content)
+{
+    if (json_is_string (content))
+        return json_incref ((json_t *) content);
+    char *text = cm_strdup ("");
+    size_t size = 0, i;
+    json_t *part;
+    json_array_foreach (content, i, part)
+    {
+        const char *piece = json_string_value (json_object_get (part, "text"));
+        const char *type = json_string_value (json_object_get (part, "type"));
+        if (!piece || !type || strcmp (type, "text"))
+            continue;
+        size_t length = strlen (piece);
+        text = cm_realloc (text, size + length + 2);
+        if (size)
+            text[size++] = '\n';
+        memcpy (text + size, piece, length + 1);
+        size += length;
+    }
+    json_t *value = json_string (text);
+    free (text);
+    return value ? value : json_string ("");
+}
+
+//  GET /api/v1/openai/models: every workspace as a model (upstream 1.16):
+//  {object:"list", data:[{id:<slug>, object:"model", created, owned_by}]}.
+static void
+s_openai_models (cm_call_t *call, void *arg)
+{
+    chat_service_t *self = (chat_service_t *) arg;
+    cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
+    json_t *workspaces = NULL;
+    if (!storage || cm_storage_workspace_list (storage, &workspaces) != CM_STORAGE_OK) {
+        cm_call_reply_error (call, 500, "Internal Server Error");
+        cm_storage_pool_release (self->pool, &storage);
+        return;
+    }
+    cm_storage_pool_release (self->pool, &storage);
+    json_t *data = json_array ();
+    size_t i;
+    json_t *workspace;
+    json_array_foreach (workspaces, i, workspace)
+    {
+        //  Upstream: workspace.chatProvider || LLM_PROVIDER.
+        const char *owner =
+            json_string_value (json_object_get (workspace, "chatProvider"));
+        json_array_append_new (
+            data,
+            json_pack ("{s:O, s:s, s:I, s:s}", "id", json_object_get (workspace, "slug"),
+                       "object", "model", "created",
+                       (json_int_t) s_unix_seconds (
+                           json_string_value (json_object_get (workspace, "createdAt"))),
+                       "owned_by",
+                       owner && *owner ? owner : chat_provider_name (self->provider)));
+    }
+    json_decref (workspaces);
+    s_reply_json (call, 200, json_pack ("{s:s, s:o}", "object", "list", "data", data));
+}
+
+//  GET /api/v1/openai/vector_stores: every workspace as a vector store. Quirk
+//  (upstream): everything comes on the first page, and since OpenAI's
+//  clients ask for the next page anyway (?after=...), any query parameter
+//  gets an empty page.
+static void
+s_openai_vector_stores (cm_call_t *call, void *arg)
+{
+    chat_service_t *self = (chat_service_t *) arg;
+    if (cm_call_query_count (call) > 0) {
+        s_reply_json (call, 200, json_pack ("{s:[], s:b}", "data", "has_more", 0));
+        return;
+    }
+    cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
+    json_t *workspaces = NULL;
+    if (!storage || cm_storage_workspace_list (storage, &workspaces) != CM_STORAGE_OK) {
+        cm_call_reply_error (call, 500, "Internal Server Error");
+        cm_storage_pool_release (self->pool, &storage);
+        return;
+    }
+    cm_storage_pool_release (self->pool, &storage);
+    json_t *data = json_array ();
+    size_t i;
+    json_t *workspace;
+    json_array_foreach (workspaces, i, workspace)
+    {
+        //  No documents in chatd yet (ingestion comes with its issue): 0.
+        json_array_append_new (
+            data, json_pack ("{s:O, s:s, s:O, s:{s:i}, s:s}", "id",
+                             json_object_get (workspace, "slug"), "object",
+                             "vector_store", "name", json_object_get (workspace, "name"),
+                             "file_counts", "total", 0, "provider", S_VECTOR_PROVIDER));
+    }
+    json_decref (workspaces);
+    json_t *reply = json_object ();
+    //  Upstream leaves first_id and last_id out when there is no store.
+    size_t stores = json_array_size (data);
+    if (stores) {
+        json_object_set (reply, "first_id",
+                         json_object_get (json_array_get (data, 0), "id"));
+        json_object_set (reply, "last_id",
+                         json_object_get (json_array_get (data, stores - 1), "id"));
+    }
+    json_object_set_new (reply, "data", data);
+    json_object_set_new (reply, "has_more", json_false ());
+    s_reply_json (call, 200, reply);
+}
+
+//  POST /api/v1/openai/chat/completions {model:<slug>, messages, temperature?,
+//  stream?}: a chat turn of that workspace (queue, breaker, provider,
+//  history: s_turn_run), in OpenAI's shapes. As upstream: an unknown model
+//  is 401 with an empty body; the last message must be the user's (else
+//  400 in the abort shape); the first system message replaces the
+//  workspace's prompt; the other messages are the conversation, instead of
+//  the stored history; the turn is saved to the workspace's history.
+static void
+s_openai_completions (cm_call_t *call, void *arg)
+{
+    chat_service_t *self = (chat_service_t *) arg;
+    s_turn_t turn = {.service = self,
+                     .call = call,
+                     .openai = true,
+                     .temperature = -1,
+                     .created = (int64_t) time (NULL)};
+    s_uuid (turn.uuid);
+    json_t *body = s_body (call);
+    json_t *model = json_object_get (body, "model");
+    //  Upstream looks up String(model): only a string can name a workspace.
+    const char *slug = json_is_string (model) ? json_string_value (model) : NULL;
+
+    turn.storage = cm_storage_pool_acquire (self->pool);
+    if (!turn.storage) {
+        s_reply_abort (call, 500, "The database is unavailable.");
+        goto cleanup;
+    }
+    cm_storage_status_t status =
+        slug && *slug ? cm_storage_workspace_get (turn.storage, slug, &turn.workspace)
+                      : CM_STORAGE_NOT_FOUND;
+    if (status == CM_STORAGE_ERROR) {
+        s_reply_abort (call, 500, "The database is unavailable.");
+        goto cleanup;
+    }
+    if (status == CM_STORAGE_NOT_FOUND) {
+        //  Quirk (upstream): 401, and no body at all.
+        cm_call_reply (call, 401, "text/plain; charset=utf-8", "", 0);
+        goto cleanup;
+    }
+    turn.workspace_id = json_integer_value (json_object_get (turn.workspace, "id"));
+
+    json_t *messages = json_object_get (body, "messages");
+    size_t count = json_array_size (messages);
+    json_t *last = count ? json_array_get (messages, count - 1) : NULL;
+    const char *role = json_string_value (json_object_get (last, "role"));
+    if (!role || strcmp (role, "user")) {
+        s_reply_abort (call, 400,
+                       "No user prompt found. Must be last element in message array "
+                       "with 'user' role.");
+        goto cleanup;
+    }
+    turn.prompt = s_openai_content (json_object_get (last, "content"));
+    turn.message = json_string_value (turn.prompt);
+    turn.history = json_array ();
+    for (size_t i = 0; i + 1 < count; i++) {
+        json_t *entry = json_array_get (messages, i);
+        const char *entry_role = json_string_value (json_object_get (entry, "role"));
+        if (!entry_role)
+            continue;
+        json_t *text = s_openai_content (json_object_get (entry, "content"));
+        if (!strcmp (entry_role, "system")) {
+            //  Upstream: the first system message is the system prompt.
+            if (!turn.system)
+                turn.system = json_incref (text);
+        } else if (!strcmp (entry_role, "user") || !strcmp (entry_role, "assistant"))
+            json_array_append_new (turn.history, json_pack ("{s:s, s:O}", "role",
+                                                            entry_role, "content", text));
+        json_decref (text);
+    }
+    json_t *temperature = json_object_get (body, "temperature");
+    if (json_is_number (temperature) && json_number_value (temperature) >= 0)
+        turn.temperature = json_number_value (temperature);
+    turn.streaming = s_truthy (json_object_get (body, "stream"));
+    //  Upstream: the workspace's chat mode (a query-mode workspace refuses
+    //  without documents, as on the chat routes).
+    const char *mode = json_string_value (json_object_get (turn.workspace, "chatMode"));
+    turn.mode = cm_strdup (mode ? mode : "automatic");
+    turn.attachments = json_array ();
+    s_turn_run (&turn);
+
+cleanup:
+    cm_storage_pool_release (self->pool, &turn.storage);
+    json_decref (turn.workspace);
+    json_decref (turn.attachments);
+    json_decref (turn.history);
+    json_decref (turn.system);
+    json_decref (turn.prompt);
+    json_decref (body);
+    free (turn.mode);
+    free (turn.text);
 }

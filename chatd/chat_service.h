@@ -5,7 +5,10 @@
     shapes and quirks: POST /api/v1/workspace/new, GET /api/v1/workspaces,
     GET /api/v1/workspace/{slug} (an array; [] when unknown), GET
     .../{slug}/chats, POST .../{slug}/thread/new, and POST .../chat and
-    .../stream-chat on a workspace or one of its threads. Every chat turn is
+    .../stream-chat on a workspace or one of its threads; and the
+    OpenAI-compatible GET /api/v1/openai/models, POST
+    /api/v1/openai/chat/completions (a chat turn like the others, in
+    OpenAI's shapes) and GET /api/v1/openai/vector_stores. Every chat turn is
     saved to history, a partial answer too when the client goes away in the
     middle of a stream.
 

@@ -79,6 +79,19 @@ static const char *s_migrations[CM_STORAGE_SCHEMA_VERSION] = {
     "  feedbackScore BOOLEAN);"
     "CREATE INDEX IF NOT EXISTS workspace_chats_conversation"
     "  ON workspace_chats (workspaceId, thread_id, api_session_id);",
+    //  2: API keys. Only a hash of each secret is kept (the gateway's
+    //  gw_keys says which); a revoked key keeps its row, with revokedAt set,
+    //  so that who had access when stays on record.
+    "CREATE TABLE IF NOT EXISTS api_keys ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  name TEXT,"
+    "  role TEXT NOT NULL DEFAULT 'default',"
+    "  hash BLOB NOT NULL UNIQUE,"
+    "  prefix TEXT NOT NULL,"
+    "  createdBy TEXT,"
+    "  createdAt TEXT NOT NULL DEFAULT (" S_NOW "),"
+    "  lastUpdatedAt TEXT NOT NULL DEFAULT (" S_NOW "),"
+    "  revokedAt TEXT);",
 };
 
 #define S_WORKSPACE_COLUMNS                                                              \
@@ -89,6 +102,7 @@ static const char *s_migrations[CM_STORAGE_SCHEMA_VERSION] = {
 #define S_CHAT_COLUMNS                                                                   \
     "id, workspaceId, prompt, response, include, user_id, thread_id, api_session_id, "   \
     "createdAt, lastUpdatedAt, feedbackScore"
+#define S_APIKEY_COLUMNS "id, name, role, prefix, createdBy, createdAt, lastUpdatedAt"
 
 typedef struct {
     char *sql;          //  the statement's text, the cache key
@@ -116,9 +130,9 @@ struct cm_storage_pool_s {
     //  second, instead of inside whichever request's commit crossed the
     //  auto-checkpoint size (measured: 9% of a chat turn's CPU, and its
     //  worst latencies, since the write lock is held meanwhile).
-    pthread_t checkpointer;  //  the thread
-    pthread_cond_t wake;     //  signalled on destroy
-    bool stopping;           //  guarded by lock
+    pthread_t checkpointer; //  the thread
+    pthread_cond_t wake;    //  signalled on destroy
+    bool stopping;          //  guarded by lock
 };
 
 #define S_CHECKPOINT_MS 1000
@@ -958,6 +972,142 @@ cm_storage_chat_reset (cm_storage_t *self, int64_t workspace_id,
         s_fail (self, "reset chats");
     sqlite3_reset (stmt);
     return changed;
+}
+
+//  --- API keys -------------------------------------------------------------------
+
+static bool
+s_role_valid (const char *role)
+{
+    return role && (!strcmp (role, "admin") || !strcmp (role, "default"));
+}
+
+cm_storage_status_t
+cm_storage_apikey_create (cm_storage_t *self, const char *name, const char *role,
+                          const unsigned char *hash, size_t hash_size, const char *prefix,
+                          const char *created_by, json_t **key_p)
+{
+    assert (self);
+    assert (hash && hash_size && prefix);
+    assert (key_p);
+    *key_p = NULL;
+    self->errmsg[0] = 0;
+    if (!s_role_valid (role)) {
+        snprintf (self->errmsg, sizeof self->errmsg,
+                  "role must be \"admin\" or \"default\"");
+        return CM_STORAGE_INVALID;
+    }
+    sqlite3_stmt *stmt =
+        s_stmt (self, "INSERT INTO api_keys (name, role, hash, prefix, createdBy) "
+                      "VALUES (?1, ?2, ?3, ?4, ?5)");
+    if (!stmt)
+        return CM_STORAGE_ERROR;
+    sqlite3_bind_text (stmt, 1, name && *name ? name : NULL, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text (stmt, 2, role, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_blob (stmt, 3, hash, (int) hash_size, SQLITE_TRANSIENT);
+    sqlite3_bind_text (stmt, 4, prefix, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text (stmt, 5, created_by, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step (stmt);
+    sqlite3_reset (stmt);
+    if (rc == SQLITE_CONSTRAINT_UNIQUE) {
+        snprintf (self->errmsg, sizeof self->errmsg, "a key with this hash exists");
+        return CM_STORAGE_CONFLICT;
+    }
+    if (rc != SQLITE_DONE) {
+        s_fail (self, "insert API key");
+        return CM_STORAGE_ERROR;
+    }
+    cm_storage_status_t status;
+    *key_p =
+        s_select_one (self, "SELECT " S_APIKEY_COLUMNS " FROM api_keys WHERE id = ?1",
+                      sqlite3_last_insert_rowid (self->db), NULL, &status);
+    return status;
+}
+
+cm_storage_status_t
+cm_storage_apikey_list (cm_storage_t *self, json_t **keys_p)
+{
+    assert (self);
+    assert (keys_p);
+    *keys_p = NULL;
+    self->errmsg[0] = 0;
+    sqlite3_stmt *stmt = s_stmt (self, "SELECT " S_APIKEY_COLUMNS " FROM api_keys "
+                                       "WHERE revokedAt IS NULL ORDER BY id");
+    if (!stmt)
+        return CM_STORAGE_ERROR;
+    json_t *keys = json_array ();
+    int rc;
+    while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
+        json_array_append_new (keys, s_row (stmt));
+    sqlite3_reset (stmt);
+    if (rc != SQLITE_DONE) {
+        s_fail (self, "list API keys");
+        json_decref (keys);
+        return CM_STORAGE_ERROR;
+    }
+    *keys_p = keys;
+    return CM_STORAGE_OK;
+}
+
+cm_storage_status_t
+cm_storage_apikey_revoke (cm_storage_t *self, int64_t id)
+{
+    assert (self);
+    self->errmsg[0] = 0;
+    sqlite3_stmt *stmt =
+        s_stmt (self, "UPDATE api_keys SET revokedAt = " S_NOW ", lastUpdatedAt = " S_NOW
+                      " WHERE id = ?1 AND revokedAt IS NULL");
+    if (!stmt)
+        return CM_STORAGE_ERROR;
+    sqlite3_bind_int64 (stmt, 1, id);
+    int rc = sqlite3_step (stmt);
+    sqlite3_reset (stmt);
+    if (rc != SQLITE_DONE) {
+        s_fail (self, "revoke API key");
+        return CM_STORAGE_ERROR;
+    }
+    if (sqlite3_changes (self->db) == 0) {
+        snprintf (self->errmsg, sizeof self->errmsg, "API key %lld does not exist",
+                  (long long) id);
+        return CM_STORAGE_NOT_FOUND;
+    }
+    return CM_STORAGE_OK;
+}
+
+cm_storage_status_t
+cm_storage_apikey_find (cm_storage_t *self, const unsigned char *hash, size_t hash_size,
+                        int64_t *id_p, char *role, size_t role_size)
+{
+    assert (self);
+    assert (hash && hash_size);
+    assert (id_p && role && role_size);
+    self->errmsg[0] = 0;
+    *id_p = 0;
+    *role = 0;
+    sqlite3_stmt *stmt = s_stmt (self, "SELECT id, role, hash FROM api_keys "
+                                       "WHERE hash = ?1 AND revokedAt IS NULL");
+    if (!stmt)
+        return CM_STORAGE_ERROR;
+    sqlite3_bind_blob (stmt, 1, hash, (int) hash_size, SQLITE_TRANSIENT);
+    int rc = sqlite3_step (stmt);
+    cm_storage_status_t status = CM_STORAGE_NOT_FOUND;
+    if (rc == SQLITE_ROW) {
+        //  The index found the row; the match itself is still checked in
+        //  constant time, so that no comparison here depends on the bytes.
+        const void *stored = sqlite3_column_blob (stmt, 2);
+        if ((size_t) sqlite3_column_bytes (stmt, 2) == hash_size && stored &&
+            sodium_memcmp (stored, hash, hash_size) == 0) {
+            *id_p = sqlite3_column_int64 (stmt, 0);
+            const char *text = (const char *) sqlite3_column_text (stmt, 1);
+            snprintf (role, role_size, "%s", text ? text : "");
+            status = CM_STORAGE_OK;
+        }
+    } else if (rc != SQLITE_DONE) {
+        s_fail (self, "find API key");
+        status = CM_STORAGE_ERROR;
+    }
+    sqlite3_reset (stmt);
+    return status;
 }
 
 //  --- private ------------------------------------------------------------------

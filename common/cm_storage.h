@@ -41,7 +41,7 @@ typedef enum {
 //  File name inside the storage directory.
 #define CM_STORAGE_FILE "llmrt.db"
 //  Schema version this build creates and expects.
-#define CM_STORAGE_SCHEMA_VERSION 1
+#define CM_STORAGE_SCHEMA_VERSION 2
 
 //  --- connection -------------------------------------------------------------
 
@@ -167,5 +167,36 @@ cm_storage_status_t cm_storage_chat_context (cm_storage_t *self, int64_t workspa
 //  limit and order are ignored). Returns how many, or -1 on failure.
 int64_t cm_storage_chat_reset (cm_storage_t *self, int64_t workspace_id,
                                const cm_storage_chat_filter_t *filter);
+
+//  --- API keys -------------------------------------------------------------------
+
+//  Keys are stored as a hash of their secret (the caller hashes; the secret
+//  itself never reaches the database) and a short public prefix that lets
+//  people tell keys apart. role is "admin" or "default". Rows read back as
+//  {id, name, role, prefix, createdBy, createdAt, lastUpdatedAt}: never the
+//  hash.
+
+//  Add a key. INVALID when role is neither "admin" nor "default", CONFLICT
+//  when the hash is taken. On OK, *key_p is the new row, caller owns it.
+//  name and created_by may be NULL.
+cm_storage_status_t cm_storage_apikey_create (cm_storage_t *self, const char *name,
+                                              const char *role, const unsigned char *hash,
+                                              size_t hash_size, const char *prefix,
+                                              const char *created_by, json_t **key_p);
+
+//  The keys not revoked, by id. Caller owns *keys_p.
+cm_storage_status_t cm_storage_apikey_list (cm_storage_t *self, json_t **keys_p);
+
+//  Revoke a key (its row stays, with revokedAt set). NOT_FOUND when there is
+//  no such key or it is revoked already.
+cm_storage_status_t cm_storage_apikey_revoke (cm_storage_t *self, int64_t id);
+
+//  The key, not revoked, whose secret hashes to hash: OK with its id and role
+//  (copied into role, role_size bytes), NOT_FOUND, or ERROR. The stored hash
+//  is compared in constant time. Builds no JSON: this runs per request on a
+//  cache miss.
+cm_storage_status_t cm_storage_apikey_find (cm_storage_t *self, const unsigned char *hash,
+                                            size_t hash_size, int64_t *id_p, char *role,
+                                            size_t role_size);
 
 #endif

@@ -694,6 +694,15 @@ cm_call_query (cm_call_t *self, const char *name)
     return zhash_lookup (self->query, name);
 }
 
+size_t
+cm_call_query_count (cm_call_t *self)
+{
+    assert (self);
+    //  Builds the table on first use; the name looked up does not matter.
+    cm_call_query (self, "?");
+    return zhash_size (self->query);
+}
+
 const char *
 cm_call_identity (cm_call_t *self)
 {

@@ -95,6 +95,8 @@ const char *cm_call_path (cm_call_t *self);
 const char *cm_call_param (cm_call_t *self, const char *name);
 //  A query-string parameter, percent-decoded (borrowed), or NULL.
 const char *cm_call_query (cm_call_t *self, const char *name);
+//  How many distinct named parameters the query string has (0: none).
+size_t cm_call_query_count (cm_call_t *self);
 //  Caller identity as the gateway authenticated it.
 const char *cm_call_identity (cm_call_t *self);
 //  A request header the gateway forwarded (borrowed), or NULL.

@@ -421,6 +421,20 @@ s_handle_frame (gw_broker_t *self, const char *id, cm_msg_t *msg)
                 break;
             }
             self->replies++;
+            //  A draining daemon refuses with 503 what reaches it after its
+            //  DISCONNECT (the two crossed on the wire), and what it had
+            //  not started when its drain ended: such a request never ran
+            //  there, so a retryable one goes to another instance.
+            if (type == CM_MSG_FINAL && instance->draining &&
+                cm_msg_status (msg) == 503 && pending->instance == instance &&
+                pending->request && pending->attempts <= S_MAX_RETRIES &&
+                !gw_exchange_started (pending->exchange)) {
+                instance->inflight--;
+                pending->instance = NULL;
+                self->retries++;
+                if (s_dispatch (self, pending, pending->request))
+                    break;
+            }
             if (gw_exchange_deliver (pending->exchange, msg))
                 s_pending_end (self, cm_msg_request_id (msg));
             break;

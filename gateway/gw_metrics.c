@@ -718,13 +718,21 @@ s_concurrency_section (json_t *view, json_t *own)
         "services", services);
 }
 
-//  Restarts and children per program, from the supervisor's own series.
+//  Restarts and children per program: the hub's own series, plus those of
+//  the supervisors that report to it (SUPERVISOR_METRICS_ROLE=report, one
+//  per container), summed per program.
 static json_t *
 s_supervisor_section (json_t *view)
 {
-    json_t *snapshot = json_object_get (view, "supervisor");
-    if (!json_is_object (snapshot))
+    json_t *own = json_object_get (view, "supervisor");
+    if (!json_is_object (own))
         return json_null ();
+    json_t *snapshot = json_object ();
+    cm_metrics_merge (snapshot, own);
+    json_t *reporting =
+        json_object_get (json_object_get (view, "services"), "supervisor");
+    if (json_is_object (json_object_get (reporting, "snapshot")))
+        cm_metrics_merge (snapshot, json_object_get (reporting, "snapshot"));
     static const struct {
         const char *key, *name;
     } fields[] = {
@@ -748,6 +756,7 @@ s_supervisor_section (json_t *view)
         }
         json_object_set_new (section, fields[f].key, by_program);
     }
+    json_decref (snapshot);
     return section;
 }
 

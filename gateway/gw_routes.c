@@ -5,6 +5,8 @@
 #define AUTH  GW_ROUTE_AUTH
 #define JSON  GW_ROUTE_JSON
 #define RETRY GW_ROUTE_RETRY
+#define ADMIN GW_ROUTE_ADMIN
+#define CHAT  GW_ROUTE_CHAT
 
 static const gw_route_t s_routes[] = {
     //  Operational, answered by the gateway.
@@ -15,6 +17,12 @@ static const gw_route_t s_routes[] = {
     {"GET", "/api/metrics", NULL, GW_LOCAL_METRICS, 0},
     {"GET", "/api/metrics/prometheus", NULL, GW_LOCAL_PROMETHEUS, 0},
     {"GET", "/api/v1/auth", NULL, GW_LOCAL_AUTH, AUTH},
+    //  API keys (gw_keys), for admin keys only. Named like upstream's
+    //  admin API (/v1/admin/users, /v1/admin/users/new, DELETE .../{id}).
+    {"GET", "/api/v1/admin/api-keys", NULL, GW_LOCAL_KEYS_LIST, AUTH | ADMIN},
+    {"POST", "/api/v1/admin/api-keys/new", NULL, GW_LOCAL_KEYS_CREATE,
+     AUTH | ADMIN | JSON},
+    {"DELETE", "/api/v1/admin/api-keys/{id}", NULL, GW_LOCAL_KEYS_REVOKE, AUTH | ADMIN},
     //  Workspaces and chat (chatd).
     {"POST", "/api/v1/workspace/new", "chat", GW_LOCAL_NONE, AUTH | JSON},
     {"GET", "/api/v1/workspaces", "chat", GW_LOCAL_NONE, AUTH | RETRY},
@@ -24,13 +32,20 @@ static const gw_route_t s_routes[] = {
     //  A chat turn whose daemon died before answering is run again on
     //  another replica: the client gets its answer; at worst a turn the
     //  dead one saved but never sent shows twice in history.
-    {"POST", "/api/v1/workspace/{slug}/chat", "chat", GW_LOCAL_NONE, AUTH | JSON | RETRY},
+    {"POST", "/api/v1/workspace/{slug}/chat", "chat", GW_LOCAL_NONE,
+     AUTH | JSON | RETRY | CHAT},
     {"POST", "/api/v1/workspace/{slug}/stream-chat", "chat", GW_LOCAL_NONE,
-     AUTH | JSON | RETRY},
+     AUTH | JSON | RETRY | CHAT},
     {"POST", "/api/v1/workspace/{slug}/thread/{thread}/chat", "chat", GW_LOCAL_NONE,
-     AUTH | JSON | RETRY},
+     AUTH | JSON | RETRY | CHAT},
     {"POST", "/api/v1/workspace/{slug}/thread/{thread}/stream-chat", "chat",
-     GW_LOCAL_NONE, AUTH | JSON | RETRY},
+     GW_LOCAL_NONE, AUTH | JSON | RETRY | CHAT},
+    //  OpenAI-compatible (chatd): the workspaces as models; a completion
+    //  is a chat turn, retried for the same reason.
+    {"GET", "/api/v1/openai/models", "chat", GW_LOCAL_NONE, AUTH | RETRY},
+    {"POST", "/api/v1/openai/chat/completions", "chat", GW_LOCAL_NONE,
+     AUTH | JSON | RETRY | CHAT},
+    {"GET", "/api/v1/openai/vector_stores", "chat", GW_LOCAL_NONE, AUTH | RETRY},
     {NULL, NULL, NULL, GW_LOCAL_NONE, 0},
 };
 

@@ -13,17 +13,25 @@ typedef enum {
     GW_ROUTE_RETRY = 1 << 2, //  may be resent to another instance if the
                              //  first died before replying (running twice
                              //  is harmless: reads, and chat turns)
+    GW_ROUTE_ADMIN = 1 << 3, //  needs an admin key (ADMIN_API_KEY or role
+                             //  admin); other keys get 403
+    GW_ROUTE_CHAT = 1 << 4,  //  a chat turn: a body the gateway refuses (not
+                             //  JSON, not an object) is answered 400 in the
+                             //  chat abort shape, as chatd answers its own
 } gw_route_flags_t;
 
 typedef enum {
-    GW_LOCAL_NONE = 0,   //  forwarded to its service
-    GW_LOCAL_PING,       //  GET /api/ping
-    GW_LOCAL_LIVE,       //  GET /api/health/live
-    GW_LOCAL_READY,      //  GET /api/health/ready
-    GW_LOCAL_HEALTH,     //  GET /api/health
-    GW_LOCAL_AUTH,       //  GET /api/v1/auth
-    GW_LOCAL_METRICS,    //  GET /api/metrics (gw_metrics)
-    GW_LOCAL_PROMETHEUS, //  GET /api/metrics/prometheus (gw_metrics)
+    GW_LOCAL_NONE = 0,    //  forwarded to its service
+    GW_LOCAL_PING,        //  GET /api/ping
+    GW_LOCAL_LIVE,        //  GET /api/health/live
+    GW_LOCAL_READY,       //  GET /api/health/ready
+    GW_LOCAL_HEALTH,      //  GET /api/health
+    GW_LOCAL_AUTH,        //  GET /api/v1/auth
+    GW_LOCAL_METRICS,     //  GET /api/metrics (gw_metrics)
+    GW_LOCAL_PROMETHEUS,  //  GET /api/metrics/prometheus (gw_metrics)
+    GW_LOCAL_KEYS_LIST,   //  GET /api/v1/admin/api-keys (gw_keys)
+    GW_LOCAL_KEYS_CREATE, //  POST /api/v1/admin/api-keys/new (gw_keys)
+    GW_LOCAL_KEYS_REVOKE, //  DELETE /api/v1/admin/api-keys/{id} (gw_keys)
 } gw_local_t;
 
 typedef struct {

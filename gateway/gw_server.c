@@ -6,6 +6,7 @@
 #include "gw_broker.h"
 #include "gw_exchange.h"
 #include "gw_health.h"
+#include "gw_keys.h"
 #include "gw_metrics.h"
 #include "gw_routes.h"
 #include <arpa/inet.h>
@@ -82,6 +83,10 @@ static const cm_conf_entry_t s_table[] = {
      "how long /api/metrics waits for the supervisor's aggregate"},
     {"ADMIN_API_KEY", CM_CONF_STR, NULL, 0, 0, offsetof (gw_config_t, admin_key),
      "bearer key with full access (the local run generates one)"},
+    {"API_KEY_CACHE_TTL_MS", CM_CONF_INT, "500", 0, 60000,
+     offsetof (gw_config_t, key_cache_ttl_ms),
+     "how long a database API key is trusted before it is read again: a revoked "
+     "key is refused within this long on every gateway (0: read it every time)"},
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
@@ -92,15 +97,14 @@ gw_config_table (void)
 }
 
 struct gw_server_s {
-    const gw_config_t *config;                          //  borrowed settings
-    gw_broker_t *broker;                                //  the ZeroMQ side
-    gw_health_t *health;                                //  database and Redis checks
-    gw_limits_t *limits;                                //  rate limits
-    cm_metrics_t *metrics;                              //  the gateway's registry
-    gw_metrics_t *observer;                             //  its series and routes
-    struct MHD_Daemon *daemon;                          //  the HTTP side
-    unsigned char admin_hash[crypto_generichash_BYTES]; //  hash of ADMIN_API_KEY
-    bool have_admin;                                    //  ADMIN_API_KEY set
+    const gw_config_t *config;    //  borrowed settings
+    gw_broker_t *broker;          //  the ZeroMQ side
+    gw_health_t *health;          //  database and Redis checks
+    gw_limits_t *limits;          //  rate limits
+    cm_metrics_t *metrics;        //  the gateway's registry
+    gw_metrics_t *observer;       //  its series and routes
+    struct MHD_Daemon *daemon;    //  the HTTP side
+    gw_keys_t *keys;              //  API keys (and their cache)
     char id_prefix[16];           //  random per start, for request ids
     atomic_uint_fast64_t next_id; //  request counter
     atomic_bool stopping;         //  destroy has begun: no new forwarding
@@ -121,7 +125,8 @@ typedef struct {
     bool too_large;          //  body over MAX_BODY_BYTES
     bool first_call_done;    //  first access-handler call has passed
     gw_exchange_t *exchange; //  once forwarded
-    char identity[32];       //  authenticated caller
+    char identity[32];       //  authenticated caller ("admin", "key:<id>")
+    bool admin;              //  the caller's key may use admin routes
     //  The rate-limit decision (.limit NULL: no limit applies).
     gw_limits_verdict_t limits;
     int64_t complete_us; //  mono µs when the request was in (0: never)
@@ -188,28 +193,53 @@ s_reply_limited (struct MHD_Connection *connection, s_request_t *request, unsign
     return rc;
 }
 
-//  Constant-time check of "Authorization: Bearer <key>" against the admin
-//  key (hash both, compare the hashes: no length leak).
-static bool
+//  Check "Authorization: Bearer <key>": ADMIN_API_KEY or a key in the
+//  database (gw_keys.h: constant-time compares, a short-lived cache).
+static gw_keys_result_t
 s_authenticate (gw_server_t *self, struct MHD_Connection *connection,
                 s_request_t *request)
 {
-    if (!self->have_admin)
-        return false;
     const char *auth = MHD_lookup_connection_value (connection, MHD_HEADER_KIND,
                                                     MHD_HTTP_HEADER_AUTHORIZATION);
     if (!auth || strncasecmp (auth, "Bearer ", 7))
-        return false;
-    const char *key = auth + 7;
-    while (*key == ' ')
-        key++;
-    unsigned char hash[crypto_generichash_BYTES];
-    crypto_generichash (hash, sizeof hash, (const unsigned char *) key, strlen (key),
-                        NULL, 0);
-    if (sodium_memcmp (hash, self->admin_hash, sizeof hash) != 0)
-        return false;
-    snprintf (request->identity, sizeof request->identity, "admin");
-    return true;
+        return GW_KEYS_INVALID;
+    const char *secret = auth + 7;
+    while (*secret == ' ')
+        secret++;
+    gw_key_t key;
+    gw_keys_result_t result =
+        gw_keys_authenticate (self->keys, secret, cm_clock_mono_ms (), &key);
+    if (result == GW_KEYS_VALID) {
+        snprintf (request->identity, sizeof request->identity, "%s", key.identity);
+        request->admin = key.admin;
+    }
+    return result;
+}
+
+//  The admin routes of API keys, answered here from the database.
+static enum MHD_Result
+s_keys (gw_server_t *self, struct MHD_Connection *connection, s_request_t *request)
+{
+    json_t *reply = NULL;
+    int status;
+    if (request->route->local == GW_LOCAL_KEYS_LIST)
+        status = gw_keys_list (self->keys, &reply);
+    else if (request->route->local == GW_LOCAL_KEYS_CREATE) {
+        json_t *body = request->body_size
+                           ? json_loadb (request->body, request->body_size, 0, NULL)
+                           : json_object ();
+        status = gw_keys_create (self->keys, body, request->identity, &reply);
+        json_decref (body);
+    } else {
+        //  The id is the path's last segment (the query string aside).
+        char *path = cm_strdup (request->uri);
+        path[strcspn (path, "?")] = 0;
+        const char *slash = strrchr (path, '/');
+        status = gw_keys_revoke (self->keys, slash ? slash + 1 : "", &reply);
+        free (path);
+    }
+    return s_reply_json (connection, (unsigned) status, reply, status == 503 ? "1" : NULL,
+                         NULL);
 }
 
 //  The daemon program behind a service name, as users know it.
@@ -334,6 +364,10 @@ s_local (gw_server_t *self, struct MHD_Connection *connection, s_request_t *requ
         case GW_LOCAL_METRICS:
         case GW_LOCAL_PROMETHEUS:
             return s_metrics (self, connection, request);
+        case GW_LOCAL_KEYS_LIST:
+        case GW_LOCAL_KEYS_CREATE:
+        case GW_LOCAL_KEYS_REVOKE:
+            return s_keys (self, connection, request);
         case GW_LOCAL_NONE:
             break;
     }
@@ -390,6 +424,28 @@ s_forward (gw_server_t *self, struct MHD_Connection *connection, s_request_t *re
     return MHD_YES;
 }
 
+//  A body the gateway refuses: {error}, or on chat routes the abort shape
+//  chatd gives its own errors before any output (API.md), so that a client
+//  handles both alike.
+static json_t *
+s_bad_body (const gw_route_t *route, const char *message)
+{
+    if (!(route->flags & GW_ROUTE_CHAT))
+        return json_pack ("{s:s}", "error", message);
+    unsigned char bytes[16];
+    randombytes_buf (bytes, sizeof bytes);
+    bytes[6] = (unsigned char) ((bytes[6] & 0x0F) | 0x40);
+    bytes[8] = (unsigned char) ((bytes[8] & 0x3F) | 0x80);
+    char id[37];
+    snprintf (id, sizeof id,
+              "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+              bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6],
+              bytes[7], bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13],
+              bytes[14], bytes[15]);
+    return json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "id", id, "type", "abort",
+                      "textResponse", "sources", "close", 1, "error", message);
+}
+
 //  First call: headers are in. Decide what we can (route, auth, size) but
 //  queue nothing yet, to keep the connection alive.
 static void
@@ -410,10 +466,24 @@ s_first_call (gw_server_t *self, struct MHD_Connection *connection, s_request_t 
         return;
     }
     request->route = route;
-    if ((route->flags & GW_ROUTE_AUTH) && !s_authenticate (self, connection, request)) {
-        request->early_status = 403;
-        request->early_message = cm_strdup ("No valid api key found.");
-        return;
+    if (route->flags & GW_ROUTE_AUTH) {
+        gw_keys_result_t auth = s_authenticate (self, connection, request);
+        if (auth == GW_KEYS_UNAVAILABLE) {
+            request->early_status = 503;
+            request->early_message = cm_strdup (
+                "API keys cannot be checked right now: the database is unavailable.");
+            return;
+        }
+        if (auth != GW_KEYS_VALID) {
+            request->early_status = 403;
+            request->early_message = cm_strdup ("No valid api key found.");
+            return;
+        }
+        if ((route->flags & GW_ROUTE_ADMIN) && !request->admin) {
+            request->early_status = 403;
+            request->early_message = cm_strdup ("This API key may not use admin routes.");
+            return;
+        }
     }
     const char *length = MHD_lookup_connection_value (connection, MHD_HEADER_KIND,
                                                       MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -494,26 +564,23 @@ s_handler (void *cls, struct MHD_Connection *connection, const char *url,
                   (long long) self->config->max_body);
         return s_reply_error (connection, 413, message);
     }
-    if (!request->route->service)
-        return s_local (self, connection, request);
     if ((request->route->flags & GW_ROUTE_JSON) && request->body_size) {
         json_error_t error;
         json_t *parsed = json_loadb (request->body, request->body_size, 0, &error);
-        if (!parsed) {
-            char message[300];
+        char message[300] = "";
+        if (!parsed)
             snprintf (message, sizeof message,
                       "Invalid JSON body: %s (line %d, column %d).", error.text,
                       error.line, error.column);
-            return s_reply_limited (connection, request, 400,
-                                    json_pack ("{s:s}", "error", message));
-        }
-        bool object = json_is_object (parsed);
+        else if (!json_is_object (parsed))
+            snprintf (message, sizeof message, "Invalid JSON body: expected an object.");
         json_decref (parsed);
-        if (!object)
-            return s_reply_limited (
-                connection, request, 400,
-                json_pack ("{s:s}", "error", "Invalid JSON body: expected an object."));
+        if (*message)
+            return s_reply_limited (connection, request, 400,
+                                    s_bad_body (request->route, message));
     }
+    if (!request->route->service)
+        return s_local (self, connection, request);
     return s_forward (self, connection, request, method);
 }
 
@@ -571,13 +638,9 @@ gw_server_new (const gw_config_t *config)
         return NULL;
     }
     self->started_ms = cm_clock_mono_ms ();
-    if (config->admin_key && *config->admin_key) {
-        self->have_admin = true;
-        crypto_generichash (self->admin_hash, sizeof self->admin_hash,
-                            (const unsigned char *) config->admin_key,
-                            strlen (config->admin_key), NULL, 0);
-    } else
-        cm_warn ("ADMIN_API_KEY is not set: every /api/v1 route will answer 403");
+    if (!config->admin_key || !*config->admin_key)
+        cm_warn ("ADMIN_API_KEY is not set: only API keys already in the database are "
+                 "accepted");
     uint32_t prefix = randombytes_random ();
     snprintf (self->id_prefix, sizeof self->id_prefix, "%08x", prefix);
 
@@ -600,6 +663,7 @@ gw_server_new (const gw_config_t *config)
         snprintf (storage_dir, sizeof storage_dir, "%s/storage", config->run_dir);
     self->health =
         gw_health_new (storage_dir, config->redis_url, config->health_interval, 250);
+    self->keys = gw_keys_new (storage_dir, config->admin_key, config->key_cache_ttl_ms);
 
     struct sockaddr_in addr = {0};
     addr.sin_family = AF_INET;
@@ -636,6 +700,7 @@ fail:
     gw_broker_destroy (&self->broker);
     gw_limits_destroy (&self->limits);
     gw_health_destroy (&self->health);
+    gw_keys_destroy (&self->keys);
     cm_metrics_destroy (&self->metrics);
     free (self);
     return NULL;
@@ -668,6 +733,7 @@ gw_server_destroy (gw_server_t **self_p)
     gw_broker_destroy (&self->broker);
     gw_limits_destroy (&self->limits);
     gw_health_destroy (&self->health);
+    gw_keys_destroy (&self->keys);
     cm_metrics_destroy (&self->metrics);
     free (self);
     *self_p = NULL;

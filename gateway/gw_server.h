@@ -35,6 +35,7 @@ typedef struct {
     char *supervisor;           //  SUPERVISOR_ENDPOINT (NULL: no metrics hub)
     int64_t report_ms;          //  METRICS_REPORT_INTERVAL_MS
     int64_t metrics_timeout_ms; //  METRICS_QUERY_TIMEOUT_MS
+    int64_t key_cache_ttl_ms;   //  API_KEY_CACHE_TTL_MS (gw_keys.h)
 } gw_config_t;
 
 //  The gateway's settings table (for cm_config_load and --help).

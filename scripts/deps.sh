@@ -17,6 +17,11 @@ missing=()
 for p in "${LLMRT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
+# Node.js and npm: the integration tests install real clients from npm (the
+# OpenAI library, the AnythingLLM CLI) and run them against the suite.
+# Debian's nodejs (18) will do; a NodeSource nodejs, which bundles npm, too.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "deps: installing ${missing[*]}" >&2
     sudo=""

@@ -18,13 +18,19 @@ static const char *s_summary =
     "period) and exits 0. Every child inherits this environment, plus its\n"
     "program's env entries, INSTANCE_INDEX and SUPERVISED=1.\n"
     "\n"
-    "  -c, --config FILE   the suite file (required)\n"
+    "Metrics (SUPERVISOR_METRICS_ROLE): as the hub (default) it binds\n"
+    "SUPERVISOR_ENDPOINT, where every instance reports and the gateway asks for\n"
+    "the aggregate; as a reporter (one supervisor per container) it binds\n"
+    "nothing and reports its own restarts and children to the hub there.\n"
+    "\n"
+    "  -c, --config FILE   the suite file (required, unless --hub-only)\n"
+    "  --hub-only          run no program: only the metrics hub\n"
     "  -h, --help          this help\n"
     "  -V, --version       the version";
 
 //  Returns 0 to go on, 1 to exit 0 (help or version shown), -1 to exit 2.
 static int
-s_args (int argc, char **argv, const char **config)
+s_args (int argc, char **argv, const char **config, bool *hub_only)
 {
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
@@ -36,9 +42,12 @@ s_args (int argc, char **argv, const char **config)
             *config = argv[++i];
         } else if (!strncmp (arg, "--config=", 9))
             *config = arg + 9;
+        else if (!strcmp (arg, "--hub-only"))
+            *hub_only = true;
         else if (!strcmp (arg, "--help") || !strcmp (arg, "-h")) {
-            printf ("usage: supervisor -c FILE [--help] [--version]\n\n%s\n\n",
-                    s_summary);
+            printf (
+                "usage: supervisor -c FILE | --hub-only [--help] [--version]\n\n%s\n\n",
+                s_summary);
             printf ("Configuration (environment variables):\n");
             cm_config_usage (sup_env_table, stdout);
             return 1;
@@ -50,11 +59,30 @@ s_args (int argc, char **argv, const char **config)
                 return rc;
         }
     }
-    if (!*config) {
+    if (*hub_only && *config) {
+        fprintf (stderr, "supervisor: --hub-only runs no program: no -c FILE\n");
+        return -1;
+    }
+    if (!*config && !*hub_only) {
         fprintf (stderr, "supervisor: -c FILE is required (try --help)\n");
         return -1;
     }
     return 0;
+}
+
+//  The metrics role of this supervisor: the hub, bound, or a reporter to it.
+static sup_metrics_t *
+s_metrics (const sup_settings_t *settings)
+{
+    if (!strcmp (settings->metrics_role, "hub"))
+        return sup_metrics_new (settings->metrics_endpoint, settings->metrics_ttl_ms);
+    //  Named like a daemon instance: one per container host name and pid.
+    char host[128] = "host";
+    gethostname (host, sizeof host - 1);
+    char instance[192];
+    snprintf (instance, sizeof instance, "supervisor-%s-%d", host, (int) getpid ());
+    return sup_metrics_new_reporter (settings->metrics_endpoint, instance,
+                                     settings->metrics_report_ms);
 }
 
 int
@@ -62,7 +90,8 @@ main (int argc, char **argv)
 {
     cm_log_init ("supervisor");
     const char *config = NULL;
-    int rc = s_args (argc, argv, &config);
+    bool hub_only = false;
+    int rc = s_args (argc, argv, &config, &hub_only);
     if (rc)
         return rc > 0 ? 0 : 2;
 
@@ -72,16 +101,23 @@ main (int argc, char **argv)
     sup_supervisor_t *supervisor = NULL;
     sup_metrics_t *metrics = NULL;
     rc = 1;
+    //  With no program there is no child to hand an admin key to.
     if (sup_env_load (&settings, err, sizeof err) ||
         sup_env_prepare (&settings, err, sizeof err) ||
-        sup_env_admin_key (&settings, stdout, err, sizeof err)) {
+        (!hub_only && sup_env_admin_key (&settings, stdout, err, sizeof err))) {
         cm_error ("%s", err);
+        goto done;
+    }
+    if (hub_only && strcmp (settings.metrics_role, "hub")) {
+        cm_error ("--hub-only serves the metrics hub: SUPERVISOR_METRICS_ROLE must be "
+                  "hub, not '%s'",
+                  settings.metrics_role);
         goto done;
     }
     cm_log_set_level ((cm_log_level_t) cm_log_level_parse (settings.log_level));
     cm_info ("RUN_DIR=%s BIN_DIR=%s REDIS_URL=%s", settings.run_dir, settings.bin_dir,
              settings.redis_url);
-    conf = sup_conf_load (config, err, sizeof err);
+    conf = hub_only ? sup_conf_new () : sup_conf_load (config, err, sizeof err);
     if (!conf) {
         cm_error ("%s", err);
         goto done;
@@ -93,7 +129,7 @@ main (int argc, char **argv)
     //  their first reports find it (see sup_metrics.h).
     //  Signals come from the supervisor's signalfd: czmq installs no handlers.
     zsys_handler_set (NULL);
-    metrics = sup_metrics_new (settings.metrics_endpoint, settings.metrics_ttl_ms);
+    metrics = s_metrics (&settings);
     if (!metrics || sup_metrics_attach (metrics, supervisor))
         goto done;
     rc = sup_supervisor_run (supervisor);

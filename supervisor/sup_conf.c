@@ -97,6 +97,12 @@ static bool s_valid_name (const char *s, size_t n);
 static bool s_valid_var (const char *s, size_t n);
 
 sup_conf_t *
+sup_conf_new (void)
+{
+    return cm_calloc (1, sizeof (sup_conf_t));
+}
+
+sup_conf_t *
 sup_conf_load (const char *path, char *err, size_t errlen)
 {
     assert (path && err);

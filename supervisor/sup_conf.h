@@ -34,6 +34,10 @@ sup_conf_t *sup_conf_load (const char *path, char *err, size_t errlen);
 sup_conf_t *sup_conf_parse (const char *text, const char *origin, char *err,
                             size_t errlen);
 
+//  An empty suite, no program (a supervisor that only serves its metrics
+//  hub: `supervisor --hub-only`). A file must name at least one program.
+sup_conf_t *sup_conf_new (void);
+
 //  Destroy; NULL-safe, nulls the pointer.
 void sup_conf_destroy (sup_conf_t **self_p);
 

@@ -43,11 +43,18 @@ const cm_conf_entry_t sup_env_table[] = {
      "debug, info, warn or error"},
     {"SUPERVISOR_ENDPOINT", CM_CONF_ENDPOINT, CM_REPORTER_ENDPOINT, 0, 0,
      offsetof (sup_settings_t, metrics_endpoint),
-     "ZeroMQ endpoint of the metrics hub: bound here; daemons report and the "
-     "gateway asks there"},
+     "ZeroMQ endpoint of the metrics hub: bound here (SUPERVISOR_METRICS_ROLE=hub) "
+     "or reported to (report); daemons report and the gateway asks there"},
     {"METRICS_INSTANCE_TTL_MS", CM_CONF_INT, "5000", 100, 3600000,
      offsetof (sup_settings_t, metrics_ttl_ms),
      "an instance that has not reported for this long leaves the aggregate"},
+    {"SUPERVISOR_METRICS_ROLE", CM_CONF_STR, "hub", 0, 0,
+     offsetof (sup_settings_t, metrics_role),
+     "hub: bind SUPERVISOR_ENDPOINT and aggregate; report: bind nothing, report "
+     "this supervisor's restarts to the hub there (one supervisor per container)"},
+    {"METRICS_REPORT_INTERVAL_MS", CM_CONF_INT, "1000", 10, 600000,
+     offsetof (sup_settings_t, metrics_report_ms),
+     "with SUPERVISOR_METRICS_ROLE=report: how often this supervisor reports"},
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
@@ -65,6 +72,12 @@ sup_env_load (sup_settings_t *settings, char *err, size_t errlen)
                   "SUPERVISOR_RESTART_MAX_MS (%lld)",
                   (long long) settings->restart_initial_ms,
                   (long long) settings->restart_max_ms);
+        return -1;
+    }
+    if (strcmp (settings->metrics_role, "hub") &&
+        strcmp (settings->metrics_role, "report")) {
+        snprintf (err, errlen, "SUPERVISOR_METRICS_ROLE: '%s' is not hub or report",
+                  settings->metrics_role);
         return -1;
     }
     if (cm_log_level_parse (settings->log_level) < 0) {

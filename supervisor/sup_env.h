@@ -28,8 +28,10 @@ typedef struct {
     char *bin_dir;              //  BIN_DIR (set by sup_env_prepare)
     char *admin_api_key;        //  ADMIN_API_KEY (set by sup_env_admin_key)
     char *log_level;            //  LOG_LEVEL
-    char *metrics_endpoint;     //  SUPERVISOR_ENDPOINT (bound for the metrics hub)
+    char *metrics_endpoint;     //  SUPERVISOR_ENDPOINT (hub: bound, or reported to)
     int64_t metrics_ttl_ms;     //  METRICS_INSTANCE_TTL_MS
+    char *metrics_role;         //  SUPERVISOR_METRICS_ROLE: "hub" or "report"
+    int64_t metrics_report_ms;  //  METRICS_REPORT_INTERVAL_MS (role "report")
 } sup_settings_t;
 
 //  The settings table, for cm_config and --help.

@@ -8,8 +8,11 @@
 #include "sup_metrics.h"
 #include "cm_log.h"
 #include "cm_metrics_msg.h"
+#include "cm_reporter.h"
 #include <czmq.h>
 #include <errno.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
 
 //  Frames handled per call, so that signals and children are not starved.
 #define S_BURST 256
@@ -24,7 +27,10 @@ typedef struct {
 } s_instance_t;
 
 struct sup_metrics_s {
-    zsock_t *router;                  //  bound to the endpoint
+    zsock_t *router;                  //  bound to the endpoint (hub), or NULL
+    cm_reporter_t *reporter;          //  to the hub (reporting role), or NULL
+    int64_t refresh_ms;               //  reporting role: series refresh period
+    int timerfd;                      //  reporting role: its timer, or -1
     char *endpoint;                   //  as bound, with the real port
     int64_t ttl_ms;                   //  silence after which an instance goes
     zhashx_t *instances;              //  "service\x1finstance" -> s_instance_t
@@ -69,6 +75,7 @@ sup_metrics_new (const char *endpoint, int64_t ttl_ms)
     sup_metrics_t *self = cm_calloc (1, sizeof *self);
     self->router = router;
     self->ttl_ms = ttl_ms;
+    self->timerfd = -1;
     //  With "tcp://host:*" (tests), say which port was taken.
     const char *colon = strrchr (endpoint, ':');
     if (!strncmp (endpoint, "tcp://", 6) && colon && port > 0) {
@@ -101,6 +108,30 @@ sup_metrics_new (const char *endpoint, int64_t ttl_ms)
     return self;
 }
 
+sup_metrics_t *
+sup_metrics_new_reporter (const char *endpoint, const char *instance, int64_t interval_ms)
+{
+    assert (endpoint && instance && interval_ms > 0);
+    sup_metrics_t *self = cm_calloc (1, sizeof *self);
+    self->endpoint = cm_strdup (endpoint);
+    self->ttl_ms = 1;
+    self->timerfd = -1;
+    self->refresh_ms = interval_ms;
+    self->instances = zhashx_new ();
+    self->registry = cm_metrics_new ();
+    //  The reporter's thread inherits the signal mask of this one: the
+    //  supervisor has blocked its signals by now (main's order).
+    self->reporter =
+        cm_reporter_new (&(cm_reporter_config_t){.metrics = self->registry,
+                                                 .endpoint = endpoint,
+                                                 .service = "supervisor",
+                                                 .instance = instance,
+                                                 .interval_ms = interval_ms});
+    cm_info ("metrics: reporting this supervisor's series to the hub at %s as %s",
+             endpoint, instance);
+    return self;
+}
+
 void
 sup_metrics_destroy (sup_metrics_t **self_p)
 {
@@ -108,6 +139,10 @@ sup_metrics_destroy (sup_metrics_t **self_p)
     sup_metrics_t *self = *self_p;
     if (!self)
         return;
+    //  The reporter snapshots the registry: it stops first.
+    cm_reporter_destroy (&self->reporter);
+    if (self->timerfd >= 0)
+        close (self->timerfd);
     zhashx_destroy (&self->instances);
     cm_metrics_destroy (&self->registry);
     zsock_destroy (&self->router);
@@ -127,7 +162,7 @@ void *
 sup_metrics_socket (sup_metrics_t *self)
 {
     assert (self);
-    return zsock_resolve (self->router);
+    return self->router ? zsock_resolve (self->router) : NULL;
 }
 
 cm_metrics_t *
@@ -175,15 +210,46 @@ s_readable (sup_supervisor_t *supervisor, void *socket, int fd, void *arg)
     sup_metrics_handle (arg, cm_clock_mono_ms ());
 }
 
+//  Reporting role: the timer fired. The series are refreshed here, on the
+//  supervisor's thread, because the reporter snapshots on its own thread
+//  and the programs' state belongs to this one.
+static void
+s_refresh (sup_supervisor_t *supervisor, void *socket, int fd, void *arg)
+{
+    (void) supervisor;
+    (void) socket;
+    uint64_t expirations;
+    ssize_t rc = read (fd, &expirations, sizeof expirations);
+    (void) rc;
+    sup_metrics_t *self = arg;
+    s_collect_programs (self->registry, self);
+}
+
 int
 sup_metrics_attach (sup_metrics_t *self, sup_supervisor_t *supervisor)
 {
     assert (self && supervisor && !self->supervisor);
-    if (sup_supervisor_reader (supervisor, sup_metrics_socket (self), -1, s_readable,
-                               self))
+    if (self->router) {
+        if (sup_supervisor_reader (supervisor, sup_metrics_socket (self), -1, s_readable,
+                                   self))
+            return -1;
+        self->supervisor = supervisor;
+        cm_metrics_collector (self->registry, s_collect_programs, self);
+        return 0;
+    }
+    self->timerfd = timerfd_create (CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (self->timerfd < 0) {
+        cm_error ("metrics: cannot create a timer: %s", strerror (errno));
+        return -1;
+    }
+    struct timespec period = {.tv_sec = (time_t) (self->refresh_ms / 1000),
+                              .tv_nsec = (long) (self->refresh_ms % 1000) * 1000000};
+    struct itimerspec spec = {.it_interval = period, .it_value = period};
+    if (timerfd_settime (self->timerfd, 0, &spec, NULL) ||
+        sup_supervisor_reader (supervisor, NULL, self->timerfd, s_refresh, self))
         return -1;
     self->supervisor = supervisor;
-    cm_metrics_collector (self->registry, s_collect_programs, self);
+    s_collect_programs (self->registry, self);
     return 0;
 }
 

@@ -27,7 +27,16 @@
     llmrt_supervisor_queries_total, llmrt_supervisor_instances_expired_total,
     llmrt_supervisor_instances_reporting.
 
-    Threading: one thread (the supervisor's loop). Time: the methods that
+    The reporting role (SUPERVISOR_METRICS_ROLE=report, one supervisor per
+    container): sup_metrics_new_reporter binds nothing; once attached, the
+    four program series above are refreshed on the supervisor's loop every
+    interval (a timerfd reader) and a cm_reporter sends the registry to the
+    hub at the endpoint as service "supervisor", like any instance. The hub
+    sums them over every reporting supervisor (and its own), so restarts in
+    any container show in the aggregate.
+
+    Threading: one thread (the supervisor's loop); a reporter adds its own
+    thread, which only snapshots the registry. Time: the methods that
     depend on it take now_ms (monotonic), so tests need no sleeps. */
 #ifndef SUP_METRICS_H_INCLUDED
 #define SUP_METRICS_H_INCLUDED
@@ -46,20 +55,29 @@ typedef struct sup_metrics_s sup_metrics_t;
 //  instance silent this long leaves the aggregate. NULL (logged) when the
 //  endpoint cannot be bound. Caller owns the hub.
 sup_metrics_t *sup_metrics_new (const char *endpoint, int64_t ttl_ms);
+//  The reporting role: report this supervisor's series to the hub at
+//  endpoint (connected, not bound) as service "supervisor" and instance,
+//  every interval_ms. Create it after sup_supervisor_new, so that the
+//  reporter's thread inherits the blocked signals. Caller owns it.
+sup_metrics_t *sup_metrics_new_reporter (const char *endpoint, const char *instance,
+                                         int64_t interval_ms);
 //  Destroy; NULL-safe; nulls the pointer.
 void sup_metrics_destroy (sup_metrics_t **self_p);
 
-//  The endpoint as bound, with the port chosen (borrowed).
+//  The endpoint as bound, with the port chosen (reporting role: the hub's
+//  endpoint as given) (borrowed).
 const char *sup_metrics_endpoint (sup_metrics_t *self);
-//  The bound libzmq socket, for a loop to poll (borrowed; attach does it).
+//  The bound libzmq socket, for a loop to poll (borrowed; attach does it);
+//  NULL in the reporting role.
 void *sup_metrics_socket (sup_metrics_t *self);
 //  The hub's own registry (borrowed).
 cm_metrics_t *sup_metrics_registry (sup_metrics_t *self);
 
 //  Join supervisor's loop (its reader hook) and publish its programs'
-//  restarts and children among the hub's series. The supervisor must
-//  outlive the hub's snapshots. Returns 0, or -1 when the loop has no room
-//  for another reader.
+//  restarts and children among the hub's series (reporting role: refreshed
+//  by a timer on the loop). The supervisor must outlive the hub's
+//  snapshots. Returns 0, or -1 when the loop has no room for another
+//  reader (or, reporting, no timer could be made).
 int sup_metrics_attach (sup_metrics_t *self, sup_supervisor_t *supervisor);
 
 //  Handle the frames waiting on the socket (at most a burst, so the loop

@@ -191,13 +191,20 @@ sup_supervisor_run (sup_supervisor_t *self)
         if (sup_program_replicas (program) == 0)
             cm_info ("%s: replicas = 0, not started", sup_program_name (program));
     }
-    if (self->instances_size == 0) {
+    if (self->instances_size == 0 && sup_conf_size (self->conf) > 0) {
         cm_error ("nothing to run: every program has replicas = 0");
         return 1;
     }
-    cm_info ("supervising %zu instances of %zu programs (grace %lld ms)",
-             self->instances_size, sup_conf_size (self->conf),
-             (long long) self->grace_ms);
+    if (self->instances_size == 0 && self->readers_size == 0) {
+        cm_error ("nothing to run: no program, and nothing to serve");
+        return 1;
+    }
+    if (self->instances_size == 0)
+        cm_info ("no program to supervise: serving the metrics hub only");
+    else
+        cm_info ("supervising %zu instances of %zu programs (grace %lld ms)",
+                 self->instances_size, sup_conf_size (self->conf),
+                 (long long) self->grace_ms);
     for (size_t i = 0; i < self->instances_size; i++)
         s_spawn (self, &self->instances[i], now_ms);
 
@@ -551,7 +558,7 @@ s_tick (sup_supervisor_t *self, int64_t now_ms)
         if (inst->state == SUP_INSTANCE_WAITING)
             waiting++;
     }
-    if (sup_supervisor_running (self) == 0 && waiting == 0) {
+    if (self->instances_size > 0 && sup_supervisor_running (self) == 0 && waiting == 0) {
         cm_error ("every child has been given up: nothing left to supervise, exiting");
         self->exit_code = 1;
         self->done = true;

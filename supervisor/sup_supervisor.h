@@ -51,7 +51,10 @@ int sup_supervisor_reader (sup_supervisor_t *self, void *socket, int fd,
 //  Start every instance and supervise until stopped by a signal (or by
 //  sup_supervisor_stop) and every child is reaped: returns 0. Returns 1 when
 //  every instance was given up (nothing left to supervise) or children
-//  survived SIGKILL. Call once.
+//  survived SIGKILL. A suite with no program (sup_conf_new) only serves its
+//  readers (the metrics hub) until stopped; with no reader either, or with
+//  programs that all have replicas = 0, there is nothing to run: 1. Call
+//  once.
 int sup_supervisor_run (sup_supervisor_t *self);
 
 //  Begin the graceful stop at now_ms, as SIGTERM would (for readers and

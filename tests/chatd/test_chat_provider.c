@@ -9,7 +9,8 @@ static const chat_message_t s_messages[] = {
     {CHAT_ROLE_ASSISTANT, "Paris."},
     {CHAT_ROLE_USER, "And   of\nItaly?"},
 };
-static const chat_request_t s_request = {s_messages, 4, NULL, -1};
+static const chat_request_t s_request = {
+    .messages = s_messages, .count = 4, .temperature = -1};
 
 typedef struct {
     char text[4096]; //  tokens concatenated
@@ -94,7 +95,7 @@ Test (chat_provider, builtin_is_deterministic)
 
     //  A different message gives a different answer.
     chat_message_t other[] = {{CHAT_ROLE_USER, "What is the capital of Spain?"}};
-    chat_request_t request = {other, 1, NULL, -1};
+    chat_request_t request = {.messages = other, .count = 1, .temperature = -1};
     char *d = NULL;
     cr_assert_eq (chat_provider_complete (one, &request, &d, &m1, err, sizeof err),
                   CHAT_PROVIDER_DONE);
@@ -158,7 +159,7 @@ Test (chat_provider, long_and_unicode_messages_stay_valid_utf8)
     for (int i = 0; i < 200; i++)
         strcat (message, "\xE6\x97\xA5 "); //  a CJK character and a space
     chat_message_t messages[] = {{CHAT_ROLE_USER, message}};
-    chat_request_t request = {messages, 1, NULL, -1};
+    chat_request_t request = {.messages = messages, .count = 1, .temperature = -1};
     chat_provider_t *provider = chat_provider_new_builtin (0);
     chat_metrics_t metrics;
     char err[64];
@@ -175,7 +176,7 @@ Test (chat_provider, long_and_unicode_messages_stay_valid_utf8)
     free (text);
 
     chat_message_t empty[] = {{CHAT_ROLE_SYSTEM, "sys"}};
-    request = (chat_request_t){empty, 1, NULL, -1};
+    request = (chat_request_t){.messages = empty, .count = 1, .temperature = -1};
     cr_assert_eq (
         chat_provider_complete (provider, &request, &text, &metrics, err, sizeof err),
         CHAT_PROVIDER_DONE);

@@ -66,6 +66,15 @@ cm_call_query (cm_call_t *self, const char *name)
     return s_lookup (self->query, 6, name);
 }
 
+size_t
+cm_call_query_count (cm_call_t *self)
+{
+    size_t count = 0;
+    for (size_t i = 0; i + 1 < 6 && self->query[i]; i += 2)
+        count++;
+    return count;
+}
+
 const char *
 cm_call_identity (cm_call_t *self)
 {
@@ -143,12 +152,16 @@ cm_call_reply_error (cm_call_t *self, int status, const char *message)
     cm_call_reply_json (self, status, json_pack ("{s:s}", "error", message));
 }
 
+//  Raw stream data (the OpenAI route's "data: [DONE]") is kept among the
+//  events as a JSON string.
 void
 cm_call_stream (cm_call_t *self, int status, const char *content_type, const void *data,
                 size_t size)
 {
-    (void) self, (void) status, (void) content_type, (void) data, (void) size;
-    cr_assert_fail ("chatd streams with cm_call_sse only");
+    cr_assert_eq (self->finals, 0, "no data after the end");
+    cr_assert_str_eq (content_type, "text/event-stream");
+    self->status = status;
+    json_array_append_new (self->events, json_stringn (data, size));
 }
 
 void
@@ -708,14 +721,13 @@ Test (chat_service, provider_failure_after_validation)
     cr_assert_not_null (s_service);
     s_new_workspace ("{\"name\":\"Fragile\"}");
 
-    //  Non-streaming: 200 with type abort.
+    //  Non-streaming: 200 with type abort and the provider's reason.
     cm_call_t *call = s_serve ("POST", "/api/v1/workspace/{slug}/chat", "fragile", NULL,
                                "{\"message\":\"hi\"}", 0);
     cr_assert_eq (call->status, 200);
     cr_assert_str_eq (s_str (call->reply, "type"), "abort");
     cr_assert (json_is_null (json_object_get (call->reply, "textResponse")));
-    cr_assert_str_eq (s_str (call->reply, "error"),
-                      "No text completion could be completed with this input.");
+    cr_assert_str_eq (s_str (call->reply, "error"), "upstream exploded");
     s_call_free (&call);
 
     //  Streaming: the good token, no event for the broken one, abort, finalize.
@@ -980,4 +992,350 @@ Test (chat_service, request_faults_and_cancels_do_not_trip_the_breaker)
     call = s_guarded_chat (false, 0);
     s_call_free (&call);
     cr_assert_eq (cm_breaker_state (breaker), CM_BREAKER_OPEN);
+}
+
+//  --- the OpenAI-compatible routes ----------------------------------------------------
+
+#define S_COMPLETIONS "/api/v1/openai/chat/completions"
+
+Test (chat_service, openai_walkthrough)
+{
+    //  Workspaces are the models.
+    s_new_workspace ("{\"name\":\"Open Models\"}");
+    cm_call_t *call = s_serve ("GET", "/api/v1/openai/models", NULL, NULL, NULL, 0);
+    cr_assert_eq (call->status, 200);
+    cr_assert_str_eq (s_str (call->reply, "object"), "list");
+    json_t *model = json_array_get (json_object_get (call->reply, "data"), 0);
+    cr_assert_eq (json_object_size (model), 4, "%s", call->text);
+    cr_assert_str_eq (s_str (model, "id"), "open-models");
+    cr_assert_str_eq (s_str (model, "object"), "model");
+    cr_assert_gt (json_integer_value (json_object_get (model, "created")), 1600000000);
+    cr_assert_str_eq (s_str (model, "owned_by"), "builtin");
+    s_call_free (&call);
+
+    //  A completion: the last message is the prompt.
+    call = s_serve ("POST", S_COMPLETIONS, NULL, NULL,
+                    "{\"model\":\"open-models\",\"messages\":[{\"role\":\"user\","
+                    "\"content\":\"Hello there\"}]}",
+                    0);
+    cr_assert_eq (call->status, 200, "%s", call->text);
+    json_t *r = call->reply;
+    cr_assert_eq (json_object_size (r), 6, "%s", call->text);
+    cr_assert_eq (strlen (s_str (r, "id")), 36);
+    cr_assert_str_eq (s_str (r, "object"), "chat.completion");
+    cr_assert_gt (json_integer_value (json_object_get (r, "created")), 1600000000);
+    cr_assert_str_eq (s_str (r, "model"), "open-models");
+    json_t *choice = json_array_get (json_object_get (r, "choices"), 0);
+    cr_assert_eq (json_array_size (json_object_get (r, "choices")), 1);
+    cr_assert_eq (json_integer_value (json_object_get (choice, "index")), 0);
+    cr_assert (json_is_null (json_object_get (choice, "logprobs")));
+    cr_assert_str_eq (s_str (choice, "finish_reason"), "stop");
+    json_t *message = json_object_get (choice, "message");
+    cr_assert_str_eq (s_str (message, "role"), "assistant");
+    cr_assert (strstr (s_str (message, "content"), "\"Hello there\""), "%s", call->text);
+    s_assert_metrics (json_object_get (r, "usage"));
+    s_call_free (&call);
+
+    //  Saved to the workspace's history like any chat turn.
+    call =
+        s_serve ("GET", "/api/v1/workspace/{slug}/chats", "open-models", NULL, NULL, 0);
+    json_t *history = json_object_get (call->reply, "history");
+    cr_assert_eq (json_array_size (history), 2);
+    cr_assert_str_eq (s_str (json_array_get (history, 0), "content"), "Hello there");
+    s_call_free (&call);
+
+    //  Vector stores: the workspaces again; any query parameter, an empty page.
+    call = s_serve ("GET", "/api/v1/openai/vector_stores", NULL, NULL, NULL, 0);
+    cr_assert_eq (call->status, 200);
+    cr_assert_str_eq (s_str (call->reply, "first_id"), "open-models");
+    cr_assert_str_eq (s_str (call->reply, "last_id"), "open-models");
+    cr_assert (json_is_false (json_object_get (call->reply, "has_more")));
+    json_t *store = json_array_get (json_object_get (call->reply, "data"), 0);
+    cr_assert_str_eq (s_str (store, "id"), "open-models");
+    cr_assert_str_eq (s_str (store, "object"), "vector_store");
+    cr_assert_str_eq (s_str (store, "name"), "Open Models");
+    cr_assert_eq (json_integer_value (
+                      json_object_get (json_object_get (store, "file_counts"), "total")),
+                  0);
+    cr_assert_str_eq (s_str (store, "provider"), "sqlite");
+    s_call_free (&call);
+    s_query[0] = "after";
+    s_query[1] = "open-models";
+    call = s_serve ("GET", "/api/v1/openai/vector_stores", NULL, NULL, NULL, 0);
+    cr_assert_str_eq (call->text, "{\"data\":[],\"has_more\":false}");
+    s_call_free (&call);
+}
+
+Test (chat_service, openai_lists_are_empty_without_workspaces)
+{
+    cm_call_t *call = s_serve ("GET", "/api/v1/openai/models", NULL, NULL, NULL, 0);
+    cr_assert_str_eq (call->text, "{\"object\":\"list\",\"data\":[]}");
+    s_call_free (&call);
+    //  Upstream leaves first_id and last_id out (undefined in JSON).
+    call = s_serve ("GET", "/api/v1/openai/vector_stores", NULL, NULL, NULL, 0);
+    cr_assert_str_eq (call->text, "{\"data\":[],\"has_more\":false}");
+    s_call_free (&call);
+}
+
+Test (chat_service, openai_stream_chunks_then_done)
+{
+    s_new_workspace ("{\"name\":\"Streamer\"}");
+    cm_call_t *call = s_serve ("POST", S_COMPLETIONS, NULL, NULL,
+                               "{\"model\":\"streamer\",\"stream\":true,\"messages\":[{"
+                               "\"role\":\"user\",\"content\":\"Tell me a story\"}]}",
+                               0);
+    cr_assert_eq (call->status, 200);
+    size_t events = json_array_size (call->events);
+    cr_assert_gt (events, 3);
+    //  Token chunks: a delta each, no finish reason yet.
+    char *text = calloc (1, 1);
+    for (size_t i = 0; i + 2 < events; i++) {
+        json_t *chunk = json_array_get (call->events, i);
+        cr_assert_str_eq (s_str (chunk, "object"), "chat.completion.chunk");
+        cr_assert_str_eq (s_str (chunk, "model"), "streamer");
+        json_t *choice = json_array_get (json_object_get (chunk, "choices"), 0);
+        cr_assert (json_is_null (json_object_get (choice, "finish_reason")));
+        json_t *delta = json_object_get (choice, "delta");
+        cr_assert_str_eq (s_str (delta, "role"), "assistant");
+        const char *piece = s_str (delta, "content");
+        text = realloc (text, strlen (text) + strlen (piece) + 1);
+        strcat (text, piece);
+    }
+    //  The last chunk says stop and carries the usage; then [DONE].
+    json_t *last = json_array_get (call->events, events - 2);
+    json_t *choice = json_array_get (json_object_get (last, "choices"), 0);
+    cr_assert_str_eq (s_str (choice, "finish_reason"), "stop");
+    cr_assert_str_eq (s_str (json_object_get (choice, "delta"), "content"), "");
+    s_assert_metrics (json_object_get (last, "usage"));
+    cr_assert_str_eq (json_string_value (json_array_get (call->events, events - 1)),
+                      "data: [DONE]\n\n");
+    cr_assert (call->ended);
+    //  Every chunk has the same id; the text is the builtin's whole answer.
+    cr_assert_str_eq (s_str (last, "id"), s_str (json_array_get (call->events, 0), "id"));
+    cr_assert (strstr (text, "\"Tell me a story\""), "%s", text);
+    s_call_free (&call);
+    call = s_serve ("GET", "/api/v1/workspace/{slug}/chats", "streamer", NULL, NULL, 0);
+    json_t *answer = json_array_get (json_object_get (call->reply, "history"), 1);
+    cr_assert_str_eq (s_str (answer, "content"), text);
+    s_call_free (&call);
+    free (text);
+}
+
+Test (chat_service, openai_unknown_model_is_401_with_no_body)
+{
+    s_new_workspace ("{\"name\":\"Known\"}");
+    const char *bodies[] = {
+        "{\"model\":\"unknown\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+        "{\"model\":\"unknown\",\"stream\":true,\"messages\":[]}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+        "{\"model\":7,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+        NULL,
+    };
+    for (size_t i = 0; i < sizeof bodies / sizeof *bodies; i++) {
+        cm_call_t *call = s_serve ("POST", S_COMPLETIONS, NULL, NULL, bodies[i], 0);
+        cr_assert_eq (call->status, 401, "%s", bodies[i]);
+        cr_assert_str_eq (call->text, "", "no body at all");
+        cr_assert_eq (json_array_size (call->events), 0);
+        s_call_free (&call);
+    }
+}
+
+Test (chat_service, openai_last_message_must_be_the_users)
+{
+    s_new_workspace ("{\"name\":\"Strict\"}");
+    const char *bodies[] = {
+        "{\"model\":\"strict\",\"messages\":[]}",
+        "{\"model\":\"strict\"}",
+        "{\"model\":\"strict\",\"messages\":\"hi\"}",
+        "{\"model\":\"strict\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"},"
+        "{\"role\":\"assistant\",\"content\":\"b\"}]}",
+        "{\"model\":\"strict\",\"stream\":true,\"messages\":[{\"content\":\"a\"}]}",
+    };
+    for (size_t i = 0; i < sizeof bodies / sizeof *bodies; i++) {
+        cm_call_t *call = s_serve ("POST", S_COMPLETIONS, NULL, NULL, bodies[i], 0);
+        s_assert_abort (call, 400,
+                        "No user prompt found. Must be last element in message array "
+                        "with 'user' role.");
+        s_call_free (&call);
+    }
+}
+
+//  A provider that keeps what it was asked, and answers "ok".
+static struct {
+    json_t *messages; //  [{role, content}] of the last call
+    double temperature;
+} s_seen;
+
+static void
+s_capture (const chat_request_t *request)
+{
+    static const char *roles[] = {"system", "user", "assistant"};
+    json_decref (s_seen.messages);
+    s_seen.messages = json_array ();
+    for (size_t i = 0; i < request->count; i++)
+        json_array_append_new (s_seen.messages,
+                               json_pack ("{s:s, s:s}", "role",
+                                          roles[request->messages[i].role], "content",
+                                          request->messages[i].content));
+    s_seen.temperature = request->temperature;
+}
+
+static chat_provider_result_t
+s_capture_complete (void *state, const chat_request_t *request, char **text_p,
+                    chat_metrics_t *metrics, char *err, size_t errlen)
+{
+    (void) state, (void) err, (void) errlen;
+    s_capture (request);
+    *text_p = strdup ("ok");
+    metrics->completion_tokens = 1;
+    return CHAT_PROVIDER_DONE;
+}
+
+static chat_provider_result_t
+s_capture_stream (void *state, const chat_request_t *request, chat_token_fn *on_token,
+                  void *arg, chat_metrics_t *metrics, char *err, size_t errlen)
+{
+    (void) state, (void) err, (void) errlen;
+    s_capture (request);
+    on_token ("ok", 2, arg);
+    metrics->completion_tokens = 1;
+    return CHAT_PROVIDER_DONE;
+}
+
+static const chat_provider_ops_t s_capture_ops = {"capture", s_capture_complete,
+                                                  s_capture_stream, NULL};
+
+//  The messages the provider saw, as "role:content|role:content|...".
+static char *
+s_seen_text (void)
+{
+    char *text = calloc (1, 1);
+    size_t i;
+    json_t *m;
+    json_array_foreach (s_seen.messages, i, m)
+    {
+        const char *role = s_str (m, "role"), *content = s_str (m, "content");
+        text = realloc (text, strlen (text) + strlen (role) + strlen (content) + 3);
+        if (i)
+            strcat (text, "|");
+        strcat (text, role);
+        strcat (text, ":");
+        strcat (text, content);
+    }
+    return text;
+}
+
+Test (chat_service, openai_messages_replace_the_stored_history)
+{
+    chat_service_destroy (&s_service);
+    chat_provider_t *provider = chat_provider_new (&s_capture_ops, NULL);
+    char err[256];
+    s_service = chat_service_new (s_dir, &provider, err, sizeof err);
+    cr_assert_not_null (s_service);
+    s_new_workspace ("{\"name\":\"Talk\",\"openAiPrompt\":\"Workspace prompt\","
+                     "\"openAiTemp\":0.3}");
+    //  A stored turn, which the OpenAI route must not add to its prompt.
+    cm_call_t *call = s_serve ("POST", "/api/v1/workspace/{slug}/chat", "talk", NULL,
+                               "{\"message\":\"stored\"}", 0);
+    s_call_free (&call);
+
+    //  The workspace's prompt and temperature when the request has none.
+    call = s_serve ("POST", S_COMPLETIONS, NULL, NULL,
+                    "{\"model\":\"talk\",\"messages\":[{\"role\":\"user\",\"content\":"
+                    "\"first\"}]}",
+                    0);
+    char *seen = s_seen_text ();
+    cr_assert_str_eq (seen, "system:Workspace prompt|user:first");
+    free (seen);
+    cr_assert_float_eq (s_seen.temperature, 0.3, 1e-9);
+    s_call_free (&call);
+
+    //  The request's: its first system message, its conversation (system
+    //  messages and unknown roles left out; content parts joined), then the
+    //  prompt.
+    call = s_serve (
+        "POST", S_COMPLETIONS, NULL, NULL,
+        "{\"model\":\"talk\",\"temperature\":0.9,\"stream\":true,\"messages\":["
+        "{\"role\":\"system\",\"content\":\"Be brief\"},"
+        "{\"role\":\"user\",\"content\":\"q1\"},"
+        "{\"role\":\"assistant\",\"content\":\"a1\"},"
+        "{\"role\":\"system\",\"content\":\"ignored\"},"
+        "{\"role\":\"tool\",\"content\":\"skipped\"},"
+        "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"part one\"},"
+        "{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:x\"}},"
+        "{\"type\":\"text\",\"text\":\"part two\"}]}]}",
+        0);
+    seen = s_seen_text ();
+    cr_assert_str_eq (seen,
+                      "system:Be brief|user:q1|assistant:a1|user:part one\npart two");
+    free (seen);
+    cr_assert_float_eq (s_seen.temperature, 0.9, 1e-9);
+    s_call_free (&call);
+    json_decref (s_seen.messages);
+    s_seen.messages = NULL;
+}
+
+Test (chat_service, openai_query_mode_refuses_with_finish_reason_abort)
+{
+    s_new_workspace ("{\"name\":\"Docs only\",\"chatMode\":\"query\"}");
+    const char *body = "{\"model\":\"docs-only\",\"messages\":[{\"role\":\"user\","
+                       "\"content\":\"anything?\"}]}";
+    cm_call_t *call = s_serve ("POST", S_COMPLETIONS, NULL, NULL, body, 0);
+    cr_assert_eq (call->status, 200);
+    json_t *choice = json_array_get (json_object_get (call->reply, "choices"), 0);
+    cr_assert_str_eq (s_str (choice, "finish_reason"), "abort");
+    cr_assert_str_eq (s_str (json_object_get (choice, "message"), "content"),
+                      "There is no relevant information in this workspace to answer "
+                      "your query.");
+    s_call_free (&call);
+    call = s_serve ("POST", S_COMPLETIONS, NULL, NULL,
+                    "{\"model\":\"docs-only\",\"stream\":true,\"messages\":[{\"role\":"
+                    "\"user\",\"content\":\"anything?\"}]}",
+                    0);
+    cr_assert_eq (json_array_size (call->events), 2);
+    choice =
+        json_array_get (json_object_get (json_array_get (call->events, 0), "choices"), 0);
+    cr_assert_str_eq (s_str (choice, "finish_reason"), "abort");
+    cr_assert_str_eq (json_string_value (json_array_get (call->events, 1)),
+                      "data: [DONE]\n\n");
+    s_call_free (&call);
+}
+
+Test (chat_service, openai_provider_failure_is_an_openai_error)
+{
+    chat_service_destroy (&s_service);
+    chat_provider_t *provider = chat_provider_new (&s_broken_ops, NULL);
+    char err[256];
+    s_service = chat_service_new (s_dir, &provider, err, sizeof err);
+    cr_assert_not_null (s_service);
+    s_new_workspace ("{\"name\":\"Fragile\"}");
+
+    //  Sync: 500 (upstream's status), with OpenAI's error object.
+    cm_call_t *call = s_serve ("POST", S_COMPLETIONS, NULL, NULL,
+                               "{\"model\":\"fragile\",\"messages\":[{\"role\":\"user\","
+                               "\"content\":\"hi\"}]}",
+                               0);
+    cr_assert_eq (call->status, 500);
+    json_t *error = json_object_get (call->reply, "error");
+    cr_assert_str_eq (s_str (error, "message"), "upstream exploded");
+    cr_assert_str_eq (s_str (error, "type"), "server_error");
+    s_call_free (&call);
+
+    //  Stream: the good token, then the error event (which OpenAI's clients
+    //  raise), no [DONE]; the partial answer is saved.
+    call = s_serve ("POST", S_COMPLETIONS, NULL, NULL,
+                    "{\"model\":\"fragile\",\"stream\":true,\"messages\":[{\"role\":"
+                    "\"user\",\"content\":\"hi\"}]}",
+                    0);
+    cr_assert_eq (json_array_size (call->events), 2);
+    json_t *first =
+        json_array_get (json_object_get (json_array_get (call->events, 0), "choices"), 0);
+    cr_assert_str_eq (s_str (json_object_get (first, "delta"), "content"), "partial ");
+    error = json_object_get (json_array_get (call->events, 1), "error");
+    cr_assert_str_eq (s_str (error, "message"), "upstream exploded");
+    cr_assert (call->ended);
+    s_call_free (&call);
+    call = s_serve ("GET", "/api/v1/workspace/{slug}/chats", "fragile", NULL, NULL, 0);
+    cr_assert_eq (json_array_size (json_object_get (call->reply, "history")), 2);
+    s_call_free (&call);
 }

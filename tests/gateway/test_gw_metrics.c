@@ -491,3 +491,74 @@ Test (gw_metrics, route_classes)
     cr_assert_eq (gw_metrics_class (NULL), GW_METRICS_UNMATCHED);
     cr_assert_str_eq (gw_metrics_class_name (GW_METRICS_INGESTION), "ingestion");
 }
+
+//  What a container's supervisor (SUPERVISOR_METRICS_ROLE=report) sends:
+//  its one program's restarts and children.
+static json_t *
+s_supervisor_snapshot (const char *program, double restarts, double up)
+{
+    cm_metrics_t *metrics = cm_metrics_new ();
+    const char *labels[] = {"program", program, NULL};
+    cm_metric_set (
+        cm_metrics_counter (metrics, "llmrt_supervisor_restarts_total", "R.", labels),
+        restarts);
+    cm_metric_set (
+        cm_metrics_gauge (metrics, "llmrt_supervisor_children_up", "U.", labels), up);
+    json_t *snapshot = cm_metrics_snapshot (metrics);
+    cm_metrics_destroy (&metrics);
+    return snapshot;
+}
+
+Test (gw_metrics, restarts_reported_by_container_supervisors_are_summed)
+{
+    zactor_t *hub = zactor_new (s_hub_actor, "tcp://127.0.0.1:*");
+    char *endpoint = zstr_recv (hub);
+    cr_assert_neq (endpoint[0], 0, "the hub did not bind");
+    zsock_t *dealer = zsock_new_dealer (endpoint);
+    s_report (dealer, "supervisor", "supervisor-c1-1",
+              s_supervisor_snapshot ("chatd", 2, 1));
+    s_report (dealer, "supervisor", "supervisor-c2-1",
+              s_supervisor_snapshot ("chatd", 3, 1));
+    s_report (dealer, "supervisor", "supervisor-c3-1",
+              s_supervisor_snapshot ("ingestd", 0, 1));
+    s_gateway_t gateway;
+    s_gateway_start (&gateway, endpoint, 2000);
+
+    json_t *metrics = NULL;
+    int64_t until = cm_clock_mono_ms () + S_WAIT_MS;
+    while (true) {
+        metrics = s_get_json (&gateway, "/api/metrics");
+        if (json_is_integer (s_at (metrics, "supervisor.restarts.ingestd")))
+            break;
+        cr_assert_lt (cm_clock_mono_ms (), until, "no supervisor section");
+        json_decref (metrics);
+        usleep (20 * 1000);
+    }
+    cr_assert_eq (s_int (metrics, "supervisor.restarts.chatd"), 5);
+    cr_assert_eq (s_int (metrics, "supervisor.children_up.chatd"), 2);
+    cr_assert_eq (s_int (metrics, "supervisor.restarts.ingestd"), 0);
+    json_decref (metrics);
+
+    s_response_t r;
+    s_get (&gateway, "/api/metrics/prometheus", &r);
+    cr_assert_eq (r.status, 200);
+    const char *lines[] = {
+        "llmrt_supervisor_restarts_total{service=\"supervisor\",program=\"chatd\"} 5",
+        "llmrt_supervisor_restarts_total{service=\"supervisor\",instance=\"supervisor-c2-"
+        "1\","
+        "program=\"chatd\"} 3",
+        "llmrt_metrics_instances{service=\"supervisor\"} 3",
+    };
+    for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++)
+        cr_assert (s_has_line (r.body, lines[i]), "missing '%s' in:\n%s", lines[i],
+                   r.body);
+    char output[4096];
+    int rc = s_promtool (r.body, output, sizeof output);
+    if (rc >= 0)
+        cr_assert_eq (rc, 0, "promtool check metrics: %s", output);
+    free (r.body);
+    s_gateway_stop (&gateway);
+    zsock_destroy (&dealer);
+    zstr_free (&endpoint);
+    zactor_destroy (&hub);
+}

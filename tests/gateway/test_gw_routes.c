@@ -92,6 +92,11 @@ Test (gw_routes, bad_method_lists_every_allowed_method)
         gw_routes_lookup ("DELETE", "/api/v1/workspace/new", &route, allow, sizeof allow),
         GW_ROUTE_BAD_METHOD);
     cr_assert_str_eq (allow, "POST, GET");
+    //  The same for the create route of API keys and a key's {id}.
+    cr_assert_eq (gw_routes_lookup ("GET", "/api/v1/admin/api-keys/new", &route, allow,
+                                    sizeof allow),
+                  GW_ROUTE_BAD_METHOD);
+    cr_assert_str_eq (allow, "POST, DELETE");
     //  Methods are case-sensitive (RFC 9110).
     cr_assert_eq (gw_routes_lookup ("get", "/api/ping", &route, allow, sizeof allow),
                   GW_ROUTE_BAD_METHOD);
@@ -123,6 +128,13 @@ Test (gw_routes, local_routes_have_no_service)
         {"GET", "/api/health/ready", GW_LOCAL_READY, 0},
         {"GET", "/api/health", GW_LOCAL_HEALTH, 0},
         {"GET", "/api/v1/auth", GW_LOCAL_AUTH, GW_ROUTE_AUTH},
+        //  API keys: admin keys only.
+        {"GET", "/api/v1/admin/api-keys", GW_LOCAL_KEYS_LIST,
+         GW_ROUTE_AUTH | GW_ROUTE_ADMIN},
+        {"POST", "/api/v1/admin/api-keys/new", GW_LOCAL_KEYS_CREATE,
+         GW_ROUTE_AUTH | GW_ROUTE_ADMIN | GW_ROUTE_JSON},
+        {"DELETE", "/api/v1/admin/api-keys/12", GW_LOCAL_KEYS_REVOKE,
+         GW_ROUTE_AUTH | GW_ROUTE_ADMIN},
     };
     for (size_t i = 0; i < sizeof locals / sizeof *locals; i++) {
         const gw_route_t *route;
@@ -137,7 +149,7 @@ Test (gw_routes, local_routes_have_no_service)
 
 Test (gw_routes, flags_are_as_declared)
 {
-    enum { A = GW_ROUTE_AUTH, J = GW_ROUTE_JSON, R = GW_ROUTE_RETRY };
+    enum { A = GW_ROUTE_AUTH, J = GW_ROUTE_JSON, R = GW_ROUTE_RETRY, C = GW_ROUTE_CHAT };
     struct {
         const char *method, *path;
         unsigned flags;
@@ -149,11 +161,16 @@ Test (gw_routes, flags_are_as_declared)
         {"GET", "/api/v1/workspaces", A | R},
         {"GET", "/api/v1/workspace/demo", A | R},
         {"GET", "/api/v1/workspace/demo/chats", A | R},
-        //  Chat turns are retried (see gw_routes.c for why).
-        {"POST", "/api/v1/workspace/demo/chat", A | J | R},
-        {"POST", "/api/v1/workspace/demo/stream-chat", A | J | R},
-        {"POST", "/api/v1/workspace/demo/thread/t1/chat", A | J | R},
-        {"POST", "/api/v1/workspace/demo/thread/t1/stream-chat", A | J | R},
+        //  Chat turns are retried (see gw_routes.c for why), and a body the
+        //  gateway refuses gets the chat abort shape.
+        {"POST", "/api/v1/workspace/demo/chat", A | J | R | C},
+        {"POST", "/api/v1/workspace/demo/stream-chat", A | J | R | C},
+        {"POST", "/api/v1/workspace/demo/thread/t1/chat", A | J | R | C},
+        {"POST", "/api/v1/workspace/demo/thread/t1/stream-chat", A | J | R | C},
+        //  OpenAI-compatible: reads, and a completion is a chat turn.
+        {"GET", "/api/v1/openai/models", A | R},
+        {"GET", "/api/v1/openai/vector_stores", A | R},
+        {"POST", "/api/v1/openai/chat/completions", A | J | R | C},
     };
     for (size_t i = 0; i < sizeof routes / sizeof *routes; i++) {
         const gw_route_t *route;

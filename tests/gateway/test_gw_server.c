@@ -78,14 +78,20 @@ typedef struct {
     char run_dir[64];    //  config.run_dir: a temporary directory
     char redis[64];      //  config.redis_url: nothing listens there
     char base[64];       //  "http://127.0.0.1:PORT"
+    char storage[128];   //  config.storage_dir, when another gateway's
     gw_server_t *server; //  the gateway
 } s_gateway_t;
 
-//  Start a gateway on an ephemeral HTTP port and a free backend port.
+//  Start a gateway on an ephemeral HTTP port and a free backend port, on
+//  the database in storage_dir (NULL: its own), trusting database API keys
+//  for key_ttl_ms.
 static void
-s_gateway_start (s_gateway_t *self, int64_t timeout_ms, int64_t max_body)
+s_gateway_start_on (s_gateway_t *self, int64_t timeout_ms, int64_t max_body,
+                    const char *storage_dir, int64_t key_ttl_ms)
 {
     memset (self, 0, sizeof *self);
+    if (storage_dir)
+        snprintf (self->storage, sizeof self->storage, "%s", storage_dir);
     snprintf (self->host, sizeof self->host, "127.0.0.1");
     snprintf (self->key, sizeof self->key, "%s", S_KEY);
     snprintf (self->run_dir, sizeof self->run_dir, "/tmp/llmrt-gw-XXXXXX");
@@ -107,13 +113,21 @@ s_gateway_start (s_gateway_t *self, int64_t timeout_ms, int64_t max_body)
                                      .max_connections = 64,
                                      .run_dir = self->run_dir,
                                      .redis_url = self->redis,
-                                     .health_interval = 100};
+                                     .health_interval = 100,
+                                     .storage_dir = storage_dir ? self->storage : NULL,
+                                     .key_cache_ttl_ms = key_ttl_ms};
         self->server = gw_server_new (&self->config);
     }
     cr_assert_not_null (self->server, "the gateway did not start");
     cr_assert_gt (gw_server_port (self->server), 0);
     snprintf (self->base, sizeof self->base, "http://127.0.0.1:%d",
               gw_server_port (self->server));
+}
+
+static void
+s_gateway_start (s_gateway_t *self, int64_t timeout_ms, int64_t max_body)
+{
+    s_gateway_start_on (self, timeout_ms, max_body, NULL, 500);
 }
 
 static void
@@ -893,9 +907,37 @@ Test (gw_server, bad_json_body_is_400_naming_the_problem)
     json_decref (json);
     s_call_destroy (&call);
 
-    call = s_http (&gateway, "POST", "/api/v1/workspace/demo/chat", S_KEY, "[1, 2]");
+    call = s_http (&gateway, "POST", "/api/v1/workspace/new", S_KEY, "[1, 2]");
     s_assert_error (call, 400, "Invalid JSON body: expected an object.");
     s_call_destroy (&call);
+
+    //  On chat routes, in the abort shape chatd answers its own errors in
+    //  before any output (API.md), still naming the problem.
+    const char *chats[] = {
+        "/api/v1/workspace/demo/chat", "/api/v1/workspace/demo/stream-chat",
+        "/api/v1/workspace/demo/thread/t/chat",
+        "/api/v1/workspace/demo/thread/t/stream-chat", "/api/v1/openai/chat/completions"};
+    for (size_t i = 0; i < sizeof chats / sizeof *chats; i++) {
+        const char *bodies[] = {"{\"message\": ", "[1, 2]"};
+        for (size_t b = 0; b < 2; b++) {
+            call = s_http (&gateway, "POST", chats[i], S_KEY, bodies[b]);
+            cr_assert_eq (call->status, 400, "%s: %ld", chats[i], call->status);
+            json = s_call_json (call);
+            cr_assert_eq (json_object_size (json), 6, "%s", call->reply);
+            cr_assert_eq (strlen (json_string_value (json_object_get (json, "id"))), 36);
+            cr_assert_str_eq (json_string_value (json_object_get (json, "type")),
+                              "abort");
+            cr_assert (json_is_null (json_object_get (json, "textResponse")));
+            cr_assert_eq (json_array_size (json_object_get (json, "sources")), 0);
+            cr_assert (json_is_true (json_object_get (json, "close")));
+            error = json_string_value (json_object_get (json, "error"));
+            cr_assert (b ? !strcmp (error, "Invalid JSON body: expected an object.")
+                         : strstr (error, "Invalid JSON body") != NULL,
+                       "%s", error);
+            json_decref (json);
+            s_call_destroy (&call);
+        }
+    }
     s_gateway_stop (&gateway);
 }
 
@@ -1631,5 +1673,263 @@ Test (gw_server, keep_alive_reuses_the_connection)
     }
     curl_easy_cleanup (curl);
     s_daemon_destroy (&chatd);
+    s_gateway_stop (&gateway);
+}
+
+//  --- API keys ---------------------------------------------------------------
+
+//  Create a key through the admin route with this key; returns the reply's
+//  apiKey (new reference).
+static json_t *
+s_create_key (s_gateway_t *gateway, const char *admin, const char *body)
+{
+    s_call_t *call = s_http (gateway, "POST", "/api/v1/admin/api-keys/new", admin, body);
+    cr_assert_eq (call->status, 200, "create: %ld %s", call->status, call->reply);
+    json_t *json = s_call_json (call);
+    json_t *key = json_incref (json_object_get (json, "apiKey"));
+    cr_assert (json_is_null (json_object_get (json, "error")));
+    json_decref (json);
+    s_call_destroy (&call);
+    return key;
+}
+
+static const char *
+s_secret (json_t *key)
+{
+    return json_string_value (json_object_get (key, "secret"));
+}
+
+Test (gw_server, api_keys_are_created_used_and_revoked)
+{
+    s_gateway_t gateway;
+    s_gateway_start (&gateway, S_TIMEOUT_MS, 1 << 20);
+    s_daemon_t *chatd = s_daemon_new (&gateway, "chat", "chat-1", 4);
+    s_wait_health (&gateway, "services.chat.instances", 1);
+
+    //  The admin key makes a key for an application.
+    json_t *key = s_create_key (&gateway, S_KEY, "{\"name\":\"app\"}");
+    const char *secret = s_secret (key);
+    json_int_t id = json_integer_value (json_object_get (key, "id"));
+    cr_assert_str_eq (json_string_value (json_object_get (key, "role")), "default");
+
+    //  It works on the /api/v1 routes; daemons see the key's id as the
+    //  caller (so per-key rate limits count per key).
+    s_call_t *call = s_http (&gateway, "GET", "/api/v1/auth", secret, NULL);
+    cr_assert_eq (call->status, 200);
+    cr_assert_str_eq (call->reply, "{\"authenticated\":true}");
+    s_call_destroy (&call);
+    call = s_call_new (&gateway, "GET", "/api/v1/openai/models", secret, NULL);
+    s_call_start (call);
+    cm_msg_t *request = s_daemon_expect (chatd, CM_MSG_REQUEST);
+    char identity[32];
+    snprintf (identity, sizeof identity, "key:%lld", (long long) id);
+    cr_assert_str_eq (cm_msg_identity (request), identity);
+    s_daemon_reply (chatd, CM_MSG_FINAL, cm_msg_request_id (request), 200,
+                    "application/json", "{\"object\":\"list\",\"data\":[]}");
+    cm_msg_destroy (&request);
+    s_call_join (call);
+    cr_assert_eq (call->status, 200);
+    s_call_destroy (&call);
+
+    //  Not the admin routes.
+    const char *admin_routes[][2] = {{"GET", "/api/v1/admin/api-keys"},
+                                     {"POST", "/api/v1/admin/api-keys/new"},
+                                     {"DELETE", "/api/v1/admin/api-keys/1"}};
+    for (size_t i = 0; i < 3; i++) {
+        call = s_http (&gateway, admin_routes[i][0], admin_routes[i][1], secret,
+                       strcmp (admin_routes[i][0], "POST") ? NULL : "{}");
+        s_assert_error (call, 403, "This API key may not use admin routes.");
+        s_call_destroy (&call);
+    }
+
+    //  An admin key from the database may: it makes another key.
+    json_t *admin = s_create_key (&gateway, S_KEY, "{\"role\":\"admin\"}");
+    json_t *other = s_create_key (&gateway, s_secret (admin), "{\"name\":\"other\"}");
+    snprintf (identity, sizeof identity, "key:%lld",
+              (long long) json_integer_value (json_object_get (admin, "id")));
+    cr_assert_str_eq (json_string_value (json_object_get (other, "createdBy")), identity);
+
+    //  The list: three keys, no secrets.
+    call = s_http (&gateway, "GET", "/api/v1/admin/api-keys", s_secret (admin), NULL);
+    cr_assert_eq (call->status, 200);
+    json_t *json = s_call_json (call);
+    cr_assert_eq (json_array_size (json_object_get (json, "apiKeys")), 3);
+    cr_assert_null (strstr (call->reply, "\"secret\""), "%s", call->reply);
+    cr_assert_null (strstr (call->reply, secret + 10), "%s", call->reply);
+    json_decref (json);
+    s_call_destroy (&call);
+
+    //  Revoked: refused at once here, with upstream's 403; twice is 404.
+    char path[64];
+    snprintf (path, sizeof path, "/api/v1/admin/api-keys/%lld", (long long) id);
+    call = s_http (&gateway, "DELETE", path, S_KEY, NULL);
+    cr_assert_eq (call->status, 200, "%s", call->reply);
+    cr_assert_str_eq (call->reply, "{\"success\":true,\"error\":null}");
+    s_call_destroy (&call);
+    call = s_http (&gateway, "GET", "/api/v1/auth", secret, NULL);
+    s_assert_error (call, 403, "No valid api key found.");
+    s_call_destroy (&call);
+    call = s_http (&gateway, "DELETE", path, S_KEY, NULL);
+    cr_assert_eq (call->status, 404);
+    json = s_call_json (call);
+    cr_assert (json_is_false (json_object_get (json, "success")));
+    json_decref (json);
+    s_call_destroy (&call);
+
+    //  A bad role is refused, in the create route's shape.
+    call = s_http (&gateway, "POST", "/api/v1/admin/api-keys/new", S_KEY,
+                   "{\"role\":\"root\"}");
+    cr_assert_eq (call->status, 400);
+    cr_assert_str_eq (call->reply,
+                      "{\"apiKey\":null,\"error\":\"role must be \\\"admin\\\" or "
+                      "\\\"default\\\"\"}");
+    s_call_destroy (&call);
+
+    json_decref (other);
+    json_decref (admin);
+    json_decref (key);
+    s_daemon_destroy (&chatd);
+    s_gateway_stop (&gateway);
+}
+
+//  Is this key refused by this gateway now?
+static bool
+s_refused (s_gateway_t *gateway, const char *secret)
+{
+    s_call_t *call = s_http (gateway, "GET", "/api/v1/auth", secret, NULL);
+    cr_assert (call->status == 200 || call->status == 403, "%ld %s", call->status,
+               call->reply);
+    bool refused = call->status == 403;
+    s_call_destroy (&call);
+    return refused;
+}
+
+Test (gw_server, a_revoked_key_is_refused_within_a_second_on_every_gateway)
+{
+    //  Two gateways on one database (as replicas behind a balancer), with
+    //  the default cache TTL (500 ms). Both have just trusted the key.
+    s_gateway_t here, there;
+    s_gateway_start (&here, S_TIMEOUT_MS, 1 << 20);
+    char storage[128];
+    snprintf (storage, sizeof storage, "%s/storage", here.run_dir);
+    s_gateway_start_on (&there, S_TIMEOUT_MS, 1 << 20, storage, 500);
+    json_t *key = s_create_key (&here, S_KEY, "{}");
+    const char *secret = s_secret (key);
+    cr_assert_not (s_refused (&here, secret));
+    cr_assert_not (s_refused (&there, secret));
+
+    //  Revoked through the first; the second refuses it within a second
+    //  (its TTL, at most), however often it is asked meanwhile.
+    char path[64];
+    snprintf (path, sizeof path, "/api/v1/admin/api-keys/%lld",
+              (long long) json_integer_value (json_object_get (key, "id")));
+    cr_assert_not (s_refused (&there, secret));
+    int64_t revoked = cm_clock_mono_ms ();
+    s_call_t *call = s_http (&here, "DELETE", path, S_KEY, NULL);
+    cr_assert_eq (call->status, 200);
+    s_call_destroy (&call);
+    cr_assert (s_refused (&here, secret), "the revoking gateway refuses it at once");
+    int64_t refused = -1;
+    while (cm_clock_mono_ms () - revoked < 2000) {
+        if (s_refused (&there, secret)) {
+            refused = cm_clock_mono_ms ();
+            break;
+        }
+        s_sleep_ms (1);
+    }
+    cr_assert_geq (refused, 0, "still accepted 2 s after its revocation");
+    cr_assert_lt (refused - revoked, 1000, "refused after %lld ms",
+                  (long long) (refused - revoked));
+    fprintf (stderr, "revocation reached the other gateway after %lld ms (TTL 500)\n",
+             (long long) (refused - revoked));
+    cr_assert (s_refused (&there, secret), "and stays refused");
+
+    json_decref (key);
+    s_gateway_stop (&there);
+    s_gateway_stop (&here);
+}
+
+Test (gw_server, a_key_that_cannot_be_checked_is_503_never_a_pass)
+{
+    //  The database cannot be opened (its directory is a file).
+    s_gateway_t gateway;
+    char storage[128];
+    snprintf (storage, sizeof storage, "/tmp/llmrt-gw-nodb-%d", (int) getpid ());
+    FILE *file = fopen (storage, "w");
+    cr_assert_not_null (file);
+    fclose (file);
+    s_gateway_start_on (&gateway, S_TIMEOUT_MS, 1 << 20, storage, 500);
+    s_call_t *call = s_http (&gateway, "GET", "/api/v1/workspaces",
+                             "llmrt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", NULL);
+    s_assert_error (call, 503,
+                    "API keys cannot be checked right now: the database is unavailable.");
+    cr_assert_str_eq (s_call_header (call, "Retry-After"), "1");
+    s_call_destroy (&call);
+    //  The admin key from the environment still works; a key that is not
+    //  ours is still simply wrong.
+    call = s_http (&gateway, "GET", "/api/v1/auth", S_KEY, NULL);
+    cr_assert_eq (call->status, 200);
+    s_call_destroy (&call);
+    call = s_http (&gateway, "GET", "/api/v1/auth", "wrong", NULL);
+    cr_assert_eq (call->status, 403);
+    s_call_destroy (&call);
+    call = s_http (&gateway, "GET", "/api/v1/admin/api-keys", S_KEY, NULL);
+    s_assert_error (call, 503, NULL);
+    s_call_destroy (&call);
+    s_gateway_stop (&gateway);
+    unlink (storage);
+}
+
+Test (gw_server, a_503_from_a_draining_instance_is_resent_when_retryable)
+{
+    //  A daemon that has said DISCONNECT answers 503 to what crossed it on
+    //  the wire (cm_worker): that request never ran there.
+    s_gateway_t gateway;
+    s_gateway_start (&gateway, S_TIMEOUT_MS, 1 << 20);
+    s_daemon_t *daemons[2] = {s_daemon_new (&gateway, "chat", "chat-a", 2),
+                              s_daemon_new (&gateway, "chat", "chat-b", 2)};
+    s_wait_health (&gateway, "services.chat.instances", 2);
+
+    s_call_t *call =
+        s_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat", S_KEY, "{}");
+    s_call_start (call);
+    size_t drains;
+    cm_msg_t *request = s_daemons_expect_request (daemons, 2, &drains);
+    s_daemon_t *other = daemons[1 - drains];
+    cm_msg_t *bye = cm_msg_new (CM_MSG_DISCONNECT);
+    cm_msg_set_reason (bye, "draining");
+    s_daemon_send (daemons[drains], &bye);
+    s_daemon_reply (daemons[drains], CM_MSG_FINAL, cm_msg_request_id (request), 503,
+                    "application/json", "{\"error\":\"The service is shutting down.\"}");
+    cm_msg_t *again = s_daemon_expect (other, CM_MSG_REQUEST);
+    cr_assert_str_eq (cm_msg_request_id (again), cm_msg_request_id (request));
+    s_daemon_reply (other, CM_MSG_FINAL, cm_msg_request_id (again), 200,
+                    "application/json", "{\"textResponse\":\"elsewhere\"}");
+    s_call_join (call);
+    cr_assert_eq (call->status, 200);
+    cr_assert_str_eq (call->reply, "{\"textResponse\":\"elsewhere\"}");
+    s_wait_health (&gateway, "broker.retries", 1);
+    s_call_destroy (&call);
+    cm_msg_destroy (&request);
+    cm_msg_destroy (&again);
+
+    //  Not retryable (a second workspace would be wrong): the 503 is the
+    //  answer, Retry-After and all.
+    call = s_call_new (&gateway, "POST", "/api/v1/workspace/new", S_KEY,
+                       "{\"name\":\"once\"}");
+    s_call_start (call);
+    request = s_daemon_expect (other, CM_MSG_REQUEST);
+    bye = cm_msg_new (CM_MSG_DISCONNECT);
+    cm_msg_set_reason (bye, "draining");
+    s_daemon_send (other, &bye);
+    s_daemon_reply (other, CM_MSG_FINAL, cm_msg_request_id (request), 503,
+                    "application/json", "{\"error\":\"The service is shutting down.\"}");
+    s_call_join (call);
+    cr_assert_eq (call->status, 503);
+    s_wait_health (&gateway, "broker.retries", 1);
+    s_call_destroy (&call);
+    cm_msg_destroy (&request);
+    s_daemon_destroy (&daemons[0]);
+    s_daemon_destroy (&daemons[1]);
     s_gateway_stop (&gateway);
 }

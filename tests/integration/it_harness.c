@@ -78,13 +78,23 @@ void
 it_http (const char *method, const char *url, const char *body, bool auth,
          it_response_t *response)
 {
+    it_http_key (method, url, body, auth ? IT_ADMIN_KEY : NULL, response);
+}
+
+void
+it_http_key (const char *method, const char *url, const char *body, const char *key,
+             it_response_t *response)
+{
     memset (response, 0, sizeof *response);
     response->body = calloc (1, 1);
     CURL *curl = curl_easy_init ();
     struct curl_slist *headers = NULL;
     headers = curl_slist_append (headers, "Content-Type: application/json");
-    if (auth)
-        headers = curl_slist_append (headers, "Authorization: Bearer " IT_ADMIN_KEY);
+    char auth[512];
+    if (key) {
+        snprintf (auth, sizeof auth, "Authorization: Bearer %s", key);
+        headers = curl_slist_append (headers, auth);
+    }
     curl_easy_setopt (curl, CURLOPT_URL, url);
     curl_easy_setopt (curl, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt (curl, CURLOPT_HTTPHEADER, headers);

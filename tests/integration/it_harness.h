@@ -49,6 +49,9 @@ typedef struct {
 //  One HTTP request with the admin key (auth=true) or none. body may be NULL.
 void it_http (const char *method, const char *url, const char *body, bool auth,
               it_response_t *response);
+//  The same with this bearer key (NULL: none).
+void it_http_key (const char *method, const char *url, const char *body, const char *key,
+                  it_response_t *response);
 void it_response_free (it_response_t *response);
 //  The body as JSON (new reference; fails the test when it is not JSON).
 json_t *it_json (it_response_t *response);

@@ -281,3 +281,66 @@ Test (sup_metrics, supervisor_restarts_and_children_per_program)
     sup_metrics_destroy (&hub);
     sup_supervisor_destroy (&supervisor);
 }
+
+//  SUPERVISOR_METRICS_ROLE=report: a supervisor that binds nothing and
+//  reports its programs' series to a hub elsewhere, as service "supervisor".
+Test (sup_metrics, a_reporting_supervisor_sends_its_restarts_to_the_hub)
+{
+    cm_log_init ("test_sup_metrics");
+    char err[512];
+    sup_conf_t *conf = sup_conf_parse ("[program:crasher]\n"
+                                       "command = sh -c 'sleep 0.05; exit 3'\n",
+                                       "test.conf", err, sizeof err);
+    cr_assert_not_null (conf, "%s", err);
+    sup_settings_t settings = {.restart_initial_ms = 1,
+                               .restart_max_ms = 20,
+                               .restart_reset_ms = 10000,
+                               .max_crashes = 4,
+                               .crash_window_ms = 60000,
+                               .grace_ms = 5000};
+    sup_supervisor_t *supervisor = sup_supervisor_new (&conf, &settings);
+    sup_metrics_t *hub = sup_metrics_new ("tcp://127.0.0.1:*", S_TTL_MS);
+    sup_metrics_t *reporter =
+        sup_metrics_new_reporter (sup_metrics_endpoint (hub), "supervisor-c1", 20);
+    cr_assert_null (sup_metrics_socket (reporter), "a reporter binds nothing");
+    cr_assert_str_eq (sup_metrics_endpoint (reporter), sup_metrics_endpoint (hub));
+    cr_assert_eq (sup_metrics_attach (reporter, supervisor), 0);
+    //  The crasher is restarted until it is given up; run returns then.
+    cr_assert_eq (sup_supervisor_run (supervisor), 1);
+    sup_program_stats_t stats;
+    sup_supervisor_program_stats (supervisor, 0, &stats);
+    cr_assert_geq (stats.restarts, 1);
+
+    //  The hub hears of the restarts from the reporter, under its service.
+    const char *crasher[] = {"program", "crasher", NULL};
+    zsock_t *gateway = s_dealer (hub);
+    json_t *aggregate = NULL;
+    double restarts = 0;
+    int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
+    for (uint64_t id = 1; restarts < 1; id++) {
+        cr_assert_lt (cm_clock_mono_ms (), until, "no restart reached the hub");
+        json_decref (aggregate);
+        aggregate = s_query (hub, gateway, id);
+        json_t *service =
+            json_object_get (json_object_get (aggregate, "services"), "supervisor");
+        restarts = cm_metrics_sum (json_object_get (service, "snapshot"),
+                                   "llmrt_supervisor_restarts_total", crasher);
+    }
+    json_t *instance = s_instance (aggregate, 0);
+    cr_assert_str_eq (json_string_value (json_object_get (instance, "service")),
+                      "supervisor");
+    cr_assert_str_eq (json_string_value (json_object_get (instance, "instance")),
+                      "supervisor-c1");
+    json_t *snapshot = json_object_get (instance, "snapshot");
+    cr_assert_eq (
+        cm_metrics_sum (snapshot, "llmrt_supervisor_children_configured", crasher), 1);
+    //  The hub's own series say nothing of a program it does not run.
+    cr_assert_eq (cm_metrics_sum (json_object_get (aggregate, "supervisor"),
+                                  "llmrt_supervisor_restarts_total", NULL),
+                  0);
+    json_decref (aggregate);
+    zsock_destroy (&gateway);
+    sup_metrics_destroy (&reporter);
+    sup_metrics_destroy (&hub);
+    sup_supervisor_destroy (&supervisor);
+}

@@ -45,6 +45,7 @@ s_setup (void)
     unsetenv ("REDIS_URL");
     unsetenv ("BIN_DIR");
     unsetenv ("LOG_LEVEL");
+    unsetenv ("SUPERVISOR_METRICS_ROLE");
 }
 
 //  Whatever happened, leave no process behind.
@@ -242,6 +243,8 @@ s_wait_exit (int64_t patience_ms)
 
 //  Write conf as the suite file and start the supervisor on it, its stdout
 //  and stderr going to files in the scratch directory.
+static void s_start_args (const char *arg1, const char *arg2);
+
 static void
 s_start (const char *conf)
 {
@@ -249,11 +252,19 @@ s_start (const char *conf)
     cr_assert_not_null (file);
     fputs (conf, file);
     fclose (file);
+    char config[PATH_MAX];
+    snprintf (config, sizeof config, "%s/suite.conf", s_dir);
+    s_start_args ("-c", config);
+}
+
+//  Start the supervisor with one or two arguments (arg2 may be NULL).
+static void
+s_start_args (const char *arg1, const char *arg2)
+{
     const char *bin_dir = getenv ("LLMRT_BIN_DIR");
     cr_assert_not_null (bin_dir, "LLMRT_BIN_DIR is set by ctest");
-    char program[PATH_MAX], config[PATH_MAX], out[PATH_MAX], err[PATH_MAX];
+    char program[PATH_MAX], out[PATH_MAX], err[PATH_MAX];
     snprintf (program, sizeof program, "%s/supervisor", bin_dir);
-    snprintf (config, sizeof config, "%s/suite.conf", s_dir);
     snprintf (out, sizeof out, "%s/stdout", s_dir);
     snprintf (err, sizeof err, "%s/stderr", s_dir);
     pid_t pid = fork ();
@@ -265,7 +276,7 @@ s_start (const char *conf)
             _exit (126);
         dup2 (fd_out, STDOUT_FILENO);
         dup2 (fd_err, STDERR_FILENO);
-        execl (program, program, "-c", config, (char *) NULL);
+        execl (program, program, arg1, arg2, (char *) NULL);
         _exit (127);
     }
     s_supervisor = pid;
@@ -413,6 +424,57 @@ Test (sup_run, nothing_left_to_supervise_exits_1, .init = s_setup, .fini = s_tea
     cr_assert (s_log_count ("nothing left to supervise"));
 }
 
+Test (sup_run, hub_only_serves_the_metrics_hub_until_stopped, .init = s_setup,
+      .fini = s_teardown)
+{
+    unsetenv ("ADMIN_API_KEY");
+    s_start_args ("--hub-only", NULL);
+    cr_assert (s_wait_log ("serving the metrics hub only"));
+    struct stat st;
+    cr_assert_eq (stat (s_file ("metrics.sock"), &st), 0, "the hub is bound");
+    pid_t none[64];
+    cr_assert_eq (s_children (s_supervisor, none, 64), 0, "no program is started");
+    cr_assert_eq (kill (s_supervisor, SIGTERM), 0);
+    int status = s_wait_exit (S_PATIENCE_MS);
+    cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 0,
+               "status 0x%x", status);
+    char *out = s_slurp (s_file ("stdout"));
+    cr_assert (!strstr (out, "ADMIN_API_KEY"), "no key made for no child");
+    free (out);
+
+    //  It serves the hub, so it cannot be a reporter, nor run a suite too.
+    setenv ("SUPERVISOR_METRICS_ROLE", "report", 1);
+    s_start_args ("--hub-only", NULL);
+    status = s_wait_exit (S_PATIENCE_MS);
+    cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 1);
+    cr_assert (s_log_count ("SUPERVISOR_METRICS_ROLE must be hub"));
+    setenv ("SUPERVISOR_METRICS_ROLE", "aggregate", 1);
+    s_start_args ("--hub-only", NULL);
+    status = s_wait_exit (S_PATIENCE_MS);
+    cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 1);
+    cr_assert (s_log_count ("SUPERVISOR_METRICS_ROLE: 'aggregate' is not hub or report"));
+    unsetenv ("SUPERVISOR_METRICS_ROLE");
+    s_start_args ("--hub-only", "--config=x.conf");
+    status = s_wait_exit (S_PATIENCE_MS);
+    cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 2);
+}
+
+Test (sup_run, a_reporter_binds_no_hub_and_supervises, .init = s_setup,
+      .fini = s_teardown)
+{
+    setenv ("SUPERVISOR_METRICS_ROLE", "report", 1);
+    s_start ("[program:sleeper]\ncommand = sleep 1000\n");
+    pid_t children[64];
+    cr_assert (s_wait_children (s_supervisor, 1, children));
+    cr_assert (s_wait_log ("reporting this supervisor's series to the hub at ipc://"));
+    struct stat st;
+    cr_assert_neq (stat (s_file ("metrics.sock"), &st), 0, "no hub is bound");
+    cr_assert_eq (kill (s_supervisor, SIGTERM), 0);
+    int status = s_wait_exit (S_PATIENCE_MS);
+    cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 0);
+    unsetenv ("SUPERVISOR_METRICS_ROLE");
+}
+
 Test (sup_run, children_die_with_a_killed_supervisor, .init = s_setup, .fini = s_teardown)
 {
     s_start ("[program:sleeper]\ncommand = sleep 1000\nreplicas = 3\n");
@@ -521,7 +583,10 @@ Test (sup_run, help_lists_the_settings, .init = s_setup, .fini = s_teardown)
                            "REDIS_URL",
                            "RUN_DIR",
                            "BIN_DIR",
-                           "ADMIN_API_KEY"};
+                           "ADMIN_API_KEY",
+                           "--hub-only",
+                           "SUPERVISOR_METRICS_ROLE",
+                           "METRICS_REPORT_INTERVAL_MS"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         cr_assert (strstr (help, names[i]), "--help lacks %s", names[i]);
     free (help);
