@@ -804,8 +804,8 @@ s_complete_sync (s_turn_t *turn, const chat_request_t *request)
         s_reply_json (turn->call, 200,
                       json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s, s:o}", "id", turn->uuid,
                                  "type", "abort", "textResponse", "sources", "close", 1,
-                                 "error", *err ? err : S_NO_COMPLETION,
-                                 "metrics", s_metrics_json (&metrics)));
+                                 "error", *err ? err : S_NO_COMPLETION, "metrics",
+                                 s_metrics_json (&metrics)));
         return;
     }
     int64_t chat_id = s_save (turn, text, &metrics, true);
