@@ -570,6 +570,12 @@ s_save (s_turn_t *turn, const char *text, const chat_metrics_t *metrics, bool in
                   cm_call_request_id (turn->call));
         return -1;
     }
+    if (!turn->storage)
+        turn->storage = cm_storage_pool_acquire (turn->service->pool);
+    if (!turn->storage) {
+        json_decref (response);
+        return -1;
+    }
     cm_storage_chat_t chat = {
         .workspace_id = turn->workspace_id,
         .prompt = turn->message ? turn->message : "",
@@ -974,6 +980,11 @@ s_turn_run (s_turn_t *turn)
         s_reply_circuit_open (self, turn->call, retry_ms);
         goto done;
     }
+    //  Give the database connection back while the model talks: a stream
+    //  may last minutes, and a pooled SQLite connection is ~100 KiB (with
+    //  2,000 open streams that was most of the suite's memory). s_save takes
+    //  one again for the answer.
+    cm_storage_pool_release (self->pool, &turn->storage);
     if (turn->streaming)
         s_complete_stream (turn, &request);
     else

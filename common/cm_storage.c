@@ -136,6 +136,8 @@ struct cm_storage_pool_s {
 };
 
 #define S_CHECKPOINT_MS 1000
+//  Idle connections a pool keeps for reuse; more are closed on release.
+#define S_POOL_IDLE_MAX 8
 
 static int s_open (cm_storage_t *self);
 static int s_migrate (cm_storage_t *self);
@@ -365,6 +367,14 @@ cm_storage_pool_release (cm_storage_pool_t *self, cm_storage_t **storage_p)
     if (!*storage_p)
         return;
     pthread_mutex_lock (&self->lock);
+    if (self->idle_size >= S_POOL_IDLE_MAX) {
+        //  A burst (2,000 streams starting at once) must not leave a
+        //  thousand idle connections of ~100 KiB each behind: close extras.
+        self->lent--;
+        pthread_mutex_unlock (&self->lock);
+        cm_storage_destroy (storage_p);
+        return;
+    }
     if (self->idle_size == self->idle_max) {
         self->idle_max *= 2;
         self->idle = cm_realloc (self->idle, self->idle_max * sizeof *self->idle);

@@ -289,7 +289,7 @@ gw_exchange_respond (gw_exchange_t *self)
     } else {
         //  The reader holds its own reference until MHD frees the response.
         struct MHD_Response *response = MHD_create_response_from_callback (
-            MHD_SIZE_UNKNOWN, 16 * 1024, s_reader, gw_exchange_ref (self), s_reader_free);
+            MHD_SIZE_UNKNOWN, 4 * 1024, s_reader, gw_exchange_ref (self), s_reader_free);
         s_add_headers (self, response);
         rc = MHD_queue_response (self->connection, (unsigned) self->status, response);
         MHD_destroy_response (response);

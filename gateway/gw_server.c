@@ -32,6 +32,9 @@ static const cm_conf_entry_t s_table[] = {
      "HTTP threads (0: one per CPU)"},
     {"GATEWAY_MAX_CONNECTIONS", CM_CONF_INT, "10000", 16, 1000000,
      offsetof (gw_config_t, max_connections), "open HTTP connections at most"},
+    {"GATEWAY_CONNECTION_MEMORY_BYTES", CM_CONF_INT, "8192", 4096, 1048576,
+     offsetof (gw_config_t, connection_memory),
+     "memory pool of one HTTP connection (request headers, response buffer)"},
     {"HEARTBEAT_INTERVAL_MS", CM_CONF_INT, "1000", 10, 60000,
      offsetof (gw_config_t, heartbeat_ms), "heartbeat period, both directions"},
     {"HEARTBEAT_LIVENESS", CM_CONF_INT, "3", 1, 100, offsetof (gw_config_t, liveness),
@@ -683,6 +686,10 @@ gw_server_new (const gw_config_t *config)
         MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_URI_LOG_CALLBACK, s_uri_logger,
         self, MHD_OPTION_NOTIFY_COMPLETED, s_completed, self, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned) config->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) 120,
+        //  libmicrohttpd's default is 32 KiB per connection, most of a held
+        //  stream's cost in the gateway; 8 KiB holds several KiB of headers.
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t) (config->connection_memory ? config->connection_memory : 8192),
         MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_END);
     if (!self->daemon) {
         cm_error ("cannot listen on %s:%lld (in use, or not allowed)", config->host,

@@ -16,16 +16,17 @@
 #include "gw_limits.h"
 
 typedef struct {
-    int64_t port;            //  SERVER_PORT
-    char *host;              //  SERVER_HOST
-    char *backend_bind;      //  GATEWAY_BACKEND_BIND
-    int64_t timeout_ms;      //  REQUEST_TIMEOUT_MS
-    int64_t max_body;        //  MAX_BODY_BYTES
-    int64_t threads;         //  GATEWAY_HTTP_THREADS (0: one per CPU)
-    int64_t heartbeat_ms;    //  HEARTBEAT_INTERVAL_MS
-    int64_t liveness;        //  HEARTBEAT_LIVENESS
-    char *admin_key;         //  ADMIN_API_KEY
-    int64_t max_connections; //  GATEWAY_MAX_CONNECTIONS
+    int64_t port;              //  SERVER_PORT
+    char *host;                //  SERVER_HOST
+    char *backend_bind;        //  GATEWAY_BACKEND_BIND
+    int64_t timeout_ms;        //  REQUEST_TIMEOUT_MS
+    int64_t max_body;          //  MAX_BODY_BYTES
+    int64_t threads;           //  GATEWAY_HTTP_THREADS (0: one per CPU)
+    int64_t heartbeat_ms;      //  HEARTBEAT_INTERVAL_MS
+    int64_t liveness;          //  HEARTBEAT_LIVENESS
+    char *admin_key;           //  ADMIN_API_KEY
+    int64_t max_connections;   //  GATEWAY_MAX_CONNECTIONS
+    int64_t connection_memory; //  GATEWAY_CONNECTION_MEMORY_BYTES
     //  RATE_LIMIT_* (see gw_limits.h)
     gw_limits_config_t limits;
     char *run_dir;              //  RUN_DIR
