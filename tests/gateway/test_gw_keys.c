@@ -2,10 +2,10 @@
     long a gateway may go on trusting one. Time is passed in (now_ms), so
     the cache's expiry is shown to the millisecond without a sleep. */
 #include <criterion/criterion.h>
-#include <ftw.h>
 #include <sodium.h>
 #include "cm_log.h"
 #include "cm_storage.h"
+#include "gw_harness.h"
 #include "gw_keys.h"
 
 #define S_ADMIN "test-admin-key-0123456789"
@@ -13,26 +13,19 @@
 
 static char s_dir[64];
 
-static int
-s_remove_entry (const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void) st, (void) flag, (void) ftw;
-    return remove (path);
-}
-
 static void
 s_setup (void)
 {
     cm_log_init ("test_gw_keys");
     cm_log_set_level (CM_LOG_WARN);
     strcpy (s_dir, "/tmp/llmrt-keys-XXXXXX");
-    cr_assert_not_null (mkdtemp (s_dir));
+    gwh_temp_dir (s_dir);
 }
 
 static void
 s_teardown (void)
 {
-    nftw (s_dir, s_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    gwh_remove_tree (s_dir);
 }
 
 TestSuite (gw_keys, .init = s_setup, .fini = s_teardown);

@@ -5,41 +5,20 @@
     limits are asked, per-key independence. Then the gateway in this
     process, as test_gw_server.c runs it: libcurl in front, a fake daemon
     behind (a czmq DEALER on its own thread that says READY, heartbeats and
-    answers every REQUEST with a FINAL at once). */
+    answers every REQUEST with a FINAL at once; all from gw_harness). */
 #include <criterion/criterion.h>
-#include <curl/curl.h>
-#include <czmq.h>
-#include <jansson.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <stdatomic.h>
-#include <sys/socket.h>
-#include <unistd.h>
-#include "cm_log.h"
-#include "cm_msg.h"
+#include "gw_harness.h"
 #include "gw_limits.h"
-#include "gw_server.h"
 
-#define S_KEY     "gw-limits-test-admin-key-0123456789"
-#define S_WAIT_MS 10000   //  upper bound for anything the test waits for
-#define S_SECOND  1000000 //  µs
+#define S_SECOND 1000000 //  µs
 
 static void
 s_setup (void)
 {
-    signal (SIGPIPE, SIG_IGN);
-    cm_log_init ("test_gw_limits");
-    cm_log_set_level (CM_LOG_WARN);
-    cr_assert_eq (curl_global_init (CURL_GLOBAL_DEFAULT), CURLE_OK);
+    gwh_setup ("test_gw_limits", CM_LOG_WARN);
 }
 
-static void
-s_teardown (void)
-{
-    curl_global_cleanup ();
-}
-
-TestSuite (gw_limits, .init = s_setup, .fini = s_teardown, .timeout = 120);
+TestSuite (gw_limits, .init = s_setup, .fini = gwh_teardown, .timeout = 120);
 
 //  --- the module alone -------------------------------------------------------
 
@@ -275,283 +254,28 @@ Test (gw_limits, bad_settings_are_start_up_errors_naming_the_variable)
 
 //  --- the gateway in this process --------------------------------------------
 
-//  A TCP port free on 127.0.0.1 right now.
-static int
-s_free_port (void)
-{
-    int fd = socket (AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq (fd, 0);
-    struct sockaddr_in addr = {0};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
-    cr_assert_eq (bind (fd, (struct sockaddr *) &addr, sizeof addr), 0);
-    socklen_t len = sizeof addr;
-    cr_assert_eq (getsockname (fd, (struct sockaddr *) &addr, &len), 0);
-    close (fd);
-    return ntohs (addr.sin_port);
-}
-
-typedef struct {
-    gw_config_t config;  //  borrowed by the server
-    char host[16];       //  config.host
-    char backend[64];    //  config.backend_bind
-    char key[64];        //  config.admin_key
-    char run_dir[64];    //  config.run_dir
-    char redis[64];      //  config.redis_url
-    char base[64];       //  "http://127.0.0.1:PORT"
-    gw_server_t *server; //  the gateway
-} s_gateway_t;
-
+//  Start a gateway with these rate limits.
 static void
-s_gateway_start (s_gateway_t *self, const gw_limits_config_t *limits)
+s_gateway_start (gwh_gateway_t *self, const gw_limits_config_t *limits)
 {
-    memset (self, 0, sizeof *self);
-    snprintf (self->host, sizeof self->host, "127.0.0.1");
-    snprintf (self->key, sizeof self->key, "%s", S_KEY);
-    snprintf (self->run_dir, sizeof self->run_dir, "/tmp/llmrt-gw-limits-XXXXXX");
-    cr_assert_not_null (mkdtemp (self->run_dir));
-    //  Nothing listens there: health says so; these tests do not care.
-    snprintf (self->redis, sizeof self->redis, "redis://127.0.0.1:%d", s_free_port ());
-    for (int attempt = 0; attempt < 5 && !self->server; attempt++) {
-        snprintf (self->backend, sizeof self->backend, "tcp://127.0.0.1:%d",
-                  s_free_port ());
-        self->config = (gw_config_t){.port = 0,
-                                     .host = self->host,
-                                     .backend_bind = self->backend,
-                                     .timeout_ms = 30000,
-                                     .max_body = 1 << 20,
-                                     .threads = 2,
-                                     .heartbeat_ms = 100,
-                                     .liveness = 3,
-                                     .admin_key = self->key,
-                                     .max_connections = 64,
-                                     .run_dir = self->run_dir,
-                                     .redis_url = self->redis,
-                                     .health_interval = 1000,
-                                     .limits = *limits};
-        self->server = gw_server_new (&self->config);
-    }
-    cr_assert_not_null (self->server, "the gateway did not start");
-    snprintf (self->base, sizeof self->base, "http://127.0.0.1:%d",
-              gw_server_port (self->server));
+    gw_config_t config = {.limits = *limits};
+    gwh_gateway_start (self, &config);
 }
 
+//  One call on a reused handle (keeps the connection alive); the call
+//  replaces *reply_p (destroyed first). Fails the test on a transport error.
 static void
-s_gateway_stop (s_gateway_t *self)
+s_call (gwh_gateway_t *gateway, CURL *curl, const char *method, const char *path,
+        const char *key, const char *body, gwh_call_t **reply_p)
 {
-    gw_server_destroy (&self->server);
-    char cmd[128];
-    snprintf (cmd, sizeof cmd, "rm -rf '%s'", self->run_dir);
-    cr_assert_eq (system (cmd), 0);
-}
-
-//  A fake daemon that answers every request at once, and counts them.
-typedef struct {
-    zactor_t *actor;       //  owns the DEALER
-    char endpoint[64];     //  the gateway's backend
-    char service[16];      //  what it serves
-    char id[32];           //  instance id
-    atomic_int requests;   //  REQUESTs received
-    atomic_bool announced; //  READY sent
-} s_daemon_t;
-
-static void
-s_send (zsock_t *sock, cm_msg_t **msg_p)
-{
-    char *data;
-    size_t size;
-    cm_msg_encode (*msg_p, &data, &size);
-    zframe_t *frame = zframe_new (data, size);
-    free (data);
-    zframe_send (&frame, sock, 0);
-    cm_msg_destroy (msg_p);
-}
-
-static void
-s_daemon_actor (zsock_t *pipe, void *args)
-{
-    s_daemon_t *self = args;
-    zsock_t *dealer = zsock_new (ZMQ_DEALER);
-    assert (dealer);
-    zsock_set_identity (dealer, self->id);
-    zsock_set_linger (dealer, 0);
-    int rc = zsock_connect (dealer, "%s", self->endpoint);
-    assert (rc == 0);
-    zsock_signal (pipe, 0);
-    cm_msg_t *msg = cm_msg_new (CM_MSG_READY);
-    cm_msg_set_service (msg, self->service);
-    cm_msg_set_instance (msg, self->id);
-    cm_msg_set_capacity (msg, 64);
-    s_send (dealer, &msg);
-    atomic_store (&self->announced, true);
-    int64_t next_beat = cm_clock_mono_ms () + 20;
-    while (true) {
-        zmq_pollitem_t items[] = {{zsock_resolve (pipe), 0, ZMQ_POLLIN, 0},
-                                  {zsock_resolve (dealer), 0, ZMQ_POLLIN, 0}};
-        if (zmq_poll (items, 2, 20) < 0 && zmq_errno () != EINTR)
-            break;
-        if (items[0].revents & ZMQ_POLLIN)
-            break; //  $TERM
-        if (items[1].revents & ZMQ_POLLIN) {
-            zframe_t *frame = zframe_recv (dealer);
-            char err[256];
-            cm_msg_t *request = frame
-                                    ? cm_msg_decode (zframe_data (frame),
-                                                     zframe_size (frame), err, sizeof err)
-                                    : NULL;
-            zframe_destroy (&frame);
-            if (request && cm_msg_type (request) == CM_MSG_REQUEST) {
-                atomic_fetch_add (&self->requests, 1);
-                cm_msg_t *reply = cm_msg_new (CM_MSG_FINAL);
-                cm_msg_set_request_id (reply, cm_msg_request_id (request));
-                cm_msg_set_status (reply, 200);
-                cm_msg_set_content_type (reply, "application/json");
-                cm_msg_set_body (reply, "{\"ok\":true}", 11);
-                s_send (dealer, &reply);
-            }
-            cm_msg_destroy (&request);
-        }
-        if (cm_clock_mono_ms () >= next_beat) {
-            cm_msg_t *beat = cm_msg_new (CM_MSG_HEARTBEAT);
-            cm_msg_set_capacity (beat, 64);
-            s_send (dealer, &beat);
-            next_beat = cm_clock_mono_ms () + 20;
-        }
-    }
-    zsock_destroy (&dealer);
-}
-
-static s_daemon_t *
-s_daemon_new (s_gateway_t *gateway, const char *service, const char *id)
-{
-    s_daemon_t *self = calloc (1, sizeof *self);
-    cr_assert_not_null (self);
-    snprintf (self->endpoint, sizeof self->endpoint, "%s", gateway->backend);
-    snprintf (self->service, sizeof self->service, "%s", service);
-    snprintf (self->id, sizeof self->id, "%s", id);
-    self->actor = zactor_new (s_daemon_actor, self);
-    cr_assert_not_null (self->actor);
-    return self;
-}
-
-static void
-s_daemon_destroy (s_daemon_t **self_p)
-{
-    s_daemon_t *self = *self_p;
-    zactor_destroy (&self->actor);
-    free (self);
-    *self_p = NULL;
-}
-
-//  One HTTP call; a reused curl handle keeps the connection alive.
-typedef struct {
-    long status;        //  HTTP status
-    char body[1024];    //  response body (truncated)
-    char headers[4096]; //  raw response headers
-    long connects;      //  new connections this call opened
-} s_reply_t;
-
-static size_t
-s_on_body (char *data, size_t size, size_t nmemb, void *arg)
-{
-    s_reply_t *reply = arg;
-    size_t used = strlen (reply->body), n = size * nmemb;
-    if (used + n < sizeof reply->body)
-        memcpy (reply->body + used, data, n), reply->body[used + n] = 0;
-    return n;
-}
-
-static size_t
-s_on_header (char *data, size_t size, size_t nmemb, void *arg)
-{
-    s_reply_t *reply = arg;
-    size_t used = strlen (reply->headers), n = size * nmemb;
-    if (used + n < sizeof reply->headers)
-        memcpy (reply->headers + used, data, n), reply->headers[used + n] = 0;
-    return n;
-}
-
-static void
-s_call (s_gateway_t *gateway, CURL *curl, const char *method, const char *path,
-        const char *key, const char *body, s_reply_t *reply)
-{
-    memset (reply, 0, sizeof *reply);
-    curl_easy_reset (curl);
-    char url[256], auth[128];
-    snprintf (url, sizeof url, "%s%s", gateway->base, path);
-    struct curl_slist *headers = NULL;
-    if (key) {
-        snprintf (auth, sizeof auth, "Authorization: Bearer %s", key);
-        headers = curl_slist_append (headers, auth);
-    }
-    curl_easy_setopt (curl, CURLOPT_URL, url);
-    if (body) {
-        headers = curl_slist_append (headers, "Content-Type: application/json");
-        curl_easy_setopt (curl, CURLOPT_POSTFIELDS, body);
-    }
-    if (strcmp (method, body ? "POST" : "GET"))
-        curl_easy_setopt (curl, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt (curl, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt (curl, CURLOPT_WRITEFUNCTION, s_on_body);
-    curl_easy_setopt (curl, CURLOPT_WRITEDATA, reply);
-    curl_easy_setopt (curl, CURLOPT_HEADERFUNCTION, s_on_header);
-    curl_easy_setopt (curl, CURLOPT_HEADERDATA, reply);
-    curl_easy_setopt (curl, CURLOPT_TIMEOUT_MS, (long) S_WAIT_MS);
-    curl_easy_setopt (curl, CURLOPT_NOSIGNAL, 1L);
-    CURLcode code = curl_easy_perform (curl);
-    curl_slist_free_all (headers);
-    cr_assert_eq (code, CURLE_OK, "%s: %s", path, curl_easy_strerror (code));
-    curl_easy_getinfo (curl, CURLINFO_RESPONSE_CODE, &reply->status);
-    curl_easy_getinfo (curl, CURLINFO_NUM_CONNECTS, &reply->connects);
-}
-
-//  A response header's value, "" when absent. Static buffer.
-static const char *
-s_header (s_reply_t *reply, const char *name)
-{
-    static char value[256];
-    size_t name_size = strlen (name);
-    for (const char *line = reply->headers; line && *line;) {
-        const char *end = strstr (line, "\r\n");
-        size_t size = end ? (size_t) (end - line) : strlen (line);
-        if (size > name_size && line[name_size] == ':' &&
-            !strncasecmp (line, name, name_size)) {
-            const char *start = line + name_size + 1;
-            while (*start == ' ')
-                start++;
-            size_t length = size - (size_t) (start - line);
-            if (length >= sizeof value)
-                length = sizeof value - 1;
-            memcpy (value, start, length);
-            value[length] = 0;
-            return value;
-        }
-        line = end ? end + 2 : NULL;
-    }
-    return "";
-}
-
-//  Poll /api/health until the service has an instance.
-static void
-s_wait_instance (s_gateway_t *gateway, CURL *curl, const char *service)
-{
-    int64_t until = cm_clock_mono_ms () + S_WAIT_MS;
-    while (cm_clock_mono_ms () < until) {
-        s_reply_t reply;
-        s_call (gateway, curl, "GET", "/api/health", NULL, NULL, &reply);
-        json_t *health = json_loads (reply.body, 0, NULL);
-        json_t *entry = json_object_get (json_object_get (health, "services"), service);
-        json_int_t instances = json_integer_value (json_object_get (entry, "instances"));
-        json_decref (health);
-        if (instances > 0)
-            return;
-        usleep (10 * 1000);
-    }
-    cr_assert_fail ("no %s instance registered within %d ms", service, S_WAIT_MS);
+    gwh_call_destroy (reply_p);
+    *reply_p = gwh_http_on (gateway, curl, method, path, key, body);
+    cr_assert_eq ((*reply_p)->code, CURLE_OK, "%s: %s", path,
+                  curl_easy_strerror ((*reply_p)->code));
 }
 
 static json_int_t
-s_stat (s_gateway_t *gateway, const char *limit, const char *counter)
+s_stat (gwh_gateway_t *gateway, const char *limit, const char *counter)
 {
     json_t *stats = gw_limits_stats (gw_server_limits (gateway->server));
     json_int_t value =
@@ -568,65 +292,72 @@ Test (gw_limits, a_burst_of_six_gets_three_through_and_three_429)
     //  been earned back: then the round is run again, with a new gateway.)
     for (int attempt = 0; attempt < 3; attempt++) {
         gw_limits_config_t limits = {.chat_rps = 1, .chat_burst = 3, .max_keys = 100};
-        s_gateway_t gateway;
+        gwh_gateway_t gateway;
         s_gateway_start (&gateway, &limits);
-        s_daemon_t *chatd = s_daemon_new (&gateway, "chat", "chat-1");
+        gwh_daemon_t *chatd = gwh_daemon_new_answering (&gateway, "chat", "chat-1");
         CURL *curl = curl_easy_init ();
-        s_wait_instance (&gateway, curl, "chat");
+        gwh_wait_instance (&gateway, "chat");
 
-        s_reply_t replies[6];
+        gwh_call_t *replies[6] = {0};
         int64_t started = cm_clock_mono_us ();
         for (int i = 0; i < 6; i++)
-            s_call (&gateway, curl, "POST", "/api/v1/workspace/demo/chat", S_KEY,
+            s_call (&gateway, curl, "POST", "/api/v1/workspace/demo/chat", GWH_KEY,
                     "{\"message\":\"hi\"}", &replies[i]);
         int64_t took = cm_clock_mono_us () - started;
         if (took > 800000 && attempt < 2) {
+            for (int i = 0; i < 6; i++)
+                gwh_call_destroy (&replies[i]);
             curl_easy_cleanup (curl);
-            s_daemon_destroy (&chatd);
-            s_gateway_stop (&gateway);
+            gwh_daemon_destroy (&chatd);
+            gwh_gateway_stop (&gateway);
             continue;
         }
         int forwarded = 0, refused = 0;
         for (int i = 0; i < 6; i++) {
-            s_reply_t *reply = &replies[i];
+            gwh_call_t *reply = replies[i];
             //  Every response of a limited route carries both headers.
-            cr_assert_str_eq (s_header (reply, "RateLimit-Policy"), "\"chat\";q=3;w=3",
-                              "response %d", i);
-            cr_assert (!strncmp (s_header (reply, "RateLimit"), "\"chat\";r=", 9),
-                       "response %d: RateLimit '%s'", i, s_header (reply, "RateLimit"));
+            cr_assert_str_eq (gwh_call_header (reply, "RateLimit-Policy"),
+                              "\"chat\";q=3;w=3", "response %d", i);
+            cr_assert (!strncmp (gwh_call_header (reply, "RateLimit"), "\"chat\";r=", 9),
+                       "response %d: RateLimit '%s'", i,
+                       gwh_call_header (reply, "RateLimit"));
             //  One connection for all six: refusals keep it alive.
             if (i > 0)
                 cr_assert_eq (reply->connects, 0, "response %d opened a connection", i);
             if (reply->status == 200) {
                 forwarded++;
-                cr_assert_str_eq (reply->body, "{\"ok\":true}");
+                cr_assert_str_eq (reply->reply, "{\"ok\":true}");
                 char expected[32];
                 snprintf (expected, sizeof expected, "\"chat\";r=%d;t=", 2 - i);
-                cr_assert (
-                    !strncmp (s_header (reply, "RateLimit"), expected, strlen (expected)),
-                    "response %d: '%s'", i, s_header (reply, "RateLimit"));
+                cr_assert (!strncmp (gwh_call_header (reply, "RateLimit"), expected,
+                                     strlen (expected)),
+                           "response %d: '%s'", i, gwh_call_header (reply, "RateLimit"));
                 continue;
             }
             refused++;
             cr_assert_eq (reply->status, 429, "response %d: %ld %s", i, reply->status,
-                          reply->body);
-            cr_assert_str_eq (s_header (reply, "Content-Type"), "application/json");
-            cr_assert_str_eq (reply->body,
+                          reply->reply);
+            cr_assert_str_eq (gwh_call_header (reply, "Content-Type"),
+                              "application/json");
+            cr_assert_str_eq (reply->reply,
                               "{\"error\":\"Rate limit exceeded: chat (1 request/s, "
                               "burst 3).\",\"limit\":\"chat\"}");
-            cr_assert_geq (atoi (s_header (reply, "Retry-After")), 1);
-            cr_assert (!strncmp (s_header (reply, "RateLimit"), "\"chat\";r=0;t=", 13));
+            cr_assert_geq (atoi (gwh_call_header (reply, "Retry-After")), 1);
+            cr_assert (
+                !strncmp (gwh_call_header (reply, "RateLimit"), "\"chat\";r=0;t=", 13));
         }
         cr_assert_eq (forwarded, 3);
         cr_assert_eq (refused, 3);
-        cr_assert_eq (replies[3].status, 429, "the first three pass, in order");
+        cr_assert_eq (replies[3]->status, 429, "the first three pass, in order");
         cr_assert_eq (atomic_load (&chatd->requests), 3, "refusals never reach chatd");
         cr_assert_eq (s_stat (&gateway, "chat", "allowed"), 3);
         cr_assert_eq (s_stat (&gateway, "chat", "rejected"), 3);
 
+        for (int i = 0; i < 6; i++)
+            gwh_call_destroy (&replies[i]);
         curl_easy_cleanup (curl);
-        s_daemon_destroy (&chatd);
-        s_gateway_stop (&gateway);
+        gwh_daemon_destroy (&chatd);
+        gwh_gateway_stop (&gateway);
         return;
     }
 }
@@ -635,52 +366,54 @@ Test (gw_limits, per_key_limit_and_what_it_does_not_count)
 {
     //  The admin key: 2 at once, one every 100 s (so none comes back).
     gw_limits_config_t limits = {.key_rps = 0.01, .key_burst = 2, .max_keys = 100};
-    s_gateway_t gateway;
+    gwh_gateway_t gateway;
     s_gateway_start (&gateway, &limits);
-    s_daemon_t *chatd = s_daemon_new (&gateway, "chat", "chat-1");
+    gwh_daemon_t *chatd = gwh_daemon_new_answering (&gateway, "chat", "chat-1");
     CURL *curl = curl_easy_init ();
-    s_wait_instance (&gateway, curl, "chat");
-    s_reply_t reply;
+    gwh_wait_instance (&gateway, "chat");
+    gwh_call_t *reply = NULL;
 
     //  A wrong key is 403 and is not counted.
     for (int i = 0; i < 5; i++) {
         s_call (&gateway, curl, "GET", "/api/v1/workspaces", "wrong-key", NULL, &reply);
-        cr_assert_eq (reply.status, 403);
-        cr_assert_str_eq (s_header (&reply, "RateLimit"), "");
+        cr_assert_eq (reply->status, 403);
+        cr_assert_str_eq (gwh_call_header (reply, "RateLimit"), "");
     }
     //  Local routes are not limited, and carry no headers.
     for (int i = 0; i < 5; i++) {
         s_call (&gateway, curl, "GET", "/api/ping", NULL, NULL, &reply);
-        cr_assert_eq (reply.status, 200);
-        cr_assert_str_eq (s_header (&reply, "RateLimit-Policy"), "");
-        s_call (&gateway, curl, "GET", "/api/v1/auth", S_KEY, NULL, &reply);
-        cr_assert_eq (reply.status, 200);
+        cr_assert_eq (reply->status, 200);
+        cr_assert_str_eq (gwh_call_header (reply, "RateLimit-Policy"), "");
+        s_call (&gateway, curl, "GET", "/api/v1/auth", GWH_KEY, NULL, &reply);
+        cr_assert_eq (reply->status, 200);
     }
     //  A request refused for its body (400) went through the limits: it
     //  counts, and says so.
-    s_call (&gateway, curl, "POST", "/api/v1/workspace/demo/chat", S_KEY, "[1]", &reply);
-    cr_assert_eq (reply.status, 400);
-    cr_assert_str_eq (s_header (&reply, "RateLimit-Policy"), "\"key\";q=2;w=200");
-    cr_assert_str_eq (s_header (&reply, "RateLimit"), "\"key\";r=1;t=100");
+    s_call (&gateway, curl, "POST", "/api/v1/workspace/demo/chat", GWH_KEY, "[1]",
+            &reply);
+    cr_assert_eq (reply->status, 400);
+    cr_assert_str_eq (gwh_call_header (reply, "RateLimit-Policy"), "\"key\";q=2;w=200");
+    cr_assert_str_eq (gwh_call_header (reply, "RateLimit"), "\"key\";r=1;t=100");
     //  One left, then refused by the key limit.
-    s_call (&gateway, curl, "GET", "/api/v1/workspaces", S_KEY, NULL, &reply);
-    cr_assert_eq (reply.status, 200);
-    cr_assert_str_eq (s_header (&reply, "RateLimit"), "\"key\";r=0;t=200");
-    s_call (&gateway, curl, "GET", "/api/v1/workspaces", S_KEY, NULL, &reply);
-    cr_assert_eq (reply.status, 429);
-    cr_assert_str_eq (reply.body,
+    s_call (&gateway, curl, "GET", "/api/v1/workspaces", GWH_KEY, NULL, &reply);
+    cr_assert_eq (reply->status, 200);
+    cr_assert_str_eq (gwh_call_header (reply, "RateLimit"), "\"key\";r=0;t=200");
+    s_call (&gateway, curl, "GET", "/api/v1/workspaces", GWH_KEY, NULL, &reply);
+    cr_assert_eq (reply->status, 429);
+    cr_assert_str_eq (reply->reply,
                       "{\"error\":\"Rate limit exceeded: key (0.01 requests/s "
                       "per API key, burst 2).\",\"limit\":\"key\"}");
-    int retry = atoi (s_header (&reply, "Retry-After"));
+    int retry = atoi (gwh_call_header (reply, "Retry-After"));
     cr_assert (retry >= 99 && retry <= 100, "Retry-After %d", retry);
     cr_assert_eq (s_stat (&gateway, "key", "allowed"), 2);
     cr_assert_eq (s_stat (&gateway, "key", "rejected"), 1);
     cr_assert_eq (s_stat (&gateway, "key", "keys"), 1);
     cr_assert_eq (atomic_load (&chatd->requests), 1, "the 400 never reached chatd");
 
+    gwh_call_destroy (&reply);
     curl_easy_cleanup (curl);
-    s_daemon_destroy (&chatd);
-    s_gateway_stop (&gateway);
+    gwh_daemon_destroy (&chatd);
+    gwh_gateway_stop (&gateway);
 }
 
 Test (gw_limits, gateway_made_failures_carry_the_headers_too)
@@ -688,37 +421,39 @@ Test (gw_limits, gateway_made_failures_carry_the_headers_too)
     //  No daemon: the broker answers 503, built in gw_exchange, which
     //  carries the headers the HTTP thread attached.
     gw_limits_config_t limits = {.global_rps = 100, .global_burst = 10, .max_keys = 100};
-    s_gateway_t gateway;
+    gwh_gateway_t gateway;
     s_gateway_start (&gateway, &limits);
     CURL *curl = curl_easy_init ();
-    s_reply_t reply;
-    s_call (&gateway, curl, "GET", "/api/v1/workspaces", S_KEY, NULL, &reply);
-    cr_assert_eq (reply.status, 503, "%s", reply.body);
-    cr_assert_str_eq (s_header (&reply, "RateLimit-Policy"), "\"global\";q=10;w=1");
-    cr_assert_str_eq (s_header (&reply, "RateLimit"), "\"global\";r=9;t=1");
-    cr_assert_str_eq (s_header (&reply, "Retry-After"), "1");
+    gwh_call_t *reply = NULL;
+    s_call (&gateway, curl, "GET", "/api/v1/workspaces", GWH_KEY, NULL, &reply);
+    cr_assert_eq (reply->status, 503, "%s", reply->reply);
+    cr_assert_str_eq (gwh_call_header (reply, "RateLimit-Policy"), "\"global\";q=10;w=1");
+    cr_assert_str_eq (gwh_call_header (reply, "RateLimit"), "\"global\";r=9;t=1");
+    cr_assert_str_eq (gwh_call_header (reply, "Retry-After"), "1");
+    gwh_call_destroy (&reply);
     curl_easy_cleanup (curl);
-    s_gateway_stop (&gateway);
+    gwh_gateway_stop (&gateway);
 }
 
 Test (gw_limits, no_limit_configured_forwards_everything_without_headers)
 {
     gw_limits_config_t limits = {.max_keys = 100};
-    s_gateway_t gateway;
+    gwh_gateway_t gateway;
     s_gateway_start (&gateway, &limits);
-    s_daemon_t *chatd = s_daemon_new (&gateway, "chat", "chat-1");
+    gwh_daemon_t *chatd = gwh_daemon_new_answering (&gateway, "chat", "chat-1");
     CURL *curl = curl_easy_init ();
-    s_wait_instance (&gateway, curl, "chat");
+    gwh_wait_instance (&gateway, "chat");
     for (int i = 0; i < 30; i++) {
-        s_reply_t reply;
-        s_call (&gateway, curl, "POST", "/api/v1/workspace/demo/chat", S_KEY,
+        gwh_call_t *reply = NULL;
+        s_call (&gateway, curl, "POST", "/api/v1/workspace/demo/chat", GWH_KEY,
                 "{\"message\":\"hi\"}", &reply);
-        cr_assert_eq (reply.status, 200);
-        cr_assert_str_eq (s_header (&reply, "RateLimit"), "");
-        cr_assert_str_eq (s_header (&reply, "RateLimit-Policy"), "");
+        cr_assert_eq (reply->status, 200);
+        cr_assert_str_eq (gwh_call_header (reply, "RateLimit"), "");
+        cr_assert_str_eq (gwh_call_header (reply, "RateLimit-Policy"), "");
+        gwh_call_destroy (&reply);
     }
     cr_assert_eq (atomic_load (&chatd->requests), 30);
     curl_easy_cleanup (curl);
-    s_daemon_destroy (&chatd);
-    s_gateway_stop (&gateway);
+    gwh_daemon_destroy (&chatd);
+    gwh_gateway_stop (&gateway);
 }

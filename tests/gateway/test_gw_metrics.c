@@ -7,15 +7,10 @@
     never answers): the routes must still answer, with the gateway's own
     metrics. Every wait is a poll with a generous timeout. */
 #include <criterion/criterion.h>
-#include <curl/curl.h>
-#include <czmq.h>
-#include <jansson.h>
-#include <signal.h>
 #include <unistd.h>
-#include "cm_log.h"
 #include "cm_metrics_msg.h"
+#include "gw_harness.h"
 #include "gw_metrics.h"
-#include "gw_server.h"
 #include "sup_metrics.h"
 
 #define S_WAIT_MS 15000
@@ -23,19 +18,10 @@
 static void
 s_setup (void)
 {
-    signal (SIGPIPE, SIG_IGN);
-    cm_log_init ("test_gw_metrics");
-    cm_log_set_level (CM_LOG_ERROR);
-    cr_assert_eq (curl_global_init (CURL_GLOBAL_DEFAULT), CURLE_OK);
+    gwh_setup ("test_gw_metrics", CM_LOG_ERROR);
 }
 
-static void
-s_teardown (void)
-{
-    curl_global_cleanup ();
-}
-
-TestSuite (gw_metrics, .init = s_setup, .fini = s_teardown, .timeout = 120);
+TestSuite (gw_metrics, .init = s_setup, .fini = gwh_teardown, .timeout = 120);
 
 //  --- the metrics hub on its own thread ---------------------------------------
 
@@ -67,144 +53,18 @@ s_hub_actor (zsock_t *pipe, void *arg)
 
 //  --- the gateway ---------------------------------------------------------
 
-typedef struct {
-    gw_config_t config;  //  borrowed by the server
-    char backend[128];   //  config.backend_bind
-    char supervisor[96]; //  config.supervisor
-    char run_dir[64];    //  config.run_dir
-    char base[64];       //  "http://127.0.0.1:PORT"
-    gw_server_t *server; //  the gateway
-} s_gateway_t;
-
+//  Start a gateway that asks the metrics hub at supervisor (NULL: none)
+//  and waits timeout_ms for its answer.
 static void
-s_gateway_start (s_gateway_t *self, const char *supervisor, int64_t timeout_ms)
+s_gateway_start (gwh_gateway_t *self, const char *supervisor, int64_t timeout_ms)
 {
-    memset (self, 0, sizeof *self);
-    snprintf (self->run_dir, sizeof self->run_dir, "/tmp/llmrt-gwm-XXXXXX");
-    cr_assert_not_null (mkdtemp (self->run_dir));
-    snprintf (self->backend, sizeof self->backend, "ipc://%s/backend", self->run_dir);
-    if (supervisor)
-        snprintf (self->supervisor, sizeof self->supervisor, "%s", supervisor);
-    self->config = (gw_config_t){.port = 0,
-                                 .host = "127.0.0.1",
-                                 .backend_bind = self->backend,
-                                 .timeout_ms = 30000,
-                                 .max_body = 1 << 20,
-                                 .threads = 2,
-                                 .heartbeat_ms = 100,
-                                 .liveness = 3,
-                                 .admin_key = "gw-metrics-test-key",
-                                 .max_connections = 64,
-                                 .run_dir = self->run_dir,
-                                 .redis_url = "redis://127.0.0.1:1",
-                                 .health_interval = 1000,
-                                 .supervisor = supervisor ? self->supervisor : NULL,
-                                 .report_ms = 20,
-                                 .metrics_timeout_ms = timeout_ms};
-    self->server = gw_server_new (&self->config);
-    cr_assert_not_null (self->server, "the gateway did not start");
-    snprintf (self->base, sizeof self->base, "http://127.0.0.1:%d",
-              gw_server_port (self->server));
+    gw_config_t config = {.supervisor = (char *) supervisor,
+                          .report_ms = 20,
+                          .metrics_timeout_ms = timeout_ms};
+    gwh_gateway_start (self, &config);
 }
 
-static void
-s_gateway_stop (s_gateway_t *self)
-{
-    gw_server_destroy (&self->server);
-    char cmd[128];
-    snprintf (cmd, sizeof cmd, "rm -rf '%s'", self->run_dir);
-    int rc = system (cmd);
-    (void) rc;
-}
-
-//  --- HTTP ------------------------------------------------------------------
-
-typedef struct {
-    long status;        //  0 on a transport error
-    char *body;         //  NUL-terminated
-    size_t size;        //  its length
-    char headers[4096]; //  raw response headers
-} s_response_t;
-
-static size_t
-s_on_body (char *data, size_t size, size_t nmemb, void *arg)
-{
-    s_response_t *response = arg;
-    size_t n = size * nmemb;
-    response->body = realloc (response->body, response->size + n + 1);
-    memcpy (response->body + response->size, data, n);
-    response->size += n;
-    response->body[response->size] = 0;
-    return n;
-}
-
-static size_t
-s_on_header (char *data, size_t size, size_t nmemb, void *arg)
-{
-    s_response_t *response = arg;
-    size_t n = size * nmemb, used = strlen (response->headers);
-    if (used + n < sizeof response->headers) {
-        memcpy (response->headers + used, data, n);
-        response->headers[used + n] = 0;
-    }
-    return n;
-}
-
-static void
-s_get (s_gateway_t *gateway, const char *path, s_response_t *response)
-{
-    memset (response, 0, sizeof *response);
-    response->body = calloc (1, 1);
-    char url[256];
-    snprintf (url, sizeof url, "%s%s", gateway->base, path);
-    CURL *curl = curl_easy_init ();
-    curl_easy_setopt (curl, CURLOPT_URL, url);
-    curl_easy_setopt (curl, CURLOPT_WRITEFUNCTION, s_on_body);
-    curl_easy_setopt (curl, CURLOPT_WRITEDATA, response);
-    curl_easy_setopt (curl, CURLOPT_HEADERFUNCTION, s_on_header);
-    curl_easy_setopt (curl, CURLOPT_HEADERDATA, response);
-    curl_easy_setopt (curl, CURLOPT_TIMEOUT_MS, (long) S_WAIT_MS);
-    curl_easy_setopt (curl, CURLOPT_NOSIGNAL, 1L);
-    if (curl_easy_perform (curl) == CURLE_OK)
-        curl_easy_getinfo (curl, CURLINFO_RESPONSE_CODE, &response->status);
-    curl_easy_cleanup (curl);
-}
-
-static json_t *
-s_get_json (s_gateway_t *gateway, const char *path)
-{
-    s_response_t response;
-    s_get (gateway, path, &response);
-    cr_assert_eq (response.status, 200, "%s: %ld %s", path, response.status,
-                  response.body);
-    cr_assert (strcasestr (response.headers, "Content-Type: application/json"), "%s",
-               response.headers);
-    json_error_t error;
-    json_t *json = json_loads (response.body, 0, &error);
-    cr_assert_not_null (json, "not JSON (%s): %s", error.text, response.body);
-    free (response.body);
-    return json;
-}
-
-//  The value at a dot-separated path of object keys, or NULL.
-static json_t *
-s_at (json_t *json, const char *path)
-{
-    char *copy = strdup (path), *save = NULL;
-    for (char *key = strtok_r (copy, ".", &save); key && json;
-         key = strtok_r (NULL, ".", &save))
-        json = json_object_get (json, key);
-    free (copy);
-    return json;
-}
-
-static json_int_t
-s_int (json_t *json, const char *path)
-{
-    json_t *at = s_at (json, path);
-    cr_assert (json_is_integer (at), "%s is not an integer", path);
-    return json_integer_value (at);
-}
+//  --- text -----------------------------------------------------------------
 
 //  Does text hold line as a whole line?
 static bool
@@ -308,23 +168,23 @@ Test (gw_metrics, walk_through_json_and_prometheus_from_the_aggregate)
     zsock_t *chat = zsock_new_dealer (endpoint);
     s_report (chat, "chat", "chat-a", s_chat_snapshot (2, 4, 0, 5));
     s_report (chat, "chat", "chat-b", s_chat_snapshot (1, 3, 1, 7));
-    s_gateway_t gateway;
+    gwh_gateway_t gateway;
     s_gateway_start (&gateway, endpoint, 2000);
     //  Some traffic for the gateway's own series.
-    s_response_t r;
-    s_get (&gateway, "/api/ping", &r);
-    cr_assert_eq (r.status, 200);
-    free (r.body);
-    s_get (&gateway, "/api/nowhere", &r);
-    cr_assert_eq (r.status, 404);
-    free (r.body);
+    gwh_call_t *r;
+    r = gwh_http (&gateway, "GET", "/api/ping", NULL, NULL);
+    cr_assert_eq (r->status, 200);
+    gwh_call_destroy (&r);
+    r = gwh_http (&gateway, "GET", "/api/nowhere", NULL, NULL);
+    cr_assert_eq (r->status, 404);
+    gwh_call_destroy (&r);
 
     //  Poll until both instances and the gateway's first report are in.
     json_t *metrics = NULL;
     int64_t until = cm_clock_mono_ms () + S_WAIT_MS;
     while (true) {
-        metrics = s_get_json (&gateway, "/api/metrics");
-        json_t *services = s_at (metrics, "aggregate.services");
+        metrics = gwh_get_json (&gateway, "/api/metrics");
+        json_t *services = gwh_json_at (metrics, "aggregate.services");
         if (json_object_get (services, "chat") && json_object_get (services, "gateway"))
             break;
         cr_assert_lt (cm_clock_mono_ms (), until, "no aggregate: %s",
@@ -334,43 +194,44 @@ Test (gw_metrics, walk_through_json_and_prometheus_from_the_aggregate)
     }
     cr_assert (json_is_null (json_object_get (metrics, "aggregate_error")));
     //  Queues: merged over the instances, and per instance.
-    cr_assert_eq (s_int (metrics, "queues.chat.depth"), 3);
-    cr_assert_eq (s_int (metrics, "queues.chat.active"), 7);
-    cr_assert_eq (s_int (metrics, "queues.chat.limit"), 8);
-    cr_assert_eq (s_int (metrics, "queues.chat.tasks.completed"), 12);
-    cr_assert_eq (s_int (metrics, "queues.chat.instances.chat-b.depth"), 1);
-    cr_assert (json_is_number (s_at (metrics, "queues.chat.wait_seconds.p50")));
+    cr_assert_eq (gwh_json_int (metrics, "queues.chat.depth"), 3);
+    cr_assert_eq (gwh_json_int (metrics, "queues.chat.active"), 7);
+    cr_assert_eq (gwh_json_int (metrics, "queues.chat.limit"), 8);
+    cr_assert_eq (gwh_json_int (metrics, "queues.chat.tasks.completed"), 12);
+    cr_assert_eq (gwh_json_int (metrics, "queues.chat.instances.chat-b.depth"), 1);
+    cr_assert (json_is_number (gwh_json_at (metrics, "queues.chat.wait_seconds.p50")));
     //  Breakers: the state of each instance's.
     cr_assert_str_eq (
-        json_string_value (s_at (metrics, "breakers.chat.llm.instances.chat-a")),
+        json_string_value (gwh_json_at (metrics, "breakers.chat.llm.instances.chat-a")),
         "closed");
     cr_assert_str_eq (
-        json_string_value (s_at (metrics, "breakers.chat.llm.instances.chat-b")), "open");
-    cr_assert_eq (s_int (metrics, "breakers.chat.llm.states.open"), 1);
+        json_string_value (gwh_json_at (metrics, "breakers.chat.llm.instances.chat-b")),
+        "open");
+    cr_assert_eq (gwh_json_int (metrics, "breakers.chat.llm.states.open"), 1);
     //  Latency per route of the daemons, and per route class at the gateway.
-    json_t *route = json_object_get (s_at (metrics, "latency.services.chat"),
+    json_t *route = json_object_get (gwh_json_at (metrics, "latency.services.chat"),
                                      "POST /api/v1/workspace/{slug}/chat");
     cr_assert_eq (json_integer_value (json_object_get (route, "count")), 2);
     cr_assert (json_number_value (json_object_get (route, "p50")) > 0.025);
-    cr_assert_geq (s_int (metrics, "latency.gateway.ops.count"), 1);
+    cr_assert_geq (gwh_json_int (metrics, "latency.gateway.ops.count"), 1);
     //  The gateway's own counts, by route class and status class.
-    cr_assert_geq (s_int (metrics, "gateway.requests.ops.2xx"), 1);
-    cr_assert_eq (s_int (metrics, "gateway.requests.unmatched.4xx"), 1);
-    cr_assert_eq (s_int (metrics, "gateway.requests.unmatched.total"), 1);
+    cr_assert_geq (gwh_json_int (metrics, "gateway.requests.ops.2xx"), 1);
+    cr_assert_eq (gwh_json_int (metrics, "gateway.requests.unmatched.4xx"), 1);
+    cr_assert_eq (gwh_json_int (metrics, "gateway.requests.unmatched.total"), 1);
     //  Concurrency, the instances, the rate limits (all unlimited here).
-    cr_assert_eq (s_int (metrics, "concurrency.services.chat.active"), 7);
-    cr_assert_geq (s_int (metrics, "concurrency.gateway_in_flight"), 1,
+    cr_assert_eq (gwh_json_int (metrics, "concurrency.services.chat.active"), 7);
+    cr_assert_geq (gwh_json_int (metrics, "concurrency.gateway_in_flight"), 1,
                    "this very request");
     cr_assert_geq (json_array_size (json_object_get (metrics, "instances")), 3);
     cr_assert (json_is_object (json_object_get (metrics, "rate_limits")));
-    cr_assert (json_is_object (s_at (metrics, "supervisor.restarts")));
+    cr_assert (json_is_object (gwh_json_at (metrics, "supervisor.restarts")));
     json_decref (metrics);
 
     //  The same in the Prometheus text format.
-    s_get (&gateway, "/api/metrics/prometheus", &r);
-    cr_assert_eq (r.status, 200);
-    cr_assert (strcasestr (r.headers, "Content-Type: text/plain; version=0.0.4"), "%s",
-               r.headers);
+    r = gwh_http (&gateway, "GET", "/api/metrics/prometheus", NULL, NULL);
+    cr_assert_eq (r->status, 200);
+    cr_assert (strcasestr (r->headers, "Content-Type: text/plain; version=0.0.4"), "%s",
+               r->headers);
     const char *lines[] = {
         "llmrt_metrics_aggregate_up 1",
         "# TYPE llmrt_queue_depth gauge",
@@ -382,16 +243,16 @@ Test (gw_metrics, walk_through_json_and_prometheus_from_the_aggregate)
         "status_class=\"4xx\"} 1",
     };
     for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++)
-        cr_assert (s_has_line (r.body, lines[i]), "missing '%s' in:\n%s", lines[i],
-                   r.body);
+        cr_assert (s_has_line (r->reply, lines[i]), "missing '%s' in:\n%s", lines[i],
+                   r->reply);
     char output[4096];
-    int rc = s_promtool (r.body, output, sizeof output);
+    int rc = s_promtool (r->reply, output, sizeof output);
     if (rc < 0)
         cr_log_warn ("promtool is not installed: the text was not checked with it");
     else
         cr_assert_eq (rc, 0, "promtool check metrics: %s", output);
-    free (r.body);
-    s_gateway_stop (&gateway);
+    gwh_call_destroy (&r);
+    gwh_gateway_stop (&gateway);
     zsock_destroy (&chat);
     zstr_free (&endpoint);
     zactor_destroy (&hub);
@@ -405,29 +266,29 @@ Test (gw_metrics, unreachable_supervisor_still_answers_with_the_gateway_alone)
     zsock_destroy (&probe);
     char endpoint[64];
     snprintf (endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
-    s_gateway_t gateway;
+    gwh_gateway_t gateway;
     s_gateway_start (&gateway, endpoint, 2000);
     int64_t before = cm_clock_mono_ms ();
-    json_t *metrics = s_get_json (&gateway, "/api/metrics");
+    json_t *metrics = gwh_get_json (&gateway, "/api/metrics");
     //  No connection: the answer is at once, not after the timeout.
     cr_assert_lt (cm_clock_mono_ms () - before, 1500);
     cr_assert (json_is_null (json_object_get (metrics, "aggregate")));
     const char *error = json_string_value (json_object_get (metrics, "aggregate_error"));
     cr_assert (error && strstr (error, "not reachable"), "%s", error);
-    cr_assert_not_null (s_at (metrics, "gateway.requests.ops"));
+    cr_assert_not_null (gwh_json_at (metrics, "gateway.requests.ops"));
     cr_assert (json_is_null (json_object_get (metrics, "supervisor")));
     json_decref (metrics);
-    s_response_t r;
-    s_get (&gateway, "/api/metrics/prometheus", &r);
-    cr_assert_eq (r.status, 200);
-    cr_assert (s_has_line (r.body, "llmrt_metrics_aggregate_up 0"), "%s", r.body);
-    cr_assert (strstr (r.body, "llmrt_gateway_requests_total{service=\"gateway\""), "%s",
-               r.body);
+    gwh_call_t *r;
+    r = gwh_http (&gateway, "GET", "/api/metrics/prometheus", NULL, NULL);
+    cr_assert_eq (r->status, 200);
+    cr_assert (s_has_line (r->reply, "llmrt_metrics_aggregate_up 0"), "%s", r->reply);
+    cr_assert (strstr (r->reply, "llmrt_gateway_requests_total{service=\"gateway\""),
+               "%s", r->reply);
     char output[4096];
-    int rc = s_promtool (r.body, output, sizeof output);
+    int rc = s_promtool (r->reply, output, sizeof output);
     cr_assert (rc <= 0, "promtool check metrics: %s", output);
-    free (r.body);
-    s_gateway_stop (&gateway);
+    gwh_call_destroy (&r);
+    gwh_gateway_stop (&gateway);
 }
 
 Test (gw_metrics, mute_supervisor_costs_one_timeout)
@@ -437,7 +298,7 @@ Test (gw_metrics, mute_supervisor_costs_one_timeout)
     int port = zsock_bind (mute, "tcp://127.0.0.1:*");
     char endpoint[64];
     snprintf (endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
-    s_gateway_t gateway;
+    gwh_gateway_t gateway;
     s_gateway_start (&gateway, endpoint, 100);
     //  The DEALER connects in the background: wait until the QUERY goes out
     //  (the reporter's frames show the connection is up).
@@ -448,7 +309,7 @@ Test (gw_metrics, mute_supervisor_costs_one_timeout)
     //  it is up, the answer says "not reachable"; then it times out.
     int64_t until = cm_clock_mono_ms () + S_WAIT_MS;
     while (true) {
-        json_t *metrics = s_get_json (&gateway, "/api/metrics");
+        json_t *metrics = gwh_get_json (&gateway, "/api/metrics");
         const char *error =
             json_string_value (json_object_get (metrics, "aggregate_error"));
         cr_assert_not_null (error);
@@ -459,21 +320,21 @@ Test (gw_metrics, mute_supervisor_costs_one_timeout)
             break;
         cr_assert_lt (cm_clock_mono_ms (), until, "never timed out");
     }
-    s_gateway_stop (&gateway);
+    gwh_gateway_stop (&gateway);
     zsock_destroy (&mute);
 }
 
 Test (gw_metrics, no_supervisor_configured)
 {
-    s_gateway_t gateway;
+    gwh_gateway_t gateway;
     s_gateway_start (&gateway, NULL, 100);
-    json_t *metrics = s_get_json (&gateway, "/api/metrics");
+    json_t *metrics = gwh_get_json (&gateway, "/api/metrics");
     const char *error = json_string_value (json_object_get (metrics, "aggregate_error"));
     cr_assert (error && strstr (error, "SUPERVISOR_ENDPOINT"), "%s", error);
     cr_assert_not_null (json_object_get (metrics, "gateway"));
     cr_assert_not_null (gw_server_metrics (gateway.server));
     json_decref (metrics);
-    s_gateway_stop (&gateway);
+    gwh_gateway_stop (&gateway);
 }
 
 Test (gw_metrics, route_classes)
@@ -521,27 +382,27 @@ Test (gw_metrics, restarts_reported_by_container_supervisors_are_summed)
               s_supervisor_snapshot ("chatd", 3, 1));
     s_report (dealer, "supervisor", "supervisor-c3-1",
               s_supervisor_snapshot ("ingestd", 0, 1));
-    s_gateway_t gateway;
+    gwh_gateway_t gateway;
     s_gateway_start (&gateway, endpoint, 2000);
 
     json_t *metrics = NULL;
     int64_t until = cm_clock_mono_ms () + S_WAIT_MS;
     while (true) {
-        metrics = s_get_json (&gateway, "/api/metrics");
-        if (json_is_integer (s_at (metrics, "supervisor.restarts.ingestd")))
+        metrics = gwh_get_json (&gateway, "/api/metrics");
+        if (json_is_integer (gwh_json_at (metrics, "supervisor.restarts.ingestd")))
             break;
         cr_assert_lt (cm_clock_mono_ms (), until, "no supervisor section");
         json_decref (metrics);
         usleep (20 * 1000);
     }
-    cr_assert_eq (s_int (metrics, "supervisor.restarts.chatd"), 5);
-    cr_assert_eq (s_int (metrics, "supervisor.children_up.chatd"), 2);
-    cr_assert_eq (s_int (metrics, "supervisor.restarts.ingestd"), 0);
+    cr_assert_eq (gwh_json_int (metrics, "supervisor.restarts.chatd"), 5);
+    cr_assert_eq (gwh_json_int (metrics, "supervisor.children_up.chatd"), 2);
+    cr_assert_eq (gwh_json_int (metrics, "supervisor.restarts.ingestd"), 0);
     json_decref (metrics);
 
-    s_response_t r;
-    s_get (&gateway, "/api/metrics/prometheus", &r);
-    cr_assert_eq (r.status, 200);
+    gwh_call_t *r;
+    r = gwh_http (&gateway, "GET", "/api/metrics/prometheus", NULL, NULL);
+    cr_assert_eq (r->status, 200);
     const char *lines[] = {
         "llmrt_supervisor_restarts_total{service=\"supervisor\",program=\"chatd\"} 5",
         "llmrt_supervisor_restarts_total{service=\"supervisor\",instance=\"supervisor-c2-"
@@ -550,14 +411,14 @@ Test (gw_metrics, restarts_reported_by_container_supervisors_are_summed)
         "llmrt_metrics_instances{service=\"supervisor\"} 3",
     };
     for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++)
-        cr_assert (s_has_line (r.body, lines[i]), "missing '%s' in:\n%s", lines[i],
-                   r.body);
+        cr_assert (s_has_line (r->reply, lines[i]), "missing '%s' in:\n%s", lines[i],
+                   r->reply);
     char output[4096];
-    int rc = s_promtool (r.body, output, sizeof output);
+    int rc = s_promtool (r->reply, output, sizeof output);
     if (rc >= 0)
         cr_assert_eq (rc, 0, "promtool check metrics: %s", output);
-    free (r.body);
-    s_gateway_stop (&gateway);
+    gwh_call_destroy (&r);
+    gwh_gateway_stop (&gateway);
     zsock_destroy (&dealer);
     zstr_free (&endpoint);
     zactor_destroy (&hub);

@@ -50,28 +50,41 @@ it_free_port (void)
     return ntohs (addr.sin_port);
 }
 
+//  Append n bytes to a growing NUL-terminated buffer (*data, *size).
+static void
+s_grow (char **data, size_t *size, const char *bytes, size_t n)
+{
+    *data = realloc (*data, *size + n + 1);
+    memcpy (*data + *size, bytes, n);
+    *size += n;
+    (*data)[*size] = 0;
+}
+
+//  Append n bytes to a fixed NUL-terminated buffer, when they fit.
+static void
+s_append (char *buffer, size_t capacity, const char *bytes, size_t n)
+{
+    size_t used = strlen (buffer);
+    if (used + n < capacity) {
+        memcpy (buffer + used, bytes, n);
+        buffer[used + n] = 0;
+    }
+}
+
 static size_t
 s_write_body (char *data, size_t size, size_t nmemb, void *arg)
 {
     it_response_t *response = arg;
-    size_t n = size * nmemb;
-    response->body = realloc (response->body, response->size + n + 1);
-    memcpy (response->body + response->size, data, n);
-    response->size += n;
-    response->body[response->size] = 0;
-    return n;
+    s_grow (&response->body, &response->size, data, size * nmemb);
+    return size * nmemb;
 }
 
 static size_t
 s_write_header (char *data, size_t size, size_t nmemb, void *arg)
 {
     it_response_t *response = arg;
-    size_t n = size * nmemb, used = strlen (response->headers);
-    if (used + n < sizeof response->headers) {
-        memcpy (response->headers + used, data, n);
-        response->headers[used + n] = 0;
-    }
-    return n;
+    s_append (response->headers, sizeof response->headers, data, size * nmemb);
+    return size * nmemb;
 }
 
 void
@@ -187,20 +200,29 @@ it_children (pid_t parent, const char *name, pid_t *pids, size_t max)
     return count;
 }
 
+//  The HTTP status of a GET to the suite's base + path (no key).
+static long
+s_status (it_suite_t *suite, const char *path)
+{
+    char url[128];
+    it_url (suite, url, sizeof url, path);
+    it_response_t response;
+    it_http ("GET", url, NULL, false, &response);
+    long status = response.status;
+    it_response_free (&response);
+    return status;
+}
+
 static bool
 s_ready (void *arg)
 {
     it_suite_t *suite = arg;
-    char url[128];
-    snprintf (url, sizeof url, "%s/api/health/ready", suite->base);
-    it_response_t response;
-    it_http ("GET", url, NULL, false, &response);
-    bool ok = response.status == 200;
-    it_response_free (&response);
-    if (!ok || !it_alive (suite->supervisor))
+    if (s_status (suite, "/api/health/ready") != 200 || !it_alive (suite->supervisor))
         return false;
     //  Ready needs one chat instance; the tests want both replicas.
-    snprintf (url, sizeof url, "%s/api/health", suite->base);
+    char url[128];
+    it_url (suite, url, sizeof url, "/api/health");
+    it_response_t response;
     it_http ("GET", url, NULL, false, &response);
     json_t *health = json_loads (response.body ? response.body : "", 0, NULL);
     it_response_free (&response);
@@ -214,13 +236,7 @@ static bool
 s_live (void *arg)
 {
     it_suite_t *suite = arg;
-    char url[128];
-    snprintf (url, sizeof url, "%s/api/health/live", suite->base);
-    it_response_t response;
-    it_http ("GET", url, NULL, false, &response);
-    bool ok = response.status == 200;
-    it_response_free (&response);
-    return ok && it_alive (suite->supervisor);
+    return s_status (suite, "/api/health/live") == 200 && it_alive (suite->supervisor);
 }
 
 static void s_suite_start (it_suite_t *suite, const char *const *extra,
@@ -323,4 +339,154 @@ it_suite_stop (it_suite_t *suite)
         int rc = system (cmd);
         (void) rc;
     }
+}
+
+//  --- small helpers and the SSE client -------------------------------------------
+
+void
+it_url (const it_suite_t *suite, char *url, size_t size, const char *path)
+{
+    snprintf (url, size, "%s%s", suite->base, path);
+}
+
+void
+it_create_workspace (const it_suite_t *suite, const char *body)
+{
+    char url[256];
+    it_url (suite, url, sizeof url, "/api/v1/workspace/new");
+    it_response_t r;
+    it_http ("POST", url, body, true, &r);
+    cr_assert_eq (r.status, 200, "workspace/new: %ld %s", r.status, r.body);
+    it_response_free (&r);
+}
+
+json_t *
+it_get_json (const it_suite_t *suite, const char *path, long *status)
+{
+    char url[256];
+    it_url (suite, url, sizeof url, path);
+    it_response_t r;
+    it_http ("GET", url, NULL, false, &r);
+    *status = r.status;
+    json_t *json = it_json (&r);
+    it_response_free (&r);
+    return json;
+}
+
+const char *
+it_str (json_t *object, const char *key)
+{
+    return json_string_value (json_object_get (object, key));
+}
+
+void
+it_stream_init (it_stream_t *stream, const char *url, const char *body, int close_after)
+{
+    memset (stream, 0, sizeof *stream);
+    pthread_mutex_init (&stream->lock, NULL);
+    snprintf (stream->url, sizeof stream->url, "%s", url);
+    stream->body = body;
+    stream->close_after = close_after;
+}
+
+void
+it_stream_free (it_stream_t *stream)
+{
+    free (stream->data);
+    stream->data = NULL;
+    pthread_mutex_destroy (&stream->lock);
+}
+
+static size_t
+s_stream_write (char *data, size_t size, size_t nmemb, void *arg)
+{
+    it_stream_t *stream = arg;
+    size_t n = size * nmemb;
+    pthread_mutex_lock (&stream->lock);
+    s_grow (&stream->data, &stream->size, data, n);
+    int tokens = 0;
+    for (const char *p = stream->data; (p = strstr (p, "\"textResponseChunk\"")); p++)
+        tokens++;
+    stream->tokens = tokens;
+    pthread_mutex_unlock (&stream->lock);
+    //  Returning less than n makes libcurl abort and close the connection.
+    return stream->close_after && tokens >= stream->close_after ? 0 : n;
+}
+
+static size_t
+s_stream_header (char *data, size_t size, size_t nmemb, void *arg)
+{
+    it_stream_t *stream = arg;
+    s_append (stream->headers, sizeof stream->headers, data, size * nmemb);
+    return size * nmemb;
+}
+
+//  The moment the client's socket really closes: the figure a disconnect
+//  is measured from.
+static int
+s_stream_close_socket (void *arg, curl_socket_t fd)
+{
+    it_stream_t *stream = arg;
+    atomic_store (&stream->closed_at, it_now_ms ());
+    return close (fd);
+}
+
+void *
+it_stream_run (void *arg)
+{
+    it_stream_t *stream = arg;
+    CURL *curl = curl_easy_init ();
+    struct curl_slist *headers = NULL;
+    headers = curl_slist_append (headers, "Content-Type: application/json");
+    headers = curl_slist_append (headers, "Authorization: Bearer " IT_ADMIN_KEY);
+    curl_easy_setopt (curl, CURLOPT_URL, stream->url);
+    curl_easy_setopt (curl, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt (curl, CURLOPT_POSTFIELDS, stream->body);
+    curl_easy_setopt (curl, CURLOPT_WRITEFUNCTION, s_stream_write);
+    curl_easy_setopt (curl, CURLOPT_WRITEDATA, stream);
+    curl_easy_setopt (curl, CURLOPT_HEADERFUNCTION, s_stream_header);
+    curl_easy_setopt (curl, CURLOPT_HEADERDATA, stream);
+    curl_easy_setopt (curl, CURLOPT_CLOSESOCKETFUNCTION, s_stream_close_socket);
+    curl_easy_setopt (curl, CURLOPT_CLOSESOCKETDATA, stream);
+    curl_easy_setopt (curl, CURLOPT_TIMEOUT_MS, 30000L);
+    curl_easy_setopt (curl, CURLOPT_NOSIGNAL, 1L);
+    stream->result = curl_easy_perform (curl);
+    curl_easy_getinfo (curl, CURLINFO_RESPONSE_CODE, &stream->status);
+    curl_easy_cleanup (curl);
+    curl_slist_free_all (headers);
+    atomic_store (&stream->done, true);
+    return NULL;
+}
+
+bool
+it_stream_started (void *arg)
+{
+    it_stream_t *stream = arg;
+    pthread_mutex_lock (&stream->lock);
+    bool started = stream->size > 0;
+    pthread_mutex_unlock (&stream->lock);
+    return started;
+}
+
+bool
+it_stream_done (void *arg)
+{
+    return atomic_load (&((it_stream_t *) arg)->done);
+}
+
+json_t *
+it_events (const char *text)
+{
+    json_t *events = json_array ();
+    const char *p = text ? text : "";
+    while (*p) {
+        cr_assert_eq (strncmp (p, "data: ", 6), 0, "not an event: %.60s", p);
+        const char *end = strstr (p, "\n\n");
+        cr_assert_not_null (end, "event not terminated by a blank line");
+        json_t *event = json_loadb (p + 6, (size_t) (end - p - 6), 0, NULL);
+        cr_assert_not_null (event, "event is not JSON: %.80s", p + 6);
+        json_array_append_new (events, event);
+        p = end + 2;
+    }
+    return events;
 }

@@ -5,7 +5,10 @@
 #ifndef IT_HARNESS_H_INCLUDED
 #define IT_HARNESS_H_INCLUDED
 
+#include <curl/curl.h>
 #include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
@@ -60,5 +63,51 @@ json_t *it_json (it_response_t *response);
 bool it_wait (bool (*fn) (void *arg), void *arg, int timeout_ms);
 //  Milliseconds on a monotonic clock.
 long long it_now_ms (void);
+
+//  url = the suite's base + path.
+void it_url (const it_suite_t *suite, char *url, size_t size, const char *path);
+//  Create a workspace with this request body (admin key); fails the test
+//  unless the answer is 200.
+void it_create_workspace (const it_suite_t *suite, const char *body);
+//  GET the suite's base + path with no key; *status is the HTTP status;
+//  returns the body as JSON (new reference; fails the test when not JSON).
+json_t *it_get_json (const it_suite_t *suite, const char *path, long *status);
+//  A string member of a JSON object (borrowed), NULL when absent.
+const char *it_str (json_t *object, const char *key);
+
+//  An SSE client for the stream-chat routes: a POST with the admin key
+//  whose body is collected as it arrives (run it here, or on a thread for
+//  a stream the test watches while it runs).
+typedef struct {
+    char url[256];          //  stream-chat URL
+    const char *body;       //  request body (borrowed)
+    int close_after;        //  hang up once this many token events came (0: never)
+    pthread_mutex_t lock;   //  guards data, size, tokens
+    char *data;             //  everything received
+    size_t size;            //  its length
+    int tokens;             //  textResponseChunk events with text, so far
+    long status;            //  HTTP status
+    char headers[4096];     //  response headers
+    CURLcode result;        //  transfer result
+    atomic_llong closed_at; //  when our socket was closed (it_now_ms)
+    atomic_bool done;       //  the transfer is over
+} it_stream_t;
+
+//  Prepare a stream to url with this request body (borrowed until it
+//  ends); it hangs up after close_after token events (0: never).
+void it_stream_init (it_stream_t *stream, const char *url, const char *body,
+                     int close_after);
+//  Free what the stream holds (not the struct).
+void it_stream_free (it_stream_t *stream);
+//  Run the stream to its end; a pthread start routine (arg: it_stream_t).
+void *it_stream_run (void *arg);
+//  it_wait conditions (arg: it_stream_t): some data came; the transfer is
+//  over.
+bool it_stream_started (void *arg);
+bool it_stream_done (void *arg);
+//  The events of a finished stream, each "data: <JSON>\n\n" (text may be
+//  NULL: none), as a JSON array (new reference); fails the test on any
+//  other form.
+json_t *it_events (const char *text);
 
 #endif

@@ -12,19 +12,13 @@ static it_suite_t s_suite;
 //  MAX_BODY_BYTES small enough to reach with a test body.
 static const char *const s_env[] = {"MAX_BODY_BYTES=65536", NULL};
 
-static void
-s_url (char *url, size_t size, const char *path)
-{
-    snprintf (url, size, "%s%s", s_suite.base, path);
-}
-
 //  One request with this key; fails the test on a transport error.
 static void
 s_call (const char *method, const char *path, const char *body, const char *key,
         it_response_t *r)
 {
     char url[512];
-    s_url (url, sizeof url, path);
+    it_url (&s_suite, url, sizeof url, path);
     it_http_key (method, url, body, key, r);
     cr_assert_neq (r->status, 0, "%s %s: no answer", method, path);
 }
@@ -34,10 +28,7 @@ s_create_workspace (const char *name)
 {
     char body[256];
     snprintf (body, sizeof body, "{\"name\":\"%s\"}", name);
-    it_response_t r;
-    s_call ("POST", "/api/v1/workspace/new", body, IT_ADMIN_KEY, &r);
-    cr_assert_eq (r.status, 200, "workspace/new: %ld %s", r.status, r.body);
-    it_response_free (&r);
+    it_create_workspace (&s_suite, body);
 }
 
 //  A new API key (its JSON; caller decrefs) made with the admin key.
@@ -52,12 +43,6 @@ s_create_key (const char *body)
     json_decref (reply);
     it_response_free (&r);
     return key;
-}
-
-static const char *
-s_str (json_t *object, const char *key)
-{
-    return json_string_value (json_object_get (object, key));
 }
 
 //  A response header's value, "" when absent (static buffer).
@@ -93,15 +78,15 @@ s_assert_abort (it_response_t *r, long status, const char *error)
     cr_assert_eq (r->status, status, "%ld %s", r->status, r->body);
     json_t *reply = it_json (r);
     cr_assert_eq (json_object_size (reply), 6, "%s", r->body);
-    cr_assert_eq (strlen (s_str (reply, "id")), 36);
-    cr_assert_str_eq (s_str (reply, "type"), "abort");
+    cr_assert_eq (strlen (it_str (reply, "id")), 36);
+    cr_assert_str_eq (it_str (reply, "type"), "abort");
     cr_assert (json_is_null (json_object_get (reply, "textResponse")));
     cr_assert_eq (json_array_size (json_object_get (reply, "sources")), 0);
     cr_assert (json_is_true (json_object_get (reply, "close")));
     if (error)
-        cr_assert_str_eq (s_str (reply, "error"), error);
+        cr_assert_str_eq (it_str (reply, "error"), error);
     else
-        cr_assert (strstr (s_str (reply, "error"), "Invalid JSON body"), "%s", r->body);
+        cr_assert (strstr (it_str (reply, "error"), "Invalid JSON body"), "%s", r->body);
     json_decref (reply);
 }
 
@@ -129,8 +114,8 @@ Test (chat_api, walkthrough_a_key_for_an_application, .timeout = 90)
 
     //  The operator makes a key for an application.
     json_t *key = s_create_key ("{\"name\":\"support bot\"}");
-    const char *secret = s_str (key, "secret");
-    cr_assert_str_eq (s_str (key, "role"), "default");
+    const char *secret = it_str (key, "secret");
+    cr_assert_str_eq (it_str (key, "role"), "default");
 
     //  The application works with it: a workspace and a chat.
     it_response_t r;
@@ -141,7 +126,7 @@ Test (chat_api, walkthrough_a_key_for_an_application, .timeout = 90)
             &r);
     cr_assert_eq (r.status, 200, "%s", r.body);
     json_t *chat = it_json (&r);
-    cr_assert_str_eq (s_str (chat, "type"), "textResponse");
+    cr_assert_str_eq (it_str (chat, "type"), "textResponse");
     json_decref (chat);
     it_response_free (&r);
 
@@ -214,7 +199,7 @@ Test (chat_api, bad_input_has_the_api_statuses_and_bodies, .timeout = 90)
     cr_assert_eq (r.status, 400);
     json_t *reply = it_json (&r);
     cr_assert_eq (json_object_size (reply), 1);
-    cr_assert (strstr (s_str (reply, "error"), "Invalid JSON body"), "%s", r.body);
+    cr_assert (strstr (it_str (reply, "error"), "Invalid JSON body"), "%s", r.body);
     json_decref (reply);
     it_response_free (&r);
 
@@ -267,17 +252,17 @@ Test (chat_api, openai_routes_end_to_end, .timeout = 90)
     it_suite_start (&s_suite, s_env);
     s_create_workspace ("Open Chat");
     json_t *key = s_create_key ("{}");
-    const char *secret = s_str (key, "secret");
+    const char *secret = it_str (key, "secret");
     it_response_t r;
 
     s_call ("GET", "/api/v1/openai/models", NULL, secret, &r);
     cr_assert_eq (r.status, 200, "%s", r.body);
     json_t *models = it_json (&r);
-    cr_assert_str_eq (s_str (models, "object"), "list");
+    cr_assert_str_eq (it_str (models, "object"), "list");
     json_t *model = json_array_get (json_object_get (models, "data"), 0);
-    cr_assert_str_eq (s_str (model, "id"), "open-chat");
-    cr_assert_str_eq (s_str (model, "object"), "model");
-    cr_assert_str_eq (s_str (model, "owned_by"), "builtin");
+    cr_assert_str_eq (it_str (model, "id"), "open-chat");
+    cr_assert_str_eq (it_str (model, "object"), "model");
+    cr_assert_str_eq (it_str (model, "owned_by"), "builtin");
     json_decref (models);
     it_response_free (&r);
 
@@ -290,11 +275,11 @@ Test (chat_api, openai_routes_end_to_end, .timeout = 90)
             secret, &r);
     cr_assert_eq (r.status, 200, "%s", r.body);
     json_t *completion = it_json (&r);
-    cr_assert_str_eq (s_str (completion, "object"), "chat.completion");
-    cr_assert_str_eq (s_str (completion, "model"), "open-chat");
+    cr_assert_str_eq (it_str (completion, "object"), "chat.completion");
+    cr_assert_str_eq (it_str (completion, "model"), "open-chat");
     json_t *choice = json_array_get (json_object_get (completion, "choices"), 0);
-    cr_assert_str_eq (s_str (choice, "finish_reason"), "stop");
-    const char *content = s_str (json_object_get (choice, "message"), "content");
+    cr_assert_str_eq (it_str (choice, "finish_reason"), "stop");
+    const char *content = it_str (json_object_get (choice, "message"), "content");
     cr_assert (strstr (content, "\"What is llmrt?\""), "%s", content);
     //  The conversation came from the request: one earlier user message.
     cr_assert (strstr (content, "1 earlier turn"), "%s", content);
@@ -316,13 +301,14 @@ Test (chat_api, openai_routes_end_to_end, .timeout = 90)
     cr_assert_geq (count, 3, "%s", r.body);
     for (size_t i = 0; i + 2 < count; i++) {
         json_t *chunk = json_array_get (events, i);
-        cr_assert_str_eq (s_str (chunk, "object"), "chat.completion.chunk", "%s", r.body);
+        cr_assert_str_eq (it_str (chunk, "object"), "chat.completion.chunk", "%s",
+                          r.body);
         cr_assert (json_is_null (json_object_get (
             json_array_get (json_object_get (chunk, "choices"), 0), "finish_reason")));
     }
     json_t *last = json_array_get (events, count - 2);
     cr_assert_str_eq (
-        s_str (json_array_get (json_object_get (last, "choices"), 0), "finish_reason"),
+        it_str (json_array_get (json_object_get (last, "choices"), 0), "finish_reason"),
         "stop");
     cr_assert (json_is_object (json_object_get (last, "usage")));
     cr_assert_str_eq (json_string_value (json_array_get (events, count - 1)), "[DONE]");
@@ -342,10 +328,10 @@ Test (chat_api, openai_routes_end_to_end, .timeout = 90)
     s_call ("GET", "/api/v1/openai/vector_stores", NULL, secret, &r);
     cr_assert_eq (r.status, 200);
     json_t *stores = it_json (&r);
-    cr_assert_str_eq (s_str (stores, "first_id"), "open-chat");
-    cr_assert_str_eq (s_str (stores, "last_id"), "open-chat");
+    cr_assert_str_eq (it_str (stores, "first_id"), "open-chat");
+    cr_assert_str_eq (it_str (stores, "last_id"), "open-chat");
     cr_assert_str_eq (
-        s_str (json_array_get (json_object_get (stores, "data"), 0), "object"),
+        it_str (json_array_get (json_object_get (stores, "data"), 0), "object"),
         "vector_store");
     json_decref (stores);
     it_response_free (&r);

@@ -64,30 +64,13 @@ s_stop (void)
     fake_llm_stop (&s_fake);
 }
 
-static void
-s_url (char *url, size_t size, const char *path)
-{
-    snprintf (url, size, "%s%s", s_suite.base, path);
-}
-
-static void
-s_create_workspace (const char *body)
-{
-    char url[256];
-    s_url (url, sizeof url, "/api/v1/workspace/new");
-    it_response_t r;
-    it_http ("POST", url, body, true, &r);
-    cr_assert_eq (r.status, 200, "workspace/new: %ld %s", r.status, r.body);
-    it_response_free (&r);
-}
-
 static json_t *
 s_chat (const char *slug, const char *message, long *status, char *headers,
         size_t headers_size)
 {
     char url[256], path[128], body[256];
     snprintf (path, sizeof path, "/api/v1/workspace/%s/chat", slug);
-    s_url (url, sizeof url, path);
+    it_url (&s_suite, url, sizeof url, path);
     snprintf (body, sizeof body, "{\"message\":\"%s\"}", message);
     it_response_t r;
     it_http ("POST", url, body, true, &r);
@@ -99,130 +82,16 @@ s_chat (const char *slug, const char *message, long *status, char *headers,
     return json;
 }
 
-static const char *
-s_str (json_t *object, const char *key)
-{
-    return json_string_value (json_object_get (object, key));
-}
-
 //  --- SSE client ------------------------------------------------------------------
 
-typedef struct {
-    char url[256];          //  stream-chat URL
-    int close_after;        //  hang up once this many token events came (0: never)
-    pthread_mutex_t lock;   //  guards data, size, tokens
-    char *data;             //  everything received
-    size_t size;            //  its length
-    int tokens;             //  textResponseChunk events with text, so far
-    long status;            //  HTTP status
-    char headers[4096];     //  response headers
-    CURLcode result;        //  transfer result
-    atomic_llong closed_at; //  when our socket was closed (fake_llm_now_ms)
-    atomic_bool done;       //  the transfer is over
-} s_stream_t;
-
+//  A stream-chat to this workspace (it_stream_t).
 static void
-s_stream_init (s_stream_t *stream, const char *slug, int close_after)
+s_stream_init (it_stream_t *stream, const char *slug, int close_after)
 {
-    memset (stream, 0, sizeof *stream);
-    pthread_mutex_init (&stream->lock, NULL);
-    char path[128];
+    char path[128], url[256];
     snprintf (path, sizeof path, "/api/v1/workspace/%s/stream-chat", slug);
-    s_url (stream->url, sizeof stream->url, path);
-    stream->close_after = close_after;
-}
-
-static void
-s_stream_free (s_stream_t *stream)
-{
-    free (stream->data);
-    pthread_mutex_destroy (&stream->lock);
-}
-
-static size_t
-s_stream_write (char *data, size_t size, size_t nmemb, void *arg)
-{
-    s_stream_t *stream = arg;
-    size_t n = size * nmemb;
-    pthread_mutex_lock (&stream->lock);
-    stream->data = realloc (stream->data, stream->size + n + 1);
-    memcpy (stream->data + stream->size, data, n);
-    stream->size += n;
-    stream->data[stream->size] = 0;
-    int tokens = 0;
-    for (const char *p = stream->data; (p = strstr (p, "\"textResponseChunk\"")); p++)
-        tokens++;
-    stream->tokens = tokens;
-    pthread_mutex_unlock (&stream->lock);
-    //  Returning less than n makes libcurl abort and close the connection.
-    return stream->close_after && tokens >= stream->close_after ? 0 : n;
-}
-
-static size_t
-s_stream_header (char *data, size_t size, size_t nmemb, void *arg)
-{
-    s_stream_t *stream = arg;
-    size_t n = size * nmemb, used = strlen (stream->headers);
-    if (used + n < sizeof stream->headers) {
-        memcpy (stream->headers + used, data, n);
-        stream->headers[used + n] = 0;
-    }
-    return n;
-}
-
-//  The moment the client's socket really closes: the figure a disconnect
-//  is measured from.
-static int
-s_close_socket (void *arg, curl_socket_t fd)
-{
-    s_stream_t *stream = arg;
-    atomic_store (&stream->closed_at, fake_llm_now_ms ());
-    return close (fd);
-}
-
-static void *
-s_stream_run (void *arg)
-{
-    s_stream_t *stream = arg;
-    CURL *curl = curl_easy_init ();
-    struct curl_slist *headers = NULL;
-    headers = curl_slist_append (headers, "Content-Type: application/json");
-    headers = curl_slist_append (headers, "Authorization: Bearer " IT_ADMIN_KEY);
-    curl_easy_setopt (curl, CURLOPT_URL, stream->url);
-    curl_easy_setopt (curl, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt (curl, CURLOPT_POSTFIELDS, "{\"message\":\"tell me a story\"}");
-    curl_easy_setopt (curl, CURLOPT_WRITEFUNCTION, s_stream_write);
-    curl_easy_setopt (curl, CURLOPT_WRITEDATA, stream);
-    curl_easy_setopt (curl, CURLOPT_HEADERFUNCTION, s_stream_header);
-    curl_easy_setopt (curl, CURLOPT_HEADERDATA, stream);
-    curl_easy_setopt (curl, CURLOPT_CLOSESOCKETFUNCTION, s_close_socket);
-    curl_easy_setopt (curl, CURLOPT_CLOSESOCKETDATA, stream);
-    curl_easy_setopt (curl, CURLOPT_TIMEOUT_MS, 30000L);
-    curl_easy_setopt (curl, CURLOPT_NOSIGNAL, 1L);
-    stream->result = curl_easy_perform (curl);
-    curl_easy_getinfo (curl, CURLINFO_RESPONSE_CODE, &stream->status);
-    curl_easy_cleanup (curl);
-    curl_slist_free_all (headers);
-    atomic_store (&stream->done, true);
-    return NULL;
-}
-
-//  The events of a finished stream, each "data: <JSON>\n\n".
-static json_t *
-s_events (const char *text)
-{
-    json_t *events = json_array ();
-    const char *p = text ? text : "";
-    while (*p) {
-        cr_assert_eq (strncmp (p, "data: ", 6), 0, "not an event: %.60s", p);
-        const char *end = strstr (p, "\n\n");
-        cr_assert_not_null (end, "event not terminated by a blank line");
-        json_t *event = json_loadb (p + 6, (size_t) (end - p - 6), 0, NULL);
-        cr_assert_not_null (event, "event is not JSON: %.80s", p + 6);
-        json_array_append_new (events, event);
-        p = end + 2;
-    }
-    return events;
+    it_url (&s_suite, url, sizeof url, path);
+    it_stream_init (stream, url, "{\"message\":\"tell me a story\"}", close_after);
 }
 
 //  The answer's text: the token chunks' textResponse, concatenated.
@@ -233,9 +102,9 @@ s_stream_text (json_t *events)
     char *text = calloc (1, size);
     for (size_t i = 0; i < json_array_size (events); i++) {
         json_t *event = json_array_get (events, i);
-        if (strcmp (s_str (event, "type"), "textResponseChunk"))
+        if (strcmp (it_str (event, "type"), "textResponseChunk"))
             continue;
-        const char *token = s_str (event, "textResponse");
+        const char *token = it_str (event, "textResponse");
         size += strlen (token ? token : "");
         text = realloc (text, size);
         strcat (text, token ? token : "");
@@ -249,16 +118,16 @@ Test (chat_upstream, answers_come_from_the_upstream, .timeout = 120)
 {
     s_start (NULL);
     fake_llm_control (&s_fake, "{\"tokens\":6,\"pace_ms\":10}");
-    s_create_workspace ("{\"name\":\"Upstream\",\"openAiTemp\":0.4,"
-                        "\"chatModel\":\"ws-model\"}");
-    s_create_workspace ("{\"name\":\"Plain\"}");
+    it_create_workspace (&s_suite, "{\"name\":\"Upstream\",\"openAiTemp\":0.4,"
+                                   "\"chatModel\":\"ws-model\"}");
+    it_create_workspace (&s_suite, "{\"name\":\"Plain\"}");
 
     //  Non-streaming: the upstream's words, its usage as the metrics.
     long status;
     json_t *reply = s_chat ("upstream", "hello", &status, NULL, 0);
     cr_assert_eq (status, 200);
-    cr_assert_str_eq (s_str (reply, "type"), "textResponse");
-    cr_assert_str_eq (s_str (reply, "textResponse"), "tok1 tok2 tok3 tok4 tok5 tok6");
+    cr_assert_str_eq (it_str (reply, "type"), "textResponse");
+    cr_assert_str_eq (it_str (reply, "textResponse"), "tok1 tok2 tok3 tok4 tok5 tok6");
     cr_assert_eq (json_integer_value (json_object_get (json_object_get (reply, "metrics"),
                                                        "completion_tokens")),
                   6);
@@ -266,39 +135,39 @@ Test (chat_upstream, answers_come_from_the_upstream, .timeout = 120)
     //  The workspace's model and temperature, the configured key.
     json_t *stats = fake_llm_stats (&s_fake);
     json_t *asked = json_object_get (stats, "last_request");
-    cr_assert_str_eq (s_str (asked, "model"), "ws-model");
+    cr_assert_str_eq (it_str (asked, "model"), "ws-model");
     cr_assert_float_eq (json_number_value (json_object_get (asked, "temperature")), 0.4,
                         1e-9);
     cr_assert (json_is_true (json_object_get (asked, "stream")));
     json_t *messages = json_object_get (asked, "messages");
     cr_assert_str_eq (
-        s_str (json_array_get (messages, json_array_size (messages) - 1), "content"),
+        it_str (json_array_get (messages, json_array_size (messages) - 1), "content"),
         "hello");
-    cr_assert_str_eq (s_str (stats, "last_authorization"), "Bearer sk-integration");
+    cr_assert_str_eq (it_str (stats, "last_authorization"), "Bearer sk-integration");
     json_decref (stats);
 
     //  Streaming: one chunk per upstream token, then close, then finalize.
-    s_stream_t stream;
+    it_stream_t stream;
     s_stream_init (&stream, "plain", 0);
-    s_stream_run (&stream);
+    it_stream_run (&stream);
     cr_assert_eq (stream.result, CURLE_OK);
     cr_assert_eq (stream.status, 200);
-    json_t *events = s_events (stream.data);
+    json_t *events = it_events (stream.data);
     size_t count = json_array_size (events);
     cr_assert_eq (count, 6 + 2, "events: %s", stream.data);
     char *text = s_stream_text (events);
     cr_assert_str_eq (text, "tok1 tok2 tok3 tok4 tok5 tok6");
-    cr_assert_str_eq (s_str (json_array_get (events, 0), "textResponse"), "tok1");
+    cr_assert_str_eq (it_str (json_array_get (events, 0), "textResponse"), "tok1");
     json_t *last = json_array_get (events, count - 1);
-    cr_assert_str_eq (s_str (last, "type"), "finalizeResponseStream");
+    cr_assert_str_eq (it_str (last, "type"), "finalizeResponseStream");
     cr_assert_gt (json_integer_value (json_object_get (last, "chatId")), 0);
     free (text);
     json_decref (events);
-    s_stream_free (&stream);
+    it_stream_free (&stream);
     //  No chatModel: the configured LLM_MODEL.
     stats = fake_llm_stats (&s_fake);
     asked = json_object_get (stats, "last_request");
-    cr_assert_str_eq (s_str (asked, "model"), "fake-default");
+    cr_assert_str_eq (it_str (asked, "model"), "fake-default");
     cr_assert_null (json_object_get (asked, "temperature"));
     json_decref (stats);
     s_stop ();
@@ -312,10 +181,10 @@ s_chat_fails (const char *needle)
     long status;
     json_t *reply = s_chat ("fragile", "hi", &status, NULL, 0);
     cr_assert_eq (status, 200);
-    cr_assert_str_eq (s_str (reply, "type"), "abort");
+    cr_assert_str_eq (it_str (reply, "type"), "abort");
     cr_assert (json_is_null (json_object_get (reply, "textResponse")));
-    cr_assert (strstr (s_str (reply, "error"), needle), "error: %s",
-               s_str (reply, "error"));
+    cr_assert (strstr (it_str (reply, "error"), needle), "error: %s",
+               it_str (reply, "error"));
     json_decref (reply);
 }
 
@@ -325,7 +194,7 @@ s_chat_succeeds (void *arg)
     (void) arg;
     long status;
     json_t *reply = s_chat ("fragile", "anyone there?", &status, NULL, 0);
-    bool ok = status == 200 && !strcmp (s_str (reply, "type"), "textResponse");
+    bool ok = status == 200 && !strcmp (it_str (reply, "type"), "textResponse");
     cr_assert (ok || status == 503, "only the open circuit may refuse: %ld", status);
     json_decref (reply);
     return ok;
@@ -337,7 +206,7 @@ Test (chat_upstream, the_breaker_opens_on_upstream_failures_and_a_probe_closes_i
     const char *extra[] = {"CHAT_CIRCUIT_FAILURE_THRESHOLD=3",
                            "CHAT_CIRCUIT_RESET_MS=1500", NULL};
     s_start (extra);
-    s_create_workspace ("{\"name\":\"Fragile\"}");
+    it_create_workspace (&s_suite, "{\"name\":\"Fragile\"}");
 
     //  Failures of the upstream count, with their message for the client;
     //  a request the upstream refused as its own fault does not.
@@ -358,21 +227,21 @@ Test (chat_upstream, the_breaker_opens_on_upstream_failures_and_a_probe_closes_i
     long status;
     json_t *reply = s_chat ("fragile", "hi", &status, headers, sizeof headers);
     cr_assert_eq (status, 503, "%ld", status);
-    cr_assert_str_eq (s_str (reply, "type"), "abort");
-    cr_assert (strstr (s_str (reply, "error"), "circuit is open"), "%s",
-               s_str (reply, "error"));
+    cr_assert_str_eq (it_str (reply, "type"), "abort");
+    cr_assert (strstr (it_str (reply, "error"), "circuit is open"), "%s",
+               it_str (reply, "error"));
     const char *retry = strcasestr (headers, "\nRetry-After: ");
     cr_assert_not_null (retry, "%s", headers);
     cr_assert_geq (atoi (retry + 14), 1);
     json_decref (reply);
     //  Streaming too: 503 before any stream starts.
-    s_stream_t stream;
+    it_stream_t stream;
     s_stream_init (&stream, "fragile", 0);
-    s_stream_run (&stream);
+    it_stream_run (&stream);
     cr_assert_eq (stream.status, 503);
     cr_assert (strcasestr (stream.headers, "\nRetry-After: "), "%s", stream.headers);
     cr_assert_null (strstr (stream.data, "data: "), "%s", stream.data);
-    s_stream_free (&stream);
+    it_stream_free (&stream);
     cr_assert_eq (fake_llm_stat (&s_fake, "requests"), 4, "the open circuit let one by");
 
     //  After the cool-down the next chat is a probe; the fake has recovered,
@@ -389,22 +258,22 @@ Test (chat_upstream, the_queue_bounds_what_reaches_the_upstream, .timeout = 120)
 {
     const char *extra[] = {"CHAT_QUEUE_CONCURRENCY=2", "CHAT_QUEUE_MAX_PENDING=1", NULL};
     s_start (extra);
-    s_create_workspace ("{\"name\":\"Busy\"}");
+    it_create_workspace (&s_suite, "{\"name\":\"Busy\"}");
     //  Each answer takes about a second.
     fake_llm_control (&s_fake, "{\"tokens\":10,\"pace_ms\":100,\"reset\":true}");
     enum { CLIENTS = 6 };
-    s_stream_t streams[CLIENTS];
+    it_stream_t streams[CLIENTS];
     pthread_t threads[CLIENTS];
     for (int i = 0; i < CLIENTS; i++) {
         s_stream_init (&streams[i], "busy", 0);
-        pthread_create (&threads[i], NULL, s_stream_run, &streams[i]);
+        pthread_create (&threads[i], NULL, it_stream_run, &streams[i]);
     }
     int ok = 0, limited = 0;
     for (int i = 0; i < CLIENTS; i++) {
         pthread_join (threads[i], NULL);
-        s_stream_t *s = &streams[i];
+        it_stream_t *s = &streams[i];
         if (s->status == 200) {
-            json_t *events = s_events (s->data);
+            json_t *events = it_events (s->data);
             char *text = s_stream_text (events);
             cr_assert_str_eq (text, "tok1 tok2 tok3 tok4 tok5 tok6 tok7 tok8 tok9 tok10");
             free (text);
@@ -419,7 +288,7 @@ Test (chat_upstream, the_queue_bounds_what_reaches_the_upstream, .timeout = 120)
             cr_assert_null (strstr (s->data, "data: "), "%s", s->data);
             limited++;
         }
-        s_stream_free (s);
+        it_stream_free (s);
     }
     //  Two run, one waits, the others are turned away; the upstream never
     //  has more than two at once. (Three are admitted; two when the slot of
@@ -445,15 +314,15 @@ s_fake_saw_disconnect (void *arg)
 //  429 then is that moment, not a busy service. These ask again, polling,
 //  until admitted.
 static void
-s_stream_admitted (s_stream_t *stream, const char *slug, int close_after)
+s_stream_admitted (it_stream_t *stream, const char *slug, int close_after)
 {
     long long until = it_now_ms () + 5000;
     for (;;) {
         s_stream_init (stream, slug, close_after);
-        s_stream_run (stream);
+        it_stream_run (stream);
         if (stream->status != 429 || it_now_ms () > until)
             return;
-        s_stream_free (stream);
+        it_stream_free (stream);
         usleep (20 * 1000);
     }
 }
@@ -479,7 +348,7 @@ s_slot_free (void *arg)
     json_t *reply = s_chat ("leaving", "after you", &status, NULL, 0);
     cr_assert (status == 200 || status == 429, "%ld", status);
     if (status == 200)
-        cr_assert_str_eq (s_str (reply, "textResponse"), "tok1 tok2 tok3");
+        cr_assert_str_eq (it_str (reply, "textResponse"), "tok1 tok2 tok3");
     json_decref (reply);
     return status == 200;
 }
@@ -490,11 +359,11 @@ Test (chat_upstream, a_client_that_leaves_mid_stream_stops_the_upstream, .timeou
     //  was given back.
     const char *extra[] = {"CHAT_QUEUE_CONCURRENCY=1", "CHAT_QUEUE_MAX_PENDING=0", NULL};
     s_start (extra);
-    s_create_workspace ("{\"name\":\"Leaving\"}");
+    it_create_workspace (&s_suite, "{\"name\":\"Leaving\"}");
     //  A slow upstream: after each token it is silent for 400 ms, so the
     //  hang-up must reach it through cancellation, not a failed write.
     fake_llm_control (&s_fake, "{\"tokens\":100,\"pace_ms\":400,\"reset\":true}");
-    s_stream_t stream;
+    it_stream_t stream;
     s_stream_admitted (&stream, "leaving", 2);
     cr_assert_eq (stream.result, CURLE_WRITE_ERROR, "the client hung up itself: %ld %s",
                   stream.status, stream.data);
@@ -520,7 +389,7 @@ Test (chat_upstream, a_client_that_leaves_mid_stream_stops_the_upstream, .timeou
 
     //  The partial answer was kept: history holds it, then the next turn.
     char url[256];
-    s_url (url, sizeof url, "/api/v1/workspace/leaving/chats");
+    it_url (&s_suite, url, sizeof url, "/api/v1/workspace/leaving/chats");
     it_response_t r;
     s_http_admitted ("GET", url, &r);
     cr_assert_eq (r.status, 200);
@@ -528,13 +397,13 @@ Test (chat_upstream, a_client_that_leaves_mid_stream_stops_the_upstream, .timeou
     it_response_free (&r);
     json_t *history = json_object_get (body, "history");
     cr_assert_eq (json_array_size (history), 4, "two turns: %s", json_dumps (body, 0));
-    const char *partial = s_str (json_array_get (history, 1), "content");
-    cr_assert_str_eq (s_str (json_array_get (history, 1), "role"), "assistant");
+    const char *partial = it_str (json_array_get (history, 1), "content");
+    cr_assert_str_eq (it_str (json_array_get (history, 1), "role"), "assistant");
     cr_assert (!strncmp (partial, "tok1 tok2", 9) && strlen (partial) < 40,
                "partial answer: %s", partial);
-    cr_assert_str_eq (s_str (json_array_get (history, 3), "content"), "tok1 tok2 tok3");
+    cr_assert_str_eq (it_str (json_array_get (history, 3), "content"), "tok1 tok2 tok3");
     json_decref (body);
-    s_stream_free (&stream);
+    it_stream_free (&stream);
     s_stop ();
 }
 
@@ -553,7 +422,7 @@ Test (chat_upstream, a_silent_upstream_ends_in_an_abort, .timeout = 120)
 {
     const char *extra[] = {"LLM_FIRST_TOKEN_TIMEOUT_MS=500", NULL};
     s_start (extra);
-    s_create_workspace ("{\"name\":\"Silent\"}");
+    it_create_workspace (&s_suite, "{\"name\":\"Silent\"}");
     fake_llm_control (&s_fake, "{\"mode\":\"hang\",\"reset\":true}");
 
     //  Non-streaming: 200 with type abort and the reason.
@@ -562,29 +431,29 @@ Test (chat_upstream, a_silent_upstream_ends_in_an_abort, .timeout = 120)
     json_t *reply = s_chat ("silent", "hello?", &status, NULL, 0);
     long long took = it_now_ms () - start;
     cr_assert_eq (status, 200);
-    cr_assert_str_eq (s_str (reply, "type"), "abort");
+    cr_assert_str_eq (it_str (reply, "type"), "abort");
     cr_assert (json_is_null (json_object_get (reply, "textResponse")));
-    cr_assert_str_eq (s_str (reply, "error"), "The LLM provider sent no token within "
-                                              "500 ms (LLM_FIRST_TOKEN_TIMEOUT_MS)");
+    cr_assert_str_eq (it_str (reply, "error"), "The LLM provider sent no token within "
+                                               "500 ms (LLM_FIRST_TOKEN_TIMEOUT_MS)");
     cr_assert (took >= 500 && took < 5000, "took %lld ms", took);
     json_decref (reply);
 
     //  Streaming: an abort event, then finalize.
-    s_stream_t stream;
+    it_stream_t stream;
     s_stream_init (&stream, "silent", 0);
-    s_stream_run (&stream);
+    it_stream_run (&stream);
     cr_assert_eq (stream.result, CURLE_OK);
     cr_assert_eq (stream.status, 200);
-    json_t *events = s_events (stream.data);
+    json_t *events = it_events (stream.data);
     cr_assert_eq (json_array_size (events), 2, "events: %s", stream.data);
     json_t *abort_event = json_array_get (events, 0);
-    cr_assert_str_eq (s_str (abort_event, "type"), "abort");
-    cr_assert (strstr (s_str (abort_event, "error"), "sent no token within 500 ms"));
+    cr_assert_str_eq (it_str (abort_event, "type"), "abort");
+    cr_assert (strstr (it_str (abort_event, "error"), "sent no token within 500 ms"));
     cr_assert (json_is_true (json_object_get (abort_event, "close")));
-    cr_assert_str_eq (s_str (json_array_get (events, 1), "type"),
+    cr_assert_str_eq (it_str (json_array_get (events, 1), "type"),
                       "finalizeResponseStream");
     json_decref (events);
-    s_stream_free (&stream);
+    it_stream_free (&stream);
     //  Both upstream calls were hung up on, none is left open (the fake's
     //  note of the last hang-up may come a moment after our answer).
     cr_assert (it_wait (s_fake_all_hung_up, NULL, 5000), "the upstream calls stay open");

@@ -91,12 +91,6 @@ s_install (void)
     free (output);
 }
 
-static const char *
-s_str (json_t *object, const char *key)
-{
-    return json_string_value (json_object_get (object, key));
-}
-
 //  A request with the admin key; returns the reply's JSON (caller decrefs).
 static json_t *
 s_admin (const char *method, const char *path, const char *body)
@@ -117,7 +111,7 @@ s_client_key (void)
 {
     json_t *reply =
         s_admin ("POST", "/api/v1/admin/api-keys/new", "{\"name\":\"client\"}");
-    char *secret = strdup (s_str (json_object_get (reply, "apiKey"), "secret"));
+    char *secret = strdup (it_str (json_object_get (reply, "apiKey"), "secret"));
     json_decref (reply);
     return secret;
 }
@@ -150,12 +144,12 @@ Test (clients, openai_library_lists_models_and_chats_with_and_without_stream,
 
     //  A whole completion.
     json_t *sync = json_object_get (out, "sync");
-    cr_assert_str_eq (s_str (sync, "object"), "chat.completion");
-    cr_assert_str_eq (s_str (sync, "model"), "clients");
-    cr_assert_str_eq (s_str (sync, "role"), "assistant");
-    cr_assert_str_eq (s_str (sync, "finish_reason"), "stop");
-    cr_assert (strstr (s_str (sync, "content"), "\"Hello from the OpenAI client\""), "%s",
-               output);
+    cr_assert_str_eq (it_str (sync, "object"), "chat.completion");
+    cr_assert_str_eq (it_str (sync, "model"), "clients");
+    cr_assert_str_eq (it_str (sync, "role"), "assistant");
+    cr_assert_str_eq (it_str (sync, "finish_reason"), "stop");
+    cr_assert (strstr (it_str (sync, "content"), "\"Hello from the OpenAI client\""),
+               "%s", output);
     cr_assert_gt (json_integer_value (
                       json_object_get (json_object_get (sync, "usage"), "total_tokens")),
                   0);
@@ -166,18 +160,18 @@ Test (clients, openai_library_lists_models_and_chats_with_and_without_stream,
     cr_assert_gt (json_integer_value (json_object_get (stream, "chunks")), 2, "%s",
                   output);
     cr_assert_eq (json_array_size (json_object_get (stream, "ids")), 1, "%s", output);
-    cr_assert (strstr (s_str (stream, "content"), "\"Stream to the OpenAI client\""),
+    cr_assert (strstr (it_str (stream, "content"), "\"Stream to the OpenAI client\""),
                "%s", output);
-    cr_assert (strstr (s_str (stream, "content"), "built-in offline responder"), "%s",
+    cr_assert (strstr (it_str (stream, "content"), "built-in offline responder"), "%s",
                output);
-    cr_assert_str_eq (s_str (stream, "finish_reason"), "stop");
+    cr_assert_str_eq (it_str (stream, "finish_reason"), "stop");
     cr_assert (json_is_object (json_object_get (stream, "usage")), "%s", output);
 
     //  The stream helper rebuilt a completion from the chunks.
     json_t *helper = json_object_get (out, "helper");
-    cr_assert (strstr (s_str (helper, "content"), "\"Through the stream helper\""), "%s",
+    cr_assert (strstr (it_str (helper, "content"), "\"Through the stream helper\""), "%s",
                output);
-    cr_assert_str_eq (s_str (helper, "finish_reason"), "stop");
+    cr_assert_str_eq (it_str (helper, "finish_reason"), "stop");
 
     //  Vector stores, through the library's pagination.
     json_t *stores = json_object_get (out, "vector_stores");
@@ -188,7 +182,7 @@ Test (clients, openai_library_lists_models_and_chats_with_and_without_stream,
     json_t *unknown = json_object_get (out, "unknown");
     cr_assert_eq (json_integer_value (json_object_get (unknown, "status")), 401, "%s",
                   output);
-    cr_assert_str_eq (s_str (unknown, "name"), "AuthenticationError");
+    cr_assert_str_eq (it_str (unknown, "name"), "AuthenticationError");
 
     //  Three turns in the workspace's history.
     json_t *chats = s_admin ("GET", "/api/v1/workspace/clients/chats", NULL);
@@ -259,7 +253,7 @@ Test (clients, anythingllm_cli_chats_sync_and_streaming, .timeout = 900)
     workspace =
         s_admin ("GET", "/api/v1/workspace/anythingllm-cli-default-workspace", NULL);
     json_t *found = json_array_get (json_object_get (workspace, "workspace"), 0);
-    cr_assert_str_eq (s_str (found, "name"), "AnythingLLM CLI Default Workspace");
+    cr_assert_str_eq (it_str (found, "name"), "AnythingLLM CLI Default Workspace");
     json_decref (workspace);
 
     json_t *chats = s_admin ("GET", "/api/v1/workspace/terminal/chats", NULL);

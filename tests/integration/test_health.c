@@ -7,24 +7,11 @@
 
 static it_suite_t s_suite;
 
-static json_t *
-s_get (const char *path, long *status)
-{
-    char url[256];
-    snprintf (url, sizeof url, "%s%s", s_suite.base, path);
-    it_response_t r;
-    it_http ("GET", url, NULL, false, &r);
-    *status = r.status;
-    json_t *json = it_json (&r);
-    it_response_free (&r);
-    return json;
-}
-
 static bool
 s_health_is (void *arg)
 {
     long status;
-    json_t *health = s_get ("/api/health", &status);
+    json_t *health = it_get_json (&s_suite, "/api/health", &status);
     bool match = !strcmp (json_string_value (json_object_get (health, "status")), arg);
     json_decref (health);
     return match;
@@ -40,7 +27,7 @@ Test (health, redis_down_is_degraded_and_named_then_ok_again, .timeout = 90)
     kill (redis[0], SIGSTOP);
     cr_assert (it_wait (s_health_is, "degraded", 10000), "health never said degraded");
     long status;
-    json_t *health = s_get ("/api/health", &status);
+    json_t *health = it_get_json (&s_suite, "/api/health", &status);
     cr_assert_eq (status, 200, "degraded still serves");
     char *text = json_dumps (health, 0);
     cr_assert (strstr (text, "Redis"), "the warning does not name Redis: %s", text);
@@ -49,7 +36,7 @@ Test (health, redis_down_is_degraded_and_named_then_ok_again, .timeout = 90)
                       "down");
     free (text);
     json_decref (health);
-    json_t *ready = s_get ("/api/health/ready", &status);
+    json_t *ready = it_get_json (&s_suite, "/api/health/ready", &status);
     cr_assert_eq (status, 200, "Redis down is degraded, not unready");
     json_decref (ready);
     kill (redis[0], SIGCONT);
@@ -66,7 +53,7 @@ s_only_chatd_missing (void *arg)
 {
     (void) arg;
     long status;
-    json_t *ready = s_get ("/api/health/ready", &status);
+    json_t *ready = it_get_json (&s_suite, "/api/health/ready", &status);
     char *text = json_dumps (ready, 0);
     snprintf (s_last, sizeof s_last, "%ld %s", status, text);
     json_t *reasons = json_object_get (ready, "reasons");

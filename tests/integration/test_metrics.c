@@ -20,18 +20,12 @@ static const char *const s_env[] = {"METRICS_REPORT_INTERVAL_MS=100",
 
 static it_suite_t s_suite;
 
-static void
-s_url (char *url, size_t size, const char *path)
-{
-    snprintf (url, size, "%s%s", s_suite.base, path);
-}
-
 //  GET /api/metrics (no key needed): 200 and JSON, always.
 static json_t *
 s_metrics (void)
 {
     char url[256];
-    s_url (url, sizeof url, "/api/metrics");
+    it_url (&s_suite, url, sizeof url, "/api/metrics");
     it_response_t r;
     it_http ("GET", url, NULL, false, &r);
     cr_assert_eq (r.status, 200, "/api/metrics: %ld %s", r.status, r.body);
@@ -90,13 +84,10 @@ Test (metrics, chats_add_up_over_both_replicas_and_promtool_accepts_the_text,
         "promtool is missing: scripts/deps.sh installs it (package prometheus)");
     it_suite_start (&s_suite, s_env);
     char url[256];
-    s_url (url, sizeof url, "/api/v1/workspace/new");
+    it_create_workspace (&s_suite, "{\"name\":\"Metrics Test\"}");
     it_response_t r;
-    it_http ("POST", url, "{\"name\":\"Metrics Test\"}", true, &r);
-    cr_assert_eq (r.status, 200, "workspace/new: %ld %s", r.status, r.body);
-    it_response_free (&r);
     //  N chats; the gateway spreads them over both replicas.
-    s_url (url, sizeof url, "/api/v1/workspace/metrics-test/chat");
+    it_url (&s_suite, url, sizeof url, "/api/v1/workspace/metrics-test/chat");
     for (int i = 0; i < S_CHATS; i++) {
         it_http ("POST", url, "{\"message\":\"count me\",\"mode\":\"chat\"}", true, &r);
         cr_assert_eq (r.status, 200, "chat %d: %ld %s", i, r.status, r.body);
@@ -139,7 +130,7 @@ Test (metrics, chats_add_up_over_both_replicas_and_promtool_accepts_the_text,
     json_decref (metrics);
 
     //  The Prometheus text: valid for promtool, with the same numbers.
-    s_url (url, sizeof url, "/api/metrics/prometheus");
+    it_url (&s_suite, url, sizeof url, "/api/metrics/prometheus");
     it_http ("GET", url, NULL, false, &r);
     cr_assert_eq (r.status, 200);
     cr_assert (strcasestr (r.headers, "Content-Type: text/plain; version=0.0.4"), "%s",

@@ -13,97 +13,26 @@
 static it_suite_t s_suite;
 
 static void
-s_url (char *url, size_t size, const char *path)
-{
-    snprintf (url, size, "%s%s", s_suite.base, path);
-}
-
-static void
 s_create_workspace (const char *name)
 {
-    char url[256];
-    s_url (url, sizeof url, "/api/v1/workspace/new");
     char body[128];
     snprintf (body, sizeof body, "{\"name\":\"%s\"}", name);
-    it_response_t r;
-    it_http ("POST", url, body, true, &r);
-    cr_assert_eq (r.status, 200, "workspace/new: %ld %s", r.status, r.body);
-    it_response_free (&r);
+    it_create_workspace (&s_suite, body);
 }
 
-//  --- SSE client ----------------------------------------------------------
-
-typedef struct {
+//  A stream-chat at path (it_stream_t).
+static void
+s_stream_init (it_stream_t *stream, const char *path)
+{
     char url[256];
-    char *data; //  everything received
-    size_t size;
-    pthread_mutex_t lock; //  guards data
-    atomic_bool done;     //  transfer finished
-    long status;          //  HTTP status
-    CURLcode result;      //  transfer result
-} s_stream_t;
-
-static size_t
-s_stream_write (char *data, size_t size, size_t nmemb, void *arg)
-{
-    s_stream_t *stream = arg;
-    size_t n = size * nmemb;
-    pthread_mutex_lock (&stream->lock);
-    stream->data = realloc (stream->data, stream->size + n + 1);
-    memcpy (stream->data + stream->size, data, n);
-    stream->size += n;
-    stream->data[stream->size] = 0;
-    pthread_mutex_unlock (&stream->lock);
-    return n;
-}
-
-static void *
-s_stream_run (void *arg)
-{
-    s_stream_t *stream = arg;
-    CURL *curl = curl_easy_init ();
-    struct curl_slist *headers = NULL;
-    headers = curl_slist_append (headers, "Content-Type: application/json");
-    headers = curl_slist_append (headers, "Authorization: Bearer " IT_ADMIN_KEY);
-    curl_easy_setopt (curl, CURLOPT_URL, stream->url);
-    curl_easy_setopt (curl, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt (curl, CURLOPT_POSTFIELDS, "{\"message\":\"tell me a long story\"}");
-    curl_easy_setopt (curl, CURLOPT_WRITEFUNCTION, s_stream_write);
-    curl_easy_setopt (curl, CURLOPT_WRITEDATA, stream);
-    curl_easy_setopt (curl, CURLOPT_TIMEOUT_MS, 30000L);
-    curl_easy_setopt (curl, CURLOPT_NOSIGNAL, 1L);
-    stream->result = curl_easy_perform (curl);
-    curl_easy_getinfo (curl, CURLINFO_RESPONSE_CODE, &stream->status);
-    curl_slist_free_all (headers);
-    curl_easy_cleanup (curl);
-    atomic_store (&stream->done, true);
-    return NULL;
-}
-
-//  Parse "data: {...}\n\n" events; checks that every event has that form.
-static json_t *
-s_events (const char *text)
-{
-    json_t *events = json_array ();
-    const char *p = text;
-    while (*p) {
-        cr_assert_eq (strncmp (p, "data: ", 6), 0,
-                      "event does not start with 'data: ': %.40s", p);
-        const char *end = strstr (p, "\n\n");
-        cr_assert_not_null (end, "event not terminated by a blank line");
-        json_error_t error;
-        json_t *event = json_loadb (p + 6, (size_t) (end - p - 6), 0, &error);
-        cr_assert_not_null (event, "event is not JSON: %.80s", p + 6);
-        json_array_append_new (events, event);
-        p = end + 2;
-    }
-    return events;
+    it_url (&s_suite, url, sizeof url, path);
+    it_stream_init (stream, url, "{\"message\":\"tell me a long story\"}", 0);
 }
 
 static const char *
 s_type (json_t *event)
 {
-    return json_string_value (json_object_get (event, "type"));
+    return it_str (event, "type");
 }
 
 //  --- tests ---------------------------------------------------------------
@@ -113,7 +42,7 @@ Test (suite, chat_and_stream_chat_have_the_api_shapes, .timeout = 90)
     it_suite_start (&s_suite, NULL);
     s_create_workspace ("Shapes Test");
     char url[256];
-    s_url (url, sizeof url, "/api/v1/workspace/shapes-test/chat");
+    it_url (&s_suite, url, sizeof url, "/api/v1/workspace/shapes-test/chat");
     it_response_t r;
     it_http ("POST", url, "{\"message\":\"hello there\",\"mode\":\"chat\"}", true, &r);
     cr_assert_eq (r.status, 200, "chat: %ld %s", r.status, r.body);
@@ -132,7 +61,7 @@ Test (suite, chat_and_stream_chat_have_the_api_shapes, .timeout = 90)
     it_response_free (&r);
 
     //  Unknown workspace: 400 with the abort shape.
-    s_url (url, sizeof url, "/api/v1/workspace/nope/chat");
+    it_url (&s_suite, url, sizeof url, "/api/v1/workspace/nope/chat");
     it_http ("POST", url, "{\"message\":\"hi\"}", true, &r);
     cr_assert_eq (r.status, 400, "%ld %s", r.status, r.body);
     json_t *abort_reply = it_json (&r);
@@ -144,13 +73,12 @@ Test (suite, chat_and_stream_chat_have_the_api_shapes, .timeout = 90)
     it_response_free (&r);
 
     //  Streaming: chunks with uuid, a close:true chunk, then finalize last.
-    s_stream_t stream = {0};
-    pthread_mutex_init (&stream.lock, NULL);
-    s_url (stream.url, sizeof stream.url, "/api/v1/workspace/shapes-test/stream-chat");
-    s_stream_run (&stream);
+    it_stream_t stream;
+    s_stream_init (&stream, "/api/v1/workspace/shapes-test/stream-chat");
+    it_stream_run (&stream);
     cr_assert_eq (stream.result, CURLE_OK);
     cr_assert_eq (stream.status, 200);
-    json_t *events = s_events (stream.data);
+    json_t *events = it_events (stream.data);
     size_t count = json_array_size (events);
     cr_assert_geq (count, 3, "too few events: %s", stream.data);
     for (size_t i = 0; i + 2 < count; i++) {
@@ -166,7 +94,7 @@ Test (suite, chat_and_stream_chat_have_the_api_shapes, .timeout = 90)
     cr_assert_str_eq (s_type (last), "finalizeResponseStream");
     cr_assert_not_null (json_object_get (last, "chatId"));
     json_decref (events);
-    free (stream.data);
+    it_stream_free (&stream);
     it_suite_stop (&s_suite);
 }
 
@@ -198,7 +126,7 @@ Test (suite, killed_chatd_is_restarted_while_the_other_serves, .timeout = 90)
     kill (pids[0], SIGKILL);
     //  Requests keep succeeding while the replacement starts.
     char url[256];
-    s_url (url, sizeof url, "/api/v1/workspace/restart/chat");
+    it_url (&s_suite, url, sizeof url, "/api/v1/workspace/restart/chat");
     int served = 0;
     long long until = it_now_ms () + 1500;
     while (it_now_ms () < until || served < 20) {
@@ -240,7 +168,7 @@ s_spread (void *arg)
 {
     (void) arg;
     char url[256];
-    s_url (url, sizeof url, "/api/health");
+    it_url (&s_suite, url, sizeof url, "/api/health");
     it_response_t r;
     it_http ("GET", url, NULL, false, &r);
     snprintf (s_last_health, sizeof s_last_health, "%s", r.body);
@@ -268,7 +196,7 @@ Test (suite, concurrent_chats_spread_over_both_replicas, .timeout = 120)
     it_suite_start (&s_suite, extra);
     s_create_workspace ("Load");
     s_load_t load = {.ok = 0};
-    s_url (load.url, sizeof load.url, "/api/v1/workspace/load/chat");
+    it_url (&s_suite, load.url, sizeof load.url, "/api/v1/workspace/load/chat");
     pthread_t threads[100];
     for (int i = 0; i < 100; i++)
         pthread_create (&threads[i], NULL, s_one_chat, &load);
@@ -282,28 +210,12 @@ Test (suite, concurrent_chats_spread_over_both_replicas, .timeout = 120)
     it_suite_stop (&s_suite);
 }
 
-static bool
-s_stream_started (void *arg)
-{
-    s_stream_t *stream = arg;
-    pthread_mutex_lock (&stream->lock);
-    bool started = stream->size > 0;
-    pthread_mutex_unlock (&stream->lock);
-    return started;
-}
-
-static bool
-s_stream_done (void *arg)
-{
-    return atomic_load (&((s_stream_t *) arg)->done);
-}
-
 //  The pid of the chat instance with a request in flight (ids end in -pid).
 static pid_t
 s_busy_chat_pid (void)
 {
     char url[256];
-    s_url (url, sizeof url, "/api/health");
+    it_url (&s_suite, url, sizeof url, "/api/health");
     it_response_t r;
     it_http ("GET", url, NULL, false, &r);
     json_t *health = it_json (&r);
@@ -327,29 +239,28 @@ Test (suite, chatd_killed_mid_stream_gives_an_abort_event, .timeout = 90)
     const char *extra[] = {"BUILTIN_LLM_TOKEN_DELAY_MS=50", NULL};
     it_suite_start (&s_suite, extra);
     s_create_workspace ("Midstream");
-    s_stream_t stream = {0};
-    pthread_mutex_init (&stream.lock, NULL);
-    s_url (stream.url, sizeof stream.url, "/api/v1/workspace/midstream/stream-chat");
+    it_stream_t stream;
+    s_stream_init (&stream, "/api/v1/workspace/midstream/stream-chat");
     pthread_t thread;
-    pthread_create (&thread, NULL, s_stream_run, &stream);
-    cr_assert (it_wait (s_stream_started, &stream, 10000), "the stream never started");
+    pthread_create (&thread, NULL, it_stream_run, &stream);
+    cr_assert (it_wait (it_stream_started, &stream, 10000), "the stream never started");
     pid_t pid = s_busy_chat_pid ();
     cr_assert_gt (pid, 0, "no chat instance has the stream in flight");
     kill (pid, SIGKILL);
     long long killed_at = it_now_ms ();
-    cr_assert (it_wait (s_stream_done, &stream, 10000),
+    cr_assert (it_wait (it_stream_done, &stream, 10000),
                "the stream hangs after the kill");
     long long took = it_now_ms () - killed_at;
     pthread_join (thread, NULL);
     cr_assert_eq (stream.result, CURLE_OK, "the stream ended with a transport error %d",
                   stream.result);
-    json_t *events = s_events (stream.data);
+    json_t *events = it_events (stream.data);
     json_t *last = json_array_get (events, json_array_size (events) - 1);
     cr_assert_str_eq (s_type (last), "abort", "last event: %s", stream.data);
     cr_assert (json_is_string (json_object_get (last, "error")));
     cr_log_info ("stream ended %lld ms after the kill", took);
     json_decref (events);
-    free (stream.data);
+    it_stream_free (&stream);
     it_suite_stop (&s_suite);
 }
 
@@ -409,7 +320,8 @@ Test (suite, a_burst_over_the_chat_limit_gets_429_with_headers, .timeout = 90)
     pthread_t threads[6];
     for (int i = 0; i < 6; i++) {
         memset (&calls[i], 0, sizeof calls[i]);
-        s_url (calls[i].url, sizeof calls[i].url, "/api/v1/workspace/limited/chat");
+        it_url (&s_suite, calls[i].url, sizeof calls[i].url,
+                "/api/v1/workspace/limited/chat");
         pthread_create (&threads[i], NULL, s_limited_chat, &calls[i]);
     }
     int ok = 0, limited = 0;
