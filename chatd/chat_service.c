@@ -361,23 +361,33 @@ s_workspace_new (cm_call_t *call, void *arg)
     json_decref (body);
 }
 
-static void
-s_workspace_list (cm_call_t *call, void *arg)
+//  Every workspace with its threads (new reference), or NULL after
+//  answering the call 500.
+static json_t *
+s_workspaces (chat_service_t *self, cm_call_t *call)
 {
-    chat_service_t *self = (chat_service_t *) arg;
     cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
     json_t *workspaces = NULL;
     if (!storage || cm_storage_workspace_list (storage, &workspaces) != CM_STORAGE_OK) {
         cm_call_reply_error (call, 500, "Internal Server Error");
-        cm_storage_pool_release (self->pool, &storage);
-        return;
+        workspaces = NULL;
     }
+    cm_storage_pool_release (self->pool, &storage);
+    return workspaces;
+}
+
+static void
+s_workspace_list (cm_call_t *call, void *arg)
+{
+    chat_service_t *self = (chat_service_t *) arg;
+    json_t *workspaces = s_workspaces (self, call);
+    if (!workspaces)
+        return;
     size_t i;
     json_t *workspace;
     json_array_foreach (workspaces, i, workspace)
         s_trim_threads (json_object_get (workspace, "threads"), true);
     s_reply_json (call, 200, json_pack ("{s:o}", "workspaces", workspaces));
-    cm_storage_pool_release (self->pool, &storage);
 }
 
 static void
@@ -1162,14 +1172,9 @@ static void
 s_openai_models (cm_call_t *call, void *arg)
 {
     chat_service_t *self = (chat_service_t *) arg;
-    cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
-    json_t *workspaces = NULL;
-    if (!storage || cm_storage_workspace_list (storage, &workspaces) != CM_STORAGE_OK) {
-        cm_call_reply_error (call, 500, "Internal Server Error");
-        cm_storage_pool_release (self->pool, &storage);
+    json_t *workspaces = s_workspaces (self, call);
+    if (!workspaces)
         return;
-    }
-    cm_storage_pool_release (self->pool, &storage);
     json_t *data = json_array ();
     size_t i;
     json_t *workspace;
@@ -1203,14 +1208,9 @@ s_openai_vector_stores (cm_call_t *call, void *arg)
         s_reply_json (call, 200, json_pack ("{s:[], s:b}", "data", "has_more", 0));
         return;
     }
-    cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
-    json_t *workspaces = NULL;
-    if (!storage || cm_storage_workspace_list (storage, &workspaces) != CM_STORAGE_OK) {
-        cm_call_reply_error (call, 500, "Internal Server Error");
-        cm_storage_pool_release (self->pool, &storage);
+    json_t *workspaces = s_workspaces (self, call);
+    if (!workspaces)
         return;
-    }
-    cm_storage_pool_release (self->pool, &storage);
     json_t *data = json_array ();
     size_t i;
     json_t *workspace;

@@ -142,6 +142,8 @@ struct cm_storage_pool_s {
 static int s_open (cm_storage_t *self);
 static int s_migrate (cm_storage_t *self);
 static int s_fail (cm_storage_t *self, const char *what);
+static cm_storage_status_t s_rows (cm_storage_t *self, sqlite3_stmt *stmt,
+                                   const char *what, json_t **rows_p);
 static sqlite3_stmt *s_stmt (cm_storage_t *self, const char *sql);
 static int s_exec (cm_storage_t *self, const char *sql);
 static json_t *s_row (sqlite3_stmt *stmt);
@@ -816,18 +818,7 @@ cm_storage_thread_list (cm_storage_t *self, int64_t workspace_id, json_t **threa
     if (!stmt)
         return CM_STORAGE_ERROR;
     sqlite3_bind_int64 (stmt, 1, workspace_id);
-    json_t *threads = json_array ();
-    int rc;
-    while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
-        json_array_append_new (threads, s_row (stmt));
-    sqlite3_reset (stmt);
-    if (rc != SQLITE_DONE) {
-        s_fail (self, "list threads");
-        json_decref (threads);
-        return CM_STORAGE_ERROR;
-    }
-    *threads_p = threads;
-    return CM_STORAGE_OK;
+    return s_rows (self, stmt, "list threads", threads_p);
 }
 
 //  --- chat history ------------------------------------------------------------
@@ -910,18 +901,7 @@ cm_storage_chat_list (cm_storage_t *self, int64_t workspace_id,
         return CM_STORAGE_ERROR;
     s_chat_bind (stmt, workspace_id, filter);
     sqlite3_bind_int64 (stmt, 5, filter->limit > 0 ? filter->limit : -1);
-    json_t *chats = json_array ();
-    int rc;
-    while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
-        json_array_append_new (chats, s_row (stmt));
-    sqlite3_reset (stmt);
-    if (rc != SQLITE_DONE) {
-        s_fail (self, "list chats");
-        json_decref (chats);
-        return CM_STORAGE_ERROR;
-    }
-    *chats_p = chats;
-    return CM_STORAGE_OK;
+    return s_rows (self, stmt, "list chats", chats_p);
 }
 
 cm_storage_status_t
@@ -1045,18 +1025,7 @@ cm_storage_apikey_list (cm_storage_t *self, json_t **keys_p)
                                        "WHERE revokedAt IS NULL ORDER BY id");
     if (!stmt)
         return CM_STORAGE_ERROR;
-    json_t *keys = json_array ();
-    int rc;
-    while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
-        json_array_append_new (keys, s_row (stmt));
-    sqlite3_reset (stmt);
-    if (rc != SQLITE_DONE) {
-        s_fail (self, "list API keys");
-        json_decref (keys);
-        return CM_STORAGE_ERROR;
-    }
-    *keys_p = keys;
-    return CM_STORAGE_OK;
+    return s_rows (self, stmt, "list API keys", keys_p);
 }
 
 cm_storage_status_t
@@ -1121,6 +1090,25 @@ cm_storage_apikey_find (cm_storage_t *self, const unsigned char *hash, size_t ha
 }
 
 //  --- private ------------------------------------------------------------------
+
+//  Step a bound statement to the end, every row as JSON (s_row) into a new
+//  array for *rows_p; on failure log what failed and leave *rows_p NULL.
+static cm_storage_status_t
+s_rows (cm_storage_t *self, sqlite3_stmt *stmt, const char *what, json_t **rows_p)
+{
+    json_t *rows = json_array ();
+    int rc;
+    while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
+        json_array_append_new (rows, s_row (stmt));
+    sqlite3_reset (stmt);
+    if (rc != SQLITE_DONE) {
+        s_fail (self, what);
+        json_decref (rows);
+        return CM_STORAGE_ERROR;
+    }
+    *rows_p = rows;
+    return CM_STORAGE_OK;
+}
 
 //  Record a database failure and log it once, where it happens (while
 //  opening, the caller reports it instead). Returns -1.
