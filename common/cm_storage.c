@@ -7,7 +7,7 @@
     timeout makes waiters queue instead of failing. Every statement is reset
     right after use so that no read transaction stays open and pins an old
     WAL snapshot. */
-#include "cm_storage.h"
+#include "cm_storage_int.h"
 #include "cm_log.h"
 #include <errno.h>
 #include <pthread.h>
@@ -25,13 +25,12 @@
 //  Attempts at a free "<slug>-<8 digits>" before giving up.
 #define S_SLUG_TRIES 16
 
-//  ISO-8601 UTC with milliseconds, as upstream's Prisma serialises dates.
-#define S_NOW "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
+#define S_NOW CM_STORAGE_NOW
 
 //  Migrations, in order: s_migrations[v] takes the schema from version v to
 //  v + 1. Append only; never edit a released step. Column order follows
 //  upstream's Prisma schema so rows read back in upstream's key order.
-//  Declared types matter to s_row: BOOLEAN reads back as true/false and
+//  Declared types matter to cm_storage__row: BOOLEAN reads back as true/false and
 //  JSON_TEXT (TEXT affinity) as parsed JSON.
 static const char *s_migrations[CM_STORAGE_SCHEMA_VERSION] = {
     //  1: workspaces, threads, chat history
@@ -92,6 +91,79 @@ static const char *s_migrations[CM_STORAGE_SCHEMA_VERSION] = {
     "  createdAt TEXT NOT NULL DEFAULT (" S_NOW "),"
     "  lastUpdatedAt TEXT NOT NULL DEFAULT (" S_NOW "),"
     "  revokedAt TEXT);",
+    //  3: documents and their embedded chunks; ingestion jobs; agent flows.
+    //  A document is parsed once (upstream keeps it as a JSON file under
+    //  storage/documents; here its row holds the text) and embedded once:
+    //  its chunks and vectors belong to the document, and a workspace sees
+    //  the chunks of the documents linked to it (workspace_documents, as
+    //  upstream names it). A chunk's id is derived from its document and
+    //  position, so a job that runs twice stores each chunk once. The job
+    //  row is the durable record of an ingestion (Redis only carries the
+    //  queue), so its state can be asked for whichever path ran it.
+    "CREATE TABLE IF NOT EXISTS documents ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  location TEXT NOT NULL UNIQUE,"
+    "  name TEXT NOT NULL,"
+    "  url TEXT,"
+    "  title TEXT,"
+    "  docAuthor TEXT,"
+    "  description TEXT,"
+    "  docSource TEXT,"
+    "  chunkSource TEXT,"
+    "  published TEXT,"
+    "  wordCount INTEGER,"
+    "  token_count_estimate INTEGER,"
+    "  metadata JSON_TEXT,"
+    "  content TEXT NOT NULL,"
+    "  embedded BOOLEAN NOT NULL DEFAULT 0,"
+    "  createdAt TEXT NOT NULL DEFAULT (" S_NOW "),"
+    "  lastUpdatedAt TEXT NOT NULL DEFAULT (" S_NOW "));"
+    "CREATE TABLE IF NOT EXISTS document_chunks ("
+    "  id TEXT PRIMARY KEY,"
+    "  documentId INTEGER NOT NULL REFERENCES documents (id) ON DELETE CASCADE,"
+    "  position INTEGER NOT NULL,"
+    "  text TEXT NOT NULL,"
+    "  vector BLOB NOT NULL,"
+    "  UNIQUE (documentId, position));"
+    "CREATE TABLE IF NOT EXISTS workspace_documents ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  docId TEXT NOT NULL UNIQUE,"
+    "  filename TEXT NOT NULL,"
+    "  docpath TEXT NOT NULL,"
+    "  workspaceId INTEGER NOT NULL REFERENCES workspaces (id) ON DELETE CASCADE,"
+    "  metadata JSON_TEXT,"
+    "  pinned BOOLEAN DEFAULT 0,"
+    "  watched BOOLEAN DEFAULT 0,"
+    "  createdAt TEXT NOT NULL DEFAULT (" S_NOW "),"
+    "  lastUpdatedAt TEXT NOT NULL DEFAULT (" S_NOW "),"
+    "  UNIQUE (workspaceId, docpath));"
+    "CREATE INDEX IF NOT EXISTS workspace_documents_docpath"
+    "  ON workspace_documents (docpath);"
+    "CREATE TABLE IF NOT EXISTS ingest_jobs ("
+    "  id TEXT PRIMARY KEY,"
+    "  location TEXT NOT NULL,"
+    "  state TEXT NOT NULL DEFAULT 'queued',"
+    "  path TEXT NOT NULL DEFAULT 'queue',"
+    "  workspaces JSON_TEXT,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  maxAttempts INTEGER NOT NULL DEFAULT 1,"
+    "  chunksDone INTEGER NOT NULL DEFAULT 0,"
+    "  chunksTotal INTEGER NOT NULL DEFAULT 0,"
+    "  error TEXT,"
+    "  createdAt TEXT NOT NULL DEFAULT (" S_NOW "),"
+    "  lastUpdatedAt TEXT NOT NULL DEFAULT (" S_NOW "),"
+    "  finishedAt TEXT);"
+    "CREATE INDEX IF NOT EXISTS ingest_jobs_location ON ingest_jobs (location);"
+    "CREATE INDEX IF NOT EXISTS ingest_jobs_state ON ingest_jobs (state);"
+    "CREATE TABLE IF NOT EXISTS agent_flows ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  uuid TEXT NOT NULL UNIQUE,"
+    "  name TEXT NOT NULL,"
+    "  description TEXT,"
+    "  active BOOLEAN NOT NULL DEFAULT 1,"
+    "  steps JSON_TEXT NOT NULL,"
+    "  createdAt TEXT NOT NULL DEFAULT (" S_NOW "),"
+    "  lastUpdatedAt TEXT NOT NULL DEFAULT (" S_NOW "));",
 };
 
 #define S_WORKSPACE_COLUMNS                                                              \
@@ -104,51 +176,13 @@ static const char *s_migrations[CM_STORAGE_SCHEMA_VERSION] = {
     "createdAt, lastUpdatedAt, feedbackScore"
 #define S_APIKEY_COLUMNS "id, name, role, prefix, createdBy, createdAt, lastUpdatedAt"
 
-typedef struct {
-    char *sql;          //  the statement's text, the cache key
-    sqlite3_stmt *stmt; //  prepared once, reset between uses
-} s_cached_t;
-
-struct cm_storage_s {
-    sqlite3 *db;       //  the connection (SQLITE_OPEN_NOMUTEX: one thread at a time)
-    char *path;        //  dir/llmrt.db
-    s_cached_t *cache; //  prepared statements, looked up by SQL text
-    size_t cache_size; //  entries in use
-    size_t cache_max;  //  entries allocated
-    char errmsg[512];  //  reason of the last failure ("" after none)
-    bool opening;      //  in cm_storage_new: failures go to its caller, unlogged
-};
-
-struct cm_storage_pool_s {
-    pthread_mutex_t lock; //  guards idle, idle_size and lent
-    char *dir;            //  storage directory new connections open
-    cm_storage_t **idle;  //  connections waiting to be lent
-    size_t idle_size;     //  entries in idle
-    size_t idle_max;      //  entries allocated
-    size_t lent;          //  connections out with callers
-    //  The checkpointer: WAL checkpoints (and their fsyncs) run here, once a
-    //  second, instead of inside whichever request's commit crossed the
-    //  auto-checkpoint size (measured: 9% of a chat turn's CPU, and its
-    //  worst latencies, since the write lock is held meanwhile).
-    pthread_t checkpointer; //  the thread
-    pthread_cond_t wake;    //  signalled on destroy
-    bool stopping;          //  guarded by lock
-};
-
 #define S_CHECKPOINT_MS 1000
 //  Idle connections a pool keeps for reuse; more are closed on release.
 #define S_POOL_IDLE_MAX 8
 
 static int s_open (cm_storage_t *self);
 static int s_migrate (cm_storage_t *self);
-static int s_fail (cm_storage_t *self, const char *what);
-static cm_storage_status_t s_rows (cm_storage_t *self, sqlite3_stmt *stmt,
-                                   const char *what, json_t **rows_p);
-static sqlite3_stmt *s_stmt (cm_storage_t *self, const char *sql);
-static int s_exec (cm_storage_t *self, const char *sql);
-static json_t *s_row (sqlite3_stmt *stmt);
 static int s_mkdir_p (const char *dir, char *err, size_t errlen);
-static void s_uuid (char out[37]);
 
 //  --- connection -------------------------------------------------------------
 
@@ -212,14 +246,14 @@ int
 cm_storage_schema_version (cm_storage_t *self)
 {
     assert (self);
-    sqlite3_stmt *stmt = s_stmt (self, "PRAGMA user_version");
+    sqlite3_stmt *stmt = cm_storage__stmt (self, "PRAGMA user_version");
     if (!stmt)
         return -1;
     int version = -1;
     if (sqlite3_step (stmt) == SQLITE_ROW)
         version = sqlite3_column_int (stmt, 0);
     else
-        s_fail (self, "read schema version");
+        cm_storage__fail (self, "read schema version");
     sqlite3_reset (stmt);
     return version;
 }
@@ -228,12 +262,12 @@ bool
 cm_storage_ping (cm_storage_t *self)
 {
     assert (self);
-    sqlite3_stmt *stmt = s_stmt (self, "SELECT count(*) FROM workspaces");
+    sqlite3_stmt *stmt = cm_storage__stmt (self, "SELECT count(*) FROM workspaces");
     if (!stmt)
         return false;
     bool ok = sqlite3_step (stmt) == SQLITE_ROW;
     if (!ok)
-        s_fail (self, "ping");
+        cm_storage__fail (self, "ping");
     sqlite3_reset (stmt);
     return ok;
 }
@@ -268,7 +302,7 @@ s_checkpointer (void *arg)
         int rc = sqlite3_wal_checkpoint_v2 (storage->db, NULL, SQLITE_CHECKPOINT_PASSIVE,
                                             NULL, NULL);
         if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY)
-            s_fail (storage, "checkpoint");
+            cm_storage__fail (storage, "checkpoint");
         pthread_mutex_lock (&self->lock);
     }
     pthread_mutex_unlock (&self->lock);
@@ -456,7 +490,8 @@ s_string_or_null (const json_t *fields, const char *key)
 static bool
 s_slug_taken (cm_storage_t *self, const char *slug, int *rc_p)
 {
-    sqlite3_stmt *stmt = s_stmt (self, "SELECT 1 FROM workspaces WHERE slug = ?1");
+    sqlite3_stmt *stmt =
+        cm_storage__stmt (self, "SELECT 1 FROM workspaces WHERE slug = ?1");
     if (!stmt) {
         *rc_p = -1;
         return false;
@@ -465,7 +500,7 @@ s_slug_taken (cm_storage_t *self, const char *slug, int *rc_p)
     int rc = sqlite3_step (stmt);
     sqlite3_reset (stmt);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-        *rc_p = s_fail (self, "look up slug");
+        *rc_p = cm_storage__fail (self, "look up slug");
         return false;
     }
     *rc_p = 0;
@@ -478,7 +513,7 @@ static json_t *
 s_select_one (cm_storage_t *self, const char *sql, int64_t id, const char *text,
               cm_storage_status_t *status_p)
 {
-    sqlite3_stmt *stmt = s_stmt (self, sql);
+    sqlite3_stmt *stmt = cm_storage__stmt (self, sql);
     if (!stmt) {
         *status_p = CM_STORAGE_ERROR;
         return NULL;
@@ -489,12 +524,12 @@ s_select_one (cm_storage_t *self, const char *sql, int64_t id, const char *text,
     json_t *row = NULL;
     int rc = sqlite3_step (stmt);
     if (rc == SQLITE_ROW) {
-        row = s_row (stmt);
+        row = cm_storage__row (stmt);
         *status_p = CM_STORAGE_OK;
     } else if (rc == SQLITE_DONE)
         *status_p = CM_STORAGE_NOT_FOUND;
     else {
-        s_fail (self, "read row");
+        cm_storage__fail (self, "read row");
         *status_p = CM_STORAGE_ERROR;
     }
     sqlite3_reset (stmt);
@@ -554,7 +589,7 @@ cm_storage_workspace_create (cm_storage_t *self, const json_t *fields,
     char *slug = NULL;
     int64_t id = -1;
     cm_storage_status_t status = CM_STORAGE_ERROR;
-    if (s_exec (self, "BEGIN IMMEDIATE"))
+    if (cm_storage__exec (self, "BEGIN IMMEDIATE"))
         goto cleanup;
 
     //  Under the write lock, so the check and the insert are one step for
@@ -563,7 +598,7 @@ cm_storage_workspace_create (cm_storage_t *self, const json_t *fields,
         free (slug);
         if (!*base) {
             slug = cm_malloc (37);
-            s_uuid (slug);
+            cm_storage__uuid (slug);
         } else if (attempt == 0)
             slug = cm_strdup (base);
         else {
@@ -585,7 +620,7 @@ cm_storage_workspace_create (cm_storage_t *self, const json_t *fields,
         }
     }
 
-    sqlite3_stmt *stmt = s_stmt (
+    sqlite3_stmt *stmt = cm_storage__stmt (
         self,
         "INSERT INTO workspaces (name, slug, openAiTemp, openAiHistory, openAiPrompt, "
         "similarityThreshold, chatProvider, chatModel, topN, chatMode, agentProvider, "
@@ -616,7 +651,7 @@ cm_storage_workspace_create (cm_storage_t *self, const json_t *fields,
     int rc = sqlite3_step (stmt);
     sqlite3_reset (stmt);
     if (rc != SQLITE_DONE) {
-        s_fail (self, "insert workspace");
+        cm_storage__fail (self, "insert workspace");
         goto rollback;
     }
     id = sqlite3_last_insert_rowid (self->db);
@@ -625,7 +660,7 @@ cm_storage_workspace_create (cm_storage_t *self, const json_t *fields,
         &status);
     if (status != CM_STORAGE_OK)
         goto rollback;
-    if (s_exec (self, "COMMIT")) {
+    if (cm_storage__exec (self, "COMMIT")) {
         status = CM_STORAGE_ERROR;
         goto rollback;
     }
@@ -671,15 +706,15 @@ cm_storage_workspace_list (cm_storage_t *self, json_t **workspaces_p)
 
     //  Both reads in one transaction: a thread never shows up whose
     //  workspace the first read did not see.
-    if (s_exec (self, "BEGIN"))
+    if (cm_storage__exec (self, "BEGIN"))
         goto cleanup;
-    sqlite3_stmt *stmt =
-        s_stmt (self, "SELECT " S_WORKSPACE_COLUMNS " FROM workspaces ORDER BY id");
+    sqlite3_stmt *stmt = cm_storage__stmt (self, "SELECT " S_WORKSPACE_COLUMNS
+                                                 " FROM workspaces ORDER BY id");
     if (!stmt)
         goto rollback;
     int rc;
     while ((rc = sqlite3_step (stmt)) == SQLITE_ROW) {
-        json_t *workspace = s_row (stmt);
+        json_t *workspace = cm_storage__row (stmt);
         json_t *threads = json_array ();
         json_object_set_new (workspace, "threads", threads);
         char key[32];
@@ -689,11 +724,11 @@ cm_storage_workspace_list (cm_storage_t *self, json_t **workspaces_p)
     }
     sqlite3_reset (stmt);
     if (rc != SQLITE_DONE) {
-        s_fail (self, "list workspaces");
+        cm_storage__fail (self, "list workspaces");
         goto rollback;
     }
-    stmt = s_stmt (self, "SELECT " S_THREAD_COLUMNS
-                         " FROM workspace_threads ORDER BY workspace_id, id");
+    stmt = cm_storage__stmt (self, "SELECT " S_THREAD_COLUMNS
+                                   " FROM workspace_threads ORDER BY workspace_id, id");
     if (!stmt)
         goto rollback;
     while ((rc = sqlite3_step (stmt)) == SQLITE_ROW) {
@@ -701,14 +736,14 @@ cm_storage_workspace_list (cm_storage_t *self, json_t **workspaces_p)
         snprintf (key, sizeof key, "%lld", (long long) sqlite3_column_int64 (stmt, 3));
         json_t *threads = json_object_get (by_id, key);
         if (threads)
-            json_array_append_new (threads, s_row (stmt));
+            json_array_append_new (threads, cm_storage__row (stmt));
     }
     sqlite3_reset (stmt);
     if (rc != SQLITE_DONE) {
-        s_fail (self, "list threads");
+        cm_storage__fail (self, "list threads");
         goto rollback;
     }
-    if (s_exec (self, "COMMIT"))
+    if (cm_storage__exec (self, "COMMIT"))
         goto rollback;
     *workspaces_p = list;
     list = NULL;
@@ -750,11 +785,12 @@ cm_storage_thread_create (cm_storage_t *self, int64_t workspace_id, const json_t
         }
     } else {
         slug = cm_malloc (37);
-        s_uuid (slug);
+        cm_storage__uuid (slug);
     }
     cm_storage_status_t status = CM_STORAGE_ERROR;
-    sqlite3_stmt *stmt = s_stmt (self, "INSERT INTO workspace_threads (name, slug, "
-                                       "workspace_id, user_id) VALUES (?1, ?2, ?3, ?4)");
+    sqlite3_stmt *stmt =
+        cm_storage__stmt (self, "INSERT INTO workspace_threads (name, slug, "
+                                "workspace_id, user_id) VALUES (?1, ?2, ?3, ?4)");
     if (!stmt)
         goto cleanup;
     sqlite3_bind_text (stmt, 1, name ? name : "Thread", -1, SQLITE_TRANSIENT);
@@ -778,7 +814,7 @@ cm_storage_thread_create (cm_storage_t *self, int64_t workspace_id, const json_t
         goto cleanup;
     }
     if (rc != SQLITE_DONE) {
-        s_fail (self, "insert thread");
+        cm_storage__fail (self, "insert thread");
         goto cleanup;
     }
     *thread_p = s_select_one (
@@ -813,12 +849,12 @@ cm_storage_thread_list (cm_storage_t *self, int64_t workspace_id, json_t **threa
     *threads_p = NULL;
     self->errmsg[0] = 0;
     sqlite3_stmt *stmt =
-        s_stmt (self, "SELECT " S_THREAD_COLUMNS " FROM workspace_threads "
-                      "WHERE workspace_id = ?1 ORDER BY id");
+        cm_storage__stmt (self, "SELECT " S_THREAD_COLUMNS " FROM workspace_threads "
+                                "WHERE workspace_id = ?1 ORDER BY id");
     if (!stmt)
         return CM_STORAGE_ERROR;
     sqlite3_bind_int64 (stmt, 1, workspace_id);
-    return s_rows (self, stmt, "list threads", threads_p);
+    return cm_storage__rows (self, stmt, "list threads", threads_p);
 }
 
 //  --- chat history ------------------------------------------------------------
@@ -836,9 +872,9 @@ cm_storage_chat_add (cm_storage_t *self, const cm_storage_chat_t *chat)
     }
     int64_t id = -1;
     sqlite3_stmt *stmt =
-        s_stmt (self, "INSERT INTO workspace_chats (workspaceId, prompt, "
-                      "response, include, user_id, thread_id, api_session_id) "
-                      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+        cm_storage__stmt (self, "INSERT INTO workspace_chats (workspaceId, prompt, "
+                                "response, include, user_id, thread_id, api_session_id) "
+                                "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
     if (stmt) {
         sqlite3_bind_int64 (stmt, 1, chat->workspace_id);
         sqlite3_bind_text (stmt, 2, chat->prompt, -1, SQLITE_TRANSIENT);
@@ -853,7 +889,7 @@ cm_storage_chat_add (cm_storage_t *self, const cm_storage_chat_t *chat)
         if (sqlite3_step (stmt) == SQLITE_DONE)
             id = sqlite3_last_insert_rowid (self->db);
         else
-            s_fail (self, "insert chat");
+            cm_storage__fail (self, "insert chat");
         sqlite3_reset (stmt);
     }
     free (response);
@@ -896,12 +932,12 @@ cm_storage_chat_list (cm_storage_t *self, int64_t workspace_id,
     s_chat_where (sql, sizeof sql, filter);
     snprintf (sql + strlen (sql), sizeof sql - strlen (sql), " ORDER BY id %s LIMIT ?5",
               filter->newest_first ? "DESC" : "ASC");
-    sqlite3_stmt *stmt = s_stmt (self, sql);
+    sqlite3_stmt *stmt = cm_storage__stmt (self, sql);
     if (!stmt)
         return CM_STORAGE_ERROR;
     s_chat_bind (stmt, workspace_id, filter);
     sqlite3_bind_int64 (stmt, 5, filter->limit > 0 ? filter->limit : -1);
-    return s_rows (self, stmt, "list chats", chats_p);
+    return cm_storage__rows (self, stmt, "list chats", chats_p);
 }
 
 cm_storage_status_t
@@ -920,7 +956,7 @@ cm_storage_chat_context (cm_storage_t *self, int64_t workspace_id,
     s_chat_where (sql, sizeof sql, filter);
     snprintf (sql + strlen (sql), sizeof sql - strlen (sql), " ORDER BY id %s LIMIT ?5",
               filter->newest_first ? "DESC" : "ASC");
-    sqlite3_stmt *stmt = s_stmt (self, sql);
+    sqlite3_stmt *stmt = cm_storage__stmt (self, sql);
     if (!stmt)
         return CM_STORAGE_ERROR;
     s_chat_bind (stmt, workspace_id, filter);
@@ -934,7 +970,7 @@ cm_storage_chat_context (cm_storage_t *self, int64_t workspace_id,
     }
     sqlite3_reset (stmt);
     if (rc != SQLITE_DONE) {
-        s_fail (self, "read conversation");
+        cm_storage__fail (self, "read conversation");
         return CM_STORAGE_ERROR;
     }
     return CM_STORAGE_OK;
@@ -951,7 +987,7 @@ cm_storage_chat_reset (cm_storage_t *self, int64_t workspace_id,
     cm_storage_chat_filter_t only_included = *filter;
     only_included.included_only = true;
     s_chat_where (sql, sizeof sql, &only_included);
-    sqlite3_stmt *stmt = s_stmt (self, sql);
+    sqlite3_stmt *stmt = cm_storage__stmt (self, sql);
     if (!stmt)
         return -1;
     s_chat_bind (stmt, workspace_id, filter);
@@ -959,7 +995,7 @@ cm_storage_chat_reset (cm_storage_t *self, int64_t workspace_id,
     if (sqlite3_step (stmt) == SQLITE_DONE)
         changed = sqlite3_changes (self->db);
     else
-        s_fail (self, "reset chats");
+        cm_storage__fail (self, "reset chats");
     sqlite3_reset (stmt);
     return changed;
 }
@@ -987,9 +1023,9 @@ cm_storage_apikey_create (cm_storage_t *self, const char *name, const char *role
                   "role must be \"admin\" or \"default\"");
         return CM_STORAGE_INVALID;
     }
-    sqlite3_stmt *stmt =
-        s_stmt (self, "INSERT INTO api_keys (name, role, hash, prefix, createdBy) "
-                      "VALUES (?1, ?2, ?3, ?4, ?5)");
+    sqlite3_stmt *stmt = cm_storage__stmt (
+        self, "INSERT INTO api_keys (name, role, hash, prefix, createdBy) "
+              "VALUES (?1, ?2, ?3, ?4, ?5)");
     if (!stmt)
         return CM_STORAGE_ERROR;
     sqlite3_bind_text (stmt, 1, name && *name ? name : NULL, -1, SQLITE_TRANSIENT);
@@ -1004,7 +1040,7 @@ cm_storage_apikey_create (cm_storage_t *self, const char *name, const char *role
         return CM_STORAGE_CONFLICT;
     }
     if (rc != SQLITE_DONE) {
-        s_fail (self, "insert API key");
+        cm_storage__fail (self, "insert API key");
         return CM_STORAGE_ERROR;
     }
     cm_storage_status_t status;
@@ -1021,11 +1057,12 @@ cm_storage_apikey_list (cm_storage_t *self, json_t **keys_p)
     assert (keys_p);
     *keys_p = NULL;
     self->errmsg[0] = 0;
-    sqlite3_stmt *stmt = s_stmt (self, "SELECT " S_APIKEY_COLUMNS " FROM api_keys "
-                                       "WHERE revokedAt IS NULL ORDER BY id");
+    sqlite3_stmt *stmt =
+        cm_storage__stmt (self, "SELECT " S_APIKEY_COLUMNS " FROM api_keys "
+                                "WHERE revokedAt IS NULL ORDER BY id");
     if (!stmt)
         return CM_STORAGE_ERROR;
-    return s_rows (self, stmt, "list API keys", keys_p);
+    return cm_storage__rows (self, stmt, "list API keys", keys_p);
 }
 
 cm_storage_status_t
@@ -1033,16 +1070,16 @@ cm_storage_apikey_revoke (cm_storage_t *self, int64_t id)
 {
     assert (self);
     self->errmsg[0] = 0;
-    sqlite3_stmt *stmt =
-        s_stmt (self, "UPDATE api_keys SET revokedAt = " S_NOW ", lastUpdatedAt = " S_NOW
-                      " WHERE id = ?1 AND revokedAt IS NULL");
+    sqlite3_stmt *stmt = cm_storage__stmt (self, "UPDATE api_keys SET revokedAt = " S_NOW
+                                                 ", lastUpdatedAt = " S_NOW
+                                                 " WHERE id = ?1 AND revokedAt IS NULL");
     if (!stmt)
         return CM_STORAGE_ERROR;
     sqlite3_bind_int64 (stmt, 1, id);
     int rc = sqlite3_step (stmt);
     sqlite3_reset (stmt);
     if (rc != SQLITE_DONE) {
-        s_fail (self, "revoke API key");
+        cm_storage__fail (self, "revoke API key");
         return CM_STORAGE_ERROR;
     }
     if (sqlite3_changes (self->db) == 0) {
@@ -1063,8 +1100,8 @@ cm_storage_apikey_find (cm_storage_t *self, const unsigned char *hash, size_t ha
     self->errmsg[0] = 0;
     *id_p = 0;
     *role = 0;
-    sqlite3_stmt *stmt = s_stmt (self, "SELECT id, role, hash FROM api_keys "
-                                       "WHERE hash = ?1 AND revokedAt IS NULL");
+    sqlite3_stmt *stmt = cm_storage__stmt (self, "SELECT id, role, hash FROM api_keys "
+                                                 "WHERE hash = ?1 AND revokedAt IS NULL");
     if (!stmt)
         return CM_STORAGE_ERROR;
     sqlite3_bind_blob (stmt, 1, hash, (int) hash_size, SQLITE_TRANSIENT);
@@ -1082,7 +1119,7 @@ cm_storage_apikey_find (cm_storage_t *self, const unsigned char *hash, size_t ha
             status = CM_STORAGE_OK;
         }
     } else if (rc != SQLITE_DONE) {
-        s_fail (self, "find API key");
+        cm_storage__fail (self, "find API key");
         status = CM_STORAGE_ERROR;
     }
     sqlite3_reset (stmt);
@@ -1091,18 +1128,19 @@ cm_storage_apikey_find (cm_storage_t *self, const unsigned char *hash, size_t ha
 
 //  --- private ------------------------------------------------------------------
 
-//  Step a bound statement to the end, every row as JSON (s_row) into a new
+//  Step a bound statement to the end, every row as JSON (cm_storage__row) into a new
 //  array for *rows_p; on failure log what failed and leave *rows_p NULL.
-static cm_storage_status_t
-s_rows (cm_storage_t *self, sqlite3_stmt *stmt, const char *what, json_t **rows_p)
+cm_storage_status_t
+cm_storage__rows (cm_storage_t *self, sqlite3_stmt *stmt, const char *what,
+                  json_t **rows_p)
 {
     json_t *rows = json_array ();
     int rc;
     while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
-        json_array_append_new (rows, s_row (stmt));
+        json_array_append_new (rows, cm_storage__row (stmt));
     sqlite3_reset (stmt);
     if (rc != SQLITE_DONE) {
-        s_fail (self, what);
+        cm_storage__fail (self, what);
         json_decref (rows);
         return CM_STORAGE_ERROR;
     }
@@ -1112,8 +1150,8 @@ s_rows (cm_storage_t *self, sqlite3_stmt *stmt, const char *what, json_t **rows_
 
 //  Record a database failure and log it once, where it happens (while
 //  opening, the caller reports it instead). Returns -1.
-static int
-s_fail (cm_storage_t *self, const char *what)
+int
+cm_storage__fail (cm_storage_t *self, const char *what)
 {
     snprintf (self->errmsg, sizeof self->errmsg, "%s: %s (%d)", what,
               self->db ? sqlite3_errmsg (self->db) : "no connection",
@@ -1124,10 +1162,10 @@ s_fail (cm_storage_t *self, const char *what)
 }
 
 //  Run a statement that returns no rows we need, from the cache.
-static int
-s_exec (cm_storage_t *self, const char *sql)
+int
+cm_storage__exec (cm_storage_t *self, const char *sql)
 {
-    sqlite3_stmt *stmt = s_stmt (self, sql);
+    sqlite3_stmt *stmt = cm_storage__stmt (self, sql);
     if (!stmt)
         return -1;
     int rc;
@@ -1135,14 +1173,14 @@ s_exec (cm_storage_t *self, const char *sql)
         ;
     sqlite3_reset (stmt);
     if (rc != SQLITE_DONE)
-        return s_fail (self, sql);
+        return cm_storage__fail (self, sql);
     return 0;
 }
 
 //  A prepared statement for sql, from the cache or newly prepared, reset and
 //  with no bindings. NULL on failure (logged).
-static sqlite3_stmt *
-s_stmt (cm_storage_t *self, const char *sql)
+sqlite3_stmt *
+cm_storage__stmt (cm_storage_t *self, const char *sql)
 {
     for (size_t i = 0; i < self->cache_size; i++)
         if (!strcmp (self->cache[i].sql, sql)) {
@@ -1153,7 +1191,7 @@ s_stmt (cm_storage_t *self, const char *sql)
     sqlite3_stmt *stmt = NULL;
     if (sqlite3_prepare_v3 (self->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt, NULL) !=
         SQLITE_OK) {
-        s_fail (self, "prepare");
+        cm_storage__fail (self, "prepare");
         sqlite3_finalize (stmt);
         return NULL;
     }
@@ -1168,8 +1206,8 @@ s_stmt (cm_storage_t *self, const char *sql)
 }
 
 //  The current row as a JSON object keyed by column name.
-static json_t *
-s_row (sqlite3_stmt *stmt)
+json_t *
+cm_storage__row (sqlite3_stmt *stmt)
 {
     json_t *row = json_object ();
     int columns = sqlite3_column_count (stmt);
@@ -1223,9 +1261,9 @@ s_pragma_text (cm_storage_t *self, const char *sql, char *out, size_t size)
         if (rc == SQLITE_DONE)
             return 0;
         if ((rc & 0xff) != SQLITE_BUSY && (rc & 0xff) != SQLITE_LOCKED)
-            return s_fail (self, sql);
+            return cm_storage__fail (self, sql);
         if (cm_clock_mono_ms () > deadline)
-            return s_fail (self, sql);
+            return cm_storage__fail (self, sql);
         struct timespec pause = {0, 10 * 1000 * 1000};
         nanosleep (&pause, NULL);
     }
@@ -1262,7 +1300,7 @@ s_open (cm_storage_t *self)
             snprintf (self->errmsg, sizeof self->errmsg, "cannot open: out of memory");
             return -1;
         }
-        return s_fail (self, "open");
+        return cm_storage__fail (self, "open");
     }
     sqlite3_extended_result_codes (self->db, 1);
     sqlite3_busy_handler (self->db, s_busy, NULL);
@@ -1279,8 +1317,8 @@ s_open (cm_storage_t *self)
                 "will wait longer",
                 self->path, mode);
     }
-    if (s_exec (self, "PRAGMA synchronous=NORMAL") ||
-        s_exec (self, "PRAGMA foreign_keys=ON"))
+    if (cm_storage__exec (self, "PRAGMA synchronous=NORMAL") ||
+        cm_storage__exec (self, "PRAGMA foreign_keys=ON"))
         return -1;
     return 0;
 }
@@ -1297,7 +1335,7 @@ s_migrate (cm_storage_t *self)
 
     //  Another process may be migrating right now: take the write lock, then
     //  look again.
-    if (s_exec (self, "BEGIN IMMEDIATE"))
+    if (cm_storage__exec (self, "BEGIN IMMEDIATE"))
         return -1;
     version = cm_storage_schema_version (self);
     if (version < 0)
@@ -1315,17 +1353,17 @@ s_migrate (cm_storage_t *self)
             sqlite3_free (message);
             char what[64];
             snprintf (what, sizeof what, "migration to schema version %d", step + 1);
-            s_fail (self, what);
+            cm_storage__fail (self, what);
             goto rollback;
         }
     }
     char sql[64];
     snprintf (sql, sizeof sql, "PRAGMA user_version = %d", CM_STORAGE_SCHEMA_VERSION);
     if (sqlite3_exec (self->db, sql, NULL, NULL, NULL) != SQLITE_OK) {
-        s_fail (self, "set schema version");
+        cm_storage__fail (self, "set schema version");
         goto rollback;
     }
-    if (s_exec (self, "COMMIT"))
+    if (cm_storage__exec (self, "COMMIT"))
         goto rollback;
     if (version != CM_STORAGE_SCHEMA_VERSION)
         cm_info ("storage %s: schema migrated from version %d to %d", self->path, version,
@@ -1368,8 +1406,8 @@ s_mkdir_p (const char *dir, char *err, size_t errlen)
 }
 
 //  A random (version 4) UUID in its 36-character text form.
-static void
-s_uuid (char out[37])
+void
+cm_storage__uuid (char out[37])
 {
     unsigned char b[16];
     randombytes_buf (b, sizeof b);

@@ -41,7 +41,7 @@ typedef enum {
 //  File name inside the storage directory.
 #define CM_STORAGE_FILE "llmrt.db"
 //  Schema version this build creates and expects.
-#define CM_STORAGE_SCHEMA_VERSION 2
+#define CM_STORAGE_SCHEMA_VERSION 3
 
 //  --- connection -------------------------------------------------------------
 
@@ -198,5 +198,8 @@ cm_storage_status_t cm_storage_apikey_revoke (cm_storage_t *self, int64_t id);
 cm_storage_status_t cm_storage_apikey_find (cm_storage_t *self, const unsigned char *hash,
                                             size_t hash_size, int64_t *id_p, char *role,
                                             size_t role_size);
+
+//  Documents, chunks, vectors and ingestion jobs: cm_storage_docs.h.
+//  Agent flows: cm_storage_flows.h.
 
 #endif

@@ -1,0 +1,64 @@
+/*  cm_storage_int.h: private to the storage module (cm_storage*.c), which
+    is split into files by subject (cm_storage.c: connection, pool,
+    workspaces, threads, chats, keys; cm_storage_docs.c: documents, chunks,
+    vectors, ingestion jobs; cm_storage_flows.c: agent flows). Nothing
+    outside those files includes it. */
+#ifndef CM_STORAGE_INT_H_INCLUDED
+#define CM_STORAGE_INT_H_INCLUDED
+
+#include "cm_storage.h"
+#include <pthread.h>
+#include <sqlite3.h>
+
+//  ISO-8601 UTC with milliseconds, as upstream's Prisma serialises dates.
+#define CM_STORAGE_NOW "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
+
+typedef struct {
+    char *sql;          //  the statement's text, the cache key
+    sqlite3_stmt *stmt; //  prepared once, reset between uses
+} s_cached_t;
+
+struct cm_storage_s {
+    sqlite3 *db;       //  the connection (SQLITE_OPEN_NOMUTEX: one thread at a time)
+    char *path;        //  dir/llmrt.db
+    s_cached_t *cache; //  prepared statements, looked up by SQL text
+    size_t cache_size; //  entries in use
+    size_t cache_max;  //  entries allocated
+    char errmsg[512];  //  reason of the last failure ("" after none)
+    bool opening;      //  in cm_storage_new: failures go to its caller, unlogged
+};
+
+struct cm_storage_pool_s {
+    pthread_mutex_t lock; //  guards idle, idle_size and lent
+    char *dir;            //  storage directory new connections open
+    cm_storage_t **idle;  //  connections waiting to be lent
+    size_t idle_size;     //  entries in idle
+    size_t idle_max;      //  entries allocated
+    size_t lent;          //  connections out with callers
+    //  The checkpointer: WAL checkpoints (and their fsyncs) run here, once a
+    //  second, instead of inside whichever request's commit crossed the
+    //  auto-checkpoint size (measured: 9% of a chat turn's CPU, and its
+    //  worst latencies, since the write lock is held meanwhile).
+    pthread_t checkpointer; //  the thread
+    pthread_cond_t wake;    //  signalled on destroy
+    bool stopping;          //  guarded by lock
+};
+
+//  Record a database failure and log it once, where it happens. Returns -1.
+int cm_storage__fail (cm_storage_t *self, const char *what);
+//  Step a bound statement to the end, every row as JSON (cm_storage__row)
+//  into a new array for *rows_p; on failure log what failed.
+cm_storage_status_t cm_storage__rows (cm_storage_t *self, sqlite3_stmt *stmt,
+                                      const char *what, json_t **rows_p);
+//  A prepared statement for sql, from the connection's cache or newly
+//  prepared, reset and with no bindings. NULL on failure (logged).
+sqlite3_stmt *cm_storage__stmt (cm_storage_t *self, const char *sql);
+//  Run a cached statement that returns no rows we need. 0 or -1 (logged).
+int cm_storage__exec (cm_storage_t *self, const char *sql);
+//  The current row as a JSON object keyed by column name (BOOLEAN columns
+//  as true/false, JSON_TEXT columns parsed).
+json_t *cm_storage__row (sqlite3_stmt *stmt);
+//  A random (version 4) UUID, lower-case.
+void cm_storage__uuid (char out[37]);
+
+#endif
