@@ -1,38 +1,109 @@
-/*  agentd: the agent daemon. It connects to the gateway, registers, heartbeats
-    and drains on SIGTERM; its routes arrive with their own issue. */
+/*  agentd: the agent daemon. Reads its settings, opens the database, and
+    serves the agent-flow routes (agent_service) as the gateway's "agent"
+    service until SIGINT/SIGTERM. Every run goes through the worker's queue
+    (AGENT_FLOW_QUEUE_CONCURRENCY) under the breaker (AGENT_CIRCUIT_*);
+    llmInstruction steps use the same LLM provider settings as chatd. */
 #include "cm_common.h"
 #include "cm_config.h"
 #include "cm_breaker.h"
 #include "cm_log.h"
 #include "cm_metrics.h"
 #include "cm_worker.h"
+#include "agent_service.h"
+#include "chat_openai.h"
+#include "chat_provider.h"
+#include <curl/curl.h>
 
 typedef struct {
-    int64_t concurrency;         //  AGENT_FLOW_QUEUE_CONCURRENCY
-    int64_t max_pending;         //  AGENT_FLOW_QUEUE_MAX_PENDING
-    cm_breaker_config_t breaker; //  AGENT_CIRCUIT_*
+    int64_t concurrency;                //  AGENT_FLOW_QUEUE_CONCURRENCY
+    int64_t max_pending;                //  AGENT_FLOW_QUEUE_MAX_PENDING
+    char *run_dir;                      //  runtime directory; storage defaults under it
+    char *storage_dir;                  //  where llmrt.db lives (NULL: $RUN_DIR/storage)
+    char *allowlist;                    //  AGENT_HTTP_ALLOWLIST
+    int64_t max_bytes;                  //  AGENT_HTTP_MAX_BYTES
+    int64_t step_timeout_ms;            //  AGENT_STEP_TIMEOUT_MS
+    char *provider;                     //  LLM_PROVIDER (as chatd)
+    int64_t token_delay_ms;             //  BUILTIN_LLM_TOKEN_DELAY_MS
+    char *llm_base_url;                 //  LLM_BASE_URL
+    char *llm_api_key;                  //  LLM_API_KEY
+    char *llm_model;                    //  LLM_MODEL
+    int64_t llm_connect_timeout_ms;     //  LLM_CONNECT_TIMEOUT_MS
+    int64_t llm_first_token_timeout_ms; //  LLM_FIRST_TOKEN_TIMEOUT_MS
+    int64_t llm_timeout_ms;             //  LLM_TIMEOUT_MS
+    cm_breaker_config_t breaker;        //  AGENT_CIRCUIT_*
 } s_config_t;
 
 static const cm_conf_entry_t s_table[] = {
     {"AGENT_FLOW_QUEUE_CONCURRENCY", CM_CONF_INT, "2", 1, 1024,
-     offsetof (s_config_t, concurrency), "agent requests running at once per instance"},
+     offsetof (s_config_t, concurrency),
+     "agent requests (flow runs included) running at once per instance"},
     {"AGENT_FLOW_QUEUE_MAX_PENDING", CM_CONF_INT, "64", 0, 100000,
      offsetof (s_config_t, max_pending),
      "agent requests waiting beyond those (then 429)"},
+    {"RUN_DIR", CM_CONF_STR, "./var", 0, 0, offsetof (s_config_t, run_dir),
+     "runtime directory (state, sockets); STORAGE_DIR defaults under it"},
+    {"STORAGE_DIR", CM_CONF_STR, NULL, 0, 0, offsetof (s_config_t, storage_dir),
+     "directory of the SQLite database llmrt.db (default $RUN_DIR/storage)"},
+    {"AGENT_HTTP_ALLOWLIST", CM_CONF_STR, NULL, 0, 0, offsetof (s_config_t, allowlist),
+     "comma-separated host names flows may reach even when they resolve to loopback, "
+     "private or link-local addresses (unset: none)"},
+    {"AGENT_HTTP_MAX_BYTES", CM_CONF_INT, "1048576", 1, 1073741824,
+     offsetof (s_config_t, max_bytes),
+     "largest response body a flow's HTTP call may receive (then the step fails)"},
+    {"AGENT_STEP_TIMEOUT_MS", CM_CONF_INT, "30000", 1, 86400000,
+     offsetof (s_config_t, step_timeout_ms),
+     "limit of one step (the request's deadline, REQUEST_TIMEOUT_MS, bounds the run)"},
+    {"LLM_PROVIDER", CM_CONF_STR, "builtin", 0, 0, offsetof (s_config_t, provider),
+     "llmInstruction's LLM provider, as chatd's: 'builtin' or 'openai'"},
+    {"LLM_BASE_URL", CM_CONF_STR, NULL, 0, 0, offsetof (s_config_t, llm_base_url),
+     "openai: the server's base URL including its version path (as chatd)"},
+    {"LLM_API_KEY", CM_CONF_STR, NULL, 0, 0, offsetof (s_config_t, llm_api_key),
+     "openai: API key (as chatd)"},
+    {"LLM_MODEL", CM_CONF_STR, NULL, 0, 0, offsetof (s_config_t, llm_model),
+     "openai: model (as chatd)"},
+    {"LLM_CONNECT_TIMEOUT_MS", CM_CONF_INT, "10000", 1, 3600000,
+     offsetof (s_config_t, llm_connect_timeout_ms), "openai: connect limit (as chatd)"},
+    {"LLM_FIRST_TOKEN_TIMEOUT_MS", CM_CONF_INT, "60000", 1, 86400000,
+     offsetof (s_config_t, llm_first_token_timeout_ms),
+     "openai: first-token limit (as chatd)"},
+    {"LLM_TIMEOUT_MS", CM_CONF_INT, "300000", 1, 86400000,
+     offsetof (s_config_t, llm_timeout_ms), "openai: whole-call limit (as chatd)"},
+    {"BUILTIN_LLM_TOKEN_DELAY_MS", CM_CONF_INT, "0", 0, 60000,
+     offsetof (s_config_t, token_delay_ms),
+     "builtin provider: pause before each streamed token (as chatd)"},
     CM_BREAKER_CONF_ENTRIES ("AGENT", s_config_t, breaker),
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
-//  No routes yet: every request the gateway sends is answered 404.
-static const cm_route_t s_routes[] = {
-    {NULL, NULL, NULL},
-};
+//  The provider LLM_PROVIDER names, or NULL with err.
+static chat_provider_t *
+s_provider (const s_config_t *config, char *err, size_t errlen)
+{
+    if (!strcmp (config->provider, "builtin"))
+        return chat_provider_new_builtin (config->token_delay_ms);
+    if (!strcmp (config->provider, "openai")) {
+        chat_openai_config_t openai = {
+            .base_url = config->llm_base_url,
+            .api_key = config->llm_api_key,
+            .model = config->llm_model,
+            .connect_timeout_ms = config->llm_connect_timeout_ms,
+            .first_token_timeout_ms = config->llm_first_token_timeout_ms,
+            .timeout_ms = config->llm_timeout_ms,
+        };
+        return chat_openai_new (&openai, err, errlen);
+    }
+    snprintf (err, errlen, "LLM_PROVIDER: '%s' is not supported ('builtin' or 'openai')",
+              config->provider);
+    return NULL;
+}
 
 int
 main (int argc, char **argv)
 {
     cm_log_init ("agentd");
-    int rc = cm_main_args (argc, argv, "agentd", "The agent daemon of llmrt.", s_table);
+    int rc = cm_main_args (argc, argv, "agentd",
+                           "The agent daemon of llmrt: agent flows behind the gateway.",
+                           s_table);
     if (rc > 0 && argc > 1 && (!strcmp (argv[1], "--help") || !strcmp (argv[1], "-h"))) {
         printf ("\nCommon daemon settings:\n");
         cm_config_usage (cm_worker_config_table (), stdout);
@@ -41,20 +112,57 @@ main (int argc, char **argv)
         return rc > 0 ? 0 : 2;
     s_config_t config = {0};
     char err[512];
+    agent_service_t *service = NULL;
+    cm_metrics_t *metrics = NULL;
+    rc = 2;
+    if (curl_global_init (CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf (stderr, "agentd: libcurl cannot be initialised\n");
+        return 1;
+    }
     if (cm_config_load (s_table, &config, err, sizeof err) ||
         cm_breaker_config_check (&config.breaker, "AGENT", err, sizeof err)) {
         fprintf (stderr, "agentd: bad configuration: %s\n", err);
-        return 2;
+        goto cleanup;
     }
-    //  The breaker around the flow executor's upstream calls: no upstream
-    //  calls yet, so it waits for the issue that brings them. The handlers get
-    //  it as their arg; its state is reported (llmrt_circuit_*) already.
+    chat_provider_t *provider = s_provider (&config, err, sizeof err);
+    if (!provider) {
+        fprintf (stderr, "agentd: %s\n", err);
+        goto cleanup;
+    }
+    if (!config.storage_dir) {
+        size_t size = strlen (config.run_dir) + sizeof "/storage";
+        config.storage_dir = cm_malloc (size);
+        snprintf (config.storage_dir, size, "%s/storage", config.run_dir);
+    }
     cm_breaker_t *breaker = cm_breaker_new ("agent", &config.breaker);
-    cm_metrics_t *metrics = cm_metrics_new ();
-    cm_breaker_attach_metrics (breaker, metrics);
-    rc = cm_worker_main ("agent", s_routes, breaker, (size_t) config.concurrency,
-                         (size_t) config.max_pending, metrics);
+    agent_service_config_t settings = {
+        .allowlist = config.allowlist,
+        .max_bytes = config.max_bytes,
+        .step_timeout_ms = config.step_timeout_ms,
+    };
+    service = agent_service_new (config.storage_dir, &settings, &provider, &breaker, err,
+                                 sizeof err);
+    if (!service) {
+        cm_error ("cannot open the database (STORAGE_DIR=%s): %s", config.storage_dir,
+                  err);
+        rc = 1;
+        goto cleanup;
+    }
+    metrics = cm_metrics_new ();
+    cm_breaker_attach_metrics (agent_service_breaker (service), metrics);
+    cm_info ("storage %s/llmrt.db, provider %s, concurrency %lld, max pending %lld, "
+             "allowlist %s, step timeout %lld ms, max body %lld bytes",
+             config.storage_dir, config.provider, (long long) config.concurrency,
+             (long long) config.max_pending,
+             config.allowlist ? config.allowlist : "(none)",
+             (long long) config.step_timeout_ms, (long long) config.max_bytes);
+    rc = cm_worker_main ("agent", agent_service_routes (), service,
+                         (size_t) config.concurrency, (size_t) config.max_pending,
+                         metrics);
+cleanup:
     cm_metrics_destroy (&metrics);
-    cm_breaker_destroy (&breaker);
+    agent_service_destroy (&service);
+    cm_config_free (s_table, &config);
+    curl_global_cleanup ();
     return rc;
 }

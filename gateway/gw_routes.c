@@ -7,6 +7,7 @@
 #define RETRY GW_ROUTE_RETRY
 #define ADMIN GW_ROUTE_ADMIN
 #define CHAT  GW_ROUTE_CHAT
+#define FORM  GW_ROUTE_FORM
 
 static const gw_route_t s_routes[] = {
     //  Operational, answered by the gateway.
@@ -46,6 +47,25 @@ static const gw_route_t s_routes[] = {
     {"POST", "/api/v1/openai/chat/completions", "chat", GW_LOCAL_NONE,
      AUTH | JSON | RETRY | CHAT},
     {"GET", "/api/v1/openai/vector_stores", "chat", GW_LOCAL_NONE, AUTH | RETRY},
+    //  Agent flows (agentd). A run is never resent: its steps may have
+    //  side effects (apiCall) that must not happen twice.
+    {"POST", "/api/v1/agent-flows", "agent", GW_LOCAL_NONE, AUTH | JSON},
+    {"GET", "/api/v1/agent-flows", "agent", GW_LOCAL_NONE, AUTH | RETRY},
+    {"GET", "/api/v1/agent-flows/{uuid}", "agent", GW_LOCAL_NONE, AUTH | RETRY},
+    {"PUT", "/api/v1/agent-flows/{uuid}", "agent", GW_LOCAL_NONE, AUTH | JSON},
+    {"DELETE", "/api/v1/agent-flows/{uuid}", "agent", GW_LOCAL_NONE, AUTH},
+    {"POST", "/api/v1/agent-flows/{uuid}/toggle", "agent", GW_LOCAL_NONE, AUTH | JSON},
+    {"POST", "/api/v1/agent-flows/{uuid}/run", "agent", GW_LOCAL_NONE, AUTH | JSON},
+    //  Documents and embeddings (ingestd). An upload arrives as a cm_form;
+    //  the job route is ours (API.md: an upload's state and progress).
+    {"POST", "/api/v1/document/upload", "ingest", GW_LOCAL_NONE, AUTH | FORM},
+    {"POST", "/api/v1/document/raw-text", "ingest", GW_LOCAL_NONE, AUTH | JSON},
+    {"GET", "/api/v1/document/jobs/{id}", "ingest", GW_LOCAL_NONE, AUTH | RETRY},
+    {"POST", "/api/v1/workspace/{slug}/update-embeddings", "ingest", GW_LOCAL_NONE,
+     AUTH | JSON},
+    {"POST", "/api/v1/workspace/{slug}/vector-search", "ingest", GW_LOCAL_NONE,
+     AUTH | JSON},
+    {"POST", "/api/v1/openai/embeddings", "ingest", GW_LOCAL_NONE, AUTH | JSON},
     {NULL, NULL, NULL, GW_LOCAL_NONE, 0},
 };
 

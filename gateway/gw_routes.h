@@ -18,6 +18,9 @@ typedef enum {
     GW_ROUTE_CHAT = 1 << 4,  //  a chat turn: a body the gateway refuses (not
                              //  JSON, not an object) is answered 400 in the
                              //  chat abort shape, as chatd answers its own
+    GW_ROUTE_FORM = 1 << 5,  //  body is a form (multipart/form-data or
+                             //  urlencoded): the gateway parses it and
+                             //  forwards a cm_form (CM_FORM_CONTENT_TYPE)
 } gw_route_flags_t;
 
 typedef enum {

@@ -1,5 +1,6 @@
 /*  gw_server.c: see gw_server.h. */
 #include "gw_server.h"
+#include "cm_form.h"
 #include "cm_log.h"
 #include "cm_msg.h"
 #include "cm_reporter.h"
@@ -125,11 +126,16 @@ typedef struct {
     char allow[64];          //  for 405
     char *body;              //  body so far
     size_t body_size, body_capacity;
-    bool too_large;          //  body over MAX_BODY_BYTES
-    bool first_call_done;    //  first access-handler call has passed
-    gw_exchange_t *exchange; //  once forwarded
-    char identity[32];       //  authenticated caller ("admin", "key:<id>")
-    bool admin;              //  the caller's key may use admin routes
+    bool too_large;       //  body over MAX_BODY_BYTES
+    bool first_call_done; //  first access-handler call has passed
+    //  Form routes (GW_ROUTE_FORM): the body goes through the post processor
+    //  into form, which is encoded into body once the request is in.
+    struct MHD_PostProcessor *post; //  NULL: none, or given up
+    cm_form_t *form;                //  the parts so far
+    char *form_error;               //  why the form is refused (400), or NULL
+    gw_exchange_t *exchange;        //  once forwarded
+    char identity[32];              //  authenticated caller ("admin", "key:<id>")
+    bool admin;                     //  the caller's key may use admin routes
     //  The rate-limit decision (.limit NULL: no limit applies).
     gw_limits_verdict_t limits;
     int64_t complete_us; //  mono µs when the request was in (0: never)
@@ -401,9 +407,13 @@ s_forward (gw_server_t *self, struct MHD_Connection *connection, s_request_t *re
     cm_msg_set_route (msg, request->uri);
     cm_msg_set_identity (msg, request->identity);
     cm_msg_set_deadline (msg, cm_clock_wall_ms () + self->config->timeout_ms);
+    //  Content-Type first: a form route replaces it (the body is a cm_form).
     static const char *forwarded[] = {"Content-Type", "Accept", "Last-Event-ID",
                                       "User-Agent"};
-    for (size_t i = 0; i < sizeof forwarded / sizeof *forwarded; i++) {
+    bool form = (request->route->flags & GW_ROUTE_FORM) != 0;
+    if (form)
+        cm_msg_header_add (msg, "Content-Type", CM_FORM_CONTENT_TYPE);
+    for (size_t i = form ? 1 : 0; i < sizeof forwarded / sizeof *forwarded; i++) {
         const char *value =
             MHD_lookup_connection_value (connection, MHD_HEADER_KIND, forwarded[i]);
         if (value)
@@ -433,7 +443,11 @@ s_forward (gw_server_t *self, struct MHD_Connection *connection, s_request_t *re
 static json_t *
 s_bad_body (const gw_route_t *route, const char *message)
 {
-    if (!(route->flags & GW_ROUTE_CHAT))
+    //  Upstream's document routes fail as {success:false, error}.
+    if (route && ((route->flags & GW_ROUTE_FORM) ||
+                  !strncmp (route->pattern, "/api/v1/document/", 17)))
+        return json_pack ("{s:b, s:s}", "success", 0, "error", message);
+    if (!route || !(route->flags & GW_ROUTE_CHAT))
         return json_pack ("{s:s}", "error", message);
     unsigned char bytes[16];
     randombytes_buf (bytes, sizeof bytes);
@@ -447,6 +461,115 @@ s_bad_body (const gw_route_t *route, const char *message)
               bytes[14], bytes[15]);
     return json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "id", id, "type", "abort",
                       "textResponse", "sources", "close", 1, "error", message);
+}
+
+//  413: in the route's error shape (upstream's for document routes). Queued
+//  on the first call, it also closes the connection: right for a body we
+//  will not read.
+static enum MHD_Result
+s_reply_too_large (gw_server_t *self, struct MHD_Connection *connection,
+                   s_request_t *request)
+{
+    char message[128];
+    snprintf (message, sizeof message, "Request body is larger than %lld bytes.",
+              (long long) self->config->max_body);
+    if (request->route && !(request->route->flags & GW_ROUTE_CHAT))
+        return s_reply_json (connection, 413, s_bad_body (request->route, message), NULL,
+                             NULL);
+    return s_reply_error (connection, 413, message);
+}
+
+//  The post processor's callback: one piece of one form value. A value
+//  comes in pieces (off > 0 for all but the first); a new value of a name
+//  that repeats starts a new part. (libmicrohttpd may announce a value
+//  with an empty first piece at off 0 and then send its data at off 0
+//  again: an empty part is continued, not doubled.)
+static enum MHD_Result
+s_form_iterator (void *cls, enum MHD_ValueKind kind, const char *key,
+                 const char *filename, const char *content_type,
+                 const char *transfer_encoding, const char *data, uint64_t off,
+                 size_t size)
+{
+    (void) kind;
+    (void) transfer_encoding;
+    s_request_t *request = cls;
+    size_t count = cm_form_count (request->form);
+    const cm_form_part_t *last = count ? cm_form_at (request->form, count - 1) : NULL;
+    bool continues = last && !strcmp (last->name, key) && (off > 0 || last->size == 0);
+    if (continues) {
+        cm_form_add (request->form, key, filename, content_type, data, size);
+        return MHD_YES;
+    }
+    if (count >= CM_FORM_MAX_PARTS) {
+        char message[96];
+        snprintf (message, sizeof message,
+                  "Invalid request: the form has more than %d fields.",
+                  CM_FORM_MAX_PARTS);
+        free (request->form_error);
+        request->form_error = cm_strdup (message);
+        return MHD_NO;
+    }
+    cm_form_add_part (request->form, key, filename, content_type, data, size);
+    return MHD_YES;
+}
+
+//  A form route: parse the body as it comes, with libmicrohttpd's post
+//  processor, which knows multipart/form-data (with a boundary) and
+//  application/x-www-form-urlencoded; anything else is refused (400).
+static void
+s_form_start (s_request_t *request, struct MHD_Connection *connection)
+{
+    request->post =
+        MHD_create_post_processor (connection, 32 * 1024, s_form_iterator, request);
+    if (request->post) {
+        request->form = cm_form_new ();
+        return;
+    }
+    const char *type = MHD_lookup_connection_value (connection, MHD_HEADER_KIND,
+                                                    MHD_HTTP_HEADER_CONTENT_TYPE);
+    char message[400];
+    snprintf (message, sizeof message,
+              "Invalid request: expected Content-Type multipart/form-data (with a "
+              "boundary) or application/x-www-form-urlencoded, got %s%.200s%s.",
+              type ? "\"" : "", type ? type : "none", type ? "\"" : "");
+    request->form_error = cm_strdup (message);
+}
+
+//  Give up parsing (body too large, malformed): the rest is dropped.
+static void
+s_form_drop (s_request_t *request)
+{
+    if (request->post)
+        MHD_destroy_post_processor (request->post);
+    request->post = NULL;
+    cm_form_destroy (&request->form);
+}
+
+//  The body is in: finish the form and make its encoding the body to
+//  forward. Returns false with form_error set when the form is refused.
+static bool
+s_form_finish (s_request_t *request)
+{
+    if (request->post) {
+        //  Destroying flushes the last urlencoded value, and says whether a
+        //  multipart body ended where it should.
+        if (MHD_destroy_post_processor (request->post) != MHD_YES && !request->form_error)
+            request->form_error =
+                cm_strdup ("Invalid request: the multipart body is malformed or "
+                           "truncated (no closing boundary).");
+        request->post = NULL;
+    }
+    if (request->form_error || !request->form) {
+        if (!request->form_error)
+            request->form_error = cm_strdup ("Invalid request: malformed form body.");
+        cm_form_destroy (&request->form);
+        return false;
+    }
+    free (request->body);
+    request->body = NULL;
+    cm_form_encode (request->form, &request->body, &request->body_size);
+    cm_form_destroy (&request->form);
+    return true;
 }
 
 //  First call: headers are in. Decide what we can (route, auth, size) but
@@ -501,6 +624,8 @@ s_first_call (gw_server_t *self, struct MHD_Connection *connection, s_request_t 
         gw_limits_check (self->limits, route->service, request->identity,
                          cm_clock_mono_us (), &request->limits) == CM_RATELIMIT_REJECTED)
         request->early_status = 429;
+    else if (route->flags & GW_ROUTE_FORM)
+        s_form_start (request, connection);
 }
 
 static enum MHD_Result
@@ -514,14 +639,8 @@ s_handler (void *cls, struct MHD_Connection *connection, const char *url,
     if (!request->first_call_done) {
         request->first_call_done = true;
         s_first_call (self, connection, request, method, url);
-        if (request->too_large) {
-            //  Answering now closes the connection: right for a body we
-            //  will not read.
-            char message[128];
-            snprintf (message, sizeof message, "Request body is larger than %lld bytes.",
-                      (long long) self->config->max_body);
-            return s_reply_error (connection, 413, message);
-        }
+        if (request->too_large)
+            return s_reply_too_large (self, connection, request);
         return MHD_YES;
     }
     if (request->exchange)
@@ -529,9 +648,22 @@ s_handler (void *cls, struct MHD_Connection *connection, const char *url,
     if (*upload_data_size) {
         //  Bodies of refused requests are read and dropped.
         if (!request->early_status && !request->too_large) {
-            if (request->body_size + *upload_data_size > (size_t) self->config->max_body)
+            if (request->body_size + *upload_data_size >
+                (size_t) self->config->max_body) {
                 request->too_large = true;
-            else {
+                s_form_drop (request);
+            } else if (request->route->flags & GW_ROUTE_FORM) {
+                //  The raw bytes count against MAX_BODY_BYTES; the parts
+                //  are kept, not the multipart text.
+                request->body_size += *upload_data_size;
+                if (request->post && MHD_post_process (request->post, upload_data,
+                                                       *upload_data_size) != MHD_YES) {
+                    if (!request->form_error)
+                        request->form_error =
+                            cm_strdup ("Invalid request: malformed form body.");
+                    s_form_drop (request);
+                }
+            } else {
                 if (request->body_size + *upload_data_size + 1 > request->body_capacity) {
                     request->body_capacity =
                         (request->body_size + *upload_data_size + 1) * 2;
@@ -561,12 +693,11 @@ s_handler (void *cls, struct MHD_Connection *connection, const char *url,
     if (request->early_status)
         return s_reply_error (connection, (unsigned) request->early_status,
                               request->early_message);
-    if (request->too_large) {
-        char message[128];
-        snprintf (message, sizeof message, "Request body is larger than %lld bytes.",
-                  (long long) self->config->max_body);
-        return s_reply_error (connection, 413, message);
-    }
+    if (request->too_large)
+        return s_reply_too_large (self, connection, request);
+    if ((request->route->flags & GW_ROUTE_FORM) && !s_form_finish (request))
+        return s_reply_limited (connection, request, 400,
+                                s_bad_body (request->route, request->form_error));
     if ((request->route->flags & GW_ROUTE_JSON) && request->body_size) {
         json_error_t error;
         json_t *parsed = json_loadb (request->body, request->body_size, 0, &error);
@@ -616,6 +747,8 @@ s_completed (void *cls, struct MHD_Connection *connection, void **con_cls,
         gw_exchange_unref (&request->exchange);
         atomic_fetch_sub (&self->open_exchanges, 1);
     }
+    s_form_drop (request);
+    free (request->form_error);
     free (request->uri);
     free (request->body);
     free (request->early_message);

@@ -1,38 +1,102 @@
-/*  ingestd: the ingest daemon. It connects to the gateway, registers, heartbeats
-    and drains on SIGTERM; its routes arrive with their own issue. */
+/*  ingestd: the ingestion daemon. Reads its settings, opens the database,
+    starts the embedding-jobs workers and the fallback pool, and serves the
+    document and embedding routes (ingest_service) as the gateway's "ingest"
+    service until SIGINT/SIGTERM. */
 #include "cm_common.h"
-#include "cm_config.h"
 #include "cm_breaker.h"
+#include "cm_config.h"
+#include "cm_embed.h"
+#include "cm_jobs.h"
 #include "cm_log.h"
 #include "cm_metrics.h"
+#include "cm_redis.h"
 #include "cm_worker.h"
+#include "ingest_chunk.h"
+#include "ingest_service.h"
+#include <unistd.h>
 
 typedef struct {
     int64_t concurrency;         //  INGESTION_QUEUE_CONCURRENCY
     int64_t max_pending;         //  INGESTION_QUEUE_MAX_PENDING
+    int64_t pool_size;           //  INGESTION_WORKER_POOL_SIZE (0: half the CPUs)
+    int64_t task_timeout_ms;     //  INGESTION_TASK_TIMEOUT_MS
+    int64_t job_workers;         //  EMBEDDING_WORKER_CONCURRENCY
+    bool disable_workers;        //  DISABLE_SERVER_JOB_WORKERS
+    int64_t attempts;            //  EMBEDDING_JOB_ATTEMPTS
+    int64_t backoff_ms;          //  EMBEDDING_JOB_BACKOFF_MS
+    int64_t lease_ms;            //  EMBEDDING_JOB_LEASE_MS
+    int64_t keep_completed;      //  EMBEDDING_JOBS_KEEP_COMPLETED
+    int64_t keep_completed_s;    //  EMBEDDING_JOBS_KEEP_COMPLETED_SECONDS
+    int64_t keep_failed;         //  EMBEDDING_JOBS_KEEP_FAILED
+    int64_t redis_timeout_ms;    //  REDIS_TIMEOUT_MS
+    int64_t chunk_size;          //  CHUNK_SIZE_CHARS
+    int64_t chunk_overlap;       //  CHUNK_OVERLAP_CHARS
+    char *redis_url;             //  REDIS_URL
+    char *run_dir;               //  RUN_DIR
+    char *storage_dir;           //  STORAGE_DIR
+    cm_embed_config_t embed;     //  EMBEDDING_*
     cm_breaker_config_t breaker; //  INGESTION_CIRCUIT_*
 } s_config_t;
 
 static const cm_conf_entry_t s_table[] = {
     {"INGESTION_QUEUE_CONCURRENCY", CM_CONF_INT, "3", 1, 1024,
-     offsetof (s_config_t, concurrency), "ingest requests running at once per instance"},
+     offsetof (s_config_t, concurrency),
+     "ingestion requests (uploads, searches...) served at once by this instance"},
     {"INGESTION_QUEUE_MAX_PENDING", CM_CONF_INT, "64", 0, 100000,
      offsetof (s_config_t, max_pending),
-     "ingest requests waiting beyond those (then 429)"},
+     "ingestion requests waiting beyond those (then 429 with Retry-After)"},
+    {"INGESTION_WORKER_POOL_SIZE", CM_CONF_INT, "0", 0, 1024,
+     offsetof (s_config_t, pool_size),
+     "threads that embed documents while Redis is unavailable (the fallback path); "
+     "0: half the CPUs, at least 1"},
+    {"INGESTION_TASK_TIMEOUT_MS", CM_CONF_INT, "300000", 1, 86400000,
+     offsetof (s_config_t, task_timeout_ms),
+     "fallback path: limit on one document's embedding (then 504, job failed)"},
+    {"EMBEDDING_WORKER_CONCURRENCY", CM_CONF_INT, "2", 1, 256,
+     offsetof (s_config_t, job_workers),
+     "embedding jobs this instance runs at once from the Redis queue"},
+    {"DISABLE_SERVER_JOB_WORKERS", CM_CONF_BOOL, "0", 0, 0,
+     offsetof (s_config_t, disable_workers),
+     "1: take no embedding jobs here (other instances do); uploads still queue them"},
+    {"EMBEDDING_JOB_ATTEMPTS", CM_CONF_INT, "3", 1, 100, offsetof (s_config_t, attempts),
+     "attempts an embedding job gets before it goes to the failed set"},
+    {"EMBEDDING_JOB_BACKOFF_MS", CM_CONF_INT, "1000", 0, 3600000,
+     offsetof (s_config_t, backoff_ms),
+     "delay before a job's 2nd attempt; doubles for each one after"},
+    {"EMBEDDING_JOB_LEASE_MS", CM_CONF_INT, "90000", 100, 86400000,
+     offsetof (s_config_t, lease_ms),
+     "lease of a running job, renewed after every batch; a job whose worker died runs "
+     "again after it expires (must exceed EMBEDDING_TIMEOUT_MS)"},
+    {"EMBEDDING_JOBS_KEEP_COMPLETED", CM_CONF_INT, "1000", 0, 100000000,
+     offsetof (s_config_t, keep_completed), "completed jobs the queue keeps (newest)"},
+    {"EMBEDDING_JOBS_KEEP_COMPLETED_SECONDS", CM_CONF_INT, "86400", 0, 31536000,
+     offsetof (s_config_t, keep_completed_s),
+     "and for at most this long (0: no age limit)"},
+    {"EMBEDDING_JOBS_KEEP_FAILED", CM_CONF_INT, "10000", 0, 100000000,
+     offsetof (s_config_t, keep_failed), "failed jobs the queue keeps, with their reason"},
+    {"REDIS_URL", CM_CONF_URL, "redis://127.0.0.1:6379", 0, 0,
+     offsetof (s_config_t, redis_url), "Redis, the embedding-jobs queue's backend"},
+    {"REDIS_TIMEOUT_MS", CM_CONF_INT, "2000", 1, 600000,
+     offsetof (s_config_t, redis_timeout_ms),
+     "limit on connecting to Redis and on each command (then the fallback path)"},
+    {"RUN_DIR", CM_CONF_STR, "./var", 0, 0, offsetof (s_config_t, run_dir),
+     "runtime directory; STORAGE_DIR defaults under it"},
+    {"STORAGE_DIR", CM_CONF_STR, NULL, 0, 0, offsetof (s_config_t, storage_dir),
+     "directory of the SQLite database llmrt.db (default $RUN_DIR/storage)"},
+    INGEST_CHUNK_CONF_ENTRIES (s_config_t, chunk_size, chunk_overlap),
+    CM_EMBED_CONF_ENTRIES (s_config_t, embed),
     CM_BREAKER_CONF_ENTRIES ("INGESTION", s_config_t, breaker),
     {NULL, 0, NULL, 0, 0, 0, NULL},
-};
-
-//  No routes yet: every request the gateway sends is answered 404.
-static const cm_route_t s_routes[] = {
-    {NULL, NULL, NULL},
 };
 
 int
 main (int argc, char **argv)
 {
     cm_log_init ("ingestd");
-    int rc = cm_main_args (argc, argv, "ingestd", "The ingest daemon of llmrt.", s_table);
+    int rc = cm_main_args (argc, argv, "ingestd",
+                           "The ingestion daemon of llmrt: documents, the embedding-jobs "
+                           "queue, embeddings and vector search.",
+                           s_table);
     if (rc > 0 && argc > 1 && (!strcmp (argv[1], "--help") || !strcmp (argv[1], "-h"))) {
         printf ("\nCommon daemon settings:\n");
         cm_config_usage (cm_worker_config_table (), stdout);
@@ -41,20 +105,86 @@ main (int argc, char **argv)
         return rc > 0 ? 0 : 2;
     s_config_t config = {0};
     char err[512];
+    char host[256];
+    int64_t port;
+    ingest_service_t *service = NULL;
+    cm_metrics_t *metrics = NULL;
+    rc = 2;
     if (cm_config_load (s_table, &config, err, sizeof err) ||
-        cm_breaker_config_check (&config.breaker, "INGESTION", err, sizeof err)) {
+        cm_breaker_config_check (&config.breaker, "INGESTION", err, sizeof err) ||
+        ingest_chunk_config_check (config.chunk_size, config.chunk_overlap, err,
+                                   sizeof err) ||
+        cm_embed_config_check (&config.embed, err, sizeof err)) {
         fprintf (stderr, "ingestd: bad configuration: %s\n", err);
-        return 2;
+        goto cleanup;
     }
-    //  The breaker around the embedder (ingestion's upstream): no upstream
-    //  calls yet, so it waits for the issue that brings them. The handlers get
-    //  it as their arg; its state is reported (llmrt_circuit_*) already.
+    if (cm_redis_parse_url (config.redis_url, host, sizeof host, &port)) {
+        fprintf (stderr,
+                 "ingestd: bad configuration: REDIS_URL: '%s' is not "
+                 "redis://[user:password@]host[:port][/db]\n",
+                 config.redis_url);
+        goto cleanup;
+    }
+    //  A lease shorter than one embedding request would hand a running job
+    //  to a second worker while the first still waits for its answer.
+    if (!strcmp (config.embed.provider, "openai") &&
+        config.lease_ms <= config.embed.timeout_ms) {
+        fprintf (stderr,
+                 "ingestd: bad configuration: EMBEDDING_JOB_LEASE_MS (%lld) must exceed "
+                 "EMBEDDING_TIMEOUT_MS (%lld)\n",
+                 (long long) config.lease_ms, (long long) config.embed.timeout_ms);
+        goto cleanup;
+    }
+    if (!config.storage_dir) {
+        size_t size = strlen (config.run_dir) + sizeof "/storage";
+        config.storage_dir = cm_malloc (size);
+        snprintf (config.storage_dir, size, "%s/storage", config.run_dir);
+    }
+    long cpus = sysconf (_SC_NPROCESSORS_ONLN);
+    size_t pool_size = config.pool_size > 0 ? (size_t) config.pool_size
+                                            : (size_t) (cpus > 1 ? cpus / 2 : 1);
+    ingest_config_t settings = {
+        .storage_dir = config.storage_dir,
+        .embed = config.embed,
+        .job_workers = config.disable_workers ? 0 : (size_t) config.job_workers,
+        .chunk_size = (size_t) config.chunk_size,
+        .chunk_overlap = (size_t) config.chunk_overlap,
+        .pool_size = pool_size,
+        .task_timeout_ms = config.task_timeout_ms,
+    };
+    cm_jobs_config_defaults (&settings.jobs);
+    settings.jobs.url = config.redis_url;
+    settings.jobs.queue = "embedding-jobs";
+    settings.jobs.lease_ms = config.lease_ms;
+    settings.jobs.attempts = (int) config.attempts;
+    settings.jobs.backoff_ms = config.backoff_ms;
+    settings.jobs.keep_completed = (size_t) config.keep_completed;
+    settings.jobs.keep_completed_ms = config.keep_completed_s * 1000;
+    settings.jobs.keep_failed = (size_t) config.keep_failed;
+    settings.jobs.io_timeout_ms = config.redis_timeout_ms;
+    //  Twice the lease: a job that moved within that time is someone's.
+    settings.reconcile_ms = 2 * config.lease_ms;
+
+    metrics = cm_metrics_new ();
     cm_breaker_t *breaker = cm_breaker_new ("ingest", &config.breaker);
-    cm_metrics_t *metrics = cm_metrics_new ();
     cm_breaker_attach_metrics (breaker, metrics);
-    rc = cm_worker_main ("ingest", s_routes, breaker, (size_t) config.concurrency,
-                         (size_t) config.max_pending, metrics);
+    service = ingest_service_new (&settings, &breaker, metrics, err, sizeof err);
+    if (!service) {
+        cm_breaker_destroy (&breaker);
+        cm_error ("cannot start (STORAGE_DIR=%s): %s", config.storage_dir, err);
+        rc = 1;
+        goto cleanup;
+    }
+    cm_info ("storage %s/llmrt.db, queue %s on %s, %zu job worker(s), fallback pool %zu, "
+             "embedder %s, chunks %lld/%lld chars",
+             config.storage_dir, settings.jobs.queue, host, settings.job_workers, pool_size,
+             config.embed.provider, (long long) config.chunk_size,
+             (long long) config.chunk_overlap);
+    rc = cm_worker_main ("ingest", ingest_service_routes (), service,
+                         (size_t) config.concurrency, (size_t) config.max_pending, metrics);
+cleanup:
+    ingest_service_destroy (&service);
     cm_metrics_destroy (&metrics);
-    cm_breaker_destroy (&breaker);
+    cm_config_free (s_table, &config);
     return rc;
 }

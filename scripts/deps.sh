@@ -7,6 +7,7 @@ LLMRT_PACKAGES=(
     libzmq3-dev libczmq-dev libmicrohttpd-dev libhiredis-dev libmsgpack-dev
     libcriterion-dev libsqlite3-dev libcurl4-openssl-dev libjansson-dev
     libsodium-dev uuid-dev
+    libxml2-dev libpoppler-glib-dev
     redis-server curl wrk nginx-light python3
     # promtool, with which the tests check /api/metrics/prometheus. Debian
     # ships it only with the server, whose systemd unit the package enables:

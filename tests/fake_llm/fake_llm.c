@@ -8,6 +8,13 @@
     SIGINT or SIGTERM stops it.
 
     Routes:
+        POST /v1/embeddings        OpenAI embeddings: "input" is a string or an
+                                   array of strings; each gets a vector of
+                                   embed_dim (default 8) numbers derived from
+                                   a hash of its text (the same text always
+                                   gets the same vector; not normalised). The
+                                   "data" items come in REVERSE index order,
+                                   so clients must sort them by "index".
         POST /v1/chat/completions  an OpenAI chat completion, streamed as
                                    server-sent events when the body says
                                    "stream": true (chat.completion.chunk
@@ -18,9 +25,11 @@
         GET  /v1/models            {"object":"list","data":[{"id":"fake-model",...}]}
         GET  /stats                what it saw (below)
         POST /control              change behaviour at run time: a JSON object
-                                   with any of "mode", "pace_ms", "tokens", and
-                                   "reset": true to zero the counters; answers
-                                   the settings in force
+                                   with any of "mode", "pace_ms", "tokens",
+                                   "embed_mode", "embed_fail_next",
+                                   "embed_dim", "embed_pace_ms", and "reset":
+                                   true to zero the counters; answers the
+                                   settings in force
 
     The answer is the words "tok1 tok2 ... tokN" (N = tokens, default 5),
     one word per streamed chunk ("tok1", " tok2", ...), with pace_ms
@@ -36,6 +45,22 @@
                      headers) until the client leaves
         malformed    streamed: one good token, then a data line that is not
                      JSON, then the rest; not streamed: a body that is not JSON
+
+    Embeddings have their own settings, so chat and embedding tests do not
+    disturb each other:
+        embed_mode       the modes above, for POST /v1/embeddings (hang: no
+                         answer until the client leaves; malformed: a body
+                         that is not JSON)
+        embed_fail_next  the next N embedding requests answer HTTP 500
+                         whatever embed_mode says (then embed_mode again):
+                         "an upstream that fails twice, then succeeds"
+        embed_dim        numbers per vector (1..4096, default 8)
+        embed_pace_ms    pause before an embedding answer (default 0)
+    and their own statistics in /stats: embedding_requests (received),
+    embedding_inputs (texts in them), embedding_failed (answered with an
+    error status), embedding_max_batch (most texts in one request),
+    embedding_disconnects (clients that left first), last_embedding_request
+    (the last body).
 
     GET /stats answers, for POST /v1/chat/completions only:
         requests               requests received (completely read)
@@ -73,7 +98,9 @@
 #include <string.h>
 #include <time.h>
 
-#define S_DEFAULT_TOKENS 5
+#define S_DEFAULT_TOKENS    5
+#define S_DEFAULT_EMBED_DIM 8
+#define S_MAX_EMBED_DIM     4096
 
 //  What the fake does and what it saw (guarded by lock).
 static struct {
@@ -90,7 +117,21 @@ static struct {
     int64_t last_disconnect_after_ms; //  its time since the request came
     json_t *last_request;             //  last request body
     char *last_authorization;         //  its Authorization header
-} s_state = {.lock = PTHREAD_MUTEX_INITIALIZER, .mode = "ok", .tokens = S_DEFAULT_TOKENS};
+    char embed_mode[32];              //  behaviour of the next embedding requests
+    int64_t embed_fail_next;          //  embedding requests still to fail with 500
+    int64_t embed_dim;                //  numbers per embedding vector
+    int64_t embed_pace_ms;            //  pause before an embedding answer
+    int64_t embedding_requests;       //  embedding requests received
+    int64_t embedding_inputs;         //  texts in them
+    int64_t embedding_failed;         //  answered with an error status
+    int64_t embedding_max_batch;      //  most texts in one request
+    int64_t embedding_disconnects;    //  clients that left before the answer
+    json_t *last_embedding_request;   //  last embedding request body
+} s_state = {.lock = PTHREAD_MUTEX_INITIALIZER,
+             .mode = "ok",
+             .tokens = S_DEFAULT_TOKENS,
+             .embed_mode = "ok",
+             .embed_dim = S_DEFAULT_EMBED_DIM};
 
 static atomic_bool s_stopping;
 
@@ -100,6 +141,7 @@ typedef struct {
     char *body;         //  request body
     size_t size;        //  its length
     bool counted;       //  a chat completion, counted in progress
+    bool embedding;     //  an embedding request
     bool finished;      //  no longer counted in progress
     bool gone;          //  its disconnect is recorded
     int64_t started;    //  when it was read, monotonic ms
@@ -140,9 +182,15 @@ s_finish (s_conn_t *conn)
 static void
 s_record_gone (s_conn_t *conn)
 {
-    if (conn->gone || !conn->counted)
+    if (conn->gone || (!conn->counted && !conn->embedding))
         return;
     conn->gone = true;
+    if (conn->embedding) {
+        pthread_mutex_lock (&s_state.lock);
+        s_state.embedding_disconnects++;
+        pthread_mutex_unlock (&s_state.lock);
+        return;
+    }
     int64_t now = s_now_ms ();
     pthread_mutex_lock (&s_state.lock);
     s_state.disconnects++;
@@ -217,9 +265,12 @@ static json_t *
 s_settings_json (void)
 {
     char *answer = s_answer (s_state.tokens);
-    json_t *json = json_pack ("{s:s, s:I, s:I, s:s}", "mode", s_state.mode, "pace_ms",
-                              (json_int_t) s_state.pace_ms, "tokens",
-                              (json_int_t) s_state.tokens, "answer", answer);
+    json_t *json = json_pack (
+        "{s:s, s:I, s:I, s:s, s:s, s:I, s:I, s:I}", "mode", s_state.mode, "pace_ms",
+        (json_int_t) s_state.pace_ms, "tokens", (json_int_t) s_state.tokens, "answer",
+        answer, "embed_mode", s_state.embed_mode, "embed_fail_next",
+        (json_int_t) s_state.embed_fail_next, "embed_dim", (json_int_t) s_state.embed_dim,
+        "embed_pace_ms", (json_int_t) s_state.embed_pace_ms);
     free (answer);
     return json;
 }
@@ -241,6 +292,15 @@ s_stats (struct MHD_Connection *connection)
                    (json_int_t) s_state.last_disconnect_after_ms, "now_ms",
                    (json_int_t) s_now_ms (), "last_request", s_state.last_request,
                    "last_authorization", s_state.last_authorization));
+    json_object_update_new (
+        json,
+        json_pack ("{s:I, s:I, s:I, s:I, s:I, s:O?}", "embedding_requests",
+                   (json_int_t) s_state.embedding_requests, "embedding_inputs",
+                   (json_int_t) s_state.embedding_inputs, "embedding_failed",
+                   (json_int_t) s_state.embedding_failed, "embedding_max_batch",
+                   (json_int_t) s_state.embedding_max_batch, "embedding_disconnects",
+                   (json_int_t) s_state.embedding_disconnects, "last_embedding_request",
+                   s_state.last_embedding_request));
     pthread_mutex_unlock (&s_state.lock);
     return s_reply_json (connection, 200, json, NULL);
 }
@@ -269,13 +329,28 @@ s_control (struct MHD_Connection *connection, s_conn_t *conn)
     json_t *mode = json_object_get (body, "mode");
     json_t *pace = json_object_get (body, "pace_ms");
     json_t *tokens = json_object_get (body, "tokens");
+    json_t *embed_mode = json_object_get (body, "embed_mode");
+    json_t *embed_fail_next = json_object_get (body, "embed_fail_next");
+    json_t *embed_dim = json_object_get (body, "embed_dim");
+    json_t *embed_pace = json_object_get (body, "embed_pace_ms");
     if ((mode && (!json_is_string (mode) || !s_mode_valid (json_string_value (mode)))) ||
         (pace && (!json_is_integer (pace) || json_integer_value (pace) < 0)) ||
         (tokens && (!json_is_integer (tokens) || json_integer_value (tokens) < 0 ||
-                    json_integer_value (tokens) > 100000))) {
+                    json_integer_value (tokens) > 100000)) ||
+        (embed_mode && (!json_is_string (embed_mode) ||
+                        !s_mode_valid (json_string_value (embed_mode)))) ||
+        (embed_fail_next && (!json_is_integer (embed_fail_next) ||
+                             json_integer_value (embed_fail_next) < 0)) ||
+        (embed_dim &&
+         (!json_is_integer (embed_dim) || json_integer_value (embed_dim) < 1 ||
+          json_integer_value (embed_dim) > S_MAX_EMBED_DIM)) ||
+        (embed_pace &&
+         (!json_is_integer (embed_pace) || json_integer_value (embed_pace) < 0))) {
         json_decref (body);
         return s_reply_json (connection, 400,
-                             json_pack ("{s:s}", "error", "bad mode, pace_ms or tokens"),
+                             json_pack ("{s:s}", "error",
+                                        "bad mode, pace_ms, tokens, embed_mode, "
+                                        "embed_fail_next, embed_dim or embed_pace_ms"),
                              NULL);
     }
     pthread_mutex_lock (&s_state.lock);
@@ -285,7 +360,19 @@ s_control (struct MHD_Connection *connection, s_conn_t *conn)
         s_state.pace_ms = json_integer_value (pace);
     if (tokens)
         s_state.tokens = json_integer_value (tokens);
+    if (embed_mode)
+        snprintf (s_state.embed_mode, sizeof s_state.embed_mode, "%s",
+                  json_string_value (embed_mode));
+    if (embed_fail_next)
+        s_state.embed_fail_next = json_integer_value (embed_fail_next);
+    if (embed_dim)
+        s_state.embed_dim = json_integer_value (embed_dim);
+    if (embed_pace)
+        s_state.embed_pace_ms = json_integer_value (embed_pace);
     if (json_is_true (json_object_get (body, "reset"))) {
+        s_state.embedding_requests = s_state.embedding_inputs = 0;
+        s_state.embedding_failed = s_state.embedding_max_batch = 0;
+        s_state.embedding_disconnects = 0;
         s_state.requests = s_state.completed = s_state.disconnects = 0;
         s_state.max_in_progress = s_state.in_progress;
         s_state.last_disconnect_ms = s_state.last_disconnect_after_ms = 0;
@@ -513,6 +600,138 @@ s_completions (struct MHD_Connection *connection, s_conn_t *conn)
     return s_reply_json (connection, 200, reply, NULL);
 }
 
+//  --- embeddings ----------------------------------------------------------------------
+
+//  The fake's vector of one text: FNV-1a of the text, stretched by
+//  splitmix64 into dim numbers in [-1, 1).
+static json_t *
+s_embedding (const char *text, size_t size, int64_t dim)
+{
+    uint64_t hash = 14695981039346656037ull;
+    for (size_t i = 0; i < size; i++)
+        hash = (hash ^ (unsigned char) text[i]) * 1099511628211ull;
+    json_t *vector = json_array ();
+    for (int64_t j = 0; j < dim; j++) {
+        uint64_t z = (hash += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        double value = (double) (z >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+        json_array_append_new (vector, json_real (value));
+    }
+    return vector;
+}
+
+static enum MHD_Result
+s_embed_error (struct MHD_Connection *connection, unsigned status, const char *message,
+               const char *type, const char *retry_after)
+{
+    pthread_mutex_lock (&s_state.lock);
+    s_state.embedding_failed++;
+    pthread_mutex_unlock (&s_state.lock);
+    return s_reply_json (
+        connection, status,
+        json_pack ("{s:{s:s, s:s}}", "error", "message", message, "type", type),
+        retry_after);
+}
+
+static enum MHD_Result
+s_embeddings (struct MHD_Connection *connection, s_conn_t *conn)
+{
+    json_t *body = json_loadb (conn->body ? conn->body : "", conn->size, 0, NULL);
+    json_t *input = json_object_get (body, "input");
+    size_t count = json_is_array (input) ? json_array_size (input) : input ? 1 : 0;
+    conn->embedding = true;
+    char mode[32];
+    bool fail;
+    pthread_mutex_lock (&s_state.lock);
+    s_state.embedding_requests++;
+    s_state.embedding_inputs += (int64_t) count;
+    if ((int64_t) count > s_state.embedding_max_batch)
+        s_state.embedding_max_batch = (int64_t) count;
+    json_decref (s_state.last_embedding_request);
+    s_state.last_embedding_request = body ? json_incref (body) : json_null ();
+    snprintf (mode, sizeof mode, "%s", s_state.embed_mode);
+    fail = s_state.embed_fail_next > 0;
+    if (fail)
+        s_state.embed_fail_next--;
+    int64_t dim = s_state.embed_dim;
+    int64_t pace_ms = s_state.embed_pace_ms;
+    pthread_mutex_unlock (&s_state.lock);
+
+    enum MHD_Result rc;
+    if (fail) {
+        rc = s_embed_error (connection, 500, "The fake upstream failed on purpose.",
+                            "server_error", NULL);
+        goto done;
+    }
+    if (!strcmp (mode, "hang")) {
+        s_wait_gone (conn, -1);
+        rc = MHD_NO;
+        goto done;
+    }
+    if (pace_ms > 0 && s_wait_gone (conn, pace_ms)) {
+        rc = MHD_NO;
+        goto done;
+    }
+    if (!strcmp (mode, "fail500")) {
+        rc = s_embed_error (connection, 500, "The fake upstream failed on purpose.",
+                            "server_error", NULL);
+        goto done;
+    }
+    if (!strcmp (mode, "fail429")) {
+        rc = s_embed_error (connection, 429, "Rate limit reached for fake-model.",
+                            "rate_limit_exceeded", "1");
+        goto done;
+    }
+    if (!strcmp (mode, "bad_request")) {
+        rc = s_embed_error (connection, 400,
+                            "This model's maximum context length is 8 tokens (fake).",
+                            "invalid_request_error", NULL);
+        goto done;
+    }
+    if (!strcmp (mode, "malformed")) {
+        rc = s_reply (connection, 200, "application/json", "{\"data\": [", NULL);
+        goto done;
+    }
+    if (!json_is_object (body) || !count ||
+        (json_is_array (input) ? false : !json_is_string (input))) {
+        rc = s_embed_error (connection, 400,
+                            "'input' must be a string or an array of strings",
+                            "invalid_request_error", NULL);
+        goto done;
+    }
+    for (size_t i = 0; i < count; i++) {
+        json_t *item = json_is_array (input) ? json_array_get (input, i) : input;
+        if (!json_is_string (item)) {
+            rc = s_embed_error (connection, 400, "'input' items must be strings",
+                                "invalid_request_error", NULL);
+            goto done;
+        }
+    }
+    const char *model = json_string_value (json_object_get (body, "model"));
+    json_t *data = json_array ();
+    int64_t tokens = 0;
+    for (size_t i = count; i-- > 0;) { //  reverse order: clients must sort
+        json_t *item = json_is_array (input) ? json_array_get (input, i) : input;
+        size_t size = json_string_length (item);
+        tokens += (int64_t) (size + 3) / 4;
+        json_array_append_new (
+            data,
+            json_pack ("{s:s, s:I, s:o}", "object", "embedding", "index", (json_int_t) i,
+                       "embedding", s_embedding (json_string_value (item), size, dim)));
+    }
+    rc = s_reply_json (connection, 200,
+                       json_pack ("{s:s, s:o, s:s, s:{s:I, s:I}}", "object", "list",
+                                  "data", data, "model", model ? model : "fake-embed",
+                                  "usage", "prompt_tokens", (json_int_t) tokens,
+                                  "total_tokens", (json_int_t) tokens),
+                       NULL);
+done:
+    json_decref (body);
+    return rc;
+}
+
 static enum MHD_Result
 s_handler (void *cls, struct MHD_Connection *connection, const char *url,
            const char *method, const char *version, const char *upload_data,
@@ -538,6 +757,8 @@ s_handler (void *cls, struct MHD_Connection *connection, const char *url,
     }
     if (!strcmp (method, "POST") && !strcmp (url, "/v1/chat/completions"))
         return s_completions (connection, conn);
+    if (!strcmp (method, "POST") && !strcmp (url, "/v1/embeddings"))
+        return s_embeddings (connection, conn);
     if (!strcmp (method, "GET") && !strcmp (url, "/v1/models"))
         return s_reply_json (connection, 200,
                              json_pack ("{s:s, s:[{s:s, s:s, s:i, s:s}]}", "object",
@@ -580,8 +801,8 @@ s_usage (FILE *out)
     fprintf (out, "usage: fake_llm [--host ADDR] [--port N] [--mode MODE] [--pace-ms N] "
                   "[--tokens N]\n"
                   "modes: ok fail500 fail429 bad_request hang malformed\n"
-                  "routes: POST /v1/chat/completions, GET /v1/models, GET /stats, POST "
-                  "/control\n");
+                  "routes: POST /v1/chat/completions, POST /v1/embeddings, GET "
+                  "/v1/models, GET /stats, POST /control\n");
 }
 
 int
@@ -652,6 +873,7 @@ main (int argc, char **argv)
     atomic_store (&s_stopping, true);
     MHD_stop_daemon (daemon);
     json_decref (s_state.last_request);
+    json_decref (s_state.last_embedding_request);
     free (s_state.last_authorization);
     return 0;
 }

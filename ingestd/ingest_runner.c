@@ -1,0 +1,333 @@
+/*  ingest_runner.c: see ingest_runner.h. */
+#include "ingest_runner.h"
+#include "cm_log.h"
+#include "cm_storage_docs.h"
+#include <pthread.h>
+#include <stdatomic.h>
+
+//  A worker's longest pause while Redis is unavailable.
+#define S_BACKOFF_MAX_MS 2000
+//  How long a take blocks, so that a stopping worker notices soon.
+#define S_TAKE_WAIT_MS 500
+
+struct ingest_runner_s {
+    ingest_runner_config_t config;
+    const ingest_job_context_t *context; //  borrowed
+    cm_storage_pool_t *pool;             //  borrowed
+    atomic_bool stopping;                //  set by destroy
+    pthread_t *workers;                  //  config.workers threads
+    pthread_t maintainer;                //  the maintenance thread
+    pthread_mutex_t lock;                //  guards wake (maintainer's sleep)
+    pthread_cond_t wake;                 //  signalled by destroy
+    //  Metrics (NULL without a registry).
+    cm_metric_t *state[5];    //  llmrt_embedding_jobs{state}
+    cm_metric_t *outcome[4];  //  ..._processed_total{outcome}
+    cm_metric_t *requeued;    //  ..._requeued_total
+    cm_metric_t *redis_up;    //  llmrt_embedding_queue_up
+};
+
+//  One worker thread's view of a job in progress.
+typedef struct {
+    ingest_runner_t *runner;
+    cm_jobs_t *jobs;
+    cm_job_t *job;
+} s_held_t;
+
+static const char *const s_states[5] = {"waiting", "active", "delayed", "completed",
+                                        "failed"};
+static const char *const s_outcomes[4] = {"completed", "retried", "failed", "released"};
+
+static void *s_worker (void *arg);
+static void *s_maintainer (void *arg);
+
+ingest_runner_t *
+ingest_runner_new (const ingest_runner_config_t *config, const ingest_job_context_t *context,
+                   cm_storage_pool_t *pool, cm_metrics_t *metrics)
+{
+    assert (config && config->jobs.url && config->jobs.queue && context && pool);
+    ingest_runner_t *self = cm_calloc (1, sizeof *self);
+    self->config = *config;
+    self->config.jobs.url = cm_strdup (config->jobs.url);
+    self->config.jobs.queue = cm_strdup (config->jobs.queue);
+    if (self->config.maintain_ms <= 0)
+        self->config.maintain_ms = 1000;
+    self->context = context;
+    self->pool = pool;
+    atomic_init (&self->stopping, false);
+    pthread_mutex_init (&self->lock, NULL);
+    pthread_cond_init (&self->wake, NULL);
+    if (metrics) {
+        for (size_t i = 0; i < 5; i++) {
+            const char *labels[] = {"queue", config->jobs.queue, "state", s_states[i], NULL};
+            self->state[i] = cm_metrics_gauge (metrics, "llmrt_embedding_jobs",
+                                               "Jobs in the Redis queue, by state "
+                                               "(the queue's view, shared by every instance)",
+                                               labels);
+        }
+        for (size_t i = 0; i < 4; i++) {
+            const char *labels[] = {"queue", config->jobs.queue, "outcome", s_outcomes[i],
+                                    NULL};
+            self->outcome[i] =
+                cm_metrics_counter (metrics, "llmrt_embedding_jobs_processed_total",
+                                    "Jobs this instance ran from the queue, by how they ended",
+                                    labels);
+        }
+        const char *labels[] = {"queue", config->jobs.queue, NULL};
+        self->requeued = cm_metrics_counter (
+            metrics, "llmrt_embedding_jobs_requeued_total",
+            "Jobs the reconciler added to the queue again (unknown to Redis)", labels);
+        self->redis_up = cm_metrics_gauge (
+            metrics, "llmrt_embedding_queue_up",
+            "1 when Redis, the queue backend, answered the last maintenance call", labels);
+    }
+    self->workers = cm_calloc (config->workers ? config->workers : 1, sizeof *self->workers);
+    for (size_t i = 0; i < config->workers; i++)
+        if (pthread_create (&self->workers[i], NULL, s_worker, self))
+            abort ();
+    if (pthread_create (&self->maintainer, NULL, s_maintainer, self))
+        abort ();
+    return self;
+}
+
+void
+ingest_runner_destroy (ingest_runner_t **self_p)
+{
+    assert (self_p);
+    ingest_runner_t *self = *self_p;
+    if (!self)
+        return;
+    pthread_mutex_lock (&self->lock);
+    atomic_store (&self->stopping, true);
+    pthread_cond_broadcast (&self->wake);
+    pthread_mutex_unlock (&self->lock);
+    for (size_t i = 0; i < self->config.workers; i++)
+        pthread_join (self->workers[i], NULL);
+    pthread_join (self->maintainer, NULL);
+    pthread_mutex_destroy (&self->lock);
+    pthread_cond_destroy (&self->wake);
+    free ((char *) self->config.jobs.url);
+    free ((char *) self->config.jobs.queue);
+    free (self->workers);
+    free (self);
+    *self_p = NULL;
+}
+
+char *
+ingest_runner_job_data (const char *location)
+{
+    json_t *data = json_pack ("{s:s}", "location", location);
+    char *text = json_dumps (data, JSON_COMPACT);
+    json_decref (data);
+    return text;
+}
+
+//  --- workers ------------------------------------------------------------------
+
+static void
+s_count (cm_metric_t *metric)
+{
+    if (metric)
+        cm_metric_add (metric, 1);
+}
+
+//  Sleep up to ms, waking early when the runner stops.
+static void
+s_pause (ingest_runner_t *self, int64_t ms)
+{
+    struct timespec until;
+    clock_gettime (CLOCK_REALTIME, &until);
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (ms % 1000) * 1000000;
+    if (until.tv_nsec >= 1000000000) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock (&self->lock);
+    if (!atomic_load (&self->stopping))
+        pthread_cond_timedwait (&self->wake, &self->lock, &until);
+    pthread_mutex_unlock (&self->lock);
+}
+
+static bool
+s_stopping (void *arg)
+{
+    return atomic_load (&((s_held_t *) arg)->runner->stopping);
+}
+
+//  After each stored batch: keep the lease; a lost one stops the run.
+static bool
+s_after_batch (size_t done, size_t total, void *arg)
+{
+    (void) done, (void) total;
+    s_held_t *held = (s_held_t *) arg;
+    int rc = cm_jobs_renew (held->jobs, held->job);
+    if (rc == CM_JOBS_LOST) {
+        cm_warn ("job %s: lease lost; another worker has it now", held->job->id);
+        return false;
+    }
+    //  Redis unavailable: go on; complete will tell if the lease survived.
+    return true;
+}
+
+//  Run one taken job and settle it in the queue and in its row.
+static void
+s_run (ingest_runner_t *self, cm_jobs_t *jobs, cm_job_t *job)
+{
+    json_t *data = json_loads (job->data, 0, NULL);
+    const char *location = json_string_value (json_object_get (data, "location"));
+    cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
+    if (!storage) {
+        //  The database cannot be opened here: give the job back for now.
+        cm_jobs_release (jobs, &job);
+        json_decref (data);
+        s_pause (self, S_BACKOFF_MAX_MS);
+        return;
+    }
+    char err[1024] = "";
+    ingest_job_result_t result = INGEST_JOB_FATAL;
+    s_held_t held = {self, jobs, job};
+    ingest_job_hooks_t hooks = {s_stopping, s_after_batch, &held};
+    if (!location)
+        snprintf (err, sizeof err, "The job's data has no document location.");
+    else
+        result = ingest_job_run (self->context, storage, job->id, location, job->attempt,
+                                 &hooks, err, sizeof err);
+    char id[128];
+    snprintf (id, sizeof id, "%s", job->id);
+    int attempt = job->attempt, max_attempts = job->max_attempts;
+    int rc;
+    switch (result) {
+        case INGEST_JOB_DONE:
+            rc = cm_jobs_complete (jobs, &job);
+            s_count (self->outcome[0]);
+            cm_info ("job %s: completed (%s, attempt %d)", id, location, attempt);
+            break;
+        case INGEST_JOB_RETRY:
+        case INGEST_JOB_FATAL:
+            rc = cm_jobs_fail (jobs, &job, err, result == INGEST_JOB_RETRY);
+            if (rc == CM_JOBS_RETRYING) {
+                cm_storage_job_update (storage, id, "queued", -1, -1, -1, NULL, NULL);
+                s_count (self->outcome[1]);
+                cm_warn ("job %s: attempt %d of %d failed, will retry: %s", id, attempt,
+                         max_attempts, err);
+            }
+            else if (rc == CM_JOBS_FAILED || rc == CM_JOBS_ERROR) {
+                //  Failed for good; also when Redis is gone (the row is the
+                //  record; the reconciler leaves failed jobs alone).
+                if (rc == CM_JOBS_FAILED || result == INGEST_JOB_FATAL ||
+                    attempt >= max_attempts) {
+                    cm_storage_job_update (storage, id, "failed", -1, -1, -1, NULL, NULL);
+                    s_count (self->outcome[2]);
+                    cm_error ("job %s: failed after attempt %d of %d: %s", id, attempt,
+                              max_attempts, err);
+                }
+                else
+                    cm_storage_job_update (storage, id, "queued", -1, -1, -1, NULL, NULL);
+            }
+            break;
+        case INGEST_JOB_CANCELLED:
+        default:
+            if (atomic_load (&self->stopping)) {
+                rc = cm_jobs_release (jobs, &job);
+                cm_storage_job_update (storage, id, "queued", -1, -1, -1, NULL, NULL);
+                s_count (self->outcome[3]);
+            }
+            //  Lease lost: the job is another worker's; leave the row to it.
+            break;
+    }
+    (void) rc;
+    cm_job_destroy (&job);
+    cm_storage_pool_release (self->pool, &storage);
+    json_decref (data);
+}
+
+static void *
+s_worker (void *arg)
+{
+    ingest_runner_t *self = (ingest_runner_t *) arg;
+    cm_jobs_t *jobs = cm_jobs_new (&self->config.jobs, NULL);
+    int64_t backoff = 100;
+    while (!atomic_load (&self->stopping)) {
+        cm_job_t *job = NULL;
+        int rc = cm_jobs_take (jobs, S_TAKE_WAIT_MS, &job);
+        if (rc < 0) {
+            s_pause (self, backoff);
+            backoff = backoff * 2 > S_BACKOFF_MAX_MS ? S_BACKOFF_MAX_MS : backoff * 2;
+            continue;
+        }
+        backoff = 100;
+        if (rc == 1)
+            s_run (self, jobs, job);
+    }
+    cm_jobs_destroy (&jobs);
+    return NULL;
+}
+
+//  --- maintenance ---------------------------------------------------------------
+
+//  Add again the jobs the database has as unfinished but Redis does not know.
+static void
+s_reconcile (ingest_runner_t *self, cm_jobs_t *jobs)
+{
+    cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
+    if (!storage)
+        return;
+    static const char *const states[] = {"queued", "active"};
+    json_t *stale = NULL;
+    if (cm_storage_jobs_stale (storage, states, 2, self->config.reconcile_ms, &stale) ==
+        CM_STORAGE_OK) {
+        size_t i;
+        json_t *row;
+        json_array_foreach (stale, i, row)
+        {
+            const char *id = json_string_value (json_object_get (row, "id"));
+            const char *location = json_string_value (json_object_get (row, "location"));
+            json_t *info = cm_jobs_info (jobs, id);
+            if (info || *cm_jobs_errmsg (jobs)) {
+                json_decref (info); //  known to Redis, or Redis unavailable
+                continue;
+            }
+            char *data = ingest_runner_job_data (location);
+            int rc = cm_jobs_add (jobs, id, data);
+            free (data);
+            if (rc == CM_JOBS_OK) {
+                cm_storage_job_update (storage, id, "queued", -1, -1, -1, NULL, NULL);
+                s_count (self->requeued);
+                cm_warn ("job %s (%s): unfinished but unknown to the queue; added again", id,
+                         location);
+            }
+        }
+    }
+    json_decref (stale);
+    cm_storage_pool_release (self->pool, &storage);
+}
+
+static void *
+s_maintainer (void *arg)
+{
+    ingest_runner_t *self = (ingest_runner_t *) arg;
+    cm_jobs_t *jobs = cm_jobs_new (&self->config.jobs, NULL);
+    int64_t next_reconcile = cm_clock_mono_ms () + self->config.maintain_ms;
+    int64_t reconcile_every = self->config.reconcile_ms / 2;
+    if (reconcile_every < self->config.maintain_ms)
+        reconcile_every = self->config.maintain_ms;
+    while (!atomic_load (&self->stopping)) {
+        bool up = cm_jobs_maintain (jobs) >= 0;
+        cm_jobs_counts_t counts;
+        if (up && cm_jobs_counts (jobs, &counts) == 0 && self->state[0]) {
+            int64_t values[5] = {counts.waiting, counts.active, counts.delayed,
+                                 counts.completed, counts.failed};
+            for (size_t i = 0; i < 5; i++)
+                cm_metric_set (self->state[i], (double) values[i]);
+        }
+        if (self->redis_up)
+            cm_metric_set (self->redis_up, up ? 1 : 0);
+        if (up && cm_clock_mono_ms () >= next_reconcile) {
+            s_reconcile (self, jobs);
+            next_reconcile = cm_clock_mono_ms () + reconcile_every;
+        }
+        s_pause (self, self->config.maintain_ms);
+    }
+    cm_jobs_destroy (&jobs);
+    return NULL;
+}

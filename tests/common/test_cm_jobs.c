@@ -1,0 +1,756 @@
+/*  test_cm_jobs.c: the Redis job queue against a real redis-server (one
+    per test, on a free port, no persistence): delivery, leases, retries,
+    the failed set, trimming, many threads, and Redis down or hung.
+    Waits are polls with a generous patience, never fixed sleeps. */
+#include <criterion/criterion.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "cm_jobs.h"
+#include "cm_redis.h"
+
+#define S_PATIENCE_MS 20000
+
+typedef struct {
+    pid_t pid;    //  redis-server
+    int port;     //  its port
+    char dir[64]; //  its working directory
+    char url[64]; //  redis://127.0.0.1:port
+} s_redis_t;
+
+static int
+s_free_port (void)
+{
+    int fd = socket (AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = {0};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
+    cr_assert_eq (bind (fd, (struct sockaddr *) &addr, sizeof addr), 0);
+    socklen_t len = sizeof addr;
+    getsockname (fd, (struct sockaddr *) &addr, &len);
+    close (fd);
+    return ntohs (addr.sin_port);
+}
+
+//  Start redis-server on `port` (0: a free one) and wait until it answers.
+static void
+s_redis_start (s_redis_t *redis, int port)
+{
+    if (!redis->dir[0]) {
+        snprintf (redis->dir, sizeof redis->dir, "/tmp/llmrt-jobs-XXXXXX");
+        cr_assert_not_null (mkdtemp (redis->dir));
+    }
+    for (int attempt = 0; attempt < 5; attempt++) {
+        redis->port = port ? port : s_free_port ();
+        snprintf (redis->url, sizeof redis->url, "redis://127.0.0.1:%d", redis->port);
+        pid_t pid = fork ();
+        cr_assert_geq (pid, 0);
+        if (pid == 0) {
+            prctl (PR_SET_PDEATHSIG, SIGKILL);
+            char port_text[16], log_path[128];
+            snprintf (port_text, sizeof port_text, "%d", redis->port);
+            snprintf (log_path, sizeof log_path, "%s/redis.log", redis->dir);
+            execlp ("redis-server", "redis-server", "--port", port_text, "--bind",
+                    "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", redis->dir,
+                    "--logfile", log_path, (char *) NULL);
+            _exit (127);
+        }
+        redis->pid = pid;
+        int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
+        while (cm_clock_mono_ms () < until) {
+            int status;
+            if (waitpid (pid, &status, WNOHANG) == pid)
+                break; //  it exited: the port was taken
+            char err[256];
+            redisContext *ctx = cm_redis_connect (redis->url, 1000, err, sizeof err);
+            if (ctx) {
+                int rc = cm_redis_ping (ctx, err, sizeof err);
+                redisFree (ctx);
+                if (rc == 0)
+                    return;
+            }
+            usleep (10 * 1000);
+        }
+        kill (pid, SIGKILL);
+        waitpid (pid, NULL, 0);
+        redis->pid = 0;
+    }
+    cr_assert_fail ("redis-server did not start");
+}
+
+static void
+s_redis_stop (s_redis_t *redis)
+{
+    if (redis->pid > 0) {
+        kill (redis->pid, SIGCONT);
+        kill (redis->pid, SIGKILL);
+        waitpid (redis->pid, NULL, 0);
+        redis->pid = 0;
+    }
+}
+
+static void
+s_redis_remove (s_redis_t *redis)
+{
+    s_redis_stop (redis);
+    char cmd[128];
+    snprintf (cmd, sizeof cmd, "rm -rf '%s'", redis->dir);
+    cr_assert_eq (system (cmd), 0);
+}
+
+static cm_jobs_config_t
+s_config (s_redis_t *redis)
+{
+    cm_jobs_config_t config;
+    cm_jobs_config_defaults (&config);
+    config.url = redis->url;
+    config.queue = "test-jobs";
+    return config;
+}
+
+#define S_NOT_A_NUMBER -2
+
+static long long
+s_number (const char *text)
+{
+    char *end;
+    long long value = strtoll (text, &end, 10);
+    return *text && !*end ? value : S_NOT_A_NUMBER;
+}
+
+//  A direct connection, to look at the keys.
+static long long
+s_redis_int (s_redis_t *redis, const char *command, const char *arg)
+{
+    char err[256];
+    redisContext *ctx = cm_redis_connect (redis->url, 2000, err, sizeof err);
+    cr_assert_not_null (ctx, "%s", err);
+    redisReply *reply = redisCommand (ctx, command, arg);
+    cr_assert_not_null (reply);
+    long long value = reply->type == REDIS_REPLY_INTEGER  ? reply->integer
+                      : reply->type == REDIS_REPLY_STRING ? s_number (reply->str)
+                                                          : -1;
+    freeReplyObject (reply);
+    redisFree (ctx);
+    return value;
+}
+
+static void
+s_assert_counts (cm_jobs_t *jobs, int64_t waiting, int64_t active, int64_t delayed,
+                 int64_t completed, int64_t failed)
+{
+    cm_jobs_counts_t c;
+    cr_assert_eq (cm_jobs_counts (jobs, &c), 0, "%s", cm_jobs_errmsg (jobs));
+    cr_assert (c.waiting == waiting && c.active == active && c.delayed == delayed &&
+                   c.completed == completed && c.failed == failed,
+               "counts %lld/%lld/%lld/%lld/%lld, expected %lld/%lld/%lld/%lld/%lld",
+               (long long) c.waiting, (long long) c.active, (long long) c.delayed,
+               (long long) c.completed, (long long) c.failed, (long long) waiting,
+               (long long) active, (long long) delayed, (long long) completed,
+               (long long) failed);
+}
+
+static void
+s_assert_state (cm_jobs_t *jobs, const char *id, const char *state)
+{
+    json_t *info = cm_jobs_info (jobs, id);
+    cr_assert_not_null (info, "no job %s: %s", id, cm_jobs_errmsg (jobs));
+    cr_assert_str_eq (json_string_value (json_object_get (info, "state")), state);
+    json_decref (info);
+}
+
+//  Call maintain on `jobs` until it moved `count` jobs in all.
+static void
+s_maintain_until_moved (cm_jobs_t *jobs, int count)
+{
+    int moved = 0;
+    int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
+    while (moved < count && cm_clock_mono_ms () < until) {
+        int rc = cm_jobs_maintain (jobs);
+        cr_assert_geq (rc, 0, "%s", cm_jobs_errmsg (jobs));
+        moved += rc;
+        if (moved < count)
+            usleep (10 * 1000);
+    }
+    cr_assert_eq (moved, count);
+}
+
+Test (cm_jobs, add_take_complete)
+{
+    s_redis_t redis = {0};
+    s_redis_start (&redis, 0);
+    cm_jobs_config_t config = s_config (&redis);
+    cm_jobs_t *jobs = cm_jobs_new (&config, "worker-1");
+    cr_assert_str_eq (cm_jobs_worker (jobs), "worker-1");
+    cr_assert (cm_jobs_available (jobs));
+
+    cr_assert_eq (cm_jobs_add (jobs, "job-1", "{\"doc\":1}"), CM_JOBS_OK);
+    cr_assert_eq (cm_jobs_add (jobs, "job-2", "{\"doc\":2}"), CM_JOBS_OK);
+    //  The same id again changes nothing.
+    cr_assert_eq (cm_jobs_add (jobs, "job-1", "other"), CM_JOBS_EXISTS);
+    s_assert_counts (jobs, 2, 0, 0, 0, 0);
+    s_assert_state (jobs, "job-1", "waiting");
+
+    //  First in, first out.
+    cm_job_t *job = NULL;
+    cr_assert_eq (cm_jobs_take (jobs, 1000, &job), 1, "%s", cm_jobs_errmsg (jobs));
+    cr_assert_str_eq (job->id, "job-1");
+    cr_assert_str_eq (job->data, "{\"doc\":1}");
+    cr_assert_eq (job->attempt, 1);
+    cr_assert_eq (job->max_attempts, 3);
+    s_assert_counts (jobs, 1, 1, 0, 0, 0);
+    json_t *info = cm_jobs_info (jobs, "job-1");
+    cr_assert_str_eq (json_string_value (json_object_get (info, "state")), "active");
+    cr_assert_str_eq (json_string_value (json_object_get (info, "worker")), "worker-1");
+    cr_assert_eq (json_integer_value (json_object_get (info, "attempts")), 1);
+    json_decref (info);
+
+    cr_assert_eq (cm_jobs_renew (jobs, job), CM_JOBS_OK);
+    cr_assert_eq (cm_jobs_complete (jobs, &job), CM_JOBS_OK);
+    cr_assert_null (job);
+    s_assert_counts (jobs, 1, 0, 0, 1, 0);
+    s_assert_state (jobs, "job-1", "completed");
+
+    cr_assert_eq (cm_jobs_take (jobs, 0, &job), 1);
+    cr_assert_str_eq (job->id, "job-2");
+    cr_assert_eq (cm_jobs_complete (jobs, &job), CM_JOBS_OK);
+    //  Nothing left: take waits, then says so.
+    cr_assert_eq (cm_jobs_take (jobs, 50, &job), 0);
+    cr_assert_null (job);
+    cr_assert_eq (cm_jobs_take (jobs, 0, &job), 0);
+    s_assert_counts (jobs, 0, 0, 0, 2, 0);
+    cr_assert_null (cm_jobs_info (jobs, "no-such-job"));
+    cr_assert_str_eq (cm_jobs_errmsg (jobs), "");
+
+    cm_jobs_destroy (&jobs);
+    cr_assert_null (jobs);
+    s_redis_remove (&redis);
+}
+
+Test (cm_jobs, blocked_take_wakes_on_add)
+{
+    s_redis_t redis = {0};
+    s_redis_start (&redis, 0);
+    cm_jobs_config_t config = s_config (&redis);
+    cm_jobs_t *producer = cm_jobs_new (&config, NULL);
+    cm_jobs_t *worker = cm_jobs_new (&config, NULL);
+    cr_assert_str_neq (cm_jobs_worker (producer), cm_jobs_worker (worker));
+    pid_t pid = fork ();
+    cr_assert_geq (pid, 0);
+    if (pid == 0) {
+        usleep (100 * 1000);
+        cm_jobs_t *jobs = cm_jobs_new (&config, NULL);
+        int rc = cm_jobs_add (jobs, "late", "x");
+        cm_jobs_destroy (&jobs);
+        _exit (rc == CM_JOBS_OK ? 0 : 1);
+    }
+    cm_job_t *job = NULL;
+    cr_assert_eq (cm_jobs_take (worker, S_PATIENCE_MS, &job), 1, "%s",
+                  cm_jobs_errmsg (worker));
+    cr_assert_str_eq (job->id, "late");
+    s_assert_counts (producer, 0, 1, 0, 0, 0);
+    cr_assert_eq (cm_jobs_complete (worker, &job), CM_JOBS_OK);
+    int status;
+    cr_assert_eq (waitpid (pid, &status, 0), pid);
+    cr_assert_eq (WEXITSTATUS (status), 0);
+    cm_jobs_destroy (&producer);
+    cm_jobs_destroy (&worker);
+    s_redis_remove (&redis);
+}
+
+Test (cm_jobs, expired_lease_goes_to_another_worker)
+{
+    s_redis_t redis = {0};
+    s_redis_start (&redis, 0);
+    cm_jobs_config_t config = s_config (&redis);
+    config.lease_ms = 200;
+    cm_jobs_t *a = cm_jobs_new (&config, "a");
+    cm_jobs_t *b = cm_jobs_new (&config, "b");
+    cr_assert_eq (cm_jobs_add (a, "job", "data"), CM_JOBS_OK);
+    cm_job_t *job_a = NULL, *job_b = NULL;
+    cr_assert_eq (cm_jobs_take (a, 0, &job_a), 1);
+    cr_assert_eq (cm_jobs_take (b, 0, &job_b), 0);
+
+    //  a goes silent; once its lease expires, maintain gives the job back.
+    s_maintain_until_moved (b, 1);
+    s_assert_state (b, "job", "waiting");
+    cr_assert_eq (cm_jobs_take (b, 0, &job_b), 1);
+    cr_assert_str_eq (job_b->id, "job");
+    cr_assert_eq (job_b->attempt, 2);
+    s_assert_counts (b, 0, 1, 0, 0, 0);
+
+    //  a wakes up: the job is not its any more; nothing changes.
+    cr_assert_eq (cm_jobs_renew (a, job_a), CM_JOBS_LOST);
+    cr_assert_eq (cm_jobs_complete (a, &job_a), CM_JOBS_LOST);
+    cr_assert_null (job_a);
+    s_assert_counts (b, 0, 1, 0, 0, 0);
+    s_assert_state (b, "job", "active");
+    cr_assert_eq (cm_jobs_complete (b, &job_b), CM_JOBS_OK);
+    s_assert_counts (b, 0, 0, 0, 1, 0);
+
+    cm_jobs_destroy (&a);
+    cm_jobs_destroy (&b);
+    s_redis_remove (&redis);
+}
+
+Test (cm_jobs, renew_extends_the_lease)
+{
+    s_redis_t redis = {0};
+    s_redis_start (&redis, 0);
+    cm_jobs_config_t config = s_config (&redis);
+    cm_jobs_t *jobs = cm_jobs_new (&config, "w");
+    cr_assert_eq (cm_jobs_add (jobs, "job", "data"), CM_JOBS_OK);
+    cm_job_t *job = NULL;
+    cr_assert_eq (cm_jobs_take (jobs, 0, &job), 1);
+    long long before = s_redis_int (&redis, "ZSCORE llmrt:test-jobs:lease %s", "job");
+    cr_assert_gt (before, 0);
+    usleep (20 * 1000);
+    cr_assert_eq (cm_jobs_renew (jobs, job), CM_JOBS_OK);
+    long long after = s_redis_int (&redis, "ZSCORE llmrt:test-jobs:lease %s", "job");
+    cr_assert_gt (after, before);
+    //  A lease that is still running is never taken away.
+    cr_assert_eq (cm_jobs_maintain (jobs), 0);
+    cr_assert_eq (cm_jobs_release (jobs, &job), CM_JOBS_OK);
+    cm_jobs_destroy (&jobs);
+    s_redis_remove (&redis);
+}
+
+Test (cm_jobs, killed_worker_job_is_taken_again)
+{
+    s_redis_t redis = {0};
+    s_redis_start (&redis, 0);
+    cm_jobs_config_t config = s_config (&redis);
+    config.lease_ms = 300;
+    cm_jobs_t *jobs = cm_jobs_new (&config, NULL);
+    cr_assert_eq (cm_jobs_add (jobs, "job", "data"), CM_JOBS_OK);
+    int fds[2];
+    cr_assert_eq (pipe (fds), 0);
+    pid_t pid = fork ();
+    cr_assert_geq (pid, 0);
+    if (pid == 0) {
+        //  A worker process that takes the job and hangs.
+        cm_jobs_t *worker = cm_jobs_new (&config, NULL);
+        cm_job_t *job = NULL;
+        char taken = cm_jobs_take (worker, S_PATIENCE_MS, &job) == 1 ? 'y' : 'n';
+        if (write (fds[1], &taken, 1) != 1)
+            _exit (1);
+        pause ();
+        _exit (0);
+    }
+    char taken = 0;
+    cr_assert_eq (read (fds[0], &taken, 1), 1);
+    cr_assert_eq (taken, 'y');
+    close (fds[0]);
+    close (fds[1]);
+    s_assert_counts (jobs, 0, 1, 0, 0, 0);
+    kill (pid, SIGKILL);
+    waitpid (pid, NULL, 0);
+
+    s_maintain_until_moved (jobs, 1);
+    cm_job_t *job = NULL;
+    cr_assert_eq (cm_jobs_take (jobs, 0, &job), 1);
+    cr_assert_str_eq (job->id, "job");
+    cr_assert_eq (job->attempt, 2);
+    cr_assert_eq (cm_jobs_complete (jobs, &job), CM_JOBS_OK);
+    s_assert_counts (jobs, 0, 0, 0, 1, 0);
+    cm_jobs_destroy (&jobs);
+    s_redis_remove (&redis);
+}
+
+Test (cm_jobs, job_moved_but_never_leased_is_recovered)
+{
+    //  A worker that died between BLMOVE and leasing left the job in its
+    //  processing list with no lease: recovered once the worker's "alive
+    //  until" passed.
+    s_redis_t redis = {0};
+    s_redis_start (&redis, 0);
+    cm_jobs_config_t config = s_config (&redis);
+    cm_jobs_t *jobs = cm_jobs_new (&config, "w");
+    cr_assert_eq (cm_jobs_add (jobs, "job", "data"), CM_JOBS_OK);
+    cr_assert_eq (s_redis_int (&redis, "ZADD llmrt:test-jobs:workers 1 %s", "ghost"), 1);
+    cr_assert_eq (s_redis_int (&redis,
+                               "LMOVE llmrt:test-jobs:wait llmrt:test-jobs:active:%s "
+                               "RIGHT LEFT",
+                               "ghost"),
+                  S_NOT_A_NUMBER); //  the reply is the id, "job"
+    s_assert_counts (jobs, 0, 1, 0, 0, 0);
+    cr_assert_eq (cm_jobs_maintain (jobs), 1);
+    s_assert_counts (jobs, 1, 0, 0, 0, 0);
+    cm_job_t *job = NULL;
+    cr_assert_eq (cm_jobs_take (jobs, 0, &job), 1);
+    cr_assert_eq (job->attempt, 1);
+    cr_assert_eq (cm_jobs_complete (jobs, &job), CM_JOBS_OK);
+    cm_jobs_destroy (&jobs);
+    s_redis_remove (&redis);
+}
+
+Test (cm_jobs, retries_with_backoff_then_succeeds)
+{
+    s_redis_t redis = {0};
+    s_redis_start (&redis, 0);
+    cm_jobs_config_t config = s_config (&redis);
+    config.backoff_ms = 100;
+    cm_jobs_t *jobs = cm_jobs_new (&config, "w");
+    cr_assert_eq (cm_jobs_add (jobs, "job", "data"), CM_JOBS_OK);
+    cm_job_t *job = NULL;
+    for (int attempt = 1; attempt <= 2; attempt++) {
+        cr_assert_eq (cm_jobs_take (jobs, S_PATIENCE_MS, &job), 1, "%s",
+                      cm_jobs_errmsg (jobs));
+        cr_assert_eq (job->attempt, attempt);
+        cr_assert_eq (cm_jobs_fail (jobs, &job, "embedding service down", true),
+                      CM_JOBS_RETRYING);
+        cr_assert_null (job);
+        s_assert_counts (jobs, 0, 0, 1, 0, 0);
+        //  The delay doubles: 100 ms, then 200 ms after the failure.
+        json_t *info = cm_jobs_info (jobs, "job");
+        cr_assert_str_eq (json_string_value (json_object_get (info, "state")), "delayed");
+        cr_assert_str_eq (json_string_value (json_object_get (info, "error")),
+                          "embedding service down");
+        json_int_t delay = json_integer_value (json_object_get (info, "delayUntil")) -
+                           json_integer_value (json_object_get (info, "processedOn"));
+        cr_assert_geq (delay, 100 << (attempt - 1));
+        json_decref (info);
+    }
+    //  take itself promotes the due retry: nobody calls maintain here.
+    cr_assert_eq (cm_jobs_take (jobs, S_PATIENCE_MS, &job), 1);
+    cr_assert_eq (job->attempt, 3);
+    cr_assert_eq (cm_jobs_complete (jobs, &job), CM_JOBS_OK);
+    s_assert_counts (jobs, 0, 0, 0, 1, 0);
+    json_t *info = cm_jobs_info (jobs, "job");
+    cr_assert_str_eq (json_string_value (json_object_get (info, "state")), "completed");
+    cr_assert_eq (json_integer_value (json_object_get (info, "attempts")), 3);
+    json_decref (info);
+    cm_jobs_destroy (&jobs);
+    s_redis_remove (&redis);
+}
+
+Test (cm_jobs, exhausted_attempts_end_in_failed_set)
+{
+    s_redis_t redis = {0};
+    s_redis_start (&redis, 0);
+    cm_jobs_config_t config = s_config (&redis);
+    config.attempts = 2;
+    config.backoff_ms = 0;
+    cm_jobs_t *jobs = cm_jobs_new (&config, "w");
+    cr_assert_eq (cm_jobs_add (jobs, "job", "data"), CM_JOBS_OK);
+    cm_job_t *job = NULL;
+    cr_assert_eq (cm_jobs_take (jobs, 0, &job), 1);
+    cr_assert_eq (cm_jobs_fail (jobs, &job, "first", true), CM_JOBS_RETRYING);
+    s_assert_counts (jobs, 1, 0, 0, 0, 0); //  no back-off: straight back
+    cr_assert_eq (cm_jobs_take (jobs, 0, &job), 1);
+    cr_assert_eq (job->attempt, 2);
+    cr_assert_eq (cm_jobs_fail (jobs, &job, "parser crashed on page 3", true),
+                  CM_JOBS_FAILED);
+    s_assert_counts (jobs, 0, 0, 0, 0, 1);
+    json_t *info = cm_jobs_info (jobs, "job");
+    cr_assert_not_null (info);
+    cr_assert_str_eq (json_string_value (json_object_get (info, "state")), "failed");
+    cr_assert_str_eq (json_string_value (json_object_get (info, "error")),
+                      "parser crashed on page 3");
+    cr_assert_eq (json_integer_value (json_object_get (info, "attempts")), 2);
+    cr_assert_eq (json_integer_value (json_object_get (info, "maxAttempts")), 2);
+    cr_assert_str_eq (json_string_value (json_object_get (info, "data")), "data");
+    cr_assert_gt (json_integer_value (json_object_get (info, "finishedOn")), 0);
+    json_decref (info);
+
+    //  No retry asked: failed at the first attempt.
+    cr_assert_eq (cm_jobs_add (jobs, "bad", "data"), CM_JOBS_OK);
+    cr_assert_eq (cm_jobs_take (jobs, 0, &job), 1);
+    cr_assert_eq (cm_jobs_fail (jobs, &job, "not a PDF", false), CM_JOBS_FAILED);
+    s_assert_counts (jobs, 0, 0, 0, 0, 2);
+    //  A failed job's id is still known.
+    cr_assert_eq (cm_jobs_add (jobs, "bad", "data"), CM_JOBS_EXISTS);
+    cm_jobs_destroy (&jobs);
+    s_redis_remove (&redis);
+}
+
+Test (cm_jobs, lost_worker_on_last_attempt_fails_the_job)
+{
+    s_redis_t redis = {0};
+    s_redis_start (&redis, 0);
+    cm_jobs_config_t config = s_config (&redis);
+    config.attempts = 1;
+    config.lease_ms = 100;
+    cm_jobs_t *jobs = cm_jobs_new (&config, "w");
+    cr_assert_eq (cm_jobs_add (jobs, "job", "data"), CM_JOBS_OK);
+    cm_job_t *job = NULL;
+    cr_assert_eq (cm_jobs_take (jobs, 0, &job), 1);
+    s_maintain_until_moved (jobs, 1);
+    s_assert_counts (jobs, 0, 0, 0, 0, 1);
+    json_t *info = cm_jobs_info (jobs, "job");
+    cr_assert_not_null (
+        strstr (json_string_value (json_object_get (info, "error")), "lease expired"));
+    json_decref (info);
+    cr_assert_eq (cm_jobs_fail (jobs, &job, "late", true), CM_JOBS_LOST);
+    s_assert_counts (jobs, 0, 0, 0, 0, 1);
+    cm_jobs_destroy (&jobs);
+    s_redis_remove (&redis);
+}
+
+Test (cm_jobs, release_does_not_count_the_attempt)
+{
+    s_redis_t redis = {0};
+    s_redis_start (&redis, 0);
+    cm_jobs_config_t config = s_config (&redis);
+    cm_jobs_t *jobs = cm_jobs_new (&config, "w");
+    cr_assert_eq (cm_jobs_add (jobs, "first", "1"), CM_JOBS_OK);
+    cr_assert_eq (cm_jobs_add (jobs, "second", "2"), CM_JOBS_OK);
+    cm_job_t *job = NULL;
+    cr_assert_eq (cm_jobs_take (jobs, 0, &job), 1);
+    cr_assert_str_eq (job->id, "first");
+    cr_assert_eq (cm_jobs_release (jobs, &job), CM_JOBS_OK);
+    s_assert_counts (jobs, 2, 0, 0, 0, 0);
+    //  Back at the front, still at its first attempt.
+    cr_assert_eq (cm_jobs_take (jobs, 0, &job), 1);
+    cr_assert_str_eq (job->id, "first");
+    cr_assert_eq (job->attempt, 1);
+    cr_assert_eq (cm_jobs_complete (jobs, &job), CM_JOBS_OK);
+    cm_jobs_destroy (&jobs);
+    s_redis_remove (&redis);
+}
+
+Test (cm_jobs, completed_trimmed_by_count_and_age)
+{
+    s_redis_t redis = {0};
+    s_redis_start (&redis, 0);
+    cm_jobs_config_t config = s_config (&redis);
+    config.keep_completed = 3;
+    config.keep_completed_ms = 0;
+    cm_jobs_t *jobs = cm_jobs_new (&config, "w");
+    for (int i = 0; i < 5; i++) {
+        char id[16];
+        snprintf (id, sizeof id, "job-%d", i);
+        cr_assert_eq (cm_jobs_add (jobs, id, "x"), CM_JOBS_OK);
+        cm_job_t *job = NULL;
+        cr_assert_eq (cm_jobs_take (jobs, 0, &job), 1);
+        cr_assert_eq (cm_jobs_complete (jobs, &job), CM_JOBS_OK);
+    }
+    //  The three most recent stay; the others are gone, hash and all.
+    s_assert_counts (jobs, 0, 0, 0, 3, 0);
+    cr_assert_null (cm_jobs_info (jobs, "job-0"));
+    cr_assert_null (cm_jobs_info (jobs, "job-1"));
+    s_assert_state (jobs, "job-4", "completed");
+    cr_assert_eq (s_redis_int (&redis, "EXISTS llmrt:test-jobs:job:%s", "job-0"), 0);
+    cm_jobs_destroy (&jobs);
+
+    //  By age: gone once older than keep_completed_ms.
+    config.keep_completed = 1000;
+    config.keep_completed_ms = 100;
+    jobs = cm_jobs_new (&config, "w");
+    cr_assert_eq (cm_jobs_add (jobs, "old", "x"), CM_JOBS_OK);
+    cm_job_t *job = NULL;
+    cr_assert_eq (cm_jobs_take (jobs, 0, &job), 1);
+    cr_assert_eq (cm_jobs_complete (jobs, &job), CM_JOBS_OK);
+    s_assert_state (jobs, "old", "completed");
+    int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
+    cm_jobs_counts_t counts = {0};
+    do {
+        cr_assert_geq (cm_jobs_maintain (jobs), 0);
+        cr_assert_eq (cm_jobs_counts (jobs, &counts), 0);
+        if (counts.completed == 0)
+            break;
+        usleep (10 * 1000);
+    } while (cm_clock_mono_ms () < until);
+    cr_assert_eq (counts.completed, 0); //  the three of before went too
+    cr_assert_null (cm_jobs_info (jobs, "old"));
+    cr_assert_null (cm_jobs_info (jobs, "job-4"));
+    cr_assert_eq (s_redis_int (&redis, "EXISTS llmrt:test-jobs:job:%s", "old"), 0);
+    cm_jobs_destroy (&jobs);
+    s_redis_remove (&redis);
+}
+
+Test (cm_jobs, failed_trimmed_by_count)
+{
+    s_redis_t redis = {0};
+    s_redis_start (&redis, 0);
+    cm_jobs_config_t config = s_config (&redis);
+    config.keep_failed = 2;
+    cm_jobs_t *jobs = cm_jobs_new (&config, "w");
+    for (int i = 0; i < 4; i++) {
+        char id[16];
+        snprintf (id, sizeof id, "job-%d", i);
+        cr_assert_eq (cm_jobs_add (jobs, id, "x"), CM_JOBS_OK);
+        cm_job_t *job = NULL;
+        cr_assert_eq (cm_jobs_take (jobs, 0, &job), 1);
+        cr_assert_eq (cm_jobs_fail (jobs, &job, "no", false), CM_JOBS_FAILED);
+    }
+    s_assert_counts (jobs, 0, 0, 0, 0, 2);
+    cr_assert_null (cm_jobs_info (jobs, "job-1"));
+    s_assert_state (jobs, "job-3", "failed");
+    cm_jobs_destroy (&jobs);
+    s_redis_remove (&redis);
+}
+
+//  --- many threads ----------------------------------------------------------------
+
+#define S_JOBS    1000
+#define S_THREADS 4
+
+typedef struct {
+    cm_jobs_config_t config;
+    int index;
+    atomic_int *seen;   //  completions per job
+    atomic_int *done;   //  completions in all
+    atomic_int *errors; //  calls that failed
+} s_thread_arg_t;
+
+static void *
+s_producer (void *arg_)
+{
+    s_thread_arg_t *arg = arg_;
+    cm_jobs_t *jobs = cm_jobs_new (&arg->config, NULL);
+    for (int i = arg->index; i < S_JOBS; i += S_THREADS) {
+        char id[16], data[32];
+        snprintf (id, sizeof id, "%d", i);
+        snprintf (data, sizeof data, "{\"n\":%d}", i);
+        if (cm_jobs_add (jobs, id, data) != CM_JOBS_OK)
+            atomic_fetch_add (arg->errors, 1);
+    }
+    cm_jobs_destroy (&jobs);
+    return NULL;
+}
+
+static void *
+s_consumer (void *arg_)
+{
+    s_thread_arg_t *arg = arg_;
+    cm_jobs_t *jobs = cm_jobs_new (&arg->config, NULL);
+    int64_t until = cm_clock_mono_ms () + 60000;
+    while (atomic_load (arg->done) < S_JOBS && cm_clock_mono_ms () < until) {
+        cm_job_t *job = NULL;
+        int rc = cm_jobs_take (jobs, 100, &job);
+        if (rc < 0)
+            atomic_fetch_add (arg->errors, 1);
+        if (rc != 1)
+            continue;
+        int n = atoi (job->id);
+        char data[32];
+        snprintf (data, sizeof data, "{\"n\":%d}", n);
+        if (n < 0 || n >= S_JOBS || strcmp (job->data, data))
+            atomic_fetch_add (arg->errors, 1);
+        else
+            atomic_fetch_add (&arg->seen[n], 1);
+        if (cm_jobs_complete (jobs, &job) != CM_JOBS_OK)
+            atomic_fetch_add (arg->errors, 1);
+        atomic_fetch_add (arg->done, 1);
+    }
+    cm_jobs_destroy (&jobs);
+    return NULL;
+}
+
+Test (cm_jobs, thousand_jobs_four_threads_each_once)
+{
+    s_redis_t redis = {0};
+    s_redis_start (&redis, 0);
+    cm_jobs_config_t config = s_config (&redis);
+    config.keep_completed = 2 * S_JOBS;
+    static atomic_int seen[S_JOBS];
+    atomic_int done = 0, errors = 0;
+    s_thread_arg_t args[2 * S_THREADS];
+    pthread_t threads[2 * S_THREADS];
+    for (int i = 0; i < 2 * S_THREADS; i++) {
+        args[i] = (s_thread_arg_t){.config = config,
+                                   .index = i % S_THREADS,
+                                   .seen = seen,
+                                   .done = &done,
+                                   .errors = &errors};
+        cr_assert_eq (pthread_create (&threads[i], NULL,
+                                      i < S_THREADS ? s_producer : s_consumer, &args[i]),
+                      0);
+    }
+    for (int i = 0; i < 2 * S_THREADS; i++)
+        pthread_join (threads[i], NULL);
+    cr_assert_eq (atomic_load (&errors), 0);
+    cr_assert_eq (atomic_load (&done), S_JOBS);
+    for (int i = 0; i < S_JOBS; i++)
+        cr_assert_eq (atomic_load (&seen[i]), 1, "job %d ran %d times", i,
+                      atomic_load (&seen[i]));
+    cm_jobs_t *jobs = cm_jobs_new (&config, NULL);
+    cr_assert_eq (cm_jobs_maintain (jobs), 0);
+    s_assert_counts (jobs, 0, 0, 0, S_JOBS, 0);
+    cm_jobs_destroy (&jobs);
+    s_redis_remove (&redis);
+}
+
+//  --- Redis trouble ---------------------------------------------------------------
+
+Test (cm_jobs, redis_down_then_back_without_a_new_handle)
+{
+    s_redis_t redis = {0};
+    s_redis_start (&redis, 0);
+    cm_jobs_config_t config = s_config (&redis);
+    cm_jobs_t *jobs = cm_jobs_new (&config, "w");
+    cr_assert_eq (cm_jobs_add (jobs, "before", "x"), CM_JOBS_OK);
+    cr_assert (cm_jobs_available (jobs));
+
+    s_redis_stop (&redis);
+    cr_assert_eq (cm_jobs_add (jobs, "during", "x"), CM_JOBS_ERROR);
+    cr_assert_str_neq (cm_jobs_errmsg (jobs), "");
+    cr_assert_not (cm_jobs_available (jobs));
+    cm_job_t *job = NULL;
+    cr_assert_eq (cm_jobs_take (jobs, 100, &job), -1);
+    cr_assert_null (job);
+    cm_jobs_counts_t counts;
+    cr_assert_eq (cm_jobs_counts (jobs, &counts), -1);
+    cr_assert_eq (cm_jobs_maintain (jobs), -1);
+
+    //  Same port, fresh (empty) Redis: the handle reconnects by itself.
+    s_redis_start (&redis, redis.port);
+    cr_assert_eq (cm_jobs_add (jobs, "after", "x"), CM_JOBS_OK, "%s",
+                  cm_jobs_errmsg (jobs));
+    cr_assert (cm_jobs_available (jobs));
+    cr_assert_eq (cm_jobs_take (jobs, 0, &job), 1);
+    cr_assert_str_eq (job->id, "after");
+    cr_assert_eq (cm_jobs_complete (jobs, &job), CM_JOBS_OK);
+    cm_jobs_destroy (&jobs);
+
+    //  A handle made while Redis is down works once it is up.
+    s_redis_stop (&redis);
+    jobs = cm_jobs_new (&config, "w2");
+    cr_assert_not (cm_jobs_available (jobs));
+    cr_assert_eq (cm_jobs_add (jobs, "x", "x"), CM_JOBS_ERROR);
+    s_redis_start (&redis, redis.port);
+    cr_assert (cm_jobs_available (jobs));
+    cr_assert_eq (cm_jobs_add (jobs, "x", "x"), CM_JOBS_OK);
+    cm_jobs_destroy (&jobs);
+    s_redis_remove (&redis);
+}
+
+Test (cm_jobs, hung_redis_makes_calls_fail_not_hang)
+{
+    s_redis_t redis = {0};
+    s_redis_start (&redis, 0);
+    cm_jobs_config_t config = s_config (&redis);
+    config.io_timeout_ms = 300;
+    cm_jobs_t *jobs = cm_jobs_new (&config, "w");
+    cr_assert_eq (cm_jobs_add (jobs, "before", "x"), CM_JOBS_OK);
+
+    cr_assert_eq (kill (redis.pid, SIGSTOP), 0);
+    cr_assert_eq (cm_jobs_add (jobs, "during", "x"), CM_JOBS_ERROR);
+    cr_assert_str_neq (cm_jobs_errmsg (jobs), "");
+    cm_job_t *job = NULL;
+    //  A blocking take too: its socket timeout is its wait plus io_timeout.
+    cr_assert_eq (cm_jobs_take (jobs, 200, &job), -1);
+    cr_assert_not (cm_jobs_available (jobs));
+
+    cr_assert_eq (kill (redis.pid, SIGCONT), 0);
+    int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
+    int rc;
+    while ((rc = cm_jobs_add (jobs, "after", "x")) == CM_JOBS_ERROR &&
+           cm_clock_mono_ms () < until)
+        usleep (10 * 1000);
+    cr_assert_eq (rc, CM_JOBS_OK, "%s", cm_jobs_errmsg (jobs));
+    //  The timed-out add may have reached Redis after all (at-least-once
+    //  for the caller, who retries); the lists hold each id once.
+    cm_jobs_counts_t counts;
+    cr_assert_eq (cm_jobs_counts (jobs, &counts), 0);
+    cr_assert (counts.waiting == 2 || counts.waiting == 3);
+    cm_jobs_destroy (&jobs);
+    s_redis_remove (&redis);
+}
