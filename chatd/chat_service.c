@@ -4,6 +4,8 @@
 #include "chat_service.h"
 #include "cm_log.h"
 #include "cm_storage.h"
+#include "cm_storage_docs.h"
+#include "cm_vsearch.h"
 #include <time.h>
 #include <uuid/uuid.h>
 
@@ -29,7 +31,12 @@ struct chat_service_s {
     cm_breaker_t *breaker;     //  circuit breaker around the provider (thread-safe)
     chat_clock_fn *clock;      //  monotonic ms for the breaker; NULL: cm_clock_mono_ms
     void *clock_arg;           //  argument of clock
+    cm_embedder_t *embedder;   //  embeds a message to search the workspace's documents
+    cm_vsearch_t *vsearch;     //  the workspaces' vector sets, cached
 };
+
+//  Most chunks a turn takes as context (a workspace's topN is clamped).
+#define S_TOP_N_MAX 64
 
 //  One chat turn being served (the state a handler and its token callback
 //  share).
@@ -55,6 +62,8 @@ typedef struct {
     char *session_id;        //  the caller's sessionId, or NULL
     json_t *attachments;     //  as sent (array), saved with the turn
     char uuid[37];           //  id of this response
+    json_t *sources;         //  the chunks found for the message (chat's "sources")
+    char *system_context;    //  the system prompt with the chunks as context, or NULL
     char *text;              //  the answer so far (streaming)
     size_t text_size;        //  bytes in text
     size_t text_max;         //  bytes allocated
@@ -112,6 +121,11 @@ chat_service_new (const char *storage_dir, chat_provider_t **provider_p, char *e
     cm_breaker_config_t config;
     cm_breaker_config_defaults (&config);
     self->breaker = cm_breaker_new ("chat", &config);
+    cm_embed_config_t embed;
+    cm_embed_config_defaults (&embed);
+    self->embedder = cm_embedder_new (&embed, err, errlen);
+    assert (self->embedder);
+    self->vsearch = cm_vsearch_new ();
     return self;
 }
 
@@ -125,6 +139,8 @@ chat_service_destroy (chat_service_t **self_p)
     cm_storage_pool_destroy (&self->pool);
     chat_provider_destroy (&self->provider);
     cm_breaker_destroy (&self->breaker);
+    cm_embedder_destroy (&self->embedder);
+    cm_vsearch_destroy (&self->vsearch);
     free (self);
     *self_p = NULL;
 }
@@ -136,6 +152,15 @@ chat_service_set_breaker (chat_service_t *self, cm_breaker_t **breaker_p)
     cm_breaker_destroy (&self->breaker);
     self->breaker = *breaker_p;
     *breaker_p = NULL;
+}
+
+void
+chat_service_set_embedder (chat_service_t *self, cm_embedder_t **embedder_p)
+{
+    assert (self && embedder_p && *embedder_p);
+    cm_embedder_destroy (&self->embedder);
+    self->embedder = *embedder_p;
+    *embedder_p = NULL;
 }
 
 cm_breaker_t *
@@ -413,8 +438,12 @@ s_workspace_get (cm_call_t *call, void *arg)
         json_t *list = json_array ();
         if (workspace) {
             s_trim_threads (threads, false);
-            //  No document store in chatd yet: no documents to list.
-            json_object_set_new (workspace, "documents", json_array ());
+            json_t *documents = NULL;
+            if (cm_storage_workspace_doc_list (
+                    storage, json_integer_value (json_object_get (workspace, "id")),
+                    &documents) != CM_STORAGE_OK)
+                documents = json_array ();
+            json_object_set_new (workspace, "documents", documents);
             json_object_set (workspace, "threads", threads);
             json_array_append (list, workspace);
         }
@@ -572,8 +601,8 @@ static int64_t
 s_save (s_turn_t *turn, const char *text, const chat_metrics_t *metrics, bool include)
 {
     json_t *response =
-        json_pack ("{s:s, s:[], s:s, s:O, s:o}", "text", text, "sources", "type",
-                   turn->mode, "attachments", turn->attachments, "metrics",
+        json_pack ("{s:s, s:O, s:s, s:O, s:o}", "text", text, "sources", turn->sources,
+                   "type", turn->mode, "attachments", turn->attachments, "metrics",
                    metrics ? s_metrics_json (metrics) : json_object ());
     if (!response) {
         cm_error ("%s: the answer could not be encoded for history",
@@ -738,8 +767,11 @@ s_build_messages (s_turn_t *turn, chat_message_t **messages_p, size_t *count_p,
     size_t count = 0;
     const char *prompt =
         json_string_value (json_object_get (turn->workspace, "openAiPrompt"));
-    messages[count++] =
-        (chat_message_t){CHAT_ROLE_SYSTEM, prompt && *prompt ? prompt : S_DEFAULT_PROMPT};
+    messages[count++] = (chat_message_t){
+        CHAT_ROLE_SYSTEM,
+        turn->system_context ? turn->system_context
+        : prompt && *prompt  ? prompt
+                             : S_DEFAULT_PROMPT};
     for (size_t i = turns; i-- > 0;) {
         messages[count++] = (chat_message_t){CHAT_ROLE_USER, context->texts[2 * i]};
         messages[count++] =
@@ -785,7 +817,7 @@ s_finalize (s_turn_t *turn, int64_t chat_id, const chat_metrics_t *metrics)
     if (chat_id > 0) {
         json_object_set_new (event, "chatId", json_integer (chat_id));
         json_object_set_new (event, "metrics", s_metrics_json (metrics));
-        json_object_set_new (event, "sources", json_array ());
+        json_object_set (event, "sources", turn->sources);
     }
     s_send_event (turn->call, event);
 }
@@ -834,10 +866,11 @@ s_complete_sync (s_turn_t *turn, const chat_request_t *request)
         s_reply_json (turn->call, 200, answer);
     } else
         s_reply_json (turn->call, 200,
-                      json_pack ("{s:s, s:s, s:b, s:n, s:I, s:s, s:[], s:o}", "id",
+                      json_pack ("{s:s, s:s, s:b, s:n, s:I, s:s, s:O, s:o}", "id",
                                  turn->uuid, "type", "textResponse", "close", 1, "error",
                                  "chatId", (json_int_t) chat_id, "textResponse", text,
-                                 "sources", "metrics", s_metrics_json (&metrics)));
+                                 "sources", turn->sources, "metrics",
+                                 s_metrics_json (&metrics)));
     free (text);
 }
 
@@ -900,9 +933,9 @@ s_complete_stream (s_turn_t *turn, const chat_request_t *request)
     }
     //  Quirk: this close:true chunk is not the end; finalize follows.
     s_send_event (turn->call,
-                  json_pack ("{s:s, s:[], s:s, s:s, s:b, s:b}", "uuid", turn->uuid,
-                             "sources", "type", "textResponseChunk", "textResponse", "",
-                             "close", 1, "error", 0));
+                  json_pack ("{s:s, s:O, s:s, s:s, s:b, s:b}", "uuid", turn->uuid,
+                             "sources", turn->sources, "type", "textResponseChunk",
+                             "textResponse", "", "close", 1, "error", 0));
     int64_t chat_id = s_save (turn, text, &metrics, true);
     if (chat_id < 0)
         s_send_event (turn->call,
@@ -927,6 +960,8 @@ s_openai_messages (s_turn_t *turn, chat_message_t **messages_p, size_t *count_p)
         json_string_value (json_object_get (turn->workspace, "openAiPrompt"));
     if (turn->system)
         prompt = json_string_value (turn->system);
+    if (turn->system_context)
+        prompt = turn->system_context;
     messages[count++] =
         (chat_message_t){CHAT_ROLE_SYSTEM, prompt && *prompt ? prompt : S_DEFAULT_PROMPT};
     size_t i;
@@ -944,6 +979,91 @@ s_openai_messages (s_turn_t *turn, chat_message_t **messages_p, size_t *count_p)
     return 0;
 }
 
+//  Search the workspace's documents for the message: its chunks that pass
+//  the workspace's similarityThreshold, at most topN, become the turn's
+//  sources and, in the system prompt, its context (upstream's
+//  "Context:\n[CONTEXT 0]:\n...\n[END CONTEXT 0]" blocks). A workspace
+//  without embeddings costs one version read: the message is embedded only
+//  when there is something to search. 0, or -1 after answering the call.
+static int
+s_retrieve (s_turn_t *turn)
+{
+    chat_service_t *self = turn->service;
+    if (!turn->message)
+        return 0;
+    size_t total = 0, count = 0;
+    if (cm_vsearch_search (self->vsearch, turn->storage, turn->workspace_id, NULL, 0, 0, 0,
+                           NULL, &count, &total) == CM_STORAGE_ERROR) {
+        s_reply_abort (turn->call, 500, "The database is unavailable.");
+        return -1;
+    }
+    if (total == 0)
+        return 0;
+    float *vector = NULL;
+    size_t dim = 0;
+    char err[512] = "";
+    cm_embed_status_t status = cm_embed (self->embedder, &turn->message, 1, &vector, &dim,
+                                         s_call_cancelled, turn->call, err, sizeof err);
+    if (status != CM_EMBED_OK) {
+        char error[640];
+        snprintf (error, sizeof error, "The message could not be embedded for search: %s",
+                  err);
+        if (turn->openai)
+            s_reply_json (turn->call, 500, s_openai_error (error, false));
+        else
+            s_reply_json (turn->call, 200,
+                          json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "id", turn->uuid,
+                                     "type", "abort", "textResponse", "sources", "close",
+                                     1, "error", error));
+        return -1;
+    }
+    json_t *top = json_object_get (turn->workspace, "topN");
+    json_t *floor = json_object_get (turn->workspace, "similarityThreshold");
+    size_t top_n = json_is_integer (top) && json_integer_value (top) > 0
+                       ? (size_t) json_integer_value (top)
+                       : 4;
+    if (top_n > S_TOP_N_MAX)
+        top_n = S_TOP_N_MAX;
+    cm_vsearch_hit_t hits[S_TOP_N_MAX];
+    json_t *sources = NULL;
+    cm_storage_status_t found = cm_vsearch_search (
+        self->vsearch, turn->storage, turn->workspace_id, vector, dim, top_n,
+        json_is_number (floor) ? json_number_value (floor) : 0.25, hits, &count, NULL);
+    free (vector);
+    if (found == CM_STORAGE_ERROR ||
+        cm_vsearch_sources (turn->storage, hits, count, &sources) != CM_STORAGE_OK) {
+        s_reply_abort (turn->call, 500, "The database is unavailable.");
+        return -1;
+    }
+    json_decref (turn->sources);
+    turn->sources = sources;
+    if (!json_array_size (sources))
+        return 0;
+    //  Upstream's sources carry the chunk as "text"; its API docs show
+    //  {title, chunk}: both are there.
+    const char *prompt =
+        json_string_value (json_object_get (turn->workspace, "openAiPrompt"));
+    if (turn->system)
+        prompt = json_string_value (turn->system);
+    size_t size = strlen (prompt && *prompt ? prompt : S_DEFAULT_PROMPT) + 32;
+    size_t i;
+    json_t *source;
+    json_array_foreach (sources, i, source)
+    {
+        json_object_set (source, "chunk", json_object_get (source, "text"));
+        size += json_string_length (json_object_get (source, "text")) + 64;
+    }
+    char *system = cm_malloc (size);
+    size_t used = (size_t) snprintf (system, size, "%s\n\nContext:\n",
+                                     prompt && *prompt ? prompt : S_DEFAULT_PROMPT);
+    json_array_foreach (sources, i, source)
+        used += (size_t) snprintf (system + used, size - used,
+                                   "[CONTEXT %zu]:\n%s\n[END CONTEXT %zu]\n\n", i,
+                                   json_string_value (json_object_get (source, "text")), i);
+    turn->system_context = system;
+    return 0;
+}
+
 //  A chat turn after its route validated it, the same for every route: the
 //  query-mode refusal, or the prompt, the breaker, the provider, history
 //  and the answer in the route's shapes.
@@ -953,9 +1073,11 @@ s_turn_run (s_turn_t *turn)
     chat_service_t *self = turn->service;
     s_context_t context = {0};
     chat_message_t *messages = NULL;
-    //  No retrieval in chatd yet, so query mode has no context: upstream's
-    //  answer for a workspace without embeddings, kept out of history.
-    if (!strcmp (turn->mode, "query")) {
+    if (s_retrieve (turn))
+        goto done;
+    //  Query mode answers from the documents only: with nothing relevant
+    //  found, upstream's refusal, kept out of history.
+    if (!strcmp (turn->mode, "query") && !json_array_size (turn->sources)) {
         json_t *refusal = json_object_get (turn->workspace, "queryRefusalResponse");
         const char *text =
             json_is_string (refusal) ? json_string_value (refusal) : S_DEFAULT_REFUSAL;
@@ -1010,7 +1132,8 @@ static void
 s_chat_turn (cm_call_t *call, chat_service_t *self, bool streaming, bool threaded)
 {
     s_turn_t turn = {
-        .service = self, .call = call, .streaming = streaming, .temperature = -1};
+        .service = self, .call = call, .streaming = streaming, .temperature = -1,
+        .sources = json_array ()};
     s_uuid (turn.uuid);
     json_t *body = s_body (call);
     const char *slug = cm_call_param (call, "slug");
@@ -1105,6 +1228,8 @@ cleanup:
     json_decref (turn.workspace);
     json_decref (turn.thread);
     json_decref (turn.attachments);
+    json_decref (turn.sources);
+    free (turn.system_context);
     json_decref (body);
     free (turn.mode);
     free (turn.session_id);
@@ -1250,6 +1375,7 @@ s_openai_completions (cm_call_t *call, void *arg)
 {
     chat_service_t *self = (chat_service_t *) arg;
     s_turn_t turn = {.service = self,
+                     .sources = json_array (),
                      .call = call,
                      .openai = true,
                      .temperature = -1,
@@ -1322,6 +1448,8 @@ cleanup:
     cm_storage_pool_release (self->pool, &turn.storage);
     json_decref (turn.workspace);
     json_decref (turn.attachments);
+    json_decref (turn.sources);
+    free (turn.system_context);
     json_decref (turn.history);
     json_decref (turn.system);
     json_decref (turn.prompt);

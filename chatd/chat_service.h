@@ -12,12 +12,17 @@
     saved to history, a partial answer too when the client goes away in the
     middle of a stream.
 
-    Query mode answers from the workspace's documents only; chatd has no
-    retrieval yet, so a query-mode turn gets the workspace's refusal text
-    (upstream's answer for a workspace without embeddings) and is saved
-    with include = false. Chat and automatic modes call the provider with
-    the system prompt, the recent history (openAiHistory turns of the same
-    session or thread) and the message.
+    Retrieval: a workspace with embedded documents (ingestd puts them in
+    the database) has the message embedded (EMBEDDING_*, the same embedder
+    as ingestd's) and searched (cm_vsearch): the chunks that pass its
+    similarityThreshold, at most topN, are the answer's "sources" (each
+    with its document's fields, "text" and "chunk") in every chat route and
+    in history, and the context of the system prompt. Query mode answers
+    from the documents only: when nothing passes the threshold the turn gets
+    the workspace's refusal text and is saved with include = false. Chat and
+    automatic modes call the provider with the system prompt (and context),
+    the recent history (openAiHistory turns of the same session or thread)
+    and the message.
 
     Threading: handlers run on the worker's queue threads, several at once.
     Each borrows its own database connection from the service's pool and
@@ -29,6 +34,7 @@
 #include "cm_worker.h"
 #include "chat_provider.h"
 #include "cm_breaker.h"
+#include "cm_embed.h"
 
 typedef struct chat_service_s chat_service_t;
 
@@ -49,6 +55,9 @@ void chat_service_destroy (chat_service_t **self_p);
 //  left or a request the upstream refused as the request's own fault
 //  (CHAT_PROVIDER_REJECTED) neither. Call before serving.
 void chat_service_set_breaker (chat_service_t *self, cm_breaker_t **breaker_p);
+//  Embed messages with this embedder (taken over; nulls *embedder_p)
+//  instead of the default one (builtin). Call before serving.
+void chat_service_set_embedder (chat_service_t *self, cm_embedder_t **embedder_p);
 //  The breaker in use (borrowed), for metrics and health.
 cm_breaker_t *chat_service_breaker (chat_service_t *self);
 

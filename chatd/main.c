@@ -4,6 +4,7 @@
 #include "cm_common.h"
 #include <malloc.h>
 #include "cm_config.h"
+#include "cm_embed.h"
 #include "cm_log.h"
 #include "cm_metrics.h"
 #include "cm_worker.h"
@@ -25,6 +26,7 @@ typedef struct {
     int64_t llm_first_token_timeout_ms; //  openai: call start to first token
     int64_t llm_timeout_ms;             //  openai: whole call limit
     cm_breaker_config_t breaker; //  CHAT_CIRCUIT_*: the breaker around the provider
+    cm_embed_config_t embed;     //  EMBEDDING_*: embeds messages to search documents
 } s_settings_t;
 
 static const cm_conf_entry_t s_config[] = {
@@ -63,6 +65,7 @@ static const cm_conf_entry_t s_config[] = {
      "builtin provider: pause before each streamed token (non-streaming chat never "
      "waits)"},
     CM_BREAKER_CONF_ENTRIES ("CHAT", s_settings_t, breaker),
+    CM_EMBED_CONF_ENTRIES (s_settings_t, embed),
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
@@ -140,7 +143,8 @@ main (int argc, char **argv)
     chat_service_t *service = NULL;
     cm_metrics_t *metrics = NULL;
     if (cm_config_load (s_config, &settings, err, sizeof err) ||
-        cm_breaker_config_check (&settings.breaker, "CHAT", err, sizeof err)) {
+        cm_breaker_config_check (&settings.breaker, "CHAT", err, sizeof err) ||
+        cm_embed_config_check (&settings.embed, err, sizeof err)) {
         fprintf (stderr, "chatd: %s\n", err);
         goto cleanup;
     }
@@ -173,6 +177,12 @@ main (int argc, char **argv)
     }
     cm_breaker_t *breaker = cm_breaker_new ("chat", &settings.breaker);
     chat_service_set_breaker (service, &breaker);
+    cm_embedder_t *embedder = cm_embedder_new (&settings.embed, err, sizeof err);
+    if (!embedder) {
+        fprintf (stderr, "chatd: %s\n", err);
+        goto cleanup;
+    }
+    chat_service_set_embedder (service, &embedder);
     //  The daemon's registry: the worker reports it with its own series.
     metrics = cm_metrics_new ();
     cm_breaker_attach_metrics (chat_service_breaker (service), metrics);

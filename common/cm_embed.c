@@ -24,9 +24,11 @@
 
 //  Builtin: the weights of the feature kinds, and the longest word (bytes)
 //  that gets its own features (a longer one is cut there).
+#ifndef S_WEIGHT_WORD
 #define S_WEIGHT_WORD    1.0f
 #define S_WEIGHT_BIGRAM  0.5f
 #define S_WEIGHT_TRIGRAM 0.15f
+#endif
 #define S_MAX_WORD       64
 
 struct cm_embedder_s {
@@ -600,11 +602,20 @@ cm_embed_builtin (const char *text, size_t size, float *vector, size_t dim)
         const s_slot_t *slot = &features.slots[i];
         if (!slot->key)
             continue;
-        uint64_t h = s_mix (slot->key);
-        size_t at = (size_t) (((h >> 32) * (uint64_t) dim) >> 32);
         float value = s_weights[slot->kind] *
                       (slot->count == 1 ? 1.0f : 1.0f + logf ((float) slot->count));
-        vector[at] += (h & 1) ? value : -value;
+#ifndef S_PROBES
+#define S_PROBES 1
+#endif
+#ifndef S_SEED
+#define S_SEED 0
+#endif
+        uint64_t h = slot->key ^ S_SEED;
+        for (int k = 0; k < S_PROBES; k++) {
+            h = s_mix (h + 0x9e3779b97f4a7c15ull);
+            size_t at = (size_t) (((h >> 32) * (uint64_t) dim) >> 32);
+            vector[at] += (h & 1) ? value : -value;
+        }
     }
     if (features.heap)
         free (features.slots);

@@ -322,7 +322,9 @@ Test (cm_embed, builtin_finds_the_right_document)
         const char *dot = strrchr (entry->d_name, '.');
         if (dot && (!strcmp (dot, ".txt") || !strcmp (dot, ".md"))) {
             cr_assert_lt (corpus.doc_count, 16);
-            snprintf (corpus.names[corpus.doc_count++], 64, "%s", entry->d_name);
+            cr_assert_lt (strlen (entry->d_name), 64);
+            memcpy (corpus.names[corpus.doc_count++], entry->d_name,
+                    strlen (entry->d_name) + 1);
         }
     }
     closedir (listing);

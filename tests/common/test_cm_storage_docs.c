@@ -299,6 +299,8 @@ Test (cm_storage_docs, link_unlink_list_and_version)
         cm_storage_workspace_doc_link (storage, ws, "custom-documents/x.json", &again),
         CM_STORAGE_OK);
     cr_assert (json_equal (link, again));
+    json_decref (again);
+    again = NULL;
     cr_assert_eq (s_version (storage, ws), v1);
 
     //  Embedded: visible; more chunks: visible, version moves each time.
