@@ -10,27 +10,19 @@
 #include "cm_metrics.h"
 #include "cm_worker.h"
 #include "agent_service.h"
-#include "chat_openai.h"
-#include "chat_provider.h"
+#include "chat_settings.h"
 #include <curl/curl.h>
 
 typedef struct {
-    int64_t concurrency;                //  AGENT_FLOW_QUEUE_CONCURRENCY
-    int64_t max_pending;                //  AGENT_FLOW_QUEUE_MAX_PENDING
-    char *run_dir;                      //  runtime directory; storage defaults under it
-    char *storage_dir;                  //  where llmrt.db lives (NULL: $RUN_DIR/storage)
-    char *allowlist;                    //  AGENT_HTTP_ALLOWLIST
-    int64_t max_bytes;                  //  AGENT_HTTP_MAX_BYTES
-    int64_t step_timeout_ms;            //  AGENT_STEP_TIMEOUT_MS
-    char *provider;                     //  LLM_PROVIDER (as chatd)
-    int64_t token_delay_ms;             //  BUILTIN_LLM_TOKEN_DELAY_MS
-    char *llm_base_url;                 //  LLM_BASE_URL
-    char *llm_api_key;                  //  LLM_API_KEY
-    char *llm_model;                    //  LLM_MODEL
-    int64_t llm_connect_timeout_ms;     //  LLM_CONNECT_TIMEOUT_MS
-    int64_t llm_first_token_timeout_ms; //  LLM_FIRST_TOKEN_TIMEOUT_MS
-    int64_t llm_timeout_ms;             //  LLM_TIMEOUT_MS
-    cm_breaker_config_t breaker;        //  AGENT_CIRCUIT_*
+    int64_t concurrency;         //  AGENT_FLOW_QUEUE_CONCURRENCY
+    int64_t max_pending;         //  AGENT_FLOW_QUEUE_MAX_PENDING
+    char *run_dir;               //  runtime directory; storage defaults under it
+    char *storage_dir;           //  where llmrt.db lives (NULL: $RUN_DIR/storage)
+    char *allowlist;             //  AGENT_HTTP_ALLOWLIST
+    int64_t max_bytes;           //  AGENT_HTTP_MAX_BYTES
+    int64_t step_timeout_ms;     //  AGENT_STEP_TIMEOUT_MS
+    chat_settings_t llm;         //  LLM_*, as chatd
+    cm_breaker_config_t breaker; //  AGENT_CIRCUIT_*
 } s_config_t;
 
 static const cm_conf_entry_t s_table[] = {
@@ -53,49 +45,11 @@ static const cm_conf_entry_t s_table[] = {
     {"AGENT_STEP_TIMEOUT_MS", CM_CONF_INT, "30000", 1, 86400000,
      offsetof (s_config_t, step_timeout_ms),
      "limit of one step (the request's deadline, REQUEST_TIMEOUT_MS, bounds the run)"},
-    {"LLM_PROVIDER", CM_CONF_STR, "builtin", 0, 0, offsetof (s_config_t, provider),
-     "llmInstruction's LLM provider, as chatd's: 'builtin' or 'openai'"},
-    {"LLM_BASE_URL", CM_CONF_STR, NULL, 0, 0, offsetof (s_config_t, llm_base_url),
-     "openai: the server's base URL including its version path (as chatd)"},
-    {"LLM_API_KEY", CM_CONF_STR, NULL, 0, 0, offsetof (s_config_t, llm_api_key),
-     "openai: API key (as chatd)"},
-    {"LLM_MODEL", CM_CONF_STR, NULL, 0, 0, offsetof (s_config_t, llm_model),
-     "openai: model (as chatd)"},
-    {"LLM_CONNECT_TIMEOUT_MS", CM_CONF_INT, "10000", 1, 3600000,
-     offsetof (s_config_t, llm_connect_timeout_ms), "openai: connect limit (as chatd)"},
-    {"LLM_FIRST_TOKEN_TIMEOUT_MS", CM_CONF_INT, "60000", 1, 86400000,
-     offsetof (s_config_t, llm_first_token_timeout_ms),
-     "openai: first-token limit (as chatd)"},
-    {"LLM_TIMEOUT_MS", CM_CONF_INT, "300000", 1, 86400000,
-     offsetof (s_config_t, llm_timeout_ms), "openai: whole-call limit (as chatd)"},
-    {"BUILTIN_LLM_TOKEN_DELAY_MS", CM_CONF_INT, "0", 0, 60000,
-     offsetof (s_config_t, token_delay_ms),
-     "builtin provider: pause before each streamed token (as chatd)"},
+    //  llmInstruction steps call the same provider as chatd, set the same way.
+    CHAT_SETTINGS_CONF_ENTRIES (s_config_t, llm),
     CM_BREAKER_CONF_ENTRIES ("AGENT", s_config_t, breaker),
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
-
-//  The provider LLM_PROVIDER names, or NULL with err.
-static chat_provider_t *
-s_provider (const s_config_t *config, char *err, size_t errlen)
-{
-    if (!strcmp (config->provider, "builtin"))
-        return chat_provider_new_builtin (config->token_delay_ms);
-    if (!strcmp (config->provider, "openai")) {
-        chat_openai_config_t openai = {
-            .base_url = config->llm_base_url,
-            .api_key = config->llm_api_key,
-            .model = config->llm_model,
-            .connect_timeout_ms = config->llm_connect_timeout_ms,
-            .first_token_timeout_ms = config->llm_first_token_timeout_ms,
-            .timeout_ms = config->llm_timeout_ms,
-        };
-        return chat_openai_new (&openai, err, errlen);
-    }
-    snprintf (err, errlen, "LLM_PROVIDER: '%s' is not supported ('builtin' or 'openai')",
-              config->provider);
-    return NULL;
-}
 
 int
 main (int argc, char **argv)
@@ -124,7 +78,7 @@ main (int argc, char **argv)
         fprintf (stderr, "agentd: bad configuration: %s\n", err);
         goto cleanup;
     }
-    chat_provider_t *provider = s_provider (&config, err, sizeof err);
+    chat_provider_t *provider = chat_settings_provider (&config.llm, err, sizeof err);
     if (!provider) {
         fprintf (stderr, "agentd: %s\n", err);
         goto cleanup;
@@ -152,7 +106,7 @@ main (int argc, char **argv)
     cm_breaker_attach_metrics (agent_service_breaker (service), metrics);
     cm_info ("storage %s/llmrt.db, provider %s, concurrency %lld, max pending %lld, "
              "allowlist %s, step timeout %lld ms, max body %lld bytes",
-             config.storage_dir, config.provider, (long long) config.concurrency,
+             config.storage_dir, config.llm.provider, (long long) config.concurrency,
              (long long) config.max_pending,
              config.allowlist ? config.allowlist : "(none)",
              (long long) config.step_timeout_ms, (long long) config.max_bytes);

@@ -767,11 +767,10 @@ s_build_messages (s_turn_t *turn, chat_message_t **messages_p, size_t *count_p,
     size_t count = 0;
     const char *prompt =
         json_string_value (json_object_get (turn->workspace, "openAiPrompt"));
-    messages[count++] = (chat_message_t){
-        CHAT_ROLE_SYSTEM,
-        turn->system_context ? turn->system_context
-        : prompt && *prompt  ? prompt
-                             : S_DEFAULT_PROMPT};
+    messages[count++] =
+        (chat_message_t){CHAT_ROLE_SYSTEM, turn->system_context ? turn->system_context
+                                           : prompt && *prompt  ? prompt
+                                                                : S_DEFAULT_PROMPT};
     for (size_t i = turns; i-- > 0;) {
         messages[count++] = (chat_message_t){CHAT_ROLE_USER, context->texts[2 * i]};
         messages[count++] =
@@ -992,8 +991,8 @@ s_retrieve (s_turn_t *turn)
     if (!turn->message)
         return 0;
     size_t total = 0, count = 0;
-    if (cm_vsearch_search (self->vsearch, turn->storage, turn->workspace_id, NULL, 0, 0, 0,
-                           NULL, &count, &total) == CM_STORAGE_ERROR) {
+    if (cm_vsearch_search (self->vsearch, turn->storage, turn->workspace_id, NULL, 0, 0,
+                           0, NULL, &count, &total) == CM_STORAGE_ERROR) {
         s_reply_abort (turn->call, 500, "The database is unavailable.");
         return -1;
     }
@@ -1056,10 +1055,9 @@ s_retrieve (s_turn_t *turn)
     char *system = cm_malloc (size);
     size_t used = (size_t) snprintf (system, size, "%s\n\nContext:\n",
                                      prompt && *prompt ? prompt : S_DEFAULT_PROMPT);
-    json_array_foreach (sources, i, source)
-        used += (size_t) snprintf (system + used, size - used,
-                                   "[CONTEXT %zu]:\n%s\n[END CONTEXT %zu]\n\n", i,
-                                   json_string_value (json_object_get (source, "text")), i);
+    json_array_foreach (sources, i, source) used += (size_t) snprintf (
+        system + used, size - used, "[CONTEXT %zu]:\n%s\n[END CONTEXT %zu]\n\n", i,
+        json_string_value (json_object_get (source, "text")), i);
     turn->system_context = system;
     return 0;
 }
@@ -1131,9 +1129,11 @@ done:
 static void
 s_chat_turn (cm_call_t *call, chat_service_t *self, bool streaming, bool threaded)
 {
-    s_turn_t turn = {
-        .service = self, .call = call, .streaming = streaming, .temperature = -1,
-        .sources = json_array ()};
+    s_turn_t turn = {.service = self,
+                     .call = call,
+                     .streaming = streaming,
+                     .temperature = -1,
+                     .sources = json_array ()};
     s_uuid (turn.uuid);
     json_t *body = s_body (call);
     const char *slug = cm_call_param (call, "slug");

@@ -8,23 +8,15 @@
 #include "cm_log.h"
 #include "cm_metrics.h"
 #include "cm_worker.h"
-#include "chat_openai.h"
-#include "chat_provider.h"
+#include "chat_settings.h"
 #include "chat_service.h"
 
 typedef struct {
-    int64_t concurrency;                //  handler threads (the chat queue's concurrency)
-    int64_t max_pending;                //  requests that may wait beyond the running ones
-    char *run_dir;                      //  runtime directory; storage defaults under it
-    char *storage_dir;                  //  where llmrt.db lives (NULL: $RUN_DIR/storage)
-    char *provider;                     //  LLM provider name
-    int64_t token_delay_ms;             //  builtin: pause before each streamed token
-    char *llm_base_url;                 //  openai: the server's base URL, with /v1
-    char *llm_api_key;                  //  openai: bearer token (NULL: none)
-    char *llm_model;                    //  openai: model when the workspace names none
-    int64_t llm_connect_timeout_ms;     //  openai: connection set-up limit
-    int64_t llm_first_token_timeout_ms; //  openai: call start to first token
-    int64_t llm_timeout_ms;             //  openai: whole call limit
+    int64_t concurrency;         //  handler threads (the chat queue's concurrency)
+    int64_t max_pending;         //  requests that may wait beyond the running ones
+    char *run_dir;               //  runtime directory; storage defaults under it
+    char *storage_dir;           //  where llmrt.db lives (NULL: $RUN_DIR/storage)
+    chat_settings_t llm;         //  LLM_*: the provider
     cm_breaker_config_t breaker; //  CHAT_CIRCUIT_*: the breaker around the provider
     cm_embed_config_t embed;     //  EMBEDDING_*: embeds messages to search documents
 } s_settings_t;
@@ -40,78 +32,10 @@ static const cm_conf_entry_t s_config[] = {
      "runtime directory (state, sockets); STORAGE_DIR defaults under it"},
     {"STORAGE_DIR", CM_CONF_STR, NULL, 0, 0, offsetof (s_settings_t, storage_dir),
      "directory of the SQLite database llmrt.db (default $RUN_DIR/storage)"},
-    {"LLM_PROVIDER", CM_CONF_STR, "builtin", 0, 0, offsetof (s_settings_t, provider),
-     "LLM provider: 'builtin' (the offline responder) or 'openai' (any "
-     "OpenAI-compatible server: OpenAI, Ollama, llama.cpp, vLLM)"},
-    {"LLM_BASE_URL", CM_CONF_STR, NULL, 0, 0, offsetof (s_settings_t, llm_base_url),
-     "openai: the server's base URL including its version path, e.g. "
-     "http://127.0.0.1:11434/v1 (required with LLM_PROVIDER=openai)"},
-    {"LLM_API_KEY", CM_CONF_STR, NULL, 0, 0, offsetof (s_settings_t, llm_api_key),
-     "openai: API key, sent as 'Authorization: Bearer'; unset: none"},
-    {"LLM_MODEL", CM_CONF_STR, NULL, 0, 0, offsetof (s_settings_t, llm_model),
-     "openai: model when the workspace has no chatModel; unset: none sent"},
-    {"LLM_CONNECT_TIMEOUT_MS", CM_CONF_INT, "10000", 1, 3600000,
-     offsetof (s_settings_t, llm_connect_timeout_ms),
-     "openai: limit on connecting to the server (then the call fails)"},
-    {"LLM_FIRST_TOKEN_TIMEOUT_MS", CM_CONF_INT, "60000", 1, 86400000,
-     offsetof (s_settings_t, llm_first_token_timeout_ms),
-     "openai: limit from the call's start to the first token"},
-    {"LLM_TIMEOUT_MS", CM_CONF_INT, "300000", 1, 86400000,
-     offsetof (s_settings_t, llm_timeout_ms),
-     "openai: limit on a whole call (the request's deadline, REQUEST_TIMEOUT_MS, also "
-     "ends it)"},
-    {"BUILTIN_LLM_TOKEN_DELAY_MS", CM_CONF_INT, "0", 0, 60000,
-     offsetof (s_settings_t, token_delay_ms),
-     "builtin provider: pause before each streamed token (non-streaming chat never "
-     "waits)"},
+    CHAT_SETTINGS_CONF_ENTRIES (s_settings_t, llm),
     CM_BREAKER_CONF_ENTRIES ("CHAT", s_settings_t, breaker),
     CM_EMBED_CONF_ENTRIES (s_settings_t, embed),
     {NULL, 0, NULL, 0, 0, 0, NULL},
-};
-
-//  The providers LLM_PROVIDER may name.
-typedef chat_provider_t *(s_provider_fn) (const s_settings_t *settings, char *err,
-                                          size_t errlen);
-
-static chat_provider_t *
-s_new_builtin (const s_settings_t *settings, char *err, size_t errlen)
-{
-    (void) err, (void) errlen;
-    return chat_provider_new_builtin (settings->token_delay_ms);
-}
-
-static chat_provider_t *
-s_new_openai (const s_settings_t *settings, char *err, size_t errlen)
-{
-    chat_openai_config_t config = {
-        .base_url = settings->llm_base_url,
-        .api_key = settings->llm_api_key,
-        .model = settings->llm_model,
-        .connect_timeout_ms = settings->llm_connect_timeout_ms,
-        .first_token_timeout_ms = settings->llm_first_token_timeout_ms,
-        .timeout_ms = settings->llm_timeout_ms,
-    };
-    chat_provider_t *provider = chat_openai_new (&config, err, errlen);
-    if (provider) {
-        char *endpoint = chat_openai_endpoint (settings->llm_base_url);
-        cm_info ("LLM provider openai: POST %s, model %s, limits: connect %lld ms, "
-                 "first token %lld ms, total %lld ms",
-                 endpoint, settings->llm_model ? settings->llm_model : "(workspace's)",
-                 (long long) config.connect_timeout_ms,
-                 (long long) config.first_token_timeout_ms,
-                 (long long) config.timeout_ms);
-        free (endpoint);
-    }
-    return provider;
-}
-
-static const struct {
-    const char *name;      //  LLM_PROVIDER value
-    s_provider_fn *create; //  makes it from the settings, or NULL with err
-} s_providers[] = {
-    {"builtin", s_new_builtin},
-    {"openai", s_new_openai},
-    {NULL, NULL},
 };
 
 int
@@ -148,16 +72,7 @@ main (int argc, char **argv)
         fprintf (stderr, "chatd: %s\n", err);
         goto cleanup;
     }
-    size_t kind = 0;
-    while (s_providers[kind].name && strcmp (s_providers[kind].name, settings.provider))
-        kind++;
-    if (!s_providers[kind].name) {
-        fprintf (stderr,
-                 "chatd: LLM_PROVIDER: '%s' is not supported ('builtin' or 'openai')\n",
-                 settings.provider);
-        goto cleanup;
-    }
-    chat_provider_t *provider = s_providers[kind].create (&settings, err, sizeof err);
+    chat_provider_t *provider = chat_settings_provider (&settings.llm, err, sizeof err);
     if (!provider) {
         fprintf (stderr, "chatd: %s\n", err);
         goto cleanup;
@@ -188,8 +103,8 @@ main (int argc, char **argv)
     cm_breaker_attach_metrics (chat_service_breaker (service), metrics);
     cm_info ("storage %s/llmrt.db, provider %s, concurrency %lld, max pending %lld, "
              "circuit opens after %lld failure(s) for %lld ms",
-             settings.storage_dir, settings.provider, (long long) settings.concurrency,
-             (long long) settings.max_pending,
+             settings.storage_dir, settings.llm.provider,
+             (long long) settings.concurrency, (long long) settings.max_pending,
              (long long) settings.breaker.failure_threshold,
              (long long) settings.breaker.reset_ms);
     rc = cm_worker_main ("chat", chat_service_routes (), service,

@@ -24,8 +24,8 @@ static ingest_job_result_t s_stop (cm_storage_t *storage, const char *job_id,
     __attribute__ ((format (printf, 6, 7)));
 
 static ingest_job_result_t
-s_stop (cm_storage_t *storage, const char *job_id, ingest_job_result_t result,
-        char *err, size_t errlen, const char *format, ...)
+s_stop (cm_storage_t *storage, const char *job_id, ingest_job_result_t result, char *err,
+        size_t errlen, const char *format, ...)
 {
     va_list args;
     va_start (args, format);
@@ -34,7 +34,7 @@ s_stop (cm_storage_t *storage, const char *job_id, ingest_job_result_t result,
     if (cm_storage_job_update (storage, job_id, NULL, -1, -1, -1, err, NULL) !=
         CM_STORAGE_OK)
         cm_warn ("job %s: the error could not be recorded: %s", job_id,
-                    cm_storage_errmsg (storage));
+                 cm_storage_errmsg (storage));
     return result;
 }
 
@@ -50,7 +50,8 @@ ingest_job_run (const ingest_job_context_t *context, cm_storage_t *storage,
         return INGEST_JOB_RETRY;
     }
     json_t *document = NULL;
-    cm_storage_status_t status = cm_storage_document_get (storage, location, true, &document);
+    cm_storage_status_t status =
+        cm_storage_document_get (storage, location, true, &document);
     if (status == CM_STORAGE_NOT_FOUND)
         return s_stop (storage, job_id, INGEST_JOB_FATAL, err, errlen,
                        "Document %s does not exist (any more).", location);
@@ -61,9 +62,10 @@ ingest_job_run (const ingest_job_context_t *context, cm_storage_t *storage,
     const char *text = json_string_value (json_object_get (document, "pageContent"));
     size_t text_size = json_string_length (json_object_get (document, "pageContent"));
     size_t total = 0;
-    ingest_span_t *spans = text ? ingest_chunk_spans (text, text_size, context->chunk_size,
-                                                      context->chunk_overlap, &total)
-                                : NULL;
+    ingest_span_t *spans = text
+                               ? ingest_chunk_spans (text, text_size, context->chunk_size,
+                                                     context->chunk_overlap, &total)
+                               : NULL;
     ingest_job_result_t result = INGEST_JOB_DONE;
     s_run_t run = {hooks};
     size_t batch = context->batch_size ? context->batch_size : 64;
@@ -89,9 +91,10 @@ ingest_job_run (const ingest_job_context_t *context, cm_storage_t *storage,
         char reason[512] = "";
         if (cm_breaker_acquire (context->breaker, cm_clock_mono_ms (), &permit,
                                 &retry_ms) != CM_BREAKER_ALLOWED)
-            snprintf (reason, sizeof reason,
-                      "The %s circuit is open: the embedder is failing (retry in %lld ms).",
-                      cm_breaker_name (context->breaker), (long long) retry_ms);
+            snprintf (
+                reason, sizeof reason,
+                "The %s circuit is open: the embedder is failing (retry in %lld ms).",
+                cm_breaker_name (context->breaker), (long long) retry_ms);
         else {
             embedded = cm_embed (context->embedder, texts, count, &vectors, &dim,
                                  s_cancelled, &run, reason, sizeof reason);
@@ -115,7 +118,7 @@ ingest_job_run (const ingest_job_context_t *context, cm_storage_t *storage,
             free ((char *) texts[i]);
         if (embedded != CM_EMBED_OK) {
             result = s_stop (storage, job_id,
-                             embedded == CM_EMBED_REQUEST    ? INGEST_JOB_FATAL
+                             embedded == CM_EMBED_REQUEST     ? INGEST_JOB_FATAL
                              : embedded == CM_EMBED_CANCELLED ? INGEST_JOB_CANCELLED
                                                               : INGEST_JOB_RETRY,
                              err, errlen, "%s", reason);
@@ -123,9 +126,11 @@ ingest_job_run (const ingest_job_context_t *context, cm_storage_t *storage,
         }
         done += count;
         cm_storage_job_update (storage, job_id, NULL, -1, (int64_t) done, -1, NULL, NULL);
-        if (hooks && hooks->after_batch && !hooks->after_batch (done, total, hooks->arg)) {
-            result = s_stop (storage, job_id, INGEST_JOB_CANCELLED, err, errlen,
-                             "Stopped after %zu of %zu chunks (lease lost).", done, total);
+        if (hooks && hooks->after_batch &&
+            !hooks->after_batch (done, total, hooks->arg)) {
+            result =
+                s_stop (storage, job_id, INGEST_JOB_CANCELLED, err, errlen,
+                        "Stopped after %zu of %zu chunks (lease lost).", done, total);
             break;
         }
     }

@@ -20,10 +20,10 @@ struct ingest_runner_s {
     pthread_mutex_t lock;                //  guards wake (maintainer's sleep)
     pthread_cond_t wake;                 //  signalled by destroy
     //  Metrics (NULL without a registry).
-    cm_metric_t *state[5];    //  llmrt_embedding_jobs{state}
-    cm_metric_t *outcome[4];  //  ..._processed_total{outcome}
-    cm_metric_t *requeued;    //  ..._requeued_total
-    cm_metric_t *redis_up;    //  llmrt_embedding_queue_up
+    cm_metric_t *state[5];   //  llmrt_embedding_jobs{state}
+    cm_metric_t *outcome[4]; //  ..._processed_total{outcome}
+    cm_metric_t *requeued;   //  ..._requeued_total
+    cm_metric_t *redis_up;   //  llmrt_embedding_queue_up
 };
 
 //  One worker thread's view of a job in progress.
@@ -41,8 +41,9 @@ static void *s_worker (void *arg);
 static void *s_maintainer (void *arg);
 
 ingest_runner_t *
-ingest_runner_new (const ingest_runner_config_t *config, const ingest_job_context_t *context,
-                   cm_storage_pool_t *pool, cm_metrics_t *metrics)
+ingest_runner_new (const ingest_runner_config_t *config,
+                   const ingest_job_context_t *context, cm_storage_pool_t *pool,
+                   cm_metrics_t *metrics)
 {
     assert (config && config->jobs.url && config->jobs.queue && context && pool);
     ingest_runner_t *self = cm_calloc (1, sizeof *self);
@@ -58,19 +59,20 @@ ingest_runner_new (const ingest_runner_config_t *config, const ingest_job_contex
     pthread_cond_init (&self->wake, NULL);
     if (metrics) {
         for (size_t i = 0; i < 5; i++) {
-            const char *labels[] = {"queue", config->jobs.queue, "state", s_states[i], NULL};
-            self->state[i] = cm_metrics_gauge (metrics, "llmrt_embedding_jobs",
-                                               "Jobs in the Redis queue, by state "
-                                               "(the queue's view, shared by every instance)",
-                                               labels);
+            const char *labels[] = {"queue", config->jobs.queue, "state", s_states[i],
+                                    NULL};
+            self->state[i] =
+                cm_metrics_gauge (metrics, "llmrt_embedding_jobs",
+                                  "Jobs in the Redis queue, by state "
+                                  "(the queue's view, shared by every instance)",
+                                  labels);
         }
         for (size_t i = 0; i < 4; i++) {
             const char *labels[] = {"queue", config->jobs.queue, "outcome", s_outcomes[i],
                                     NULL};
-            self->outcome[i] =
-                cm_metrics_counter (metrics, "llmrt_embedding_jobs_processed_total",
-                                    "Jobs this instance ran from the queue, by how they ended",
-                                    labels);
+            self->outcome[i] = cm_metrics_counter (
+                metrics, "llmrt_embedding_jobs_processed_total",
+                "Jobs this instance ran from the queue, by how they ended", labels);
         }
         const char *labels[] = {"queue", config->jobs.queue, NULL};
         self->requeued = cm_metrics_counter (
@@ -78,9 +80,11 @@ ingest_runner_new (const ingest_runner_config_t *config, const ingest_job_contex
             "Jobs the reconciler added to the queue again (unknown to Redis)", labels);
         self->redis_up = cm_metrics_gauge (
             metrics, "llmrt_embedding_queue_up",
-            "1 when Redis, the queue backend, answered the last maintenance call", labels);
+            "1 when Redis, the queue backend, answered the last maintenance call",
+            labels);
     }
-    self->workers = cm_calloc (config->workers ? config->workers : 1, sizeof *self->workers);
+    self->workers =
+        cm_calloc (config->workers ? config->workers : 1, sizeof *self->workers);
     for (size_t i = 0; i < config->workers; i++)
         if (pthread_create (&self->workers[i], NULL, s_worker, self))
             abort ();
@@ -210,8 +214,7 @@ s_run (ingest_runner_t *self, cm_jobs_t *jobs, cm_job_t *job)
                 s_count (self->outcome[1]);
                 cm_warn ("job %s: attempt %d of %d failed, will retry: %s", id, attempt,
                          max_attempts, err);
-            }
-            else if (rc == CM_JOBS_FAILED || rc == CM_JOBS_ERROR) {
+            } else if (rc == CM_JOBS_FAILED || rc == CM_JOBS_ERROR) {
                 //  Failed for good; also when Redis is gone (the row is the
                 //  record; the reconciler leaves failed jobs alone).
                 if (rc == CM_JOBS_FAILED || result == INGEST_JOB_FATAL ||
@@ -220,8 +223,7 @@ s_run (ingest_runner_t *self, cm_jobs_t *jobs, cm_job_t *job)
                     s_count (self->outcome[2]);
                     cm_error ("job %s: failed after attempt %d of %d: %s", id, attempt,
                               max_attempts, err);
-                }
-                else
+                } else
                     cm_storage_job_update (storage, id, "queued", -1, -1, -1, NULL, NULL);
             }
             break;
@@ -293,8 +295,8 @@ s_reconcile (ingest_runner_t *self, cm_jobs_t *jobs)
             if (rc == CM_JOBS_OK) {
                 cm_storage_job_update (storage, id, "queued", -1, -1, -1, NULL, NULL);
                 s_count (self->requeued);
-                cm_warn ("job %s (%s): unfinished but unknown to the queue; added again", id,
-                         location);
+                cm_warn ("job %s (%s): unfinished but unknown to the queue; added again",
+                         id, location);
             }
         }
     }

@@ -37,10 +37,10 @@
 typedef struct ingest_runner_s ingest_runner_t;
 
 typedef struct {
-    cm_jobs_config_t jobs;    //  the queue (url, name, lease, attempts, back-off...)
-    size_t workers;           //  worker threads (0: take no jobs here)
-    int64_t reconcile_ms;     //  a job unknown to Redis and unchanged this long is re-added
-    int64_t maintain_ms;      //  maintenance period (<= 0: 1000)
+    cm_jobs_config_t jobs; //  the queue (url, name, lease, attempts, back-off...)
+    size_t workers;        //  worker threads (0: take no jobs here)
+    int64_t reconcile_ms;  //  a job unknown to Redis and unchanged this long is re-added
+    int64_t maintain_ms;   //  maintenance period (<= 0: 1000)
 } ingest_runner_config_t;
 
 //  Start the threads. context and pool are borrowed and must outlive the

@@ -22,15 +22,15 @@
 
 struct ingest_service_s {
     ingest_config_t config;
-    cm_storage_pool_t *pool;      //  database connections
-    cm_embedder_t *embedder;      //  EMBEDDING_PROVIDER
-    cm_breaker_t *breaker;        //  the ingestion breaker (around the embedder)
-    ingest_job_context_t context; //  what every job run needs
-    ingest_runner_t *runner;      //  the queue's workers and maintenance
-    cm_queue_t *fallback;         //  the ingestion worker pool
-    cm_vsearch_t *vsearch;        //  cached vector sets for vector-search
-    atomic_llong queue_skip_until; //  mono ms: use the fallback path until then
-    pthread_mutex_t lock;          //  guards handles
+    cm_storage_pool_t *pool;           //  database connections
+    cm_embedder_t *embedder;           //  EMBEDDING_PROVIDER
+    cm_breaker_t *breaker;             //  the ingestion breaker (around the embedder)
+    ingest_job_context_t context;      //  what every job run needs
+    ingest_runner_t *runner;           //  the queue's workers and maintenance
+    cm_queue_t *fallback;              //  the ingestion worker pool
+    cm_vsearch_t *vsearch;             //  cached vector sets for vector-search
+    atomic_llong queue_skip_until;     //  mono ms: use the fallback path until then
+    pthread_mutex_t lock;              //  guards handles
     cm_jobs_t *handles[S_HANDLES_MAX]; //  idle queue handles for handlers
     size_t handle_count;
     cm_metric_t *path_count[2]; //  llmrt_ingest_jobs_total{path=queue|fallback}
@@ -45,8 +45,8 @@ typedef struct {
     atomic_bool timed_out; //  the handler gave up waiting: stop
     pthread_mutex_t lock;
     pthread_cond_t done_cond;
-    bool done;             //  guarded by lock
-    bool started;          //  guarded by lock: a runner took it
+    bool done;    //  guarded by lock
+    bool started; //  guarded by lock: a runner took it
     ingest_job_result_t result;
     char err[1024];
 } s_task_t;
@@ -95,13 +95,15 @@ ingest_service_new (const ingest_config_t *config, cm_breaker_t **breaker_p,
     self->context.breaker = self->breaker;
     self->context.chunk_size = config->chunk_size;
     self->context.chunk_overlap = config->chunk_overlap;
-    self->context.batch_size = config->embed.batch_size > 0 ? (size_t) config->embed.batch_size
-                                                            : CM_EMBED_DEFAULT_BATCH_SIZE;
+    self->context.batch_size = config->embed.batch_size > 0
+                                   ? (size_t) config->embed.batch_size
+                                   : CM_EMBED_DEFAULT_BATCH_SIZE;
     self->vsearch = cm_vsearch_new ();
     atomic_init (&self->queue_skip_until, 0);
     pthread_mutex_init (&self->lock, NULL);
-    self->fallback = cm_queue_new ("ingest-pool", config->pool_size ? config->pool_size : 1,
-                                   1024, s_fallback_run, s_fallback_drop, self);
+    self->fallback =
+        cm_queue_new ("ingest-pool", config->pool_size ? config->pool_size : 1, 1024,
+                      s_fallback_run, s_fallback_drop, self);
     if (metrics) {
         cm_queue_attach_metrics (self->fallback, metrics);
         const char *queue[] = {"path", "queue", NULL};
@@ -159,7 +161,8 @@ s_reply_failure (cm_call_t *call, int status, const char *error)
 
 //  The breaker refused: 503 with Retry-After in whole seconds (at least 1).
 static void
-s_reply_circuit_open (ingest_service_t *self, cm_call_t *call, int64_t retry_ms, bool docs)
+s_reply_circuit_open (ingest_service_t *self, cm_call_t *call, int64_t retry_ms,
+                      bool docs)
 {
     int64_t seconds = (retry_ms + 999) / 1000;
     if (seconds < 1)
@@ -268,7 +271,8 @@ s_target_workspaces (cm_storage_t *storage, cm_call_t *call, const json_t *value
     if (json_is_string (value)) {
         char *copy = cm_strdup (json_string_value (value));
         char *save = NULL;
-        for (char *slug = strtok_r (copy, ",", &save); slug; slug = strtok_r (NULL, ",", &save)) {
+        for (char *slug = strtok_r (copy, ",", &save); slug;
+             slug = strtok_r (NULL, ",", &save)) {
             while (*slug == ' ' || *slug == '\t')
                 slug++;
             size_t size = strlen (slug);
@@ -278,13 +282,12 @@ s_target_workspaces (cm_storage_t *storage, cm_call_t *call, const json_t *value
                 json_array_append_new (slugs, json_string (slug));
         }
         free (copy);
-    }
-    else if (json_is_array (value)) {
+    } else if (json_is_array (value)) {
         size_t i;
         json_t *item;
-        json_array_foreach (value, i, item)
-            if (json_is_string (item) && json_string_length (item))
-                json_array_append (slugs, item);
+        json_array_foreach (value, i,
+                            item) if (json_is_string (item) && json_string_length (item))
+            json_array_append (slugs, item);
     }
     json_t *ids = json_array ();
     size_t i;
@@ -379,8 +382,7 @@ s_fallback_run (void *arg_task, void *arg)
     if (!storage) {
         snprintf (task->err, sizeof task->err, "The database is unavailable.");
         result = INGEST_JOB_RETRY;
-    }
-    else if (!s_task_cancelled (task)) {
+    } else if (!s_task_cancelled (task)) {
         ingest_job_hooks_t hooks = {s_task_cancelled, NULL, task};
         result = ingest_job_run (&self->context, storage, task->job_id, task->location, 1,
                                  &hooks, task->err, sizeof task->err);
@@ -409,7 +411,8 @@ static ingest_job_result_t
 s_fallback (ingest_service_t *self, cm_call_t *call, const char *job_id,
             const char *location, bool *timed_out, char *err, size_t errlen)
 {
-    s_task_t task = {.service = self, .job_id = job_id, .location = location, .call = call};
+    s_task_t task = {
+        .service = self, .job_id = job_id, .location = location, .call = call};
     atomic_init (&task.timed_out, false);
     pthread_mutex_init (&task.lock, NULL);
     pthread_cond_init (&task.done_cond, NULL);
@@ -419,10 +422,12 @@ s_fallback (ingest_service_t *self, cm_call_t *call, const char *job_id,
     if (cm_queue_submit (self->fallback, job_id, &task, deadline) != CM_QUEUE_ACCEPTED)
         snprintf (err, errlen, "The ingestion worker pool is full.");
     else {
-        struct timespec until = {(time_t) (deadline / 1000), (long) (deadline % 1000) * 1000000};
+        struct timespec until = {(time_t) (deadline / 1000),
+                                 (long) (deadline % 1000) * 1000000};
         pthread_mutex_lock (&task.lock);
         while (!task.done) {
-            if (pthread_cond_timedwait (&task.done_cond, &task.lock, &until) == ETIMEDOUT &&
+            if (pthread_cond_timedwait (&task.done_cond, &task.lock, &until) ==
+                    ETIMEDOUT &&
                 !task.done) {
                 *timed_out = true;
                 atomic_store (&task.timed_out, true);
@@ -467,14 +472,16 @@ s_ingest (ingest_service_t *self, cm_call_t *call, cm_storage_t *storage,
                   cm_storage_errmsg (storage));
     size_t i;
     json_t *id;
-    json_array_foreach (ids, i, id)
-        if (!*error && cm_storage_workspace_doc_link (storage, json_integer_value (id),
-                                                      doc->location, NULL) != CM_STORAGE_OK)
-            snprintf (error, sizeof error, "The document could not be added to %s: %s",
-                      json_string_value (json_array_get (slugs, i)),
-                      cm_storage_errmsg (storage));
-    if (!*error && cm_storage_job_create (storage, NULL, doc->location, "queue", slugs,
-                                          self->config.jobs.attempts, &job) != CM_STORAGE_OK)
+    json_array_foreach (ids, i, id) if (!*error &&
+                                        cm_storage_workspace_doc_link (
+                                            storage, json_integer_value (id),
+                                            doc->location, NULL) != CM_STORAGE_OK)
+        snprintf (error, sizeof error, "The document could not be added to %s: %s",
+                  json_string_value (json_array_get (slugs, i)),
+                  cm_storage_errmsg (storage));
+    if (!*error &&
+        cm_storage_job_create (storage, NULL, doc->location, "queue", slugs,
+                               self->config.jobs.attempts, &job) != CM_STORAGE_OK)
         snprintf (error, sizeof error, "The ingestion job could not be recorded: %s",
                   cm_storage_errmsg (storage));
     if (*error) {
@@ -487,8 +494,7 @@ s_ingest (ingest_service_t *self, cm_call_t *call, cm_storage_t *storage,
     if (s_enqueue (self, job_id, doc->location)) {
         if (self->path_count[0])
             cm_metric_add (self->path_count[0], 1);
-    }
-    else {
+    } else {
         path = "fallback";
         if (self->path_count[1])
             cm_metric_add (self->path_count[1], 1);
@@ -514,11 +520,11 @@ s_ingest (ingest_service_t *self, cm_call_t *call, cm_storage_t *storage,
     json_t *row = NULL;
     cm_storage_job_get (storage, job_id, &row);
     json_t *document = ingest_doc_json (doc);
-    json_object_set_new (document, "job",
-                         json_pack ("{s:s, s:s, s:s}", "id", job_id, "state",
-                                    row ? json_string_value (json_object_get (row, "state"))
-                                        : "queued",
-                                    "path", path));
+    json_object_set_new (
+        document, "job",
+        json_pack ("{s:s, s:s, s:s}", "id", job_id, "state",
+                   row ? json_string_value (json_object_get (row, "state")) : "queued",
+                   "path", path));
     json_decref (row);
     if (status == 200)
         cm_call_reply_json (call, 200,
@@ -541,8 +547,10 @@ s_upload (cm_call_t *call, void *arg)
 {
     ingest_service_t *self = (ingest_service_t *) arg;
     const char *type = cm_call_header (call, "content-type");
-    if (!type || strncasecmp (type, CM_FORM_CONTENT_TYPE, strlen (CM_FORM_CONTENT_TYPE))) {
-        s_reply_failure (call, 400, "Send the file as multipart/form-data, field \"file\".");
+    if (!type ||
+        strncasecmp (type, CM_FORM_CONTENT_TYPE, strlen (CM_FORM_CONTENT_TYPE))) {
+        s_reply_failure (call, 400,
+                         "Send the file as multipart/form-data, field \"file\".");
         return;
     }
     size_t size = 0;
@@ -611,8 +619,8 @@ s_raw_text (cm_call_t *call, void *arg)
     else {
         cm_storage_t *storage = s_acquire (self, call, true);
         if (storage)
-            s_ingest (self, call, storage, &doc, json_object_get (body, "addToWorkspaces"),
-                      metadata);
+            s_ingest (self, call, storage, &doc,
+                      json_object_get (body, "addToWorkspaces"), metadata);
         cm_storage_pool_release (self->pool, &storage);
     }
     ingest_doc_clear (&doc);
@@ -661,7 +669,8 @@ s_update_embeddings (cm_call_t *call, void *arg)
     json_t *adds = json_object_get (body, "adds");
     json_t *deletes = json_object_get (body, "deletes");
     if ((adds && !json_is_array (adds)) || (deletes && !json_is_array (deletes))) {
-        cm_call_reply_error (call, 400, "adds and deletes must be arrays of document locations.");
+        cm_call_reply_error (call, 400,
+                             "adds and deletes must be arrays of document locations.");
         return;
     }
     cm_storage_t *storage = s_acquire (self, call, false);
@@ -695,24 +704,25 @@ s_update_embeddings (cm_call_t *call, void *arg)
             break;
         }
     }
-    json_array_foreach (adds, i, item)
-        if (!*error && cm_storage_workspace_doc_link (storage, workspace_id,
-                                                      json_string_value (item),
-                                                      NULL) != CM_STORAGE_OK) {
+    json_array_foreach (adds, i, item) if (!*error && cm_storage_workspace_doc_link (
+                                                          storage, workspace_id,
+                                                          json_string_value (item),
+                                                          NULL) != CM_STORAGE_OK)
+    {
+        code = 503;
+        snprintf (error, sizeof error, "%s could not be added: %s",
+                  json_string_value (item), cm_storage_errmsg (storage));
+    }
+    json_array_foreach (deletes, i, item) if (!*error && json_is_string (item))
+    {
+        cm_storage_status_t status = cm_storage_workspace_doc_unlink (
+            storage, workspace_id, json_string_value (item));
+        if (status != CM_STORAGE_OK && status != CM_STORAGE_NOT_FOUND) {
             code = 503;
-            snprintf (error, sizeof error, "%s could not be added: %s",
+            snprintf (error, sizeof error, "%s could not be removed: %s",
                       json_string_value (item), cm_storage_errmsg (storage));
         }
-    json_array_foreach (deletes, i, item)
-        if (!*error && json_is_string (item)) {
-            cm_storage_status_t status = cm_storage_workspace_doc_unlink (
-                storage, workspace_id, json_string_value (item));
-            if (status != CM_STORAGE_OK && status != CM_STORAGE_NOT_FOUND) {
-                code = 503;
-                snprintf (error, sizeof error, "%s could not be removed: %s",
-                          json_string_value (item), cm_storage_errmsg (storage));
-            }
-        }
+    }
     json_t *documents = NULL;
     if (!*error && cm_storage_workspace_doc_list (storage, workspace_id, &documents) !=
                        CM_STORAGE_OK) {
@@ -776,9 +786,10 @@ s_vector_search (cm_call_t *call, void *arg)
     size_t dim = 0;
     if (s_embed (self, call, &query, 1, &vector, &dim, false) == 0) {
         json_t *result = NULL;
-        cm_storage_status_t status = cm_vsearch_query (
-            self->vsearch, storage, json_integer_value (json_object_get (workspace, "id")),
-            vector, dim, (size_t) top_n, threshold, &result);
+        cm_storage_status_t status =
+            cm_vsearch_query (self->vsearch, storage,
+                              json_integer_value (json_object_get (workspace, "id")),
+                              vector, dim, (size_t) top_n, threshold, &result);
         if (status == CM_STORAGE_OK)
             cm_call_reply_json (call, 200, result);
         else
@@ -794,7 +805,9 @@ s_openai_embeddings (cm_call_t *call, void *arg)
 {
     ingest_service_t *self = (ingest_service_t *) arg;
     json_t *input = json_object_get (cm_call_json (call), "input");
-    size_t count = json_is_string (input) ? 1 : json_is_array (input) ? json_array_size (input) : 0;
+    size_t count = json_is_string (input)  ? 1
+                   : json_is_array (input) ? json_array_size (input)
+                                           : 0;
     const char **texts = count ? cm_calloc (count, sizeof *texts) : NULL;
     bool valid = count > 0 && count <= S_EMBED_INPUTS_MAX;
     if (json_is_string (input))
@@ -820,9 +833,9 @@ s_openai_embeddings (cm_call_t *call, void *arg)
             json_t *embedding = json_array ();
             for (size_t j = 0; j < dim; j++)
                 json_array_append_new (embedding, json_real (vectors[i * dim + j]));
-            json_array_append_new (data, json_pack ("{s:s, s:o, s:I}", "object", "embedding",
-                                                    "embedding", embedding, "index",
-                                                    (json_int_t) i));
+            json_array_append_new (data, json_pack ("{s:s, s:o, s:I}", "object",
+                                                    "embedding", "embedding", embedding,
+                                                    "index", (json_int_t) i));
         }
         cm_call_reply_json (call, 200,
                             json_pack ("{s:s, s:o, s:s}", "object", "list", "data", data,

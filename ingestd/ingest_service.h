@@ -41,15 +41,15 @@
 typedef struct ingest_service_s ingest_service_t;
 
 typedef struct {
-    const char *storage_dir;   //  the database's directory
-    cm_embed_config_t embed;   //  EMBEDDING_*
-    cm_jobs_config_t jobs;     //  the Redis queue (url, name, lease, attempts...)
-    size_t job_workers;        //  EMBEDDING_WORKER_CONCURRENCY (0: none here)
-    int64_t reconcile_ms;      //  see ingest_runner.h
-    size_t chunk_size;         //  CHUNK_SIZE_CHARS
-    size_t chunk_overlap;      //  CHUNK_OVERLAP_CHARS
-    size_t pool_size;          //  INGESTION_WORKER_POOL_SIZE
-    int64_t task_timeout_ms;   //  INGESTION_TASK_TIMEOUT_MS
+    const char *storage_dir; //  the database's directory
+    cm_embed_config_t embed; //  EMBEDDING_*
+    cm_jobs_config_t jobs;   //  the Redis queue (url, name, lease, attempts...)
+    size_t job_workers;      //  EMBEDDING_WORKER_CONCURRENCY (0: none here)
+    int64_t reconcile_ms;    //  see ingest_runner.h
+    size_t chunk_size;       //  CHUNK_SIZE_CHARS
+    size_t chunk_overlap;    //  CHUNK_OVERLAP_CHARS
+    size_t pool_size;        //  INGESTION_WORKER_POOL_SIZE
+    int64_t task_timeout_ms; //  INGESTION_TASK_TIMEOUT_MS
 } ingest_config_t;
 
 //  Create the service: open the database, make the embedder, start the

@@ -73,7 +73,8 @@ static const cm_conf_entry_t s_table[] = {
      offsetof (s_config_t, keep_completed_s),
      "and for at most this long (0: no age limit)"},
     {"EMBEDDING_JOBS_KEEP_FAILED", CM_CONF_INT, "10000", 0, 100000000,
-     offsetof (s_config_t, keep_failed), "failed jobs the queue keeps, with their reason"},
+     offsetof (s_config_t, keep_failed),
+     "failed jobs the queue keeps, with their reason"},
     {"REDIS_URL", CM_CONF_URL, "redis://127.0.0.1:6379", 0, 0,
      offsetof (s_config_t, redis_url), "Redis, the embedding-jobs queue's backend"},
     {"REDIS_TIMEOUT_MS", CM_CONF_INT, "2000", 1, 600000,
@@ -177,11 +178,12 @@ main (int argc, char **argv)
     }
     cm_info ("storage %s/llmrt.db, queue %s on %s, %zu job worker(s), fallback pool %zu, "
              "embedder %s, chunks %lld/%lld chars",
-             config.storage_dir, settings.jobs.queue, host, settings.job_workers, pool_size,
-             config.embed.provider, (long long) config.chunk_size,
+             config.storage_dir, settings.jobs.queue, host, settings.job_workers,
+             pool_size, config.embed.provider, (long long) config.chunk_size,
              (long long) config.chunk_overlap);
     rc = cm_worker_main ("ingest", ingest_service_routes (), service,
-                         (size_t) config.concurrency, (size_t) config.max_pending, metrics);
+                         (size_t) config.concurrency, (size_t) config.max_pending,
+                         metrics);
 cleanup:
     ingest_service_destroy (&service);
     cm_metrics_destroy (&metrics);
