@@ -63,7 +63,7 @@ static void
 s_report (const char *what, double *values, size_t n)
 {
     qsort (values, n, sizeof *values, s_compare);
-    printf ("%-40s median %7.2f ms   p90 %7.2f ms   p99 %7.2f ms   (%zu queries)\n", what,
+    printf ("%-36s median %7.3f ms   p90 %7.3f ms   p99 %7.3f ms   (%zu queries)\n", what,
             values[n / 2], values[n * 90 / 100], values[n * 99 / 100], n);
 }
 

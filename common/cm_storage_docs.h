@@ -128,8 +128,8 @@ typedef struct {
 
 typedef void (cm_storage_chunk_fn) (const cm_storage_chunk_t *chunk, void *arg);
 
-//  Every chunk a workspace sees (embedded, linked documents), by link then
-//  position, to fn; with the set's version (*version_p) read in the same
+//  Every chunk a workspace sees (embedded, linked documents), by document
+//  location then position, to fn; with the set's version (*version_p) read in the same
 //  read transaction, so the two agree. what: CM_STORAGE_CHUNK_* flags.
 //  OK, NOT_FOUND (no such workspace) or ERROR (fn may have seen some rows).
 cm_storage_status_t cm_storage_vectors_load (cm_storage_t *self, int64_t workspace_id,

@@ -222,6 +222,10 @@ static size_t
 s_group_search (const s_group_t *group, const float *query, size_t top_n, float threshold,
                 cm_vsearch_hit_t *hits)
 {
+    if (top_n > group->count)
+        top_n = group->count;
+    if (!top_n)
+        return 0;
     s_scored_t *heap = cm_malloc (top_n * sizeof *heap);
     size_t size = 0;
     const float *vector = group->vectors;
@@ -426,6 +430,42 @@ cm_vsearch_stats (cm_vsearch_t *self, size_t *workspaces_p, size_t *vectors_p,
         *bytes_p = bytes;
 }
 
+//  The search itself; *hits_p is a new array (NULL when no hits).
+static cm_storage_status_t
+s_search (cm_vsearch_t *self, cm_storage_t *storage, int64_t workspace_id,
+          const float *query, size_t dim, size_t top_n, double threshold,
+          cm_vsearch_hit_t **hits_p, size_t *count_p, size_t *total_p)
+{
+    *hits_p = NULL;
+    *count_p = 0;
+    *total_p = 0;
+    s_set_t *set;
+    cm_storage_status_t status = s_acquire (self, storage, workspace_id, &set);
+    if (status != CM_STORAGE_OK)
+        return status;
+    *total_p = set->total;
+    const s_group_t *group = NULL;
+    for (size_t i = 0; i < set->group_count && !group; i++)
+        if (set->groups[i].dim == dim)
+            group = &set->groups[i];
+    if (group && group->count && top_n) {
+        float *unit = cm_malloc (dim * sizeof *unit);
+        double norm = 0;
+        for (size_t i = 0; i < dim; i++)
+            norm += (double) query[i] * query[i];
+        float scale = norm > 0 && isfinite (norm) ? (float) (1 / sqrt (norm)) : 0;
+        for (size_t i = 0; i < dim; i++)
+            unit[i] = query[i] * scale;
+        float floor = isnan (threshold) ? -INFINITY : (float) threshold;
+        *hits_p =
+            cm_malloc ((top_n < group->count ? top_n : group->count) * sizeof **hits_p);
+        *count_p = s_group_search (group, unit, top_n, floor, *hits_p);
+        free (unit);
+    }
+    s_set_release (&set);
+    return CM_STORAGE_OK;
+}
+
 cm_storage_status_t
 cm_vsearch_search (cm_vsearch_t *self, cm_storage_t *storage, int64_t workspace_id,
                    const float *query, size_t dim, size_t top_n, double threshold,
@@ -436,33 +476,16 @@ cm_vsearch_search (cm_vsearch_t *self, cm_storage_t *storage, int64_t workspace_
     assert (query || !dim);
     assert (hits || !top_n);
     assert (count_p);
-    *count_p = 0;
+    cm_vsearch_hit_t *found;
+    size_t total;
+    cm_storage_status_t status = s_search (self, storage, workspace_id, query, dim, top_n,
+                                           threshold, &found, count_p, &total);
+    if (*count_p)
+        memcpy (hits, found, *count_p * sizeof *hits);
+    free (found);
     if (total_p)
-        *total_p = 0;
-    s_set_t *set;
-    cm_storage_status_t status = s_acquire (self, storage, workspace_id, &set);
-    if (status != CM_STORAGE_OK)
-        return status;
-    if (total_p)
-        *total_p = set->total;
-    const s_group_t *group = NULL;
-    for (size_t i = 0; i < set->group_count && !group; i++)
-        if (set->groups[i].dim == dim)
-            group = &set->groups[i];
-    if (group && top_n) {
-        float *unit = cm_malloc (dim * sizeof *unit);
-        double norm = 0;
-        for (size_t i = 0; i < dim; i++)
-            norm += (double) query[i] * query[i];
-        float scale = norm > 0 && isfinite (norm) ? (float) (1 / sqrt (norm)) : 0;
-        for (size_t i = 0; i < dim; i++)
-            unit[i] = query[i] * scale;
-        float floor = isnan (threshold) ? -INFINITY : (float) threshold;
-        *count_p = s_group_search (group, unit, top_n, floor, hits);
-        free (unit);
-    }
-    s_set_release (&set);
-    return CM_STORAGE_OK;
+        *total_p = total;
+    return status;
 }
 
 //  --- answers --------------------------------------------------------------------
@@ -563,12 +586,15 @@ cm_vsearch_query (cm_vsearch_t *self, cm_storage_t *storage, int64_t workspace_i
                   const float *query, size_t dim, size_t top_n, double threshold,
                   json_t **result_p)
 {
+    assert (self);
+    assert (storage);
+    assert (query || !dim);
     assert (result_p);
     *result_p = NULL;
-    cm_vsearch_hit_t *hits = cm_malloc ((top_n ? top_n : 1) * sizeof *hits);
+    cm_vsearch_hit_t *hits;
     size_t count, total;
-    cm_storage_status_t status = cm_vsearch_search (
-        self, storage, workspace_id, query, dim, top_n, threshold, hits, &count, &total);
+    cm_storage_status_t status = s_search (self, storage, workspace_id, query, dim, top_n,
+                                           threshold, &hits, &count, &total);
     json_t *results = NULL;
     if (status == CM_STORAGE_OK)
         status = s_hits_json (storage, hits, count, false, &results);

@@ -53,7 +53,9 @@ void cm_vsearch_destroy (cm_vsearch_t **self_p);
 //  The best (at most top_n, score >= threshold) chunks of a workspace for
 //  query (dim floats; need not be normalised), best first, into hits
 //  (room for top_n); *count_p: how many. *total_p (may be NULL): vectors
-//  the workspace has, of any dimension (0: it has no embeddings).
+//  the workspace has, of any dimension (0: it has no embeddings); with
+//  top_n 0 (query NULL, dim 0, hits NULL) that is all it does: a probe
+//  that costs the version read once the set is cached.
 //  OK, NOT_FOUND (no such workspace) or ERROR (the storage's, logged).
 cm_storage_status_t cm_vsearch_search (cm_vsearch_t *self, cm_storage_t *storage,
                                        int64_t workspace_id, const float *query,

@@ -232,6 +232,9 @@ Test (cm_vsearch, top_n_order_threshold_and_shape)
         cr_assert_geq (s_score (result, i - 1), s_score (result, i));
     cr_assert_float_eq (s_score (result, 4), -0.3, 1e-6);
     json_decref (result);
+    result = s_query (vsearch, storage, ws, q, (size_t) 1 << 40, -1);
+    cr_assert_eq (s_count (result), 5, "a huge topN is as many as there are");
+    json_decref (result);
     result = s_query (vsearch, storage, ws, q, 10, 0.95);
     cr_assert_eq (s_count (result), 0);
     cr_assert_null (json_object_get (result, "message"), "there are embeddings");
