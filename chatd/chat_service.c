@@ -1115,8 +1115,12 @@ s_turn_run (s_turn_t *turn)
     //  2,000 open streams that was most of the suite's memory). s_save takes
     //  one again for the answer.
     cm_storage_pool_release (self->pool, &turn->storage);
-    if (turn->streaming)
+    if (turn->streaming) {
+        //  Likewise the stack pages the database and JSON work touched: the
+        //  handler thread now waits on the model for the stream's length.
+        cm_thread_trim_stack ();
         s_complete_stream (turn, &request);
+    }
     else
         s_complete_sync (turn, &request);
 

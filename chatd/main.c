@@ -41,6 +41,11 @@ static const cm_conf_entry_t s_config[] = {
 int
 main (int argc, char **argv)
 {
+    //  glibc's per-thread cache (tcache) keeps freed blocks for each thread
+    //  that freed them: with a handler thread per open stream, ~28 KiB per
+    //  stream sat idle there (bench/chat.sh, phase c: chatd 49.7 -> 21.8
+    //  KiB per open stream without it). Set before anything allocates.
+    cm_exec_with_tunables (argv, "glibc.malloc.tcache_count=0");
     cm_log_init ("chatd");
     //  One handler thread per open stream can mean hundreds of threads, and
     //  glibc gives threads up to 8 malloc arenas per core, each holding

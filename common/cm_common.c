@@ -1,7 +1,10 @@
 /*  cm_common.c: allocation that aborts on failure, clocks, --help/--version. */
 #include "cm_common.h"
 #include "cm_config.h"
+#include <pthread.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 void *
 cm_malloc (size_t size)
@@ -92,4 +95,47 @@ cm_main_args (int argc, char **argv, const char *program, const char *summary,
         return -1;
     }
     return 0;
+}
+
+void
+cm_thread_trim_stack (void)
+{
+#if !defined(__SANITIZE_ADDRESS__)
+    pthread_attr_t attr;
+    if (pthread_getattr_np (pthread_self (), &attr))
+        return;
+    void *base = NULL;
+    size_t size = 0;
+    int rc = pthread_attr_getstack (&attr, &base, &size);
+    pthread_attr_destroy (&attr);
+    if (rc || !base)
+        return;
+    volatile char here = 0;
+    uintptr_t page = (uintptr_t) sysconf (_SC_PAGESIZE);
+    uintptr_t low = ((uintptr_t) base + page - 1) & ~(page - 1);
+    //  Keep two pages below this frame: the red zone and madvise's own call.
+    uintptr_t high = ((uintptr_t) &here & ~(page - 1)) - 2 * page;
+    if (high > low && high - low < size)
+        madvise ((void *) low, high - low, MADV_DONTNEED);
+    (void) here;
+#endif
+}
+
+void
+cm_exec_with_tunables (char **argv, const char *tunables)
+{
+    if (getenv ("GLIBC_TUNABLES") || !tunables)
+        return;
+    if (setenv ("GLIBC_TUNABLES", tunables, 1))
+        return;
+    //  Exec the file itself, not /proc/self/exe: the process's name (comm,
+    //  what ps and pkill see) is the exec'd file's base name.
+    char path[4096];
+    ssize_t size = readlink ("/proc/self/exe", path, sizeof path - 1);
+    if (size > 0) {
+        path[size] = 0;
+        execv (path, argv);
+    }
+    //  No /proc (or exec refused): go on with the defaults.
+    unsetenv ("GLIBC_TUNABLES");
 }

@@ -34,6 +34,21 @@ int64_t cm_clock_mono_ms (void);
 //  Monotonic microseconds (rate limits: sub-millisecond precision).
 int64_t cm_clock_mono_us (void);
 
+//  Give the kernel back the pages of the calling thread's stack below the
+//  current frame: a thread about to wait a long time (a chat stream held
+//  open for minutes) keeps only what it uses, not the deepest its earlier
+//  work went (SQLite and JSON touch tens of KiB). The pages come back,
+//  zeroed, when the thread next grows its stack. Not for the main thread;
+//  a no-op under AddressSanitizer (its stack bookkeeping is its own).
+void cm_thread_trim_stack (void);
+
+//  Run this program again (same pid, same arguments) with glibc's malloc
+//  tunables set to `tunables` (e.g. "glibc.malloc.tcache_count=0"), which
+//  glibc reads only at start-up. Does nothing when GLIBC_TUNABLES is set
+//  already (by the user, or by the first run); returns only when it did
+//  nothing or the exec failed. Call first thing in main.
+void cm_exec_with_tunables (char **argv, const char *tunables);
+
 //  Standard --help/--version handling for a program's main. Returns 1 when
 //  the program should exit 0 (it printed usage or version), 0 to go on, and
 //  -1 for an unknown argument (usage printed to stderr).

@@ -738,6 +738,33 @@ cm_storage_job_update (cm_storage_t *self, const char *id, const char *state,
 }
 
 cm_storage_status_t
+cm_storage_job_set_path (cm_storage_t *self, const char *id, const char *path)
+{
+    assert (self);
+    assert (id);
+    self->errmsg[0] = 0;
+    if (!path || (strcmp (path, "queue") && strcmp (path, "fallback"))) {
+        snprintf (self->errmsg, sizeof self->errmsg,
+                  "path must be \"queue\" or \"fallback\"");
+        return CM_STORAGE_INVALID;
+    }
+    sqlite3_stmt *stmt =
+        cm_storage__stmt (self, "UPDATE ingest_jobs SET path = ?2, lastUpdatedAt = " S_NOW
+                                " WHERE id = ?1");
+    if (!stmt)
+        return CM_STORAGE_ERROR;
+    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text (stmt, 2, path, -1, SQLITE_TRANSIENT);
+    if (s_step (self, stmt, "set job path"))
+        return CM_STORAGE_ERROR;
+    if (!sqlite3_changes (self->db)) {
+        snprintf (self->errmsg, sizeof self->errmsg, "no job %s", id);
+        return CM_STORAGE_NOT_FOUND;
+    }
+    return CM_STORAGE_OK;
+}
+
+cm_storage_status_t
 cm_storage_job_get (cm_storage_t *self, const char *id, json_t **job_p)
 {
     assert (self);

@@ -169,6 +169,12 @@ cm_storage_status_t cm_storage_job_update (cm_storage_t *self, const char *id,
                                            int64_t chunks_done, int64_t chunks_total,
                                            const char *error, json_t **job_p);
 
+//  Record which path embeds a job ("queue" or "fallback"): the path
+//  chosen at creation changes when the queue turns out to be unavailable.
+//  INVALID for another path, NOT_FOUND for no such job.
+cm_storage_status_t cm_storage_job_set_path (cm_storage_t *self, const char *id,
+                                             const char *path);
+
 //  The job with this id. OK, NOT_FOUND or ERROR.
 cm_storage_status_t cm_storage_job_get (cm_storage_t *self, const char *id,
                                         json_t **job_p);

@@ -496,6 +496,10 @@ s_ingest (ingest_service_t *self, cm_call_t *call, cm_storage_t *storage,
             cm_metric_add (self->path_count[0], 1);
     } else {
         path = "fallback";
+        //  The row was recorded for the queue: say which path runs it.
+        if (cm_storage_job_set_path (storage, job_id, path) != CM_STORAGE_OK)
+            cm_warn ("job %s: the fallback path could not be recorded: %s", job_id,
+                     cm_storage_errmsg (storage));
         if (self->path_count[1])
             cm_metric_add (self->path_count[1], 1);
         bool timed_out = false;

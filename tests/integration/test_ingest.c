@@ -1008,13 +1008,27 @@ Test (ingest, kill_9_of_ingestd_loses_no_job_and_stores_chunks_once, .timeout = 
     int64_t rerun = s_db_int (db, "SELECT count(*) FROM ingest_jobs WHERE attempts > 1");
     cr_log_info ("all %d jobs completed, %lld chunks; %lld jobs ran more than once",
                  S_KILL_DOCS, (long long) chunks, (long long) rerun);
-    //  The documents are searchable in their workspace.
+    //  Searchable in their workspace: the upstream's vectors are hashes of
+    //  the text, so a chunk's own text finds that chunk first.
+    sqlite3_stmt *stmt = NULL;
+    cr_assert_eq (
+        sqlite3_prepare_v2 (db,
+                            "SELECT c.text FROM document_chunks c JOIN documents d "
+                            "ON d.id = c.documentId WHERE d.title = 'Bulk 123' "
+                            "AND c.position = 3",
+                            -1, &stmt, NULL),
+        SQLITE_OK);
+    cr_assert_eq (sqlite3_step (stmt), SQLITE_ROW, "no chunk 3 of Bulk 123");
+    char *chunk = strdup ((const char *) sqlite3_column_text (stmt, 0));
+    sqlite3_finalize (stmt);
     long status;
-    json_t *answer =
-        s_search ("bulk", "Document 123, sentence 3: ledger page 144", 0, &status);
+    json_t *answer = s_search ("bulk", chunk, 0, &status);
     cr_assert_eq (status, 200);
     cr_assert_str_eq (s_first (answer, "title"), "Bulk 123");
+    cr_assert_str_eq (
+        it_str (json_array_get (json_object_get (answer, "results"), 0), "text"), chunk);
     json_decref (answer);
+    free (chunk);
     sqlite3_close (db);
     json_decref (jobs);
     s_stop ();
@@ -1139,7 +1153,17 @@ Test (ingest, redis_frozen_uses_the_fallback_then_the_queue_again, .timeout = 30
     s_stop ();
 }
 
-Test (ingest, redis_gone_uses_the_fallback_then_the_queue_again, .timeout = 300)
+//  Whatever happens to the test, the supervisor must not stay frozen (it
+//  would never see the SIGTERM of the test's end).
+static void
+s_thaw_supervisor (void)
+{
+    if (s_suite.supervisor > 0)
+        kill (s_suite.supervisor, SIGCONT);
+}
+
+Test (ingest, redis_gone_uses_the_fallback_then_the_queue_again, .timeout = 300,
+      .fini = s_thaw_supervisor)
 {
     const char *extra[] = {"REDIS_TIMEOUT_MS=300", NULL};
     s_start (extra, false);
@@ -1273,11 +1297,13 @@ Test (ingest, an_upstream_always_failing_ends_failed_and_opens_the_breaker,
     cr_assert (strstr (r.body, "circuit"), "%s", r.body);
     it_response_free (&r);
     cr_assert_eq (fake_llm_stat (&s_fake, "embedding_requests"), 3);
-    //  Prometheus says so too.
+    //  Prometheus says so too (aggregated: one instance open).
     it_url (&s_suite, url, sizeof url, "/api/metrics/prometheus");
     it_http ("GET", url, NULL, false, &r);
-    cr_assert (strstr (r.body, "llmrt_circuit_state{circuit=\"ingest\""), "%.3000s",
-               r.body);
+    cr_assert (
+        strstr (r.body,
+                "\nllmrt_circuit_state{service=\"ingest\",circuit=\"ingest\"} 1\n"),
+        "%.3000s", r.body);
     it_response_free (&r);
     s_stop ();
 }
