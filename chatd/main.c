@@ -3,6 +3,8 @@
     "chat" service until SIGINT/SIGTERM. */
 #include "cm_common.h"
 #include <malloc.h>
+#include <pthread.h>
+#include <unistd.h>
 #include "cm_config.h"
 #include "cm_embed.h"
 #include "cm_log.h"
@@ -37,6 +39,24 @@ static const cm_conf_entry_t s_config[] = {
     CM_EMBED_CONF_ENTRIES (s_settings_t, embed),
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
+
+//  Every few seconds, give freed heap pages back to the kernel. Thousands
+//  of stream handlers start at once, each freeing its set-up's blocks
+//  while its stream goes on; glibc keeps those pages (free, but resident)
+//  until the top of an arena is free, which with long streams is rarely.
+//  malloc_trim also returns whole free pages inside the arenas.
+#define S_TRIM_INTERVAL_S 2
+
+static void *
+s_trimmer (void *arg)
+{
+    (void) arg;
+    while (true) {
+        sleep (S_TRIM_INTERVAL_S);
+        malloc_trim (0);
+    }
+    return NULL;
+}
 
 int
 main (int argc, char **argv)
@@ -103,6 +123,9 @@ main (int argc, char **argv)
         goto cleanup;
     }
     chat_service_set_embedder (service, &embedder);
+    pthread_t trimmer;
+    if (pthread_create (&trimmer, NULL, s_trimmer, NULL) == 0)
+        pthread_detach (trimmer);
     //  The daemon's registry: the worker reports it with its own series.
     metrics = cm_metrics_new ();
     cm_breaker_attach_metrics (chat_service_breaker (service), metrics);
