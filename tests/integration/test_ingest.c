@@ -1226,9 +1226,10 @@ Test (ingest, an_upstream_failing_twice_completes_on_attempt_3, .timeout = 180)
     free (shown);
     cr_assert_eq (fake_llm_stat (&s_fake, "embedding_requests"), 3);
     cr_assert_eq (fake_llm_stat (&s_fake, "embedding_failed"), 2);
-    json_t *request =
-        json_object_get (fake_llm_stats (&s_fake), "last_embedding_request");
-    cr_assert_str_eq (it_str (request, "model"), "fake-embed");
+    json_t *stats = fake_llm_stats (&s_fake);
+    cr_assert_str_eq (it_str (json_object_get (stats, "last_embedding_request"), "model"),
+                      "fake-embed");
+    json_decref (stats);
     json_decref (job);
     json_decref (document);
     //  Found through the upstream's vectors.
