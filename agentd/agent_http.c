@@ -1,5 +1,6 @@
 /*  agent_http.c: see agent_http.h. */
 #include "agent_http.h"
+#include "cm_http.h"
 #include "cm_log.h"
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -166,42 +167,36 @@ s_parse (const char *url, char *host, size_t host_size, char *err, size_t errlen
     return rc;
 }
 
-//  Run one easy handle on a multi handle, polling the cancel callback and
-//  the time limit. Returns the transfer's result, or -1 cancelled, -2 out of
-//  time.
+//  What s_poll needs to know between reads.
+typedef struct {
+    const agent_http_request_t *request; //  its cancel callback
+    int64_t until;                       //  the deadline (cm_clock_mono_ms)
+} s_watch_t;
+
+//  Between reads: 1 cancelled, 2 out of time, 0 go on.
+static int
+s_poll (void *arg)
+{
+    s_watch_t *watch = (s_watch_t *) arg;
+    const agent_http_request_t *request = watch->request;
+    if (request->cancelled && request->cancelled (request->cancel_arg))
+        return 1;
+    if (cm_clock_mono_ms () >= watch->until)
+        return 2;
+    return 0;
+}
+
+//  Run one easy handle, polling the cancel callback and the time limit.
+//  Returns the transfer's result, or -1 cancelled, -2 out of time.
 static int
 s_perform (CURL *curl, const agent_http_request_t *request, int64_t until)
 {
-    CURLM *multi = curl_multi_init ();
-    curl_multi_add_handle (multi, curl);
-    int running = 1, result = CURLE_OK;
-    while (running) {
-        if (curl_multi_perform (multi, &running) != CURLM_OK) {
-            result = CURLE_FAILED_INIT;
-            break;
-        }
-        if (!running)
-            break;
-        if (request->cancelled && request->cancelled (request->cancel_arg)) {
-            result = -1;
-            break;
-        }
-        if (cm_clock_mono_ms () >= until) {
-            result = -2;
-            break;
-        }
-        curl_multi_poll (multi, NULL, 0, S_POLL_MS, NULL);
-    }
-    if (result == CURLE_OK) {
-        int left;
-        CURLMsg *msg;
-        while ((msg = curl_multi_info_read (multi, &left)))
-            if (msg->msg == CURLMSG_DONE)
-                result = (int) msg->data.result;
-    }
-    curl_multi_remove_handle (multi, curl);
-    curl_multi_cleanup (multi);
-    return result;
+    s_watch_t watch = {request, until};
+    cm_http_outcome_t outcome;
+    int rc = cm_http_perform (curl, S_POLL_MS, s_poll, &watch, &outcome);
+    if (rc < 0)
+        return CURLE_FAILED_INIT;
+    return rc ? -rc : (int) outcome.code;
 }
 
 agent_http_result_t

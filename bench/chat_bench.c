@@ -18,15 +18,11 @@
 
     A figure, not a test. Exit 0 when the run finished with at least one
     200 (--hold: and every stream held), 1 otherwise, 2 on bad usage. */
-#include "cm_common.h"
+#include "bench_common.h"
 #include <curl/curl.h>
-#include <errno.h>
 #include <getopt.h>
-#include <math.h>
-#include <sys/resource.h>
 
-#define S_DEFAULT_BASE_URL "http://127.0.0.1:3001"
-#define S_DEFAULT_MESSAGE  "What does the runtime do under load?"
+#define S_DEFAULT_MESSAGE "What does the runtime do under load?"
 //  A stream with no event for this long counts as stalled at the end of --hold.
 #define S_STALL_US (5 * 1000000LL)
 //  Longest wait inside one curl_multi_poll, so deadlines are checked often.
@@ -76,14 +72,8 @@ typedef struct {
 } s_transfer_t;
 
 typedef struct {
-    double *values; //  samples, milliseconds
-    size_t size;    //  samples held
-    size_t max;     //  allocated
-} s_samples_t;
-
-typedef struct {
-    s_samples_t latency;       //  whole response, 200 responses
-    s_samples_t first;         //  time to first token / byte
+    bench_samples_t latency;   //  whole response, 200 responses
+    bench_samples_t first;     //  time to first token / byte
     long completed;            //  transfers that finished (any HTTP status)
     long status[600];          //  by HTTP status
     long transport[CURL_LAST]; //  by libcurl error
@@ -128,33 +118,6 @@ s_needle_step (const s_needle_t *needle, size_t *at, char c)
     }
     *at = k;
     return false;
-}
-
-static void
-s_samples_add (s_samples_t *self, double value)
-{
-    if (self->size == self->max) {
-        self->max = self->max ? self->max * 2 : 4096;
-        self->values = cm_realloc (self->values, self->max * sizeof *self->values);
-    }
-    self->values[self->size++] = value;
-}
-
-static int
-s_compare (const void *a, const void *b)
-{
-    double x = *(const double *) a, y = *(const double *) b;
-    return x < y ? -1 : x > y;
-}
-
-//  Nearest rank; samples sorted.
-static double
-s_percentile (const s_samples_t *self, double p)
-{
-    if (!self->size)
-        return 0;
-    size_t rank = (size_t) ceil (p / 100.0 * (double) self->size);
-    return self->values[rank ? rank - 1 : 0];
 }
 
 static void
@@ -261,9 +224,10 @@ s_finish (s_transfer_t *t, CURLcode result, s_stats_t *stats, s_mode_t mode,
         stats->status[0]++;
     if (status != 200)
         return;
-    s_samples_add (&stats->latency, (double) (now_us - t->started_us) / 1000.0);
+    bench_samples_add (&stats->latency, (double) (now_us - t->started_us) / 1000.0);
     if (t->first_us)
-        s_samples_add (&stats->first, (double) (t->first_us - t->started_us) / 1000.0);
+        bench_samples_add (&stats->first,
+                           (double) (t->first_us - t->started_us) / 1000.0);
     if (t->aborted)
         stats->aborted++;
     if (mode == S_MODE_STREAM) {
@@ -310,45 +274,11 @@ s_usage (FILE *out)
              "\n"
              "Exit: 0 the run finished with at least one 200 (--hold: every stream\n"
              "held), 1 otherwise, 2 bad usage.\n",
-             S_DEFAULT_MESSAGE, S_DEFAULT_BASE_URL);
+             S_DEFAULT_MESSAGE, BENCH_DEFAULT_BASE_URL);
 }
 
-static int s_bad (const char *fmt, const char *what)
-    __attribute__ ((format (printf, 1, 0)));
-
-static int
-s_bad (const char *fmt, const char *what)
-{
-    fprintf (stderr, "chat_bench: ");
-    fprintf (stderr, fmt, what);
-    fprintf (stderr, "\n\n");
-    s_usage (stderr);
-    return 2;
-}
-
-static bool
-s_parse_long (const char *text, long min, long max, long *value)
-{
-    char *end;
-    errno = 0;
-    long v = strtol (text, &end, 10);
-    if (errno || end == text || *end || v < min || v > max)
-        return false;
-    *value = v;
-    return true;
-}
-
-static bool
-s_parse_seconds (const char *text, double min, double *value)
-{
-    char *end;
-    errno = 0;
-    double v = strtod (text, &end);
-    if (errno || end == text || *end || !isfinite (v) || v < min || v > 86400)
-        return false;
-    *value = v;
-    return true;
-}
+//  Bad usage: say why, show the usage, exit code 2.
+#define s_bad(fmt, what) bench_bad ("chat_bench", s_usage, fmt, what)
 
 //  The message as a JSON string body.
 static char *
@@ -396,21 +326,21 @@ s_options (int argc, char **argv, s_options_t *o)
                 mode_given = true;
                 break;
             case 'c':
-                if (!s_parse_long (optarg, 1, 100000, &o->concurrency))
+                if (!bench_parse_long (optarg, 1, 100000, &o->concurrency))
                     return s_bad ("--concurrency must be 1 to 100000, not '%s'", optarg);
                 break;
             case 'd':
-                if (!s_parse_seconds (optarg, 0.1, &o->duration))
+                if (!bench_parse_seconds (optarg, 0.1, &o->duration))
                     return s_bad ("--duration must be 0.1 to 86400 seconds, not '%s'",
                                   optarg);
                 duration_given = true;
                 break;
             case 'n':
-                if (!s_parse_long (optarg, 1, 100000000, &o->requests))
+                if (!bench_parse_long (optarg, 1, 100000000, &o->requests))
                     return s_bad ("--requests must be 1 to 100000000, not '%s'", optarg);
                 break;
             case 't':
-                if (!s_parse_seconds (optarg, 0.1, &o->timeout))
+                if (!bench_parse_seconds (optarg, 0.1, &o->timeout))
                     return s_bad ("--timeout must be 0.1 to 86400 seconds, not '%s'",
                                   optarg);
                 break;
@@ -441,45 +371,36 @@ s_options (int argc, char **argv, s_options_t *o)
     if (!duration_given && !o->requests)
         o->duration = 10;
 
-    const char *base = getenv ("BENCHMARK_BASE_URL");
-    const char *slug = getenv ("BENCHMARK_WORKSPACE_SLUG");
-    o->token = getenv ("BENCHMARK_WORKSPACE_TOKEN");
-    if (!base || !*base)
-        base = S_DEFAULT_BASE_URL;
-    if (!slug || !*slug)
-        return s_bad ("%s is not set (the workspace slug)", "BENCHMARK_WORKSPACE_SLUG");
-    if (!o->token || !*o->token)
-        return s_bad ("%s is not set (an API key)", "BENCHMARK_WORKSPACE_TOKEN");
-    if (strncmp (base, "http://", 7) && strncmp (base, "https://", 8))
-        return s_bad ("BENCHMARK_BASE_URL must start with http:// or https://, not '%s'",
-                      base);
-    size_t base_size = strlen (base);
-    while (base_size && base[base_size - 1] == '/')
-        base_size--;
+    bench_target_t target;
+    char err[512];
+    if (bench_target_from_env (&target, err, sizeof err))
+        return s_bad ("%s", err);
+    o->token = target.token;
     const char *route = o->mode == S_MODE_STREAM ? "stream-chat" : "chat";
-    size_t size = base_size + strlen (slug) + 64;
+    size_t size = strlen (target.base) + strlen (target.slug) + 64;
     o->url = cm_malloc (size);
-    snprintf (o->url, size, "%.*s/api/v1/workspace/%s/%s", (int) base_size, base, slug,
-              route);
+    snprintf (o->url, size, "%s/api/v1/workspace/%s/%s", target.base, target.slug, route);
+    free (target.base);
     return 0;
 }
 
 static void
 s_print_stats (const s_options_t *o, s_stats_t *stats, double elapsed)
 {
-    qsort (stats->latency.values, stats->latency.size, sizeof (double), s_compare);
-    qsort (stats->first.values, stats->first.size, sizeof (double), s_compare);
+    bench_samples_sort (&stats->latency);
+    bench_samples_sort (&stats->first);
     printf ("%-22s %.2f\n", "elapsed s", elapsed);
     printf ("%-22s %ld\n", "requests completed", stats->completed);
     printf ("%-22s %.1f\n", "requests/s", elapsed > 0 ? stats->completed / elapsed : 0);
     printf ("%-22s p50 %.3f  p90 %.3f  p99 %.3f  max %.3f  (%zu responses 200)\n",
-            "latency ms", s_percentile (&stats->latency, 50),
-            s_percentile (&stats->latency, 90), s_percentile (&stats->latency, 99),
-            s_percentile (&stats->latency, 100), stats->latency.size);
+            "latency ms", bench_percentile (&stats->latency, 50),
+            bench_percentile (&stats->latency, 90),
+            bench_percentile (&stats->latency, 99),
+            bench_percentile (&stats->latency, 100), stats->latency.size);
     printf ("%-22s p50 %.3f  p90 %.3f  p99 %.3f  (%s)\n",
             o->mode == S_MODE_STREAM ? "first token ms" : "first byte ms",
-            s_percentile (&stats->first, 50), s_percentile (&stats->first, 90),
-            s_percentile (&stats->first, 99),
+            bench_percentile (&stats->first, 50), bench_percentile (&stats->first, 90),
+            bench_percentile (&stats->first, 99),
             o->mode == S_MODE_STREAM ? "first data: event" : "first body byte");
     if (o->mode == S_MODE_STREAM) {
         printf ("%-22s %ld\n", "SSE events", stats->events);
@@ -489,27 +410,16 @@ s_print_stats (const s_options_t *o, s_stats_t *stats, double elapsed)
                 stats->complete, stats->broken);
     }
     printf ("%-22s %ld\n", "aborted (type abort)", stats->aborted);
-    printf ("%-22s", "status");
     long transport = 0;
     for (int i = 0; i < CURL_LAST; i++)
         transport += stats->transport[i];
-    for (int i = 0; i < 600; i++)
-        if (stats->status[i])
-            printf (" %d=%ld", i, stats->status[i]);
-    printf (" transport=%ld\n", transport);
+    bench_print_status ("status", stats->status, transport);
     for (int i = 0; i < CURL_LAST; i++)
         if (stats->transport[i])
             printf ("%-22s %s: %ld\n", "transport error", curl_easy_strerror (i),
                     stats->transport[i]);
     printf ("%-22s %ld\n", "in flight at end", stats->cut);
-    //  The client's own share, to tell a client-bound run from a server-bound one.
-    struct rusage usage;
-    if (getrusage (RUSAGE_SELF, &usage) == 0 && elapsed > 0)
-        printf ("%-22s %.0f%% of one core\n", "client CPU",
-                100.0 *
-                    ((double) usage.ru_utime.tv_sec + usage.ru_utime.tv_usec / 1e6 +
-                     (double) usage.ru_stime.tv_sec + usage.ru_stime.tv_usec / 1e6) /
-                    elapsed);
+    bench_print_cpu (elapsed);
 }
 
 static s_write_ctx_t *
@@ -525,12 +435,9 @@ s_context_of (CURL *easy)
 static void
 s_pump (CURLM *multi, int64_t deadline_us)
 {
-    int running;
-    curl_multi_perform (multi, &running);
     int64_t left_ms = (deadline_us - cm_clock_mono_us ()) / 1000;
     int wait = left_ms < S_POLL_MS ? (int) (left_ms > 0 ? left_ms : 0) : S_POLL_MS;
-    curl_multi_poll (multi, NULL, 0, wait, NULL);
-    curl_multi_perform (multi, &running);
+    bench_pump (multi, wait);
 }
 
 static void
@@ -656,9 +563,9 @@ s_run_hold (const s_options_t *o, CURLM *multi, s_transfer_t *slots, s_stats_t *
         if (slots[i].busy) {
             //  Their first token: part of the figures, though they never end.
             if (slots[i].first_us)
-                s_samples_add (&stats->first,
-                               (double) (slots[i].first_us - slots[i].started_us) /
-                                   1000.0);
+                bench_samples_add (&stats->first,
+                                   (double) (slots[i].first_us - slots[i].started_us) /
+                                       1000.0);
             curl_multi_remove_handle (multi, slots[i].easy);
             slots[i].busy = false;
             stats->cut++;
@@ -687,15 +594,9 @@ main (int argc, char **argv)
         return 1;
     }
     char *body = s_body (o.message);
-    size_t auth_size = strlen (o.token) + 32;
-    char *auth = cm_malloc (auth_size);
-    snprintf (auth, auth_size, "Authorization: Bearer %s", o.token);
-    struct curl_slist *headers = NULL;
-    headers = curl_slist_append (headers, auth);
-    headers = curl_slist_append (headers, "Content-Type: application/json");
-    headers = curl_slist_append (headers, "Expect:");
-    if (o.mode == S_MODE_STREAM)
-        headers = curl_slist_append (headers, "Accept: text/event-stream");
+    struct curl_slist *headers =
+        bench_headers (o.token, "application/json",
+                       o.mode == S_MODE_STREAM ? "text/event-stream" : NULL);
 
     CURLM *multi = curl_multi_init ();
     curl_multi_setopt (multi, CURLMOPT_MAXCONNECTS, o.concurrency);
@@ -730,11 +631,10 @@ main (int argc, char **argv)
     curl_multi_cleanup (multi);
     curl_slist_free_all (headers);
     curl_global_cleanup ();
-    free (stats.latency.values);
-    free (stats.first.values);
+    bench_samples_free (&stats.latency);
+    bench_samples_free (&stats.first);
     free (s_contexts);
     free (slots);
-    free (auth);
     free (body);
     free (o.url);
     return rc;

@@ -28,16 +28,12 @@
     codes, the jobs' final states and paths, and its own CPU. A figure, not
     a test. Exit 0 when every document was accepted and every job
     completed, 1 otherwise, 2 on bad usage. */
-#include "cm_common.h"
+#include "bench_common.h"
 #include <curl/curl.h>
-#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
-#include <math.h>
-#include <sys/resource.h>
 #include <time.h>
 
-#define S_DEFAULT_BASE_URL "http://127.0.0.1:3001"
 //  Longest wait inside one curl_multi_poll, so deadlines are checked often.
 #define S_POLL_MS 20
 
@@ -54,12 +50,6 @@ typedef struct {
     const char *token; //  bearer token
     char *base;        //  base URL without a trailing slash (owned)
 } s_options_t;
-
-typedef struct {
-    double *values; //  samples, milliseconds
-    size_t size;    //  samples held
-    size_t max;     //  allocated
-} s_samples_t;
 
 //  What the client knows of one document.
 typedef enum {
@@ -96,11 +86,11 @@ typedef struct {
 } s_slot_t;
 
 typedef struct {
-    s_samples_t submit;   //  submit latency, 200s
-    s_samples_t poll;     //  job route latency, 200s
-    s_samples_t wait;     //  queue wait
-    s_samples_t duration; //  job duration
-    s_samples_t total;    //  the row's createdAt -> finishedAt, either path
+    bench_samples_t submit;   //  submit latency, 200s
+    bench_samples_t poll;     //  job route latency, 200s
+    bench_samples_t wait;     //  queue wait
+    bench_samples_t duration; //  job duration
+    bench_samples_t total;    //  the row's createdAt -> finishedAt, either path
     long submit_status[600];
     long submit_transport;
     long poll_status[600];
@@ -110,39 +100,13 @@ typedef struct {
 } s_stats_t;
 
 static void
-s_samples_add (s_samples_t *self, double value)
+s_print_samples (const char *name, bench_samples_t *self, const char *note)
 {
-    if (self->size == self->max) {
-        self->max = self->max ? self->max * 2 : 1024;
-        self->values = cm_realloc (self->values, self->max * sizeof *self->values);
-    }
-    self->values[self->size++] = value;
-}
-
-static int
-s_compare (const void *a, const void *b)
-{
-    double x = *(const double *) a, y = *(const double *) b;
-    return x < y ? -1 : x > y;
-}
-
-//  Nearest rank; samples sorted.
-static double
-s_percentile (const s_samples_t *self, double p)
-{
-    if (!self->size)
-        return 0;
-    size_t rank = (size_t) ceil (p / 100.0 * (double) self->size);
-    return self->values[rank ? rank - 1 : 0];
-}
-
-static void
-s_print_samples (const char *name, s_samples_t *self, const char *note)
-{
-    qsort (self->values, self->size, sizeof (double), s_compare);
+    bench_samples_sort (self);
     printf ("%-22s p50 %.1f  p90 %.1f  p99 %.1f  max %.1f  (%zu%s%s)\n", name,
-            s_percentile (self, 50), s_percentile (self, 90), s_percentile (self, 99),
-            s_percentile (self, 100), self->size, note ? ", " : "", note ? note : "");
+            bench_percentile (self, 50), bench_percentile (self, 90),
+            bench_percentile (self, 99), bench_percentile (self, 100), self->size,
+            note ? ", " : "", note ? note : "");
 }
 
 static void
@@ -172,33 +136,11 @@ s_usage (FILE *out)
         "\n"
         "Exit: 0 every document accepted and its job completed, 1 otherwise,\n"
         "2 bad usage.\n",
-        S_DEFAULT_BASE_URL);
+        BENCH_DEFAULT_BASE_URL);
 }
 
-static int s_bad (const char *fmt, const char *what)
-    __attribute__ ((format (printf, 1, 0)));
-
-static int
-s_bad (const char *fmt, const char *what)
-{
-    fprintf (stderr, "ingest_bench: ");
-    fprintf (stderr, fmt, what);
-    fprintf (stderr, "\n\n");
-    s_usage (stderr);
-    return 2;
-}
-
-static bool
-s_parse_long (const char *text, long min, long max, long *value)
-{
-    char *end;
-    errno = 0;
-    long v = strtol (text, &end, 10);
-    if (errno || end == text || *end || v < min || v > max)
-        return false;
-    *value = v;
-    return true;
-}
+//  Bad usage: say why, show the usage, exit code 2.
+#define s_bad(fmt, what) bench_bad ("ingest_bench", s_usage, fmt, what)
 
 static int
 s_options (int argc, char **argv, s_options_t *o)
@@ -220,16 +162,16 @@ s_options (int argc, char **argv, s_options_t *o)
     while ((opt = getopt_long (argc, argv, "", longs, NULL)) != -1) {
         switch (opt) {
             case 'n':
-                if (!s_parse_long (optarg, 1, 1000000, &o->documents))
+                if (!bench_parse_long (optarg, 1, 1000000, &o->documents))
                     return s_bad ("--documents must be 1 to 1000000, not '%s'", optarg);
                 break;
             case 's':
-                if (!s_parse_long (optarg, 64, 100000000, &o->size))
+                if (!bench_parse_long (optarg, 64, 100000000, &o->size))
                     return s_bad ("--size must be 64 to 100000000 bytes, not '%s'",
                                   optarg);
                 break;
             case 'c':
-                if (!s_parse_long (optarg, 1, 10000, &o->concurrency))
+                if (!bench_parse_long (optarg, 1, 10000, &o->concurrency))
                     return s_bad ("--concurrency must be 1 to 10000, not '%s'", optarg);
                 break;
             case 'r':
@@ -238,13 +180,13 @@ s_options (int argc, char **argv, s_options_t *o)
                 o->route = strcmp (optarg, "upload") ? S_ROUTE_RAW : S_ROUTE_UPLOAD;
                 break;
             case 't':
-                if (!s_parse_long (optarg, 1, 86400, &seconds))
+                if (!bench_parse_long (optarg, 1, 86400, &seconds))
                     return s_bad ("--timeout must be 1 to 86400 seconds, not '%s'",
                                   optarg);
                 o->timeout = (double) seconds;
                 break;
             case 'p':
-                if (!s_parse_long (optarg, 1, 60000, &o->poll_ms))
+                if (!bench_parse_long (optarg, 1, 60000, &o->poll_ms))
                     return s_bad ("--poll-ms must be 1 to 60000, not '%s'", optarg);
                 break;
             case 'h':
@@ -256,22 +198,13 @@ s_options (int argc, char **argv, s_options_t *o)
     }
     if (optind < argc)
         return s_bad ("unexpected argument '%s'", argv[optind]);
-    const char *base = getenv ("BENCHMARK_BASE_URL");
-    o->slug = getenv ("BENCHMARK_WORKSPACE_SLUG");
-    o->token = getenv ("BENCHMARK_WORKSPACE_TOKEN");
-    if (!base || !*base)
-        base = S_DEFAULT_BASE_URL;
-    if (!o->slug || !*o->slug)
-        return s_bad ("%s is not set (the workspace slug)", "BENCHMARK_WORKSPACE_SLUG");
-    if (!o->token || !*o->token)
-        return s_bad ("%s is not set (an API key)", "BENCHMARK_WORKSPACE_TOKEN");
-    if (strncmp (base, "http://", 7) && strncmp (base, "https://", 8))
-        return s_bad ("BENCHMARK_BASE_URL must start with http:// or https://, not '%s'",
-                      base);
-    size_t size = strlen (base);
-    while (size && base[size - 1] == '/')
-        size--;
-    o->base = cm_strndup (base, size);
+    bench_target_t target;
+    char err[512];
+    if (bench_target_from_env (&target, err, sizeof err))
+        return s_bad ("%s", err);
+    o->slug = target.slug;
+    o->token = target.token;
+    o->base = target.base;
     return 0;
 }
 
@@ -446,7 +379,7 @@ s_submitted (s_slot_t *slot, s_doc_t *doc, long status, s_stats_t *stats, int64_
     doc->state = S_DOC_REFUSED;
     if (status != 200)
         return;
-    s_samples_add (&stats->submit, (double) (now_us - slot->started_us) / 1000.0);
+    bench_samples_add (&stats->submit, (double) (now_us - slot->started_us) / 1000.0);
     json_t *reply = json_loads (slot->body ? slot->body : "", 0, NULL);
     json_t *job =
         json_object_get (json_array_get (json_object_get (reply, "documents"), 0), "job");
@@ -470,7 +403,7 @@ s_polled (const s_options_t *o, s_slot_t *slot, s_doc_t *doc, long status,
     doc->next_poll_us = now_us + o->poll_ms * 1000;
     if (status != 200)
         return;
-    s_samples_add (&stats->poll, (double) (now_us - slot->started_us) / 1000.0);
+    bench_samples_add (&stats->poll, (double) (now_us - slot->started_us) / 1000.0);
     json_t *reply = json_loads (slot->body ? slot->body : "", 0, NULL);
     json_t *job = json_object_get (reply, "job");
     const char *state = json_string_value (json_object_get (job, "state"));
@@ -491,14 +424,14 @@ s_polled (const s_options_t *o, s_slot_t *slot, s_doc_t *doc, long status,
         int64_t created =
             s_iso_ms (json_string_value (json_object_get (job, "createdAt")));
         if (created && doc->end_ms)
-            s_samples_add (&stats->total, (double) (doc->end_ms - created));
+            bench_samples_add (&stats->total, (double) (doc->end_ms - created));
         json_t *queue = json_object_get (job, "queue");
         int64_t added = s_int (queue, "timestamp");
         int64_t taken = s_int (queue, "processedOn");
         int64_t finished = s_int (queue, "finishedOn");
         if (json_is_object (queue) && added && taken && finished) {
-            s_samples_add (&stats->wait, (double) (taken - added));
-            s_samples_add (&stats->duration, (double) (finished - taken));
+            bench_samples_add (&stats->wait, (double) (taken - added));
+            bench_samples_add (&stats->duration, (double) (finished - taken));
             doc->end_ms = finished;
         } else
             stats->no_queue_info++;
@@ -517,15 +450,8 @@ main (int argc, char **argv)
         fprintf (stderr, "ingest_bench: libcurl failed to start\n");
         return 1;
     }
-    size_t auth_size = strlen (o.token) + 32;
-    char *auth = cm_malloc (auth_size);
-    snprintf (auth, auth_size, "Authorization: Bearer %s", o.token);
-    struct curl_slist *json_headers = NULL, *form_headers = NULL;
-    json_headers = curl_slist_append (json_headers, auth);
-    json_headers = curl_slist_append (json_headers, "Content-Type: application/json");
-    json_headers = curl_slist_append (json_headers, "Expect:");
-    form_headers = curl_slist_append (form_headers, auth);
-    form_headers = curl_slist_append (form_headers, "Expect:");
+    struct curl_slist *json_headers = bench_headers (o.token, "application/json", NULL);
+    struct curl_slist *form_headers = bench_headers (o.token, NULL, NULL);
 
     CURLM *multi = curl_multi_init ();
     curl_multi_setopt (multi, CURLMOPT_MAXCONNECTS, o.concurrency);
@@ -582,10 +508,7 @@ main (int argc, char **argv)
             s_start (&o, multi, slot);
             in_flight++;
         }
-        int running;
-        curl_multi_perform (multi, &running);
-        curl_multi_poll (multi, NULL, 0, S_POLL_MS, NULL);
-        curl_multi_perform (multi, &running);
+        bench_pump (multi, S_POLL_MS);
         now = cm_clock_mono_us ();
         CURLMsg *msg;
         int queued;
@@ -678,16 +601,8 @@ main (int argc, char **argv)
     s_print_samples ("job duration ms", &stats.duration, "finishedOn - processedOn");
     s_print_samples ("job total ms", &stats.total, "row finishedAt - createdAt");
     s_print_samples ("job route latency ms", &stats.poll, "polls");
-    printf ("%-22s", "submit status");
-    for (int i = 0; i < 600; i++)
-        if (stats.submit_status[i])
-            printf (" %d=%ld", i, stats.submit_status[i]);
-    printf (" transport=%ld\n", stats.submit_transport);
-    printf ("%-22s", "job route status");
-    for (int i = 0; i < 600; i++)
-        if (stats.poll_status[i])
-            printf (" %d=%ld", i, stats.poll_status[i]);
-    printf (" transport=%ld\n", stats.poll_transport);
+    bench_print_status ("submit status", stats.submit_status, stats.submit_transport);
+    bench_print_status ("job route status", stats.poll_status, stats.poll_transport);
     printf (
         "%-22s completed=%ld failed=%ld unfinished=%ld  (path queue=%ld fallback=%ld; "
         "retried %ld; no queue view %ld)\n",
@@ -696,14 +611,7 @@ main (int argc, char **argv)
     printf ("%-22s %lld  (%.1f per document)\n", "chunks stored",
             (long long) stats.chunks,
             stats.completed ? (double) stats.chunks / (double) stats.completed : 0);
-    struct rusage usage;
-    double elapsed = (double) (now - begin_us) / 1e6;
-    if (getrusage (RUSAGE_SELF, &usage) == 0 && elapsed > 0)
-        printf ("%-22s %.0f%% of one core\n", "client CPU",
-                100.0 *
-                    ((double) usage.ru_utime.tv_sec + usage.ru_utime.tv_usec / 1e6 +
-                     (double) usage.ru_stime.tv_sec + usage.ru_stime.tv_usec / 1e6) /
-                    elapsed);
+    bench_print_cpu ((double) (now - begin_us) / 1e6);
     rc = stats.completed == o.documents ? 0 : 1;
 
     for (long i = 0; i < o.concurrency; i++) {
@@ -719,14 +627,13 @@ main (int argc, char **argv)
     curl_slist_free_all (json_headers);
     curl_slist_free_all (form_headers);
     curl_global_cleanup ();
-    free (stats.submit.values);
-    free (stats.poll.values);
-    free (stats.wait.values);
-    free (stats.duration.values);
-    free (stats.total.values);
+    bench_samples_free (&stats.submit);
+    bench_samples_free (&stats.poll);
+    bench_samples_free (&stats.wait);
+    bench_samples_free (&stats.duration);
+    bench_samples_free (&stats.total);
     free (docs);
     free (slots);
-    free (auth);
     free (o.base);
     return rc;
 }

@@ -8,10 +8,10 @@
     too late for a client that left. */
 #include "chat_openai.h"
 #include "chat_sse.h"
+#include "cm_http.h"
 #include "cm_log.h"
 #include <curl/curl.h>
 #include <jansson.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <time.h>
 
@@ -32,8 +32,7 @@ typedef struct {
     int64_t connect_timeout_ms;     //  TCP/TLS set-up limit
     int64_t first_token_timeout_ms; //  call start to first token
     int64_t timeout_ms;             //  the whole call
-    CURLSH *share;                  //  DNS cache and TLS sessions, shared by calls
-    pthread_mutex_t locks[CURL_LOCK_DATA_LAST]; //  one per kind of shared data
+    cm_http_share_t *share;         //  DNS cache and TLS sessions, shared by calls
 } s_openai_t;
 
 //  One call in progress: what curl's callbacks and the poll loop share.
@@ -59,6 +58,7 @@ typedef struct {
     int64_t usage_prompt;           //  its prompt_tokens
     int64_t usage_completion;       //  its completion_tokens
     double started;                 //  call start, seconds (monotonic)
+    int64_t started_ms;             //  transfer start, ms (cm_clock_mono_ms)
     double last_token;              //  last token delivered, seconds (0: none)
     bool ended;                     //  result decided by us, not by curl's outcome
     chat_provider_result_t result;  //  how the call ended
@@ -67,52 +67,17 @@ typedef struct {
 } s_call_t;
 
 static const chat_provider_ops_t s_ops;
-static void s_lock (CURL *handle, curl_lock_data data, curl_lock_access access,
-                    void *arg);
-static void s_unlock (CURL *handle, curl_lock_data data, void *arg);
 
 int
 chat_openai_config_check (const chat_openai_config_t *config, char *err, size_t errlen)
 {
     assert (config);
-    const char *url = config->base_url;
-    if (!url || !*url) {
-        snprintf (err, errlen,
-                  "LLM_BASE_URL: required when LLM_PROVIDER=openai (the server's "
-                  "OpenAI-compatible base URL with its version path, e.g. "
-                  "http://127.0.0.1:11434/v1)");
+    if (cm_http_check_base_url (config->base_url, "LLM_BASE_URL", "LLM_PROVIDER=openai",
+                                err, errlen))
         return -1;
-    }
-    CURLU *parsed = curl_url ();
-    char *scheme = NULL, *host = NULL, *query = NULL, *fragment = NULL;
-    int rc = -1;
-    CURLUcode code = curl_url_set (parsed, CURLUPART_URL, url, 0);
-    if (code != CURLUE_OK) {
-        snprintf (err, errlen, "LLM_BASE_URL: '%s' is not a URL (%s)", url,
-                  curl_url_strerror (code));
-        goto cleanup;
-    }
-    curl_url_get (parsed, CURLUPART_SCHEME, &scheme, 0);
-    if (!scheme || (strcmp (scheme, "http") && strcmp (scheme, "https"))) {
-        snprintf (err, errlen, "LLM_BASE_URL: '%s' is not an http:// or https:// URL",
-                  url);
-        goto cleanup;
-    }
-    if (curl_url_get (parsed, CURLUPART_HOST, &host, 0) != CURLUE_OK || !host || !*host) {
-        snprintf (err, errlen, "LLM_BASE_URL: '%s' has no host", url);
-        goto cleanup;
-    }
-    if (curl_url_get (parsed, CURLUPART_QUERY, &query, 0) == CURLUE_OK ||
-        curl_url_get (parsed, CURLUPART_FRAGMENT, &fragment, 0) == CURLUE_OK) {
-        snprintf (err, errlen,
-                  "LLM_BASE_URL: '%s' has a query or fragment; give the base URL only "
-                  "(e.g. http://127.0.0.1:11434/v1)",
-                  url);
-        goto cleanup;
-    }
     if (config->api_key && strpbrk (config->api_key, "\r\n")) {
         snprintf (err, errlen, "LLM_API_KEY: contains a line break");
-        goto cleanup;
+        return -1;
     }
     if (config->connect_timeout_ms <= 0 || config->first_token_timeout_ms <= 0 ||
         config->timeout_ms <= 0) {
@@ -120,30 +85,16 @@ chat_openai_config_check (const chat_openai_config_t *config, char *err, size_t 
                   config->connect_timeout_ms <= 0       ? "LLM_CONNECT_TIMEOUT_MS"
                   : config->first_token_timeout_ms <= 0 ? "LLM_FIRST_TOKEN_TIMEOUT_MS"
                                                         : "LLM_TIMEOUT_MS");
-        goto cleanup;
+        return -1;
     }
-    rc = 0;
-cleanup:
-    curl_free (scheme);
-    curl_free (host);
-    curl_free (query);
-    curl_free (fragment);
-    curl_url_cleanup (parsed);
-    return rc;
+    return 0;
 }
 
 char *
 chat_openai_endpoint (const char *base_url)
 {
     assert (base_url);
-    size_t size = strlen (base_url);
-    while (size && base_url[size - 1] == '/')
-        size--;
-    const char *path = "/chat/completions";
-    char *endpoint = cm_malloc (size + strlen (path) + 1);
-    memcpy (endpoint, base_url, size);
-    strcpy (endpoint + size, path);
-    return endpoint;
+    return cm_http_endpoint (base_url, "/chat/completions");
 }
 
 chat_provider_t *
@@ -152,31 +103,19 @@ chat_openai_new (const chat_openai_config_t *config, char *err, size_t errlen)
     assert (config);
     if (chat_openai_config_check (config, err, errlen))
         return NULL;
-    if (curl_global_init (CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+    cm_http_share_t *share = cm_http_share_new ();
+    if (!share) {
         snprintf (err, errlen, "libcurl could not be initialised");
         return NULL;
     }
     s_openai_t *self = cm_calloc (1, sizeof *self);
+    self->share = share;
     self->endpoint = chat_openai_endpoint (config->base_url);
-    if (config->api_key && *config->api_key) {
-        size_t size = strlen (config->api_key) + sizeof "Authorization: Bearer ";
-        self->auth = cm_malloc (size);
-        snprintf (self->auth, size, "Authorization: Bearer %s", config->api_key);
-    }
+    self->auth = cm_http_bearer (config->api_key);
     self->model = config->model && *config->model ? cm_strdup (config->model) : NULL;
     self->connect_timeout_ms = config->connect_timeout_ms;
     self->first_token_timeout_ms = config->first_token_timeout_ms;
     self->timeout_ms = config->timeout_ms;
-    for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
-        pthread_mutex_init (&self->locks[i], NULL);
-    //  Not the connection cache: libcurl does not support sharing it
-    //  between threads that run transfers at the same time.
-    self->share = curl_share_init ();
-    curl_share_setopt (self->share, CURLSHOPT_LOCKFUNC, s_lock);
-    curl_share_setopt (self->share, CURLSHOPT_UNLOCKFUNC, s_unlock);
-    curl_share_setopt (self->share, CURLSHOPT_USERDATA, self);
-    curl_share_setopt (self->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
-    curl_share_setopt (self->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
     return chat_provider_new (&s_ops, self);
 }
 
@@ -186,33 +125,14 @@ s_destroy (void *state)
     s_openai_t *self = (s_openai_t *) state;
     if (!self)
         return;
-    curl_share_cleanup (self->share);
-    for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
-        pthread_mutex_destroy (&self->locks[i]);
+    cm_http_share_destroy (&self->share);
     free (self->endpoint);
     free (self->auth);
     free (self->model);
     free (self);
-    curl_global_cleanup ();
 }
 
 //  --- private ---------------------------------------------------------------------
-
-static void
-s_lock (CURL *handle, curl_lock_data data, curl_lock_access access, void *arg)
-{
-    (void) handle, (void) access;
-    s_openai_t *self = (s_openai_t *) arg;
-    pthread_mutex_lock (&self->locks[data < CURL_LOCK_DATA_LAST ? data : 0]);
-}
-
-static void
-s_unlock (CURL *handle, curl_lock_data data, void *arg)
-{
-    (void) handle;
-    s_openai_t *self = (s_openai_t *) arg;
-    pthread_mutex_unlock (&self->locks[data < CURL_LOCK_DATA_LAST ? data : 0]);
-}
 
 static double
 s_seconds (void)
@@ -528,48 +448,23 @@ s_conclude_http_error (s_call_t *call)
 {
     char message[S_UPSTREAM_MESSAGE + 8];
     s_body_message (call, message, sizeof message);
-    long status = call->status;
-    if (status == 429)
-        s_end (call, CHAT_PROVIDER_FAILED,
-               "The LLM provider is rate limiting us (HTTP 429): %s", message);
-    else if (status == 401 || status == 403)
-        s_end (call, CHAT_PROVIDER_FAILED,
-               "The LLM provider refused our credentials (HTTP %ld; check LLM_API_KEY): "
-               "%s",
-               status, message);
-    else if (status >= 400 && status < 500 && status != 408)
-        s_end (call, CHAT_PROVIDER_REJECTED,
-               "The LLM provider refused the request (HTTP %ld): %s", status, message);
-    else
-        s_end (call, CHAT_PROVIDER_FAILED, "The LLM provider failed (HTTP %ld): %s",
-               status, message);
+    char text[S_UPSTREAM_MESSAGE + 160];
+    cm_http_fault_t fault = cm_http_describe_status (
+        call->status, message, "The LLM provider", "LLM_API_KEY", text, sizeof text);
+    s_end (call, fault == CM_HTTP_REQUEST ? CHAT_PROVIDER_REJECTED : CHAT_PROVIDER_FAILED,
+           "%s", text);
 }
 
 //  The transfer ended by itself with code: what did it bring?
 static void
 s_conclude (s_call_t *call, CURLcode code)
 {
-    if (code == CURLE_COULDNT_CONNECT || code == CURLE_COULDNT_RESOLVE_HOST ||
-        code == CURLE_COULDNT_RESOLVE_PROXY) {
-        //  libcurl says "Couldn't connect to server"; the system says why.
-        long os_errno = 0;
-        curl_easy_getinfo (call->curl, CURLINFO_OS_ERRNO, &os_errno);
-        s_end (call, CHAT_PROVIDER_FAILED, "The LLM provider cannot be reached: %s%s%s%s",
-               *call->curl_err ? call->curl_err : curl_easy_strerror (code),
-               os_errno ? " (" : "", os_errno ? strerror ((int) os_errno) : "",
-               os_errno ? ")" : "");
-        return;
-    }
-    if (code == CURLE_OPERATION_TIMEDOUT) { //  only the connect limit is curl's
-        s_end (call, CHAT_PROVIDER_FAILED,
-               "The LLM provider cannot be reached: no connection within %lld ms "
-               "(LLM_CONNECT_TIMEOUT_MS)",
-               (long long) call->provider->connect_timeout_ms);
-        return;
-    }
     if (code != CURLE_OK) {
-        s_end (call, CHAT_PROVIDER_FAILED, "The LLM provider's connection failed: %s",
-               *call->curl_err ? call->curl_err : curl_easy_strerror (code));
+        char text[CURL_ERROR_SIZE + 256];
+        cm_http_describe_failure (call->curl, code, call->curl_err, "The LLM provider",
+                                  call->provider->connect_timeout_ms,
+                                  "LLM_CONNECT_TIMEOUT_MS", text, sizeof text);
+        s_end (call, CHAT_PROVIDER_FAILED, "%s", text);
         return;
     }
     if (!call->looked)
@@ -596,62 +491,47 @@ s_conclude (s_call_t *call, CURLcode code)
         s_end (call, CHAT_PROVIDER_DONE, NULL);
 }
 
+//  Between reads: has the caller left, or a time limit passed?
+static int
+s_poll (void *arg)
+{
+    s_call_t *call = (s_call_t *) arg;
+    s_openai_t *self = call->provider;
+    const chat_request_t *request = call->request;
+    if (call->ended)
+        return 1;
+    if (request->cancelled && request->cancelled (request->cancel_arg)) {
+        s_end (call, CHAT_PROVIDER_STOPPED, NULL);
+        return 1;
+    }
+    int64_t elapsed = cm_clock_mono_ms () - call->started_ms;
+    if (elapsed >= self->timeout_ms) {
+        s_end (call, CHAT_PROVIDER_FAILED,
+               "The LLM provider did not finish within %lld ms (LLM_TIMEOUT_MS)",
+               (long long) self->timeout_ms);
+        return 1;
+    }
+    if (!call->first && elapsed >= self->first_token_timeout_ms) {
+        s_end (call, CHAT_PROVIDER_FAILED,
+               "The LLM provider sent no token within %lld ms "
+               "(LLM_FIRST_TOKEN_TIMEOUT_MS)",
+               (long long) self->first_token_timeout_ms);
+        return 1;
+    }
+    return 0;
+}
+
 //  Run the transfer to its end, watching cancellation and the time limits.
 static void
 s_perform (s_call_t *call)
 {
-    s_openai_t *self = call->provider;
-    const chat_request_t *request = call->request;
-    CURLM *multi = curl_multi_init ();
-    curl_multi_add_handle (multi, call->curl);
-    int64_t started = cm_clock_mono_ms ();
-    CURLcode code = CURLE_OK;
-    bool over = false;
-    while (!call->ended && !over) {
-        int running = 0;
-        CURLMcode mc = curl_multi_perform (multi, &running);
-        if (mc != CURLM_OK) {
-            s_end (call, CHAT_PROVIDER_FAILED, "libcurl failed: %s",
-                   curl_multi_strerror (mc));
-            break;
-        }
-        if (call->ended)
-            break;
-        if (!running) {
-            CURLMsg *msg;
-            int left;
-            while ((msg = curl_multi_info_read (multi, &left)))
-                if (msg->msg == CURLMSG_DONE)
-                    code = msg->data.result;
-            over = true;
-            break;
-        }
-        if (request->cancelled && request->cancelled (request->cancel_arg)) {
-            s_end (call, CHAT_PROVIDER_STOPPED, NULL);
-            break;
-        }
-        int64_t elapsed = cm_clock_mono_ms () - started;
-        if (elapsed >= self->timeout_ms) {
-            s_end (call, CHAT_PROVIDER_FAILED,
-                   "The LLM provider did not finish within %lld ms (LLM_TIMEOUT_MS)",
-                   (long long) self->timeout_ms);
-            break;
-        }
-        if (!call->first && elapsed >= self->first_token_timeout_ms) {
-            s_end (call, CHAT_PROVIDER_FAILED,
-                   "The LLM provider sent no token within %lld ms "
-                   "(LLM_FIRST_TOKEN_TIMEOUT_MS)",
-                   (long long) self->first_token_timeout_ms);
-            break;
-        }
-        curl_multi_poll (multi, NULL, 0, S_POLL_MS, NULL);
-    }
-    //  Removing a transfer that is still running closes its connection: the
-    //  upstream sees us leave at once.
-    curl_multi_remove_handle (multi, call->curl);
-    curl_multi_cleanup (multi);
+    call->started_ms = cm_clock_mono_ms ();
+    cm_http_outcome_t outcome;
+    if (cm_http_perform (call->curl, S_POLL_MS, s_poll, call, &outcome) < 0)
+        s_end (call, CHAT_PROVIDER_FAILED, "libcurl failed: %s",
+               curl_multi_strerror (outcome.multi));
     if (!call->ended)
-        s_conclude (call, code);
+        s_conclude (call, outcome.code);
 }
 
 static void
@@ -700,27 +580,18 @@ s_stream (void *state, const chat_request_t *request, chat_token_fn *on_token, v
         return call.result;
     }
     call.sse = chat_sse_new (s_on_event, &call, S_MAX_EVENT);
-    call.curl = curl_easy_init ();
-    struct curl_slist *headers = NULL;
-    headers = curl_slist_append (headers, "Content-Type: application/json");
-    headers = curl_slist_append (headers, "Accept: text/event-stream");
-    headers = curl_slist_append (headers, "Expect:"); //  no 100-continue round trip
-    if (self->auth)
-        headers = curl_slist_append (headers, self->auth);
-    CURL *curl = call.curl;
-    curl_easy_setopt (curl, CURLOPT_URL, self->endpoint);
-    curl_easy_setopt (curl, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt (curl, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt (curl, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt (curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) strlen (body));
-    curl_easy_setopt (curl, CURLOPT_USERAGENT, "llmrt-chatd/" LLMRT_VERSION);
-    curl_easy_setopt (curl, CURLOPT_WRITEFUNCTION, s_on_data);
-    curl_easy_setopt (curl, CURLOPT_WRITEDATA, &call);
-    curl_easy_setopt (curl, CURLOPT_ERRORBUFFER, call.curl_err);
-    curl_easy_setopt (curl, CURLOPT_CONNECTTIMEOUT_MS, (long) self->connect_timeout_ms);
-    curl_easy_setopt (curl, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt (curl, CURLOPT_SHARE, self->share);
-    curl_easy_setopt (curl, CURLOPT_TCP_NODELAY, 1L);
+    struct curl_slist *headers = cm_http_json_headers ("text/event-stream", self->auth);
+    CURL *curl = call.curl = cm_http_post_new (&(cm_http_post_t){
+        .url = self->endpoint,
+        .headers = headers,
+        .body = body,
+        .user_agent = "llmrt-chatd/" LLMRT_VERSION,
+        .on_data = s_on_data,
+        .arg = &call,
+        .curl_err = call.curl_err,
+        .connect_timeout_ms = self->connect_timeout_ms,
+        .share = self->share,
+    });
 
     s_perform (&call);
     if (call.result == CHAT_PROVIDER_FAILED || call.result == CHAT_PROVIDER_REJECTED)

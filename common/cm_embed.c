@@ -8,6 +8,7 @@
     libcurl's progress callback can go a second without a call while the
     upstream is silent, too late for a caller that left. */
 #include "cm_embed.h"
+#include "cm_http.h"
 #include "cm_log.h"
 #include <curl/curl.h>
 #include <jansson.h>
@@ -49,8 +50,7 @@ struct cm_embedder_s {
     int64_t connect_timeout_ms; //  openai: limit on connecting
     pthread_mutex_t lock;       //  guards dim
     size_t dim;                 //  numbers per vector (openai: 0 until known)
-    CURLSH *share;              //  openai: DNS cache and TLS sessions
-    pthread_mutex_t locks[CURL_LOCK_DATA_LAST]; //  one per kind of shared data
+    cm_http_share_t *share;     //  openai: DNS cache and TLS sessions
 };
 
 //  One request to the openai provider in progress.
@@ -67,9 +67,6 @@ typedef struct {
     size_t errlen;                  //  its size
 } s_call_t;
 
-static void s_lock (CURL *handle, curl_lock_data data, curl_lock_access access,
-                    void *arg);
-static void s_unlock (CURL *handle, curl_lock_data data, void *arg);
 static cm_embed_status_t s_embed_batch (cm_embedder_t *self, const char *const *texts,
                                         size_t count, float **vectors_p, size_t *dim_p,
                                         bool (*cancelled) (void *), void *arg, char *err,
@@ -87,54 +84,6 @@ cm_embed_config_defaults (cm_embed_config_t *config)
     config->connect_timeout_ms = CM_EMBED_DEFAULT_CONNECT_TIMEOUT_MS;
 }
 
-//  The rules for an openai base URL, by libcurl's URL parser.
-static int
-s_check_url (const char *url, char *err, size_t errlen)
-{
-    if (!url || !*url) {
-        snprintf (err, errlen,
-                  "EMBEDDING_BASE_URL: required when EMBEDDING_PROVIDER=openai (the "
-                  "server's OpenAI-compatible base URL with its version path, e.g. "
-                  "http://127.0.0.1:11434/v1)");
-        return -1;
-    }
-    CURLU *parsed = curl_url ();
-    char *scheme = NULL, *host = NULL, *query = NULL, *fragment = NULL;
-    int rc = -1;
-    CURLUcode code = curl_url_set (parsed, CURLUPART_URL, url, 0);
-    if (code != CURLUE_OK) {
-        snprintf (err, errlen, "EMBEDDING_BASE_URL: '%s' is not a URL (%s)", url,
-                  curl_url_strerror (code));
-        goto cleanup;
-    }
-    curl_url_get (parsed, CURLUPART_SCHEME, &scheme, 0);
-    if (!scheme || (strcmp (scheme, "http") && strcmp (scheme, "https"))) {
-        snprintf (err, errlen,
-                  "EMBEDDING_BASE_URL: '%s' is not an http:// or https:// URL", url);
-        goto cleanup;
-    }
-    if (curl_url_get (parsed, CURLUPART_HOST, &host, 0) != CURLUE_OK || !host || !*host) {
-        snprintf (err, errlen, "EMBEDDING_BASE_URL: '%s' has no host", url);
-        goto cleanup;
-    }
-    if (curl_url_get (parsed, CURLUPART_QUERY, &query, 0) == CURLUE_OK ||
-        curl_url_get (parsed, CURLUPART_FRAGMENT, &fragment, 0) == CURLUE_OK) {
-        snprintf (err, errlen,
-                  "EMBEDDING_BASE_URL: '%s' has a query or fragment; give the base URL "
-                  "only (e.g. http://127.0.0.1:11434/v1)",
-                  url);
-        goto cleanup;
-    }
-    rc = 0;
-cleanup:
-    curl_free (scheme);
-    curl_free (host);
-    curl_free (query);
-    curl_free (fragment);
-    curl_url_cleanup (parsed);
-    return rc;
-}
-
 int
 cm_embed_config_check (const cm_embed_config_t *config, char *err, size_t errlen)
 {
@@ -148,7 +97,8 @@ cm_embed_config_check (const cm_embed_config_t *config, char *err, size_t errlen
     }
     if (!strcmp (provider, "builtin"))
         return 0; //  the openai settings do not matter
-    if (s_check_url (config->base_url, err, errlen))
+    if (cm_http_check_base_url (config->base_url, "EMBEDDING_BASE_URL",
+                                "EMBEDDING_PROVIDER=openai", err, errlen))
         return -1;
     if (config->api_key && strpbrk (config->api_key, "\r\n")) {
         snprintf (err, errlen, "EMBEDDING_API_KEY: contains a line break");
@@ -186,39 +136,21 @@ cm_embedder_new (const cm_embed_config_t *config, char *err, size_t errlen)
         self->dim = CM_EMBED_BUILTIN_DIM;
         return self;
     }
-    if (curl_global_init (CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+    self->share = cm_http_share_new ();
+    if (!self->share) {
         snprintf (err, errlen, "libcurl could not be initialised");
         pthread_mutex_destroy (&self->lock);
         free (self);
         return NULL;
     }
-    size_t size = strlen (config->base_url);
-    while (size && config->base_url[size - 1] == '/')
-        size--;
-    self->endpoint = cm_malloc (size + sizeof "/embeddings");
-    memcpy (self->endpoint, config->base_url, size);
-    strcpy (self->endpoint + size, "/embeddings");
+    self->endpoint = cm_http_endpoint (config->base_url, "/embeddings");
     if (config->model && *config->model)
         self->model = cm_strdup (config->model);
     self->name = cm_strdup (self->model ? self->model : "openai");
-    if (config->api_key && *config->api_key) {
-        size = strlen (config->api_key) + sizeof "Authorization: Bearer ";
-        self->auth = cm_malloc (size);
-        snprintf (self->auth, size, "Authorization: Bearer %s", config->api_key);
-    }
+    self->auth = cm_http_bearer (config->api_key);
     self->batch_size = (size_t) config->batch_size;
     self->timeout_ms = config->timeout_ms;
     self->connect_timeout_ms = config->connect_timeout_ms;
-    for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
-        pthread_mutex_init (&self->locks[i], NULL);
-    //  Not the connection cache: libcurl cannot share it between threads
-    //  that run transfers at the same time.
-    self->share = curl_share_init ();
-    curl_share_setopt (self->share, CURLSHOPT_LOCKFUNC, s_lock);
-    curl_share_setopt (self->share, CURLSHOPT_UNLOCKFUNC, s_unlock);
-    curl_share_setopt (self->share, CURLSHOPT_USERDATA, self);
-    curl_share_setopt (self->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
-    curl_share_setopt (self->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
     return self;
 }
 
@@ -229,12 +161,7 @@ cm_embedder_destroy (cm_embedder_t **self_p)
     cm_embedder_t *self = *self_p;
     if (!self)
         return;
-    if (!self->builtin) {
-        curl_share_cleanup (self->share);
-        for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
-            pthread_mutex_destroy (&self->locks[i]);
-        curl_global_cleanup ();
-    }
+    cm_http_share_destroy (&self->share);
     pthread_mutex_destroy (&self->lock);
     free (self->name);
     free (self->endpoint);
@@ -653,22 +580,6 @@ s_normalise (float *vector, size_t dim)
 
 //  --- openai ----------------------------------------------------------------------
 
-static void
-s_lock (CURL *handle, curl_lock_data data, curl_lock_access access, void *arg)
-{
-    (void) handle, (void) access;
-    cm_embedder_t *self = (cm_embedder_t *) arg;
-    pthread_mutex_lock (&self->locks[data < CURL_LOCK_DATA_LAST ? data : 0]);
-}
-
-static void
-s_unlock (CURL *handle, curl_lock_data data, void *arg)
-{
-    (void) handle;
-    cm_embedder_t *self = (cm_embedder_t *) arg;
-    pthread_mutex_unlock (&self->locks[data < CURL_LOCK_DATA_LAST ? data : 0]);
-}
-
 static void s_end (s_call_t *call, cm_embed_status_t status, const char *format, ...)
     __attribute__ ((format (printf, 3, 4)));
 
@@ -748,21 +659,12 @@ s_conclude_http_error (s_call_t *call, long status)
 {
     char message[S_UPSTREAM_MESSAGE + 8];
     s_body_message (call, message, sizeof message);
-    if (status == 429)
-        s_end (call, CM_EMBED_UPSTREAM,
-               "The embedding provider is rate limiting us (HTTP 429): %s", message);
-    else if (status == 401 || status == 403)
-        s_end (call, CM_EMBED_UPSTREAM,
-               "The embedding provider refused our credentials (HTTP %ld; check "
-               "EMBEDDING_API_KEY): %s",
-               status, message);
-    else if (status >= 400 && status < 500 && status != 408)
-        s_end (call, CM_EMBED_REQUEST,
-               "The embedding provider refused the request (HTTP %ld): %s", status,
-               message);
-    else
-        s_end (call, CM_EMBED_UPSTREAM, "The embedding provider failed (HTTP %ld): %s",
-               status, message);
+    char text[S_UPSTREAM_MESSAGE + 160];
+    cm_http_fault_t fault =
+        cm_http_describe_status (status, message, "The embedding provider",
+                                 "EMBEDDING_API_KEY", text, sizeof text);
+    s_end (call, fault == CM_HTTP_REQUEST ? CM_EMBED_REQUEST : CM_EMBED_UPSTREAM, "%s",
+           text);
 }
 
 //  A 2xx answer: count vectors of one dimension, put in index order.
@@ -860,24 +762,6 @@ cleanup:
 static void
 s_conclude (s_call_t *call, CURLcode code, size_t count, float **vectors_p, size_t *dim_p)
 {
-    if (code == CURLE_COULDNT_CONNECT || code == CURLE_COULDNT_RESOLVE_HOST ||
-        code == CURLE_COULDNT_RESOLVE_PROXY) {
-        long os_errno = 0;
-        curl_easy_getinfo (call->curl, CURLINFO_OS_ERRNO, &os_errno);
-        s_end (call, CM_EMBED_UPSTREAM,
-               "The embedding provider cannot be reached: %s%s%s%s",
-               *call->curl_err ? call->curl_err : curl_easy_strerror (code),
-               os_errno ? " (" : "", os_errno ? strerror ((int) os_errno) : "",
-               os_errno ? ")" : "");
-        return;
-    }
-    if (code == CURLE_OPERATION_TIMEDOUT) { //  only the connect limit is curl's
-        s_end (call, CM_EMBED_UPSTREAM,
-               "The embedding provider cannot be reached: no connection within %lld ms "
-               "(EMBEDDING_CONNECT_TIMEOUT_MS)",
-               (long long) call->self->connect_timeout_ms);
-        return;
-    }
     if (code == CURLE_WRITE_ERROR && call->body_cut) {
         s_end (call, CM_EMBED_UPSTREAM,
                "The embedding provider sent a malformed answer: longer than %u bytes",
@@ -885,8 +769,12 @@ s_conclude (s_call_t *call, CURLcode code, size_t count, float **vectors_p, size
         return;
     }
     if (code != CURLE_OK) {
-        s_end (call, CM_EMBED_UPSTREAM, "The embedding provider's connection failed: %s",
-               *call->curl_err ? call->curl_err : curl_easy_strerror (code));
+        char text[CURL_ERROR_SIZE + 256];
+        cm_http_describe_failure (call->curl, code, call->curl_err,
+                                  "The embedding provider",
+                                  call->self->connect_timeout_ms,
+                                  "EMBEDDING_CONNECT_TIMEOUT_MS", text, sizeof text);
+        s_end (call, CM_EMBED_UPSTREAM, "%s", text);
         return;
     }
     long status = 0;
@@ -897,48 +785,44 @@ s_conclude (s_call_t *call, CURLcode code, size_t count, float **vectors_p, size
         s_conclude_json (call, count, vectors_p, dim_p);
 }
 
+//  What s_poll needs to know between reads.
+typedef struct {
+    s_call_t *call;             //  the request
+    bool (*cancelled) (void *); //  the caller's cancel callback, or NULL
+    void *arg;                  //  its argument
+    int64_t started;            //  when the transfer started (cm_clock_mono_ms)
+} s_watch_t;
+
+//  Between reads: has the caller left, or the time limit passed?
+static int
+s_poll (void *arg)
+{
+    s_watch_t *watch = (s_watch_t *) arg;
+    s_call_t *call = watch->call;
+    if (watch->cancelled && watch->cancelled (watch->arg)) {
+        s_end (call, CM_EMBED_CANCELLED, "The embedding request was cancelled");
+        return 1;
+    }
+    if (cm_clock_mono_ms () - watch->started >= call->self->timeout_ms) {
+        s_end (call, CM_EMBED_UPSTREAM,
+               "The embedding provider did not answer within %lld ms "
+               "(EMBEDDING_TIMEOUT_MS)",
+               (long long) call->self->timeout_ms);
+        return 1;
+    }
+    return 0;
+}
+
 //  Run the transfer to its end, watching cancellation and the time limit.
 static CURLcode
 s_perform (s_call_t *call, bool (*cancelled) (void *), void *arg)
 {
-    CURLM *multi = curl_multi_init ();
-    curl_multi_add_handle (multi, call->curl);
-    int64_t started = cm_clock_mono_ms ();
-    CURLcode code = CURLE_OK;
-    for (;;) {
-        int running = 0;
-        CURLMcode mc = curl_multi_perform (multi, &running);
-        if (mc != CURLM_OK) {
-            s_end (call, CM_EMBED_UPSTREAM, "libcurl failed: %s",
-                   curl_multi_strerror (mc));
-            break;
-        }
-        if (!running) {
-            CURLMsg *msg;
-            int left;
-            while ((msg = curl_multi_info_read (multi, &left)))
-                if (msg->msg == CURLMSG_DONE)
-                    code = msg->data.result;
-            break;
-        }
-        if (cancelled && cancelled (arg)) {
-            s_end (call, CM_EMBED_CANCELLED, "The embedding request was cancelled");
-            break;
-        }
-        if (cm_clock_mono_ms () - started >= call->self->timeout_ms) {
-            s_end (call, CM_EMBED_UPSTREAM,
-                   "The embedding provider did not answer within %lld ms "
-                   "(EMBEDDING_TIMEOUT_MS)",
-                   (long long) call->self->timeout_ms);
-            break;
-        }
-        curl_multi_poll (multi, NULL, 0, S_POLL_MS, NULL);
-    }
-    //  Removing a transfer still running closes its connection: the
-    //  upstream sees us leave at once.
-    curl_multi_remove_handle (multi, call->curl);
-    curl_multi_cleanup (multi);
-    return code;
+    s_watch_t watch = {call, cancelled, arg, cm_clock_mono_ms ()};
+    cm_http_outcome_t outcome;
+    if (cm_http_perform (call->curl, S_POLL_MS, s_poll, &watch, &outcome) < 0)
+        s_end (call, CM_EMBED_UPSTREAM, "libcurl failed: %s",
+               curl_multi_strerror (outcome.multi));
+    return outcome.code;
 }
 
 //  One request: count texts, one answer.
@@ -965,26 +849,18 @@ s_embed_batch (cm_embedder_t *self, const char *const *texts, size_t count,
     char *body = json_dumps (request, JSON_COMPACT);
     json_decref (request);
 
-    call.curl = curl_easy_init ();
-    struct curl_slist *headers = NULL;
-    headers = curl_slist_append (headers, "Content-Type: application/json");
-    headers = curl_slist_append (headers, "Expect:"); //  no 100-continue round trip
-    if (self->auth)
-        headers = curl_slist_append (headers, self->auth);
-    CURL *curl = call.curl;
-    curl_easy_setopt (curl, CURLOPT_URL, self->endpoint);
-    curl_easy_setopt (curl, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt (curl, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt (curl, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt (curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) strlen (body));
-    curl_easy_setopt (curl, CURLOPT_USERAGENT, "llmrt/" LLMRT_VERSION);
-    curl_easy_setopt (curl, CURLOPT_WRITEFUNCTION, s_on_data);
-    curl_easy_setopt (curl, CURLOPT_WRITEDATA, &call);
-    curl_easy_setopt (curl, CURLOPT_ERRORBUFFER, call.curl_err);
-    curl_easy_setopt (curl, CURLOPT_CONNECTTIMEOUT_MS, (long) self->connect_timeout_ms);
-    curl_easy_setopt (curl, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt (curl, CURLOPT_SHARE, self->share);
-    curl_easy_setopt (curl, CURLOPT_TCP_NODELAY, 1L);
+    struct curl_slist *headers = cm_http_json_headers (NULL, self->auth);
+    CURL *curl = call.curl = cm_http_post_new (&(cm_http_post_t){
+        .url = self->endpoint,
+        .headers = headers,
+        .body = body,
+        .user_agent = "llmrt/" LLMRT_VERSION,
+        .on_data = s_on_data,
+        .arg = &call,
+        .curl_err = call.curl_err,
+        .connect_timeout_ms = self->connect_timeout_ms,
+        .share = self->share,
+    });
 
     CURLcode code = s_perform (&call, cancelled, arg);
     if (!call.ended)

@@ -163,11 +163,13 @@ static const char *s_migrations[CM_STORAGE_SCHEMA_VERSION] = {
     "ALTER TABLE workspaces ADD COLUMN vectorVersion INTEGER NOT NULL DEFAULT 0;"
     "CREATE TRIGGER IF NOT EXISTS workspace_documents_vv_insert"
     "  AFTER INSERT ON workspace_documents BEGIN"
-    "  UPDATE workspaces SET vectorVersion = vectorVersion + 1 WHERE id = NEW.workspaceId;"
+    "  UPDATE workspaces SET vectorVersion = vectorVersion + 1 WHERE id = "
+    "NEW.workspaceId;"
     "  END;"
     "CREATE TRIGGER IF NOT EXISTS workspace_documents_vv_delete"
     "  AFTER DELETE ON workspace_documents BEGIN"
-    "  UPDATE workspaces SET vectorVersion = vectorVersion + 1 WHERE id = OLD.workspaceId;"
+    "  UPDATE workspaces SET vectorVersion = vectorVersion + 1 WHERE id = "
+    "OLD.workspaceId;"
     "  END;"
     "CREATE TRIGGER IF NOT EXISTS workspace_documents_vv_update"
     "  AFTER UPDATE OF docpath, workspaceId ON workspace_documents BEGIN"
@@ -572,20 +574,9 @@ s_select_one (cm_storage_t *self, const char *sql, int64_t id, const char *text,
         return NULL;
     }
     sqlite3_bind_int64 (stmt, 1, id);
-    if (text)
-        sqlite3_bind_text (stmt, 2, text, -1, SQLITE_TRANSIENT);
+    cm_storage__bind_text (stmt, 2, text);
     json_t *row = NULL;
-    int rc = sqlite3_step (stmt);
-    if (rc == SQLITE_ROW) {
-        row = cm_storage__row (stmt);
-        *status_p = CM_STORAGE_OK;
-    } else if (rc == SQLITE_DONE)
-        *status_p = CM_STORAGE_NOT_FOUND;
-    else {
-        cm_storage__fail (self, "read row");
-        *status_p = CM_STORAGE_ERROR;
-    }
-    sqlite3_reset (stmt);
+    *status_p = cm_storage__one (self, stmt, "read row", &row);
     return row;
 }
 
@@ -724,8 +715,7 @@ rollback:
     *workspace_p = NULL;
     if (status != CM_STORAGE_CONFLICT)
         status = CM_STORAGE_ERROR;
-    if (!sqlite3_get_autocommit (self->db))
-        sqlite3_exec (self->db, "ROLLBACK", NULL, NULL, NULL);
+    cm_storage__rollback (self);
 cleanup:
     free (base);
     free (slug);
@@ -804,8 +794,7 @@ cm_storage_workspace_list (cm_storage_t *self, json_t **workspaces_p)
     goto cleanup;
 
 rollback:
-    if (!sqlite3_get_autocommit (self->db))
-        sqlite3_exec (self->db, "ROLLBACK", NULL, NULL, NULL);
+    cm_storage__rollback (self);
 cleanup:
     json_decref (list);
     json_decref (by_id);
@@ -1181,6 +1170,68 @@ cm_storage_apikey_find (cm_storage_t *self, const unsigned char *hash, size_t ha
 
 //  --- private ------------------------------------------------------------------
 
+cm_storage_status_t
+cm_storage__one (cm_storage_t *self, sqlite3_stmt *stmt, const char *what, json_t **row_p)
+{
+    int rc = sqlite3_step (stmt);
+    cm_storage_status_t status = CM_STORAGE_NOT_FOUND;
+    if (rc == SQLITE_ROW) {
+        if (row_p)
+            *row_p = cm_storage__row (stmt);
+        status = CM_STORAGE_OK;
+    } else if (rc != SQLITE_DONE) {
+        cm_storage__fail (self, what);
+        status = CM_STORAGE_ERROR;
+    }
+    sqlite3_reset (stmt);
+    return status;
+}
+
+cm_storage_status_t
+cm_storage__get (cm_storage_t *self, const char *sql, const char *key, const char *what,
+                 json_t **row_p)
+{
+    sqlite3_stmt *stmt = cm_storage__stmt (self, sql);
+    if (!stmt)
+        return CM_STORAGE_ERROR;
+    sqlite3_bind_text (stmt, 1, key, -1, SQLITE_TRANSIENT);
+    return cm_storage__one (self, stmt, what, row_p);
+}
+
+int
+cm_storage__step (cm_storage_t *self, sqlite3_stmt *stmt, const char *what)
+{
+    int rc = sqlite3_step (stmt);
+    sqlite3_reset (stmt);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+        return cm_storage__fail (self, what);
+    return 0;
+}
+
+cm_storage_status_t
+cm_storage__change (cm_storage_t *self, sqlite3_stmt *stmt, const char *what)
+{
+    if (cm_storage__step (self, stmt, what))
+        return CM_STORAGE_ERROR;
+    return sqlite3_changes (self->db) > 0 ? CM_STORAGE_OK : CM_STORAGE_NOT_FOUND;
+}
+
+void
+cm_storage__rollback (cm_storage_t *self)
+{
+    if (!sqlite3_get_autocommit (self->db))
+        sqlite3_exec (self->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+void
+cm_storage__bind_text (sqlite3_stmt *stmt, int index, const char *text)
+{
+    if (text)
+        sqlite3_bind_text (stmt, index, text, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null (stmt, index);
+}
+
 //  Step a bound statement to the end, every row as JSON (cm_storage__row) into a new
 //  array for *rows_p; on failure log what failed and leave *rows_p NULL.
 cm_storage_status_t
@@ -1424,8 +1475,7 @@ s_migrate (cm_storage_t *self)
     return 0;
 
 rollback:
-    if (!sqlite3_get_autocommit (self->db))
-        sqlite3_exec (self->db, "ROLLBACK", NULL, NULL, NULL);
+    cm_storage__rollback (self);
     return -1;
 }
 

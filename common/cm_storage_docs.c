@@ -36,53 +36,6 @@
 
 //  --- helpers --------------------------------------------------------------------
 
-//  The one row a bound statement selects: OK, NOT_FOUND or ERROR. row_p
-//  may be NULL (only whether there is one matters).
-static cm_storage_status_t
-s_one (cm_storage_t *self, sqlite3_stmt *stmt, const char *what, json_t **row_p)
-{
-    int rc = sqlite3_step (stmt);
-    cm_storage_status_t status = CM_STORAGE_NOT_FOUND;
-    if (rc == SQLITE_ROW) {
-        if (row_p)
-            *row_p = cm_storage__row (stmt);
-        status = CM_STORAGE_OK;
-    } else if (rc != SQLITE_DONE) {
-        cm_storage__fail (self, what);
-        status = CM_STORAGE_ERROR;
-    }
-    sqlite3_reset (stmt);
-    return status;
-}
-
-//  Step a bound statement that returns no rows. 0, or -1 (logged as what).
-static int
-s_step (cm_storage_t *self, sqlite3_stmt *stmt, const char *what)
-{
-    int rc = sqlite3_step (stmt);
-    sqlite3_reset (stmt);
-    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
-        return cm_storage__fail (self, what);
-    return 0;
-}
-
-static void
-s_rollback (cm_storage_t *self)
-{
-    if (!sqlite3_get_autocommit (self->db))
-        sqlite3_exec (self->db, "ROLLBACK", NULL, NULL, NULL);
-}
-
-//  Bind a string or NULL.
-static void
-s_bind_text (sqlite3_stmt *stmt, int index, const char *text)
-{
-    if (text)
-        sqlite3_bind_text (stmt, index, text, -1, SQLITE_TRANSIENT);
-    else
-        sqlite3_bind_null (stmt, index);
-}
-
 //  Bind fields[key]: a string as text, a number as an integer, else NULL.
 static void
 s_bind_field (sqlite3_stmt *stmt, int index, const json_t *fields, const char *key,
@@ -175,7 +128,7 @@ cm_storage_document_add (cm_storage_t *self, const json_t *fields, const char *c
         s_bind_field (stmt, 3 + i, fields, texts[i], false);
     s_bind_field (stmt, 10, fields, "wordCount", true);
     s_bind_field (stmt, 11, fields, "token_count_estimate", true);
-    s_bind_text (stmt, 12, metadata_text);
+    cm_storage__bind_text (stmt, 12, metadata_text);
     sqlite3_bind_text (stmt, 13, content, -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step (stmt);
     sqlite3_reset (stmt);
@@ -202,15 +155,12 @@ cm_storage_document_get (cm_storage_t *self, const char *location, bool with_con
     assert (document_p);
     *document_p = NULL;
     self->errmsg[0] = 0;
-    sqlite3_stmt *stmt = cm_storage__stmt (
-        self, with_content ? "SELECT " S_DOCUMENT_COLUMNS
-                             ", content AS pageContent FROM documents WHERE location = ?1"
-                           : "SELECT " S_DOCUMENT_COLUMNS
-                             " FROM documents WHERE location = ?1");
-    if (!stmt)
-        return CM_STORAGE_ERROR;
-    sqlite3_bind_text (stmt, 1, location, -1, SQLITE_TRANSIENT);
-    return s_one (self, stmt, "get document", document_p);
+    return cm_storage__get (
+        self,
+        with_content ? "SELECT " S_DOCUMENT_COLUMNS
+                       ", content AS pageContent FROM documents WHERE location = ?1"
+                     : "SELECT " S_DOCUMENT_COLUMNS " FROM documents WHERE location = ?1",
+        location, "get document", document_p);
 }
 
 cm_storage_status_t
@@ -252,9 +202,7 @@ cm_storage_document_delete (cm_storage_t *self, const char *location)
     if (!stmt)
         return CM_STORAGE_ERROR;
     sqlite3_bind_text (stmt, 1, location, -1, SQLITE_TRANSIENT);
-    if (s_step (self, stmt, "delete document"))
-        return CM_STORAGE_ERROR;
-    return sqlite3_changes (self->db) ? CM_STORAGE_OK : CM_STORAGE_NOT_FOUND;
+    return cm_storage__change (self, stmt, "delete document");
 }
 
 cm_storage_status_t
@@ -270,7 +218,7 @@ cm_storage_document_set_embedded (cm_storage_t *self, int64_t document_id)
     if (!stmt)
         return CM_STORAGE_ERROR;
     sqlite3_bind_int64 (stmt, 1, document_id);
-    if (s_step (self, stmt, "mark document embedded"))
+    if (cm_storage__step (self, stmt, "mark document embedded"))
         return CM_STORAGE_ERROR;
     if (sqlite3_changes (self->db))
         return CM_STORAGE_OK;
@@ -278,7 +226,7 @@ cm_storage_document_set_embedded (cm_storage_t *self, int64_t document_id)
     if (!stmt)
         return CM_STORAGE_ERROR;
     sqlite3_bind_int64 (stmt, 1, document_id);
-    return s_one (self, stmt, "find document", NULL);
+    return cm_storage__one (self, stmt, "find document", NULL);
 }
 
 //  --- chunks -----------------------------------------------------------------------
@@ -325,7 +273,7 @@ cm_storage_chunks_put (cm_storage_t *self, int64_t document_id, int64_t first_po
     if (!stmt)
         goto rollback;
     sqlite3_bind_int64 (stmt, 1, document_id);
-    status = s_one (self, stmt, "find document", NULL);
+    status = cm_storage__one (self, stmt, "find document", NULL);
     if (status != CM_STORAGE_OK) {
         if (status == CM_STORAGE_NOT_FOUND)
             snprintf (self->errmsg, sizeof self->errmsg, "no document %lld",
@@ -370,7 +318,7 @@ cm_storage_chunks_put (cm_storage_t *self, int64_t document_id, int64_t first_po
 rollback:
     if (stmt)
         sqlite3_clear_bindings (stmt);
-    s_rollback (self);
+    cm_storage__rollback (self);
     return status;
 }
 
@@ -406,7 +354,7 @@ s_link_get (cm_storage_t *self, int64_t workspace_id, const char *location,
         return CM_STORAGE_ERROR;
     sqlite3_bind_int64 (stmt, 1, workspace_id);
     sqlite3_bind_text (stmt, 2, location, -1, SQLITE_TRANSIENT);
-    return s_one (self, stmt, "get workspace document", link_p);
+    return cm_storage__one (self, stmt, "get workspace document", link_p);
 }
 
 cm_storage_status_t
@@ -425,12 +373,12 @@ cm_storage_workspace_doc_link (cm_storage_t *self, int64_t workspace_id,
     if (!stmt)
         goto error;
     sqlite3_bind_int64 (stmt, 1, workspace_id);
-    cm_storage_status_t status = s_one (self, stmt, "find workspace", NULL);
+    cm_storage_status_t status = cm_storage__one (self, stmt, "find workspace", NULL);
     if (status != CM_STORAGE_OK) {
         if (status == CM_STORAGE_NOT_FOUND)
             snprintf (self->errmsg, sizeof self->errmsg, "no workspace %lld",
                       (long long) workspace_id);
-        s_rollback (self);
+        cm_storage__rollback (self);
         return status;
     }
     //  The link's metadata is the document's fields, as upstream keeps the
@@ -454,7 +402,7 @@ cm_storage_workspace_doc_link (cm_storage_t *self, int64_t workspace_id,
     sqlite3_bind_text (stmt, 2, slash ? slash + 1 : location, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64 (stmt, 3, workspace_id);
     sqlite3_bind_text (stmt, 4, location, -1, SQLITE_TRANSIENT);
-    if (s_step (self, stmt, "link document"))
+    if (cm_storage__step (self, stmt, "link document"))
         goto error;
     if (!sqlite3_changes (self->db)) {
         //  Linked already, or no such document.
@@ -462,12 +410,12 @@ cm_storage_workspace_doc_link (cm_storage_t *self, int64_t workspace_id,
         if (!stmt)
             goto error;
         sqlite3_bind_text (stmt, 1, location, -1, SQLITE_TRANSIENT);
-        status = s_one (self, stmt, "find document", NULL);
+        status = cm_storage__one (self, stmt, "find document", NULL);
         if (status != CM_STORAGE_OK) {
             if (status == CM_STORAGE_NOT_FOUND)
                 snprintf (self->errmsg, sizeof self->errmsg, "no document at %s",
                           location);
-            s_rollback (self);
+            cm_storage__rollback (self);
             return status;
         }
     }
@@ -478,7 +426,7 @@ cm_storage_workspace_doc_link (cm_storage_t *self, int64_t workspace_id,
     return s_link_get (self, workspace_id, location, link_p);
 
 error:
-    s_rollback (self);
+    cm_storage__rollback (self);
     return CM_STORAGE_ERROR;
 }
 
@@ -495,9 +443,7 @@ cm_storage_workspace_doc_unlink (cm_storage_t *self, int64_t workspace_id,
         return CM_STORAGE_ERROR;
     sqlite3_bind_int64 (stmt, 1, workspace_id);
     sqlite3_bind_text (stmt, 2, location, -1, SQLITE_TRANSIENT);
-    if (s_step (self, stmt, "unlink document"))
-        return CM_STORAGE_ERROR;
-    return sqlite3_changes (self->db) ? CM_STORAGE_OK : CM_STORAGE_NOT_FOUND;
+    return cm_storage__change (self, stmt, "unlink document");
 }
 
 cm_storage_status_t
@@ -562,14 +508,14 @@ cm_storage_vectors_load (cm_storage_t *self, int64_t workspace_id, int what,
     cm_storage_status_t status =
         cm_storage_vectors_version (self, workspace_id, version_p);
     if (status != CM_STORAGE_OK) {
-        s_rollback (self);
+        cm_storage__rollback (self);
         return status;
     }
     sqlite3_stmt *stmt =
         cm_storage__stmt (self, sql[((what & CM_STORAGE_CHUNK_TEXT) ? 1 : 0) |
                                     ((what & CM_STORAGE_CHUNK_DOCUMENT) ? 2 : 0)]);
     if (!stmt) {
-        s_rollback (self);
+        cm_storage__rollback (self);
         return CM_STORAGE_ERROR;
     }
     sqlite3_bind_int64 (stmt, 1, workspace_id);
@@ -582,11 +528,11 @@ cm_storage_vectors_load (cm_storage_t *self, int64_t workspace_id, int what,
     sqlite3_reset (stmt);
     if (rc != SQLITE_DONE) {
         cm_storage__fail (self, "load vectors");
-        s_rollback (self);
+        cm_storage__rollback (self);
         return CM_STORAGE_ERROR;
     }
     if (cm_storage__exec (self, "COMMIT")) {
-        s_rollback (self);
+        cm_storage__rollback (self);
         return CM_STORAGE_ERROR;
     }
     return CM_STORAGE_OK;
@@ -721,12 +667,12 @@ cm_storage_job_update (cm_storage_t *self, const char *id, const char *state,
     if (!stmt)
         return CM_STORAGE_ERROR;
     sqlite3_bind_text (stmt, 1, id, -1, SQLITE_TRANSIENT);
-    s_bind_text (stmt, 2, state);
+    cm_storage__bind_text (stmt, 2, state);
     sqlite3_bind_int (stmt, 3, attempts);
     sqlite3_bind_int64 (stmt, 4, chunks_done);
     sqlite3_bind_int64 (stmt, 5, chunks_total);
-    s_bind_text (stmt, 6, error);
-    if (s_step (self, stmt, "update job"))
+    cm_storage__bind_text (stmt, 6, error);
+    if (cm_storage__step (self, stmt, "update job"))
         return CM_STORAGE_ERROR;
     if (!sqlite3_changes (self->db)) {
         snprintf (self->errmsg, sizeof self->errmsg, "no job %s", id);
@@ -755,7 +701,7 @@ cm_storage_job_set_path (cm_storage_t *self, const char *id, const char *path)
         return CM_STORAGE_ERROR;
     sqlite3_bind_text (stmt, 1, id, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text (stmt, 2, path, -1, SQLITE_TRANSIENT);
-    if (s_step (self, stmt, "set job path"))
+    if (cm_storage__step (self, stmt, "set job path"))
         return CM_STORAGE_ERROR;
     if (!sqlite3_changes (self->db)) {
         snprintf (self->errmsg, sizeof self->errmsg, "no job %s", id);
@@ -772,12 +718,9 @@ cm_storage_job_get (cm_storage_t *self, const char *id, json_t **job_p)
     assert (job_p);
     *job_p = NULL;
     self->errmsg[0] = 0;
-    sqlite3_stmt *stmt = cm_storage__stmt (self, "SELECT " S_JOB_COLUMNS
-                                                 " FROM ingest_jobs WHERE id = ?1");
-    if (!stmt)
-        return CM_STORAGE_ERROR;
-    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_TRANSIENT);
-    return s_one (self, stmt, "get job", job_p);
+    return cm_storage__get (self,
+                            "SELECT " S_JOB_COLUMNS " FROM ingest_jobs WHERE id = ?1", id,
+                            "get job", job_p);
 }
 
 cm_storage_status_t

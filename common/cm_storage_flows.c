@@ -5,24 +5,6 @@
 #define S_FLOW_COLUMNS                                                                   \
     "id, uuid, name, description, active, steps, createdAt, lastUpdatedAt"
 
-//  The one row a bound statement selects: OK, NOT_FOUND or ERROR.
-static cm_storage_status_t
-s_one (cm_storage_t *self, sqlite3_stmt *stmt, const char *what, json_t **flow_p)
-{
-    *flow_p = NULL;
-    int rc = sqlite3_step (stmt);
-    cm_storage_status_t status = CM_STORAGE_NOT_FOUND;
-    if (rc == SQLITE_ROW) {
-        *flow_p = cm_storage__row (stmt);
-        status = CM_STORAGE_OK;
-    } else if (rc != SQLITE_DONE) {
-        cm_storage__fail (self, what);
-        status = CM_STORAGE_ERROR;
-    }
-    sqlite3_reset (stmt);
-    return status;
-}
-
 //  The row of a uuid, when the caller wants it (flow_p not NULL).
 static cm_storage_status_t
 s_read_back (cm_storage_t *self, const char *uuid, json_t **flow_p)
@@ -75,8 +57,7 @@ cm_storage_flow_create (cm_storage_t *self, const char *name, const char *descri
     if (stmt) {
         sqlite3_bind_text (stmt, 1, uuid, -1, SQLITE_TRANSIENT);
         sqlite3_bind_text (stmt, 2, name, -1, SQLITE_TRANSIENT);
-        if (description)
-            sqlite3_bind_text (stmt, 3, description, -1, SQLITE_TRANSIENT);
+        cm_storage__bind_text (stmt, 3, description);
         sqlite3_bind_int (stmt, 4, active ? 1 : 0);
         sqlite3_bind_text (stmt, 5, text, -1, SQLITE_TRANSIENT);
         int rc = sqlite3_step (stmt);
@@ -98,12 +79,9 @@ cm_storage_flow_get (cm_storage_t *self, const char *uuid, json_t **flow_p)
     assert (flow_p);
     *flow_p = NULL;
     self->errmsg[0] = 0;
-    sqlite3_stmt *stmt = cm_storage__stmt (self, "SELECT " S_FLOW_COLUMNS
-                                                 " FROM agent_flows WHERE uuid = ?1");
-    if (!stmt)
-        return CM_STORAGE_ERROR;
-    sqlite3_bind_text (stmt, 1, uuid, -1, SQLITE_TRANSIENT);
-    return s_one (self, stmt, "get agent flow", flow_p);
+    return cm_storage__get (self,
+                            "SELECT " S_FLOW_COLUMNS " FROM agent_flows WHERE uuid = ?1",
+                            uuid, "get agent flow", flow_p);
 }
 
 cm_storage_status_t
@@ -118,19 +96,6 @@ cm_storage_flow_list (cm_storage_t *self, json_t **flows_p)
     if (!stmt)
         return CM_STORAGE_ERROR;
     return cm_storage__rows (self, stmt, "list agent flows", flows_p);
-}
-
-//  Run a bound UPDATE/DELETE: OK when it changed a row, NOT_FOUND when none.
-static cm_storage_status_t
-s_change (cm_storage_t *self, sqlite3_stmt *stmt, const char *what)
-{
-    int rc = sqlite3_step (stmt);
-    sqlite3_reset (stmt);
-    if (rc != SQLITE_DONE) {
-        cm_storage__fail (self, what);
-        return CM_STORAGE_ERROR;
-    }
-    return sqlite3_changes (self->db) > 0 ? CM_STORAGE_OK : CM_STORAGE_NOT_FOUND;
 }
 
 cm_storage_status_t
@@ -154,11 +119,10 @@ cm_storage_flow_update (cm_storage_t *self, const char *uuid, const char *name,
     if (stmt) {
         sqlite3_bind_text (stmt, 1, uuid, -1, SQLITE_TRANSIENT);
         sqlite3_bind_text (stmt, 2, name, -1, SQLITE_TRANSIENT);
-        if (description)
-            sqlite3_bind_text (stmt, 3, description, -1, SQLITE_TRANSIENT);
+        cm_storage__bind_text (stmt, 3, description);
         sqlite3_bind_int (stmt, 4, active ? 1 : 0);
         sqlite3_bind_text (stmt, 5, text, -1, SQLITE_TRANSIENT);
-        status = s_change (self, stmt, "update agent flow");
+        status = cm_storage__change (self, stmt, "update agent flow");
     }
     free (text);
     return status == CM_STORAGE_OK ? s_read_back (self, uuid, flow_p) : status;
@@ -180,7 +144,7 @@ cm_storage_flow_set_active (cm_storage_t *self, const char *uuid, bool active,
         return CM_STORAGE_ERROR;
     sqlite3_bind_text (stmt, 1, uuid, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int (stmt, 2, active ? 1 : 0);
-    cm_storage_status_t status = s_change (self, stmt, "toggle agent flow");
+    cm_storage_status_t status = cm_storage__change (self, stmt, "toggle agent flow");
     return status == CM_STORAGE_OK ? s_read_back (self, uuid, flow_p) : status;
 }
 
@@ -195,5 +159,5 @@ cm_storage_flow_delete (cm_storage_t *self, const char *uuid)
     if (!stmt)
         return CM_STORAGE_ERROR;
     sqlite3_bind_text (stmt, 1, uuid, -1, SQLITE_TRANSIENT);
-    return s_change (self, stmt, "delete agent flow");
+    return cm_storage__change (self, stmt, "delete agent flow");
 }

@@ -60,5 +60,24 @@ int cm_storage__exec (cm_storage_t *self, const char *sql);
 json_t *cm_storage__row (sqlite3_stmt *stmt);
 //  A random (version 4) UUID, lower-case.
 void cm_storage__uuid (char out[37]);
+//  Step a bound statement that selects at most one row: OK (the row as
+//  JSON in *row_p, when row_p is not NULL), NOT_FOUND, or ERROR (logged as
+//  what). Resets the statement.
+cm_storage_status_t cm_storage__one (cm_storage_t *self, sqlite3_stmt *stmt,
+                                     const char *what, json_t **row_p);
+//  The one row sql selects with key bound to ?1, as cm_storage__one.
+cm_storage_status_t cm_storage__get (cm_storage_t *self, const char *sql, const char *key,
+                                     const char *what, json_t **row_p);
+//  Step a bound statement that returns no rows we need. 0, or -1 (logged
+//  as what).
+int cm_storage__step (cm_storage_t *self, sqlite3_stmt *stmt, const char *what);
+//  Step a bound UPDATE or DELETE: OK when it changed a row, NOT_FOUND when
+//  none, ERROR (logged as what).
+cm_storage_status_t cm_storage__change (cm_storage_t *self, sqlite3_stmt *stmt,
+                                        const char *what);
+//  Roll back the open transaction, if any (after a failure: nothing to log).
+void cm_storage__rollback (cm_storage_t *self);
+//  Bind a string, or NULL when text is NULL.
+void cm_storage__bind_text (sqlite3_stmt *stmt, int index, const char *text);
 
 #endif
