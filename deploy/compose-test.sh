@@ -19,7 +19,12 @@
 #   4. scaling chatd to 1 and back to 3 under load fails no request that had
 #      not started (nor, with the drain, any open stream), and the new
 #      replicas serve;
-#   5. `down -v` leaves nothing behind but the base image.
+#   5. documents and flows work in the deployment: an upload is embedded
+#      through the Redis queue (ingestd's container, the redis service, the
+#      shared storage volume), vector search finds it, a query-mode chat on
+#      any chatd replica answers with it as a source, and an agent flow is
+#      saved and run;
+#   6. `down -v` leaves nothing behind but the base image.
 # Prints PASS/FAIL per check and "N passed, M failed"; exits 1 on a failure.
 # Whatever happens, the stack, its volumes, network and images are removed
 # on exit (and a dockerd this script started is stopped).
@@ -308,6 +313,85 @@ def live_chat_instances():
             return int(value)
     return -1
 
+def upload(path, name, content, slug):
+    """Multipart upload of one file; (status, body)."""
+    boundary = "llmrtci%d" % int(time.time() * 1000)
+    parts = [
+        ("--%s\r\nContent-Disposition: form-data; name=\"addToWorkspaces\"\r\n\r\n%s\r\n"
+         % (boundary, slug)).encode(),
+        ("--%s\r\nContent-Disposition: form-data; name=\"file\"; filename=\"%s\"\r\n"
+         "Content-Type: text/plain\r\n\r\n" % (boundary, name)).encode() + content + b"\r\n",
+        ("--%s--\r\n" % boundary).encode(),
+    ]
+    data = b"".join(parts)
+    conn = http.client.HTTPConnection(HOST, int(PORT), timeout=60)
+    try:
+        conn.request("POST", path, data, {
+            "Authorization": "Bearer " + KEY,
+            "Content-Type": "multipart/form-data; boundary=" + boundary})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+def documents_and_flows():
+    """Check 5: upload -> queue -> embedded -> search -> chat sources; a flow."""
+    out = {"ok": False}
+    status, body = request("POST", "/api/v1/workspace/new", {"name": "docs-ci", "chatMode": "query"})
+    if status != 200:
+        out["why"] = "workspace: %d %s" % (status, body[:200]); return out
+    slug = json.loads(body)["workspace"]["slug"]
+    text = (b"The lighthouse keeper trims the lamp wick every evening at dusk. "
+            b"Foghorns warn ships when the beam cannot be seen.")
+    status, body = upload("/api/v1/document/upload", "lighthouse.txt", text, slug)
+    if status != 200:
+        out["why"] = "upload: %d %s" % (status, body[:300]); return out
+    job = json.loads(body)["documents"][0]["job"]
+    out["path"] = job["path"]
+    deadline = time.time() + 60
+    state = None
+    while time.time() < deadline:
+        status, body = request("GET", "/api/v1/document/jobs/" + job["id"])
+        state = json.loads(body)["job"]["state"] if status == 200 else "http %d" % status
+        if state in ("completed", "failed"):
+            break
+        time.sleep(0.5)
+    out["job"] = state
+    if state != "completed":
+        out["why"] = "job %s: %s" % (job["id"], body[:300]); return out
+    status, body = request("POST", "/api/v1/workspace/%s/vector-search" % slug,
+                           {"query": "lighthouse keeper lamp wick", "scoreThreshold": 0})
+    results = json.loads(body).get("results", []) if status == 200 else []
+    out["search"] = results[0]["metadata"]["title"] if results else "none (%d)" % status
+    if not results or results[0]["metadata"]["title"] != "lighthouse.txt":
+        out["why"] = "vector search: %s" % body[:300]; return out
+    # query mode answers from the documents: every replica sees them
+    sources = set()
+    for n in range(6):
+        status, body = request("POST", "/api/v1/workspace/%s/chat" % slug,
+                               {"message": "when does the lighthouse keeper trim the lamp wick"})
+        doc = json.loads(body) if status == 200 else {}
+        for source in doc.get("sources") or []:
+            sources.add(source.get("title"))
+        if "lighthouse.txt" not in sources:
+            out["why"] = "chat %d: %d %s" % (n, status, body[:300]); return out
+    out["chat_sources"] = sorted(sources)
+    flow = {"name": "ci flow", "steps": [
+        {"type": "start", "config": {"variables": [{"name": "topic", "value": "lighthouses"}]}},
+        {"type": "llmInstruction", "config": {"instruction": "Say something about ${topic}",
+                                               "resultVariable": "answer"}}]}
+    status, body = request("POST", "/api/v1/agent-flows", flow)
+    if status != 200:
+        out["why"] = "flow: %d %s" % (status, body[:300]); return out
+    uuid = json.loads(body)["flow"]["uuid"]
+    status, body = request("POST", "/api/v1/agent-flows/%s/run" % uuid, {})
+    run = json.loads(body) if status == 200 else {}
+    out["flow"] = run.get("success")
+    if not run.get("success") or not run.get("variables", {}).get("answer"):
+        out["why"] = "flow run: %d %s" % (status, body[:300]); return out
+    out["ok"] = True
+    return out
+
 if __name__ == "__main__":
     what = sys.argv[1]
     if what == "load":
@@ -316,6 +400,8 @@ if __name__ == "__main__":
         print(json.dumps(load(int(sys.argv[2]), int(sys.argv[3]), stop, mix)))
     elif what == "served":
         print(json.dumps(chat_served()))
+    elif what == "documents-and-flows":
+        print(json.dumps(documents_and_flows()))
     elif what == "chat-instances":
         d = metrics_json()
         print(len([i for i in d["instances"] if i["service"] == "chat"]))
@@ -520,7 +606,15 @@ else
     fail "4. scale 3 -> 1 (rc $down_rc, ${down_s} s, live $live_down, containers $containers_down) -> 3 (rc $up_rc, ${up_s} s, live $live_up, serving $new_served; served before $before after $after); load: $result; running at the stop: $active_at_stop; re-sent: $retries; removed replicas: $drains"
 fi
 
-# --- 5. down -v leaves nothing but the base image ------------------------------------------------------------------
+# --- 5. documents and flows in the deployment -----------------------------------------------------------------------
+result=$(client documents-and-flows)
+if python3 -c 'import json,sys; sys.exit(0 if json.loads(sys.argv[1])["ok"] else 1)' "$result" 2>/dev/null; then
+    pass "5. an upload embedded through the Redis queue, found by vector search, a source of query-mode chats on every replica; a flow saved and run: $result"
+else
+    fail "5. documents and flows: $result"
+fi
+
+# --- 6. down -v leaves nothing but the base image ------------------------------------------------------------------
 "${compose[@]}" logs --no-color >"$work/stack.log" 2>&1
 t1=$(date +%s)
 "${compose[@]}" down -v --rmi all --remove-orphans -t 30 >"$work/down.log" 2>&1
@@ -536,7 +630,7 @@ base_there=0
 "$docker" image inspect debian:bookworm-slim >/dev/null 2>&1 && base_there=1
 if [ $down_rc = 0 ] && [ "$left_containers" = 0 ] && [ "$left_volumes" = 0 ] &&
     [ "$left_networks" = 0 ] && [ "$left_images" = 0 ] && [ $base_there = 1 ]; then
-    pass "5. down -v in $(($(date +%s) - t1)) s: no container, volume, network or image of the project left; debian:bookworm-slim kept"
+    pass "6. down -v in $(($(date +%s) - t1)) s: no container, volume, network or image of the project left; debian:bookworm-slim kept"
 else
-    fail "5. down -v (rc $down_rc) left $left_containers containers, $left_volumes volumes, $left_networks networks, $left_images images (base image present: $base_there)"
+    fail "6. down -v (rc $down_rc) left $left_containers containers, $left_volumes volumes, $left_networks networks, $left_images images (base image present: $base_there)"
 fi
