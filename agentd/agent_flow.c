@@ -62,9 +62,12 @@ typedef struct {
     size_t size, max;
 } s_buf_t;
 
-static void
+//  Append; false (and nothing appended) past AGENT_FLOW_MAX_TEXT.
+static bool
 s_put (s_buf_t *buf, const char *bytes, size_t size)
 {
+    if (size > AGENT_FLOW_MAX_TEXT - buf->size)
+        return false;
     if (buf->size + size + 1 > buf->max) {
         buf->max = (buf->size + size + 1) * 2;
         buf->data = cm_realloc (buf->data, buf->max);
@@ -72,6 +75,7 @@ s_put (s_buf_t *buf, const char *bytes, size_t size)
     memcpy (buf->data + buf->size, bytes, size);
     buf->size += size;
     buf->data[buf->size] = 0;
+    return true;
 }
 
 char *
@@ -81,26 +85,32 @@ agent_flow_subst (const char *text, const json_t *vars)
     s_buf_t buf = {NULL, 0, 0};
     s_put (&buf, "", 0);
     const char *p = text;
-    while (*p) {
+    bool fits = true;
+    while (*p && fits) {
         const char *open = strstr (p, "${");
         const char *close = open ? strchr (open + 2, '}') : NULL;
         if (!close) {
-            s_put (&buf, p, strlen (p));
+            fits = s_put (&buf, p, strlen (p));
             break;
         }
-        s_put (&buf, p, (size_t) (open - p));
+        if (!(fits = s_put (&buf, p, (size_t) (open - p))))
+            break;
         json_t *value = agent_flow_lookup (vars, open + 2, (size_t) (close - open - 2));
         if (!value)
-            s_put (&buf, open, (size_t) (close + 1 - open));
+            fits = s_put (&buf, open, (size_t) (close + 1 - open));
         else if (json_is_string (value))
-            s_put (&buf, json_string_value (value), json_string_length (value));
+            fits = s_put (&buf, json_string_value (value), json_string_length (value));
         else {
             char *dumped = json_dumps (value, JSON_COMPACT | JSON_ENCODE_ANY);
             if (dumped)
-                s_put (&buf, dumped, strlen (dumped));
+                fits = s_put (&buf, dumped, strlen (dumped));
             free (dumped);
         }
         p = close + 1;
+    }
+    if (!fits) {
+        free (buf.data);
+        return NULL;
     }
     return buf.data;
 }

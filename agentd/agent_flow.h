@@ -25,7 +25,12 @@
 //  vars (an object), borrowed; NULL when absent or expr does not parse.
 json_t *agent_flow_lookup (const json_t *vars, const char *expr, size_t size);
 
-//  text with every `${...}` replaced (see above). New string, caller frees.
+//  Longest text a substitution may produce: a field that names a large
+//  variable many times must not take all memory.
+#define AGENT_FLOW_MAX_TEXT (16 * 1024 * 1024)
+
+//  text with every `${...}` replaced (see above). New string, caller frees;
+//  NULL when it would be longer than AGENT_FLOW_MAX_TEXT bytes.
 char *agent_flow_subst (const char *text, const json_t *vars);
 
 //  Called for each `${...}` in a text with the variable's name (not

@@ -209,6 +209,17 @@ agent_http_call (const agent_http_request_t *request, agent_http_response_t *res
     response->body = cm_strdup ("");
     if (err && errlen)
         *err = 0;
+    //  libcurl sends header lines verbatim: a line break in one (a value
+    //  taken from a variable) would add headers, or a request, of its own.
+    for (size_t i = 0; request->headers && request->headers[i]; i++) {
+        const char *line = request->headers[i];
+        if (strpbrk (line, "\r\n")) {
+            size_t name = strcspn (line, ":\r\n");
+            snprintf (err, errlen, "the header '%.*s' has a line break in its value",
+                      (int) (name < 100 ? name : 100), line);
+            return AGENT_HTTP_REFUSED;
+        }
+    }
     int64_t until = cm_clock_mono_ms () + request->timeout_ms;
     char *url = cm_strdup (request->url);
     char *method = cm_strdup (request->method);

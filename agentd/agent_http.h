@@ -52,7 +52,8 @@ typedef struct {
 typedef enum {
     AGENT_HTTP_OK = 0,      //  a response came (any status); see status
     AGENT_HTTP_REFUSED = 1, //  refused before sending: bad URL, scheme, blocked address,
-                            //  too many redirects (the flow's fault)
+                            //  a header with a line break, too many redirects (the
+                            //  flow's fault)
     AGENT_HTTP_TOO_LARGE = 2, //  the body passed max_bytes
     AGENT_HTTP_CANCELLED = 3, //  the cancel callback said so
     AGENT_HTTP_TIMEOUT = -1,  //  timeout_ms passed (the upstream's fault)

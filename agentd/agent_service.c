@@ -35,6 +35,7 @@ typedef struct {
     json_t *results;    //  [{index, type, success, output | error}]
     json_t *direct;     //  directOutput's value, or NULL
     int64_t step_until; //  monotonic ms when the step in flight must end
+    const char *what;   //  the step in flight, "steps[1] (apiCall)"
     s_fail_t fail;
     char error[1024];
 } s_run_t;
@@ -116,6 +117,50 @@ agent_service_routes (void)
 
 //  --- helpers ------------------------------------------------------------------------
 
+//  Bytes in the UTF-8 character at p as jansson accepts it, 0 when invalid.
+static size_t
+s_utf8_length (const unsigned char *p)
+{
+    unsigned char min = 0x80, max = 0xbf;
+    size_t length;
+    if (p[0] < 0x80)
+        return 1;
+    else if (p[0] >= 0xc2 && p[0] <= 0xdf)
+        length = 2;
+    else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+        length = 3;
+        min = p[0] == 0xe0 ? 0xa0 : 0x80; //  no overlong forms
+        max = p[0] == 0xed ? 0x9f : 0xbf; //  no surrogates
+    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+        length = 4;
+        min = p[0] == 0xf0 ? 0x90 : 0x80;
+        max = p[0] == 0xf4 ? 0x8f : 0xbf; //  up to U+10FFFF
+    } else
+        return 0;
+    if (p[1] < min || p[1] > max)
+        return 0;
+    for (size_t i = 2; i < length; i++)
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+    return length;
+}
+
+//  Messages quote URLs, names and bodies cut at a byte count: replace what
+//  is not UTF-8 (a character cut in two, binary) with '?', or JSON cannot
+//  carry the message.
+static void
+s_utf8_fix (char *text)
+{
+    unsigned char *p = (unsigned char *) text;
+    while (*p) {
+        size_t length = s_utf8_length (p);
+        if (length)
+            p += length;
+        else
+            *p++ = '?';
+    }
+}
+
 static void
 s_reply_storage_error (cm_call_t *call)
 {
@@ -127,6 +172,7 @@ s_reply_not_found (cm_call_t *call, const char *uuid)
 {
     char message[160];
     snprintf (message, sizeof message, "agent flow '%.64s' not found", uuid);
+    s_utf8_fix (message);
     cm_call_reply_error (call, 404, message);
 }
 
@@ -338,22 +384,34 @@ s_fail (s_run_t *run, s_fail_t fail, const char *format, ...)
     va_start (args, format);
     vsnprintf (run->error, sizeof run->error, format, args);
     va_end (args);
+    s_utf8_fix (run->error);
 }
 
-//  A substituted string field of config ("" when absent).
+//  A substituted string field of config ("" when absent). When the
+//  substitution is too long the step fails (run->fail set) and the field is
+//  "".
 static char *
 s_field (s_run_t *run, json_t *config, const char *name)
 {
     json_t *value = json_object_get (config, name);
+    char *text = NULL;
     if (json_is_string (value))
-        return agent_flow_subst (json_string_value (value), run->vars);
-    if (json_is_object (value) || json_is_array (value)) {
+        text = agent_flow_subst (json_string_value (value), run->vars);
+    else if (json_is_object (value) || json_is_array (value)) {
         char *dumped = json_dumps (value, JSON_COMPACT);
-        char *text = agent_flow_subst (dumped ? dumped : "", run->vars);
+        text = agent_flow_subst (dumped ? dumped : "", run->vars);
         free (dumped);
-        return text;
+    } else
+        return cm_strdup ("");
+    if (!text) {
+        if (!run->fail)
+            s_fail (run, S_FAIL_FLOW,
+                    "%s: config.%s is longer than %d bytes once its variables are "
+                    "substituted",
+                    run->what, name, AGENT_FLOW_MAX_TEXT);
+        text = cm_strdup ("");
     }
-    return cm_strdup ("");
+    return text;
 }
 
 //  key=value pairs, percent-encoded.
@@ -494,10 +552,12 @@ s_api_call (s_run_t *run, json_t *config, const char *what)
         .cancelled = s_call_cancelled,
         .cancel_arg = run,
     };
-    agent_http_response_t response;
+    agent_http_response_t response = {0};
     char err[512];
-    agent_http_result_t result = agent_http_call (&request, &response, err, sizeof err);
-    if (s_http_outcome (run, what, result, &response, err)) {
+    agent_http_result_t result =
+        run->fail ? AGENT_HTTP_REFUSED
+                  : agent_http_call (&request, &response, err, sizeof err);
+    if (!run->fail && s_http_outcome (run, what, result, &response, err)) {
         if (strstr (response.content_type, "json"))
             output = json_loadb (response.body, response.size, JSON_DECODE_ANY, NULL);
         if (!output)
@@ -535,10 +595,12 @@ s_web_scraping (s_run_t *run, json_t *config, const char *what)
         .cancelled = s_call_cancelled,
         .cancel_arg = run,
     };
-    agent_http_response_t response;
+    agent_http_response_t response = {0};
     char err[512];
-    agent_http_result_t result = agent_http_call (&request, &response, err, sizeof err);
-    if (s_http_outcome (run, what, result, &response, err)) {
+    agent_http_result_t result =
+        run->fail ? AGENT_HTTP_REFUSED
+                  : agent_http_call (&request, &response, err, sizeof err);
+    if (!run->fail && s_http_outcome (run, what, result, &response, err)) {
         char *text = agent_html_extract (response.body, response.size, selector, as_html,
                                          err, sizeof err);
         if (text)
@@ -558,6 +620,10 @@ static json_t *
 s_llm_instruction (s_run_t *run, json_t *config, const char *what)
 {
     char *instruction = s_field (run, config, "instruction");
+    if (run->fail) {
+        free (instruction);
+        return NULL;
+    }
     chat_message_t message = {CHAT_ROLE_USER, instruction};
     run->step_until = cm_clock_mono_ms () + s_step_timeout (run);
     chat_request_t request = {
@@ -620,6 +686,7 @@ s_execute (s_run_t *run)
                                  (json_int_t) index, "stepType", type));
         char what[64];
         snprintf (what, sizeof what, "steps[%zu] (%s)", index, type);
+        run->what = what;
         json_t *output = NULL;
         const char *variable = NULL;
         if (!strcmp (type, "start"))
@@ -689,6 +756,7 @@ s_flow_run (cm_call_t *call, void *arg)
                   "agent flow '%.64s' is inactive; activate it first (POST "
                   "/api/v1/agent-flows/%s/toggle {\"active\": true})",
                   json_string_value (json_object_get (flow, "name")), uuid);
+        s_utf8_fix (message);
         cm_call_reply_error (call, 409, message);
         json_decref (flow);
         return;

@@ -105,6 +105,8 @@ s_serve (void *arg)
         size += (size_t) n;
     }
     buf[size] = 0;
+    if (length > (size_t) (buf + size - body)) //  more than fits: keep what came
+        length = (size_t) (buf + size - body);
     char method[16] = "", path[2048] = "";
     sscanf (buf, "%15s %2047s", method, path);
 

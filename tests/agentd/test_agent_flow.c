@@ -42,6 +42,33 @@ Test (agent_flow, leaves_unknown_references_as_written)
     s_expect_subst ("${}", "${}");
 }
 
+//  A field naming a large variable many times must not take all memory:
+//  past AGENT_FLOW_MAX_TEXT the substitution gives up.
+Test (agent_flow, caps_the_substituted_text)
+{
+    size_t big = 1 << 20;
+    char *value = malloc (big + 1);
+    memset (value, 'x', big);
+    value[big] = 0;
+    json_t *vars = json_pack ("{s:s}", "big", value);
+    free (value);
+    size_t refs = AGENT_FLOW_MAX_TEXT / big; //  exactly the cap: fits
+    char *text = calloc (refs + 2, sizeof "${big}");
+    for (size_t i = 0; i < refs; i++)
+        strcat (text, "${big}");
+    char *out = agent_flow_subst (text, vars);
+    cr_assert (out, "%zu bytes are within the cap", refs * big);
+    cr_assert_eq (strlen (out), (size_t) AGENT_FLOW_MAX_TEXT);
+    free (out);
+    strcat (text, "!"); //  one byte more
+    cr_assert_null (agent_flow_subst (text, vars));
+    text[strlen (text) - 1] = 0;
+    strcat (text, "${big}");
+    cr_assert_null (agent_flow_subst (text, vars));
+    free (text);
+    json_decref (vars);
+}
+
 //  Validate steps given as JSON text; return the error ("" when valid).
 static char s_err[512];
 static const char *

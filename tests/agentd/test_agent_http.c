@@ -269,3 +269,61 @@ Test (agent_http, timeout_ends_the_call, .init = s_setup, .fini = s_teardown)
     agent_http_response_free (&response);
     cr_assert (s_gone (), "the server never saw the client go");
 }
+
+//  A header value from a variable (an earlier step's response, say) must not
+//  add header lines of its own: a line break in a header refuses the call.
+Test (agent_http, refuses_line_breaks_in_headers, .init = s_setup, .fini = s_teardown)
+{
+    char url[256], err[512];
+    snprintf (url, sizeof url, "http://127.0.0.1:%d/echo", ah_server_port (s_server));
+    const char *bad[] = {"X-A: a\r\nX-Injected: 1", "X-A: a\nX-Injected: 1",
+                         "X-A: a\rX-Injected: 1"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *headers[] = {"X-Ok: 1", bad[i], NULL};
+        agent_http_request_t request = {.method = "GET",
+                                        .url = url,
+                                        .headers = headers,
+                                        .allowlist = "127.0.0.1",
+                                        .max_bytes = 1 << 20,
+                                        .timeout_ms = 10000};
+        agent_http_response_t response;
+        cr_assert_eq (agent_http_call (&request, &response, err, sizeof err),
+                      AGENT_HTTP_REFUSED, "header %zu was sent", i);
+        cr_assert (strstr (err, "line break"), "%s", err);
+        cr_assert (strstr (err, "X-A"), "%s", err);
+        agent_http_response_free (&response);
+    }
+    cr_assert_eq (ah_server_hits (s_server, NULL), 0, "the server was reached");
+}
+
+//  Other spellings of loopback, and a proxy from the environment, do not get
+//  around the check made on the socket's address.
+Test (agent_http, refuses_other_spellings_of_loopback, .init = s_setup,
+      .fini = s_teardown)
+{
+    int port = ah_server_port (s_server);
+    setenv ("http_proxy", "http://192.0.2.1:9", 1); //  would time out if used
+    setenv ("HTTP_PROXY", "http://192.0.2.1:9", 1);
+    setenv ("ALL_PROXY", "http://192.0.2.1:9", 1);
+    const char *hosts[] = {
+        "2130706433", "0177.0.0.1",         "0x7f.1", "127.1",     "0",
+        "0.0.0.0",    "[::ffff:127.0.0.1]", "[::1]",  "localhost", "localhost@127.0.0.1"};
+    for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) {
+        char url[256], err[512];
+        snprintf (url, sizeof url, "http://%s:%d/echo", hosts[i], port);
+        agent_http_request_t request = {.method = "GET",
+                                        .url = url,
+                                        .allowlist = "localhost.evil,127.0.0.2",
+                                        .max_bytes = 1 << 20,
+                                        .timeout_ms = 5000};
+        agent_http_response_t response;
+        agent_http_result_t result =
+            agent_http_call (&request, &response, err, sizeof err);
+        cr_expect_eq (result, AGENT_HTTP_REFUSED, "%s: %d %s", url, result, err);
+        agent_http_response_free (&response);
+    }
+    unsetenv ("http_proxy");
+    unsetenv ("HTTP_PROXY");
+    unsetenv ("ALL_PROXY");
+    cr_assert_eq (ah_server_hits (s_server, NULL), 0, "the server was reached");
+}

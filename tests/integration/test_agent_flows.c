@@ -7,7 +7,9 @@
     allowlist, also behind a redirect from an allowed host; runs stream SSE
     step events; six slow runs never go more than two at a time (the queue);
     a client that hangs up cancels the call in flight and frees its slot;
-    upstream failures (not a flow's own 4xx) open the breaker. */
+    upstream failures (not a flow's own 4xx) open the breaker; unsafe values
+    (line breaks in headers, oversized substitutions) are refused and error
+    messages stay valid JSON. */
 #include <criterion/criterion.h>
 #include <curl/curl.h>
 #include <pthread.h>
@@ -333,6 +335,94 @@ Test (agent_flows, runs_substitute_call_store_and_stop, .timeout = 180)
     cr_assert_str_eq (it_str (json_object_get (finished, "variables"), "x"), "1");
     json_decref (events);
     it_stream_free (&stream);
+    s_stop ();
+}
+
+//  Values that must not reach a request, and messages that must stay JSON:
+//  a line break in a header value (from a variable) would add headers of
+//  its own; a field naming a large variable many times must not take all
+//  memory; an error that quotes a URL or name cut inside a UTF-8 character
+//  still has its result entry and error (and a 409 stays a 409).
+Test (agent_flows, unsafe_values_and_cut_messages, .timeout = 180)
+{
+    s_start ();
+    long status;
+    char url[256], steps[4096], uuid[64];
+    //  Header injection through a run's variable.
+    snprintf (steps, sizeof steps,
+              "[{\"type\":\"start\",\"config\":{\"variables\":[{\"name\":\"v\","
+              "\"value\":\"ok\"}]}},{\"type\":\"apiCall\",\"config\":{\"url\":\"%s\","
+              "\"headers\":[{\"key\":\"X-A\",\"value\":\"${v}\"}]}}]",
+              s_target (url, sizeof url, "localhost", "/echo/header"));
+    snprintf (uuid, sizeof uuid, "%s", s_create (steps));
+    json_t *reply =
+        s_run (uuid, "{\"variables\":{\"v\":\"a\\r\\nX-Injected: 1\"}}", &status);
+    cr_assert_eq (status, 200);
+    cr_assert (json_is_false (json_object_get (reply, "success")), "%s",
+               json_dumps (reply, 0));
+    cr_assert (strstr (it_str (reply, "error"), "steps[1] (apiCall)"), "%s",
+               it_str (reply, "error"));
+    cr_assert (strstr (it_str (reply, "error"), "line break"), "%s",
+               it_str (reply, "error"));
+    cr_assert_eq (json_array_size (json_object_get (reply, "results")), 2);
+    json_decref (reply);
+    cr_assert_eq (ah_server_hits (s_server, "/echo"), 0, "the header was sent");
+
+    //  17 times a 1 MiB variable: past AGENT_FLOW_MAX_TEXT (16 MiB).
+    snprintf (steps, sizeof steps,
+              "[{\"type\":\"start\",\"config\":{\"variables\":[{\"name\":\"big\","
+              "\"value\":\"\"}]}},{\"type\":\"apiCall\",\"config\":{\"url\":\"%s\","
+              "\"method\":\"POST\",\"bodyType\":\"text\",\"body\":\"%s\"}}]",
+              s_target (url, sizeof url, "localhost", "/echo/big"),
+              "${big}${big}${big}${big}${big}${big}${big}${big}${big}${big}${big}${big}"
+              "${big}${big}${big}${big}${big}");
+    snprintf (uuid, sizeof uuid, "%s", s_create (steps));
+    size_t big = 1 << 20;
+    char *body = malloc (big + 64);
+    strcpy (body, "{\"variables\":{\"big\":\"");
+    size_t used = strlen (body);
+    memset (body + used, 'x', big);
+    strcpy (body + used + big, "\"}}");
+    reply = s_run (uuid, body, &status);
+    free (body);
+    cr_assert_eq (status, 200);
+    cr_assert (json_is_false (json_object_get (reply, "success")));
+    cr_assert (strstr (it_str (reply, "error"), "config.body is longer than"), "%s",
+               it_str (reply, "error"));
+    json_decref (reply);
+    cr_assert_eq (ah_server_hits (s_server, "/echo"), 0, "the body was sent");
+
+    //  An error quoting a URL cut at 200 bytes, inside a 3-byte character.
+    char bad_url[512] = "ftp://";
+    for (int i = 0; i < 100; i++)
+        strcat (bad_url, "\xe2\x82\xac");
+    snprintf (steps, sizeof steps, "[{\"type\":\"apiCall\",\"config\":{\"url\":\"%s\"}}]",
+              bad_url);
+    snprintf (uuid, sizeof uuid, "%s", s_create (steps));
+    reply = s_run (uuid, NULL, &status);
+    cr_assert_eq (status, 200);
+    cr_assert (json_is_false (json_object_get (reply, "success")));
+    cr_assert (it_str (reply, "error") &&
+                   strstr (it_str (reply, "error"), "only http and https"),
+               "%s", json_dumps (reply, 0));
+    json_t *results = json_object_get (reply, "results");
+    cr_assert_eq (json_array_size (results), 1, "%s", json_dumps (reply, 0));
+    cr_assert (strstr (it_str (json_array_get (results, 0), "error"), "only http"));
+    json_decref (reply);
+
+    //  An inactive flow whose name is cut inside a character: still 409.
+    char create[512] = "{\"active\":false,\"steps\":[],\"name\":\"";
+    for (int i = 0; i < 40; i++)
+        strcat (create, "\xe2\x82\xac");
+    strcat (create, "\"}");
+    reply = s_request ("POST", "/api/v1/agent-flows", create, &status);
+    cr_assert_eq (status, 200);
+    snprintf (uuid, sizeof uuid, "%s", it_str (json_object_get (reply, "flow"), "uuid"));
+    json_decref (reply);
+    reply = s_run (uuid, NULL, &status);
+    cr_assert_eq (status, 409, "%ld %s", status, json_dumps (reply, 0));
+    cr_assert (strstr (it_str (reply, "error"), "inactive"));
+    json_decref (reply);
     s_stop ();
 }
 
