@@ -285,6 +285,19 @@ s_reconcile (ingest_runner_t *self, cm_jobs_t *jobs)
             const char *id = json_string_value (json_object_get (row, "id"));
             const char *location = json_string_value (json_object_get (row, "location"));
             json_t *info = cm_jobs_info (jobs, id);
+            const char *queue_state = json_string_value (json_object_get (info, "state"));
+            if (queue_state && !strcmp (queue_state, "failed")) {
+                //  The queue failed it, but no worker wrote the row: maintain
+                //  did (its last lease expired), or the row's write failed.
+                //  Without this the row would say active for ever.
+                const char *error = json_string_value (json_object_get (info, "error"));
+                if (cm_storage_job_update (storage, id, "failed", -1, -1, -1,
+                                           error && *error ? error
+                                                           : "Failed in the queue.",
+                                           NULL) == CM_STORAGE_OK)
+                    cm_warn ("job %s (%s): failed in the queue (%s); its row says so now",
+                             id, location, error ? error : "no reason");
+            }
             if (info || *cm_jobs_errmsg (jobs)) {
                 json_decref (info); //  known to Redis, or Redis unavailable
                 continue;

@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <strings.h>
 #include <errno.h>
+#include <math.h>
 #include <stdatomic.h>
 
 //  After a failed add, the queue is skipped for this long (fallback path).
@@ -743,7 +744,9 @@ s_update_embeddings (cm_call_t *call, void *arg)
     json_decref (workspace);
 }
 
-//  A positive integer or number field, else fallback.
+//  A number field (or a string holding one), else fallback. "nan" and
+//  "inf" are no numbers here: a NaN threshold would pass every chunk, and
+//  a NaN topN cannot be converted to a size.
 static double
 s_number (const json_t *value, double fallback)
 {
@@ -752,7 +755,7 @@ s_number (const json_t *value, double fallback)
     if (json_is_string (value)) {
         char *end = NULL;
         double number = strtod (json_string_value (value), &end);
-        if (end && end != json_string_value (value) && !*end)
+        if (end && end != json_string_value (value) && !*end && isfinite (number))
             return number;
     }
     return fallback;

@@ -635,6 +635,47 @@ s_event (json_t *events, const char *type)
     return NULL;
 }
 
+//  topN and scoreThreshold given as the strings "nan" or "inf" are no
+//  numbers: the defaults apply (a NaN threshold once passed every chunk).
+Test (ingest, vector_search_takes_nan_and_inf_as_not_given, .timeout = 180)
+{
+    s_start (NULL, false);
+    it_create_workspace (&s_suite, "{\"name\":\"Docs\"}");
+    json_t *document = s_raw_text (
+        "Swarms", "Honey bees swarm in spring when the colony outgrows its hive.",
+        "docs");
+    json_decref (s_wait_completed (document, 60000));
+    json_decref (document);
+    const char *bodies[] = {
+        "{\"query\":\"quartz xylophone zeppelin\",\"scoreThreshold\":\"nan\"}",
+        "{\"query\":\"quartz xylophone zeppelin\",\"scoreThreshold\":\"-inf\"}",
+        "{\"query\":\"quartz xylophone zeppelin\",\"topN\":\"nan\","
+        "\"scoreThreshold\":\"NaN\"}",
+        NULL};
+    for (size_t i = 0; bodies[i]; i++) {
+        long status;
+        json_t *answer =
+            s_post ("/api/v1/workspace/docs/vector-search", bodies[i], &status);
+        char *shown = json_dumps (answer, 0);
+        cr_assert_eq (status, 200, "%s: %s", bodies[i], shown);
+        cr_expect_eq (json_array_size (json_object_get (answer, "results")), 0,
+                      "%s: an unrelated query passed the default threshold: %s",
+                      bodies[i], shown);
+        free (shown);
+        json_decref (answer);
+    }
+    long status;
+    json_t *answer =
+        s_post ("/api/v1/workspace/docs/vector-search",
+                "{\"query\":\"honey bees swarm\",\"topN\":\"nan\"}", &status);
+    char *shown = json_dumps (answer, 0);
+    cr_assert_eq (status, 200, "%s", shown);
+    cr_expect_eq (json_array_size (json_object_get (answer, "results")), 1, "%s", shown);
+    free (shown);
+    json_decref (answer);
+    s_stop ();
+}
+
 //  Sources name the document and carry the chunk.
 static void
 s_assert_sources (json_t *sources, const char *title, const char *word, const char *what)
