@@ -3,6 +3,7 @@
 #include "cm_log.h"
 #include "cm_storage_docs.h"
 #include <pthread.h>
+#include <time.h>
 #include <stdatomic.h>
 
 //  A worker's longest pause while Redis is unavailable.
@@ -267,6 +268,22 @@ s_worker (void *arg)
 
 //  --- maintenance ---------------------------------------------------------------
 
+//  Milliseconds since a stored "YYYY-MM-DDTHH:MM:SS.sssZ" (UTC); a huge
+//  number when it cannot be read.
+static int64_t
+s_age_ms (const json_t *stamp)
+{
+    struct tm tm = {0};
+    int ms = 0;
+    const char *text = json_string_value (stamp);
+    if (!text || sscanf (text, "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon,
+                         &tm.tm_mday, &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms) < 6)
+        return INT64_MAX;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    return cm_clock_wall_ms () - ((int64_t) timegm (&tm) * 1000 + ms);
+}
+
 //  Add again the jobs the database has as unfinished but Redis does not know.
 static void
 s_reconcile (ingest_runner_t *self, cm_jobs_t *jobs)
@@ -284,6 +301,14 @@ s_reconcile (ingest_runner_t *self, cm_jobs_t *jobs)
         {
             const char *id = json_string_value (json_object_get (row, "id"));
             const char *location = json_string_value (json_object_get (row, "location"));
+            //  A fallback job may still be waiting for, or running on, the
+            //  fallback pool (which says how it ended within its task
+            //  timeout): only one older than that has been abandoned.
+            const char *path = json_string_value (json_object_get (row, "path"));
+            if (path && !strcmp (path, "fallback") &&
+                s_age_ms (json_object_get (row, "lastUpdatedAt")) <
+                    self->config.fallback_ms)
+                continue;
             json_t *info = cm_jobs_info (jobs, id);
             const char *queue_state = json_string_value (json_object_get (info, "state"));
             if (queue_state && !strcmp (queue_state, "failed")) {

@@ -40,6 +40,8 @@ typedef struct {
     cm_jobs_config_t jobs; //  the queue (url, name, lease, attempts, back-off...)
     size_t workers;        //  worker threads (0: take no jobs here)
     int64_t reconcile_ms;  //  a job unknown to Redis and unchanged this long is re-added
+    int64_t fallback_ms;   //  ... a fallback job only after this long (its task timeout
+                           //  and then some: until then the pool may still run it)
     int64_t maintain_ms;   //  maintenance period (<= 0: 1000)
 } ingest_runner_config_t;
 

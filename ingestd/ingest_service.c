@@ -119,6 +119,8 @@ ingest_service_new (const ingest_config_t *config, cm_breaker_t **breaker_p,
         .jobs = config->jobs,
         .workers = config->job_workers,
         .reconcile_ms = config->reconcile_ms,
+        //  The pool's line plus the task itself, and a margin.
+        .fallback_ms = 2 * config->task_timeout_ms + 10000,
     };
     self->runner = ingest_runner_new (&runner, &self->context, self->pool, metrics);
     return self;
@@ -486,6 +488,13 @@ s_ingest (ingest_service_t *self, cm_call_t *call, cm_storage_t *storage,
         snprintf (error, sizeof error, "The ingestion job could not be recorded: %s",
                   cm_storage_errmsg (storage));
     if (*error) {
+        //  Take back what was stored: a document without a job would never
+        //  be embedded, and the client, told 503, sends it again.
+        if (stored) {
+            json_array_foreach (ids, i, id) cm_storage_workspace_doc_unlink (
+                storage, json_integer_value (id), doc->location);
+            cm_storage_document_delete (storage, doc->location);
+        }
         s_reply_failure (call, 503, error);
         goto done;
     }
@@ -660,6 +669,11 @@ s_job_get (cm_call_t *call, void *arg)
         queue = cm_jobs_info (jobs, id);
         if (queue)
             json_object_del (queue, "data");
+        else if (*cm_jobs_errmsg (jobs))
+            //  Redis unavailable: as for uploads, do not wait on it again
+            //  for a second (a hung Redis costs one timeout, not one per call).
+            atomic_store (&self->queue_skip_until,
+                          cm_clock_mono_ms () + S_QUEUE_RETRY_MS);
         s_handle_give (self, &jobs);
     }
     json_object_set_new (job, "queue", queue ? queue : json_null ());
