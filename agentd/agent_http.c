@@ -199,6 +199,25 @@ s_perform (CURL *curl, const agent_http_request_t *request, int64_t until)
     return rc ? -rc : (int) outcome.code;
 }
 
+//  scheme://host:port of a URL (the port spelled out), lower-case, for
+//  comparing origins; "" when it cannot be parsed.
+static void
+s_origin (const char *url, char *out, size_t size)
+{
+    out[0] = 0;
+    CURLU *parsed = curl_url ();
+    char *scheme = NULL, *host = NULL, *port = NULL;
+    if (curl_url_set (parsed, CURLUPART_URL, url, 0) == CURLUE_OK &&
+        curl_url_get (parsed, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+        curl_url_get (parsed, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+        curl_url_get (parsed, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK)
+        snprintf (out, size, "%s://%s:%s", scheme, host, port);
+    curl_free (scheme);
+    curl_free (host);
+    curl_free (port);
+    curl_url_cleanup (parsed);
+}
+
 agent_http_result_t
 agent_http_call (const agent_http_request_t *request, agent_http_response_t *response,
                  char *err, size_t errlen)
@@ -224,7 +243,7 @@ agent_http_call (const agent_http_request_t *request, agent_http_response_t *res
     char *url = cm_strdup (request->url);
     char *method = cm_strdup (request->method);
     bool send_body = request->body != NULL;
-    char first_host[256] = "";
+    char first_origin[512] = "";
     agent_http_result_t result = AGENT_HTTP_FAILED;
 
     for (int hop = 0;; hop++) {
@@ -233,8 +252,10 @@ agent_http_call (const agent_http_request_t *request, agent_http_response_t *res
             result = AGENT_HTTP_REFUSED;
             break;
         }
+        char origin[512];
+        s_origin (url, origin, sizeof origin);
         if (!hop)
-            snprintf (first_host, sizeof first_host, "%s", host);
+            snprintf (first_origin, sizeof first_origin, "%s", origin);
         s_call_t call = {
             request, response, !agent_http_allowed (request->allowlist, host),
             false,   "",       false};
@@ -245,11 +266,13 @@ agent_http_call (const agent_http_request_t *request, agent_http_response_t *res
 
         CURL *curl = curl_easy_init ();
         struct curl_slist *headers = NULL;
-        bool same_host = !strcasecmp (host, first_host);
+        bool same_origin = !strcasecmp (origin, first_origin);
         for (size_t i = 0; request->headers && request->headers[i]; i++) {
-            //  Credentials do not follow a redirect to another host.
-            if (!same_host && (!strncasecmp (request->headers[i], "authorization:", 14) ||
-                               !strncasecmp (request->headers[i], "cookie:", 7)))
+            //  Credentials do not follow a redirect to another origin (host,
+            //  port or scheme: https -> http would send them in clear).
+            if (!same_origin &&
+                (!strncasecmp (request->headers[i], "authorization:", 14) ||
+                 !strncasecmp (request->headers[i], "cookie:", 7)))
                 continue;
             headers = curl_slist_append (headers, request->headers[i]);
         }

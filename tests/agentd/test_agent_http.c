@@ -327,3 +327,49 @@ Test (agent_http, refuses_other_spellings_of_loopback, .init = s_setup,
     unsetenv ("ALL_PROXY");
     cr_assert_eq (ah_server_hits (s_server, NULL), 0, "the server was reached");
 }
+
+Test (agent_http, credentials_stay_with_their_origin, .init = s_setup, .fini = s_teardown)
+{
+    ah_server_t *other = ah_server_start ();
+    int port = ah_server_port (s_server);
+    const char *headers[] = {"Authorization: Bearer secret", "Cookie: a=b", "X-Kept: 1",
+                             NULL};
+    char url[512], err[512];
+    agent_http_response_t response;
+    agent_http_request_t request = {.method = "GET",
+                                    .url = url,
+                                    .headers = headers,
+                                    .allowlist = "127.0.0.1",
+                                    .max_bytes = 1 << 20,
+                                    .timeout_ms = 10000};
+    //  Same origin: the credentials go along.
+    snprintf (url, sizeof url, "http://127.0.0.1:%d/redirect?to=/echo/same", port);
+    cr_assert_eq (agent_http_call (&request, &response, err, sizeof err), AGENT_HTTP_OK,
+                  "%s", err);
+    agent_http_response_free (&response);
+    char *last = ah_server_last (s_server);
+    json_t *echo = json_loads (last, 0, NULL);
+    json_t *seen = json_object_get (echo, "headers");
+    cr_assert_str_eq (json_string_value (json_object_get (seen, "authorization")),
+                      "Bearer secret", "%s", last);
+    cr_assert_str_eq (json_string_value (json_object_get (seen, "cookie")), "a=b");
+    json_decref (echo);
+    free (last);
+    //  Same host, another port: another origin, so they stay behind.
+    snprintf (url, sizeof url,
+              "http://127.0.0.1:%d/redirect?to=http://127.0.0.1:%d/echo/other", port,
+              ah_server_port (other));
+    cr_assert_eq (agent_http_call (&request, &response, err, sizeof err), AGENT_HTTP_OK,
+                  "%s", err);
+    agent_http_response_free (&response);
+    last = ah_server_last (other);
+    cr_assert (last, "the other origin was not reached");
+    echo = json_loads (last, 0, NULL);
+    seen = json_object_get (echo, "headers");
+    cr_assert_null (json_object_get (seen, "authorization"), "%s", last);
+    cr_assert_null (json_object_get (seen, "cookie"), "%s", last);
+    cr_assert_str_eq (json_string_value (json_object_get (seen, "x-kept")), "1");
+    json_decref (echo);
+    free (last);
+    ah_server_stop (&other);
+}
