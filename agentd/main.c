@@ -5,6 +5,7 @@
     llmInstruction steps use the same LLM provider settings as chatd. */
 #include "cm_common.h"
 #include "cm_config.h"
+#include "cm_storage.h"
 #include "cm_breaker.h"
 #include "cm_log.h"
 #include "cm_metrics.h"
@@ -32,10 +33,7 @@ static const cm_conf_entry_t s_table[] = {
     {"AGENT_FLOW_QUEUE_MAX_PENDING", CM_CONF_INT, "64", 0, 100000,
      offsetof (s_config_t, max_pending),
      "agent requests waiting beyond those (then 429)"},
-    {"RUN_DIR", CM_CONF_STR, "./var", 0, 0, offsetof (s_config_t, run_dir),
-     "runtime directory (state, sockets); STORAGE_DIR defaults under it"},
-    {"STORAGE_DIR", CM_CONF_STR, NULL, 0, 0, offsetof (s_config_t, storage_dir),
-     "directory of the SQLite database llmrt.db (default $RUN_DIR/storage)"},
+    CM_STORAGE_CONF_ENTRIES (s_config_t, run_dir, storage_dir),
     {"AGENT_HTTP_ALLOWLIST", CM_CONF_STR, NULL, 0, 0, offsetof (s_config_t, allowlist),
      "comma-separated host names flows may reach even when they resolve to loopback, "
      "private or link-local addresses (unset: none)"},
@@ -55,15 +53,11 @@ int
 main (int argc, char **argv)
 {
     cm_log_init ("agentd");
-    int rc = cm_main_args (argc, argv, "agentd",
-                           "The agent daemon of llmrt: agent flows behind the gateway.",
-                           s_table);
-    if (rc > 0 && argc > 1 && (!strcmp (argv[1], "--help") || !strcmp (argv[1], "-h"))) {
-        printf ("\nCommon daemon settings:\n");
-        cm_config_usage (cm_worker_config_table (), stdout);
-    }
-    if (rc)
-        return rc > 0 ? 0 : 2;
+    int rc = cm_worker_args (argc, argv, "agentd",
+                             "The agent daemon of llmrt: agent flows behind the gateway.",
+                             s_table);
+    if (rc >= 0)
+        return rc;
     s_config_t config = {0};
     char err[512];
     agent_service_t *service = NULL;
@@ -83,11 +77,7 @@ main (int argc, char **argv)
         fprintf (stderr, "agentd: %s\n", err);
         goto cleanup;
     }
-    if (!config.storage_dir) {
-        size_t size = strlen (config.run_dir) + sizeof "/storage";
-        config.storage_dir = cm_malloc (size);
-        snprintf (config.storage_dir, size, "%s/storage", config.run_dir);
-    }
+    cm_storage_dir_default (&config.storage_dir, config.run_dir);
     cm_breaker_t *breaker = cm_breaker_new ("agent", &config.breaker);
     agent_service_config_t settings = {
         .allowlist = config.allowlist,

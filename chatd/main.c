@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <unistd.h>
 #include "cm_config.h"
+#include "cm_storage.h"
 #include "cm_embed.h"
 #include "cm_log.h"
 #include "cm_metrics.h"
@@ -30,10 +31,7 @@ static const cm_conf_entry_t s_config[] = {
     {"CHAT_QUEUE_MAX_PENDING", CM_CONF_INT, "64", 0, 100000,
      offsetof (s_settings_t, max_pending),
      "chat requests that may wait for a slot; beyond that 429 with Retry-After"},
-    {"RUN_DIR", CM_CONF_STR, "./var", 0, 0, offsetof (s_settings_t, run_dir),
-     "runtime directory (state, sockets); STORAGE_DIR defaults under it"},
-    {"STORAGE_DIR", CM_CONF_STR, NULL, 0, 0, offsetof (s_settings_t, storage_dir),
-     "directory of the SQLite database llmrt.db (default $RUN_DIR/storage)"},
+    CM_STORAGE_CONF_ENTRIES (s_settings_t, run_dir, storage_dir),
     CHAT_SETTINGS_CONF_ENTRIES (s_settings_t, llm),
     CM_BREAKER_CONF_ENTRIES ("CHAT", s_settings_t, breaker),
     CM_EMBED_CONF_ENTRIES (s_settings_t, embed),
@@ -74,17 +72,12 @@ main (int argc, char **argv)
     //  throughput. MALLOC_ARENA_MAX in the environment still wins.
     if (!getenv ("MALLOC_ARENA_MAX"))
         mallopt (M_ARENA_MAX, 2);
-    int args = cm_main_args (argc, argv, "chatd",
-                             "The chat daemon of llmrt: workspaces, threads and chats "
-                             "(AnythingLLM's developer API) behind the gateway.",
-                             s_config);
-    if (args > 0 && argc > 1 &&
-        (!strcmp (argv[1], "--help") || !strcmp (argv[1], "-h"))) {
-        printf ("\nCommon daemon settings:\n");
-        cm_config_usage (cm_worker_config_table (), stdout);
-    }
-    if (args)
-        return args > 0 ? 0 : 2;
+    int args = cm_worker_args (argc, argv, "chatd",
+                               "The chat daemon of llmrt: workspaces, threads and chats "
+                               "(AnythingLLM's developer API) behind the gateway.",
+                               s_config);
+    if (args >= 0)
+        return args;
 
     s_settings_t settings = {0};
     char err[512];
@@ -102,11 +95,7 @@ main (int argc, char **argv)
         fprintf (stderr, "chatd: %s\n", err);
         goto cleanup;
     }
-    if (!settings.storage_dir) {
-        size_t size = strlen (settings.run_dir) + sizeof "/storage";
-        settings.storage_dir = cm_malloc (size);
-        snprintf (settings.storage_dir, size, "%s/storage", settings.run_dir);
-    }
+    cm_storage_dir_default (&settings.storage_dir, settings.run_dir);
 
     service = chat_service_new (settings.storage_dir, &provider, err, sizeof err);
     if (!service) {

@@ -334,6 +334,18 @@ cm_storage_errmsg (cm_storage_t *self)
     return self->errmsg;
 }
 
+void
+cm_storage_dir_default (char **storage_dir_p, const char *run_dir)
+{
+    assert (storage_dir_p && run_dir);
+    if (*storage_dir_p && **storage_dir_p)
+        return;
+    free (*storage_dir_p);
+    size_t size = strlen (run_dir) + sizeof "/storage";
+    *storage_dir_p = cm_malloc (size);
+    snprintf (*storage_dir_p, size, "%s/storage", run_dir);
+}
+
 //  --- pool -------------------------------------------------------------------
 
 static void *

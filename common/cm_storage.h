@@ -24,6 +24,7 @@
 #define CM_STORAGE_H_INCLUDED
 
 #include "cm_common.h"
+#include "cm_config.h"
 #include <jansson.h>
 
 typedef struct cm_storage_s cm_storage_t;
@@ -58,6 +59,20 @@ int cm_storage_schema_version (cm_storage_t *self);
 bool cm_storage_ping (cm_storage_t *self);
 //  Reason of the last failed call on this connection (borrowed; "" if none).
 const char *cm_storage_errmsg (cm_storage_t *self);
+
+//  RUN_DIR and STORAGE_DIR as cm_config table entries into two char *
+//  members of type; after cm_config_load, cm_storage_dir_default.
+// clang-format off
+#define CM_STORAGE_CONF_ENTRIES(type, run_dir_member, storage_dir_member)                \
+    {"RUN_DIR", CM_CONF_STR, "./var", 0, 0, offsetof (type, run_dir_member),            \
+     "runtime directory (state, logs); STORAGE_DIR defaults under it"},                 \
+    {"STORAGE_DIR", CM_CONF_STR, NULL, 0, 0, offsetof (type, storage_dir_member),       \
+     "directory of the SQLite database llmrt.db (default $RUN_DIR/storage)"}
+// clang-format on
+
+//  When *storage_dir_p is NULL or "", make it "<run_dir>/storage" (a new
+//  string in its place, freed with the rest of the table by cm_config_free).
+void cm_storage_dir_default (char **storage_dir_p, const char *run_dir);
 
 //  --- pool: connections lent to threads ----------------------------------------
 

@@ -960,3 +960,15 @@ cm_worker_main (const char *service, const cm_route_t *routes, void *arg,
     cm_info ("stopped");
     return 0;
 }
+
+int
+cm_worker_args (int argc, char **argv, const char *program, const char *summary,
+                const struct cm_conf_entry_s *table)
+{
+    int rc = cm_main_args (argc, argv, program, summary, table);
+    if (rc > 0 && argc > 1 && (!strcmp (argv[1], "--help") || !strcmp (argv[1], "-h"))) {
+        printf ("\nCommon daemon settings:\n");
+        cm_config_usage (cm_worker_config_table (), stdout);
+    }
+    return rc > 0 ? 0 : rc < 0 ? 2 : -1;
+}

@@ -76,6 +76,13 @@ cm_metrics_t *cm_worker_metrics (cm_worker_t *self);
 int cm_worker_main (const char *service, const cm_route_t *routes, void *arg,
                     size_t concurrency, size_t max_pending, cm_metrics_t *metrics);
 
+//  A daemon's command line: --help (its settings, then the common daemon
+//  settings) and --version, as cm_main_args. Returns -1 when the daemon
+//  should go on, else its exit code (0 after help or version, 2 for an
+//  unknown argument).
+int cm_worker_args (int argc, char **argv, const char *program, const char *summary,
+                    const struct cm_conf_entry_s *table);
+
 //  The common daemon settings (GATEWAY_ENDPOINT, heartbeats, drain,
 //  SUPERVISOR_ENDPOINT, METRICS_REPORT_INTERVAL_MS), for
 //  --help and the README.

@@ -5,6 +5,7 @@
 #include "cm_common.h"
 #include "cm_breaker.h"
 #include "cm_config.h"
+#include "cm_storage.h"
 #include "cm_embed.h"
 #include "cm_jobs.h"
 #include "cm_log.h"
@@ -80,10 +81,7 @@ static const cm_conf_entry_t s_table[] = {
     {"REDIS_TIMEOUT_MS", CM_CONF_INT, "2000", 1, 600000,
      offsetof (s_config_t, redis_timeout_ms),
      "limit on connecting to Redis and on each command (then the fallback path)"},
-    {"RUN_DIR", CM_CONF_STR, "./var", 0, 0, offsetof (s_config_t, run_dir),
-     "runtime directory; STORAGE_DIR defaults under it"},
-    {"STORAGE_DIR", CM_CONF_STR, NULL, 0, 0, offsetof (s_config_t, storage_dir),
-     "directory of the SQLite database llmrt.db (default $RUN_DIR/storage)"},
+    CM_STORAGE_CONF_ENTRIES (s_config_t, run_dir, storage_dir),
     INGEST_CHUNK_CONF_ENTRIES (s_config_t, chunk_size, chunk_overlap),
     CM_EMBED_CONF_ENTRIES (s_config_t, embed),
     CM_BREAKER_CONF_ENTRIES ("INGESTION", s_config_t, breaker),
@@ -94,16 +92,13 @@ int
 main (int argc, char **argv)
 {
     cm_log_init ("ingestd");
-    int rc = cm_main_args (argc, argv, "ingestd",
-                           "The ingestion daemon of llmrt: documents, the embedding-jobs "
-                           "queue, embeddings and vector search.",
-                           s_table);
-    if (rc > 0 && argc > 1 && (!strcmp (argv[1], "--help") || !strcmp (argv[1], "-h"))) {
-        printf ("\nCommon daemon settings:\n");
-        cm_config_usage (cm_worker_config_table (), stdout);
-    }
-    if (rc)
-        return rc > 0 ? 0 : 2;
+    int rc =
+        cm_worker_args (argc, argv, "ingestd",
+                        "The ingestion daemon of llmrt: documents, the embedding-jobs "
+                        "queue, embeddings and vector search.",
+                        s_table);
+    if (rc >= 0)
+        return rc;
     s_config_t config = {0};
     char err[512];
     char host[256];
@@ -136,11 +131,7 @@ main (int argc, char **argv)
                  (long long) config.lease_ms, (long long) config.embed.timeout_ms);
         goto cleanup;
     }
-    if (!config.storage_dir) {
-        size_t size = strlen (config.run_dir) + sizeof "/storage";
-        config.storage_dir = cm_malloc (size);
-        snprintf (config.storage_dir, size, "%s/storage", config.run_dir);
-    }
+    cm_storage_dir_default (&config.storage_dir, config.run_dir);
     long cpus = sysconf (_SC_NPROCESSORS_ONLN);
     size_t pool_size = config.pool_size > 0 ? (size_t) config.pool_size
                                             : (size_t) (cpus > 1 ? cpus / 2 : 1);
