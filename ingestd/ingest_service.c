@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <strings.h>
 #include <errno.h>
+#include <sodium.h>
 #include <math.h>
 #include <stdatomic.h>
 
@@ -821,6 +822,29 @@ s_vector_search (cm_call_t *call, void *arg)
     cm_storage_pool_release (self->pool, &storage);
 }
 
+//  dim floats as OpenAI's base64 embedding: their little-endian IEEE-754
+//  bytes, base64 (standard alphabet, padded). A new JSON string.
+static json_t *
+s_base64_floats (const float *vector, size_t dim)
+{
+    unsigned char *bytes = cm_malloc (dim * 4 + 1);
+    for (size_t i = 0; i < dim; i++) {
+        uint32_t bits;
+        memcpy (&bits, &vector[i], 4);
+        bytes[4 * i] = (unsigned char) bits;
+        bytes[4 * i + 1] = (unsigned char) (bits >> 8);
+        bytes[4 * i + 2] = (unsigned char) (bits >> 16);
+        bytes[4 * i + 3] = (unsigned char) (bits >> 24);
+    }
+    size_t size = sodium_base64_ENCODED_LEN (dim * 4, sodium_base64_VARIANT_ORIGINAL);
+    char *text = cm_malloc (size);
+    sodium_bin2base64 (text, size, bytes, dim * 4, sodium_base64_VARIANT_ORIGINAL);
+    json_t *value = json_string (text);
+    free (text);
+    free (bytes);
+    return value;
+}
+
 static void
 s_openai_embeddings (cm_call_t *call, void *arg)
 {
@@ -846,21 +870,40 @@ s_openai_embeddings (cm_call_t *call, void *arg)
         cm_call_reply_error (call, 400, error);
         return;
     }
+    //  OpenAI's encoding_format: "float" (the default) or "base64" (the
+    //  little-endian float32 bytes, base64): the official client libraries
+    //  ask for base64 when their caller names no format.
+    json_t *format = json_object_get (cm_call_json (call), "encoding_format");
+    bool base64 =
+        json_is_string (format) && !strcmp (json_string_value (format), "base64");
+    if (format && !json_is_null (format) && !base64 &&
+        !(json_is_string (format) && !strcmp (json_string_value (format), "float"))) {
+        free (texts);
+        cm_call_reply_error (call, 400,
+                             "encoding_format must be \"float\" or \"base64\".");
+        return;
+    }
     float *vectors = NULL;
     size_t dim = 0;
     if (s_embed (self, call, texts, count, &vectors, &dim, false) == 0) {
         json_t *data = json_array ();
+        json_int_t tokens = 0;
         for (size_t i = 0; i < count; i++) {
-            json_t *embedding = json_array ();
-            for (size_t j = 0; j < dim; j++)
+            //  Upstream's estimate, as for documents: a token per 4 bytes.
+            tokens += (json_int_t) ((strlen (texts[i]) + 3) / 4);
+            json_t *embedding =
+                base64 ? s_base64_floats (vectors + i * dim, dim) : json_array ();
+            for (size_t j = 0; !base64 && j < dim; j++)
                 json_array_append_new (embedding, json_real (vectors[i * dim + j]));
             json_array_append_new (data, json_pack ("{s:s, s:o, s:I}", "object",
                                                     "embedding", "embedding", embedding,
                                                     "index", (json_int_t) i));
         }
         cm_call_reply_json (call, 200,
-                            json_pack ("{s:s, s:o, s:s}", "object", "list", "data", data,
-                                       "model", cm_embedder_name (self->embedder)));
+                            json_pack ("{s:s, s:o, s:s, s:{s:I, s:I}}", "object", "list",
+                                       "data", data, "model",
+                                       cm_embedder_name (self->embedder), "usage",
+                                       "prompt_tokens", tokens, "total_tokens", tokens));
     }
     free (vectors);
     free (texts);

@@ -116,7 +116,7 @@ s_client_key (void)
     return secret;
 }
 
-Test (clients, openai_library_lists_models_and_chats_with_and_without_stream,
+Test (clients, openai_library_lists_models_chats_and_embeds,
       .timeout = 900)
 {
     s_install ();
@@ -183,6 +183,24 @@ Test (clients, openai_library_lists_models_and_chats_with_and_without_stream,
     cr_assert_eq (json_integer_value (json_object_get (unknown, "status")), 401, "%s",
                   output);
     cr_assert_str_eq (it_str (unknown, "name"), "AuthenticationError");
+
+    //  Embeddings through the library (ingestd): its default base64 decoded
+    //  to the same vector as the float form.
+    json_t *embeddings = json_object_get (out, "embeddings");
+    cr_assert_str_eq (it_str (embeddings, "object"), "list", "%s", output);
+    cr_assert_eq (json_integer_value (json_object_get (embeddings, "count")), 2, "%s",
+                  output);
+    cr_assert_eq (json_integer_value (json_object_get (embeddings, "dim")), 256, "%s",
+                  output);
+    cr_assert_eq (json_integer_value (json_object_get (embeddings, "float_dim")), 256,
+                  "%s", output);
+    double norm = json_number_value (json_object_get (embeddings, "norm"));
+    cr_assert (norm > 0.999 && norm < 1.001, "%s", output);
+    cr_assert (json_number_value (json_object_get (embeddings, "max_difference")) < 1e-6,
+               "%s", output);
+    cr_assert_gt (json_integer_value (json_object_get (
+                      json_object_get (embeddings, "usage"), "prompt_tokens")),
+                  0, "%s", output);
 
     //  Three turns in the workspace's history.
     json_t *chats = s_admin ("GET", "/api/v1/workspace/clients/chats", NULL);

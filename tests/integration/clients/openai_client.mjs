@@ -69,6 +69,30 @@ out.helper = {
 out.vector_stores = [];
 for await (const store of client.vectorStores.list()) out.vector_stores.push(store.id);
 
+// embeddings.create: without an encoding_format the library asks for
+// base64 and decodes it; with "float" it takes the numbers as they come.
+const emb = await client.embeddings.create({
+  model: "builtin",
+  input: ["the lighthouse keeper trims the wick", "the lighthouse keeper trims the wick"],
+});
+const floats = await client.embeddings.create({
+  model: "builtin",
+  input: "the lighthouse keeper trims the wick",
+  encoding_format: "float",
+});
+const a = emb.data[0].embedding, b = floats.data[0].embedding;
+out.embeddings = {
+  object: emb.object,
+  count: emb.data.length,
+  indexes: emb.data.map((d) => d.index),
+  dim: a.length,
+  float_dim: b.length,
+  norm: Math.sqrt(a.reduce((sum, x) => sum + x * x, 0)),
+  // base64 carries float32 exactly as the JSON numbers round-trip them
+  max_difference: Math.max(...a.map((x, i) => Math.abs(x - b[i]))),
+  usage: emb.usage,
+};
+
 // An unknown model: upstream's 401, which the library raises.
 try {
   await client.chat.completions.create({
