@@ -271,6 +271,13 @@ static json_t *
 s_target_workspaces (cm_storage_t *storage, cm_call_t *call, const json_t *value,
                      json_t **slugs_p)
 {
+    if (value && !json_is_null (value) && !json_is_string (value) &&
+        !json_is_array (value)) {
+        s_reply_failure (call, 400,
+                         "addToWorkspaces must be workspace slugs: a comma-separated "
+                         "string or an array of strings.");
+        return NULL;
+    }
     json_t *slugs = json_array ();
     if (json_is_string (value)) {
         char *copy = cm_strdup (json_string_value (value));

@@ -832,6 +832,13 @@ Test (ingest, bad_input_gets_its_status_and_names_the_problem, .timeout = 180)
     s_assert_error (answer, status, 400, "nope", true,
                     "raw text to an unknown workspace");
     json_decref (answer);
+    answer = s_post ("/api/v1/document/raw-text",
+                     "{\"textContent\":\"text\",\"metadata\":{\"title\":\"T\"},"
+                     "\"addToWorkspaces\":{\"slug\":\"docs\"}}",
+                     &status);
+    s_assert_error (answer, status, 400, "addToWorkspaces", true,
+                    "raw text with addToWorkspaces neither a string nor an array");
+    json_decref (answer);
 
     answer = s_post ("/api/v1/workspace/docs/vector-search", "{\"topN\":3}", &status);
     s_assert_error (answer, status, 400, "query", false, "vector-search without a query");
