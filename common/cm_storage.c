@@ -232,6 +232,10 @@ static const char *s_migrations[CM_STORAGE_SCHEMA_VERSION] = {
 #define S_APIKEY_COLUMNS "id, name, role, prefix, createdBy, createdAt, lastUpdatedAt"
 
 #define S_CHECKPOINT_MS 1000
+//  WAL frames (pages) after which the checkpointer rewinds the WAL (about
+//  64 MB with 4 KiB pages), and the size a rewound WAL file is cut back to.
+#define S_WAL_RESTART_FRAMES 16384
+#define S_WAL_SIZE_LIMIT     "67108864"
 //  Idle connections a pool keeps for reuse; more are closed on release.
 #define S_POOL_IDLE_MAX 8
 
@@ -360,14 +364,37 @@ s_checkpointer (void *arg)
     while (!self->stopping) {
         struct timespec until;
         clock_gettime (CLOCK_REALTIME, &until);
-        until.tv_sec += S_CHECKPOINT_MS / 1000;
+        until.tv_sec += self->checkpoint_ms / 1000;
+        until.tv_nsec += (self->checkpoint_ms % 1000) * 1000000;
+        if (until.tv_nsec >= 1000000000) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000;
+        }
         pthread_cond_timedwait (&self->wake, &self->lock, &until);
         if (self->stopping || !storage)
             continue;
+        int limit = self->wal_restart_frames;
         pthread_mutex_unlock (&self->lock);
         //  PASSIVE: never waits for readers or writers; busy is fine.
+        int frames = 0;
         int rc = sqlite3_wal_checkpoint_v2 (storage->db, NULL, SQLITE_CHECKPOINT_PASSIVE,
+                                            &frames, NULL);
+        //  Under steady load some reader always uses the WAL, so a writer
+        //  never gets to start it again from the top: it grew without end
+        //  (1.9 GB in 18 s of bench/run.sh's load), and with it every
+        //  lookup in it and the kernel's work extending the file. Once it
+        //  is long, RESTART copies the rest, waits (busy handler) for the
+        //  readers to move to the database file, and so lets the next
+        //  writer rewind it. Writers wait meanwhile: ~10 ms at full load,
+        //  once a second (p99 20 -> 30 ms, throughput +4-8%, WAL <= 75 MB).
+        if (rc == SQLITE_OK && frames >= limit) {
+            int64_t started = cm_clock_mono_us ();
+            rc = sqlite3_wal_checkpoint_v2 (storage->db, NULL, SQLITE_CHECKPOINT_RESTART,
                                             NULL, NULL);
+            cm_debug ("storage %s: WAL of %d frames rewound in %lld us (rc %d)",
+                      storage->path, frames, (long long) (cm_clock_mono_us () - started),
+                      rc);
+        }
         if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY)
             cm_storage__fail (storage, "checkpoint");
         pthread_mutex_lock (&self->lock);
@@ -400,9 +427,22 @@ cm_storage_pool_new (const char *dir, char *err, size_t errlen)
     self->idle_max = 4;
     self->idle = cm_calloc (self->idle_max, sizeof *self->idle);
     self->idle[self->idle_size++] = first;
+    self->wal_restart_frames = S_WAL_RESTART_FRAMES;
+    self->checkpoint_ms = S_CHECKPOINT_MS;
     if (pthread_create (&self->checkpointer, NULL, s_checkpointer, self))
         abort ();
     return self;
+}
+
+void
+cm_storage_pool_set_checkpoints (cm_storage_pool_t *self, int64_t period_ms,
+                                 int wal_limit_frames)
+{
+    assert (self && period_ms > 0 && wal_limit_frames > 0);
+    pthread_mutex_lock (&self->lock);
+    self->checkpoint_ms = period_ms;
+    self->wal_restart_frames = wal_limit_frames;
+    pthread_mutex_unlock (&self->lock);
 }
 
 void
@@ -1434,7 +1474,8 @@ s_open (cm_storage_t *self)
                 self->path, mode);
     }
     if (cm_storage__exec (self, "PRAGMA synchronous=NORMAL") ||
-        cm_storage__exec (self, "PRAGMA foreign_keys=ON"))
+        cm_storage__exec (self, "PRAGMA foreign_keys=ON") ||
+        cm_storage__exec (self, "PRAGMA journal_size_limit=" S_WAL_SIZE_LIMIT))
         return -1;
     return 0;
 }

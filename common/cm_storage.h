@@ -79,6 +79,14 @@ void cm_storage_dir_default (char **storage_dir_p, const char *run_dir);
 //  A thread-safe lender of connections to dir's database. Opens one at once
 //  to check that the database is usable; NULL with the reason in err.
 cm_storage_pool_t *cm_storage_pool_new (const char *dir, char *err, size_t errlen);
+//  The pool's checkpointer copies the WAL into the database every
+//  period_ms (default 1000; PASSIVE: it never waits), and once the WAL is
+//  longer than wal_limit_frames pages (default 16384, 64 MB with 4 KiB
+//  pages) rewinds it (RESTART: it waits, and writers with it, ~10 ms at
+//  full load), so that the WAL stays bounded even when readers never stop.
+//  The defaults suit production; tests shrink both.
+void cm_storage_pool_set_checkpoints (cm_storage_pool_t *self, int64_t period_ms,
+                                      int wal_limit_frames);
 //  Close every idle connection; all lent ones must be back. NULL-safe.
 void cm_storage_pool_destroy (cm_storage_pool_t **self_p);
 //  Lend a connection (an idle one, or a new one). NULL when a new connection

@@ -42,6 +42,8 @@ struct cm_storage_pool_s {
     pthread_t checkpointer; //  the thread
     pthread_cond_t wake;    //  signalled on destroy
     bool stopping;          //  guarded by lock
+    int wal_restart_frames; //  WAL length that makes it rewind (guarded by lock)
+    int64_t checkpoint_ms;  //  its period (guarded by lock)
 };
 
 //  Record a database failure and log it once, where it happens. Returns -1.

@@ -5,6 +5,7 @@
 #include "cm_storage.h"
 #include <ftw.h>
 #include <pthread.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -555,4 +556,71 @@ Test (cm_storage, pool_lends_separate_connections)
     cm_storage_pool_release (pool, &c);
     cm_storage_pool_destroy (&pool);
     cr_assert_null (pool);
+}
+
+//  Readers that never stop, on their own connection, as under load.
+static volatile bool s_reading;
+
+static void *
+s_reader (void *arg)
+{
+    (void) arg;
+    cm_storage_t *storage = s_open ();
+    json_t *workspaces = NULL;
+    while (s_reading) {
+        cm_storage_workspace_list (storage, &workspaces);
+        json_decref (workspaces);
+        workspaces = NULL;
+    }
+    cm_storage_destroy (&storage);
+    return NULL;
+}
+
+static off_t
+s_wal_size (void)
+{
+    char path[128];
+    snprintf (path, sizeof path, "%s/" CM_STORAGE_FILE "-wal", s_dir);
+    struct stat st;
+    return stat (path, &st) ? 0 : st.st_size;
+}
+
+Test (cm_storage, wal_stays_bounded_under_steady_reads, .init = s_setup,
+      .fini = s_teardown, .timeout = 60)
+{
+    char err[512];
+    cm_storage_pool_t *pool = cm_storage_pool_new (s_dir, err, sizeof err);
+    cr_assert_not_null (pool, "%s", err);
+    cm_storage_pool_set_checkpoints (pool, 50, 64);
+    cm_storage_t *storage = cm_storage_pool_acquire (pool);
+    json_t *workspace = s_workspace (storage, "wal");
+    s_reading = true;
+    pthread_t readers[2];
+    for (int i = 0; i < 2; i++)
+        pthread_create (&readers[i], NULL, s_reader, NULL);
+    //  About 3 s of writes: each commit adds pages to the WAL, and without
+    //  a rewind it only grows (tens of MB here).
+    int64_t until = cm_clock_mono_ms () + 3000;
+    off_t largest = 0;
+    int chats = 0;
+    while (cm_clock_mono_ms () < until) {
+        for (int i = 0; i < 50; i++, chats++)
+            s_add_chat (storage, s_id (workspace), "a prompt of some length", NULL);
+        off_t size = s_wal_size ();
+        if (size > largest)
+            largest = size;
+    }
+    s_reading = false;
+    for (int i = 0; i < 2; i++)
+        pthread_join (readers[i], NULL);
+    cm_storage_pool_release (pool, &storage);
+    cm_storage_pool_destroy (&pool);
+    json_decref (workspace);
+    //  Rewound at 64 pages, checked every 50 ms: the WAL holds about the
+    //  last 50 ms of writes, where one that only grows holds all 3 s of
+    //  them (2 pages or more per commit).
+    cr_log_info ("%d chats, largest WAL %lld bytes", chats, (long long) largest);
+    cr_assert_lt (largest, (off_t) chats * 2 * 4096 / 8,
+                  "the WAL grew with every commit: %lld bytes after %d chats",
+                  (long long) largest, chats);
 }
