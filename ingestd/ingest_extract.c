@@ -3,6 +3,7 @@
     UTF-8 to a buffer, and one tidy pass (trailing spaces, runs of blank
     lines) makes the outputs alike. */
 #include "ingest_extract.h"
+#include <math.h>
 #include <ctype.h>
 #include <limits.h>
 #include <libxml/HTMLparser.h>
@@ -664,7 +665,10 @@ s_published (int64_t ms)
 {
     time_t seconds = (time_t) (ms / 1000);
     struct tm tm;
-    localtime_r (&seconds, &tm);
+    if (!localtime_r (&seconds, &tm)) {
+        seconds = time (NULL);
+        localtime_r (&seconds, &tm);
+    }
     char text[64];
     int hour = tm.tm_hour % 12 ? tm.tm_hour % 12 : 12;
     snprintf (text, sizeof text, "%d/%d/%d, %d:%02d:%02d %s", tm.tm_mon + 1, tm.tm_mday,
@@ -893,8 +897,10 @@ ingest_extract_raw (const char *text, json_t *metadata, int64_t now_ms, ingest_d
     out->chunk_source = s_meta (metadata, "chunkSource", chunk);
     free (chunk);
     json_t *published = json_object_get (metadata, "published");
+    //  JavaScript's Date range (±8.64e15 ms); anything else is "now".
+    double given = json_is_number (published) ? json_number_value (published) : NAN;
     out->published = s_published (
-        json_is_number (published) ? (int64_t) json_number_value (published) : now_ms);
+        isfinite (given) && fabs (given) <= 8.64e15 ? (int64_t) given : now_ms);
     s_counts (out);
     return INGEST_EXTRACT_OK;
 }

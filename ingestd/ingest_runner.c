@@ -192,9 +192,10 @@ s_run (ingest_runner_t *self, cm_jobs_t *jobs, cm_job_t *job)
     ingest_job_result_t result = INGEST_JOB_FATAL;
     s_held_t held = {self, jobs, job};
     ingest_job_hooks_t hooks = {s_stopping, s_after_batch, &held};
-    if (!location)
+    if (!location) {
         snprintf (err, sizeof err, "The job's data has no document location.");
-    else
+        cm_storage_job_update (storage, job->id, NULL, -1, -1, -1, err, NULL);
+    } else
         result = ingest_job_run (self->context, storage, job->id, location, job->attempt,
                                  &hooks, err, sizeof err);
     char id[128];

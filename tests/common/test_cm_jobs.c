@@ -3,6 +3,7 @@
     the failed set, trimming, many threads, and Redis down or hung.
     Waits are polls with a generous patience, never fixed sleeps. */
 #include <criterion/criterion.h>
+#include "test_port.h"
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -24,20 +25,6 @@ typedef struct {
     char url[64]; //  redis://127.0.0.1:port
 } s_redis_t;
 
-static int
-s_free_port (void)
-{
-    int fd = socket (AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = {0};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
-    cr_assert_eq (bind (fd, (struct sockaddr *) &addr, sizeof addr), 0);
-    socklen_t len = sizeof addr;
-    getsockname (fd, (struct sockaddr *) &addr, &len);
-    close (fd);
-    return ntohs (addr.sin_port);
-}
-
 //  Start redis-server on `port` (0: a free one) and wait until it answers.
 static void
 s_redis_start (s_redis_t *redis, int port)
@@ -47,7 +34,7 @@ s_redis_start (s_redis_t *redis, int port)
         cr_assert_not_null (mkdtemp (redis->dir));
     }
     for (int attempt = 0; attempt < 5; attempt++) {
-        redis->port = port ? port : s_free_port ();
+        redis->port = port ? port : test_port_free ();
         snprintf (redis->url, sizeof redis->url, "redis://127.0.0.1:%d", redis->port);
         pid_t pid = fork ();
         cr_assert_geq (pid, 0);

@@ -1,5 +1,6 @@
 /*  gw_harness.c: the gateway tests' shared harness (see gw_harness.h). */
 #include "gw_harness.h"
+#include "test_port.h"
 #include <criterion/criterion.h>
 #include <ftw.h>
 #include <netinet/in.h>
@@ -34,16 +35,7 @@ gwh_sleep_ms (int ms)
 int
 gwh_free_port (void)
 {
-    int fd = socket (AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq (fd, 0);
-    struct sockaddr_in addr = {0};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
-    cr_assert_eq (bind (fd, (struct sockaddr *) &addr, sizeof addr), 0);
-    socklen_t len = sizeof addr;
-    cr_assert_eq (getsockname (fd, (struct sockaddr *) &addr, &len), 0);
-    close (fd);
-    return ntohs (addr.sin_port);
+    return test_port_free ();
 }
 
 void

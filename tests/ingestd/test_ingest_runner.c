@@ -3,6 +3,7 @@
     file: the job's row follows what the queue decided. Waits are polls
     with a generous patience, never fixed sleeps. */
 #include <criterion/criterion.h>
+#include "test_port.h"
 #include <arpa/inet.h>
 #include <ftw.h>
 #include <netinet/in.h>
@@ -22,20 +23,6 @@ static char s_redis_url[64];
 static char s_dir[64];
 
 static int
-s_free_port (void)
-{
-    int fd = socket (AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = {0};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
-    cr_assert_eq (bind (fd, (struct sockaddr *) &addr, sizeof addr), 0);
-    socklen_t len = sizeof addr;
-    getsockname (fd, (struct sockaddr *) &addr, &len);
-    close (fd);
-    return ntohs (addr.sin_port);
-}
-
-static int
 s_remove_entry (const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void) st, (void) flag, (void) ftw;
@@ -48,7 +35,7 @@ s_setup (void)
     strcpy (s_dir, "/tmp/llmrt-runner-XXXXXX");
     cr_assert_not_null (mkdtemp (s_dir));
     for (int attempt = 0; attempt < 5; attempt++) {
-        int port = s_free_port ();
+        int port = test_port_free ();
         snprintf (s_redis_url, sizeof s_redis_url, "redis://127.0.0.1:%d", port);
         pid_t pid = fork ();
         cr_assert_geq (pid, 0);
