@@ -235,6 +235,8 @@ static const char *s_migrations[CM_STORAGE_SCHEMA_VERSION] = {
 //  WAL frames (pages) after which the checkpointer rewinds the WAL (about
 //  64 MB with 4 KiB pages), and the size a rewound WAL file is cut back to.
 #define S_WAL_RESTART_FRAMES 16384
+//  Longest a rewind waits for readers (and so holds writers up).
+#define S_RESTART_WAIT_MS 100
 #define S_WAL_SIZE_LIMIT     "67108864"
 //  Idle connections a pool keeps for reuse; more are closed on release.
 #define S_POOL_IDLE_MAX 8
@@ -360,6 +362,11 @@ s_checkpointer (void *arg)
     cm_storage_t *storage = cm_storage_new (self->dir, err, sizeof err);
     if (!storage)
         cm_error ("storage checkpointer: %s", err);
+    else
+        //  A rewind holds the write lock while it waits for readers: a
+        //  long reader (a workspace's vectors loading) would stall every
+        //  writer. Give up after a short wait; the next tick tries again.
+        sqlite3_busy_timeout (storage->db, S_RESTART_WAIT_MS);
     pthread_mutex_lock (&self->lock);
     while (!self->stopping) {
         struct timespec until;
