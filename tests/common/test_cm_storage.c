@@ -586,7 +586,7 @@ s_wal_size (void)
 }
 
 Test (cm_storage, wal_stays_bounded_under_steady_reads, .init = s_setup,
-      .fini = s_teardown, .timeout = 60)
+      .fini = s_teardown, .timeout = 120)
 {
     char err[512];
     cm_storage_pool_t *pool = cm_storage_pool_new (s_dir, err, sizeof err);
@@ -598,9 +598,9 @@ Test (cm_storage, wal_stays_bounded_under_steady_reads, .init = s_setup,
     pthread_t readers[2];
     for (int i = 0; i < 2; i++)
         pthread_create (&readers[i], NULL, s_reader, NULL);
-    //  About 3 s of writes: each commit adds pages to the WAL, and without
-    //  a rewind it only grows (tens of MB here).
-    int64_t until = cm_clock_mono_ms () + 3000;
+    //  About 6 s of writes: each commit adds pages to the WAL, and without
+    //  a rewind it only grows (hundreds of MB here).
+    int64_t until = cm_clock_mono_ms () + 6000;
     off_t largest = 0;
     int chats = 0;
     while (cm_clock_mono_ms () < until) {
@@ -616,11 +616,13 @@ Test (cm_storage, wal_stays_bounded_under_steady_reads, .init = s_setup,
     cm_storage_pool_release (pool, &storage);
     cm_storage_pool_destroy (&pool);
     json_decref (workspace);
-    //  Rewound at 64 pages, checked every 50 ms: the WAL holds about the
-    //  last 50 ms of writes, where one that only grows holds all 3 s of
-    //  them (2 pages or more per commit).
+    //  Rewound at 64 pages, checked every 50 ms (a rewind may wait for the
+    //  readers, or give up and try again): the WAL holds the writes since
+    //  the last rewind, well under half a page per commit so far (0.1-0.4
+    //  measured, ASan included), where one that only grows holds every
+    //  commit's 2 or more pages.
     cr_log_info ("%d chats, largest WAL %lld bytes", chats, (long long) largest);
-    cr_assert_lt (largest, (off_t) chats * 2 * 4096 / 8,
+    cr_assert_lt (largest, (off_t) chats * 4096 / 2,
                   "the WAL grew with every commit: %lld bytes after %d chats",
                   (long long) largest, chats);
 }
