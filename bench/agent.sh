@@ -14,46 +14,18 @@
 # the suite started and a new API key).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(dirname "$here")
-build=${BUILD_DIR:-$root/build}
+. "$here/lib.sh"
 secs=${1:-10}
 conns=${2:-16}
 concurrency=${AGENT_BENCH_CONCURRENCY:-2}
-for tool in redis-server python3 curl; do
-    command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 2; }
-done
-[ -x "$build/bin/supervisor" ] && [ -x "$build/bin/agentd" ] ||
-    { echo "bench: build first (cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build)" >&2; exit 2; }
+bench_tools redis-server python3 curl
+bench_built bin/supervisor bin/agentd
+bench_dir agentbench
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-dir=$(mktemp -d /tmp/llmrt-agentbench-XXXXXX)
-sup_pid=""
-cleanup() {
-    [ -n "$sup_pid" ] && kill "$sup_pid" 2>/dev/null && wait "$sup_pid" 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
-http=$(free_port); backend=$(free_port); redis=$(free_port)
-admin="admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-env RUN_DIR="$dir/suite" SERVER_PORT="$http" SERVER_HOST=127.0.0.1 \
-    GATEWAY_BACKEND_BIND="tcp://127.0.0.1:$backend" GATEWAY_ENDPOINT="tcp://127.0.0.1:$backend" \
-    REDIS_URL="redis://127.0.0.1:$redis" ADMIN_API_KEY="$admin" LOG_LEVEL=warn \
-    SUPERVISOR_ENDPOINT="ipc://$dir/suite.sock" \
+start_suite suite "$root/deploy/local/suite.conf" \
     RATE_LIMIT_GLOBAL_RPS=0 RATE_LIMIT_CHAT_RPS=0 RATE_LIMIT_KEY_RPS=0 \
-    AGENT_FLOW_QUEUE_CONCURRENCY="$concurrency" AGENT_FLOW_QUEUE_MAX_PENDING=1024 \
-    "$build/bin/supervisor" -c "$root/deploy/local/suite.conf" >"$dir/suite.log" 2>&1 &
-sup_pid=$!
-base="http://127.0.0.1:$http"
-for _ in $(seq 1 300); do
-    curl -sf "$base/api/health/ready" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-curl -sf "$base/api/health/ready" >/dev/null ||
-    { echo "bench: suite not ready" >&2; tail -20 "$dir/suite.log" >&2; exit 1; }
-token=$(curl -sf -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
-    -d '{"name":"agent bench"}' "$base/api/v1/admin/api-keys/new" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["apiKey"]["secret"])')
+    AGENT_FLOW_QUEUE_CONCURRENCY="$concurrency" AGENT_FLOW_QUEUE_MAX_PENDING=1024
+new_api_key "agent bench"
 
 echo "== agent flows: start + llmInstruction (builtin), AGENT_FLOW_QUEUE_CONCURRENCY=$concurrency, $conns clients, $secs s"
 BENCHMARK_BASE_URL=$base BENCHMARK_WORKSPACE_TOKEN=$token python3 - "$secs" "$conns" <<'PY'

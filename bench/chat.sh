@@ -26,65 +26,32 @@
 #   key created through the admin route as BENCHMARK_WORKSPACE_TOKEN.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(dirname "$here")
-build=${BUILD_DIR:-$root/build}
+. "$here/lib.sh"
 secs=${1:-10}
 conns=${2:-64}
 streams=${3:-2000}
 hold_secs=${CHAT_BENCH_HOLD_SECS:-15}
 sync_concurrency=${CHAT_BENCH_CONCURRENCY:-4}
-for tool in redis-server python3 curl; do
-    command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 2; }
-done
-[ -x "$build/bin/supervisor" ] && [ -x "$build/bench/chat_bench" ] ||
-    { echo "bench: build first (cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build)" >&2; exit 2; }
+bench_tools redis-server python3 curl
+bench_built bin/supervisor bench/chat_bench
 # Every stream is a socket on both ends (chat_bench and the gateway).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -gt $((streams + 1000)) ] ||
     { echo "bench: ulimit -n is $(ulimit -n); $streams streams need more" >&2; exit 2; }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-dir=$(mktemp -d /tmp/llmrt-chatbench-XXXXXX)
-sup_pid=""
+bench_dir chatbench
 bench_pid=""
-stop_suite() {
-    [ -n "$sup_pid" ] && kill "$sup_pid" 2>/dev/null && wait "$sup_pid" 2>/dev/null || true
-    sup_pid=""
-}
-cleanup() {
-    [ -n "$bench_pid" ] && kill "$bench_pid" 2>/dev/null || true
-    stop_suite
-    rm -rf "$dir"
-}
-trap cleanup EXIT
+bench_cleanup_hook() { [ -n "$bench_pid" ] && kill "$bench_pid" 2>/dev/null || true; }
 
-# start_suite NAME VAR=VALUE...: a fresh suite in $dir/NAME with these
-# settings; sets base, token (a new API key), slug (a new workspace).
-start_suite() {
+# chat_suite NAME VAR=VALUE...: a fresh suite (bench/lib.sh's start_suite)
+# with rate limits off and these settings; sets base, token (a new API
+# key), slug (a new workspace).
+chat_suite() {
     local name=$1; shift
-    local http backend redis
-    http=$(free_port); backend=$(free_port); redis=$(free_port)
-    admin="admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-    env RUN_DIR="$dir/$name" SERVER_PORT="$http" SERVER_HOST=127.0.0.1 \
-        GATEWAY_BACKEND_BIND="tcp://127.0.0.1:$backend" GATEWAY_ENDPOINT="tcp://127.0.0.1:$backend" \
-        REDIS_URL="redis://127.0.0.1:$redis" ADMIN_API_KEY="$admin" LOG_LEVEL=warn \
-        SUPERVISOR_ENDPOINT="ipc://$dir/$name.sock" \
-        RATE_LIMIT_GLOBAL_RPS=0 RATE_LIMIT_CHAT_RPS=0 RATE_LIMIT_KEY_RPS=0 \
-        "$@" "$build/bin/supervisor" -c "$root/deploy/local/suite.conf" >"$dir/$name.log" 2>&1 &
-    sup_pid=$!
-    base="http://127.0.0.1:$http"
-    for _ in $(seq 1 300); do
-        curl -sf "$base/api/health/ready" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-    curl -sf "$base/api/health/ready" >/dev/null ||
-        { echo "bench: suite not ready" >&2; tail -20 "$dir/$name.log" >&2; exit 1; }
-    token=$(curl -sf -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
-        -d '{"name":"chat bench"}' "$base/api/v1/admin/api-keys/new" |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["apiKey"]["secret"])')
-    slug=$(curl -sf -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-        -d '{"name":"bench"}' "$base/api/v1/workspace/new" |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["workspace"]["slug"])')
+    start_suite "$name" "$root/deploy/local/suite.conf" \
+        RATE_LIMIT_GLOBAL_RPS=0 RATE_LIMIT_CHAT_RPS=0 RATE_LIMIT_KEY_RPS=0 "$@"
+    new_api_key "chat bench"
+    new_workspace bench
 }
 
 bench() {
@@ -130,8 +97,6 @@ cpu_split() {
               line = line sprintf(" chat_bench %.0f, everything else %.0f (of %d)", client, all - ours - client, cores * 100)
               print line }' "$1" "$2"
 }
-# field FILE KEY N: the Nth word after "KEY " in chat_bench's output
-field() { awk -v key="$2" -v n="$3" 'index($0, key " ") == 1 { split(substr($0, length(key) + 2), w, " "); print w[n]; exit }' "$1"; }
 
 long_message="Explain how the runtime keeps many chats streaming at once: the gateway, \
 the queues, the replicas, the heartbeats and what happens when one of them is slow."
@@ -148,7 +113,7 @@ phase() {
 }
 
 echo "== suite 1: BUILTIN_LLM_TOKEN_DELAY_MS=0, CHAT_QUEUE_CONCURRENCY=$sync_concurrency x 2 replicas"
-start_suite full BUILTIN_LLM_TOKEN_DELAY_MS=0 CHAT_QUEUE_CONCURRENCY="$sync_concurrency" \
+chat_suite full BUILTIN_LLM_TOKEN_DELAY_MS=0 CHAT_QUEUE_CONCURRENCY="$sync_concurrency" \
     CHAT_QUEUE_MAX_PENDING=1024
 memory "$dir/mem-idle1"
 echo "-- warm-up (2 s each mode)"
@@ -161,7 +126,7 @@ phase b --mode stream --concurrency "$conns" --duration "$secs"
 stop_suite
 
 echo "== suite 2: BUILTIN_LLM_TOKEN_DELAY_MS=1000, CHAT_QUEUE_CONCURRENCY=1024 x 2 replicas"
-start_suite paced BUILTIN_LLM_TOKEN_DELAY_MS=1000 CHAT_QUEUE_CONCURRENCY=1024 \
+chat_suite paced BUILTIN_LLM_TOKEN_DELAY_MS=1000 CHAT_QUEUE_CONCURRENCY=1024 \
     CHAT_QUEUE_MAX_PENDING=1024 REQUEST_TIMEOUT_MS=300000
 # Warm the paths a chat takes (database, history) without waiting for paced
 # tokens: non-streaming chat never waits on the token delay.

@@ -29,60 +29,24 @@
 # BENCHMARK_WORKSPACE_TOKEN.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(dirname "$here")
-build=${BUILD_DIR:-$root/build}
+. "$here/lib.sh"
 docs=${1:-1000}
 size=${2:-20480}
 conns=${3:-8}
 vsearch_chunks=${VSEARCH_CHUNKS:-100000}
-for tool in redis-server python3 curl; do
-    command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 2; }
-done
-[ -x "$build/bin/supervisor" ] && [ -x "$build/bench/ingest_bench" ] ||
-    { echo "bench: build first (cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build)" >&2; exit 2; }
+bench_tools redis-server python3 curl
+bench_built bin/supervisor bench/ingest_bench
+bench_dir ingestbench
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-dir=$(mktemp -d /tmp/llmrt-ingestbench-XXXXXX)
-sup_pid=""
-stop_suite() {
-    [ -n "$sup_pid" ] && kill "$sup_pid" 2>/dev/null && wait "$sup_pid" 2>/dev/null || true
-    sup_pid=""
-}
-cleanup() {
-    stop_suite
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
-# start_suite NAME CONF VAR=VALUE...: a fresh suite in $dir/NAME from suite
-# file CONF with these settings; sets base, token (a new API key), slug (a
-# new workspace).
-start_suite() {
-    local name=$1 conf=$2; shift 2
-    local http backend redis
-    http=$(free_port); backend=$(free_port); redis=$(free_port)
-    admin="admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-    env RUN_DIR="$dir/$name" SERVER_PORT="$http" SERVER_HOST=127.0.0.1 \
-        GATEWAY_BACKEND_BIND="tcp://127.0.0.1:$backend" GATEWAY_ENDPOINT="tcp://127.0.0.1:$backend" \
-        REDIS_URL="redis://127.0.0.1:$redis" ADMIN_API_KEY="$admin" LOG_LEVEL=warn \
-        SUPERVISOR_ENDPOINT="ipc://$dir/$name.sock" \
+# ingest_suite NAME CONF: a fresh suite (bench/lib.sh's start_suite) from
+# suite file CONF with rate limits off and EMBEDDING_JOBS_KEEP_COMPLETED=100000;
+# sets base, token (a new API key), slug (a new workspace).
+ingest_suite() {
+    start_suite "$1" "$2" \
         RATE_LIMIT_GLOBAL_RPS=0 RATE_LIMIT_INGESTION_RPS=0 RATE_LIMIT_KEY_RPS=0 \
-        EMBEDDING_JOBS_KEEP_COMPLETED=100000 \
-        "$@" "$build/bin/supervisor" -c "$conf" >"$dir/$name.log" 2>&1 &
-    sup_pid=$!
-    base="http://127.0.0.1:$http"
-    for _ in $(seq 1 300); do
-        curl -sf "$base/api/health/ready" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-    curl -sf "$base/api/health/ready" >/dev/null ||
-        { echo "bench: suite not ready" >&2; tail -20 "$dir/$name.log" >&2; exit 1; }
-    token=$(curl -sf -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
-        -d '{"name":"ingest bench"}' "$base/api/v1/admin/api-keys/new" |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["apiKey"]["secret"])')
-    slug=$(curl -sf -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-        -d '{"name":"ingest bench"}' "$base/api/v1/workspace/new" |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["workspace"]["slug"])')
+        EMBEDDING_JOBS_KEEP_COMPLETED=100000
+    new_api_key "ingest bench"
+    new_workspace "ingest bench"
 }
 
 bench() {
@@ -97,11 +61,9 @@ ingest_metrics() {
         grep -E '^llmrt_(ingest_jobs_total|embedding_jobs_processed_total|embedding_jobs\{)' |
         grep -v 'instance=' | sed 's/^/    /' || true
 }
-# field FILE KEY N: the Nth word after "KEY " in ingest_bench's output
-field() { awk -v key="$2" -v n="$3" 'index($0, key " ") == 1 { split(substr($0, length(key) + 2), w, " "); print w[n]; exit }' "$1"; }
 
 echo "== (a) queue path: $docs documents of $size bytes, $conns connections"
-start_suite queue "$root/deploy/local/suite.conf"
+ingest_suite queue "$root/deploy/local/suite.conf"
 bench --documents 20 --size "$size" --concurrency "$conns" >/dev/null # warm-up
 bench --documents "$docs" --size "$size" --concurrency "$conns" | tee "$dir/a.txt" || true
 ingest_metrics
@@ -153,7 +115,7 @@ echo "== (b) fallback path (no redis-server): $docs documents of $size bytes, $c
 # The suite file without its [program:redis] section.
 awk '/^\[program:/ { skip = ($0 == "[program:redis]") } !skip' \
     "$root/deploy/local/suite.conf" >"$dir/no-redis.conf"
-start_suite fallback "$dir/no-redis.conf"
+ingest_suite fallback "$dir/no-redis.conf"
 curl -s "$base/api/health" | python3 -c 'import json,sys; print("    /api/health status:", json.load(sys.stdin).get("status"))' || true
 bench --documents 20 --size "$size" --concurrency "$conns" >/dev/null # warm-up
 bench --documents "$docs" --size "$size" --concurrency "$conns" | tee "$dir/b.txt" || true

@@ -6,25 +6,14 @@
 # Needs: a build in build/ (or BUILD_DIR), wrk, nginx-light, redis-server.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(dirname "$here")
-build=${BUILD_DIR:-$root/build}
+. "$here/lib.sh"
 secs=${1:-10}
 conns=${2:-64}
 threads=${BENCH_WRK_THREADS:-2}
-for tool in wrk nginx redis-server; do
-    command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install wrk nginx-light redis-server)" >&2; exit 2; }
-done
-[ -x "$build/bin/supervisor" ] || { echo "bench: build first (cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build)" >&2; exit 2; }
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-dir=$(mktemp -d /tmp/llmrt-bench-XXXXXX)
-sup_pid=""
-cleanup() {
-    [ -n "$sup_pid" ] && kill "$sup_pid" 2>/dev/null && wait "$sup_pid" 2>/dev/null || true
-    [ -f "$dir/nginx.pid" ] && kill "$(cat "$dir/nginx.pid")" 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
+BENCH_TOOLS_HINT="apt-get install wrk nginx-light redis-server" bench_tools wrk nginx redis-server
+bench_built bin/supervisor
+bench_dir bench
+bench_cleanup_hook() { [ -f "$dir/nginx.pid" ] && kill "$(cat "$dir/nginx.pid")" 2>/dev/null || true; }
 
 # wrk output -> "rps p50 p90 p99" (latencies in ms)
 summarise() {
@@ -38,30 +27,19 @@ summarise() {
 }
 
 export BENCH_KEY="bench-$(date +%s)-$$"
-http=$(free_port); backend=$(free_port); redis=$(free_port)
-RUN_DIR=$dir/run SERVER_PORT=$http SERVER_HOST=127.0.0.1 \
-GATEWAY_BACKEND_BIND=tcp://127.0.0.1:$backend GATEWAY_ENDPOINT=tcp://127.0.0.1:$backend \
-REDIS_URL=redis://127.0.0.1:$redis ADMIN_API_KEY=$BENCH_KEY LOG_LEVEL=warn \
-SUPERVISOR_ENDPOINT=ipc://$dir/supervisor.sock \
-CHAT_QUEUE_MAX_PENDING=${CHAT_QUEUE_MAX_PENDING:-1024} \
-RATE_LIMIT_KEY_RPS=${RATE_LIMIT_KEY_RPS:-1000000} \
-    "$build/bin/supervisor" -c "$root/deploy/local/suite.conf" >"$dir/suite.log" 2>&1 &
-sup_pid=$!
-for _ in $(seq 1 300); do
-    curl -sf "http://127.0.0.1:$http/api/health/ready" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-curl -sf "http://127.0.0.1:$http/api/health/ready" >/dev/null || { echo "bench: suite not ready" >&2; tail -20 "$dir/suite.log" >&2; exit 1; }
+start_suite suite "$root/deploy/local/suite.conf" ADMIN_API_KEY="$BENCH_KEY" \
+    CHAT_QUEUE_MAX_PENDING="${CHAT_QUEUE_MAX_PENDING:-1024}" \
+    RATE_LIMIT_KEY_RPS="${RATE_LIMIT_KEY_RPS:-1000000}"
 curl -sf -H "Authorization: Bearer $BENCH_KEY" -H 'Content-Type: application/json' \
-    -d '{"name":"bench"}' "http://127.0.0.1:$http/api/v1/workspace/new" >/dev/null
+    -d '{"name":"bench"}' "$base/api/v1/workspace/new" >/dev/null
 
 # Warm up, then measure.
-wrk -t"$threads" -c"$conns" -d2s -s "$here/chat.lua" "http://127.0.0.1:$http/api/v1/workspace/bench/chat" >/dev/null
+wrk -t"$threads" -c"$conns" -d2s -s "$here/chat.lua" "$base/api/v1/workspace/bench/chat" >/dev/null
 ours=$(wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -s "$here/chat.lua" \
-    "http://127.0.0.1:$http/api/v1/workspace/bench/chat" | tee "$dir/ours.txt" | summarise)
-kill "$sup_pid"; wait "$sup_pid" 2>/dev/null || true; sup_pid=""
+    "$base/api/v1/workspace/bench/chat" | tee "$dir/ours.txt" | summarise)
+stop_suite
 
-nport=$(free_port); uport=$(free_port)
+{ read -r nport; read -r uport; } < <(free_ports 2)
 sed -e "s|@PORT@|$nport|; s|@UPSTREAM@|$uport|; s|@DIR@|$dir|g" "$here/nginx.conf.in" >"$dir/nginx.conf"
 nginx -c "$dir/nginx.conf" -p "$dir"
 for _ in $(seq 1 50); do curl -sf "http://127.0.0.1:$nport/" >/dev/null 2>&1 && break; sleep 0.1; done

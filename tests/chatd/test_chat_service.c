@@ -6,7 +6,7 @@
 #include <criterion/criterion.h>
 #include "chat_service.h"
 #include "cm_storage.h"
-#include <ftw.h>
+#include "test_dir.h"
 
 //  --- the fake call ----------------------------------------------------------------
 
@@ -193,18 +193,10 @@ static char s_dir[64];
 static chat_service_t *s_service;
 static const char *s_query[6]; //  query string of the next s_serve (then cleared)
 
-static int
-s_remove_entry (const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void) st, (void) flag, (void) ftw;
-    return remove (path);
-}
-
 static void
 s_setup (void)
 {
-    strcpy (s_dir, "/tmp/llmrt-chatd-XXXXXX");
-    cr_assert_not_null (mkdtemp (s_dir));
+    test_dir_make (s_dir, sizeof s_dir, "/tmp/llmrt-chatd-XXXXXX");
     char err[512] = "";
     chat_provider_t *provider = chat_provider_new_builtin (0);
     s_service = chat_service_new (s_dir, &provider, err, sizeof err);
@@ -216,7 +208,7 @@ static void
 s_teardown (void)
 {
     chat_service_destroy (&s_service);
-    nftw (s_dir, s_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    test_dir_remove (s_dir);
 }
 
 //  Serve one request: the route by method and pattern, params "slug" and

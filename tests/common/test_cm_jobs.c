@@ -3,6 +3,7 @@
     the failed set, trimming, many threads, and Redis down or hung.
     Waits are polls with a generous patience, never fixed sleeps. */
 #include <criterion/criterion.h>
+#include "test_dir.h"
 #include "test_port.h"
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -30,8 +31,7 @@ static void
 s_redis_start (s_redis_t *redis, int port)
 {
     if (!redis->dir[0]) {
-        snprintf (redis->dir, sizeof redis->dir, "/tmp/llmrt-jobs-XXXXXX");
-        cr_assert_not_null (mkdtemp (redis->dir));
+        test_dir_make (redis->dir, sizeof redis->dir, "/tmp/llmrt-jobs-XXXXXX");
     }
     for (int attempt = 0; attempt < 5; attempt++) {
         redis->port = port ? port : test_port_free ();
@@ -86,9 +86,7 @@ static void
 s_redis_remove (s_redis_t *redis)
 {
     s_redis_stop (redis);
-    char cmd[128];
-    snprintf (cmd, sizeof cmd, "rm -rf '%s'", redis->dir);
-    cr_assert_eq (system (cmd), 0);
+    cr_assert_eq (test_dir_remove (redis->dir), 0, "cannot remove %s", redis->dir);
 }
 
 static cm_jobs_config_t

@@ -3,7 +3,7 @@
     concurrent connections (threads and processes) on one file. */
 #include <criterion/criterion.h>
 #include "cm_storage.h"
-#include <ftw.h>
+#include "test_dir.h"
 #include <pthread.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -11,24 +11,16 @@
 
 static char s_dir[64];
 
-static int
-s_remove_entry (const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void) st, (void) flag, (void) ftw;
-    return remove (path);
-}
-
 static void
 s_setup (void)
 {
-    strcpy (s_dir, "/tmp/llmrt-storage-XXXXXX");
-    cr_assert_not_null (mkdtemp (s_dir));
+    test_dir_make (s_dir, sizeof s_dir, "/tmp/llmrt-storage-XXXXXX");
 }
 
 static void
 s_teardown (void)
 {
-    nftw (s_dir, s_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    test_dir_remove (s_dir);
 }
 
 static cm_storage_t *

@@ -1,8 +1,8 @@
 /*  gw_harness.c: the gateway tests' shared harness (see gw_harness.h). */
 #include "gw_harness.h"
+#include "test_dir.h"
 #include "test_port.h"
 #include <criterion/criterion.h>
-#include <ftw.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -38,25 +38,6 @@ gwh_free_port (void)
     return test_port_free ();
 }
 
-void
-gwh_temp_dir (char *template_path)
-{
-    cr_assert_not_null (mkdtemp (template_path), "mkdtemp %s", template_path);
-}
-
-static int
-s_remove_entry (const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void) st, (void) flag, (void) ftw;
-    return remove (path);
-}
-
-int
-gwh_remove_tree (const char *path)
-{
-    return nftw (path, s_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 //  --- the gateway under test ---------------------------------------------------
 
 void
@@ -77,8 +58,7 @@ gwh_gateway_start (gwh_gateway_t *self, const gw_config_t *config)
     c->host = self->host;
     snprintf (self->key, sizeof self->key, "%s", GWH_KEY);
     c->admin_key = self->key;
-    snprintf (self->run_dir, sizeof self->run_dir, "/tmp/llmrt-gw-XXXXXX");
-    gwh_temp_dir (self->run_dir);
+    test_dir_make (self->run_dir, sizeof self->run_dir, "/tmp/llmrt-gw-XXXXXX");
     c->run_dir = self->run_dir;
     //  Nothing listens there: health says so.
     snprintf (self->redis, sizeof self->redis, "redis://127.0.0.1:%d", gwh_free_port ());
@@ -109,7 +89,7 @@ gwh_gateway_stop (gwh_gateway_t *self)
 {
     gw_server_destroy (&self->server);
     cr_assert_null (self->server);
-    cr_assert_eq (gwh_remove_tree (self->run_dir), 0, "cannot remove %s", self->run_dir);
+    cr_assert_eq (test_dir_remove (self->run_dir), 0, "cannot remove %s", self->run_dir);
 }
 
 //  --- HTTP client ------------------------------------------------------------------

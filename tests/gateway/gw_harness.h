@@ -31,11 +31,6 @@ void gwh_teardown (void);
 void gwh_sleep_ms (int ms);
 //  A TCP port free on 127.0.0.1 right now.
 int gwh_free_port (void);
-//  Make a temporary directory from template (ends in XXXXXX; rewritten in
-//  place); fails the test when it cannot.
-void gwh_temp_dir (char *template_path);
-//  Remove a directory tree (depth first, links not followed). 0 on success.
-int gwh_remove_tree (const char *path);
 
 //  --- the gateway under test ---------------------------------------------------
 

@@ -7,6 +7,7 @@
 #include "cm_storage.h"
 #include "gw_harness.h"
 #include "gw_keys.h"
+#include "test_dir.h"
 
 #define S_ADMIN "test-admin-key-0123456789"
 #define S_TTL   500
@@ -18,14 +19,13 @@ s_setup (void)
 {
     cm_log_init ("test_gw_keys");
     cm_log_set_level (CM_LOG_WARN);
-    strcpy (s_dir, "/tmp/llmrt-keys-XXXXXX");
-    gwh_temp_dir (s_dir);
+    test_dir_make (s_dir, sizeof s_dir, "/tmp/llmrt-keys-XXXXXX");
 }
 
 static void
 s_teardown (void)
 {
-    gwh_remove_tree (s_dir);
+    test_dir_remove (s_dir);
 }
 
 TestSuite (gw_keys, .init = s_setup, .fini = s_teardown);

@@ -3,9 +3,9 @@
     file: the job's row follows what the queue decided. Waits are polls
     with a generous patience, never fixed sleeps. */
 #include <criterion/criterion.h>
+#include "test_dir.h"
 #include "test_port.h"
 #include <arpa/inet.h>
-#include <ftw.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -22,18 +22,10 @@ static pid_t s_redis_pid;
 static char s_redis_url[64];
 static char s_dir[64];
 
-static int
-s_remove_entry (const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void) st, (void) flag, (void) ftw;
-    return remove (path);
-}
-
 static void
 s_setup (void)
 {
-    strcpy (s_dir, "/tmp/llmrt-runner-XXXXXX");
-    cr_assert_not_null (mkdtemp (s_dir));
+    test_dir_make (s_dir, sizeof s_dir, "/tmp/llmrt-runner-XXXXXX");
     for (int attempt = 0; attempt < 5; attempt++) {
         int port = test_port_free ();
         snprintf (s_redis_url, sizeof s_redis_url, "redis://127.0.0.1:%d", port);
@@ -79,7 +71,7 @@ s_teardown (void)
         kill (s_redis_pid, SIGKILL);
         waitpid (s_redis_pid, NULL, 0);
     }
-    nftw (s_dir, s_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    test_dir_remove (s_dir);
 }
 
 static cm_jobs_config_t

@@ -1,0 +1,30 @@
+/*  test_dir.c: see test_dir.h. */
+#include "test_dir.h"
+#include <criterion/criterion.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+void
+test_dir_make (char *dir, size_t size, const char *template_path)
+{
+    cr_assert_lt (strlen (template_path), size, "test_dir_make: %s is too long",
+                  template_path);
+    strcpy (dir, template_path);
+    cr_assert_not_null (mkdtemp (dir), "mkdtemp %s", template_path);
+}
+
+static int
+s_remove_entry (const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void) st, (void) flag, (void) ftw;
+    return remove (path);
+}
+
+int
+test_dir_remove (const char *path)
+{
+    return nftw (path, s_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
