@@ -1120,8 +1120,7 @@ s_turn_run (s_turn_t *turn)
         //  handler thread now waits on the model for the stream's length.
         cm_thread_trim_stack ();
         s_complete_stream (turn, &request);
-    }
-    else
+    } else
         s_complete_sync (turn, &request);
 
 done:

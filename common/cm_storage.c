@@ -237,7 +237,7 @@ static const char *s_migrations[CM_STORAGE_SCHEMA_VERSION] = {
 #define S_WAL_RESTART_FRAMES 16384
 //  Longest a rewind waits for readers (and so holds writers up).
 #define S_RESTART_WAIT_MS 100
-#define S_WAL_SIZE_LIMIT     "67108864"
+#define S_WAL_SIZE_LIMIT  "67108864"
 //  Idle connections a pool keeps for reuse; more are closed on release.
 #define S_POOL_IDLE_MAX 8
 

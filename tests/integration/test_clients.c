@@ -116,8 +116,7 @@ s_client_key (void)
     return secret;
 }
 
-Test (clients, openai_library_lists_models_chats_and_embeds,
-      .timeout = 900)
+Test (clients, openai_library_lists_models_chats_and_embeds, .timeout = 900)
 {
     s_install ();
     it_suite_start (&s_suite, NULL);
