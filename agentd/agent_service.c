@@ -765,15 +765,12 @@ s_flow_run (cm_call_t *call, void *arg)
     int64_t retry_ms = 0;
     if (cm_breaker_acquire (self->breaker, cm_clock_mono_ms (), &permit, &retry_ms) ==
         CM_BREAKER_REJECTED) {
-        int64_t seconds = (retry_ms + 999) / 1000;
-        seconds = seconds < 1 ? 1 : seconds;
-        char value[24], message[256];
-        snprintf (value, sizeof value, "%lld", (long long) seconds);
+        int64_t seconds = cm_call_retry_after (call, retry_ms);
+        char message[256];
         snprintf (message, sizeof message,
                   "The %s circuit is open: agent flows' upstreams are failing, so runs "
                   "are paused. Retry after %lld s.",
                   cm_breaker_name (self->breaker), (long long) seconds);
-        cm_call_header_add (call, "Retry-After", value);
         cm_call_reply_error (call, 503, message);
         json_decref (flow);
         return;

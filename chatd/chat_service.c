@@ -279,16 +279,12 @@ s_reply_abort (cm_call_t *call, int status, const char *error)
 static void
 s_reply_circuit_open (chat_service_t *self, cm_call_t *call, int64_t retry_ms)
 {
-    int64_t seconds = (retry_ms + 999) / 1000;
-    if (seconds < 1)
-        seconds = 1;
-    char value[24], error[256];
-    snprintf (value, sizeof value, "%lld", (long long) seconds);
+    int64_t seconds = cm_call_retry_after (call, retry_ms);
+    char error[256];
     snprintf (error, sizeof error,
               "The %s circuit is open: the LLM provider is failing, so chat is paused. "
               "Retry after %lld s.",
               cm_breaker_name (self->breaker), (long long) seconds);
-    cm_call_header_add (call, "Retry-After", value);
     s_reply_abort (call, 503, error);
 }
 

@@ -137,4 +137,17 @@ void cm_call_stream_end (cm_call_t *self);
 //  True once a FINAL was sent.
 bool cm_call_replied (cm_call_t *self);
 
+//  Add Retry-After for a wait of retry_ms (an open breaker's), in whole
+//  seconds rounded up, at least 1. Returns those seconds, for the message.
+//  (Inline: built only on cm_call_header_add, which tests may stand in for.)
+static inline int64_t
+cm_call_retry_after (cm_call_t *self, int64_t retry_ms)
+{
+    int64_t seconds = retry_ms > 1000 ? (retry_ms + 999) / 1000 : 1;
+    char value[24];
+    snprintf (value, sizeof value, "%lld", (long long) seconds);
+    cm_call_header_add (self, "Retry-After", value);
+    return seconds;
+}
+
 #endif
