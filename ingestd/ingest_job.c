@@ -38,6 +38,30 @@ s_stop (cm_storage_t *storage, const char *job_id, ingest_job_result_t result, c
     return result;
 }
 
+bool
+ingest_job_embed (const ingest_job_context_t *context, const char *const *texts,
+                  size_t count, float **vectors_p, size_t *dim_p,
+                  bool (*cancelled) (void *), void *arg, cm_embed_status_t *status_p,
+                  int64_t *retry_ms_p, char *err, size_t errlen)
+{
+    cm_breaker_permit_t permit;
+    if (cm_breaker_acquire (context->breaker, cm_clock_mono_ms (), &permit, retry_ms_p) !=
+        CM_BREAKER_ALLOWED) {
+        *status_p = CM_EMBED_UPSTREAM;
+        return false;
+    }
+    cm_embed_status_t status = cm_embed (context->embedder, texts, count, vectors_p,
+                                         dim_p, cancelled, arg, err, errlen);
+    if (status == CM_EMBED_OK)
+        cm_breaker_success (context->breaker, permit, cm_clock_mono_ms ());
+    else if (status == CM_EMBED_UPSTREAM)
+        cm_breaker_failure (context->breaker, permit, cm_clock_mono_ms ());
+    else
+        cm_breaker_release (context->breaker, permit);
+    *status_p = status;
+    return true;
+}
+
 ingest_job_result_t
 ingest_job_run (const ingest_job_context_t *context, cm_storage_t *storage,
                 const char *job_id, const char *location, int attempt,
@@ -83,28 +107,17 @@ ingest_job_run (const ingest_job_context_t *context, cm_storage_t *storage,
         for (size_t i = 0; i < count; i++)
             texts[i] = cm_strndup (text + spans[done + i].offset, spans[done + i].size);
 
-        cm_breaker_permit_t permit;
         int64_t retry_ms = 0;
         float *vectors = NULL;
         size_t dim = 0;
         cm_embed_status_t embedded = CM_EMBED_UPSTREAM;
         char reason[512] = "";
-        if (cm_breaker_acquire (context->breaker, cm_clock_mono_ms (), &permit,
-                                &retry_ms) != CM_BREAKER_ALLOWED)
+        if (!ingest_job_embed (context, texts, count, &vectors, &dim, s_cancelled, &run,
+                               &embedded, &retry_ms, reason, sizeof reason))
             snprintf (
                 reason, sizeof reason,
                 "The %s circuit is open: the embedder is failing (retry in %lld ms).",
                 cm_breaker_name (context->breaker), (long long) retry_ms);
-        else {
-            embedded = cm_embed (context->embedder, texts, count, &vectors, &dim,
-                                 s_cancelled, &run, reason, sizeof reason);
-            if (embedded == CM_EMBED_OK)
-                cm_breaker_success (context->breaker, permit, cm_clock_mono_ms ());
-            else if (embedded == CM_EMBED_UPSTREAM)
-                cm_breaker_failure (context->breaker, permit, cm_clock_mono_ms ());
-            else
-                cm_breaker_release (context->breaker, permit);
-        }
         size_t stored = 0;
         if (embedded == CM_EMBED_OK &&
             cm_storage_chunks_put (storage, document_id, (int64_t) done, count, texts,

@@ -55,6 +55,15 @@ typedef struct {
     void *arg;
 } ingest_job_hooks_t;
 
+//  Embed texts (as cm_embed) under the ingestion breaker, which counts an
+//  upstream failure against it, a success for it, and neither a request's
+//  own fault or a cancel. Returns false, with the time until calls may go
+//  again in *retry_ms_p, when the circuit is open and nothing was tried.
+bool ingest_job_embed (const ingest_job_context_t *context, const char *const *texts,
+                       size_t count, float **vectors_p, size_t *dim_p,
+                       bool (*cancelled) (void *), void *arg, cm_embed_status_t *status_p,
+                       int64_t *retry_ms_p, char *err, size_t errlen);
+
 //  Run job `job_id` (its row must exist) for the document at `location`,
 //  as attempt `attempt`. Updates the job's row: "active" with the attempt
 //  at the start, progress after each batch, "completed" at the end. On any

@@ -206,24 +206,16 @@ static int
 s_embed (ingest_service_t *self, cm_call_t *call, const char *const *texts, size_t count,
          float **vectors_p, size_t *dim_p, bool docs)
 {
-    cm_breaker_permit_t permit;
     int64_t retry_ms = 0;
-    if (cm_breaker_acquire (self->breaker, cm_clock_mono_ms (), &permit, &retry_ms) !=
-        CM_BREAKER_ALLOWED) {
+    char err[512] = "";
+    cm_embed_status_t status;
+    if (!ingest_job_embed (&self->context, texts, count, vectors_p, dim_p,
+                           s_call_cancelled, call, &status, &retry_ms, err, sizeof err)) {
         s_reply_circuit_open (self, call, retry_ms, docs);
         return -1;
     }
-    char err[512] = "";
-    cm_embed_status_t status = cm_embed (self->embedder, texts, count, vectors_p, dim_p,
-                                         s_call_cancelled, call, err, sizeof err);
-    if (status == CM_EMBED_OK) {
-        cm_breaker_success (self->breaker, permit, cm_clock_mono_ms ());
+    if (status == CM_EMBED_OK)
         return 0;
-    }
-    if (status == CM_EMBED_UPSTREAM)
-        cm_breaker_failure (self->breaker, permit, cm_clock_mono_ms ());
-    else
-        cm_breaker_release (self->breaker, permit);
     if (status == CM_EMBED_CANCELLED)
         cm_call_reply_error (call, 499, "Cancelled.");
     else {
