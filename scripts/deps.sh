@@ -8,6 +8,8 @@ LLMRT_PACKAGES=(
     libcriterion-dev libsqlite3-dev libcurl4-openssl-dev libjansson-dev
     libsodium-dev uuid-dev
     libxml2-dev libpoppler-glib-dev
+    # test_ingest_extract draws a PDF with cairo (fontconfig for its fonts)
+    libcairo2-dev libfontconfig-dev
     redis-server curl wrk nginx-light python3
     # promtool, with which the tests check /api/metrics/prometheus. Debian
     # ships it only with the server, whose systemd unit the package enables:
