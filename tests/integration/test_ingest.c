@@ -1418,3 +1418,76 @@ Test (ingest, every_corpus_query_finds_its_document_first, .timeout = 300)
         count, above_default);
     s_stop ();
 }
+
+//  --- the database cannot be written -------------------------------------------------
+
+static char s_full_dir[64];
+
+static void
+s_unmount_full (void)
+{
+    if (!s_full_dir[0])
+        return;
+    char command[256];
+    snprintf (command, sizeof command, "umount %s 2>/dev/null; rmdir %s", s_full_dir,
+              s_full_dir);
+    int rc = system (command);
+    (void) rc;
+    s_full_dir[0] = 0;
+}
+
+//  The database on a small tmpfs that the test then fills: an upload that
+//  needs new pages must get 503 naming the cause, not a success. Needs root
+//  (mount); skipped otherwise.
+Test (ingest, a_database_that_cannot_be_written_is_503, .fini = s_unmount_full,
+      .timeout = 180)
+{
+    strcpy (s_full_dir, "/tmp/llmrt-full-XXXXXX");
+    cr_assert_not_null (mkdtemp (s_full_dir));
+    char command[256];
+    snprintf (command, sizeof command, "mount -t tmpfs -o size=4m tmpfs %s 2>/dev/null",
+              s_full_dir);
+    if (system (command)) {
+        rmdir (s_full_dir);
+        s_full_dir[0] = 0;
+        cr_skip_test ("mounting a tmpfs needs root");
+    }
+    char storage[96];
+    snprintf (storage, sizeof storage, "STORAGE_DIR=%s", s_full_dir);
+    const char *extra[] = {storage, NULL};
+    s_start (extra, false);
+    it_create_workspace (&s_suite, "{\"name\":\"Full\"}");
+    //  Fill what is left of the file system.
+    char filler[96];
+    snprintf (filler, sizeof filler, "%s/filler", s_full_dir);
+    FILE *file = fopen (filler, "w");
+    cr_assert_not_null (file);
+    static char block[65536];
+    while (fwrite (block, 1, sizeof block, file) == sizeof block && !ferror (file))
+        ;
+    fclose (file);
+    //  400 KB of text: more pages than the WAL has room for.
+    size_t size = 400000;
+    char *text = malloc (size + 1);
+    for (size_t i = 0; i < size; i += 2)
+        memcpy (text + i, "x ", 2);
+    text[size] = 0;
+    json_t *body = json_pack ("{s:s, s:{s:s}, s:s}", "textContent", text, "metadata",
+                              "title", "Too big", "addToWorkspaces", "full");
+    char *text_body = json_dumps (body, 0);
+    long status;
+    json_t *answer = s_post ("/api/v1/document/raw-text", text_body, &status);
+    s_assert_error (answer, status, 503, "could not be stored", true,
+                    "raw text into a full database");
+    json_decref (answer);
+    //  Nothing of it was kept: the workspace lists no document.
+    answer = s_call ("GET", "/api/v1/workspace/full", NULL, &status);
+    cr_assert_eq (status, 200);
+    json_t *workspace = json_array_get (json_object_get (answer, "workspace"), 0);
+    cr_assert_eq (json_array_size (json_object_get (workspace, "documents")), 0);
+    json_decref (answer);
+    free (text_body);
+    json_decref (body);
+    free (text);
+    s_stop ();
+}
