@@ -102,11 +102,18 @@ int64_t
 chat_provider_count_tokens (const char *text)
 {
     assert (text);
-    int64_t count = 0;
-    size_t n;
-    while ((n = chat_provider_token_length (text)) > 0) {
-        text += n;
-        count++;
+    //  One pass, as many as chat_provider_token_length would step through:
+    //  a token starts at the first byte and wherever a blank is followed by
+    //  a non-blank. (Every prompt's history is counted on every turn: the
+    //  two-pass form was 5% of a builtin chat turn's CPU.)
+    if (!*text)
+        return 0;
+    int64_t count = 1;
+    bool blank = s_blank (*text);
+    for (const char *p = text + 1; *p; p++) {
+        bool now = s_blank (*p);
+        count += blank && !now;
+        blank = now;
     }
     return count;
 }

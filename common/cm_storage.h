@@ -42,7 +42,7 @@ typedef enum {
 //  File name inside the storage directory.
 #define CM_STORAGE_FILE "llmrt.db"
 //  Schema version this build creates and expects.
-#define CM_STORAGE_SCHEMA_VERSION 3
+#define CM_STORAGE_SCHEMA_VERSION 4
 
 //  --- connection -------------------------------------------------------------
 
@@ -156,8 +156,17 @@ typedef struct {
     bool include;           //  counts as history for later prompts
 } cm_storage_chat_t;
 
-//  Save a turn. Returns its id (the "chatId"), or -1 on failure.
+//  Save a turn. Returns its id (the "chatId"), or -1 on failure. On a
+//  pooled connection (outside a transaction of the caller) turns of the
+//  pool's threads are group-committed: whichever arrive while a commit
+//  runs are written together in the next transaction, by one of their
+//  callers, each returning once its own turn is committed. A turn that
+//  fails alone (say its workspace is gone) does not fail the others.
 int64_t cm_storage_chat_add (cm_storage_t *self, const cm_storage_chat_t *chat);
+//  The pool's group commits so far: transactions and the turns they
+//  wrote (turns / commits is the average batch).
+void cm_storage_pool_chat_commits (cm_storage_pool_t *self, uint64_t *commits,
+                                   uint64_t *turns);
 
 //  Which turns of a workspace to read or reset. NULL/0 match rows where the
 //  column is NULL, as upstream's queries do.

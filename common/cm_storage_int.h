@@ -13,6 +13,8 @@
 //  ISO-8601 UTC with milliseconds, as upstream's Prisma serialises dates.
 #define CM_STORAGE_NOW "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
 
+typedef struct s_grouped_s s_grouped_t;
+
 typedef struct {
     char *sql;          //  the statement's text, the cache key
     sqlite3_stmt *stmt; //  prepared once, reset between uses
@@ -26,6 +28,7 @@ struct cm_storage_s {
     size_t cache_max;  //  entries allocated
     char errmsg[512];  //  reason of the last failure ("" after none)
     bool opening;      //  in cm_storage_new: failures go to its caller, unlogged
+    cm_storage_pool_t *pool; //  the pool that lends it (NULL: not pooled)
 };
 
 struct cm_storage_pool_s {
@@ -44,6 +47,15 @@ struct cm_storage_pool_s {
     bool stopping;          //  guarded by lock
     int wal_restart_frames; //  WAL length that makes it rewind (guarded by lock)
     int64_t checkpoint_ms;  //  its period (guarded by lock)
+    //  Group commit of chat turns (cm_storage_chat_add on a pooled
+    //  connection): turns that arrive while one commit runs wait in a list,
+    //  and the next leader writes them all in one transaction.
+    pthread_mutex_t group_lock; //  guards the five below
+    s_grouped_t *group_head;    //  turns waiting for the next commit
+    s_grouped_t *group_tail;    //  last of them
+    bool group_leading;         //  a leader is committing
+    uint64_t group_commits;     //  batches written
+    uint64_t group_turns;       //  turns in them
 };
 
 //  Record a database failure and log it once, where it happens. Returns -1.

@@ -194,3 +194,21 @@ Test (chat_provider, tokenizer_rule)
     cr_assert_eq (chat_provider_count_tokens ("one two  three\n"), 3);
     cr_assert_eq (chat_provider_count_tokens (""), 0);
 }
+
+//  The one-pass count is the number of steps token_length takes, for
+//  blanks anywhere (leading, trailing, runs, only blanks) and UTF-8.
+Test (chat_provider, count_tokens_matches_token_length)
+{
+    const char *texts[] = {
+        "x",         " ",      "  lead",         "trail  ",
+        "\t\n\r ",   "a b",    "a  \t b\n\nc  ", "caf\xC3\xA9 na\xC3\xAFve",
+        " a b c d ", "\n\nx\n"};
+    for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
+        int64_t steps = 0;
+        for (const char *p = texts[i]; *p; p += chat_provider_token_length (p))
+            steps++;
+        cr_assert_eq (chat_provider_count_tokens (texts[i]), steps, "text %zu", i);
+    }
+    cr_assert_eq (chat_provider_count_tokens ("  lead"), 2);
+    cr_assert_eq (chat_provider_count_tokens (" "), 1);
+}

@@ -5,6 +5,7 @@
 #include "cm_storage.h"
 #include "test_dir.h"
 #include <pthread.h>
+#include <sqlite3.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -548,6 +549,161 @@ Test (cm_storage, pool_lends_separate_connections)
     cm_storage_pool_release (pool, &c);
     cm_storage_pool_destroy (&pool);
     cr_assert_null (pool);
+}
+
+//  Group commit: threads of one pool adding turns at once, one in ten for
+//  a workspace that does not exist (it must fail alone).
+#define S_GROUP_THREADS 8
+#define S_GROUP_TURNS   200
+
+typedef struct {
+    cm_storage_pool_t *pool;
+    int64_t workspace_id;
+    int index;
+    int64_t ids[S_GROUP_TURNS];
+    int wrong_ok;  //  turns that should have failed and did not
+    int wrong_msg; //  failed turns without a reason
+    int right_bad; //  turns that should have been saved and were not
+} s_grouper_t;
+
+static void *
+s_grouper (void *arg)
+{
+    s_grouper_t *self = (s_grouper_t *) arg;
+    for (int n = 0; n < S_GROUP_TURNS; n++) {
+        cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
+        char prompt[32];
+        snprintf (prompt, sizeof prompt, "t%d-n%d", self->index, n);
+        bool wrong = n % 10 == 3;
+        self->ids[n] =
+            s_add_chat (storage, wrong ? 4242 : self->workspace_id, prompt, NULL);
+        if (wrong && self->ids[n] >= 0)
+            self->wrong_ok++;
+        if (wrong && self->ids[n] < 0 && !*cm_storage_errmsg (storage))
+            self->wrong_msg++;
+        if (!wrong && self->ids[n] <= 0)
+            self->right_bad++;
+        cm_storage_pool_release (self->pool, &storage);
+    }
+    return NULL;
+}
+
+static void
+s_collect_turn (const char *prompt, const char *answer, void *arg)
+{
+    json_t *turns = (json_t *) arg;
+    json_object_set_new (turns, prompt, json_string (answer));
+}
+
+Test (cm_storage, pool_group_commits_concurrent_turns)
+{
+    char err[512] = "";
+    cm_storage_pool_t *pool = cm_storage_pool_new (s_dir, err, sizeof err);
+    cr_assert_not_null (pool, "%s", err);
+    cm_storage_t *storage = cm_storage_pool_acquire (pool);
+    json_t *workspace = s_workspace (storage, "Grouped");
+    cm_storage_pool_release (pool, &storage);
+
+    pthread_t threads[S_GROUP_THREADS];
+    static s_grouper_t groupers[S_GROUP_THREADS];
+    for (int i = 0; i < S_GROUP_THREADS; i++) {
+        groupers[i] =
+            (s_grouper_t){.pool = pool, .workspace_id = s_id (workspace), .index = i};
+        pthread_create (&threads[i], NULL, s_grouper, &groupers[i]);
+    }
+    for (int i = 0; i < S_GROUP_THREADS; i++) {
+        pthread_join (threads[i], NULL);
+        cr_assert_eq (groupers[i].right_bad, 0, "thread %d: turns not saved", i);
+        cr_assert_eq (groupers[i].wrong_ok, 0, "thread %d: bad turns saved", i);
+        cr_assert_eq (groupers[i].wrong_msg, 0, "thread %d: failures without reason", i);
+    }
+    //  Every saved turn is there once, under the id its caller got, with its
+    //  own prompt and answer.
+    storage = cm_storage_pool_acquire (pool);
+    int right = S_GROUP_TURNS - S_GROUP_TURNS / 10;
+    cr_assert_eq (s_count_chats (storage, s_id (workspace)), S_GROUP_THREADS * right);
+    json_t *chats = NULL;
+    cm_storage_chat_filter_t all = {.user_id = -1};
+    cr_assert_eq (cm_storage_chat_list (storage, s_id (workspace), &all, &chats),
+                  CM_STORAGE_OK);
+    json_t *by_id = json_object ();
+    size_t k;
+    json_t *chat;
+    json_array_foreach (chats, k, chat)
+    {
+        char key[32];
+        snprintf (key, sizeof key, "%lld", (long long) s_id (chat));
+        json_object_set (by_id, key, json_object_get (chat, "prompt"));
+    }
+    for (int i = 0; i < S_GROUP_THREADS; i++)
+        for (int n = 0; n < S_GROUP_TURNS; n++) {
+            if (n % 10 == 3)
+                continue;
+            char key[32], prompt[32];
+            snprintf (key, sizeof key, "%lld", (long long) groupers[i].ids[n]);
+            snprintf (prompt, sizeof prompt, "t%d-n%d", i, n);
+            const char *stored = json_string_value (json_object_get (by_id, key));
+            cr_assert (stored && !strcmp (stored, prompt), "id %s: %s, not %s", key,
+                       stored ? stored : "(none)", prompt);
+        }
+    json_t *turns = json_object ();
+    cm_storage_chat_filter_t history = {.user_id = -1, .included_only = true};
+    cr_assert_eq (cm_storage_chat_context (storage, s_id (workspace), &history,
+                                           s_collect_turn, turns),
+                  CM_STORAGE_OK);
+    cr_assert_eq (json_object_size (turns), (size_t) S_GROUP_THREADS * right);
+    cr_assert_str_eq (json_string_value (json_object_get (turns, "t5-n7")), "t5-n7");
+
+    //  The turns shared transactions: fewer commits than turns.
+    uint64_t commits = 0, written = 0;
+    cm_storage_pool_chat_commits (pool, &commits, &written);
+    cr_assert_eq (written, (uint64_t) S_GROUP_THREADS * S_GROUP_TURNS);
+    cr_assert_lt (commits, written, "%llu commits for %llu turns",
+                  (unsigned long long) commits, (unsigned long long) written);
+
+    json_decref (turns);
+    json_decref (by_id);
+    json_decref (chats);
+    json_decref (workspace);
+    cm_storage_pool_release (pool, &storage);
+    cm_storage_pool_destroy (&pool);
+}
+
+//  Schema 4 keeps a turn's answer beside its response; a database of
+//  schema 3 is migrated and its turns (no answer column) still read back.
+Test (cm_storage, history_of_schema_3_rows_reads_through_json)
+{
+    cm_storage_t *storage = s_open ();
+    json_t *workspace = s_workspace (storage, "Old");
+    cr_assert_gt (s_add_chat (storage, s_id (workspace), "before", NULL), 0);
+    cm_storage_destroy (&storage);
+
+    //  Make it a schema-3 file, as an older release left it.
+    char path[128];
+    snprintf (path, sizeof path, "%s/" CM_STORAGE_FILE, s_dir);
+    sqlite3 *db = NULL;
+    cr_assert_eq (sqlite3_open (path, &db), SQLITE_OK);
+    cr_assert_eq (sqlite3_exec (db,
+                                "ALTER TABLE workspace_chats DROP COLUMN answer;"
+                                "PRAGMA user_version = 3;",
+                                NULL, NULL, NULL),
+                  SQLITE_OK, "%s", sqlite3_errmsg (db));
+    sqlite3_close (db);
+
+    storage = s_open ();
+    cr_assert_eq (cm_storage_schema_version (storage), CM_STORAGE_SCHEMA_VERSION);
+    cr_assert_gt (s_add_chat (storage, s_id (workspace), "after", NULL), 0);
+    json_t *turns = json_object ();
+    cm_storage_chat_filter_t history = {.user_id = -1, .included_only = true};
+    cr_assert_eq (cm_storage_chat_context (storage, s_id (workspace), &history,
+                                           s_collect_turn, turns),
+                  CM_STORAGE_OK);
+    cr_assert_eq (json_object_size (turns), 2);
+    cr_assert_str_eq (json_string_value (json_object_get (turns, "before")), "before");
+    cr_assert_str_eq (json_string_value (json_object_get (turns, "after")), "after");
+    json_decref (turns);
+    json_decref (workspace);
+    cm_storage_destroy (&storage);
 }
 
 //  Readers that never stop, on their own connection, as under load.
