@@ -252,10 +252,22 @@ static int s_mkdir_p (const char *dir, char *err, size_t errlen);
 
 //  --- connection -------------------------------------------------------------
 
+//  Process-wide SQLite settings, before its first use. Memory statistics
+//  off: with them every allocation of every connection takes one global
+//  mutex, which the handler threads of a daemon fought over (futex calls).
+static pthread_once_t s_sqlite_once = PTHREAD_ONCE_INIT;
+
+static void
+s_sqlite_configure (void)
+{
+    sqlite3_config (SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
 cm_storage_t *
 cm_storage_new (const char *dir, char *err, size_t errlen)
 {
     assert (dir);
+    pthread_once (&s_sqlite_once, s_sqlite_configure);
     if (sodium_init () < 0) {
         snprintf (err, errlen, "storage: libsodium failed to initialise");
         return NULL;
