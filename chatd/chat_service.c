@@ -7,7 +7,6 @@
 #include "cm_storage_docs.h"
 #include "cm_vsearch.h"
 #include <time.h>
-#include <uuid/uuid.h>
 
 //  Upstream's default system prompt (utils/chats chatPrompt).
 #define S_DEFAULT_PROMPT                                                                 \
@@ -61,7 +60,7 @@ typedef struct {
     char *mode;              //  automatic | chat | query (or what the client sent)
     char *session_id;        //  the caller's sessionId, or NULL
     json_t *attachments;     //  as sent (array), saved with the turn
-    char uuid[37];           //  id of this response
+    char uuid[CM_UUID_SIZE]; //  id of this response
     json_t *sources;         //  the chunks found for the message (chat's "sources")
     char *system_context;    //  the system prompt with the chunks as context, or NULL
     char *text;              //  the answer so far (streaming)
@@ -186,14 +185,6 @@ chat_service_routes (void)
 
 //  --- helpers ----------------------------------------------------------------------
 
-static void
-s_uuid (char out[37])
-{
-    uuid_t id;
-    uuid_generate_random (id);
-    uuid_unparse_lower (id, out);
-}
-
 //  The request body as an object; an empty object when absent or not one.
 static json_t *
 s_body (cm_call_t *call)
@@ -267,8 +258,8 @@ s_send_event (cm_call_t *call, json_t *event)
 static void
 s_reply_abort (cm_call_t *call, int status, const char *error)
 {
-    char id[37];
-    s_uuid (id);
+    char id[CM_UUID_SIZE];
+    cm_uuid (id);
     s_reply_json (call, status,
                   json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "id", id, "type", "abort",
                              "textResponse", "sources", "close", 1, "error", error));
@@ -1133,7 +1124,7 @@ s_chat_turn (cm_call_t *call, chat_service_t *self, bool streaming, bool threade
                      .streaming = streaming,
                      .temperature = -1,
                      .sources = json_array ()};
-    s_uuid (turn.uuid);
+    cm_uuid (turn.uuid);
     json_t *body = s_body (call);
     const char *slug = cm_call_param (call, "slug");
     const char *thread_slug = threaded ? cm_call_param (call, "threadSlug") : NULL;
@@ -1379,7 +1370,7 @@ s_openai_completions (cm_call_t *call, void *arg)
                      .openai = true,
                      .temperature = -1,
                      .created = (int64_t) time (NULL)};
-    s_uuid (turn.uuid);
+    cm_uuid (turn.uuid);
     json_t *body = s_body (call);
     json_t *model = json_object_get (body, "model");
     //  Upstream looks up String(model): only a string can name a workspace.

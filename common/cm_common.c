@@ -2,6 +2,7 @@
 #include "cm_common.h"
 #include "cm_config.h"
 #include <pthread.h>
+#include <sodium.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -95,6 +96,36 @@ cm_main_args (int argc, char **argv, const char *program, const char *summary,
         return -1;
     }
     return 0;
+}
+
+static void
+s_sodium_init (void)
+{
+    if (sodium_init () < 0)
+        abort (); //  no entropy source: nothing random can be made
+}
+
+void
+cm_uuid (char out[CM_UUID_SIZE])
+{
+    //  libuuid's uuid_generate_random made five system calls per id and
+    //  reseeded random(3) each time; snprintf's 16 "%02x" showed in
+    //  profiles too.
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once (&once, s_sodium_init);
+    unsigned char b[16];
+    randombytes_buf (b, sizeof b);
+    b[6] = (unsigned char) ((b[6] & 0x0F) | 0x40); //  version 4
+    b[8] = (unsigned char) ((b[8] & 0x3F) | 0x80); //  RFC 4122 variant
+    static const char hex[] = "0123456789abcdef";
+    size_t at = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[at++] = '-';
+        out[at++] = hex[b[i] >> 4];
+        out[at++] = hex[b[i] & 0x0F];
+    }
+    out[at] = 0;
 }
 
 void

@@ -34,6 +34,12 @@ int64_t cm_clock_mono_ms (void);
 //  Monotonic microseconds (rate limits: sub-millisecond precision).
 int64_t cm_clock_mono_us (void);
 
+//  A random (version 4) UUID, lower-case, into out (36 characters and the
+//  terminating NUL), from libsodium's generator: the one UUID source of
+//  the suite (ids of chats, documents, flows, slugs of last resort).
+#define CM_UUID_SIZE 37
+void cm_uuid (char out[CM_UUID_SIZE]);
+
 //  Give the kernel back the pages of the calling thread's stack below the
 //  current frame: a thread about to wait a long time (a chat stream held
 //  open for minutes) keeps only what it uses, not the deepest its earlier

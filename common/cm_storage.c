@@ -735,7 +735,7 @@ cm_storage_workspace_create (cm_storage_t *self, const json_t *fields,
         free (slug);
         if (!*base) {
             slug = cm_malloc (37);
-            cm_storage__uuid (slug);
+            cm_uuid (slug);
         } else if (attempt == 0)
             slug = cm_strdup (base);
         else {
@@ -920,7 +920,7 @@ cm_storage_thread_create (cm_storage_t *self, int64_t workspace_id, const json_t
         }
     } else {
         slug = cm_malloc (37);
-        cm_storage__uuid (slug);
+        cm_uuid (slug);
     }
     cm_storage_status_t status = CM_STORAGE_ERROR;
     sqlite3_stmt *stmt =
@@ -1724,18 +1724,4 @@ s_mkdir_p (const char *dir, char *err, size_t errlen)
     }
     free (path);
     return rc;
-}
-
-//  A random (version 4) UUID in its 36-character text form.
-void
-cm_storage__uuid (char out[37])
-{
-    unsigned char b[16];
-    randombytes_buf (b, sizeof b);
-    b[6] = (unsigned char) ((b[6] & 0x0F) | 0x40);
-    b[8] = (unsigned char) ((b[8] & 0x3F) | 0x80);
-    snprintf (out, 37,
-              "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-              b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11],
-              b[12], b[13], b[14], b[15]);
 }

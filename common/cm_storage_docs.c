@@ -395,8 +395,8 @@ cm_storage_workspace_doc_link (cm_storage_t *self, int64_t workspace_id,
         "ON CONFLICT (workspaceId, docpath) DO NOTHING");
     if (!stmt)
         goto error;
-    char doc_id[37];
-    cm_storage__uuid (doc_id);
+    char doc_id[CM_UUID_SIZE];
+    cm_uuid (doc_id);
     const char *slash = strrchr (location, '/');
     sqlite3_bind_text (stmt, 1, doc_id, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text (stmt, 2, slash ? slash + 1 : location, -1, SQLITE_TRANSIENT);
@@ -600,9 +600,9 @@ cm_storage_job_create (cm_storage_t *self, const char *id, const char *location,
         snprintf (self->errmsg, sizeof self->errmsg, "%s", invalid);
         return CM_STORAGE_INVALID;
     }
-    char uuid[37];
+    char uuid[CM_UUID_SIZE];
     if (!id) {
-        cm_storage__uuid (uuid);
+        cm_uuid (uuid);
         id = uuid;
     }
     char *slugs = workspaces ? json_dumps (workspaces, JSON_COMPACT) : NULL;

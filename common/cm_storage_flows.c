@@ -48,8 +48,8 @@ cm_storage_flow_create (cm_storage_t *self, const char *name, const char *descri
     cm_storage_status_t status = s_check (self, name, steps, &text);
     if (status != CM_STORAGE_OK)
         return status;
-    char uuid[37];
-    cm_storage__uuid (uuid);
+    char uuid[CM_UUID_SIZE];
+    cm_uuid (uuid);
     status = CM_STORAGE_ERROR;
     sqlite3_stmt *stmt = cm_storage__stmt (
         self, "INSERT INTO agent_flows (uuid, name, description, active, steps) "

@@ -72,8 +72,6 @@ int cm_storage__exec (cm_storage_t *self, const char *sql);
 //  The current row as a JSON object keyed by column name (BOOLEAN columns
 //  as true/false, JSON_TEXT columns parsed).
 json_t *cm_storage__row (sqlite3_stmt *stmt);
-//  A random (version 4) UUID, lower-case.
-void cm_storage__uuid (char out[37]);
 //  Step a bound statement that selects at most one row: OK (the row as
 //  JSON in *row_p, when row_p is not NULL), NOT_FOUND, or ERROR (logged as
 //  what). Resets the statement.

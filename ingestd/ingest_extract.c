@@ -10,7 +10,6 @@
 #include <libxml/parser.h>
 #include <poppler.h>
 #include <pthread.h>
-#include <sodium.h>
 #include <strings.h>
 #include <time.h>
 
@@ -644,18 +643,12 @@ s_slugify (const char *name, bool lower)
     return buf.data;
 }
 
+//  A new document id (a UUID, owned by the caller).
 static char *
-s_uuid (void)
+s_new_id (void)
 {
-    unsigned char b[16];
-    randombytes_buf (b, sizeof b);
-    b[6] = (unsigned char) ((b[6] & 0x0f) | 0x40);
-    b[8] = (unsigned char) ((b[8] & 0x3f) | 0x80);
-    char id[37];
-    snprintf (id, sizeof id,
-              "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-              b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11],
-              b[12], b[13], b[14], b[15]);
+    char id[CM_UUID_SIZE];
+    cm_uuid (id);
     return cm_strdup (id);
 }
 
@@ -786,7 +779,7 @@ ingest_extract (const char *filename, const char *content_type, const void *data
     out->text = text.data;
     out->text_size = text.size;
     out->format = format->format;
-    out->id = s_uuid ();
+    out->id = s_new_id ();
     char *slug = s_slugify (filename && *filename ? filename : "document", false);
     size_t name_size = strlen (slug) + 48;
     out->name = cm_malloc (name_size);
@@ -872,7 +865,7 @@ ingest_extract_raw (const char *text, json_t *metadata, int64_t now_ms, ingest_d
     out->text = buf.data;
     out->text_size = buf.size;
     out->format = "raw";
-    out->id = s_uuid ();
+    out->id = s_new_id ();
     //  Upstream slugs the title without its extension, lower case.
     char *base = cm_strdup (title);
     char *dot = strrchr (base, '.');

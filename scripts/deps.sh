@@ -6,7 +6,7 @@ LLMRT_PACKAGES=(
     build-essential cmake pkg-config clang-format
     libzmq3-dev libczmq-dev libmicrohttpd-dev libhiredis-dev libmsgpack-dev
     libcriterion-dev libsqlite3-dev libcurl4-openssl-dev libjansson-dev
-    libsodium-dev uuid-dev
+    libsodium-dev
     libxml2-dev libpoppler-glib-dev
     # test_ingest_extract draws a PDF with cairo (fontconfig for its fonts)
     libcairo2-dev libfontconfig-dev
