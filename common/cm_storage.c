@@ -220,9 +220,9 @@ static const char *s_migrations[CM_STORAGE_SCHEMA_VERSION] = {
     "  createdAt TEXT NOT NULL DEFAULT (" S_NOW "),"
     "  lastUpdatedAt TEXT NOT NULL DEFAULT (" S_NOW "));",
     //  4: a turn's answer text beside its response, for the prompts of later
-    //  turns: json_extract of twenty responses was a fifth of a chat
-    //  turn's CPU (measured: 66 -> 33 us of its history read). Rows of
-    //  older versions have NULL and are read through json_extract.
+    //  turns: json_extract of twenty responses was most of a turn's history
+    //  read (measured on one handler thread: 66 -> 20 us of a ~150 us
+    //  turn). Rows of older versions have NULL, read through json_extract.
     "ALTER TABLE workspace_chats ADD COLUMN answer TEXT;",
 };
 
@@ -236,13 +236,14 @@ static const char *s_migrations[CM_STORAGE_SCHEMA_VERSION] = {
     "createdAt, lastUpdatedAt, feedbackScore"
 #define S_APIKEY_COLUMNS "id, name, role, prefix, createdBy, createdAt, lastUpdatedAt"
 
-//  The checkpointer's period while the WAL grows, and while it does not.
-//  Every 100 ms rather than every second (same run, bench/run.sh's load):
-//  p99 30-34 -> 14-16 ms, +4-7% req/s. A rewind then starts as soon as the
-//  WAL passes its limit, not up to a second (~8,000 frames) later, and so
-//  holds writers up 0.6-9 ms instead of ~13 ms.
-#define S_CHECKPOINT_MS      100
-#define S_CHECKPOINT_IDLE_MS 1000
+//  The checkpointer's period. Every 100 ms rather than every second (same
+//  run, bench/run.sh's load): p99 30-34 -> 14-16 ms, +4-7% req/s. A rewind
+//  then starts as soon as the WAL passes its limit, not up to a second
+//  (~8,000 frames) later, and so holds writers up 0.6-9 ms instead of ~13
+//  ms. (A slower pace while nothing is written was tried: one pause of the
+//  writers longer than a tick looked idle, and the WAL then grew for a
+//  whole second. An idle tick costs a few microseconds.)
+#define S_CHECKPOINT_MS 100
 //  WAL frames (pages) after which the checkpointer rewinds the WAL (about
 //  64 MB with 4 KiB pages), and the size a rewound WAL file is cut back to.
 #define S_WAL_RESTART_FRAMES 16384
@@ -391,12 +392,8 @@ s_checkpointer (void *arg)
         //  writer. Give up after a short wait; the next tick tries again.
         sqlite3_busy_timeout (storage->db, S_RESTART_WAIT_MS);
     pthread_mutex_lock (&self->lock);
-    int last_frames = -1; //  the WAL's length at the last tick
-    bool idle = false;    //  it did not change then
     while (!self->stopping) {
         int64_t period = self->checkpoint_ms;
-        if (idle && period < S_CHECKPOINT_IDLE_MS)
-            period = S_CHECKPOINT_IDLE_MS;
         struct timespec until;
         clock_gettime (CLOCK_REALTIME, &until);
         until.tv_sec += period / 1000;
@@ -414,8 +411,6 @@ s_checkpointer (void *arg)
         int frames = 0;
         int rc = sqlite3_wal_checkpoint_v2 (storage->db, NULL, SQLITE_CHECKPOINT_PASSIVE,
                                             &frames, NULL);
-        idle = rc == SQLITE_OK && frames == last_frames;
-        last_frames = frames;
         //  Under steady load some reader always uses the WAL, so a writer
         //  never gets to start it again from the top: it grew without end
         //  (1.9 GB in 18 s of bench/run.sh's load), and with it every

@@ -80,8 +80,7 @@ void cm_storage_dir_default (char **storage_dir_p, const char *run_dir);
 //  to check that the database is usable; NULL with the reason in err.
 cm_storage_pool_t *cm_storage_pool_new (const char *dir, char *err, size_t errlen);
 //  The pool's checkpointer copies the WAL into the database every
-//  period_ms (default 100, at least 1000 while nothing is written; PASSIVE:
-//  it never waits), and once the WAL is
+//  period_ms (default 100; PASSIVE: it never waits), and once the WAL is
 //  longer than wal_limit_frames pages (default 16384, 64 MB with 4 KiB
 //  pages) rewinds it (RESTART: it waits, and writers with it, up to ~10 ms
 //  at full load), so that the WAL stays bounded even when readers never stop.

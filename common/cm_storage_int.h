@@ -39,7 +39,7 @@ struct cm_storage_pool_s {
     size_t idle_max;      //  entries allocated
     size_t lent;          //  connections out with callers
     //  The checkpointer: WAL checkpoints (and their fsyncs) run here, every
-    //  100 ms (1 s while the WAL is idle), instead of inside whichever request's commit
+    //  100 ms, instead of inside whichever request's commit
     //  crossed the auto-checkpoint size (measured: 9% of a chat turn's CPU, and its worst
     //  latencies, since the write lock is held meanwhile).
     pthread_t checkpointer; //  the thread
