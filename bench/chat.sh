@@ -76,16 +76,6 @@ sum() {
     awk -v want="${2:-llmrt}" '($1 ~ /redis/) == (want == "redis") { r += $3; p += $4 }
         END { print r + 0, p + 0 }' "$1"
 }
-# cpu OUT: "name ticks" per process of the suite, then "all busy_ticks" of
-# the machine (/proc/stat); two of these around a phase give its CPU split.
-cpu() {
-    local pid
-    : >"$1"
-    for pid in $(pgrep -P "$sup_pid"); do
-        awk -v n="$(cat "/proc/$pid/comm" 2>/dev/null)" '{ print n, $14 + $15 }' "/proc/$pid/stat" >>"$1" 2>/dev/null || true
-    done
-    awk '/^cpu / { print "all", $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat >>"$1"
-}
 # cpu_split BEFORE AFTER SECONDS CLIENT_PERCENT: one line, % of one core
 cpu_split() {
     awk -v secs="$3" -v client="$4" -v hz="$(getconf CLK_TCK)" -v cores="$(nproc)" '

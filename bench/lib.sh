@@ -108,6 +108,30 @@ stop_suite() {
     sup_pid=""
 }
 
+# cpu OUT: "name ticks" per process of the suite, then "all busy_ticks" of
+# the machine (/proc/stat); two of these around a phase give its CPU split.
+cpu() {
+    local pid
+    : >"$1"
+    for pid in $(pgrep -P "$sup_pid"); do
+        awk -v n="$(cat "/proc/$pid/comm" 2>/dev/null)" '{ print n, $14 + $15 }' "/proc/$pid/stat" >>"$1" 2>/dev/null || true
+    done
+    awk '/^cpu / { print "all", $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat >>"$1"
+}
+
+# cpu_per_request BEFORE AFTER REQUESTS: one line, the CPU time each program
+# of the suite spent per request between two cpu snapshots (replicas
+# together), in microseconds: where a request's cost is, across processes.
+cpu_per_request() {
+    awk -v reqs="$3" -v hz="$(getconf CLK_TCK)" '
+        FNR == 1 { f++ } $1 == "all" { next }
+        f == 1 { t0[$1] += $2 } f == 2 { t1[$1] += $2; n[$1]++ }
+        END { line = "CPU per request, us:"
+              for (k in n) { us = (t1[k] - t0[k]) / hz * 1e6 / (reqs > 0 ? reqs : 1)
+                             if (us >= 1) line = line sprintf(" %s%s %.1f,", k, n[k] > 1 ? " x" n[k] : "", us) }
+              sub(/,$/, "", line); print line }' "$1" "$2"
+}
+
 # new_api_key NAME: an API key named NAME, created through the admin route
 # with $admin; sets token (its secret).
 new_api_key() {

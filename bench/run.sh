@@ -35,8 +35,11 @@ curl -sf -H "Authorization: Bearer $BENCH_KEY" -H 'Content-Type: application/jso
 
 # Warm up, then measure.
 wrk -t"$threads" -c"$conns" -d2s -s "$here/chat.lua" "$base/api/v1/workspace/bench/chat" >/dev/null
+cpu "$dir/cpu0"
 ours=$(wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -s "$here/chat.lua" \
     "$base/api/v1/workspace/bench/chat" | tee "$dir/ours.txt" | summarise)
+cpu "$dir/cpu1"
+per_request=$(cpu_per_request "$dir/cpu0" "$dir/cpu1" "$(awk '/requests in/ { print $1 }' "$dir/ours.txt")")
 stop_suite
 
 { read -r nport; read -r uport; } < <(free_ports 2)
@@ -54,3 +57,4 @@ printf '%-34s %10s %9s %9s %9s %8s\n' "target" "req/s" "p50 ms" "p90 ms" "p99 ms
 printf '%-34s %10s %9s %9s %9s %8s\n' "llmrt gateway -> chatd (builtin)" "$o_rps" "$o_p50" "$o_p90" "$o_p99" "$o_bad"
 printf '%-34s %10s %9s %9s %9s %8s\n' "nginx limit_req -> static" "$n_rps" "$n_p50" "$n_p90" "$n_p99" "$n_bad"
 awk -v a="$o_rps" -v b="$n_rps" 'BEGIN { printf "ratio llmrt/nginx requests/s: %.2f\n", (b > 0 ? a / b : 0) }'
+echo "llmrt $per_request"
