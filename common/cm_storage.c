@@ -729,7 +729,7 @@ cm_storage_workspace_create (cm_storage_t *self, const json_t *fields,
     for (int attempt = 0; attempt < S_SLUG_TRIES; attempt++) {
         free (slug);
         if (!*base) {
-            slug = cm_malloc (37);
+            slug = cm_malloc (CM_UUID_SIZE);
             cm_uuid (slug);
         } else if (attempt == 0)
             slug = cm_strdup (base);
@@ -914,7 +914,7 @@ cm_storage_thread_create (cm_storage_t *self, int64_t workspace_id, const json_t
             return CM_STORAGE_INVALID;
         }
     } else {
-        slug = cm_malloc (37);
+        slug = cm_malloc (CM_UUID_SIZE);
         cm_uuid (slug);
     }
     cm_storage_status_t status = CM_STORAGE_ERROR;

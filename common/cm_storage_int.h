@@ -39,9 +39,9 @@ struct cm_storage_pool_s {
     size_t idle_max;      //  entries allocated
     size_t lent;          //  connections out with callers
     //  The checkpointer: WAL checkpoints (and their fsyncs) run here, every
-    //  100 ms, instead of inside whichever request's commit
-    //  crossed the auto-checkpoint size (measured: 9% of a chat turn's CPU, and its worst
-    //  latencies, since the write lock is held meanwhile).
+    //  100 ms, instead of inside whichever request's commit crossed the
+    //  auto-checkpoint size (measured: 9% of a chat turn's CPU, and its
+    //  worst latencies, since the write lock is held meanwhile).
     pthread_t checkpointer; //  the thread
     pthread_cond_t wake;    //  signalled on destroy
     bool stopping;          //  guarded by lock
