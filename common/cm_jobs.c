@@ -291,6 +291,8 @@ struct cm_jobs_s {
 };
 
 static bool s_connect (cm_jobs_t *self);
+static long long s_eval_integer (cm_jobs_t *self, s_script_t script, int argc,
+                                 const char **argv);
 static redisReply *s_eval (cm_jobs_t *self, s_script_t script, int argc,
                            const char **argv);
 static void s_failed (cm_jobs_t *self, const char *fmt, ...)
@@ -459,12 +461,8 @@ cm_jobs_renew (cm_jobs_t *self, const cm_job_t *job)
     snprintf (attempt, sizeof attempt, "%d", job->attempt);
     snprintf (lease, sizeof lease, "%lld", (long long) self->config.lease_ms);
     const char *argv[] = {self->prefix, self->worker, job->id, attempt, lease};
-    redisReply *reply = s_eval (self, S_RENEW, 5, argv);
-    if (!reply)
-        return CM_JOBS_ERROR;
-    int rc = reply->integer ? CM_JOBS_OK : CM_JOBS_LOST;
-    freeReplyObject (reply);
-    return rc;
+    long long answer = s_eval_integer (self, S_RENEW, 5, argv);
+    return answer < 0 ? CM_JOBS_ERROR : answer ? CM_JOBS_OK : CM_JOBS_LOST;
 }
 
 int
@@ -478,14 +476,9 @@ cm_jobs_complete (cm_jobs_t *self, cm_job_t **job_p)
     snprintf (keep_ms, sizeof keep_ms, "%lld",
               (long long) self->config.keep_completed_ms);
     const char *argv[] = {self->prefix, self->worker, job->id, attempt, keep, keep_ms};
-    redisReply *reply = s_eval (self, S_COMPLETE, 6, argv);
-    int rc = CM_JOBS_ERROR;
-    if (reply) {
-        rc = reply->integer ? CM_JOBS_OK : CM_JOBS_LOST;
-        freeReplyObject (reply);
-    }
+    long long answer = s_eval_integer (self, S_COMPLETE, 6, argv);
     cm_job_destroy (job_p);
-    return rc;
+    return answer < 0 ? CM_JOBS_ERROR : answer ? CM_JOBS_OK : CM_JOBS_LOST;
 }
 
 int
@@ -503,16 +496,12 @@ cm_jobs_fail (cm_jobs_t *self, cm_job_t **job_p, const char *reason, bool retry)
     snprintf (keep, sizeof keep, "%zu", self->config.keep_failed);
     const char *argv[] = {self->prefix, self->worker,      job->id, attempt,
                           reason,       retry ? "1" : "0", delay,   keep};
-    redisReply *reply = s_eval (self, S_FAIL, 8, argv);
-    int rc = CM_JOBS_ERROR;
-    if (reply) {
-        rc = reply->integer == 1   ? CM_JOBS_RETRYING
-             : reply->integer == 2 ? CM_JOBS_FAILED
-                                   : CM_JOBS_LOST;
-        freeReplyObject (reply);
-    }
+    long long answer = s_eval_integer (self, S_FAIL, 8, argv);
     cm_job_destroy (job_p);
-    return rc;
+    return answer < 0    ? CM_JOBS_ERROR
+           : answer == 1 ? CM_JOBS_RETRYING
+           : answer == 2 ? CM_JOBS_FAILED
+                         : CM_JOBS_LOST;
 }
 
 int
@@ -523,14 +512,9 @@ cm_jobs_release (cm_jobs_t *self, cm_job_t **job_p)
     char attempt[24];
     snprintf (attempt, sizeof attempt, "%d", job->attempt);
     const char *argv[] = {self->prefix, self->worker, job->id, attempt};
-    redisReply *reply = s_eval (self, S_RELEASE, 4, argv);
-    int rc = CM_JOBS_ERROR;
-    if (reply) {
-        rc = reply->integer ? CM_JOBS_OK : CM_JOBS_LOST;
-        freeReplyObject (reply);
-    }
+    long long answer = s_eval_integer (self, S_RELEASE, 4, argv);
     cm_job_destroy (job_p);
-    return rc;
+    return answer < 0 ? CM_JOBS_ERROR : answer ? CM_JOBS_OK : CM_JOBS_LOST;
 }
 
 int
@@ -683,6 +667,19 @@ s_connect (cm_jobs_t *self)
         freeReplyObject (reply);
     }
     return true;
+}
+
+//  Run a script whose answer is a number (the lease, state and lost-job
+//  scripts answer 0, 1, 2): that number, or -1 on failure (errmsg set).
+static long long
+s_eval_integer (cm_jobs_t *self, s_script_t script, int argc, const char **argv)
+{
+    redisReply *reply = s_eval (self, script, argc, argv);
+    if (!reply)
+        return -1;
+    long long answer = reply->integer;
+    freeReplyObject (reply);
+    return answer;
 }
 
 //  Run a script (EVALSHA, then EVAL when Redis lost it). Returns the
