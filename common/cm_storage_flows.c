@@ -36,6 +36,19 @@ s_check (cm_storage_t *self, const char *name, const json_t *steps, char **text_
     return CM_STORAGE_OK;
 }
 
+//  ?1..?5 of both the INSERT and the UPDATE: uuid, name, description,
+//  active, steps (as text).
+static void
+s_bind_flow (sqlite3_stmt *stmt, const char *uuid, const char *name,
+             const char *description, bool active, const char *steps)
+{
+    sqlite3_bind_text (stmt, 1, uuid, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text (stmt, 2, name, -1, SQLITE_TRANSIENT);
+    cm_storage__bind_text (stmt, 3, description);
+    sqlite3_bind_int (stmt, 4, active ? 1 : 0);
+    sqlite3_bind_text (stmt, 5, steps, -1, SQLITE_TRANSIENT);
+}
+
 cm_storage_status_t
 cm_storage_flow_create (cm_storage_t *self, const char *name, const char *description,
                         bool active, const json_t *steps, json_t **flow_p)
@@ -55,11 +68,7 @@ cm_storage_flow_create (cm_storage_t *self, const char *name, const char *descri
         self, "INSERT INTO agent_flows (uuid, name, description, active, steps) "
               "VALUES (?1, ?2, ?3, ?4, ?5)");
     if (stmt) {
-        sqlite3_bind_text (stmt, 1, uuid, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text (stmt, 2, name, -1, SQLITE_TRANSIENT);
-        cm_storage__bind_text (stmt, 3, description);
-        sqlite3_bind_int (stmt, 4, active ? 1 : 0);
-        sqlite3_bind_text (stmt, 5, text, -1, SQLITE_TRANSIENT);
+        s_bind_flow (stmt, uuid, name, description, active, text);
         int rc = sqlite3_step (stmt);
         sqlite3_reset (stmt);
         if (rc == SQLITE_DONE)
@@ -117,11 +126,7 @@ cm_storage_flow_update (cm_storage_t *self, const char *uuid, const char *name,
         self, "UPDATE agent_flows SET name = ?2, description = ?3, active = ?4, "
               "steps = ?5, lastUpdatedAt = " CM_STORAGE_NOW " WHERE uuid = ?1");
     if (stmt) {
-        sqlite3_bind_text (stmt, 1, uuid, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text (stmt, 2, name, -1, SQLITE_TRANSIENT);
-        cm_storage__bind_text (stmt, 3, description);
-        sqlite3_bind_int (stmt, 4, active ? 1 : 0);
-        sqlite3_bind_text (stmt, 5, text, -1, SQLITE_TRANSIENT);
+        s_bind_flow (stmt, uuid, name, description, active, text);
         status = cm_storage__change (self, stmt, "update agent flow");
     }
     free (text);
