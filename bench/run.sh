@@ -40,6 +40,13 @@ ours=$(wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -s "$here/chat.lua" \
     "$base/api/v1/workspace/bench/chat" | tee "$dir/ours.txt" | summarise)
 cpu "$dir/cpu1"
 per_request=$(cpu_per_request "$dir/cpu0" "$dir/cpu1" "$(awk '/requests in/ { print $1 }' "$dir/ours.txt")")
+# Ceilings of the same suite, same connections, half the time: the gateway
+# alone (no key, no hop), and one hop to chatd with one indexed read and no
+# write. What a chat turn costs beyond the second is chatd's own work.
+ceil_secs=$(( secs > 1 ? secs / 2 : 1 ))
+ping=$(wrk -t"$threads" -c"$conns" -d"${ceil_secs}s" --latency "$base/api/ping" | summarise)
+hop=$(wrk -t"$threads" -c"$conns" -d"${ceil_secs}s" --latency -s "$here/key.lua" \
+    "$base/api/v1/workspace/bench" | summarise)
 stop_suite
 
 { read -r nport; read -r uport; } < <(free_ports 2)
@@ -58,3 +65,8 @@ printf '%-34s %10s %9s %9s %9s %8s\n' "llmrt gateway -> chatd (builtin)" "$o_rps
 printf '%-34s %10s %9s %9s %9s %8s\n' "nginx limit_req -> static" "$n_rps" "$n_p50" "$n_p90" "$n_p99" "$n_bad"
 awk -v a="$o_rps" -v b="$n_rps" 'BEGIN { printf "ratio llmrt/nginx requests/s: %.2f\n", (b > 0 ? a / b : 0) }'
 echo "llmrt $per_request"
+read -r p_rps p_p50 p_p90 p_p99 p_bad <<<"$ping"
+read -r h_rps h_p50 h_p90 h_p99 h_bad <<<"$hop"
+printf 'ceilings (%s s each, same suite):\n' "$ceil_secs"
+printf '%-34s %10s %9s %9s %9s %8s\n' "GET /api/ping (gateway alone)" "$p_rps" "$p_p50" "$p_p90" "$p_p99" "$p_bad"
+printf '%-34s %10s %9s %9s %9s %8s\n' "GET workspace (one hop, one read)" "$h_rps" "$h_p50" "$h_p90" "$h_p99" "$h_bad"
