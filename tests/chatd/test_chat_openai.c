@@ -12,21 +12,8 @@
 #include "chat_openai.h"
 #include "fake_llm_client.h"
 
-static fake_llm_t s_fake;
-
-static void
-s_setup (void)
-{
-    fake_llm_start (&s_fake, NULL);
-}
-
-static void
-s_teardown (void)
-{
-    fake_llm_stop (&s_fake);
-}
-
-TestSuite (chat_openai, .init = s_setup, .fini = s_teardown, .timeout = 30);
+TestSuite (chat_openai, .init = fake_llm_suite_start, .fini = fake_llm_suite_stop,
+           .timeout = 30);
 
 static const chat_message_t s_messages[] = {
     {CHAT_ROLE_SYSTEM, "You are terse."},
@@ -37,7 +24,7 @@ static chat_provider_t *
 s_provider (const char *model, int64_t first_token_ms, int64_t total_ms)
 {
     chat_openai_config_t config = {
-        .base_url = s_fake.base_url,
+        .base_url = fake_llm_suite.base_url,
         .api_key = "sk-test-key",
         .model = model,
         .connect_timeout_ms = 2000,
@@ -75,7 +62,7 @@ Test (chat_openai, walkthrough)
     cr_assert_str_eq (chat_provider_name (provider), "openai");
 
     //  Streaming: one callback per token the upstream sent.
-    fake_llm_control (&s_fake, "{\"tokens\":5,\"pace_ms\":20}");
+    fake_llm_control (&fake_llm_suite, "{\"tokens\":5,\"pace_ms\":20}");
     chat_request_t request = {.messages = s_messages, .count = 2, .temperature = -1};
     s_sink_t sink = {0};
     chat_metrics_t metrics;
@@ -94,7 +81,7 @@ Test (chat_openai, walkthrough)
 
     //  What the upstream was asked: the messages, streamed, with usage, the
     //  configured model, no temperature; the key as a bearer token.
-    json_t *stats = fake_llm_stats (&s_fake);
+    json_t *stats = fake_llm_stats (&fake_llm_suite);
     json_t *asked = json_object_get (stats, "last_request");
     cr_assert (json_is_true (json_object_get (asked, "stream")));
     cr_assert (json_is_true (
@@ -140,7 +127,7 @@ s_note_first (const char *token, size_t size, void *arg)
 Test (chat_openai, the_first_token_is_not_held_back)
 {
     chat_provider_t *provider = s_provider (NULL, 5000, 10000);
-    fake_llm_control (&s_fake, "{\"tokens\":2,\"pace_ms\":400}");
+    fake_llm_control (&fake_llm_suite, "{\"tokens\":2,\"pace_ms\":400}");
     chat_request_t request = {.messages = s_messages, .count = 2, .temperature = -1};
     chat_metrics_t metrics;
     char err[256];
@@ -169,7 +156,7 @@ Test (chat_openai, the_workspace_model_and_temperature_win)
         chat_provider_complete (provider, &request, &text, &metrics, err, sizeof err),
         CHAT_PROVIDER_DONE);
     free (text);
-    json_t *stats = fake_llm_stats (&s_fake);
+    json_t *stats = fake_llm_stats (&fake_llm_suite);
     json_t *asked = json_object_get (stats, "last_request");
     cr_assert_str_eq (json_string_value (json_object_get (asked, "model")), "ws-model");
     cr_assert_float_eq (json_number_value (json_object_get (asked, "temperature")), 0.25,
@@ -184,7 +171,7 @@ Test (chat_openai, the_workspace_model_and_temperature_win)
         chat_provider_complete (provider, &request, &text, &metrics, err, sizeof err),
         CHAT_PROVIDER_DONE);
     free (text);
-    stats = fake_llm_stats (&s_fake);
+    stats = fake_llm_stats (&fake_llm_suite);
     cr_assert_null (json_object_get (json_object_get (stats, "last_request"), "model"));
     json_decref (stats);
     chat_provider_destroy (&provider);
@@ -207,22 +194,22 @@ Test (chat_openai, upstream_failures_are_failed_with_a_clear_message)
     chat_provider_t *provider = s_provider (NULL, 5000, 10000);
     char err[256];
 
-    fake_llm_control (&s_fake, "{\"mode\":\"fail500\"}");
+    fake_llm_control (&fake_llm_suite, "{\"mode\":\"fail500\"}");
     cr_assert_eq (s_call (provider, err, sizeof err), CHAT_PROVIDER_FAILED);
     cr_assert_str_eq (err, "The LLM provider failed (HTTP 500): The fake upstream failed "
                            "on purpose.");
 
-    fake_llm_control (&s_fake, "{\"mode\":\"fail429\"}");
+    fake_llm_control (&fake_llm_suite, "{\"mode\":\"fail429\"}");
     cr_assert_eq (s_call (provider, err, sizeof err), CHAT_PROVIDER_FAILED);
     cr_assert_str_eq (err, "The LLM provider is rate limiting us (HTTP 429): Rate limit "
                            "reached for fake-model.");
 
-    fake_llm_control (&s_fake, "{\"mode\":\"malformed\"}");
+    fake_llm_control (&fake_llm_suite, "{\"mode\":\"malformed\"}");
     cr_assert_eq (s_call (provider, err, sizeof err), CHAT_PROVIDER_FAILED);
     cr_assert (strstr (err, "malformed stream"), "%s", err);
 
     //  The request's own fault: REJECTED, which the breaker does not count.
-    fake_llm_control (&s_fake, "{\"mode\":\"bad_request\"}");
+    fake_llm_control (&fake_llm_suite, "{\"mode\":\"bad_request\"}");
     cr_assert_eq (s_call (provider, err, sizeof err), CHAT_PROVIDER_REJECTED);
     cr_assert_str_eq (err, "The LLM provider refused the request (HTTP 400): This "
                            "model's maximum context length is 8 tokens (fake).");
@@ -259,7 +246,7 @@ Test (chat_openai, an_upstream_that_refuses_connections_is_failed)
 Test (chat_openai, a_silent_upstream_fails_at_the_first_token_limit)
 {
     chat_provider_t *provider = s_provider (NULL, 300, 10000);
-    fake_llm_control (&s_fake, "{\"mode\":\"hang\",\"reset\":true}");
+    fake_llm_control (&fake_llm_suite, "{\"mode\":\"hang\",\"reset\":true}");
     char err[256];
     int64_t start = fake_llm_now_ms ();
     cr_assert_eq (s_call (provider, err, sizeof err), CHAT_PROVIDER_FAILED);
@@ -269,16 +256,17 @@ Test (chat_openai, a_silent_upstream_fails_at_the_first_token_limit)
     cr_assert (took >= 300 && took < 1000, "took %lld ms", (long long) took);
     //  And the upstream saw us leave (its note of it may lag a little).
     int64_t until = fake_llm_now_ms () + 2000;
-    while (fake_llm_stat (&s_fake, "disconnects") == 0 && fake_llm_now_ms () < until)
+    while (fake_llm_stat (&fake_llm_suite, "disconnects") == 0 &&
+           fake_llm_now_ms () < until)
         usleep (5000);
-    cr_assert_eq (fake_llm_stat (&s_fake, "disconnects"), 1);
+    cr_assert_eq (fake_llm_stat (&fake_llm_suite, "disconnects"), 1);
     chat_provider_destroy (&provider);
 }
 
 Test (chat_openai, a_slow_answer_fails_at_the_total_limit)
 {
     chat_provider_t *provider = s_provider (NULL, 5000, 400);
-    fake_llm_control (&s_fake, "{\"tokens\":100,\"pace_ms\":50}");
+    fake_llm_control (&fake_llm_suite, "{\"tokens\":100,\"pace_ms\":50}");
     char err[256];
     int64_t start = fake_llm_now_ms ();
     cr_assert_eq (s_call (provider, err, sizeof err), CHAT_PROVIDER_FAILED);
@@ -302,13 +290,13 @@ s_cancelled (void *arg)
 static bool
 s_disconnect_seen (void)
 {
-    return fake_llm_stat (&s_fake, "disconnects") > 0;
+    return fake_llm_stat (&fake_llm_suite, "disconnects") > 0;
 }
 
 Test (chat_openai, cancel_while_the_upstream_is_silent_closes_it_at_once)
 {
     chat_provider_t *provider = s_provider (NULL, 60000, 60000);
-    fake_llm_control (&s_fake, "{\"mode\":\"hang\",\"reset\":true}");
+    fake_llm_control (&fake_llm_suite, "{\"mode\":\"hang\",\"reset\":true}");
     chat_request_t request = {
         .messages = s_messages, .count = 2, .temperature = -1, .cancelled = s_cancelled};
     s_cancel_at = fake_llm_now_ms () + 300;
@@ -327,7 +315,7 @@ Test (chat_openai, cancel_while_the_upstream_is_silent_closes_it_at_once)
     int64_t until = fake_llm_now_ms () + 2000;
     while (!s_disconnect_seen () && fake_llm_now_ms () < until)
         usleep (5000);
-    json_t *stats = fake_llm_stats (&s_fake);
+    json_t *stats = fake_llm_stats (&fake_llm_suite);
     cr_assert_eq (json_integer_value (json_object_get (stats, "disconnects")), 1);
     int64_t seen = json_integer_value (json_object_get (stats, "last_disconnect_ms"));
     json_decref (stats);
@@ -339,7 +327,7 @@ Test (chat_openai, cancel_while_the_upstream_is_silent_closes_it_at_once)
 Test (chat_openai, a_callback_stop_ends_the_call)
 {
     chat_provider_t *provider = s_provider (NULL, 5000, 10000);
-    fake_llm_control (&s_fake, "{\"tokens\":50,\"pace_ms\":20,\"reset\":true}");
+    fake_llm_control (&fake_llm_suite, "{\"tokens\":50,\"pace_ms\":20,\"reset\":true}");
     chat_request_t request = {.messages = s_messages, .count = 2, .temperature = -1};
     s_sink_t sink = {.stop_after = 2};
     chat_metrics_t metrics;
@@ -352,7 +340,7 @@ Test (chat_openai, a_callback_stop_ends_the_call)
     int64_t until = fake_llm_now_ms () + 2000;
     while (!s_disconnect_seen () && fake_llm_now_ms () < until)
         usleep (5000);
-    cr_assert_eq (fake_llm_stat (&s_fake, "disconnects"), 1);
+    cr_assert_eq (fake_llm_stat (&fake_llm_suite, "disconnects"), 1);
     chat_provider_destroy (&provider);
 }
 

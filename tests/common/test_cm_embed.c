@@ -544,21 +544,8 @@ Test (cm_embed, bad_settings_name_the_variable)
 //  --- openai, against tests/fake_llm
 //  ------------------------------------------------------
 
-static fake_llm_t s_fake;
-
-static void
-s_setup (void)
-{
-    fake_llm_start (&s_fake, NULL);
-}
-
-static void
-s_teardown (void)
-{
-    fake_llm_stop (&s_fake);
-}
-
-TestSuite (cm_embed_openai, .init = s_setup, .fini = s_teardown, .timeout = 30);
+TestSuite (cm_embed_openai, .init = fake_llm_suite_start, .fini = fake_llm_suite_stop,
+           .timeout = 30);
 
 static cm_embedder_t *
 s_openai (const char *base_url, size_t batch_size, int64_t timeout_ms)
@@ -587,7 +574,7 @@ s_call (cm_embedder_t *embedder, const char *const *texts, size_t count,
 
 Test (cm_embed_openai, embeds_in_index_order)
 {
-    cm_embedder_t *embedder = s_openai (s_fake.base_url, 64, 10000);
+    cm_embedder_t *embedder = s_openai (fake_llm_suite.base_url, 64, 10000);
     cr_assert_eq (cm_embedder_dim (embedder), 0);
     const char *texts[] = {"alpha", "beta", "gamma"};
     float *vectors = NULL;
@@ -611,7 +598,7 @@ Test (cm_embed_openai, embeds_in_index_order)
             memcmp (vectors + i * dim, again + (2 - i) * dim, dim * sizeof (float)), 0,
             "text %zu", i);
     //  What the server saw: one request per call, the model, the key.
-    json_t *stats = fake_llm_stats (&s_fake);
+    json_t *stats = fake_llm_stats (&fake_llm_suite);
     cr_assert_eq (json_integer_value (json_object_get (stats, "embedding_requests")), 2);
     json_t *request = json_object_get (stats, "last_embedding_request");
     cr_assert_str_eq (json_string_value (json_object_get (request, "model")),
@@ -627,7 +614,7 @@ Test (cm_embed_openai, embeds_in_index_order)
 
 Test (cm_embed_openai, batches)
 {
-    cm_embedder_t *embedder = s_openai (s_fake.base_url, 4, 10000);
+    cm_embedder_t *embedder = s_openai (fake_llm_suite.base_url, 4, 10000);
     const char *texts[10];
     char storage[10][16];
     for (int i = 0; i < 10; i++) {
@@ -639,9 +626,9 @@ Test (cm_embed_openai, batches)
     char err[256] = "";
     cr_assert_eq (s_call (embedder, texts, 10, &vectors, &dim, err, sizeof err),
                   CM_EMBED_OK, "%s", err);
-    cr_assert_eq (fake_llm_stat (&s_fake, "embedding_requests"), 3, "4 + 4 + 2");
-    cr_assert_eq (fake_llm_stat (&s_fake, "embedding_inputs"), 10);
-    cr_assert_eq (fake_llm_stat (&s_fake, "embedding_max_batch"), 4);
+    cr_assert_eq (fake_llm_stat (&fake_llm_suite, "embedding_requests"), 3, "4 + 4 + 2");
+    cr_assert_eq (fake_llm_stat (&fake_llm_suite, "embedding_inputs"), 10);
+    cr_assert_eq (fake_llm_stat (&fake_llm_suite, "embedding_max_batch"), 4);
     //  Each text's vector is the one it gets alone.
     for (int i = 0; i < 10; i++) {
         float *one = NULL;
@@ -661,8 +648,8 @@ s_call_in_mode (const char *mode, char *err, size_t errlen)
 {
     char control[128];
     snprintf (control, sizeof control, "{\"embed_mode\":\"%s\"}", mode);
-    fake_llm_control (&s_fake, control);
-    cm_embedder_t *embedder = s_openai (s_fake.base_url, 64, 10000);
+    fake_llm_control (&fake_llm_suite, control);
+    cm_embedder_t *embedder = s_openai (fake_llm_suite.base_url, 64, 10000);
     const char *text = "anything";
     float *vectors = (float *) 1;
     size_t dim = 0;
@@ -689,13 +676,13 @@ Test (cm_embed_openai, failures_are_classified)
     cr_assert_null (strstr (err, "sk-embed-key"), "the key is never shown");
     cr_assert_eq (s_call_in_mode ("ok", err, sizeof err), CM_EMBED_OK, "%s", err);
     //  Error statuses: 500, 429, 400 (malformed came with 200).
-    cr_assert_eq (fake_llm_stat (&s_fake, "embedding_failed"), 3);
+    cr_assert_eq (fake_llm_stat (&fake_llm_suite, "embedding_failed"), 3);
 }
 
 Test (cm_embed_openai, fails_twice_then_succeeds)
 {
-    fake_llm_control (&s_fake, "{\"embed_fail_next\":2}");
-    cm_embedder_t *embedder = s_openai (s_fake.base_url, 64, 10000);
+    fake_llm_control (&fake_llm_suite, "{\"embed_fail_next\":2}");
+    cm_embedder_t *embedder = s_openai (fake_llm_suite.base_url, 64, 10000);
     const char *text = "retry me";
     float *vectors = NULL;
     size_t dim = 0;
@@ -708,14 +695,14 @@ Test (cm_embed_openai, fails_twice_then_succeeds)
                   CM_EMBED_OK, "%s", err);
     cr_assert_eq (dim, 8);
     free (vectors);
-    cr_assert_eq (fake_llm_stat (&s_fake, "embedding_requests"), 3);
+    cr_assert_eq (fake_llm_stat (&fake_llm_suite, "embedding_requests"), 3);
     cm_embedder_destroy (&embedder);
 }
 
 Test (cm_embed_openai, a_failing_batch_fails_the_call)
 {
     //  The second of three batches fails: nothing is returned.
-    cm_embedder_t *embedder = s_openai (s_fake.base_url, 2, 10000);
+    cm_embedder_t *embedder = s_openai (fake_llm_suite.base_url, 2, 10000);
     const char *texts[] = {"a", "b", "c", "d", "e"};
     float *vectors = NULL;
     size_t dim = 0;
@@ -723,18 +710,18 @@ Test (cm_embed_openai, a_failing_batch_fails_the_call)
     cr_assert_eq (s_call (embedder, texts, 2, &vectors, &dim, err, sizeof err),
                   CM_EMBED_OK);
     free (vectors);
-    fake_llm_control (&s_fake, "{\"embed_fail_next\":1,\"reset\":true}");
+    fake_llm_control (&fake_llm_suite, "{\"embed_fail_next\":1,\"reset\":true}");
     cr_assert_eq (s_call (embedder, texts, 5, &vectors, &dim, err, sizeof err),
                   CM_EMBED_UPSTREAM);
     cr_assert_null (vectors);
-    cr_assert_eq (fake_llm_stat (&s_fake, "embedding_requests"), 1,
+    cr_assert_eq (fake_llm_stat (&fake_llm_suite, "embedding_requests"), 1,
                   "stopped at the first");
     cm_embedder_destroy (&embedder);
 }
 
 Test (cm_embed_openai, a_changed_dimension_is_an_upstream_failure)
 {
-    cm_embedder_t *embedder = s_openai (s_fake.base_url, 64, 10000);
+    cm_embedder_t *embedder = s_openai (fake_llm_suite.base_url, 64, 10000);
     const char *text = "dimension";
     float *vectors = NULL;
     size_t dim = 0;
@@ -742,14 +729,14 @@ Test (cm_embed_openai, a_changed_dimension_is_an_upstream_failure)
     cr_assert_eq (s_call (embedder, &text, 1, &vectors, &dim, err, sizeof err),
                   CM_EMBED_OK);
     free (vectors);
-    fake_llm_control (&s_fake, "{\"embed_dim\":16}");
+    fake_llm_control (&fake_llm_suite, "{\"embed_dim\":16}");
     cr_assert_eq (s_call (embedder, &text, 1, &vectors, &dim, err, sizeof err),
                   CM_EMBED_UPSTREAM);
     cr_assert (strstr (err, "from 8 to 16"), "%s", err);
     cr_assert_eq (cm_embedder_dim (embedder), 8);
     //  A new embedder learns the new one.
     cm_embedder_destroy (&embedder);
-    embedder = s_openai (s_fake.base_url, 64, 10000);
+    embedder = s_openai (fake_llm_suite.base_url, 64, 10000);
     cr_assert_eq (s_call (embedder, &text, 1, &vectors, &dim, err, sizeof err),
                   CM_EMBED_OK);
     cr_assert_eq (dim, 16);
@@ -782,8 +769,8 @@ Test (cm_embed_openai, refused_connection_is_an_upstream_failure)
 
 Test (cm_embed_openai, timeout_is_an_upstream_failure)
 {
-    fake_llm_control (&s_fake, "{\"embed_mode\":\"hang\"}");
-    cm_embedder_t *embedder = s_openai (s_fake.base_url, 64, 300);
+    fake_llm_control (&fake_llm_suite, "{\"embed_mode\":\"hang\"}");
+    cm_embedder_t *embedder = s_openai (fake_llm_suite.base_url, 64, 300);
     const char *text = "too slow";
     float *vectors = NULL;
     size_t dim = 0;
@@ -811,7 +798,7 @@ s_wait_stat (const char *name, int64_t value, int64_t timeout_ms)
 {
     int64_t until = fake_llm_now_ms () + timeout_ms;
     while (fake_llm_now_ms () < until) {
-        if (fake_llm_stat (&s_fake, name) == value)
+        if (fake_llm_stat (&fake_llm_suite, name) == value)
             return true;
         usleep (10000);
     }
@@ -822,8 +809,8 @@ Test (cm_embed_openai, cancel_aborts_the_request)
 {
     //  The upstream says nothing; the caller gives up after a few polls
     //  (the first is before the request, the next every ~10 ms during it).
-    fake_llm_control (&s_fake, "{\"embed_mode\":\"hang\"}");
-    cm_embedder_t *embedder = s_openai (s_fake.base_url, 64, 60000);
+    fake_llm_control (&fake_llm_suite, "{\"embed_mode\":\"hang\"}");
+    cm_embedder_t *embedder = s_openai (fake_llm_suite.base_url, 64, 60000);
     const char *text = "never mind";
     float *vectors = NULL;
     size_t dim = 0;
@@ -837,18 +824,18 @@ Test (cm_embed_openai, cancel_aborts_the_request)
     cr_assert (s_wait_stat ("embedding_disconnects", 1, 5000),
                "the fake did not see the connection close");
     //  Cancelled before it starts: no request at all.
-    fake_llm_control (&s_fake, "{\"embed_mode\":\"ok\",\"reset\":true}");
+    fake_llm_control (&fake_llm_suite, "{\"embed_mode\":\"ok\",\"reset\":true}");
     s_cancel_t at_once = {0, 1};
     cr_assert_eq (cm_embed (embedder, &text, 1, &vectors, &dim, s_cancelled, &at_once,
                             err, sizeof err),
                   CM_EMBED_CANCELLED);
-    cr_assert_eq (fake_llm_stat (&s_fake, "embedding_requests"), 0);
+    cr_assert_eq (fake_llm_stat (&fake_llm_suite, "embedding_requests"), 0);
     cm_embedder_destroy (&embedder);
 }
 
 Test (cm_embed_openai, invalid_utf8_is_the_request_fault)
 {
-    cm_embedder_t *embedder = s_openai (s_fake.base_url, 64, 10000);
+    cm_embedder_t *embedder = s_openai (fake_llm_suite.base_url, 64, 10000);
     const char *texts[] = {"fine", "bad \xff\xfe bytes"};
     float *vectors = NULL;
     size_t dim = 0;
@@ -856,7 +843,8 @@ Test (cm_embed_openai, invalid_utf8_is_the_request_fault)
     cr_assert_eq (s_call (embedder, texts, 2, &vectors, &dim, err, sizeof err),
                   CM_EMBED_REQUEST);
     cr_assert (strstr (err, "UTF-8"), "%s", err);
-    cr_assert_eq (fake_llm_stat (&s_fake, "embedding_requests"), 0, "nothing sent");
+    cr_assert_eq (fake_llm_stat (&fake_llm_suite, "embedding_requests"), 0,
+                  "nothing sent");
     cm_embedder_destroy (&embedder);
 }
 
@@ -888,13 +876,13 @@ s_openai_thread (void *arg)
 
 Test (cm_embed_openai, concurrent_calls)
 {
-    s_shared_t shared = {s_openai (s_fake.base_url, 64, 10000), 0};
+    s_shared_t shared = {s_openai (fake_llm_suite.base_url, 64, 10000), 0};
     pthread_t threads[4];
     for (int i = 0; i < 4; i++)
         pthread_create (&threads[i], NULL, s_openai_thread, &shared);
     for (int i = 0; i < 4; i++)
         pthread_join (threads[i], NULL);
     cr_assert_eq (atomic_load (&shared.failures), 0);
-    cr_assert_eq (fake_llm_stat (&s_fake, "embedding_requests"), 40);
+    cr_assert_eq (fake_llm_stat (&fake_llm_suite, "embedding_requests"), 40);
     cm_embedder_destroy (&shared.embedder);
 }

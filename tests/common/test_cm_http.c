@@ -124,21 +124,8 @@ Test (cm_http, status_fault_and_words)
 
 //  --- against a real server ---------------------------------------------------------
 
-static fake_llm_t s_fake;
-
-static void
-s_setup (void)
-{
-    fake_llm_start (&s_fake, NULL);
-}
-
-static void
-s_teardown (void)
-{
-    fake_llm_stop (&s_fake);
-}
-
-TestSuite (cm_http_perform, .init = s_setup, .fini = s_teardown, .timeout = 30);
+TestSuite (cm_http_perform, .init = fake_llm_suite_start, .fini = fake_llm_suite_stop,
+           .timeout = 30);
 
 typedef struct {
     char body[4096]; //  what came
@@ -195,7 +182,7 @@ s_wait_stat (const char *name, int64_t value, int64_t timeout_ms)
 {
     int64_t until = fake_llm_now_ms () + timeout_ms;
     while (fake_llm_now_ms () < until) {
-        if (fake_llm_stat (&s_fake, name) == value)
+        if (fake_llm_stat (&fake_llm_suite, name) == value)
             return true;
         usleep (10000);
     }
@@ -213,7 +200,7 @@ Test (cm_http_perform, ends_by_itself)
     for (int round = 0; round < 2; round++) {
         s_sink_t sink = {.stop_after = 0};
         char curl_err[CURL_ERROR_SIZE] = "";
-        CURL *curl = s_post (s_fake.base_url, &sink, headers, curl_err, share);
+        CURL *curl = s_post (fake_llm_suite.base_url, &sink, headers, curl_err, share);
         cm_http_outcome_t outcome;
         cr_assert_eq (cm_http_perform (curl, 10, s_poll, &sink, &outcome), 0);
         cr_assert_eq (outcome.code, CURLE_OK, "%s", curl_err);
@@ -225,7 +212,7 @@ Test (cm_http_perform, ends_by_itself)
         cr_assert (strstr (sink.body, "\"embedding\""), "%s", sink.body);
         curl_easy_cleanup (curl);
     }
-    cr_assert_eq (fake_llm_stat (&s_fake, "embedding_requests"), 2);
+    cr_assert_eq (fake_llm_stat (&fake_llm_suite, "embedding_requests"), 2);
     curl_slist_free_all (headers);
     free (auth);
     cm_http_share_destroy (&share);
@@ -236,11 +223,11 @@ Test (cm_http_perform, ends_by_itself)
 Test (cm_http_perform, poll_stops_and_closes_the_connection)
 {
     //  The upstream says nothing at all: only the poll callback ends it.
-    fake_llm_control (&s_fake, "{\"embed_mode\":\"hang\"}");
+    fake_llm_control (&fake_llm_suite, "{\"embed_mode\":\"hang\"}");
     struct curl_slist *headers = cm_http_json_headers (NULL, NULL);
     s_sink_t sink = {.stop_after = 5};
     char curl_err[CURL_ERROR_SIZE] = "";
-    CURL *curl = s_post (s_fake.base_url, &sink, headers, curl_err, NULL);
+    CURL *curl = s_post (fake_llm_suite.base_url, &sink, headers, curl_err, NULL);
     cm_http_outcome_t outcome;
     cr_assert_eq (cm_http_perform (curl, 10, s_poll, &sink, &outcome), 7);
     cr_assert_eq (outcome.stop, 7);

@@ -172,3 +172,17 @@ fake_llm_stat (fake_llm_t *self, const char *name)
     json_decref (stats);
     return result;
 }
+
+fake_llm_t fake_llm_suite;
+
+void
+fake_llm_suite_start (void)
+{
+    fake_llm_start (&fake_llm_suite, NULL);
+}
+
+void
+fake_llm_suite_stop (void)
+{
+    fake_llm_stop (&fake_llm_suite);
+}

@@ -33,4 +33,11 @@ int64_t fake_llm_stat (fake_llm_t *self, const char *name);
 //  The clock of last_disconnect_ms: CLOCK_MONOTONIC in ms.
 int64_t fake_llm_now_ms (void);
 
+//  One fake per test suite: `TestSuite (name, .init = fake_llm_suite_start,
+//  .fini = fake_llm_suite_stop)` starts fake_llm_suite (no extra arguments)
+//  before each test and stops it after.
+extern fake_llm_t fake_llm_suite;
+void fake_llm_suite_start (void);
+void fake_llm_suite_stop (void);
+
 #endif
