@@ -5,6 +5,7 @@
 #include <criterion/criterion.h>
 #include "test_dir.h"
 #include "test_port.h"
+#include "test_redis.h"
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -19,78 +20,8 @@
 
 #define S_PATIENCE_MS 20000
 
-typedef struct {
-    pid_t pid;    //  redis-server
-    int port;     //  its port
-    char dir[64]; //  its working directory
-    char url[64]; //  redis://127.0.0.1:port
-} s_redis_t;
-
-//  Start redis-server on `port` (0: a free one) and wait until it answers.
-static void
-s_redis_start (s_redis_t *redis, int port)
-{
-    if (!redis->dir[0]) {
-        test_dir_make (redis->dir, sizeof redis->dir, "/tmp/llmrt-jobs-XXXXXX");
-    }
-    for (int attempt = 0; attempt < 5; attempt++) {
-        redis->port = port ? port : test_port_free ();
-        snprintf (redis->url, sizeof redis->url, "redis://127.0.0.1:%d", redis->port);
-        pid_t pid = fork ();
-        cr_assert_geq (pid, 0);
-        if (pid == 0) {
-            prctl (PR_SET_PDEATHSIG, SIGKILL);
-            char port_text[16], log_path[128];
-            snprintf (port_text, sizeof port_text, "%d", redis->port);
-            snprintf (log_path, sizeof log_path, "%s/redis.log", redis->dir);
-            execlp ("redis-server", "redis-server", "--port", port_text, "--bind",
-                    "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", redis->dir,
-                    "--logfile", log_path, (char *) NULL);
-            _exit (127);
-        }
-        redis->pid = pid;
-        int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
-        while (cm_clock_mono_ms () < until) {
-            int status;
-            if (waitpid (pid, &status, WNOHANG) == pid)
-                break; //  it exited: the port was taken
-            char err[256];
-            redisContext *ctx = cm_redis_connect (redis->url, 1000, err, sizeof err);
-            if (ctx) {
-                int rc = cm_redis_ping (ctx, err, sizeof err);
-                redisFree (ctx);
-                if (rc == 0)
-                    return;
-            }
-            usleep (10 * 1000);
-        }
-        kill (pid, SIGKILL);
-        waitpid (pid, NULL, 0);
-        redis->pid = 0;
-    }
-    cr_assert_fail ("redis-server did not start");
-}
-
-static void
-s_redis_stop (s_redis_t *redis)
-{
-    if (redis->pid > 0) {
-        kill (redis->pid, SIGCONT);
-        kill (redis->pid, SIGKILL);
-        waitpid (redis->pid, NULL, 0);
-        redis->pid = 0;
-    }
-}
-
-static void
-s_redis_remove (s_redis_t *redis)
-{
-    s_redis_stop (redis);
-    cr_assert_eq (test_dir_remove (redis->dir), 0, "cannot remove %s", redis->dir);
-}
-
 static cm_jobs_config_t
-s_config (s_redis_t *redis)
+s_config (test_redis_t *redis)
 {
     cm_jobs_config_t config;
     cm_jobs_config_defaults (&config);
@@ -111,7 +42,7 @@ s_number (const char *text)
 
 //  A direct connection, to look at the keys.
 static long long
-s_redis_int (s_redis_t *redis, const char *command, const char *arg)
+s_redis_int (test_redis_t *redis, const char *command, const char *arg)
 {
     char err[256];
     redisContext *ctx = cm_redis_connect (redis->url, 2000, err, sizeof err);
@@ -168,8 +99,8 @@ s_maintain_until_moved (cm_jobs_t *jobs, int count)
 
 Test (cm_jobs, add_take_complete)
 {
-    s_redis_t redis = {0};
-    s_redis_start (&redis, 0);
+    test_redis_t redis = {0};
+    test_redis_start (&redis, 0);
     cm_jobs_config_t config = s_config (&redis);
     cm_jobs_t *jobs = cm_jobs_new (&config, "worker-1");
     cr_assert_str_eq (cm_jobs_worker (jobs), "worker-1");
@@ -215,13 +146,13 @@ Test (cm_jobs, add_take_complete)
 
     cm_jobs_destroy (&jobs);
     cr_assert_null (jobs);
-    s_redis_remove (&redis);
+    test_redis_remove (&redis);
 }
 
 Test (cm_jobs, blocked_take_wakes_on_add)
 {
-    s_redis_t redis = {0};
-    s_redis_start (&redis, 0);
+    test_redis_t redis = {0};
+    test_redis_start (&redis, 0);
     cm_jobs_config_t config = s_config (&redis);
     cm_jobs_t *producer = cm_jobs_new (&config, NULL);
     cm_jobs_t *worker = cm_jobs_new (&config, NULL);
@@ -246,13 +177,13 @@ Test (cm_jobs, blocked_take_wakes_on_add)
     cr_assert_eq (WEXITSTATUS (status), 0);
     cm_jobs_destroy (&producer);
     cm_jobs_destroy (&worker);
-    s_redis_remove (&redis);
+    test_redis_remove (&redis);
 }
 
 Test (cm_jobs, expired_lease_goes_to_another_worker)
 {
-    s_redis_t redis = {0};
-    s_redis_start (&redis, 0);
+    test_redis_t redis = {0};
+    test_redis_start (&redis, 0);
     cm_jobs_config_t config = s_config (&redis);
     config.lease_ms = 200;
     cm_jobs_t *a = cm_jobs_new (&config, "a");
@@ -281,13 +212,13 @@ Test (cm_jobs, expired_lease_goes_to_another_worker)
 
     cm_jobs_destroy (&a);
     cm_jobs_destroy (&b);
-    s_redis_remove (&redis);
+    test_redis_remove (&redis);
 }
 
 Test (cm_jobs, renew_extends_the_lease)
 {
-    s_redis_t redis = {0};
-    s_redis_start (&redis, 0);
+    test_redis_t redis = {0};
+    test_redis_start (&redis, 0);
     cm_jobs_config_t config = s_config (&redis);
     cm_jobs_t *jobs = cm_jobs_new (&config, "w");
     cr_assert_eq (cm_jobs_add (jobs, "job", "data"), CM_JOBS_OK);
@@ -303,13 +234,13 @@ Test (cm_jobs, renew_extends_the_lease)
     cr_assert_eq (cm_jobs_maintain (jobs), 0);
     cr_assert_eq (cm_jobs_release (jobs, &job), CM_JOBS_OK);
     cm_jobs_destroy (&jobs);
-    s_redis_remove (&redis);
+    test_redis_remove (&redis);
 }
 
 Test (cm_jobs, killed_worker_job_is_taken_again)
 {
-    s_redis_t redis = {0};
-    s_redis_start (&redis, 0);
+    test_redis_t redis = {0};
+    test_redis_start (&redis, 0);
     cm_jobs_config_t config = s_config (&redis);
     config.lease_ms = 300;
     cm_jobs_t *jobs = cm_jobs_new (&config, NULL);
@@ -345,7 +276,7 @@ Test (cm_jobs, killed_worker_job_is_taken_again)
     cr_assert_eq (cm_jobs_complete (jobs, &job), CM_JOBS_OK);
     s_assert_counts (jobs, 0, 0, 0, 1, 0);
     cm_jobs_destroy (&jobs);
-    s_redis_remove (&redis);
+    test_redis_remove (&redis);
 }
 
 Test (cm_jobs, job_moved_but_never_leased_is_recovered)
@@ -353,8 +284,8 @@ Test (cm_jobs, job_moved_but_never_leased_is_recovered)
     //  A worker that died between BLMOVE and leasing left the job in its
     //  processing list with no lease: recovered once the worker's "alive
     //  until" passed.
-    s_redis_t redis = {0};
-    s_redis_start (&redis, 0);
+    test_redis_t redis = {0};
+    test_redis_start (&redis, 0);
     cm_jobs_config_t config = s_config (&redis);
     cm_jobs_t *jobs = cm_jobs_new (&config, "w");
     cr_assert_eq (cm_jobs_add (jobs, "job", "data"), CM_JOBS_OK);
@@ -372,13 +303,13 @@ Test (cm_jobs, job_moved_but_never_leased_is_recovered)
     cr_assert_eq (job->attempt, 1);
     cr_assert_eq (cm_jobs_complete (jobs, &job), CM_JOBS_OK);
     cm_jobs_destroy (&jobs);
-    s_redis_remove (&redis);
+    test_redis_remove (&redis);
 }
 
 Test (cm_jobs, retries_with_backoff_then_succeeds)
 {
-    s_redis_t redis = {0};
-    s_redis_start (&redis, 0);
+    test_redis_t redis = {0};
+    test_redis_start (&redis, 0);
     cm_jobs_config_t config = s_config (&redis);
     config.backoff_ms = 100;
     cm_jobs_t *jobs = cm_jobs_new (&config, "w");
@@ -412,13 +343,13 @@ Test (cm_jobs, retries_with_backoff_then_succeeds)
     cr_assert_eq (json_integer_value (json_object_get (info, "attempts")), 3);
     json_decref (info);
     cm_jobs_destroy (&jobs);
-    s_redis_remove (&redis);
+    test_redis_remove (&redis);
 }
 
 Test (cm_jobs, exhausted_attempts_end_in_failed_set)
 {
-    s_redis_t redis = {0};
-    s_redis_start (&redis, 0);
+    test_redis_t redis = {0};
+    test_redis_start (&redis, 0);
     cm_jobs_config_t config = s_config (&redis);
     config.attempts = 2;
     config.backoff_ms = 0;
@@ -452,13 +383,13 @@ Test (cm_jobs, exhausted_attempts_end_in_failed_set)
     //  A failed job's id is still known.
     cr_assert_eq (cm_jobs_add (jobs, "bad", "data"), CM_JOBS_EXISTS);
     cm_jobs_destroy (&jobs);
-    s_redis_remove (&redis);
+    test_redis_remove (&redis);
 }
 
 Test (cm_jobs, lost_worker_on_last_attempt_fails_the_job)
 {
-    s_redis_t redis = {0};
-    s_redis_start (&redis, 0);
+    test_redis_t redis = {0};
+    test_redis_start (&redis, 0);
     cm_jobs_config_t config = s_config (&redis);
     config.attempts = 1;
     config.lease_ms = 100;
@@ -475,13 +406,13 @@ Test (cm_jobs, lost_worker_on_last_attempt_fails_the_job)
     cr_assert_eq (cm_jobs_fail (jobs, &job, "late", true), CM_JOBS_LOST);
     s_assert_counts (jobs, 0, 0, 0, 0, 1);
     cm_jobs_destroy (&jobs);
-    s_redis_remove (&redis);
+    test_redis_remove (&redis);
 }
 
 Test (cm_jobs, release_does_not_count_the_attempt)
 {
-    s_redis_t redis = {0};
-    s_redis_start (&redis, 0);
+    test_redis_t redis = {0};
+    test_redis_start (&redis, 0);
     cm_jobs_config_t config = s_config (&redis);
     cm_jobs_t *jobs = cm_jobs_new (&config, "w");
     cr_assert_eq (cm_jobs_add (jobs, "first", "1"), CM_JOBS_OK);
@@ -497,13 +428,13 @@ Test (cm_jobs, release_does_not_count_the_attempt)
     cr_assert_eq (job->attempt, 1);
     cr_assert_eq (cm_jobs_complete (jobs, &job), CM_JOBS_OK);
     cm_jobs_destroy (&jobs);
-    s_redis_remove (&redis);
+    test_redis_remove (&redis);
 }
 
 Test (cm_jobs, completed_trimmed_by_count_and_age)
 {
-    s_redis_t redis = {0};
-    s_redis_start (&redis, 0);
+    test_redis_t redis = {0};
+    test_redis_start (&redis, 0);
     cm_jobs_config_t config = s_config (&redis);
     config.keep_completed = 3;
     config.keep_completed_ms = 0;
@@ -547,13 +478,13 @@ Test (cm_jobs, completed_trimmed_by_count_and_age)
     cr_assert_null (cm_jobs_info (jobs, "job-4"));
     cr_assert_eq (s_redis_int (&redis, "EXISTS llmrt:test-jobs:job:%s", "old"), 0);
     cm_jobs_destroy (&jobs);
-    s_redis_remove (&redis);
+    test_redis_remove (&redis);
 }
 
 Test (cm_jobs, failed_trimmed_by_count)
 {
-    s_redis_t redis = {0};
-    s_redis_start (&redis, 0);
+    test_redis_t redis = {0};
+    test_redis_start (&redis, 0);
     cm_jobs_config_t config = s_config (&redis);
     config.keep_failed = 2;
     cm_jobs_t *jobs = cm_jobs_new (&config, "w");
@@ -569,7 +500,7 @@ Test (cm_jobs, failed_trimmed_by_count)
     cr_assert_null (cm_jobs_info (jobs, "job-1"));
     s_assert_state (jobs, "job-3", "failed");
     cm_jobs_destroy (&jobs);
-    s_redis_remove (&redis);
+    test_redis_remove (&redis);
 }
 
 //  --- many threads ----------------------------------------------------------------
@@ -631,8 +562,8 @@ s_consumer (void *arg_)
 
 Test (cm_jobs, thousand_jobs_four_threads_each_once)
 {
-    s_redis_t redis = {0};
-    s_redis_start (&redis, 0);
+    test_redis_t redis = {0};
+    test_redis_start (&redis, 0);
     cm_jobs_config_t config = s_config (&redis);
     config.keep_completed = 2 * S_JOBS;
     static atomic_int seen[S_JOBS];
@@ -660,21 +591,21 @@ Test (cm_jobs, thousand_jobs_four_threads_each_once)
     cr_assert_eq (cm_jobs_maintain (jobs), 0);
     s_assert_counts (jobs, 0, 0, 0, S_JOBS, 0);
     cm_jobs_destroy (&jobs);
-    s_redis_remove (&redis);
+    test_redis_remove (&redis);
 }
 
 //  --- Redis trouble ---------------------------------------------------------------
 
 Test (cm_jobs, redis_down_then_back_without_a_new_handle)
 {
-    s_redis_t redis = {0};
-    s_redis_start (&redis, 0);
+    test_redis_t redis = {0};
+    test_redis_start (&redis, 0);
     cm_jobs_config_t config = s_config (&redis);
     cm_jobs_t *jobs = cm_jobs_new (&config, "w");
     cr_assert_eq (cm_jobs_add (jobs, "before", "x"), CM_JOBS_OK);
     cr_assert (cm_jobs_available (jobs));
 
-    s_redis_stop (&redis);
+    test_redis_stop (&redis);
     cr_assert_eq (cm_jobs_add (jobs, "during", "x"), CM_JOBS_ERROR);
     cr_assert_str_neq (cm_jobs_errmsg (jobs), "");
     cr_assert_not (cm_jobs_available (jobs));
@@ -686,7 +617,7 @@ Test (cm_jobs, redis_down_then_back_without_a_new_handle)
     cr_assert_eq (cm_jobs_maintain (jobs), -1);
 
     //  Same port, fresh (empty) Redis: the handle reconnects by itself.
-    s_redis_start (&redis, redis.port);
+    test_redis_start (&redis, redis.port);
     cr_assert_eq (cm_jobs_add (jobs, "after", "x"), CM_JOBS_OK, "%s",
                   cm_jobs_errmsg (jobs));
     cr_assert (cm_jobs_available (jobs));
@@ -696,21 +627,21 @@ Test (cm_jobs, redis_down_then_back_without_a_new_handle)
     cm_jobs_destroy (&jobs);
 
     //  A handle made while Redis is down works once it is up.
-    s_redis_stop (&redis);
+    test_redis_stop (&redis);
     jobs = cm_jobs_new (&config, "w2");
     cr_assert_not (cm_jobs_available (jobs));
     cr_assert_eq (cm_jobs_add (jobs, "x", "x"), CM_JOBS_ERROR);
-    s_redis_start (&redis, redis.port);
+    test_redis_start (&redis, redis.port);
     cr_assert (cm_jobs_available (jobs));
     cr_assert_eq (cm_jobs_add (jobs, "x", "x"), CM_JOBS_OK);
     cm_jobs_destroy (&jobs);
-    s_redis_remove (&redis);
+    test_redis_remove (&redis);
 }
 
 Test (cm_jobs, hung_redis_makes_calls_fail_not_hang)
 {
-    s_redis_t redis = {0};
-    s_redis_start (&redis, 0);
+    test_redis_t redis = {0};
+    test_redis_start (&redis, 0);
     cm_jobs_config_t config = s_config (&redis);
     config.io_timeout_ms = 300;
     cm_jobs_t *jobs = cm_jobs_new (&config, "w");
@@ -737,5 +668,5 @@ Test (cm_jobs, hung_redis_makes_calls_fail_not_hang)
     cr_assert_eq (cm_jobs_counts (jobs, &counts), 0);
     cr_assert (counts.waiting == 2 || counts.waiting == 3);
     cm_jobs_destroy (&jobs);
-    s_redis_remove (&redis);
+    test_redis_remove (&redis);
 }

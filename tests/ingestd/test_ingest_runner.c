@@ -5,6 +5,7 @@
 #include <criterion/criterion.h>
 #include "test_dir.h"
 #include "test_port.h"
+#include "test_redis.h"
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -18,59 +19,20 @@
 
 #define S_PATIENCE_MS 20000
 
-static pid_t s_redis_pid;
-static char s_redis_url[64];
+static test_redis_t s_redis;
 static char s_dir[64];
 
 static void
 s_setup (void)
 {
     test_dir_make (s_dir, sizeof s_dir, "/tmp/llmrt-runner-XXXXXX");
-    for (int attempt = 0; attempt < 5; attempt++) {
-        int port = test_port_free ();
-        snprintf (s_redis_url, sizeof s_redis_url, "redis://127.0.0.1:%d", port);
-        pid_t pid = fork ();
-        cr_assert_geq (pid, 0);
-        if (pid == 0) {
-            prctl (PR_SET_PDEATHSIG, SIGKILL);
-            char port_text[16], log_path[128];
-            snprintf (port_text, sizeof port_text, "%d", port);
-            snprintf (log_path, sizeof log_path, "%s/redis.log", s_dir);
-            execlp ("redis-server", "redis-server", "--port", port_text, "--bind",
-                    "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", s_dir,
-                    "--logfile", log_path, (char *) NULL);
-            _exit (127);
-        }
-        s_redis_pid = pid;
-        int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
-        while (cm_clock_mono_ms () < until) {
-            int status;
-            if (waitpid (pid, &status, WNOHANG) == pid)
-                break; //  it exited: the port was taken
-            char err[256];
-            redisContext *ctx = cm_redis_connect (s_redis_url, 1000, err, sizeof err);
-            if (ctx) {
-                int rc = cm_redis_ping (ctx, err, sizeof err);
-                redisFree (ctx);
-                if (rc == 0)
-                    return;
-            }
-            usleep (10 * 1000);
-        }
-        kill (pid, SIGKILL);
-        waitpid (pid, NULL, 0);
-        s_redis_pid = 0;
-    }
-    cr_assert_fail ("redis-server did not start");
+    test_redis_start (&s_redis, 0);
 }
 
 static void
 s_teardown (void)
 {
-    if (s_redis_pid > 0) {
-        kill (s_redis_pid, SIGKILL);
-        waitpid (s_redis_pid, NULL, 0);
-    }
+    test_redis_remove (&s_redis);
     test_dir_remove (s_dir);
 }
 
@@ -79,7 +41,7 @@ s_jobs_config (void)
 {
     cm_jobs_config_t config;
     cm_jobs_config_defaults (&config);
-    config.url = s_redis_url;
+    config.url = s_redis.url;
     config.queue = "embedding-jobs";
     config.lease_ms = 100;
     config.attempts = 1;
