@@ -5,6 +5,7 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <unistd.h>
+#include "cm_affinity.h"
 #include "cm_config.h"
 #include "cm_storage.h"
 #include "cm_embed.h"
@@ -22,6 +23,7 @@ typedef struct {
     chat_settings_t llm;         //  LLM_*: the provider
     cm_breaker_config_t breaker; //  CHAT_CIRCUIT_*: the breaker around the provider
     cm_embed_config_t embed;     //  EMBEDDING_*: embeds messages to search documents
+    char *cpu_affinity;          //  CHAT_CPU_AFFINITY: none, auto or a CPU list
 } s_settings_t;
 
 static const cm_conf_entry_t s_config[] = {
@@ -35,6 +37,7 @@ static const cm_conf_entry_t s_config[] = {
     CHAT_SETTINGS_CONF_ENTRIES (s_settings_t, llm),
     CM_BREAKER_CONF_ENTRIES ("CHAT", s_settings_t, breaker),
     CM_EMBED_CONF_ENTRIES (s_settings_t, embed),
+    CM_AFFINITY_CONF_ENTRY ("CHAT_CPU_AFFINITY", s_settings_t, cpu_affinity),
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
@@ -86,7 +89,8 @@ main (int argc, char **argv)
     cm_metrics_t *metrics = NULL;
     if (cm_config_load (s_config, &settings, err, sizeof err) ||
         cm_breaker_config_check (&settings.breaker, "CHAT", err, sizeof err) ||
-        cm_embed_config_check (&settings.embed, err, sizeof err)) {
+        cm_embed_config_check (&settings.embed, err, sizeof err) ||
+        cm_affinity_setup ("CHAT_CPU_AFFINITY", settings.cpu_affinity, err, sizeof err)) {
         fprintf (stderr, "chatd: %s\n", err);
         goto cleanup;
     }

@@ -2,6 +2,8 @@
     redis-server, the gateway, two chatd replicas, ingestd and agentd; tests
     talk HTTP to the gateway and kill processes for real. */
 #include <criterion/criterion.h>
+#include <dirent.h>
+#include <sched.h>
 #include <curl/curl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -29,6 +31,17 @@ s_stream_init (it_stream_t *stream, const char *path)
     it_stream_init (stream, url, "{\"message\":\"tell me a long story\"}", 0);
 }
 
+//  POST body to /api/v1/workspace/SLUG/chat; the answer must be 200.
+static void
+s_chat (const char *slug, const char *body, it_response_t *r)
+{
+    char url[256], path[128];
+    snprintf (path, sizeof path, "/api/v1/workspace/%s/chat", slug);
+    it_url (&s_suite, url, sizeof url, path);
+    it_http ("POST", url, body, true, r);
+    cr_assert_eq (r->status, 200, "chat: %ld %s", r->status, r->body);
+}
+
 static const char *
 s_type (json_t *event)
 {
@@ -42,10 +55,8 @@ Test (suite, chat_and_stream_chat_have_the_api_shapes, .timeout = 90)
     it_suite_start (&s_suite, NULL);
     s_create_workspace ("Shapes Test");
     char url[256];
-    it_url (&s_suite, url, sizeof url, "/api/v1/workspace/shapes-test/chat");
     it_response_t r;
-    it_http ("POST", url, "{\"message\":\"hello there\",\"mode\":\"chat\"}", true, &r);
-    cr_assert_eq (r.status, 200, "chat: %ld %s", r.status, r.body);
+    s_chat ("shapes-test", "{\"message\":\"hello there\",\"mode\":\"chat\"}", &r);
     json_t *chat = it_json (&r);
     cr_assert_str_eq (s_type (chat), "textResponse");
     cr_assert (json_is_true (json_object_get (chat, "close")));
@@ -207,6 +218,59 @@ Test (suite, concurrent_chats_spread_over_both_replicas, .timeout = 120)
     //  instance served some of them.
     cr_assert (it_wait (s_spread, NULL, 5000), "requests did not spread: %s",
                s_last_health);
+    it_suite_stop (&s_suite);
+}
+
+//  The CPUs every thread of pid may run on, as a mask (0 when a thread
+//  allows more than one, or on error).
+static unsigned long
+s_pinned_cpu (pid_t pid)
+{
+    char path[64];
+    snprintf (path, sizeof path, "/proc/%d/task", (int) pid);
+    DIR *tasks = opendir (path);
+    if (!tasks)
+        return 0;
+    unsigned long mask = 0;
+    int threads = 0;
+    struct dirent *entry;
+    while ((entry = readdir (tasks))) {
+        if (entry->d_name[0] == '.')
+            continue;
+        cpu_set_t set;
+        if (sched_getaffinity (atoi (entry->d_name), sizeof set, &set) ||
+            CPU_COUNT (&set) != 1) {
+            mask = 0;
+            break;
+        }
+        for (int cpu = 0; cpu < 64; cpu++)
+            if (CPU_ISSET (cpu, &set))
+                mask |= 1UL << cpu;
+        threads++;
+    }
+    closedir (tasks);
+    return threads > 1 && __builtin_popcountl (mask) == 1 ? mask : 0;
+}
+
+Test (suite, chat_cpu_affinity_auto_gives_each_replica_its_own_cpu, .timeout = 90)
+{
+    const char *extra[] = {"CHAT_CPU_AFFINITY=auto", NULL};
+    it_suite_start (&s_suite, extra);
+    s_create_workspace ("Pinned");
+    it_response_t r;
+    s_chat ("pinned", "{\"message\":\"hello\"}", &r);
+    it_response_free (&r);
+    pid_t pids[8];
+    cr_assert_eq (it_children (s_suite.supervisor, "chatd", pids, 8), 2);
+    unsigned long first = s_pinned_cpu (pids[0]), second = s_pinned_cpu (pids[1]);
+    cr_assert (first && second, "not every thread pinned: %lx %lx", first, second);
+    cpu_set_t allowed;
+    cr_assert_eq (sched_getaffinity (0, sizeof allowed, &allowed), 0);
+    if (CPU_COUNT (&allowed) > 1)
+        cr_assert_neq (first, second, "both replicas on the CPUs %lx", first);
+    //  The gateway is never pinned by it.
+    cr_assert_eq (it_children (s_suite.supervisor, "gateway", pids, 8), 1);
+    cr_assert_eq (s_pinned_cpu (pids[0]), 0);
     it_suite_stop (&s_suite);
 }
 
