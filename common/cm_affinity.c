@@ -144,8 +144,9 @@ int
 cm_affinity_setup (const char *name, const char *spec, char *err, size_t errlen)
 {
     int64_t index = -1;
-    const char *text = getenv ("INSTANCE_INDEX");
-    if (text && *text && cm_config_parse_int (text, 0, INT32_MAX, &index))
+    const char *text = getenv ("INSTANCE_INDEX"); //  only auto reads it
+    if (strcmp (spec, "auto") == 0 && text && *text &&
+        cm_config_parse_int (text, 0, INT32_MAX, &index))
         return s_fail (err, errlen, "INSTANCE_INDEX: '%s' is not a number from 0", text);
     cpu_set_t allowed, set;
     if (sched_getaffinity (0, sizeof allowed, &allowed))

@@ -142,6 +142,7 @@ Test (cm_affinity, setup_names_the_variable_and_instance_index)
     cr_assert_eq (cm_affinity_setup ("CHAT_CPU_AFFINITY", "x", err, sizeof err), -1);
     cr_assert (strncmp (err, "CHAT_CPU_AFFINITY: ", 19) == 0, "%s", err);
     setenv ("INSTANCE_INDEX", "two", 1);
+    cr_assert_eq (cm_affinity_setup ("CHAT_CPU_AFFINITY", "none", err, sizeof err), 0);
     cr_assert_eq (cm_affinity_setup ("CHAT_CPU_AFFINITY", "auto", err, sizeof err), -1);
     cr_assert (strstr (err, "INSTANCE_INDEX"), "%s", err);
     unsetenv ("INSTANCE_INDEX");
