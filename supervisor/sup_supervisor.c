@@ -27,6 +27,8 @@
 //  How long to wait for children after SIGKILL before giving up on them
 //  (only a process stuck in the kernel takes longer).
 #define SUP_SUPERVISOR_KILL_WAIT_MS 5000
+//  The exit status of our programs for a bad setting or argument.
+#define SUP_SUPERVISOR_CONFIG_STATUS 2
 
 typedef enum {
     SUP_INSTANCE_IDLE,    //  not started yet
@@ -481,7 +483,18 @@ s_exited (sup_supervisor_t *self, s_instance_t *inst, int status, int64_t now_ms
     inst->pid = 0;
     if (self->stopping)
         inst->state = SUP_INSTANCE_STOPPED;
-    else
+    else if (inst->starts == 1 && WIFEXITED (status) &&
+             WEXITSTATUS (status) == SUP_SUPERVISOR_CONFIG_STATUS) {
+        //  Our programs exit 2 when a setting is bad (their message, above,
+        //  names it). Restarting cannot mend that, and a suite half up
+        //  while one program loops on a typo hides it: stop everything.
+        inst->state = SUP_INSTANCE_GAVE_UP;
+        cm_error ("%s refused its configuration at its first start (exit status %d; "
+                  "its message is above): stopping the suite",
+                  inst->name, SUP_SUPERVISOR_CONFIG_STATUS);
+        self->exit_code = SUP_SUPERVISOR_CONFIG_STATUS;
+        sup_supervisor_stop (self, now_ms);
+    } else
         s_crashed (self, inst, now_ms);
 }
 

@@ -412,6 +412,38 @@ Test (sup_run, a_crash_loop_is_given_up_loudly, .init = s_setup, .fini = s_teard
     cr_assert_eq (s_log_count ("exited with status 7"), 3, "never restarted again");
 }
 
+Test (sup_run, a_bad_setting_at_first_start_stops_the_suite_with_2, .init = s_setup,
+      .fini = s_teardown)
+{
+    s_start ("[program:steady]\ncommand = sleep 1000\n"
+             "[program:typo]\ncommand = sh -c 'sleep 0.2; echo \"typo: FOO: bad\" >&2; "
+             "exit 2'\n");
+    int status = s_wait_exit (S_PATIENCE_MS);
+    cr_assert_neq (status, -1, "the supervisor did not stop");
+    cr_assert (WIFEXITED (status) && WEXITSTATUS (status) == 2, "status 0x%x", status);
+    cr_assert (s_log_line_has ("typo.0", "refused its configuration"));
+    cr_assert_eq (s_log_count ("typo.0 pid"), 2,
+                  "one start and one exit: never restarted");
+    cr_assert (s_log_count ("every child has exited"), "steady was stopped too");
+}
+
+Test (sup_run, status_2_after_a_restart_is_a_crash_like_any_other, .init = s_setup,
+      .fini = s_teardown)
+{
+    setenv ("SUPERVISOR_MAX_CRASHES", "3", 1);
+    char program[512];
+    snprintf (program, sizeof program,
+              "[program:steady]\ncommand = sleep 1000\n"
+              "[program:flaky]\ncommand = sh -c 'if [ -e %s/ran ]; then exit 2; fi; "
+              "touch %s/ran; exit 7'\n",
+              s_dir, s_dir);
+    s_start (program);
+    cr_assert (s_wait_log ("ERROR: flaky.0 exited 3 times"), "give-up logged");
+    cr_assert_eq (s_log_count ("exited with status 2"), 2);
+    cr_assert_eq (s_log_count ("refused its configuration"), 0);
+    cr_assert_eq (waitpid (s_supervisor, NULL, WNOHANG), 0, "still supervising");
+}
+
 Test (sup_run, nothing_left_to_supervise_exits_1, .init = s_setup, .fini = s_teardown)
 {
     setenv ("SUPERVISOR_MAX_CRASHES", "2", 1);
