@@ -11,6 +11,7 @@
 #include "cm_embed.h"
 #include "cm_log.h"
 #include "cm_metrics.h"
+#include "cm_vsearch.h"
 #include "cm_worker.h"
 #include "chat_settings.h"
 #include "chat_service.h"
@@ -24,6 +25,7 @@ typedef struct {
     cm_breaker_config_t breaker; //  CHAT_CIRCUIT_*: the breaker around the provider
     cm_embed_config_t embed;     //  EMBEDDING_*: embeds messages to search documents
     char *cpu_affinity;          //  CHAT_CPU_AFFINITY: none, auto or a CPU list
+    int64_t vector_cache_bytes;  //  VECTOR_CACHE_MAX_BYTES
 } s_settings_t;
 
 static const cm_conf_entry_t s_config[] = {
@@ -38,6 +40,7 @@ static const cm_conf_entry_t s_config[] = {
     CM_BREAKER_CONF_ENTRIES ("CHAT", s_settings_t, breaker),
     CM_EMBED_CONF_ENTRIES (s_settings_t, embed),
     CM_AFFINITY_CONF_ENTRY ("CHAT_CPU_AFFINITY", s_settings_t, cpu_affinity),
+    CM_VSEARCH_CONF_ENTRY (s_settings_t, vector_cache_bytes),
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
@@ -116,6 +119,7 @@ main (int argc, char **argv)
         goto cleanup;
     }
     chat_service_set_embedder (service, &embedder);
+    chat_service_set_vector_cache (service, (size_t) settings.vector_cache_bytes);
     pthread_t trimmer;
     if (pthread_create (&trimmer, NULL, s_trimmer, NULL) == 0)
         pthread_detach (trimmer);

@@ -27,14 +27,16 @@ typedef struct {
     atomic_int refs;    //  the cache's reference and each search's
     int64_t version;    //  cm_storage_vectors_version it was loaded at
     size_t total;       //  vectors in all groups
+    size_t bytes;       //  its vectors and keys: what the cache's limit counts
     s_group_t *groups;  //  one per dimension
     size_t group_count; //  entries in groups
 } s_set_t;
 
 typedef struct {
     int64_t workspace_id;
-    s_set_t *set; //  the newest loaded; NULL before the first load
-    bool loading; //  a thread is loading a newer one
+    s_set_t *set;  //  the newest loaded; NULL before the first load
+    bool loading;  //  a thread is loading a newer one
+    uint64_t used; //  the cache's tick when it was last searched
 } s_entry_t;
 
 struct cm_vsearch_s {
@@ -43,6 +45,10 @@ struct cm_vsearch_s {
     s_entry_t **entries;   //  one per cached workspace
     size_t size;           //  entries in use
     size_t max;            //  entries allocated
+    size_t bytes;          //  of the cached sets (s_set_t.bytes)
+    size_t max_bytes;      //  the limit on bytes (0: none)
+    uint64_t tick;         //  counts uses, for least recently used
+    uint64_t evictions;    //  sets dropped for the limit
 };
 
 //  --- sets -----------------------------------------------------------------------
@@ -123,6 +129,9 @@ s_set_load (cm_storage_t *storage, int64_t workspace_id, cm_storage_status_t *st
     //  Give back what the doubling left unused.
     for (size_t i = 0; i < set->group_count; i++) {
         s_group_t *group = &set->groups[i];
+        set->bytes +=
+            group->count * (group->dim * sizeof (float) + sizeof *group->document_ids +
+                            sizeof *group->positions);
         group->max = group->count;
         group->vectors =
             cm_realloc (group->vectors, group->count * group->dim * sizeof (float));
@@ -323,6 +332,60 @@ s_entry_require (cm_vsearch_t *self, int64_t workspace_id)
     return entry;
 }
 
+//  Remove entry index and give its set to the caller. Under lock.
+static s_set_t *
+s_entry_remove (cm_vsearch_t *self, size_t index)
+{
+    s_entry_t *entry = self->entries[index];
+    s_set_t *set = entry->set;
+    if (set)
+        self->bytes -= set->bytes;
+    free (entry);
+    self->entries[index] = self->entries[--self->size];
+    return set;
+}
+
+//  While the cached sets pass the limit, drop the least recently searched
+//  (never keep, the one just loaded: a set larger than the limit stays,
+//  alone). Returns the dropped sets (*count_p of them), for the caller to
+//  release once the lock is given back; searches running on them finish
+//  first. Under lock.
+static s_set_t **
+s_evict (cm_vsearch_t *self, const s_entry_t *keep, size_t *count_p)
+{
+    s_set_t **evicted = NULL;
+    *count_p = 0;
+    while (self->max_bytes && self->bytes > self->max_bytes) {
+        size_t victim = SIZE_MAX;
+        for (size_t i = 0; i < self->size; i++) {
+            const s_entry_t *entry = self->entries[i];
+            if (entry != keep && entry->set && !entry->loading &&
+                (victim == SIZE_MAX || entry->used < self->entries[victim]->used))
+                victim = i;
+        }
+        if (victim == SIZE_MAX)
+            break;
+        int64_t workspace_id = self->entries[victim]->workspace_id;
+        s_set_t *set = s_entry_remove (self, victim);
+        cm_info ("vsearch: workspace %lld's vectors (%zu bytes) dropped from the cache: "
+                 "it holds more than VECTOR_CACHE_MAX_BYTES=%zu",
+                 (long long) workspace_id, set->bytes, self->max_bytes);
+        evicted = cm_realloc (evicted, (*count_p + 1) * sizeof *evicted);
+        evicted[(*count_p)++] = set;
+        self->evictions++;
+    }
+    return evicted;
+}
+
+//  Release what s_evict dropped, outside the lock.
+static void
+s_release_evicted (s_set_t **evicted, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        s_set_release (&evicted[i]);
+    free (evicted);
+}
+
 //  A reference to a set of the workspace at least as new as its version
 //  in the database now, loading it when the cache has none. The caller
 //  releases it.
@@ -347,6 +410,7 @@ s_acquire (cm_vsearch_t *self, cm_storage_t *storage, int64_t workspace_id,
         entry = s_entry_require (self, workspace_id);
         if (entry->set && entry->set->version >= version) {
             atomic_fetch_add (&entry->set->refs, 1);
+            entry->used = ++self->tick;
             *set_p = entry->set;
             pthread_mutex_unlock (&self->lock);
             return CM_STORAGE_OK;
@@ -361,6 +425,8 @@ s_acquire (cm_vsearch_t *self, cm_storage_t *storage, int64_t workspace_id,
     s_set_t *set = s_set_load (storage, workspace_id, &status);
 
     s_set_t *old = NULL;
+    s_set_t **evicted = NULL;
+    size_t evicted_count = 0;
     pthread_mutex_lock (&self->lock);
     entry = s_entry_find (self, workspace_id, NULL);
     assert (entry); //  forget leaves an entry that is loading
@@ -368,12 +434,16 @@ s_acquire (cm_vsearch_t *self, cm_storage_t *storage, int64_t workspace_id,
     if (set) {
         old = entry->set;
         entry->set = set;
+        entry->used = ++self->tick;
+        self->bytes += set->bytes - (old ? old->bytes : 0);
         atomic_fetch_add (&set->refs, 1);
         *set_p = set;
+        evicted = s_evict (self, entry, &evicted_count);
     }
     pthread_cond_broadcast (&self->loaded);
     pthread_mutex_unlock (&self->lock);
     s_set_release (&old);
+    s_release_evicted (evicted, evicted_count);
     return status;
 }
 
@@ -396,11 +466,8 @@ cm_vsearch_forget (cm_vsearch_t *self, int64_t workspace_id)
     pthread_mutex_lock (&self->lock);
     size_t index;
     s_entry_t *entry = s_entry_find (self, workspace_id, &index);
-    if (entry && !entry->loading) {
-        set = entry->set;
-        free (entry);
-        self->entries[index] = self->entries[--self->size];
-    }
+    if (entry && !entry->loading)
+        set = s_entry_remove (self, index);
     pthread_mutex_unlock (&self->lock);
     s_set_release (&set);
 }
@@ -605,4 +672,27 @@ cm_vsearch_query (cm_vsearch_t *self, cm_storage_t *storage, int64_t workspace_i
                       : json_pack ("{s:o, s:s}", "results", results, "message",
                                    CM_VSEARCH_NO_EMBEDDINGS);
     return CM_STORAGE_OK;
+}
+
+void
+cm_vsearch_set_max_bytes (cm_vsearch_t *self, size_t max_bytes)
+{
+    assert (self);
+    s_set_t **evicted = NULL;
+    size_t count = 0;
+    pthread_mutex_lock (&self->lock);
+    self->max_bytes = max_bytes;
+    evicted = s_evict (self, NULL, &count);
+    pthread_mutex_unlock (&self->lock);
+    s_release_evicted (evicted, count);
+}
+
+uint64_t
+cm_vsearch_evictions (cm_vsearch_t *self)
+{
+    assert (self);
+    pthread_mutex_lock (&self->lock);
+    uint64_t evictions = self->evictions;
+    pthread_mutex_unlock (&self->lock);
+    return evictions;
 }

@@ -26,10 +26,15 @@
     another; a reload (by the first caller that sees a new version; others
     that need that version wait for it) swaps the set in, and the old one
     is freed when its last search ends. Sets stay cached until
-    cm_vsearch_forget or destroy. */
+    cm_vsearch_forget or destroy, or until the cache holds more than its
+    limit (cm_vsearch_set_max_bytes, VECTOR_CACHE_MAX_BYTES): then the
+    least recently searched sets are dropped (a search running on one
+    finishes first) and loaded again when next searched. A set larger
+    than the limit is kept, alone. */
 #ifndef CM_VSEARCH_H_INCLUDED
 #define CM_VSEARCH_H_INCLUDED
 
+#include "cm_config.h"
 #include "cm_storage_docs.h"
 
 typedef struct cm_vsearch_s cm_vsearch_t;
@@ -90,6 +95,22 @@ cm_storage_status_t cm_vsearch_warm (cm_vsearch_t *self, cm_storage_t *storage,
 //  Drop a workspace's cached set (the workspace was deleted); a search
 //  running on it finishes first. No-op when not cached or being loaded.
 void cm_vsearch_forget (cm_vsearch_t *self, int64_t workspace_id);
+
+//  Limit the cached sets to max_bytes (their vectors and keys; 0: no
+//  limit, the default), dropping sets now if they pass it.
+void cm_vsearch_set_max_bytes (cm_vsearch_t *self, size_t max_bytes);
+
+//  Sets dropped so far to keep under the limit.
+uint64_t cm_vsearch_evictions (cm_vsearch_t *self);
+
+//  The limit as a daemon's setting (cm_config.h), into int64_t member.
+// clang-format off
+#define CM_VSEARCH_CONF_ENTRY(type, member)                                              \
+    {"VECTOR_CACHE_MAX_BYTES", CM_CONF_INT, "536870912", 0, INT64_C (1) << 40,           \
+     offsetof (type, member),                                                           \
+     "bytes of workspace vectors this process keeps cached for search; the least "      \
+     "recently searched go first (0: no limit)"}
+// clang-format on
 
 //  What the cache holds: workspaces, vectors, and bytes of vector data.
 void cm_vsearch_stats (cm_vsearch_t *self, size_t *workspaces_p, size_t *vectors_p,

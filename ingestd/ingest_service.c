@@ -101,6 +101,7 @@ ingest_service_new (const ingest_config_t *config, cm_breaker_t **breaker_p,
                                    ? (size_t) config->embed.batch_size
                                    : CM_EMBED_DEFAULT_BATCH_SIZE;
     self->vsearch = cm_vsearch_new ();
+    cm_vsearch_set_max_bytes (self->vsearch, config->vector_cache);
     atomic_init (&self->queue_skip_until, 0);
     pthread_mutex_init (&self->lock, NULL);
     self->fallback =

@@ -50,6 +50,7 @@ typedef struct {
     size_t chunk_overlap;    //  CHUNK_OVERLAP_CHARS
     size_t pool_size;        //  INGESTION_WORKER_POOL_SIZE
     int64_t task_timeout_ms; //  INGESTION_TASK_TIMEOUT_MS
+    size_t vector_cache;     //  VECTOR_CACHE_MAX_BYTES (0: no limit)
 } ingest_config_t;
 
 //  Create the service: open the database, make the embedder, start the

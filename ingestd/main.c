@@ -11,6 +11,7 @@
 #include "cm_log.h"
 #include "cm_metrics.h"
 #include "cm_redis.h"
+#include "cm_vsearch.h"
 #include "cm_worker.h"
 #include "ingest_chunk.h"
 #include "ingest_service.h"
@@ -21,6 +22,7 @@ typedef struct {
     int64_t max_pending;         //  INGESTION_QUEUE_MAX_PENDING
     int64_t pool_size;           //  INGESTION_WORKER_POOL_SIZE (0: half the CPUs)
     int64_t task_timeout_ms;     //  INGESTION_TASK_TIMEOUT_MS
+    int64_t vector_cache;        //  VECTOR_CACHE_MAX_BYTES
     int64_t job_workers;         //  EMBEDDING_WORKER_CONCURRENCY
     bool disable_workers;        //  DISABLE_SERVER_JOB_WORKERS
     int64_t attempts;            //  EMBEDDING_JOB_ATTEMPTS
@@ -85,6 +87,7 @@ static const cm_conf_entry_t s_table[] = {
     INGEST_CHUNK_CONF_ENTRIES (s_config_t, chunk_size, chunk_overlap),
     CM_EMBED_CONF_ENTRIES (s_config_t, embed),
     CM_BREAKER_CONF_ENTRIES ("INGESTION", s_config_t, breaker),
+    CM_VSEARCH_CONF_ENTRY (s_config_t, vector_cache),
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
@@ -143,6 +146,7 @@ main (int argc, char **argv)
         .chunk_overlap = (size_t) config.chunk_overlap,
         .pool_size = pool_size,
         .task_timeout_ms = config.task_timeout_ms,
+        .vector_cache = (size_t) config.vector_cache,
     };
     cm_jobs_config_defaults (&settings.jobs);
     settings.jobs.url = config.redis_url;

@@ -504,3 +504,77 @@ Test (cm_vsearch, concurrent_searches_while_documents_are_linked, .timeout = 120
     cm_storage_pool_release (pool, &writer);
     cm_storage_pool_destroy (&pool);
 }
+
+//  The workspaces cached now.
+static size_t
+s_cached (cm_vsearch_t *vsearch)
+{
+    size_t workspaces = 0;
+    cm_vsearch_stats (vsearch, &workspaces, NULL, NULL);
+    return workspaces;
+}
+
+//  Search ws for the first axis: its best chunk must be expected.
+static void
+s_search_first (cm_vsearch_t *vsearch, cm_storage_t *storage, int64_t ws,
+                const char *expected)
+{
+    float q[S_DIM];
+    s_axis (q, 0, 1);
+    json_t *result = s_query (vsearch, storage, ws, q, 1, 0);
+    cr_assert_str_eq (s_text (result, 0), expected);
+    json_decref (result);
+}
+
+Test (cm_vsearch, the_cache_keeps_to_its_limit_dropping_the_least_recently_searched)
+{
+    cm_storage_t *storage = s_open ();
+    cm_vsearch_t *vsearch = cm_vsearch_new ();
+    const char *names[] = {"a", "b", "c"};
+    int64_t ws[3];
+    const double cosines[] = {0.9, 0.8, 0.7, 0.6};
+    for (int i = 0; i < 3; i++) {
+        ws[i] = s_workspace (storage, names[i]);
+        s_document (storage, names[i], 0, cosines, 4);
+        s_link (storage, ws[i], names[i]);
+    }
+    //  One set: 4 vectors of S_DIM floats and their two keys.
+    size_t one = 4 * (S_DIM * sizeof (float) + 2 * sizeof (int64_t));
+    cm_vsearch_set_max_bytes (vsearch, 2 * one);
+    s_search_first (vsearch, storage, ws[0], "a #0");
+    s_search_first (vsearch, storage, ws[1], "b #0");
+    cr_assert_eq (s_cached (vsearch), 2);
+    cr_assert_eq (cm_vsearch_evictions (vsearch), 0);
+    //  a searched again, then c: b, the least recent, goes.
+    s_search_first (vsearch, storage, ws[0], "a #0");
+    s_search_first (vsearch, storage, ws[2], "c #0");
+    cr_assert_eq (s_cached (vsearch), 2);
+    cr_assert_eq (cm_vsearch_evictions (vsearch), 1);
+    size_t bytes = 0;
+    cm_vsearch_stats (vsearch, NULL, NULL, &bytes);
+    cr_assert_eq (bytes, 2 * 4 * S_DIM * sizeof (float), "a and c: %zu", bytes);
+    //  b comes back when searched (and a goes).
+    s_search_first (vsearch, storage, ws[1], "b #0");
+    cr_assert_eq (cm_vsearch_evictions (vsearch), 2);
+    s_search_first (vsearch, storage, ws[2], "c #0");
+    cr_assert_eq (cm_vsearch_evictions (vsearch), 2, "c was still cached");
+
+    //  A limit below one set: lowering it drops them all; a set loaded
+    //  then is kept, alone.
+    cm_vsearch_set_max_bytes (vsearch, one / 2);
+    cr_assert_eq (s_cached (vsearch), 0);
+    s_search_first (vsearch, storage, ws[0], "a #0");
+    cr_assert_eq (s_cached (vsearch), 1);
+    s_search_first (vsearch, storage, ws[1], "b #0");
+    cr_assert_eq (s_cached (vsearch), 1);
+    //  No limit: everything stays.
+    cm_vsearch_set_max_bytes (vsearch, 0);
+    for (int i = 0; i < 3; i++)
+        s_search_first (vsearch, storage, ws[i],
+                        i == 0   ? "a #0"
+                        : i == 1 ? "b #0"
+                                 : "c #0");
+    cr_assert_eq (s_cached (vsearch), 3);
+    cm_vsearch_destroy (&vsearch);
+    cm_storage_destroy (&storage);
+}

@@ -28,3 +28,25 @@ test_dir_remove (const char *path)
 {
     return nftw (path, s_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
+
+char *
+test_file_text (const char *path)
+{
+    char *text = calloc (1, 1);
+    cr_assert_not_null (text);
+    size_t len = 0;
+    FILE *file = fopen (path, "r");
+    if (!file)
+        return text;
+    char chunk[4096];
+    size_t n;
+    while ((n = fread (chunk, 1, sizeof chunk, file)) > 0) {
+        text = realloc (text, len + n + 1);
+        cr_assert_not_null (text);
+        memcpy (text + len, chunk, n);
+        len += n;
+        text[len] = 0;
+    }
+    fclose (file);
+    return text;
+}

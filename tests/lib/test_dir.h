@@ -11,6 +11,10 @@
 //  Criterion test when the template does not fit or mkdtemp fails.
 void test_dir_make (char *dir, size_t size, const char *template_path);
 
+//  The whole file at path as a string (empty when it cannot be read); the
+//  caller frees it.
+char *test_file_text (const char *path);
+
 //  Remove path and everything under it, without following symbolic links.
 //  Returns 0, or -1 when an entry could not be removed (errno says why).
 int test_dir_remove (const char *path);

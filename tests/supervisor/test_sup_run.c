@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "cm_common.h"
+#include "test_dir.h"
 
 //  Deadline for anything that should happen "soon", however loaded the box.
 #define S_PATIENCE_MS 30000
@@ -81,32 +82,11 @@ s_file (const char *name)
     return s_path;
 }
 
-//  The whole file as a string (empty when missing); the caller frees it.
-static char *
-s_slurp (const char *path)
-{
-    char *text = cm_calloc (1, 1);
-    size_t len = 0;
-    FILE *file = fopen (path, "r");
-    if (!file)
-        return text;
-    char chunk[4096];
-    size_t n;
-    while ((n = fread (chunk, 1, sizeof chunk, file)) > 0) {
-        text = cm_realloc (text, len + n + 1);
-        memcpy (text + len, chunk, n);
-        len += n;
-        text[len] = 0;
-    }
-    fclose (file);
-    return text;
-}
-
 //  Occurrences of needle in the supervisor's log.
 static size_t
 s_log_count (const char *needle)
 {
-    char *log = s_slurp (s_file ("stderr"));
+    char *log = test_file_text (s_file ("stderr"));
     size_t count = 0;
     for (char *p = strstr (log, needle); p; p = strstr (p + 1, needle))
         count++;
@@ -118,7 +98,7 @@ s_log_count (const char *needle)
 static bool
 s_log_line_has (const char *needle1, const char *needle2)
 {
-    char *log = s_slurp (s_file ("stderr"));
+    char *log = test_file_text (s_file ("stderr"));
     bool found = false;
     for (char *line = strtok (log, "\n"); line && !found; line = strtok (NULL, "\n"))
         found = strstr (line, needle1) && strstr (line, needle2);
@@ -331,7 +311,7 @@ Test (sup_run, sigterm_stops_every_child_within_grace, .init = s_setup,
         int64_t deadline = cm_clock_mono_ms () + S_PATIENCE_MS;
         char path[64];
         snprintf (path, sizeof path, "/proc/%d/comm", (int) children[i]);
-        char *comm = s_slurp (path);
+        char *comm = test_file_text (path);
         bool shell = !strncmp (comm, "sh", 2);
         free (comm);
         if (!shell)
@@ -372,7 +352,7 @@ Test (sup_run, a_child_ignoring_sigterm_is_killed_after_grace, .init = s_setup,
         pid_t found[64];
         char path[64];
         snprintf (path, sizeof path, "/proc/%d/comm", (int) children[i]);
-        char *comm = s_slurp (path);
+        char *comm = test_file_text (path);
         bool shell = !strncmp (comm, "sh", 2);
         free (comm);
         int64_t deadline = cm_clock_mono_ms () + S_PATIENCE_MS;
@@ -470,7 +450,7 @@ Test (sup_run, hub_only_serves_the_metrics_hub_until_stopped, .init = s_setup,
     int status = s_wait_exit (S_PATIENCE_MS);
     cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 0,
                "status 0x%x", status);
-    char *out = s_slurp (s_file ("stdout"));
+    char *out = test_file_text (s_file ("stdout"));
     cr_assert (!strstr (out, "ADMIN_API_KEY"), "no key made for no child");
     free (out);
 
@@ -539,13 +519,13 @@ Test (sup_run, children_see_one_environment, .init = s_setup, .fini = s_teardown
     //  The key: generated, printed on stdout, kept with mode 0600.
     char keyfile[PATH_MAX];
     snprintf (keyfile, sizeof keyfile, "%s/admin_api_key", s_dir);
-    char *key = s_slurp (keyfile);
+    char *key = test_file_text (keyfile);
     cr_assert_eq (strlen (key), 65, "64 hex digits and a newline: '%s'", key);
     key[64] = 0;
     struct stat st;
     cr_assert_eq (stat (keyfile, &st), 0);
     cr_assert_eq (st.st_mode & 0777, 0600);
-    char *out = s_slurp (s_file ("stdout"));
+    char *out = test_file_text (s_file ("stdout"));
     char line[128];
     snprintf (line, sizeof line, "ADMIN_API_KEY=%s\n", key);
     cr_assert (strstr (out, line), "stdout was '%s'", out);
@@ -557,11 +537,11 @@ Test (sup_run, children_see_one_environment, .init = s_setup, .fini = s_teardown
         char name[32], expected[2 * PATH_MAX];
         snprintf (name, sizeof name, "seen.%d", i);
         int64_t deadline = cm_clock_mono_ms () + S_PATIENCE_MS;
-        char *seen = s_slurp (s_file (name));
+        char *seen = test_file_text (s_file (name));
         while (!strchr (seen, '\n') && cm_clock_mono_ms () < deadline) {
             free (seen);
             s_sleep_ms (20);
-            seen = s_slurp (s_file (name));
+            seen = test_file_text (s_file (name));
         }
         snprintf (expected, sizeof expected, "%s 127.0.0.9 7777 %s %d 1 7777-hello\n",
                   key, bin_dir, i);
@@ -604,7 +584,7 @@ Test (sup_run, help_lists_the_settings, .init = s_setup, .fini = s_teardown)
     snprintf (command, sizeof command, "'%s/supervisor' --help > '%s/help'",
               getenv ("LLMRT_BIN_DIR"), s_dir);
     cr_assert_eq (system (command), 0);
-    char *help = s_slurp (s_file ("help"));
+    char *help = test_file_text (s_file ("help"));
     const char *names[] = {"-c FILE",
                            "SUPERVISOR_RESTART_INITIAL_MS",
                            "SUPERVISOR_RESTART_MAX_MS",
