@@ -169,6 +169,13 @@ chat_service_set_vector_cache (chat_service_t *self, size_t max_bytes)
     cm_vsearch_set_max_bytes (self->vsearch, max_bytes);
 }
 
+cm_vsearch_t *
+chat_service_vsearch (chat_service_t *self)
+{
+    assert (self);
+    return self->vsearch;
+}
+
 cm_breaker_t *
 chat_service_breaker (chat_service_t *self)
 {

@@ -35,6 +35,7 @@
 #include "chat_provider.h"
 #include "cm_breaker.h"
 #include "cm_embed.h"
+#include "cm_vsearch.h"
 
 typedef struct chat_service_s chat_service_t;
 
@@ -61,6 +62,8 @@ void chat_service_set_embedder (chat_service_t *self, cm_embedder_t **embedder_p
 //  Keep at most max_bytes of workspace vectors cached for query-mode
 //  chats (cm_vsearch_set_max_bytes; 0: no limit, the default).
 void chat_service_set_vector_cache (chat_service_t *self, size_t max_bytes);
+//  The vector cache (borrowed), for metrics.
+cm_vsearch_t *chat_service_vsearch (chat_service_t *self);
 //  The breaker in use (borrowed), for metrics and health.
 cm_breaker_t *chat_service_breaker (chat_service_t *self);
 

@@ -126,6 +126,7 @@ main (int argc, char **argv)
     //  The daemon's registry: the worker reports it with its own series.
     metrics = cm_metrics_new ();
     cm_breaker_attach_metrics (chat_service_breaker (service), metrics);
+    cm_vsearch_attach_metrics (chat_service_vsearch (service), metrics);
     cm_info ("storage %s/llmrt.db, provider %s, concurrency %lld, max pending %lld, "
              "circuit opens after %lld failure(s) for %lld ms",
              settings.storage_dir, settings.llm.provider,

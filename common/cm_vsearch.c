@@ -8,6 +8,7 @@
     anything else is done with them. */
 #include "cm_vsearch.h"
 #include "cm_log.h"
+#include "cm_metrics.h"
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -695,4 +696,42 @@ cm_vsearch_evictions (cm_vsearch_t *self)
     uint64_t evictions = self->evictions;
     pthread_mutex_unlock (&self->lock);
     return evictions;
+}
+
+static void
+s_collect (cm_metrics_t *metrics, void *arg)
+{
+    cm_vsearch_t *self = arg;
+    pthread_mutex_lock (&self->lock);
+    double bytes = (double) self->bytes, max_bytes = (double) self->max_bytes;
+    double evictions = (double) self->evictions;
+    size_t workspaces = 0;
+    for (size_t i = 0; i < self->size; i++)
+        workspaces += self->entries[i]->set != NULL;
+    pthread_mutex_unlock (&self->lock);
+    cm_metric_set (cm_metrics_gauge (metrics, "llmrt_vector_cache_bytes",
+                                     "Bytes of workspace vectors (and their keys) cached "
+                                     "for search.",
+                                     NULL),
+                   bytes);
+    cm_metric_set (
+        cm_metrics_gauge (metrics, "llmrt_vector_cache_max_bytes",
+                          "The cache's limit, VECTOR_CACHE_MAX_BYTES (0: none).", NULL),
+        max_bytes);
+    cm_metric_set (cm_metrics_gauge (metrics, "llmrt_vector_cache_workspaces",
+                                     "Workspaces whose vectors are cached.", NULL),
+                   (double) workspaces);
+    cm_metric_set (cm_metrics_counter (metrics, "llmrt_vector_cache_evictions_total",
+                                       "Workspaces' vectors dropped to keep the cache "
+                                       "under its limit.",
+                                       NULL),
+                   evictions);
+}
+
+void
+cm_vsearch_attach_metrics (cm_vsearch_t *self, cm_metrics_t *metrics)
+{
+    assert (self && metrics);
+    s_collect (metrics, self);
+    cm_metrics_collector (metrics, s_collect, self);
 }

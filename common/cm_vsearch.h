@@ -103,6 +103,15 @@ void cm_vsearch_set_max_bytes (cm_vsearch_t *self, size_t max_bytes);
 //  Sets dropped so far to keep under the limit.
 uint64_t cm_vsearch_evictions (cm_vsearch_t *self);
 
+//  Publish the cache in metrics, refreshed before each snapshot:
+//    gauge   llmrt_vector_cache_bytes          vectors and keys cached now
+//    gauge   llmrt_vector_cache_max_bytes      the limit (0: none)
+//    gauge   llmrt_vector_cache_workspaces     workspaces whose set is cached
+//    counter llmrt_vector_cache_evictions_total  sets dropped for the limit
+//  Call once. Take no snapshot after the cache is destroyed.
+struct cm_metrics_s;
+void cm_vsearch_attach_metrics (cm_vsearch_t *self, struct cm_metrics_s *metrics);
+
 //  The limit as a daemon's setting (cm_config.h), into int64_t member.
 // clang-format off
 #define CM_VSEARCH_CONF_ENTRY(type, member)                                              \

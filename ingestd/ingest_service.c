@@ -109,6 +109,7 @@ ingest_service_new (const ingest_config_t *config, cm_breaker_t **breaker_p,
                       s_fallback_run, s_fallback_drop, self);
     if (metrics) {
         cm_queue_attach_metrics (self->fallback, metrics);
+        cm_vsearch_attach_metrics (self->vsearch, metrics);
         const char *queue[] = {"path", "queue", NULL};
         const char *fallback[] = {"path", "fallback", NULL};
         const char *help = "Ingestions accepted, by the path that embeds them";

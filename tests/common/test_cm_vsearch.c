@@ -4,6 +4,7 @@
     process, and searches from several threads while another links and
     unlinks documents. */
 #include <criterion/criterion.h>
+#include "cm_metrics.h"
 #include "cm_vsearch.h"
 #include "test_dir.h"
 #include <math.h>
@@ -553,6 +554,17 @@ Test (cm_vsearch, the_cache_keeps_to_its_limit_dropping_the_least_recently_searc
     size_t bytes = 0;
     cm_vsearch_stats (vsearch, NULL, NULL, &bytes);
     cr_assert_eq (bytes, 2 * 4 * S_DIM * sizeof (float), "a and c: %zu", bytes);
+    //  The same in the metrics.
+    cm_metrics_t *metrics = cm_metrics_new ();
+    cm_vsearch_attach_metrics (vsearch, metrics);
+    json_t *snapshot = cm_metrics_snapshot (metrics);
+    cr_assert_eq (cm_metrics_sum (snapshot, "llmrt_vector_cache_bytes", NULL), 2 * one);
+    cr_assert_eq (cm_metrics_sum (snapshot, "llmrt_vector_cache_max_bytes", NULL),
+                  2 * one);
+    cr_assert_eq (cm_metrics_sum (snapshot, "llmrt_vector_cache_workspaces", NULL), 2);
+    cr_assert_eq (cm_metrics_sum (snapshot, "llmrt_vector_cache_evictions_total", NULL),
+                  1);
+    json_decref (snapshot);
     //  b comes back when searched (and a goes).
     s_search_first (vsearch, storage, ws[1], "b #0");
     cr_assert_eq (cm_vsearch_evictions (vsearch), 2);
@@ -575,6 +587,11 @@ Test (cm_vsearch, the_cache_keeps_to_its_limit_dropping_the_least_recently_searc
                         : i == 1 ? "b #0"
                                  : "c #0");
     cr_assert_eq (s_cached (vsearch), 3);
+    snapshot = cm_metrics_snapshot (metrics);
+    cr_assert_eq (cm_metrics_sum (snapshot, "llmrt_vector_cache_workspaces", NULL), 3);
+    cr_assert_eq (cm_metrics_sum (snapshot, "llmrt_vector_cache_max_bytes", NULL), 0);
+    json_decref (snapshot);
+    cm_metrics_destroy (&metrics);
     cm_vsearch_destroy (&vsearch);
     cm_storage_destroy (&storage);
 }
