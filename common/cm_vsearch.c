@@ -436,7 +436,7 @@ s_acquire (cm_vsearch_t *self, cm_storage_t *storage, int64_t workspace_id,
         old = entry->set;
         entry->set = set;
         entry->used = ++self->tick;
-        self->bytes += set->bytes - (old ? old->bytes : 0);
+        self->bytes = self->bytes - (old ? old->bytes : 0) + set->bytes;
         atomic_fetch_add (&set->refs, 1);
         *set_p = set;
         evicted = s_evict (self, entry, &evicted_count);
