@@ -162,13 +162,6 @@ chat_service_set_embedder (chat_service_t *self, cm_embedder_t **embedder_p)
     *embedder_p = NULL;
 }
 
-void
-chat_service_set_vector_cache (chat_service_t *self, size_t max_bytes)
-{
-    assert (self);
-    cm_vsearch_set_max_bytes (self->vsearch, max_bytes);
-}
-
 cm_vsearch_t *
 chat_service_vsearch (chat_service_t *self)
 {

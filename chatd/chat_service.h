@@ -59,10 +59,8 @@ void chat_service_set_breaker (chat_service_t *self, cm_breaker_t **breaker_p);
 //  Embed messages with this embedder (taken over; nulls *embedder_p)
 //  instead of the default one (builtin). Call before serving.
 void chat_service_set_embedder (chat_service_t *self, cm_embedder_t **embedder_p);
-//  Keep at most max_bytes of workspace vectors cached for query-mode
-//  chats (cm_vsearch_set_max_bytes; 0: no limit, the default).
-void chat_service_set_vector_cache (chat_service_t *self, size_t max_bytes);
-//  The vector cache (borrowed), for metrics.
+//  The cache of workspace vectors for query-mode chats (borrowed), for
+//  its limit (cm_vsearch_set_max_bytes; none by default) and metrics.
 cm_vsearch_t *chat_service_vsearch (chat_service_t *self);
 //  The breaker in use (borrowed), for metrics and health.
 cm_breaker_t *chat_service_breaker (chat_service_t *self);

@@ -119,7 +119,8 @@ main (int argc, char **argv)
         goto cleanup;
     }
     chat_service_set_embedder (service, &embedder);
-    chat_service_set_vector_cache (service, (size_t) settings.vector_cache_bytes);
+    cm_vsearch_set_max_bytes (chat_service_vsearch (service),
+                              (size_t) settings.vector_cache_bytes);
     pthread_t trimmer;
     if (pthread_create (&trimmer, NULL, s_trimmer, NULL) == 0)
         pthread_detach (trimmer);

@@ -581,11 +581,11 @@ Test (cm_vsearch, the_cache_keeps_to_its_limit_dropping_the_least_recently_searc
     cr_assert_eq (s_cached (vsearch), 1);
     //  No limit: everything stays.
     cm_vsearch_set_max_bytes (vsearch, 0);
-    for (int i = 0; i < 3; i++)
-        s_search_first (vsearch, storage, ws[i],
-                        i == 0   ? "a #0"
-                        : i == 1 ? "b #0"
-                                 : "c #0");
+    for (int i = 0; i < 3; i++) {
+        char expected[16];
+        snprintf (expected, sizeof expected, "%s #0", names[i]);
+        s_search_first (vsearch, storage, ws[i], expected);
+    }
     cr_assert_eq (s_cached (vsearch), 3);
     snapshot = cm_metrics_snapshot (metrics);
     cr_assert_eq (cm_metrics_sum (snapshot, "llmrt_vector_cache_workspaces", NULL), 3);
