@@ -303,9 +303,13 @@ s_get_str (const msgpack_object *o, char **out)
     *out = NULL;
     if (o->type == MSGPACK_OBJECT_NIL)
         return true;
-    if (o->type != MSGPACK_OBJECT_STR || memchr (o->via.str.ptr, 0, o->via.str.size))
+    if (o->type != MSGPACK_OBJECT_STR)
         return false;
-    *out = cm_strndup (o->via.str.ptr, o->via.str.size);
+    //  msgpack-c leaves ptr stale or NULL for an empty string: no reading it.
+    size_t size = o->via.str.size;
+    if (size && memchr (o->via.str.ptr, 0, size))
+        return false;
+    *out = size ? cm_strndup (o->via.str.ptr, size) : cm_strdup ("");
     return true;
 }
 
@@ -333,7 +337,8 @@ cm_form_decode (const void *data, size_t size, char *err, size_t errlen)
         bool ok = s_get_str (&fields[0], &name) && s_get_str (&fields[1], &filename) &&
                   s_get_str (&fields[2], &content_type);
         if (ok)
-            cm_form_add_part (self, name, filename, content_type, fields[3].via.bin.ptr,
+            cm_form_add_part (self, name, filename, content_type,
+                              fields[3].via.bin.size ? fields[3].via.bin.ptr : NULL,
                               fields[3].via.bin.size);
         free (name);
         free (filename);

@@ -171,11 +171,14 @@ cm_msg_encode (cm_msg_t *self, char **data_p, size_t *size_p)
 static bool
 s_get_str (const msgpack_object *o, char **out)
 {
-    if (o->type != MSGPACK_OBJECT_STR || o->via.str.size > S_MAX_STRING ||
-        memchr (o->via.str.ptr, 0, o->via.str.size))
+    if (o->type != MSGPACK_OBJECT_STR || o->via.str.size > S_MAX_STRING)
+        return false;
+    //  msgpack-c leaves ptr stale or NULL for an empty string: no reading it.
+    size_t size = o->via.str.size;
+    if (size && memchr (o->via.str.ptr, 0, size))
         return false;
     free (*out);
-    *out = cm_strndup (o->via.str.ptr, o->via.str.size);
+    *out = size ? cm_strndup (o->via.str.ptr, size) : cm_strdup ("");
     return true;
 }
 
@@ -382,7 +385,8 @@ cm_msg_decode (const void *data, size_t size, char *err, size_t errlen)
         } else if (f == F_BODY) {
             ok = o->type == MSGPACK_OBJECT_BIN;
             if (ok)
-                cm_msg_set_body (self, o->via.bin.ptr, o->via.bin.size);
+                cm_msg_set_body (self, o->via.bin.size ? o->via.bin.ptr : NULL,
+                                 o->via.bin.size);
         } else if (f == F_HEADERS) {
             ok = o->type == MSGPACK_OBJECT_MAP && o->via.map.size <= S_MAX_HEADERS;
             for (uint32_t h = 0; ok && h < o->via.map.size; h++) {

@@ -373,6 +373,11 @@ s_handle_frame (gw_broker_t *self, const char *id, cm_msg_t *msg)
     s_instance_t *instance = zhashx_lookup (self->instances, id);
     cm_msg_type_t type = cm_msg_type (msg);
     if (type == CM_MSG_READY) {
+        if (!*cm_msg_service (msg)) {
+            self->dropped_frames++;
+            cm_warn ("dropped a READY without a service from %s", id);
+            return;
+        }
         if (instance && strcmp (instance->service, cm_msg_service (msg))) {
             s_instance_remove (self, instance, "re-registered as another service");
             instance = NULL;
@@ -473,12 +478,21 @@ s_receive (gw_broker_t *self)
         }
         char id[256];
         size_t id_size = zmq_msg_size (&id_frame);
+        //  Instances are known by the routing id they set (their INSTANCE_ID,
+        //  cm_worker). A peer without one has libzmq's binary id, which as a
+        //  string would alias every other such peer: refuse it.
+        bool named = id_size > 0 && id_size < sizeof id &&
+                     !memchr (zmq_msg_data (&id_frame), 0, id_size);
         if (id_size >= sizeof id)
             id_size = sizeof id - 1;
         memcpy (id, zmq_msg_data (&id_frame), id_size);
         id[id_size] = 0;
         cm_msg_t *msg = NULL;
-        if (more)
+        if (!named)
+            snprintf (err, sizeof err,
+                      "the peer has no instance id (a routing id of %zu bytes)",
+                      zmq_msg_size (&id_frame));
+        else if (more)
             msg = cm_msg_decode (zmq_msg_data (&body), zmq_msg_size (&body), err,
                                  sizeof err);
         else

@@ -4,6 +4,8 @@
 set -euo pipefail
 LLMRT_PACKAGES=(
     build-essential cmake pkg-config clang-format
+    # scripts/fuzz.sh: libFuzzer comes with clang
+    clang
     libzmq3-dev libczmq-dev libmicrohttpd-dev libhiredis-dev libmsgpack-dev
     libcriterion-dev libsqlite3-dev libcurl4-openssl-dev libjansson-dev
     libsodium-dev

@@ -77,6 +77,22 @@ Test (cm_form, empty_form_and_empty_part)
     cm_form_destroy (&form);
 }
 
+//  msgpack-c gives an empty string or bin a NULL pointer when no longer
+//  one came before it in the buffer (see test_cm_msg).
+Test (cm_form, empty_name_first_in_the_buffer)
+{
+    //  [1, [["", nil, nil, <bin of 0 bytes>]]]
+    char err[256] = "";
+    cm_form_t *form =
+        cm_form_decode ("\x92\x01\x91\x94\xa0\xc0\xc0\xc4\x00", 9, err, sizeof err);
+    cr_assert_not_null (form, "%s", err);
+    cr_assert_eq (cm_form_count (form), 1);
+    cr_assert_str_eq (cm_form_at (form, 0)->name, "");
+    cr_assert_null (cm_form_at (form, 0)->filename);
+    cr_assert_eq (cm_form_at (form, 0)->size, 0);
+    cm_form_destroy (&form);
+}
+
 Test (cm_form, binary_data_with_nuls_intact)
 {
     unsigned char bytes[256 * 4];

@@ -150,6 +150,25 @@ Test (cm_msg, hostile_container_sizes_are_refused_before_allocating)
     s_refused ("\x93\x01\x06\xc6\xff\xff\xff\xff", 8, "malformed");
 }
 
+//  msgpack-c gives an empty string a NULL pointer when no longer string
+//  came before it in the frame; found by tests/fuzz/fuzz_msg (it aborted).
+Test (cm_msg, empty_strings_decode_wherever_they_are)
+{
+    char err[256] = "";
+    //  [1, 5, "", ""]: a CANCEL whose strings are both empty.
+    cm_msg_t *msg = cm_msg_decode ("\x94\x01\x05\xa0\xa0", 5, err, sizeof err);
+    cr_assert_not_null (msg, "%s", err);
+    cr_assert_str_eq (cm_msg_request_id (msg), "");
+    cr_assert_str_eq (cm_msg_reason (msg), "");
+    cm_msg_destroy (&msg);
+    //  [1, 1, "", "", 4]: a READY without names.
+    msg = cm_msg_decode ("\x95\x01\x01\xa0\xa0\x04", 6, err, sizeof err);
+    cr_assert_not_null (msg, "%s", err);
+    cr_assert_str_eq (cm_msg_service (msg), "");
+    cr_assert_eq (cm_msg_capacity (msg), 4);
+    cm_msg_destroy (&msg);
+}
+
 Test (cm_msg, oversized_frame_is_refused)
 {
     size_t size = CM_MSG_MAX_BYTES + 1;

@@ -831,7 +831,27 @@ Test (gw_server, malformed_frames_are_counted_and_dropped)
     gwh_daemon_send_raw (chatd, "\xc1\xff garbage \x00\x01", 14);
     s_send_wrong_version (chatd);
     gwh_daemon_send_raw (chatd, "", 0);
-    gwh_wait_health (&gateway, "broker.dropped_frames", 3);
+    //  [1, READY, "", "", 4]: a READY without a service.
+    gwh_daemon_send_raw (chatd, "\x95\x01\x01\xa0\xa0\x04", 6);
+    gwh_wait_health (&gateway, "broker.dropped_frames", 4);
+    //  A peer that set no routing id (libzmq gives it a binary one): its
+    //  well-formed READY is dropped, not registered under an empty name.
+    zsock_t *anonymous = zsock_new_dealer (gateway.backend);
+    cr_assert_not_null (anonymous);
+    cm_msg_t *ready = cm_msg_new (CM_MSG_READY);
+    cm_msg_set_service (ready, "chat");
+    cm_msg_set_instance (ready, "chat-2");
+    cm_msg_set_capacity (ready, 4);
+    char *frame;
+    size_t frame_size;
+    cm_msg_encode (ready, &frame, &frame_size);
+    zframe_t *zframe = zframe_new (frame, frame_size);
+    cr_assert_eq (zframe_send (&zframe, anonymous, 0), 0);
+    free (frame);
+    cm_msg_destroy (&ready);
+    gwh_wait_health (&gateway, "broker.dropped_frames", 5);
+    zsock_destroy (&anonymous);
+    gwh_wait_health (&gateway, "services.chat.instances", 1);
 
     //  The gateway and the instance go on working.
     gwh_call_t *call = gwh_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat",
