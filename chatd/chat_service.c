@@ -647,13 +647,14 @@ s_openai_object (s_turn_t *turn, bool chunk, const char *content, size_t size,
 }
 
 //  OpenAI's error object, which its client libraries raise as an APIError,
-//  in a reply and in a stream alike.
+//  in a reply and in a stream alike. param names the request's field at
+//  fault, or NULL (null) when none is.
 static json_t *
-s_openai_error (const char *message, bool request_fault)
+s_openai_error (const char *message, bool request_fault, const char *param)
 {
-    return json_pack ("{s:{s:s, s:s, s:n, s:n}}", "error", "message", message, "type",
+    return json_pack ("{s:{s:s, s:s, s:s?, s:n}}", "error", "message", message, "type",
                       request_fault ? "invalid_request_error" : "server_error", "param",
-                      "code");
+                      param, "code");
 }
 
 //  The end of an OpenAI stream. Upstream AnythingLLM just ends the response;
@@ -839,7 +840,7 @@ s_complete_sync (s_turn_t *turn, const chat_request_t *request)
             //  Upstream's OpenAI route answers a failed completion 500; ours
             //  says why, in OpenAI's error shape (400 for the request's own).
             s_reply_json (turn->call, rejected ? 400 : 500,
-                          s_openai_error (*err ? err : S_NO_COMPLETION, rejected));
+                          s_openai_error (*err ? err : S_NO_COMPLETION, rejected, NULL));
             return;
         }
         s_reply_json (turn->call, 200,
@@ -894,8 +895,9 @@ s_complete_stream (s_turn_t *turn, const chat_request_t *request)
                  err);
         if (turn->openai) {
             //  OpenAI's error event: its client libraries raise it.
-            s_send_event (turn->call, s_openai_error (*err ? err : S_NO_COMPLETION,
-                                                      result == CHAT_PROVIDER_REJECTED));
+            s_send_event (turn->call,
+                          s_openai_error (*err ? err : S_NO_COMPLETION,
+                                          result == CHAT_PROVIDER_REJECTED, NULL));
             if (*text)
                 s_save (turn, text, &metrics, true);
             cm_call_stream_end (turn->call);
@@ -914,7 +916,7 @@ s_complete_stream (s_turn_t *turn, const chat_request_t *request)
         //  Upstream's last chunk: finish_reason "stop" and the usage.
         int64_t chat_id = s_save (turn, text, &metrics, true);
         json_t *last = chat_id < 0
-                           ? s_openai_error ("The chat could not be saved.", false)
+                           ? s_openai_error ("The chat could not be saved.", false, NULL)
                            : s_openai_object (turn, true, "", 0, "stop");
         if (chat_id >= 0)
             json_object_set_new (last, "usage", s_metrics_json (&metrics));
@@ -1002,7 +1004,7 @@ s_retrieve (s_turn_t *turn)
         snprintf (error, sizeof error, "The message could not be embedded for search: %s",
                   err);
         if (turn->openai)
-            s_reply_json (turn->call, 500, s_openai_error (error, false));
+            s_reply_json (turn->call, 500, s_openai_error (error, false, NULL));
         else
             s_reply_json (turn->call, 200,
                           json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "id", turn->uuid,
@@ -1166,10 +1168,15 @@ s_chat_turn (cm_call_t *call, chat_service_t *self, bool streaming, bool threade
     }
     turn.thread_id = json_integer_value (json_object_get (turn.thread, "id"));
 
-    //  Upstream: mode ?? workspace.chatMode; only these three are valid.
-    turn.message = json_string_value (json_object_get (body, "message"));
+    json_t *message = json_object_get (body, "message");
+    turn.message = json_string_value (message);
     if (turn.message && !*turn.message)
         turn.message = NULL;
+    //  A number, array or object is no message either, but "empty" would
+    //  send the client looking in the wrong place; null counts as missing.
+    bool message_mistyped =
+        message && !json_is_null (message) && !json_is_string (message);
+    //  Upstream: mode ?? workspace.chatMode; only these three are valid.
     json_t *mode = json_object_get (body, "mode");
     if (!mode || json_is_null (mode))
         mode = json_object_get (turn.workspace, "chatMode");
@@ -1184,7 +1191,8 @@ s_chat_turn (cm_call_t *call, chat_service_t *self, bool streaming, bool threade
     bool reset = s_truthy (json_object_get (body, "reset"));
     if ((!turn.message || !mode_valid) && !reset) {
         if (!turn.message)
-            snprintf (error, sizeof error, "Message is empty");
+            snprintf (error, sizeof error, "%s",
+                      message_mistyped ? "message must be a string" : "Message is empty");
         else
             snprintf (error, sizeof error, "%s is not a valid mode.", turn.mode);
         s_reply_abort (call, 400, error);
@@ -1288,6 +1296,65 @@ s_openai_content (const json_t *content)
     return value ? value : json_string ("");
 }
 
+//  Whether the prompt, messages[index].content, has text to send: 0, or -1
+//  with the reason in error. A prompt without text would ask the model
+//  about nothing and save an empty turn to history; OpenAI refuses such a
+//  request (400, invalid_request_error), as the chat routes refuse an
+//  empty message. Parts other than text (images) are left out, as
+//  s_openai_content does, so they alone are no prompt.
+static int
+s_openai_prompt_check (const json_t *content, size_t index, char *error, size_t size)
+{
+    if (!content) {
+        snprintf (error, size, "messages[%zu].content is required", index);
+        return -1;
+    }
+    if (json_is_string (content)) {
+        if (json_string_length (content) > 0)
+            return 0;
+        snprintf (error, size, "messages[%zu].content is empty", index);
+        return -1;
+    }
+    if (!json_is_array (content)) {
+        snprintf (error, size,
+                  "messages[%zu].content must be a string or an array of text parts",
+                  index);
+        return -1;
+    }
+    bool any_part = false, any_text = false;
+    size_t i;
+    json_t *part;
+    json_array_foreach (content, i, part)
+    {
+        const char *type = json_string_value (json_object_get (part, "type"));
+        if (!type || strcmp (type, "text"))
+            continue;
+        //  A text part whose text is not a string is the client's mistake,
+        //  not a part to skip quietly.
+        json_t *text = json_object_get (part, "text");
+        if (!json_is_string (text)) {
+            snprintf (error, size, "messages[%zu].content[%zu].text must be a string",
+                      index, i);
+            return -1;
+        }
+        any_part = true;
+        if (json_string_length (text) > 0)
+            any_text = true;
+    }
+    if (!any_part) {
+        snprintf (error, size,
+                  "messages[%zu].content must be a string or an array of text parts: "
+                  "it has no text part (only text is supported)",
+                  index);
+        return -1;
+    }
+    if (!any_text) {
+        snprintf (error, size, "messages[%zu].content is empty", index);
+        return -1;
+    }
+    return 0;
+}
+
 //  GET /api/v1/openai/models: every workspace as a model (upstream 1.16):
 //  {object:"list", data:[{id:<slug>, object:"model", created, owned_by}]}.
 static void
@@ -1330,21 +1397,37 @@ s_openai_vector_stores (cm_call_t *call, void *arg)
         s_reply_json (call, 200, json_pack ("{s:[], s:b}", "data", "has_more", 0));
         return;
     }
-    json_t *workspaces = s_workspaces (self, call);
-    if (!workspaces)
+    //  The workspaces and their document counts on one connection, the
+    //  counts in one query for all of them (not one per workspace).
+    cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
+    json_t *workspaces = NULL, *counts = NULL;
+    if (!storage || cm_storage_workspace_list (storage, &workspaces) != CM_STORAGE_OK ||
+        cm_storage_workspace_doc_counts (storage, &counts) != CM_STORAGE_OK) {
+        //  A count of 0 would claim an empty store: say it failed instead.
+        cm_call_reply_error (call, 500, "Internal Server Error");
+        json_decref (workspaces);
+        cm_storage_pool_release (self->pool, &storage);
         return;
+    }
+    cm_storage_pool_release (self->pool, &storage);
     json_t *data = json_array ();
     size_t i;
     json_t *workspace;
     json_array_foreach (workspaces, i, workspace)
     {
-        //  No documents in chatd yet (ingestion comes with its issue): 0.
+        //  Upstream: Document.count({workspaceId}), the workspace's documents.
+        char key[32];
+        snprintf (key, sizeof key, "%lld",
+                  (long long) json_integer_value (json_object_get (workspace, "id")));
         json_array_append_new (
-            data, json_pack ("{s:O, s:s, s:O, s:{s:i}, s:s}", "id",
-                             json_object_get (workspace, "slug"), "object",
-                             "vector_store", "name", json_object_get (workspace, "name"),
-                             "file_counts", "total", 0, "provider", S_VECTOR_PROVIDER));
+            data,
+            json_pack ("{s:O, s:s, s:O, s:{s:I}, s:s}", "id",
+                       json_object_get (workspace, "slug"), "object", "vector_store",
+                       "name", json_object_get (workspace, "name"), "file_counts",
+                       "total", json_integer_value (json_object_get (counts, key)),
+                       "provider", S_VECTOR_PROVIDER));
     }
+    json_decref (counts);
     json_decref (workspaces);
     json_t *reply = json_object ();
     //  Upstream leaves first_id and last_id out when there is no store.
@@ -1364,7 +1447,8 @@ s_openai_vector_stores (cm_call_t *call, void *arg)
 //  stream?}: a chat turn of that workspace (queue, breaker, provider,
 //  history: s_turn_run), in OpenAI's shapes. As upstream: an unknown model
 //  is 401 with an empty body; the last message must be the user's (else
-//  400 in the abort shape); the first system message replaces the
+//  400 in the abort shape); its content must have text (else 400 in
+//  OpenAI's error shape, ours); the first system message replaces the
 //  workspace's prompt; the other messages are the conversation, instead of
 //  the stored history; the turn is saved to the workspace's history.
 static void
@@ -1410,6 +1494,12 @@ s_openai_completions (cm_call_t *call, void *arg)
         s_reply_abort (call, 400,
                        "No user prompt found. Must be last element in message array "
                        "with 'user' role.");
+        goto cleanup;
+    }
+    char error[256];
+    if (s_openai_prompt_check (json_object_get (last, "content"), count - 1, error,
+                               sizeof error)) {
+        s_reply_json (call, 400, s_openai_error (error, true, "messages"));
         goto cleanup;
     }
     turn.prompt = s_openai_content (json_object_get (last, "content"));

@@ -462,6 +462,37 @@ cm_storage_workspace_doc_list (cm_storage_t *self, int64_t workspace_id, json_t 
     return cm_storage__rows (self, stmt, "list workspace documents", links_p);
 }
 
+cm_storage_status_t
+cm_storage_workspace_doc_counts (cm_storage_t *self, json_t **counts_p)
+{
+    assert (self);
+    assert (counts_p);
+    *counts_p = NULL;
+    self->errmsg[0] = 0;
+    //  One pass over the (workspaceId, docpath) unique index, whatever the
+    //  number of workspaces, rather than a count per workspace.
+    sqlite3_stmt *stmt = cm_storage__stmt (
+        self,
+        "SELECT workspaceId, count(*) FROM workspace_documents GROUP BY workspaceId");
+    if (!stmt)
+        return CM_STORAGE_ERROR;
+    json_t *counts = json_object ();
+    int rc;
+    while ((rc = sqlite3_step (stmt)) == SQLITE_ROW) {
+        char key[32];
+        snprintf (key, sizeof key, "%lld", (long long) sqlite3_column_int64 (stmt, 0));
+        json_object_set_new (counts, key, json_integer (sqlite3_column_int64 (stmt, 1)));
+    }
+    sqlite3_reset (stmt);
+    if (rc != SQLITE_DONE) {
+        cm_storage__fail (self, "count workspace documents");
+        json_decref (counts);
+        return CM_STORAGE_ERROR;
+    }
+    *counts_p = counts;
+    return CM_STORAGE_OK;
+}
+
 //  --- vectors ------------------------------------------------------------------------
 
 cm_storage_status_t

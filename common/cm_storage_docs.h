@@ -97,6 +97,13 @@ cm_storage_status_t cm_storage_workspace_doc_list (cm_storage_t *self,
                                                    int64_t workspace_id,
                                                    json_t **links_p);
 
+//  How many documents every workspace has (its links, the "documents" of
+//  GET /api/v1/workspace/{slug}), in one read for all workspaces: on OK,
+//  *counts_p (caller owns) is {"<workspace id>": count} with the
+//  workspaces that have any; a workspace not in it has none. OK or ERROR.
+cm_storage_status_t cm_storage_workspace_doc_counts (cm_storage_t *self,
+                                                     json_t **counts_p);
+
 //  --- vectors ------------------------------------------------------------------------
 
 //  The version of a workspace's vector set: it changes (increases) in the

@@ -33,9 +33,9 @@ static const cm_conf_entry_t s_table[] = {
      "HTTP threads (0: one per CPU)"},
     {"GATEWAY_MAX_CONNECTIONS", CM_CONF_INT, "10000", 16, 1000000,
      offsetof (gw_config_t, max_connections), "open HTTP connections at most"},
-    {"GATEWAY_CONNECTION_MEMORY_BYTES", CM_CONF_INT, "8192", 4096, 1048576,
+    {"GATEWAY_CONNECTION_MEMORY_BYTES", CM_CONF_INT, "16384", 4096, 1048576,
      offsetof (gw_config_t, connection_memory),
-     "memory pool of one HTTP connection (request headers, response buffer)"},
+     "memory pool of one HTTP connection; request headers may take half (then 431)"},
     {"HEARTBEAT_INTERVAL_MS", CM_CONF_INT, "1000", 10, 60000,
      offsetof (gw_config_t, heartbeat_ms), "heartbeat period, both directions"},
     {"HEARTBEAT_LIVENESS", CM_CONF_INT, "3", 1, 100, offsetof (gw_config_t, liveness),
@@ -572,12 +572,59 @@ s_form_finish (s_request_t *request)
     return true;
 }
 
+//  libmicrohttpd's memory pool per connection (a config from a test may
+//  leave it 0: the default).
+static size_t
+s_connection_memory (const gw_config_t *config)
+{
+    return (size_t) (config->connection_memory ? config->connection_memory : 16384);
+}
+
+//  What one header costs the connection's pool besides its text: libmicrohttpd's
+//  record of it (and rounding).
+#define S_HEADER_OVERHEAD 64
+
+static enum MHD_Result
+s_count_header (void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    (void) kind;
+    size_t *bytes = cls;
+    *bytes += strlen (key) + (value ? strlen (value) : 0) + S_HEADER_OVERHEAD;
+    return MHD_YES;
+}
+
+//  Bytes the request line and headers take of the connection's pool.
+//  libmicrohttpd builds the response's headers in what is left, and when
+//  that is too little it closes the connection without an answer, after
+//  the request was already served. So requests whose headers take more than
+//  half the pool are refused with 431 before anything is done.
+static size_t
+s_header_bytes (struct MHD_Connection *connection, const char *method, const char *url)
+{
+    size_t bytes = strlen (method) + strlen (url) + S_HEADER_OVERHEAD;
+    MHD_get_connection_values (connection, MHD_HEADER_KIND | MHD_GET_ARGUMENT_KIND,
+                               s_count_header, &bytes);
+    return bytes;
+}
+
 //  First call: headers are in. Decide what we can (route, auth, size) but
 //  queue nothing yet, to keep the connection alive.
 static void
 s_first_call (gw_server_t *self, struct MHD_Connection *connection, s_request_t *request,
               const char *method, const char *url)
 {
+    size_t header_bytes = s_header_bytes (connection, method, url);
+    size_t header_max = s_connection_memory (self->config) / 2;
+    if (header_bytes > header_max) {
+        request->early_status = 431;
+        char message[200];
+        snprintf (message, sizeof message,
+                  "Request headers too large: %zu bytes, at most %zu "
+                  "(half of GATEWAY_CONNECTION_MEMORY_BYTES).",
+                  header_bytes, header_max);
+        request->early_message = cm_strdup (message);
+        return;
+    }
     const gw_route_t *route;
     gw_route_result_t found =
         gw_routes_lookup (method, url, &route, request->allow, sizeof request->allow);
@@ -821,8 +868,7 @@ gw_server_new (const gw_config_t *config)
         (unsigned) config->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) 120,
         //  libmicrohttpd's default is 32 KiB per connection, most of a held
         //  stream's cost in the gateway; 8 KiB holds several KiB of headers.
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t) (config->connection_memory ? config->connection_memory : 8192),
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, s_connection_memory (config),
         MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_END);
     if (!self->daemon) {
         cm_error ("cannot listen on %s:%lld (in use, or not allowed)", config->host,

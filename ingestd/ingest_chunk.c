@@ -22,21 +22,27 @@ s_space (unsigned char c)
 }
 
 //  Bytes of the character at p (left bytes remain): a whole UTF-8
-//  sequence, or 1 for a byte that does not start a valid one.
+//  sequence, or 1 for a byte that does not start a valid one. Overlong
+//  forms, surrogates and code points past U+10FFFF are not valid: each of
+//  their bytes counts alone, as the header says (tests/fuzz/fuzz_chunk
+//  found "C1 92" counted as one character).
 static inline size_t
 s_char_size (const unsigned char *p, size_t left)
 {
     unsigned char c = p[0];
-    size_t n = c < 0x80             ? 1
-               : (c & 0xE0) == 0xC0 ? 2
-               : (c & 0xF0) == 0xE0 ? 3
-               : (c & 0xF8) == 0xF0 ? 4
-                                    : 1;
-    if (n > left)
+    size_t n = c < 0x80                 ? 1
+               : c >= 0xC2 && c <= 0xDF ? 2
+               : c >= 0xE0 && c <= 0xEF ? 3
+               : c >= 0xF0 && c <= 0xF4 ? 4
+                                        : 1;
+    if (n == 1 || n > left)
         return 1;
     for (size_t i = 1; i < n; i++)
         if ((p[i] & 0xC0) != 0x80)
             return 1;
+    if ((c == 0xE0 && p[1] < 0xA0) || (c == 0xED && p[1] > 0x9F) ||
+        (c == 0xF0 && p[1] < 0x90) || (c == 0xF4 && p[1] > 0x8F))
+        return 1;
     return n;
 }
 

@@ -129,6 +129,22 @@ s_add_clean (s_buf_t *buf, const char *data, size_t size)
     s_buf_add (buf, p + run, at - run);
 }
 
+//  Make buf valid UTF-8 (invalid sequences become U+FFFD, as s_add_clean
+//  does). The extractors' own output is, but libxml2 can pass on a stray
+//  byte from a broken document (an entity cut by a byte that is not
+//  UTF-8), and every consumer of a document's text needs UTF-8: JSON,
+//  the chunker, the embedders. Found by tests/fuzz/fuzz_extract.
+static void
+s_buf_make_utf8 (s_buf_t *buf)
+{
+    if (!buf->data || s_utf8_valid (buf->data, buf->size))
+        return;
+    s_buf_t clean = {0};
+    s_add_clean (&clean, buf->data, buf->size);
+    free (buf->data);
+    *buf = clean;
+}
+
 //  Code points in valid UTF-8.
 static size_t
 s_utf8_count (const char *s, size_t size)
@@ -760,6 +776,7 @@ ingest_extract (const char *filename, const char *content_type, const void *data
             break;
     }
     if (rc == INGEST_EXTRACT_OK) {
+        s_buf_make_utf8 (&text);
         s_tidy (&text, format->kind == S_HTML);
         if (!text.size) {
             snprintf (why, sizeof why, "no text could be extracted%s",
@@ -793,6 +810,7 @@ ingest_extract (const char *filename, const char *content_type, const void *data
         //  A heading or <title> as a one-line title.
         s_buf_t one = {0};
         s_add_collapsed (&one, title);
+        s_buf_make_utf8 (&one);
         s_tidy (&one, true);
         free (title);
         title = one.size ? one.data : (free (one.data), NULL);

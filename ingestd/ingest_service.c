@@ -256,7 +256,9 @@ s_workspace (cm_storage_t *storage, cm_call_t *call, const char *slug, bool docs
 }
 
 //  addToWorkspaces, a comma-separated string or an array of slugs, as an
-//  array of workspace ids; NULL after answering the call (unknown slug).
+//  array of workspace ids; NULL after answering the call (unknown slug, an
+//  array item that is no slug). The string's empty items are skipped, as
+//  upstream's split-and-filter does: "a,,b" is a and b.
 static json_t *
 s_target_workspaces (cm_storage_t *storage, cm_call_t *call, const json_t *value,
                      json_t **slugs_p)
@@ -286,9 +288,23 @@ s_target_workspaces (cm_storage_t *storage, cm_call_t *call, const json_t *value
     } else if (json_is_array (value)) {
         size_t i;
         json_t *item;
-        json_array_foreach (value, i,
-                            item) if (json_is_string (item) && json_string_length (item))
+        json_array_foreach (value, i, item)
+        {
+            //  Refused, not skipped: a skipped item leaves the document out
+            //  of a workspace the client asked for, and it is told 200.
+            const char *slug = json_string_value (item);
+            if (!slug || !slug[strspn (slug, " \t")]) {
+                char error[256];
+                snprintf (error, sizeof error,
+                          "addToWorkspaces[%zu] is %s: addToWorkspaces must be workspace "
+                          "slugs: a comma-separated string or an array of strings.",
+                          i, slug ? "an empty string" : "not a string");
+                s_reply_failure (call, 400, error);
+                json_decref (slugs);
+                return NULL;
+            }
             json_array_append (slugs, item);
+        }
     }
     json_t *ids = json_array ();
     size_t i;
@@ -554,6 +570,22 @@ done:
     json_decref (slugs);
 }
 
+//  The first field that an upload takes once but the form repeats, or
+//  NULL. cm_form_get sees only the first part of a name, so a second file
+//  or workspace list would be dropped while the client is told 200.
+static const char *
+s_repeated_field (cm_form_t *form)
+{
+    static const char *const once[] = {"file", "metadata", "addToWorkspaces", NULL};
+    for (const char *const *name = once; *name; name++) {
+        size_t seen = 0;
+        for (size_t i = 0; i < cm_form_count (form); i++)
+            if (!strcmp (cm_form_at (form, i)->name, *name) && ++seen > 1)
+                return *name;
+    }
+    return NULL;
+}
+
 static void
 s_upload (cm_call_t *call, void *arg)
 {
@@ -570,6 +602,17 @@ s_upload (cm_call_t *call, void *arg)
     char err[512] = "";
     cm_form_t *form = cm_form_decode (body, size, err, sizeof err);
     if (!form) {
+        s_reply_failure (call, 400, err);
+        return;
+    }
+    const char *repeated = s_repeated_field (form);
+    if (repeated) {
+        snprintf (err, sizeof err,
+                  "The field \"%s\" was sent more than once: an upload takes one "
+                  "\"file\", one \"metadata\" and one \"addToWorkspaces\" "
+                  "(comma-separated workspace slugs).",
+                  repeated);
+        cm_form_destroy (&form);
         s_reply_failure (call, 400, err);
         return;
     }
@@ -721,15 +764,8 @@ s_update_embeddings (cm_call_t *call, void *arg)
             break;
         }
     }
-    json_array_foreach (adds, i, item) if (!*error && cm_storage_workspace_doc_link (
-                                                          storage, workspace_id,
-                                                          json_string_value (item),
-                                                          NULL) != CM_STORAGE_OK)
-    {
-        code = 503;
-        snprintf (error, sizeof error, "%s could not be added: %s",
-                  json_string_value (item), cm_storage_errmsg (storage));
-    }
+    //  Deletes first, then adds, as upstream does: a location in both ends
+    //  up linked.
     json_array_foreach (deletes, i, item) if (!*error && json_is_string (item))
     {
         cm_storage_status_t status = cm_storage_workspace_doc_unlink (
@@ -739,6 +775,15 @@ s_update_embeddings (cm_call_t *call, void *arg)
             snprintf (error, sizeof error, "%s could not be removed: %s",
                       json_string_value (item), cm_storage_errmsg (storage));
         }
+    }
+    json_array_foreach (adds, i, item) if (!*error && cm_storage_workspace_doc_link (
+                                                          storage, workspace_id,
+                                                          json_string_value (item),
+                                                          NULL) != CM_STORAGE_OK)
+    {
+        code = 503;
+        snprintf (error, sizeof error, "%s could not be added: %s",
+                  json_string_value (item), cm_storage_errmsg (storage));
     }
     json_t *documents = NULL;
     if (!*error && cm_storage_workspace_doc_list (storage, workspace_id, &documents) !=
@@ -867,6 +912,22 @@ s_openai_embeddings (cm_call_t *call, void *arg)
         cm_call_reply_error (call, 400, error);
         return;
     }
+    //  OpenAI refuses an empty string (400); embedding it would answer a
+    //  vector of zeros that stands for nothing.
+    for (size_t i = 0; i < count; i++)
+        if (!*texts[i]) {
+            free (texts);
+            char error[256];
+            if (json_is_string (input))
+                snprintf (error, sizeof error, "input must not be an empty string.");
+            else
+                snprintf (error, sizeof error,
+                          "input[%zu] is an empty string: input must be non-empty "
+                          "strings.",
+                          i);
+            cm_call_reply_error (call, 400, error);
+            return;
+        }
     //  OpenAI's encoding_format: "float" (the default) or "base64" (the
     //  little-endian float32 bytes, base64): the official client libraries
     //  ask for base64 when their caller names no format.

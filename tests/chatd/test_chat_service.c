@@ -6,6 +6,7 @@
 #include <criterion/criterion.h>
 #include "chat_service.h"
 #include "cm_storage.h"
+#include "cm_storage_docs.h"
 #include "test_dir.h"
 
 //  --- the fake call ----------------------------------------------------------------
@@ -450,6 +451,40 @@ Test (chat_service, chat_errors_before_output)
     //  Nothing was saved.
     cm_call_t *call =
         s_serve ("GET", "/api/v1/workspace/{slug}/chats", "errors", NULL, NULL, 0);
+    cr_assert_eq (json_array_size (json_object_get (call->reply, "history")), 0);
+    s_call_free (&call);
+}
+
+Test (chat_service, chat_message_not_a_string_is_named)
+{
+    s_new_workspace ("{\"name\":\"Typed\"}");
+    cm_call_t *call = s_serve ("POST", "/api/v1/workspace/{slug}/thread/new", "typed",
+                               NULL, "{\"slug\":\"t1\"}", 0);
+    s_call_free (&call);
+    const char *routes[] = {"/api/v1/workspace/{slug}/chat",
+                            "/api/v1/workspace/{slug}/stream-chat",
+                            "/api/v1/workspace/{slug}/thread/{threadSlug}/chat",
+                            "/api/v1/workspace/{slug}/thread/{threadSlug}/stream-chat"};
+    //  A message of the wrong type is named as such (before a bad mode, as
+    //  an empty one is); null and missing stay upstream's "Message is empty".
+    const char *mistyped[] = {"{\"message\":123}", "{\"message\":[\"hi\"]}",
+                              "{\"message\":{\"text\":\"hi\"}}", "{\"message\":true}",
+                              "{\"message\":1.5,\"mode\":\"bogus\"}"};
+    const char *missing[] = {"{\"message\":null}", "{\"message\":\"\"}", "{}"};
+    for (size_t r = 0; r < sizeof routes / sizeof *routes; r++) {
+        const char *thread = strstr (routes[r], "thread") ? "t1" : NULL;
+        for (size_t i = 0; i < sizeof mistyped / sizeof *mistyped; i++) {
+            call = s_serve ("POST", routes[r], "typed", thread, mistyped[i], 0);
+            s_assert_abort (call, 400, "message must be a string");
+            s_call_free (&call);
+        }
+        for (size_t i = 0; i < sizeof missing / sizeof *missing; i++) {
+            call = s_serve ("POST", routes[r], "typed", thread, missing[i], 0);
+            s_assert_abort (call, 400, "Message is empty");
+            s_call_free (&call);
+        }
+    }
+    call = s_serve ("GET", "/api/v1/workspace/{slug}/chats", "typed", NULL, NULL, 0);
     cr_assert_eq (json_array_size (json_object_get (call->reply, "history")), 0);
     s_call_free (&call);
 }
@@ -1150,6 +1185,177 @@ Test (chat_service, openai_last_message_must_be_the_users)
                         "with 'user' role.");
         s_call_free (&call);
     }
+}
+
+//  OpenAI's error object for a bad request, exactly: {error:{message, type,
+//  param, code}}.
+static void
+s_assert_openai_bad_request (cm_call_t *call, const char *param, const char *message)
+{
+    cr_assert_eq (call->status, 400, "status %d: %s", call->status, call->text);
+    cr_assert_eq (json_array_size (call->events), 0, "no stream started");
+    cr_assert_eq (json_object_size (call->reply), 1, "%s", call->text);
+    json_t *error = json_object_get (call->reply, "error");
+    cr_assert_eq (json_object_size (error), 4, "%s", call->text);
+    cr_assert_str_eq (s_str (error, "message"), message);
+    cr_assert_str_eq (s_str (error, "type"), "invalid_request_error");
+    cr_assert_str_eq (s_str (error, "param"), param);
+    cr_assert (json_is_null (json_object_get (error, "code")), "%s", call->text);
+}
+
+Test (chat_service, openai_prompt_without_text_is_an_openai_400)
+{
+    s_new_workspace ("{\"name\":\"Wordless\"}");
+    static const struct {
+        const char *content; //  the last user message's "content" (NULL: left out)
+        const char *error;   //  the answer's error.message
+    } cases[] = {
+        {"\"\"", "messages[2].content is empty"},
+        {"{\"text\":\"hello\"}",
+         "messages[2].content must be a string or an array of text parts"},
+        {"123", "messages[2].content must be a string or an array of text parts"},
+        {"null", "messages[2].content must be a string or an array of text parts"},
+        {NULL, "messages[2].content is required"},
+        {"[]", "messages[2].content must be a string or an array of text parts: it has "
+               "no text part (only text is supported)"},
+        {"[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:x\"}}]",
+         "messages[2].content must be a string or an array of text parts: it has no "
+         "text part (only text is supported)"},
+        {"[{\"type\":\"text\",\"text\":\"\"}]", "messages[2].content is empty"},
+        {"[{\"type\":\"text\",\"text\":\"ok\"},{\"type\":\"text\",\"text\":7}]",
+         "messages[2].content[1].text must be a string"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        for (int stream = 0; stream < 2; stream++) {
+            char body[512], content[256] = "";
+            if (cases[i].content)
+                snprintf (content, sizeof content, ",\"content\":%s", cases[i].content);
+            snprintf (body, sizeof body,
+                      "{\"model\":\"wordless\",\"stream\":%s,\"messages\":["
+                      "{\"role\":\"user\",\"content\":\"q1\"},"
+                      "{\"role\":\"assistant\",\"content\":\"a1\"},"
+                      "{\"role\":\"user\"%s}]}",
+                      stream ? "true" : "false", content);
+            cm_call_t *call = s_serve ("POST", S_COMPLETIONS, NULL, NULL, body, 0);
+            s_assert_openai_bad_request (call, "messages", cases[i].error);
+            s_call_free (&call);
+        }
+    //  The model was not asked, and no empty turn was saved.
+    cm_call_t *call =
+        s_serve ("GET", "/api/v1/workspace/{slug}/chats", "wordless", NULL, NULL, 0);
+    cr_assert_eq (json_array_size (json_object_get (call->reply, "history")), 0, "%s",
+                  call->text);
+    s_call_free (&call);
+}
+
+Test (chat_service, openai_prompt_as_text_parts_is_answered)
+{
+    s_new_workspace ("{\"name\":\"Parts\"}");
+    //  OpenAI's other form of content: text parts (images beside them are
+    //  left out), sync and streamed.
+    cm_call_t *call =
+        s_serve ("POST", S_COMPLETIONS, NULL, NULL,
+                 "{\"model\":\"parts\",\"messages\":[{\"role\":\"user\",\"content\":["
+                 "{\"type\":\"text\",\"text\":\"hello\"}]}]}",
+                 0);
+    cr_assert_eq (call->status, 200, "%s", call->text);
+    json_t *choice = json_array_get (json_object_get (call->reply, "choices"), 0);
+    cr_assert (
+        strstr (s_str (json_object_get (choice, "message"), "content"), "\"hello\""),
+        "%s", call->text);
+    s_call_free (&call);
+    call = s_serve ("POST", S_COMPLETIONS, NULL, NULL,
+                    "{\"model\":\"parts\",\"stream\":true,\"messages\":[{\"role\":"
+                    "\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{"
+                    "\"url\":\"data:x\"}},{\"type\":\"text\",\"text\":\"again\"}]}]}",
+                    0);
+    cr_assert_eq (call->status, 200);
+    size_t events = json_array_size (call->events);
+    cr_assert_gt (events, 2);
+    cr_assert_str_eq (json_string_value (json_array_get (call->events, events - 1)),
+                      "data: [DONE]\n\n");
+    s_call_free (&call);
+    //  Both prompts saved as their text.
+    call = s_serve ("GET", "/api/v1/workspace/{slug}/chats", "parts", NULL, NULL, 0);
+    json_t *history = json_object_get (call->reply, "history");
+    cr_assert_eq (json_array_size (history), 4, "%s", call->text);
+    cr_assert_str_eq (s_str (json_array_get (history, 0), "content"), "hello");
+    cr_assert_str_eq (s_str (json_array_get (history, 2), "content"), "again");
+    s_call_free (&call);
+}
+
+//  Link count documents (locations "<prefix>-<i>") to the workspace slug,
+//  through a connection of its own, as ingestd does.
+static void
+s_link_documents (cm_storage_t *storage, const char *slug, const char *prefix, int count)
+{
+    json_t *workspace = NULL;
+    cr_assert_eq (cm_storage_workspace_get (storage, slug, &workspace), CM_STORAGE_OK);
+    int64_t id = json_integer_value (json_object_get (workspace, "id"));
+    json_decref (workspace);
+    for (int i = 0; i < count; i++) {
+        char location[128];
+        snprintf (location, sizeof location, "custom-documents/%s-%d.json", prefix, i);
+        json_t *fields = json_pack ("{s:s, s:s}", "location", location, "name", location);
+        cm_storage_status_t status =
+            cm_storage_document_add (storage, fields, "text", NULL);
+        cr_assert (status == CM_STORAGE_OK || status == CM_STORAGE_CONFLICT);
+        json_decref (fields);
+        cr_assert_eq (cm_storage_workspace_doc_link (storage, id, location, NULL),
+                      CM_STORAGE_OK, "%s", cm_storage_errmsg (storage));
+    }
+}
+
+//  file_counts.total of the vector store id in a vector_stores reply.
+static int64_t
+s_store_total (cm_call_t *call, const char *id)
+{
+    size_t i;
+    json_t *store;
+    json_array_foreach (json_object_get (call->reply, "data"), i, store)
+    {
+        if (!strcmp (s_str (store, "id"), id))
+            return json_integer_value (
+                json_object_get (json_object_get (store, "file_counts"), "total"));
+    }
+    cr_assert_fail ("no vector store %s in %s", id, call->text);
+    return -1;
+}
+
+Test (chat_service, openai_vector_stores_count_each_workspaces_documents)
+{
+    s_new_workspace ("{\"name\":\"Three Docs\"}");
+    s_new_workspace ("{\"name\":\"One Doc\"}");
+    s_new_workspace ("{\"name\":\"No Docs\"}");
+    char err[512] = "";
+    cm_storage_t *storage = cm_storage_new (s_dir, err, sizeof err);
+    cr_assert_not_null (storage, "%s", err);
+    s_link_documents (storage, "three-docs", "doc", 3);
+    //  doc-0 again: a document shared by two workspaces counts in each.
+    s_link_documents (storage, "one-doc", "doc", 1);
+
+    cm_call_t *call =
+        s_serve ("GET", "/api/v1/openai/vector_stores", NULL, NULL, NULL, 0);
+    cr_assert_eq (call->status, 200, "%s", call->text);
+    cr_assert_eq (s_store_total (call, "three-docs"), 3, "%s", call->text);
+    cr_assert_eq (s_store_total (call, "one-doc"), 1, "%s", call->text);
+    cr_assert_eq (s_store_total (call, "no-docs"), 0, "%s", call->text);
+    s_call_free (&call);
+
+    //  The count follows the links: one removed, one fewer.
+    json_t *workspace = NULL;
+    cr_assert_eq (cm_storage_workspace_get (storage, "three-docs", &workspace),
+                  CM_STORAGE_OK);
+    cr_assert_eq (cm_storage_workspace_doc_unlink (
+                      storage, json_integer_value (json_object_get (workspace, "id")),
+                      "custom-documents/doc-2.json"),
+                  CM_STORAGE_OK);
+    json_decref (workspace);
+    call = s_serve ("GET", "/api/v1/openai/vector_stores", NULL, NULL, NULL, 0);
+    cr_assert_eq (s_store_total (call, "three-docs"), 2, "%s", call->text);
+    cr_assert_eq (s_store_total (call, "one-doc"), 1, "%s", call->text);
+    s_call_free (&call);
+    cm_storage_destroy (&storage);
 }
 
 //  A provider that keeps what it was asked, and answers "ok".

@@ -393,6 +393,62 @@ Test (cm_storage_docs, add_and_delete_in_one_go_still_moves_the_version)
     cm_storage_destroy (&storage);
 }
 
+//  The count of workspace id's links in counts (0 when it is not there).
+static int64_t
+s_count_of (const json_t *counts, int64_t workspace_id)
+{
+    char key[32];
+    snprintf (key, sizeof key, "%lld", (long long) workspace_id);
+    return json_integer_value (json_object_get (counts, key));
+}
+
+Test (cm_storage_docs, doc_counts_of_every_workspace_in_one_read)
+{
+    cm_storage_t *storage = s_open ();
+    json_t *counts = NULL;
+    cr_assert_eq (cm_storage_workspace_doc_counts (storage, &counts), CM_STORAGE_OK);
+    cr_assert_eq (json_object_size (counts), 0, "no workspace, no count");
+    json_decref (counts);
+
+    //  Two documents in one workspace (one not embedded yet: it is listed
+    //  all the same), one of them shared with a second; a third has none.
+    int64_t busy = s_workspace (storage, "Busy");
+    int64_t shared = s_workspace (storage, "Shared");
+    int64_t empty = s_workspace (storage, "Empty");
+    s_document (storage, "custom-documents/a.json", 1, true);
+    s_document (storage, "custom-documents/b.json", 1, false);
+    cr_assert_eq (
+        cm_storage_workspace_doc_link (storage, busy, "custom-documents/a.json", NULL),
+        CM_STORAGE_OK);
+    cr_assert_eq (
+        cm_storage_workspace_doc_link (storage, busy, "custom-documents/b.json", NULL),
+        CM_STORAGE_OK);
+    cr_assert_eq (
+        cm_storage_workspace_doc_link (storage, shared, "custom-documents/a.json", NULL),
+        CM_STORAGE_OK);
+    cr_assert_eq (cm_storage_workspace_doc_counts (storage, &counts), CM_STORAGE_OK);
+    cr_assert_eq (s_count_of (counts, busy), 2);
+    cr_assert_eq (s_count_of (counts, shared), 1);
+    cr_assert_eq (s_count_of (counts, empty), 0);
+    cr_assert_eq (json_object_size (counts), 2, "only workspaces with documents");
+    json_t *list = NULL;
+    cr_assert_eq (cm_storage_workspace_doc_list (storage, busy, &list), CM_STORAGE_OK);
+    cr_assert_eq ((size_t) s_count_of (counts, busy), json_array_size (list),
+                  "the count is the length of the workspace's documents list");
+    json_decref (list);
+    json_decref (counts);
+
+    //  Unlinking counts down; the other workspace keeps its link.
+    cr_assert_eq (
+        cm_storage_workspace_doc_unlink (storage, busy, "custom-documents/a.json"),
+        CM_STORAGE_OK);
+    cr_assert_eq (cm_storage_workspace_doc_counts (storage, &counts), CM_STORAGE_OK);
+    cr_assert_eq (s_count_of (counts, busy), 1);
+    cr_assert_eq (s_count_of (counts, shared), 1);
+    json_decref (counts);
+    cm_storage_destroy (&storage);
+}
+
 Test (cm_storage_docs, job_lifecycle)
 {
     cm_storage_t *storage = s_open ();

@@ -434,6 +434,59 @@ Test (gw_server, request_reaches_the_daemon_and_its_reply_the_client)
     gwh_gateway_stop (&gateway);
 }
 
+//  A header of size bytes, "X-Pad: AAA...", in a static buffer.
+static const char *
+s_pad_header (size_t size)
+{
+    static char header[20000];
+    cr_assert_lt (size + 8, sizeof header);
+    int at = snprintf (header, sizeof header, "X-Pad: ");
+    memset (header + at, 'A', size);
+    header[at + (int) size] = '\0';
+    return header;
+}
+
+//  libmicrohttpd builds a response's headers in the connection's pool: a
+//  request whose headers left too little of it was served, and then the
+//  connection closed without an answer. Such requests are refused first.
+Test (gw_server, headers_over_half_the_connection_pool_are_431_before_forwarding)
+{
+    gwh_gateway_t gateway;
+    s_gateway_start (&gateway, S_TIMEOUT_MS, 1 << 20);
+    gwh_daemon_t *chatd = gwh_daemon_new_answering (&gateway, "chat", "chat-1");
+    gwh_wait_instance (&gateway, "chat");
+
+    //  7.5 KB of headers: within half of the default 16 KiB pool.
+    gwh_call_t *call =
+        gwh_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat", GWH_KEY, "{}");
+    call->extra[0] = s_pad_header (7500);
+    gwh_call_run (call);
+    cr_assert_eq (call->status, 200, "status %ld (curl %d)", call->status, call->code);
+    cr_assert_eq (atomic_load (&chatd->requests), 1);
+    gwh_call_destroy (&call);
+
+    //  9 KB and 15 KB: answered 431 in JSON, and never forwarded.
+    size_t sizes[] = {9000, 15000};
+    for (size_t i = 0; i < 2; i++) {
+        call =
+            gwh_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat", GWH_KEY, "{}");
+        call->extra[0] = s_pad_header (sizes[i]);
+        gwh_call_run (call);
+        cr_assert_eq (call->status, 431, "%zu bytes: status %ld (curl %d)", sizes[i],
+                      call->status, call->code);
+        json_t *reply = gwh_call_json (call);
+        const char *error = json_string_value (json_object_get (reply, "error"));
+        cr_assert (error && strstr (error, "Request headers too large") &&
+                       strstr (error, "GATEWAY_CONNECTION_MEMORY_BYTES"),
+                   "error: %s", call->reply);
+        json_decref (reply);
+        gwh_call_destroy (&call);
+    }
+    cr_assert_eq (atomic_load (&chatd->requests), 1);
+    gwh_daemon_destroy (&chatd);
+    gwh_gateway_stop (&gateway);
+}
+
 Test (gw_server, empty_json_body_is_sent_as_an_empty_object)
 {
     gwh_gateway_t gateway;

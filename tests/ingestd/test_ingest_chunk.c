@@ -341,6 +341,32 @@ Test (ingest_chunk, invalid_utf8_is_split_safely)
     }
 }
 
+//  Overlong forms (C0/C1 leads, E0 80..9F), surrogates (ED A0..BF) and
+//  code points past U+10FFFF (F4 90..) are not UTF-8: every byte of them is
+//  a character of its own (tests/fuzz/fuzz_chunk found "C1 92" counted as
+//  one, so a chunk held more bytes than its characters allow).
+Test (ingest_chunk, invalid_sequences_count_byte_by_byte)
+{
+    const char *cases[] = {"\xc1\x92\xc1\x92", "\xe0\x80\x80\xe0", "\xed\xa0\x80\xed",
+                           "\xf4\x90\x80\x80", "\xf8\x88\x80\x80"};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        //  Four invalid bytes in chunks of 2 characters, no overlap: 2 chunks.
+        size_t count = 0;
+        ingest_span_t *spans = ingest_chunk_spans (cases[i], 4, 2, 0, &count);
+        cr_assert_eq (count, 2, "case %zu: %zu chunks", i, count);
+        cr_assert_eq (spans[0].size, 2, "case %zu", i);
+        cr_assert_eq (spans[1].offset, 2, "case %zu", i);
+        free (spans);
+    }
+    //  Valid sequences at the edges of those ranges stay whole.
+    size_t count = 0;
+    ingest_span_t *spans =
+        ingest_chunk_spans ("\xc2\x80\xe0\xa0\x80\xf4\x8f\xbf\xbf", 9, 3, 0, &count);
+    cr_assert_eq (count, 1);
+    cr_assert_eq (spans[0].size, 9);
+    free (spans);
+}
+
 Test (ingest_chunk, config_check_names_the_variable)
 {
     char err[256] = "";

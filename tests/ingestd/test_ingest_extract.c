@@ -248,6 +248,20 @@ Test (ingest_extract, html_title_falls_back_to_h1_and_charset_is_read)
                        INGEST_EXTRACT_UNPROCESSABLE, "no text");
 }
 
+//  libxml2 passes on a byte of an entity cut by a non-UTF-8 byte ("&" then
+//  0xF0) as it is; the document's text must still be UTF-8, with U+FFFD in
+//  its place (found by tests/fuzz/fuzz_extract).
+Test (ingest_extract, html_with_a_broken_entity_still_gives_utf8)
+{
+    ingest_doc_t doc;
+    s_extract_ok ("page.html", NULL, "&\xf0", &doc);
+    cr_assert_str_eq (doc.text, "&\xef\xbf\xbd");
+    ingest_doc_clear (&doc);
+    s_extract_ok ("page.html", NULL, "<title>A &\xf0</title><p>b</p>", &doc);
+    cr_assert_str_eq (doc.title, "A &\xef\xbf\xbd");
+    ingest_doc_clear (&doc);
+}
+
 Test (ingest_extract, csv_rows_as_lines)
 {
     ingest_doc_t doc;
