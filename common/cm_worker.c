@@ -274,8 +274,14 @@ s_connect (cm_worker_t *self)
     return sock;
 }
 
-//  Match "/a/{x}/b" against "/a/7/b"; fills the call's params.
+//  Match "/a/{x}/b" against "/a/7/b"; fills the call's params. As Express
+//  (upstream's router) does: the raw path is matched segment by segment, a
+//  parameter's value is then percent-decoded ("d%6Fcs" is "docs", "a%2Fb"
+//  stays one segment "a/b"), and one trailing slash is allowed. A value
+//  that decodes to a NUL byte matches nothing (it would cut the string).
 static void s_call_params_clear (cm_call_t *call);
+static char *s_percent_decode (const char *s, size_t len, bool plus_is_space,
+                               size_t *size_p);
 
 static bool
 s_route_match (const char *pattern, const char *path, cm_call_t *call)
@@ -290,16 +296,22 @@ s_route_match (const char *pattern, const char *path, cm_call_t *call)
             size_t len = end ? (size_t) (end - s) : strlen (s);
             if (len == 0 || call->param_count == S_MAX_PARAMS)
                 return false;
+            size_t size;
+            char *value = s_percent_decode (s, len, false, &size);
+            if (strlen (value) != size) {
+                free (value);
+                return false;
+            }
             call->param_names[call->param_count] =
                 cm_strndup (p + 1, (size_t) (close - p - 1));
-            call->param_values[call->param_count] = cm_strndup (s, len);
+            call->param_values[call->param_count] = value;
             call->param_count++;
             p = close + 1;
             s += len;
         } else if (*p++ != *s++)
             return false;
     }
-    return *p == 0 && *s == 0;
+    return *p == 0 && (*s == 0 || (s[0] == '/' && s[1] == 0));
 }
 
 bool
@@ -652,8 +664,12 @@ s_hex (char c)
     return -1;
 }
 
+//  len bytes of s with %XX escapes decoded (a broken one stays as it is);
+//  in a query string '+' is a space, in a path it is itself. The decoded
+//  length goes to *size_p when it is not NULL (a %00 makes it differ from
+//  strlen).
 static char *
-s_url_decode (const char *s, size_t len)
+s_percent_decode (const char *s, size_t len, bool plus_is_space, size_t *size_p)
 {
     char *out = cm_malloc (len + 1), *o = out;
     for (size_t i = 0; i < len; i++) {
@@ -662,9 +678,11 @@ s_url_decode (const char *s, size_t len)
             *o++ = (char) (s_hex (s[i + 1]) * 16 + s_hex (s[i + 2]));
             i += 2;
         } else
-            *o++ = s[i] == '+' ? ' ' : s[i];
+            *o++ = plus_is_space && s[i] == '+' ? ' ' : s[i];
     }
     *o = 0;
+    if (size_p)
+        *size_p = (size_t) (o - out);
     return out;
 }
 
@@ -681,9 +699,10 @@ cm_call_query (cm_call_t *self, const char *name)
             const char *end = strchr (q, '&');
             size_t len = end ? (size_t) (end - q) : strlen (q);
             const char *eq = memchr (q, '=', len);
-            char *key = s_url_decode (q, eq ? (size_t) (eq - q) : len);
+            char *key = s_percent_decode (q, eq ? (size_t) (eq - q) : len, true, NULL);
             char *value =
-                eq ? s_url_decode (eq + 1, len - (size_t) (eq - q) - 1) : cm_strdup ("");
+                eq ? s_percent_decode (eq + 1, len - (size_t) (eq - q) - 1, true, NULL)
+                   : cm_strdup ("");
             if (*key && !zhash_lookup (self->query, key))
                 zhash_insert (self->query, key, value);
             free (key);

@@ -1,5 +1,6 @@
 /*  gw_keys.c: see gw_keys.h. */
 #include "gw_keys.h"
+#include <errno.h>
 #include "cm_log.h"
 #include "cm_storage.h"
 #include <czmq.h>
@@ -242,9 +243,11 @@ gw_keys_revoke (gw_keys_t *self, const char *id_text, json_t **reply_p)
 {
     assert (self && reply_p);
     char *end = NULL;
+    errno = 0;
     long long id = id_text && *id_text ? strtoll (id_text, &end, 10) : 0;
     char error[128];
-    if (!end || *end || id <= 0) {
+    //  Out of range is no id either (strtoll would clamp it to another).
+    if (!end || *end || id <= 0 || errno == ERANGE) {
         snprintf (error, sizeof error, "API key %.40s does not exist.",
                   id_text ? id_text : "");
         *reply_p = json_pack ("{s:b, s:s}", "success", 0, "error", error);

@@ -83,17 +83,21 @@ gw_routes_lookup (const char *method, const char *path, const gw_route_t **route
     bool known = false; //  the path exists with another method
     if (allow && allow_size)
         allow[0] = 0;
+    //  HEAD is GET without the body, wherever GET is (HTTP requires it;
+    //  load balancers probe with it).
+    const char *wanted = strcmp (method, "HEAD") ? method : "GET";
     for (const gw_route_t *r = s_routes; r->method; r++) {
         if (!cm_route_match (r->pattern, path))
             continue;
-        if (!strcmp (r->method, method)) {
+        if (!strcmp (r->method, wanted)) {
             *route = r;
             return GW_ROUTE_FOUND;
         }
         known = true;
-        if (allow && used + strlen (r->method) + 3 < allow_size)
-            used += (size_t) snprintf (allow + used, allow_size - used, "%s%s",
-                                       used ? ", " : "", r->method);
+        const char *also = strcmp (r->method, "GET") ? "" : ", HEAD";
+        if (allow && used + strlen (r->method) + strlen (also) + 3 < allow_size)
+            used += (size_t) snprintf (allow + used, allow_size - used, "%s%s%s",
+                                       used ? ", " : "", r->method, also);
     }
     return known ? GW_ROUTE_BAD_METHOD : GW_ROUTE_NOT_FOUND;
 }

@@ -33,9 +33,10 @@ static const cm_conf_entry_t s_table[] = {
      "HTTP threads (0: one per CPU)"},
     {"GATEWAY_MAX_CONNECTIONS", CM_CONF_INT, "10000", 16, 1000000,
      offsetof (gw_config_t, max_connections), "open HTTP connections at most"},
-    {"GATEWAY_CONNECTION_MEMORY_BYTES", CM_CONF_INT, "16384", 4096, 1048576,
+    {"GATEWAY_CONNECTION_MEMORY_BYTES", CM_CONF_INT, "8192", 4096, 1048576,
      offsetof (gw_config_t, connection_memory),
-     "memory pool of one HTTP connection; request headers may take half (then 431)"},
+     "memory pool of one HTTP connection; request headers may take all but 2 KiB (then "
+     "431)"},
     {"HEARTBEAT_INTERVAL_MS", CM_CONF_INT, "1000", 10, 60000,
      offsetof (gw_config_t, heartbeat_ms), "heartbeat period, both directions"},
     {"HEARTBEAT_LIVENESS", CM_CONF_INT, "3", 1, 100, offsetof (gw_config_t, liveness),
@@ -240,9 +241,13 @@ s_keys (gw_server_t *self, struct MHD_Connection *connection, s_request_t *reque
         status = gw_keys_create (self->keys, body, request->identity, &reply);
         json_decref (body);
     } else {
-        //  The id is the path's last segment (the query string aside).
+        //  The id is the path's last segment (the query string and a
+        //  trailing slash aside).
         char *path = cm_strdup (request->uri);
         path[strcspn (path, "?")] = 0;
+        size_t length = strlen (path);
+        if (length > 1 && path[length - 1] == '/')
+            path[length - 1] = 0;
         const char *slash = strrchr (path, '/');
         status = gw_keys_revoke (self->keys, slash ? slash + 1 : "", &reply);
         free (path);
@@ -385,8 +390,7 @@ s_local (gw_server_t *self, struct MHD_Connection *connection, s_request_t *requ
 
 //  Forward to the owning service: build the REQUEST, suspend, hand over.
 static enum MHD_Result
-s_forward (gw_server_t *self, struct MHD_Connection *connection, s_request_t *request,
-           const char *method)
+s_forward (gw_server_t *self, struct MHD_Connection *connection, s_request_t *request)
 {
     //  Count first, then look at the flag: destroy sets the flag, then waits
     //  for the count, so it never misses a request on its way in.
@@ -403,7 +407,9 @@ s_forward (gw_server_t *self, struct MHD_Connection *connection, s_request_t *re
     cm_msg_t *msg = cm_msg_new (CM_MSG_REQUEST);
     cm_msg_set_request_id (msg, request_id);
     cm_msg_set_service (msg, request->route->service);
-    cm_msg_set_method (msg, method);
+    //  The route's method: a HEAD is forwarded as its GET (libmicrohttpd
+    //  leaves the body out of the answer).
+    cm_msg_set_method (msg, request->route->method);
     cm_msg_set_route (msg, request->uri);
     cm_msg_set_identity (msg, request->identity);
     cm_msg_set_deadline (msg, cm_clock_wall_ms () + self->config->timeout_ms);
@@ -577,7 +583,7 @@ s_form_finish (s_request_t *request)
 static size_t
 s_connection_memory (const gw_config_t *config)
 {
-    return (size_t) (config->connection_memory ? config->connection_memory : 16384);
+    return (size_t) (config->connection_memory ? config->connection_memory : 8192);
 }
 
 //  What one header costs the connection's pool besides its text: libmicrohttpd's
@@ -593,11 +599,15 @@ s_count_header (void *cls, enum MHD_ValueKind kind, const char *key, const char 
     return MHD_YES;
 }
 
+//  What a response needs of the connection's pool: its status line and
+//  headers, and a write buffer for a stream's chunks.
+#define S_RESPONSE_RESERVE 2048
+
 //  Bytes the request line and headers take of the connection's pool.
 //  libmicrohttpd builds the response's headers in what is left, and when
 //  that is too little it closes the connection without an answer, after
-//  the request was already served. So requests whose headers take more than
-//  half the pool are refused with 431 before anything is done.
+//  the request was already served. So requests whose headers leave less
+//  than S_RESPONSE_RESERVE are refused with 431 before anything is done.
 static size_t
 s_header_bytes (struct MHD_Connection *connection, const char *method, const char *url)
 {
@@ -611,23 +621,30 @@ s_header_bytes (struct MHD_Connection *connection, const char *method, const cha
 //  queue nothing yet, to keep the connection alive.
 static void
 s_first_call (gw_server_t *self, struct MHD_Connection *connection, s_request_t *request,
-              const char *method, const char *url)
+              const char *method)
 {
-    size_t header_bytes = s_header_bytes (connection, method, url);
-    size_t header_max = s_connection_memory (self->config) / 2;
+    size_t header_bytes = s_header_bytes (connection, method, request->uri);
+    size_t header_max = s_connection_memory (self->config) - S_RESPONSE_RESERVE;
     if (header_bytes > header_max) {
         request->early_status = 431;
         char message[200];
         snprintf (message, sizeof message,
                   "Request headers too large: %zu bytes, at most %zu "
-                  "(half of GATEWAY_CONNECTION_MEMORY_BYTES).",
+                  "(GATEWAY_CONNECTION_MEMORY_BYTES less 2048).",
                   header_bytes, header_max);
         request->early_message = cm_strdup (message);
         return;
     }
+    //  Routes are matched on the path as the client sent it, not on
+    //  libmicrohttpd's decoded url: a "%2F" inside a segment stays inside
+    //  it, and a "%00" cannot cut the path short. The daemon matches the
+    //  same raw path and decodes the parameters (cm_worker).
+    char *path = cm_strdup (request->uri);
+    path[strcspn (path, "?#")] = 0;
     const gw_route_t *route;
     gw_route_result_t found =
-        gw_routes_lookup (method, url, &route, request->allow, sizeof request->allow);
+        gw_routes_lookup (method, path, &route, request->allow, sizeof request->allow);
+    free (path);
     if (found == GW_ROUTE_NOT_FOUND) {
         request->early_status = 404;
         request->early_message = cm_strdup ("Not found.");
@@ -681,11 +698,12 @@ s_handler (void *cls, struct MHD_Connection *connection, const char *url,
            size_t *upload_data_size, void **con_cls)
 {
     (void) version;
+    (void) url; //  decoded; routes are matched on the raw request->uri
     gw_server_t *self = cls;
     s_request_t *request = *con_cls;
     if (!request->first_call_done) {
         request->first_call_done = true;
-        s_first_call (self, connection, request, method, url);
+        s_first_call (self, connection, request, method);
         if (request->too_large)
             return s_reply_too_large (self, connection, request);
         return MHD_YES;
@@ -749,7 +767,13 @@ s_handler (void *cls, struct MHD_Connection *connection, const char *url,
         json_error_t error;
         json_t *parsed = json_loadb (request->body, request->body_size, 0, &error);
         char message[300] = "";
-        if (!parsed)
+        //  jansson names its own flag for a \u0000; say what it means.
+        if (!parsed && strstr (error.text, "JSON_ALLOW_NUL"))
+            snprintf (message, sizeof message,
+                      "Invalid JSON body: a string holds \\u0000 (a NUL character), "
+                      "which is not accepted (line %d, column %d).",
+                      error.line, error.column);
+        else if (!parsed)
             snprintf (message, sizeof message,
                       "Invalid JSON body: %s (line %d, column %d).", error.text,
                       error.line, error.column);
@@ -762,7 +786,7 @@ s_handler (void *cls, struct MHD_Connection *connection, const char *url,
     }
     if (!request->route->service)
         return s_local (self, connection, request);
-    return s_forward (self, connection, request, method);
+    return s_forward (self, connection, request);
 }
 
 static void

@@ -605,6 +605,15 @@ Test (cm_worker, params_query_headers_identity_and_json_reach_handler, .timeout 
     json_decref (seen);
     cm_msg_destroy (&final);
 
+    //  Parameters are percent-decoded once matched ('+' is itself in a path).
+    s_gateway_request (gateway, "i3", "POST", "/users/d%6Fc+s/items/a%2Fb%25/", 0, "{}");
+    final = s_gateway_expect_final (gateway, "i3", 201);
+    seen = s_json_body (final);
+    cr_assert_str_eq (s_json_str (seen, "user"), "doc+s");
+    cr_assert_str_eq (s_json_str (seen, "item"), "a/b%");
+    json_decref (seen);
+    cm_msg_destroy (&final);
+
     //  A body that is not JSON reads as NULL.
     s_gateway_request (gateway, "i2", "POST", "/users/bob/items/x", 0, "not json");
     final = s_gateway_expect_final (gateway, "i2", 201);
@@ -1003,7 +1012,14 @@ Test (cm_worker, route_match_params_and_segments)
 {
     cr_assert (cm_route_match ("/echo", "/echo"));
     cr_assert_not (cm_route_match ("/echo", "/echoes"));
-    cr_assert_not (cm_route_match ("/echo", "/echo/"));
+    //  One trailing slash, as Express allows; not two.
+    cr_assert (cm_route_match ("/echo", "/echo/"));
+    cr_assert_not (cm_route_match ("/echo", "/echo//"));
+    cr_assert (cm_route_match ("/a/{x}", "/a/7/"));
+    //  A segment is matched raw: "%2F" does not split it; "%00" matches nothing.
+    cr_assert (cm_route_match ("/a/{x}", "/a/b%2Fc"));
+    cr_assert_not (cm_route_match ("/a/{x}", "/a/b%00"));
+    cr_assert (cm_route_match ("/a/{x}", "/a/b%2500"));
     cr_assert_not (cm_route_match ("/echo/x", "/echo"));
     cr_assert (cm_route_match ("/a/{x}", "/a/7"));
     cr_assert (cm_route_match ("/a/{x}/b/{y}", "/a/7/b/some-thing"));

@@ -195,7 +195,10 @@ s_call_perform (gwh_call_t *self)
         curl_easy_setopt (curl, CURLOPT_POSTFIELDS, self->body);
         curl_easy_setopt (curl, CURLOPT_POSTFIELDSIZE, (long) strlen (self->body));
     }
-    if (strcmp (self->method, self->body ? "POST" : "GET"))
+    //  A HEAD must not wait for the body its Content-Length announces.
+    if (!strcmp (self->method, "HEAD"))
+        curl_easy_setopt (curl, CURLOPT_NOBODY, 1L);
+    else if (strcmp (self->method, self->body ? "POST" : "GET"))
         curl_easy_setopt (curl, CURLOPT_CUSTOMREQUEST, self->method);
     curl_easy_setopt (curl, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt (curl, CURLOPT_WRITEFUNCTION, s_call_on_body);

@@ -296,11 +296,15 @@ Test (gw_keys, revoking_what_is_not_there_is_404)
     cr_assert_eq (s_revoke (keys, id), 200);
     cr_assert_eq (s_revoke (keys, id), 404, "twice");
     cr_assert_eq (s_revoke (keys, id + 1), 404);
-    const char *ids[] = {"", "abc", "1x", "-1", "0"};
+    //  Out of range: named as sent, not as the number strtoll clamps it to.
+    const char *ids[] = {"", "abc", "1x", "-1", "0", "9999999999999999999999"};
     for (size_t i = 0; i < sizeof ids / sizeof *ids; i++) {
         json_t *reply = NULL;
         cr_assert_eq (gw_keys_revoke (keys, ids[i], &reply), 404, "'%s'", ids[i]);
         cr_assert (json_is_false (json_object_get (reply, "success")));
+        cr_assert (strstr (json_string_value (json_object_get (reply, "error")), ids[i]),
+                   "'%s': %s", ids[i],
+                   json_string_value (json_object_get (reply, "error")));
         json_decref (reply);
     }
     free (secret);

@@ -43,15 +43,26 @@ Test (gw_routes, params_match_one_non_empty_segment)
         gw_routes_lookup ("GET", "/api/v1/workspace/my-ws/chats", &route, NULL, 0),
         GW_ROUTE_FOUND);
     cr_assert_str_eq (route->pattern, "/api/v1/workspace/{slug}/chats");
-    //  An empty segment, a segment spanning a slash, a trailing slash or a
-    //  missing tail do not match.
+    //  One trailing slash is allowed, as Express (upstream's router) allows
+    //  it; an escaped slash stays inside its segment.
+    cr_assert_eq (
+        gw_routes_lookup ("POST", "/api/v1/workspace/demo/chat/", &route, NULL, 0),
+        GW_ROUTE_FOUND);
+    cr_assert_eq (gw_routes_lookup ("GET", "/api/ping/", &route, NULL, 0),
+                  GW_ROUTE_FOUND);
+    cr_assert_eq (gw_routes_lookup ("GET", "/api/v1/workspace/a%2Fchat", &route, NULL, 0),
+                  GW_ROUTE_FOUND);
+    cr_assert_str_eq (route->pattern, "/api/v1/workspace/{slug}");
+    //  An empty segment, a segment spanning a slash, two trailing slashes, a
+    //  missing tail, or a segment that decodes to a NUL byte do not match.
     const char *misses[] = {
         "/api/v1/workspace//chat",
         "/api/v1/workspace/a/b/chat",
-        "/api/v1/workspace/demo/chat/",
+        "/api/v1/workspace/demo/chat//",
         "/api/v1/workspace/demo/thread//chat",
         "/api/v1/workspace/demo/thread/t1",
-        "/api/ping/",
+        "/api/v1/workspace/demo%00/chat",
+        "/api/ping%00x",
         "/api/pingx",
         "/api",
         "",
@@ -82,16 +93,16 @@ Test (gw_routes, bad_method_lists_every_allowed_method)
     char allow[64];
     cr_assert_eq (gw_routes_lookup ("DELETE", "/api/ping", &route, allow, sizeof allow),
                   GW_ROUTE_BAD_METHOD);
-    cr_assert_str_eq (allow, "GET");
+    cr_assert_str_eq (allow, "GET, HEAD");
     cr_assert_eq (
         gw_routes_lookup ("POST", "/api/v1/workspaces", &route, allow, sizeof allow),
         GW_ROUTE_BAD_METHOD);
-    cr_assert_str_eq (allow, "GET");
+    cr_assert_str_eq (allow, "GET, HEAD");
     //  "/api/v1/workspace/new" is the create route and also a {slug}.
     cr_assert_eq (
         gw_routes_lookup ("DELETE", "/api/v1/workspace/new", &route, allow, sizeof allow),
         GW_ROUTE_BAD_METHOD);
-    cr_assert_str_eq (allow, "POST, GET");
+    cr_assert_str_eq (allow, "POST, GET, HEAD");
     //  The same for the create route of API keys and a key's {id}.
     cr_assert_eq (gw_routes_lookup ("GET", "/api/v1/admin/api-keys/new", &route, allow,
                                     sizeof allow),
@@ -100,7 +111,25 @@ Test (gw_routes, bad_method_lists_every_allowed_method)
     //  Methods are case-sensitive (RFC 9110).
     cr_assert_eq (gw_routes_lookup ("get", "/api/ping", &route, allow, sizeof allow),
                   GW_ROUTE_BAD_METHOD);
-    cr_assert_str_eq (allow, "GET");
+    cr_assert_str_eq (allow, "GET, HEAD");
+}
+
+//  HEAD is answered wherever GET is (HTTP requires it), by the GET route;
+//  nowhere else.
+Test (gw_routes, head_takes_the_get_route)
+{
+    const gw_route_t *route;
+    char allow[64];
+    cr_assert_eq (gw_routes_lookup ("HEAD", "/api/ping", &route, allow, sizeof allow),
+                  GW_ROUTE_FOUND);
+    cr_assert_str_eq (route->method, "GET");
+    cr_assert_eq (gw_routes_lookup ("HEAD", "/api/v1/workspace/demo", &route, NULL, 0),
+                  GW_ROUTE_FOUND);
+    cr_assert_str_eq (route->service, "chat");
+    cr_assert_eq (gw_routes_lookup ("HEAD", "/api/v1/workspace/demo/chat", &route, allow,
+                                    sizeof allow),
+                  GW_ROUTE_BAD_METHOD);
+    cr_assert_str_eq (allow, "POST");
 }
 
 Test (gw_routes, bad_method_does_not_depend_on_the_allow_buffer)
