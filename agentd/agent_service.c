@@ -3,6 +3,7 @@
 #include "agent_flow.h"
 #include "agent_html.h"
 #include "agent_http.h"
+#include "agent_origins.h"
 #include "cm_log.h"
 #include "cm_storage.h"
 #include "cm_storage_flows.h"
@@ -11,17 +12,23 @@
 struct agent_service_s {
     cm_storage_pool_t *pool;   //  database connections lent to handler threads
     chat_provider_t *provider; //  llmInstruction's LLM, shared by all handlers
-    cm_breaker_t *breaker;     //  around runs (thread-safe)
+    cm_breaker_t *breaker;     //  the `agent` circuit: the LLM provider (thread-safe)
+    agent_origins_t *origins;  //  a circuit per origin steps call (thread-safe)
     char *allowlist;           //  AGENT_HTTP_ALLOWLIST (NULL: none)
     size_t max_bytes;          //  AGENT_HTTP_MAX_BYTES
     int64_t step_timeout_ms;   //  AGENT_STEP_TIMEOUT_MS
 };
 
-//  Why a step (so the run) failed: what the breaker hears of it.
+//  Why a step (so the run) failed: what the `agent` circuit hears of it.
+//  Only the LLM provider, which every flow shares, counts against it; an
+//  origin a step called is counted by its own circuit (agent_origins), in
+//  the step, so one flow's dead URL cannot pause every flow.
 typedef enum {
     S_FAIL_NONE = 0,  //  no failure
     S_FAIL_FLOW,      //  the flow's own fault (4xx, refused, too large): not counted
-    S_FAIL_UPSTREAM,  //  an upstream failed (network, timeout, 5xx, LLM): counted
+    S_FAIL_ORIGIN,    //  an origin failed or its circuit is open: that origin's
+                      //  circuit counted it, the agent circuit does not
+    S_FAIL_LLM,       //  the LLM provider failed (network, timeout, 5xx): counted
     S_FAIL_CANCELLED, //  the client left or the deadline passed: not counted
 } s_fail_t;
 
@@ -36,6 +43,7 @@ typedef struct {
     json_t *direct;     //  directOutput's value, or NULL
     int64_t step_until; //  monotonic ms when the step in flight must end
     const char *what;   //  the step in flight, "steps[1] (apiCall)"
+    bool llm_answered;  //  an llmInstruction step got the LLM's answer
     s_fail_t fail;
     char error[1024];
 } s_run_t;
@@ -64,7 +72,7 @@ agent_service_new (const char *storage_dir, const agent_service_config_t *config
                    chat_provider_t **provider_p, cm_breaker_t **breaker_p, char *err,
                    size_t errlen)
 {
-    assert (storage_dir && config);
+    assert (storage_dir && config && config->origin_breaker);
     assert (provider_p && *provider_p);
     assert (breaker_p && *breaker_p);
     cm_storage_pool_t *pool = cm_storage_pool_new (storage_dir, err, errlen);
@@ -79,6 +87,7 @@ agent_service_new (const char *storage_dir, const agent_service_config_t *config
     *provider_p = NULL;
     self->breaker = *breaker_p;
     *breaker_p = NULL;
+    self->origins = agent_origins_new (config->origin_breaker, 0);
     self->allowlist =
         config->allowlist && *config->allowlist ? cm_strdup (config->allowlist) : NULL;
     self->max_bytes = (size_t) config->max_bytes;
@@ -97,6 +106,7 @@ agent_service_destroy (agent_service_t **self_p)
     cm_storage_pool_destroy (&self->pool);
     chat_provider_destroy (&self->provider);
     cm_breaker_destroy (&self->breaker);
+    agent_origins_destroy (&self->origins);
     free (self->allowlist);
     free (self);
     *self_p = NULL;
@@ -107,6 +117,13 @@ agent_service_breaker (agent_service_t *self)
 {
     assert (self);
     return self->breaker;
+}
+
+agent_origins_t *
+agent_service_origins (agent_service_t *self)
+{
+    assert (self);
+    return self->origins;
 }
 
 const cm_route_t *
@@ -462,25 +479,77 @@ s_http_outcome (s_run_t *run, const char *what, agent_http_result_t result,
                         "deadline passed)",
                         what);
             else
-                s_fail (run, S_FAIL_UPSTREAM, "%s: %s", what, err);
+                s_fail (run, S_FAIL_ORIGIN, "%s: %s", what, err);
             return false;
         case AGENT_HTTP_TIMEOUT:
             if (cm_call_cancelled (run->call))
                 s_fail (run, S_FAIL_CANCELLED, "%s: the request's deadline passed", what);
             else
-                s_fail (run, S_FAIL_UPSTREAM, "%s: %s (AGENT_STEP_TIMEOUT_MS)", what,
-                        err);
+                s_fail (run, S_FAIL_ORIGIN, "%s: %s (AGENT_STEP_TIMEOUT_MS)", what, err);
             return false;
         case AGENT_HTTP_FAILED:
-            s_fail (run, S_FAIL_UPSTREAM, "%s: %s", what, err);
+            s_fail (run, S_FAIL_ORIGIN, "%s: %s", what, err);
             return false;
     }
     if (response->status >= 200 && response->status < 300)
         return true;
-    s_fail (run, response->status >= 500 ? S_FAIL_UPSTREAM : S_FAIL_FLOW,
+    s_fail (run, response->status >= 500 ? S_FAIL_ORIGIN : S_FAIL_FLOW,
             "%s: %s answered HTTP %ld: %.300s", what, response->url, response->status,
             response->body ? response->body : "");
     return false;
+}
+
+//  Tell the origin's circuit how its call ended: a network error, DNS
+//  failure, timeout or 5xx is its failure; any other status is a success
+//  (it answered, even to refuse the flow's request: a 4xx is the flow's
+//  fault, and counting it against the origin would let one bad flow open
+//  the circuit of an origin other flows use well). A cancelled call, a
+//  refused address or a body too large says nothing about the origin, nor
+//  does a timeout that the request's deadline made shorter than
+//  AGENT_STEP_TIMEOUT_MS (the run was out of time, not the origin slow).
+static void
+s_origin_outcome (s_run_t *run, const agent_origins_ticket_t *ticket,
+                  const agent_http_request_t *request, agent_http_result_t result,
+                  const agent_http_response_t *response)
+{
+    agent_origins_t *origins = run->service->origins;
+    int64_t now = cm_clock_mono_ms ();
+    bool timed_out = result == AGENT_HTTP_TIMEOUT && !cm_call_cancelled (run->call) &&
+                     request->timeout_ms >= run->service->step_timeout_ms;
+    bool failed = result == AGENT_HTTP_FAILED || timed_out ||
+                  (result == AGENT_HTTP_OK && response->status >= 500);
+    if (failed)
+        agent_origins_failure (origins, ticket, now);
+    else if (result == AGENT_HTTP_OK)
+        agent_origins_success (origins, ticket, now);
+    else
+        agent_origins_release (origins, ticket);
+}
+
+//  Make the step's call through its origin's circuit; true when it answered
+//  2xx (response filled), else the step failed (run->fail set). A step
+//  whose fields already failed calls nothing. While the origin's circuit
+//  is open nothing is sent: the step fails at once, naming the origin.
+static bool
+s_http (s_run_t *run, const char *what, const agent_http_request_t *request,
+        agent_http_response_t *response)
+{
+    if (run->fail)
+        return false;
+    agent_origins_ticket_t ticket;
+    if (agent_origins_acquire (run->service->origins, request->url, cm_clock_mono_ms (),
+                               &ticket) == AGENT_ORIGINS_REJECTED) {
+        s_fail (run, S_FAIL_ORIGIN,
+                "%s: the circuit for %s is open after %lld consecutive failures; retry "
+                "after %lld s",
+                what, ticket.origin, (long long) ticket.failures,
+                (long long) ((ticket.retry_after_ms + 999) / 1000));
+        return false;
+    }
+    char err[512];
+    agent_http_result_t result = agent_http_call (request, response, err, sizeof err);
+    s_origin_outcome (run, &ticket, request, result, response);
+    return s_http_outcome (run, what, result, response, err);
 }
 
 //  How long the step in flight may take: the step limit, cut by the
@@ -553,11 +622,7 @@ s_api_call (s_run_t *run, json_t *config, const char *what)
         .cancel_arg = run,
     };
     agent_http_response_t response = {0};
-    char err[512];
-    agent_http_result_t result =
-        run->fail ? AGENT_HTTP_REFUSED
-                  : agent_http_call (&request, &response, err, sizeof err);
-    if (!run->fail && s_http_outcome (run, what, result, &response, err)) {
+    if (s_http (run, what, &request, &response)) {
         if (strstr (response.content_type, "json"))
             output = json_loadb (response.body, response.size, JSON_DECODE_ANY, NULL);
         if (!output)
@@ -596,11 +661,8 @@ s_web_scraping (s_run_t *run, json_t *config, const char *what)
         .cancel_arg = run,
     };
     agent_http_response_t response = {0};
-    char err[512];
-    agent_http_result_t result =
-        run->fail ? AGENT_HTTP_REFUSED
-                  : agent_http_call (&request, &response, err, sizeof err);
-    if (!run->fail && s_http_outcome (run, what, result, &response, err)) {
+    if (s_http (run, what, &request, &response)) {
+        char err[512];
         char *text = agent_html_extract (response.body, response.size, selector, as_html,
                                          err, sizeof err);
         if (text)
@@ -638,19 +700,20 @@ s_llm_instruction (s_run_t *run, json_t *config, const char *what)
     chat_provider_result_t result = chat_provider_complete (
         run->service->provider, &request, &text, &metrics, err, sizeof err);
     json_t *output = NULL;
-    if (result == CHAT_PROVIDER_DONE)
+    if (result == CHAT_PROVIDER_DONE) {
+        run->llm_answered = true;
         output = json_string (text ? text : "");
-    else if (result == CHAT_PROVIDER_REJECTED)
+    } else if (result == CHAT_PROVIDER_REJECTED)
         s_fail (run, S_FAIL_FLOW, "%s: the LLM refused the instruction: %s", what, err);
     else if (result == CHAT_PROVIDER_FAILED)
-        s_fail (run, S_FAIL_UPSTREAM, "%s: the LLM provider failed: %s", what, err);
+        s_fail (run, S_FAIL_LLM, "%s: the LLM provider failed: %s", what, err);
     else if (cm_call_cancelled (run->call))
         s_fail (run, S_FAIL_CANCELLED, "%s: the run was cancelled", what);
     else
-        s_fail (run, S_FAIL_UPSTREAM, "%s: the LLM did not answer within %lld ms", what,
+        s_fail (run, S_FAIL_LLM, "%s: the LLM did not answer within %lld ms", what,
                 (long long) run->service->step_timeout_ms);
     if (result == CHAT_PROVIDER_DONE && !output)
-        s_fail (run, S_FAIL_UPSTREAM, "%s: the LLM's answer is not valid UTF-8", what);
+        s_fail (run, S_FAIL_LLM, "%s: the LLM's answer is not valid UTF-8", what);
     free (text);
     free (instruction);
     return output;
@@ -761,6 +824,10 @@ s_flow_run (cm_call_t *call, void *arg)
         json_decref (flow);
         return;
     }
+    //  The agent circuit guards the LLM provider, the upstream flows share:
+    //  while it is failing, runs are refused here, before they take a queue
+    //  slot behind it (flows without an llmInstruction step too, for now:
+    //  docs/breaker.md).
     cm_breaker_permit_t permit;
     int64_t retry_ms = 0;
     if (cm_breaker_acquire (self->breaker, cm_clock_mono_ms (), &permit, &retry_ms) ==
@@ -768,8 +835,8 @@ s_flow_run (cm_call_t *call, void *arg)
         int64_t seconds = cm_call_retry_after (call, retry_ms);
         char message[256];
         snprintf (message, sizeof message,
-                  "The %s circuit is open: agent flows' upstreams are failing, so runs "
-                  "are paused. Retry after %lld s.",
+                  "The %s circuit is open: the LLM provider of llmInstruction steps "
+                  "is failing, so runs are paused. Retry after %lld s.",
                   cm_breaker_name (self->breaker), (long long) seconds);
         cm_call_reply_error (call, 503, message);
         json_decref (flow);
@@ -792,10 +859,15 @@ s_flow_run (cm_call_t *call, void *arg)
                         (json_int_t) json_array_size (json_object_get (flow, "steps"))));
     s_execute (&run);
 
-    if (run.fail == S_FAIL_NONE)
-        cm_breaker_success (self->breaker, permit, cm_clock_mono_ms ());
-    else if (run.fail == S_FAIL_UPSTREAM)
+    //  The agent circuit hears only of the LLM provider: a run in which it
+    //  answered is a success, a run it failed a failure. A run that never
+    //  reached it (no llmInstruction step, or a step before it failed) says
+    //  nothing about it: counted as a success it would reset the provider's
+    //  run of failures, or close the circuit as a probe that never probed.
+    if (run.fail == S_FAIL_LLM)
         cm_breaker_failure (self->breaker, permit, cm_clock_mono_ms ());
+    else if (run.llm_answered)
+        cm_breaker_success (self->breaker, permit, cm_clock_mono_ms ());
     else
         cm_breaker_release (self->breaker, permit);
     cm_info ("%s: flow %s ran in %lld ms: %s%s", cm_call_request_id (call), uuid,

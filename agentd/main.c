@@ -1,8 +1,10 @@
 /*  agentd: the agent daemon. Reads its settings, opens the database, and
     serves the agent-flow routes (agent_service) as the gateway's "agent"
     service until SIGINT/SIGTERM. Every run goes through the worker's queue
-    (AGENT_FLOW_QUEUE_CONCURRENCY) under the breaker (AGENT_CIRCUIT_*);
-    llmInstruction steps use the same LLM provider settings as chatd. */
+    (AGENT_FLOW_QUEUE_CONCURRENCY) under the `agent` circuit (the LLM
+    provider), and each origin a step calls has a circuit of its own, both
+    with the AGENT_CIRCUIT_* settings; llmInstruction steps use the same LLM
+    provider settings as chatd. */
 #include "cm_common.h"
 #include "cm_config.h"
 #include "cm_storage.h"
@@ -83,6 +85,7 @@ main (int argc, char **argv)
         .allowlist = config.allowlist,
         .max_bytes = config.max_bytes,
         .step_timeout_ms = config.step_timeout_ms,
+        .origin_breaker = &config.breaker,
     };
     service = agent_service_new (config.storage_dir, &settings, &provider, &breaker, err,
                                  sizeof err);
@@ -94,6 +97,7 @@ main (int argc, char **argv)
     }
     metrics = cm_metrics_new ();
     cm_breaker_attach_metrics (agent_service_breaker (service), metrics);
+    agent_origins_attach_metrics (agent_service_origins (service), metrics);
     cm_info ("storage %s/llmrt.db, provider %s, concurrency %lld, max pending %lld, "
              "allowlist %s, step timeout %lld ms, max body %lld bytes",
              config.storage_dir, config.llm.provider, (long long) config.concurrency,

@@ -2,7 +2,8 @@
     CircuitBreaker), with resilience4j's state machine as the reference.
 
     A breaker sits in front of calls to an upstream (chatd's LLM provider,
-    ingestd's embedder, agentd's flow executor). Each call asks first
+    ingestd's embedder, agentd's LLM provider, and in agentd one per origin
+    that flows call: agent_origins). Each call asks first
     (cm_breaker_acquire); when the upstream has been failing the breaker
     refuses at once, so the caller answers 503 with Retry-After instead of
     queueing work behind a dead dependency. An allowed call reports how it

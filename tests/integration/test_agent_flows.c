@@ -7,9 +7,11 @@
     allowlist, also behind a redirect from an allowed host; runs stream SSE
     step events; six slow runs never go more than two at a time (the queue);
     a client that hangs up cancels the call in flight and frees its slot;
-    upstream failures (not a flow's own 4xx) open the breaker; unsafe values
-    (line breaks in headers, oversized substitutions) are refused and error
-    messages stay valid JSON. */
+    an origin that keeps failing (5xx, not a flow's own 4xx) opens its own
+    circuit, so its flow fails fast while every other flow runs on, and the
+    LLM provider failing opens the `agent` circuit (503 for every run);
+    unsafe values (line breaks in headers, oversized substitutions) are
+    refused and error messages stay valid JSON. */
 #include <criterion/criterion.h>
 #include <curl/curl.h>
 #include <pthread.h>
@@ -20,14 +22,26 @@
 static it_suite_t s_suite;
 static ah_server_t *s_server;
 
+//  The server, then the suite with these settings and extra ones
+//  (NULL-terminated; may be NULL).
+static void
+s_start_with (const char *const *extra)
+{
+    s_server = ah_server_start ();
+    const char *env[16] = {"AGENT_HTTP_ALLOWLIST=localhost",
+                           "AGENT_CIRCUIT_FAILURE_THRESHOLD=3",
+                           "AGENT_CIRCUIT_RESET_MS=60000", "AGENT_STEP_TIMEOUT_MS=20000"};
+    size_t n = 4;
+    for (size_t i = 0; extra && extra[i] && n < 15; i++)
+        env[n++] = extra[i];
+    env[n] = NULL;
+    it_suite_start (&s_suite, env);
+}
+
 static void
 s_start (void)
 {
-    s_server = ah_server_start ();
-    const char *env[] = {
-        "AGENT_HTTP_ALLOWLIST=localhost", "AGENT_CIRCUIT_FAILURE_THRESHOLD=3",
-        "AGENT_CIRCUIT_RESET_MS=60000", "AGENT_STEP_TIMEOUT_MS=20000", NULL};
-    it_suite_start (&s_suite, env);
+    s_start_with (NULL);
 }
 
 static void
@@ -471,6 +485,42 @@ s_hang_up (void *arg)
     return NULL;
 }
 
+//  The value of a series family of agentd in /api/metrics's aggregate (the
+//  service's snapshot: one instance here); -1 when it is missing.
+static double
+s_agent_metric (json_t *metrics, const char *name)
+{
+    json_t *agent = json_object_get (
+        json_object_get (json_object_get (metrics, "aggregate"), "services"), "agent");
+    json_t *families = json_object_get (json_object_get (agent, "snapshot"), "families");
+    size_t i;
+    json_t *family;
+    json_array_foreach (families, i, family)
+    {
+        if (strcmp (it_str (family, "name"), name))
+            continue;
+        json_t *series = json_object_get (family, "series");
+        cr_assert_eq (json_array_size (series), 1, "%s has labels", name);
+        return json_number_value (json_object_get (json_array_get (series, 0), "value"));
+    }
+    return -1;
+}
+
+//  The aggregate says one origin's circuit is open and two steps were
+//  refused by it (the sync run and the streamed one).
+static bool
+s_origin_open_reported (void *arg)
+{
+    (void) arg;
+    long status;
+    json_t *metrics = it_get_json (&s_suite, "/api/metrics", &status);
+    bool ok = status == 200 &&
+              s_agent_metric (metrics, "llmrt_agent_origin_circuits_open") == 1 &&
+              s_agent_metric (metrics, "llmrt_agent_origin_calls_refused_total") == 2;
+    json_decref (metrics);
+    return ok;
+}
+
 static bool
 s_two_gone (void *arg)
 {
@@ -529,33 +579,162 @@ Test (agent_flows, queue_bounds_runs_cancel_frees_slots_breaker_trips, .timeout 
     json_decref (reply);
     cr_log_info ("a run after two cancelled ones took %lld ms", it_now_ms () - before);
 
-    //  A flow's own 4xx does not open the breaker; three 5xx do.
+    //  A flow's own 4xx opens nothing: every run still reaches the server.
     snprintf (steps, sizeof steps, "[{\"type\":\"apiCall\",\"config\":{\"url\":\"%s\"}}]",
               s_target (url, sizeof url, "localhost", "/status/400"));
     char own[64];
     snprintf (own, sizeof own, "%s", s_create (steps));
     for (int i = 0; i < 4; i++) {
         reply = s_run (own, NULL, &status);
-        cr_assert_eq (status, 200, "a 4xx flow opened the circuit");
+        cr_assert_eq (status, 200, "a 4xx flow opened the agent circuit");
+        cr_assert (strstr (it_str (reply, "error"), "HTTP 400"), "run %d: %s", i,
+                   it_str (reply, "error"));
         json_decref (reply);
     }
-    snprintf (steps, sizeof steps, "[{\"type\":\"apiCall\",\"config\":{\"url\":\"%s\"}}]",
-              s_target (url, sizeof url, "localhost", "/status/503"));
+    cr_assert_eq (ah_server_hits (s_server, "/status/400"), 4,
+                  "a 4xx opened the origin's circuit");
+
+    //  A flow whose partner API (another origin) answers 503: after three
+    //  runs (AGENT_CIRCUIT_FAILURE_THRESHOLD=3) that origin's circuit is
+    //  open, and the next run fails at once without calling it...
+    ah_server_t *partner = ah_server_start ();
+    char target[128];
+    snprintf (target, sizeof target, "http://localhost:%d/status/503",
+              ah_server_port (partner));
+    snprintf (steps, sizeof steps,
+              "[{\"type\":\"start\",\"config\":{}},"
+              "{\"type\":\"apiCall\",\"config\":{\"url\":\"%s\"}}]",
+              target);
     char broken[64];
     snprintf (broken, sizeof broken, "%s", s_create (steps));
     for (int i = 0; i < 3; i++) {
         reply = s_run (broken, NULL, &status);
         cr_assert_eq (status, 200);
+        cr_assert (strstr (it_str (reply, "error"), "HTTP 503"), "run %d: %s", i,
+                   it_str (reply, "error"));
         json_decref (reply);
     }
-    char path[160];
-    snprintf (path, sizeof path, "/api/v1/agent-flows/%s/run", quick);
-    it_url (&s_suite, url, sizeof url, path);
-    it_response_t r;
-    it_http ("POST", url, "{}", true, &r);
-    cr_assert_eq (r.status, 503, "the circuit did not open: %ld", r.status);
-    cr_assert (strcasestr (r.headers, "Retry-After:"), "%s", r.headers);
-    cr_assert (strstr (r.body, "circuit is open"), "%s", r.body);
-    it_response_free (&r);
+    cr_assert_eq (ah_server_hits (partner, "/status/503"), 3);
+    char expected[256];
+    snprintf (expected, sizeof expected,
+              "steps[1] (apiCall): the circuit for http://localhost:%d is open after 3 "
+              "consecutive failures; retry after ",
+              ah_server_port (partner));
+    reply = s_run (broken, NULL, &status);
+    cr_assert_eq (status, 200, "the broken flow got %ld", status);
+    cr_assert (json_is_false (json_object_get (reply, "success")));
+    cr_assert (strstr (it_str (reply, "error"), expected), "%s", it_str (reply, "error"));
+    json_t *results = json_object_get (reply, "results");
+    cr_assert_eq (json_array_size (results), 2, "%s", json_dumps (reply, 0));
+    cr_assert (strstr (it_str (json_array_get (results, 1), "error"), expected));
+    json_decref (reply);
+    //  ... also streamed: the step's error event, then flowFinished.
+    char path[160], stream_url[256];
+    snprintf (path, sizeof path, "/api/v1/agent-flows/%s/run", broken);
+    it_url (&s_suite, stream_url, sizeof stream_url, path);
+    it_stream_t stream;
+    it_stream_init (&stream, stream_url, "{\"stream\":true}", 0);
+    it_stream_run (&stream);
+    cr_assert_eq (stream.status, 200);
+    json_t *events = it_events (stream.data);
+    cr_assert_eq (json_array_size (events), 6, "%s", stream.data);
+    json_t *failed = json_array_get (events, 4);
+    cr_assert_str_eq (it_str (failed, "type"), "stepFinished");
+    cr_assert (json_is_false (json_object_get (failed, "success")));
+    cr_assert (strstr (it_str (failed, "error"), expected), "%s",
+               it_str (failed, "error"));
+    cr_assert_str_eq (it_str (json_array_get (events, 5), "type"), "flowFinished");
+    json_decref (events);
+    it_stream_free (&stream);
+    cr_assert_eq (ah_server_hits (partner, NULL), 3, "a run called the open origin");
+    ah_server_stop (&partner);
+
+    //  Every other flow runs on: one calling another origin, one that only
+    //  asks the LLM. Neither is answered 503 by the agent circuit.
+    ah_server_reset (s_server);
+    reply = s_run (quick, NULL, &status);
+    cr_assert_eq (status, 200, "one bad origin paused other flows: %ld %s", status,
+                  json_dumps (reply, 0));
+    cr_assert (json_is_true (json_object_get (reply, "success")), "%s",
+               json_dumps (reply, 0));
+    json_decref (reply);
+    cr_assert_eq (ah_server_hits (s_server, "/echo/quick"), 1);
+    char llm_only[64];
+    snprintf (llm_only, sizeof llm_only, "%s",
+              s_create ("[{\"type\":\"llmInstruction\",\"config\":{\"instruction\":"
+                        "\"Say hi\",\"directOutput\":true}}]"));
+    reply = s_run (llm_only, NULL, &status);
+    cr_assert_eq (status, 200, "%ld %s", status, json_dumps (reply, 0));
+    cr_assert (json_is_true (json_object_get (reply, "success")), "%s",
+               json_dumps (reply, 0));
+    json_decref (reply);
+
+    //  The metrics say so, without the origin as a label.
+    cr_assert (it_wait (s_origin_open_reported, NULL, 10000),
+               "llmrt_agent_origin_circuits_open never read 1");
     s_stop ();
+}
+
+//  The LLM provider is the upstream every flow shares: when it keeps
+//  failing, the `agent` circuit opens and every run is answered 503 with
+//  Retry-After before it starts. The provider here is the test server,
+//  which answers HTTP 500 to the provider's POST (LLM_BASE_URL's path is
+//  /status/500, so the call goes to /status/500/chat/completions).
+Test (agent_flows, llm_failures_open_the_agent_circuit, .timeout = 180)
+{
+    //  The server's port is known once it runs: start it first, then the
+    //  suite pointed at it.
+    ah_server_t *provider = ah_server_start ();
+    char base_url[128];
+    snprintf (base_url, sizeof base_url, "LLM_BASE_URL=http://127.0.0.1:%d/status/500",
+              ah_server_port (provider));
+    const char *extra[] = {"LLM_PROVIDER=openai", base_url, NULL};
+    s_start_with (extra);
+    long status;
+    char uuid[64];
+    snprintf (uuid, sizeof uuid, "%s",
+              s_create ("[{\"type\":\"llmInstruction\",\"config\":{\"instruction\":"
+                        "\"Say hi\"}}]"));
+    //  A flow that never asks the LLM says nothing about it: its success
+    //  between the provider's failures does not reset their count.
+    char url[256], steps[512];
+    snprintf (steps, sizeof steps, "[{\"type\":\"apiCall\",\"config\":{\"url\":\"%s\"}}]",
+              s_target (url, sizeof url, "localhost", "/echo/fine"));
+    char other[64];
+    snprintf (other, sizeof other, "%s", s_create (steps));
+    for (int i = 0; i < 3; i++) {
+        json_t *reply = s_run (uuid, NULL, &status);
+        cr_assert_eq (status, 200, "run %d: %ld", i, status);
+        cr_assert (json_is_false (json_object_get (reply, "success")));
+        cr_assert (strstr (it_str (reply, "error"), "the LLM provider failed"), "%s",
+                   it_str (reply, "error"));
+        json_decref (reply);
+        if (i == 1) {
+            reply = s_run (other, NULL, &status);
+            cr_assert_eq (status, 200);
+            cr_assert (json_is_true (json_object_get (reply, "success")));
+            json_decref (reply);
+        }
+    }
+    int calls = ah_server_hits (provider, "/status/500/chat/completions");
+    cr_assert_geq (calls, 3, "the provider saw %d calls", calls);
+
+    char path[160];
+    snprintf (path, sizeof path, "/api/v1/agent-flows/%s/run", uuid);
+    it_url (&s_suite, url, sizeof url, path);
+    const char *bodies[] = {"{}", "{\"stream\":true}"};
+    for (int i = 0; i < 2; i++) {
+        it_response_t r;
+        it_http ("POST", url, bodies[i], true, &r);
+        cr_assert_eq (r.status, 503, "the agent circuit did not open: %ld %s", r.status,
+                      r.body);
+        cr_assert (strcasestr (r.headers, "Retry-After:"), "%s", r.headers);
+        cr_assert (strstr (r.body, "The agent circuit is open"), "%s", r.body);
+        cr_assert (strstr (r.body, "LLM provider"), "%s", r.body);
+        it_response_free (&r);
+    }
+    cr_assert_eq (ah_server_hits (provider, "/status/500/chat/completions"), calls,
+                  "a refused run reached the provider");
+    s_stop ();
+    ah_server_stop (&provider);
 }
