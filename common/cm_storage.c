@@ -566,22 +566,72 @@ cm_storage_pool_release (cm_storage_pool_t *self, cm_storage_t **storage_p)
 
 //  --- workspaces -------------------------------------------------------------
 
+//  Latin letters with marks, U+00C0 to U+017F, as upstream's slugify
+//  writes them in ASCII (its charMap), in lower case: "Café" is "cafe", not
+//  "caf". NULL: not a letter (U+00D7, U+00F7), a separator.
+// clang-format off
+static const char *const s_latin[] = {
+    "a", "a", "a", "a", "a", "a", "ae", "c", "e", "e", "e", "e", "i", "i", "i", "i",     //  C0
+    "d", "n", "o", "o", "o", "o", "o", NULL, "o", "u", "u", "u", "u", "y", "th", "ss", //  D0
+    "a", "a", "a", "a", "a", "a", "ae", "c", "e", "e", "e", "e", "i", "i", "i", "i",     //  E0
+    "d", "n", "o", "o", "o", "o", "o", NULL, "o", "u", "u", "u", "u", "y", "th", "y",  //  F0
+    "a", "a", "a", "a", "a", "a", "c", "c", "c", "c", "c", "c", "c", "c", "d", "d",      //  100
+    "d", "d", "e", "e", "e", "e", "e", "e", "e", "e", "e", "e", "g", "g", "g", "g",      //  110
+    "g", "g", "g", "g", "h", "h", "h", "h", "i", "i", "i", "i", "i", "i", "i", "i",      //  120
+    "i", "i", "ij", "ij", "j", "j", "k", "k", "k", "l", "l", "l", "l", "l", "l", "l",    //  130
+    "l", "l", "l", "n", "n", "n", "n", "n", "n", "n", "n", "n", "o", "o", "o", "o",      //  140
+    "o", "o", "oe", "oe", "r", "r", "r", "r", "r", "r", "s", "s", "s", "s", "s", "s",    //  150
+    "s", "s", "t", "t", "t", "t", "t", "t", "u", "u", "u", "u", "u", "u", "u", "u",      //  160
+    "u", "u", "u", "u", "w", "w", "y", "y", "y", "z", "z", "z", "z", "z", "z", "s",      //  170
+};
+// clang-format on
+
+//  The ASCII for the character at *p_p (advanced past it): an ASCII
+//  letter or digit in lower case, a marked Latin letter without its mark,
+//  or NULL for anything else (a separator in the slug).
+static const char *
+s_slug_char (const unsigned char **p_p, char ascii[2])
+{
+    const unsigned char *p = *p_p;
+    if (p[0] < 0x80) {
+        *p_p = p + 1;
+        unsigned char c =
+            p[0] >= 'A' && p[0] <= 'Z' ? (unsigned char) (p[0] - 'A' + 'a') : p[0];
+        if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) {
+            ascii[0] = (char) c;
+            ascii[1] = 0;
+            return ascii;
+        }
+        return NULL;
+    }
+    //  Two-byte sequences reach U+07FF; the table ends at U+017F.
+    if ((p[0] & 0xE0) == 0xC0 && (p[1] & 0xC0) == 0x80) {
+        unsigned cp = ((unsigned) (p[0] & 0x1F) << 6) | (p[1] & 0x3F);
+        *p_p = p + 2;
+        return cp >= 0xC0 && cp <= 0x17F ? s_latin[cp - 0xC0] : NULL;
+    }
+    *p_p = p + 1;
+    return NULL;
+}
+
 char *
 cm_storage_slugify (const char *name)
 {
     assert (name);
+    //  The longest transliteration ("ae", "th", "ss", ...) is as long as
+    //  the two bytes it replaces.
     char *slug = cm_malloc (strlen (name) + 1);
     size_t len = 0;
     bool dash = false;
-    for (const unsigned char *p = (const unsigned char *) name; *p; p++) {
-        unsigned char c = *p;
-        if (c >= 'A' && c <= 'Z')
-            c = (unsigned char) (c - 'A' + 'a');
-        if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) {
+    char ascii[2];
+    for (const unsigned char *p = (const unsigned char *) name; *p;) {
+        const char *text = s_slug_char (&p, ascii);
+        if (text) {
             if (dash && len)
                 slug[len++] = '-';
             dash = false;
-            slug[len++] = (char) c;
+            for (; *text; text++)
+                slug[len++] = *text;
         } else
             dash = true;
     }

@@ -140,7 +140,28 @@ Test (cm_storage, slugify_follows_upstream_rule)
         {"  Hello,   World!  ", "hello-world"},
         {"a--b__c", "a-b-c"},
         {"UPPER lower 123", "upper-lower-123"},
-        {"caf\xC3\xA9 au lait", "caf-au-lait"},
+        //  Marked Latin letters lose their marks, as upstream's charMap
+        //  writes them; other scripts are separators.
+        {"caf\xC3\xA9 au lait", "cafe-au-lait"},
+        {"\xC3\x9C"
+         "n"
+         "\xC3\xAF"
+         "c"
+         "\xC3\xB8"
+         "d"
+         "\xC3\xA9 \xE6\x97\xA5\xE6\x9C\xAC",
+         "unicode"},
+        {"Stra\xC3\x9F"
+         "e \xC3\x86"
+         "ther \xC5\x81\xC3\xB3"
+         "d"
+         "\xC5\xBA \xC5\x92"
+         "uvre",
+         "strasse-aether-lodz-oeuvre"},
+        {"2\xC3\x97"
+         "3 \xC3\xB7 x",
+         "2-3-x"},
+        {"\xC3", ""},
         {"!!!", ""},
         {"", ""},
     };
