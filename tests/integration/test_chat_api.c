@@ -17,7 +17,7 @@ static void
 s_call (const char *method, const char *path, const char *body, const char *key,
         it_response_t *r)
 {
-    char url[512];
+    char url[8192]; //  room for a long query string (the 431 check)
     it_url (&s_suite, url, sizeof url, path);
     it_http_key (method, url, body, key, r);
     cr_assert_neq (r->status, 0, "%s %s: no answer", method, path);
@@ -180,6 +180,9 @@ Test (chat_api, bad_input_has_the_api_statuses_and_bodies, .timeout = 90)
                 &r);
         s_assert_abort (&r, 400, "loud is not a valid mode.");
         it_response_free (&r);
+        s_call ("POST", chats[i], "{\"message\":123}", IT_ADMIN_KEY, &r);
+        s_assert_abort (&r, 400, "message must be a string");
+        it_response_free (&r);
         //  Malformed JSON: the gateway's, in the same shape, naming the problem.
         s_call ("POST", chats[i], "{\"message\": \"hi\"", IT_ADMIN_KEY, &r);
         s_assert_abort (&r, 400, NULL);
@@ -202,6 +205,20 @@ Test (chat_api, bad_input_has_the_api_statuses_and_bodies, .timeout = 90)
     cr_assert (strstr (it_str (reply, "error"), "Invalid JSON body"), "%s", r.body);
     json_decref (reply);
     it_response_free (&r);
+
+    //  A request line and headers that would leave the answer no room in
+    //  the connection's pool: 431 before anything is forwarded.
+    char *padded = malloc (7200);
+    int at = snprintf (padded, 7200, "%s?pad=", chats[0]);
+    memset (padded + at, 'a', 6500);
+    padded[at + 6500] = 0;
+    s_call ("POST", padded, "{\"message\":\"hi\"}", IT_ADMIN_KEY, &r);
+    cr_assert_eq (r.status, 431, "%ld", r.status);
+    reply = it_json (&r);
+    cr_assert (strstr (it_str (reply, "error"), "Request headers too large"), "%s", r.body);
+    json_decref (reply);
+    it_response_free (&r);
+    free (padded);
 
     //  A body over MAX_BODY_BYTES: 413, on any route.
     size_t size = 70000;
