@@ -526,6 +526,21 @@ s_origin_outcome (s_run_t *run, const agent_origins_ticket_t *ticket,
         agent_origins_release (origins, ticket);
 }
 
+//  Has the flow an llmInstruction step (so a run may call the provider)?
+static bool
+s_asks_llm (const json_t *steps)
+{
+    size_t i;
+    const json_t *step;
+    json_array_foreach (steps, i, step)
+    {
+        const char *type = json_string_value (json_object_get (step, "type"));
+        if (type && !strcmp (type, "llmInstruction"))
+            return true;
+    }
+    return false;
+}
+
 //  Make the step's call through its origin's circuit; true when it answered
 //  2xx (response filled), else the step failed (run->fail set). A step
 //  whose fields already failed calls nothing. While the origin's circuit
@@ -825,13 +840,14 @@ s_flow_run (cm_call_t *call, void *arg)
         return;
     }
     //  The agent circuit guards the LLM provider, the upstream flows share:
-    //  while it is failing, runs are refused here, before they take a queue
-    //  slot behind it (flows without an llmInstruction step too, for now:
-    //  docs/breaker.md).
-    cm_breaker_permit_t permit;
+    //  while it is failing, runs of flows that ask it are refused here, at
+    //  once. A flow without an llmInstruction step never calls it, so it
+    //  neither waits on it nor tells it anything (docs/breaker.md).
+    bool asks_llm = s_asks_llm (json_object_get (flow, "steps"));
+    cm_breaker_permit_t permit = {0};
     int64_t retry_ms = 0;
-    if (cm_breaker_acquire (self->breaker, cm_clock_mono_ms (), &permit, &retry_ms) ==
-        CM_BREAKER_REJECTED) {
+    if (asks_llm && cm_breaker_acquire (self->breaker, cm_clock_mono_ms (), &permit,
+                                        &retry_ms) == CM_BREAKER_REJECTED) {
         int64_t seconds = cm_call_retry_after (call, retry_ms);
         char message[256];
         snprintf (message, sizeof message,
@@ -864,11 +880,11 @@ s_flow_run (cm_call_t *call, void *arg)
     //  reached it (no llmInstruction step, or a step before it failed) says
     //  nothing about it: counted as a success it would reset the provider's
     //  run of failures, or close the circuit as a probe that never probed.
-    if (run.fail == S_FAIL_LLM)
+    if (asks_llm && run.fail == S_FAIL_LLM)
         cm_breaker_failure (self->breaker, permit, cm_clock_mono_ms ());
-    else if (run.llm_answered)
+    else if (asks_llm && run.llm_answered)
         cm_breaker_success (self->breaker, permit, cm_clock_mono_ms ());
-    else
+    else if (asks_llm)
         cm_breaker_release (self->breaker, permit);
     cm_info ("%s: flow %s ran in %lld ms: %s%s", cm_call_request_id (call), uuid,
              (long long) (cm_clock_mono_ms () - started),

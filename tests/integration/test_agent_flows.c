@@ -735,6 +735,11 @@ Test (agent_flows, llm_failures_open_the_agent_circuit, .timeout = 180)
     }
     cr_assert_eq (ah_server_hits (provider, "/status/500/chat/completions"), calls,
                   "a refused run reached the provider");
+    //  A flow that never asks the LLM runs on while its circuit is open.
+    json_t *reply = s_run (other, NULL, &status);
+    cr_assert_eq (status, 200, "an apiCall-only flow was refused: %ld", status);
+    cr_assert (json_is_true (json_object_get (reply, "success")));
+    json_decref (reply);
     s_stop ();
     ah_server_stop (&provider);
 }
