@@ -8,10 +8,11 @@
 
 //  Settings of the README's table that compose must not pass to every
 //  container: where a local run keeps things, how many local replicas, an
-//  id that must differ per replica, and a CPU plan that numbers replicas
-//  per supervisor (docs/deploy.md).
+//  id that must differ per replica, and a CPU plan and replica number that
+//  each supervisor sets for its own replicas (docs/deploy.md).
 static const char *s_not_in_compose[] = {
-    "RUN_DIR", "BIN_DIR", "CHAT_REPLICAS", "INSTANCE_ID", "CHAT_CPU_AFFINITY", NULL};
+    "RUN_DIR",           "BIN_DIR", "CHAT_REPLICAS", "INSTANCE_ID", "INSTANCE_INDEX",
+    "CHAT_CPU_AFFINITY", NULL};
 
 //  A file of the source tree, whole (a new string).
 static char *
