@@ -1,6 +1,8 @@
 /*  main.c: the supervisor program: runs the suite named by a config file in
-    the foreground. Arguments, settings, the environment handed on, then the
-    supervisor's loop until SIGINT/SIGTERM. */
+    the foreground. Arguments; then every check (the settings, the
+    environment handed on, the suite file and its commands), which exits 2
+    on a mistake before anything is made; then RUN_DIR and the admin key;
+    then the supervisor's loop until SIGINT/SIGTERM. */
 #include "cm_common.h"
 #include "cm_config.h"
 #include "cm_log.h"
@@ -15,10 +17,16 @@ static const char *s_summary =
     "deploy/local/suite.conf for its format), restarts a child that dies with\n"
     "capped exponential back-off and jitter, gives a child up after too many\n"
     "crashes, and on SIGINT/SIGTERM stops every child (SIGKILL after the grace\n"
-    "period) and exits 0. A child that exits with status 2 (a bad setting, in\n"
-    "our programs) at its first start stops the suite: the supervisor exits 2.\n"
-    "Every child inherits this environment, plus its\n"
+    "period) and exits 0. Every child inherits this environment, plus its\n"
     "program's env entries, INSTANCE_INDEX and SUPERVISED=1.\n"
+    "\n"
+    "Start-up checks the settings below, the suite file and every program's\n"
+    "command (an executable file, or a name found in PATH) before it creates\n"
+    "RUN_DIR, keeps or prints an admin key, or starts anything; a bad setting\n"
+    "or an error in the suite file is named and stops it with exit status 2.\n"
+    "A child that exits with status 2 (a bad setting, in our programs) at its\n"
+    "first start stops the suite: the supervisor exits 2. Other failures of\n"
+    "the run (the hub cannot bind, every instance given up) exit 1.\n"
     "\n"
     "Metrics (SUPERVISOR_METRICS_ROLE): as the hub (default) it binds\n"
     "SUPERVISOR_ENDPOINT, where every instance reports and the gateway asks for\n"
@@ -102,28 +110,38 @@ main (int argc, char **argv)
     sup_conf_t *conf = NULL;
     sup_supervisor_t *supervisor = NULL;
     sup_metrics_t *metrics = NULL;
-    rc = 1;
-    //  With no program there is no child to hand an admin key to.
+    //  Until everything is checked a failure is a bad setting or suite
+    //  file: exit 2, like our other programs, and nothing made on disk.
+    rc = 2;
     if (sup_env_load (&settings, err, sizeof err) ||
-        sup_env_prepare (&settings, err, sizeof err) ||
-        (!hub_only && sup_env_admin_key (&settings, stdout, err, sizeof err))) {
+        sup_env_export (&settings, err, sizeof err)) {
         cm_error ("%s", err);
         goto done;
     }
+    cm_log_set_level ((cm_log_level_t) cm_log_level_parse (settings.log_level));
     if (hub_only && strcmp (settings.metrics_role, "hub")) {
         cm_error ("--hub-only serves the metrics hub: SUPERVISOR_METRICS_ROLE must be "
                   "hub, not '%s'",
                   settings.metrics_role);
         goto done;
     }
-    cm_log_set_level ((cm_log_level_t) cm_log_level_parse (settings.log_level));
-    cm_info ("RUN_DIR=%s BIN_DIR=%s REDIS_URL=%s", settings.run_dir, settings.bin_dir,
-             settings.redis_url);
-    conf = hub_only ? sup_conf_new () : sup_conf_load (config, err, sizeof err);
-    if (!conf) {
+    //  The key comes before the suite file, which may expand
+    //  ${ADMIN_API_KEY}; with no program there is no child to hand one to.
+    if (hub_only)
+        conf = sup_conf_new ();
+    else if (sup_env_admin_key (&settings, err, sizeof err) ||
+             !(conf = sup_conf_load (config, err, sizeof err)) ||
+             sup_conf_check (conf, err, sizeof err)) {
         cm_error ("%s", err);
         goto done;
     }
+    if (sup_env_prepare (&settings, stdout, err, sizeof err)) {
+        cm_error ("%s", err);
+        goto done;
+    }
+    cm_info ("RUN_DIR=%s BIN_DIR=%s REDIS_URL=%s", settings.run_dir, settings.bin_dir,
+             settings.redis_url);
+    rc = 1;
     supervisor = sup_supervisor_new (&conf, &settings);
     if (!supervisor)
         goto done;

@@ -8,9 +8,12 @@
 #include "cm_config.h"
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 struct sup_program_s {
     char *name;       //  NAME of [program:NAME]
@@ -21,12 +24,15 @@ struct sup_program_s {
     int64_t replicas; //  instances to run
     int stop_signal;  //  first signal sent when stopping
     int line;         //  line of the section header
+    int command_line; //  line of the command key
+    char *argv0_from; //  variables argv[0] came from ("" when none)
     unsigned seen;    //  bit per s_keys row already given
 };
 
 struct sup_conf_s {
     sup_program_t **programs; //  in file order
     size_t size;              //  entries in programs
+    char *origin;             //  file name for messages (NULL: no file)
 };
 
 //  A growing string.
@@ -44,6 +50,9 @@ typedef struct {
     size_t errlen;          //  its size
     sup_conf_t *conf;       //  what is being built
     sup_program_t *program; //  current section, NULL before the first
+    char **from;            //  per word of the value: its variables (s_split)
+    size_t count;           //  words in the value
+    char note[256];         //  " (from VAR)" for a message (s_from)
 } s_parser_t;
 
 typedef int (s_key_fn) (s_parser_t *parser, sup_program_t *program, char ***words_p,
@@ -82,10 +91,17 @@ static sup_program_t *s_program_new (const char *name, int line);
 static void s_program_destroy (sup_program_t **self_p);
 static int s_parse_line (s_parser_t *parser, char *line);
 static int s_finish_program (s_parser_t *parser);
-static int s_split (const char *text, char ***words_p, size_t *count_p, char *err,
-                    size_t errlen);
-static int s_expand_text (const char *text, s_buf_t *out, char *err, size_t errlen);
-static int s_expand_dollar (const char **p, s_buf_t *out, char *err, size_t errlen);
+static int s_split (const char *text, char ***words_p, char ***from_p, size_t *count_p,
+                    char *err, size_t errlen);
+static int s_expand_text (const char *text, s_buf_t *out, s_buf_t *from, char *err,
+                          size_t errlen);
+static int s_expand_dollar (const char **p, s_buf_t *out, s_buf_t *from, char *err,
+                            size_t errlen);
+static void s_from_add (s_buf_t *from, const char *var);
+static void s_from_merge (s_buf_t *from, const char *list);
+static const char *s_from (s_parser_t *parser, size_t index);
+static bool s_runnable (const char *command, char *why, size_t whylen);
+static bool s_executable (const char *path, char *why, size_t whylen);
 static void s_words_free (char ***words_p);
 static int s_fail (s_parser_t *parser, const char *fmt, ...)
     __attribute__ ((format (printf, 2, 3)));
@@ -133,7 +149,8 @@ sup_conf_parse (const char *text, const char *origin, char *err, size_t errlen)
 {
     assert (text && origin && err);
     sup_conf_t *self = cm_calloc (1, sizeof *self);
-    s_parser_t parser = {origin, 0, err, errlen, self, NULL};
+    self->origin = cm_strdup (origin);
+    s_parser_t parser = {.origin = origin, .err = err, .errlen = errlen, .conf = self};
     const char *p = text;
     int lineno = 0;
     s_buf_t logical = {0};
@@ -189,6 +206,7 @@ sup_conf_destroy (sup_conf_t **self_p)
         for (size_t i = 0; i < self->size; i++)
             s_program_destroy (&self->programs[i]);
         free (self->programs);
+        free (self->origin);
         free (self);
         *self_p = NULL;
     }
@@ -218,12 +236,31 @@ sup_conf_lookup (sup_conf_t *self, const char *name)
     return NULL;
 }
 
+int
+sup_conf_check (sup_conf_t *self, char *err, size_t errlen)
+{
+    assert (self && err);
+    for (size_t i = 0; i < self->size; i++) {
+        const sup_program_t *program = self->programs[i];
+        char why[PATH_MAX + 128];
+        //  A program left out (replicas = 0) may name what is not installed.
+        if (program->replicas == 0 || s_runnable (program->argv[0], why, sizeof why))
+            continue;
+        const char *from = program->argv0_from;
+        snprintf (err, errlen, "%s:%d: [program:%s] cannot run command '%s': %s%s%s%s",
+                  self->origin, program->command_line, program->name, program->argv[0],
+                  why, *from ? " (from " : "", from, *from ? ")" : "");
+        return -1;
+    }
+    return 0;
+}
+
 char *
 sup_conf_expand (const char *text, char *err, size_t errlen)
 {
     assert (text && err);
     s_buf_t out = {0};
-    if (s_expand_text (text, &out, err, errlen)) {
+    if (s_expand_text (text, &out, NULL, err, errlen)) {
         free (out.data);
         return NULL;
     }
@@ -300,6 +337,7 @@ s_program_destroy (sup_program_t **self_p)
     sup_program_t *self = *self_p;
     if (self) {
         free (self->name);
+        free (self->argv0_from);
         s_words_free (&self->argv);
         s_words_free (&self->env);
         free (self);
@@ -357,13 +395,17 @@ s_parse_line (s_parser_t *parser, char *line)
     parser->program->seen |= 1u << row;
     if (!*value)
         return s_fail (parser, "%s: empty value", key);
-    char **words = NULL;
+    char **words = NULL, **from = NULL;
     size_t count = 0;
     char why[512];
-    if (s_split (value, &words, &count, why, sizeof why))
+    if (s_split (value, &words, &from, &count, why, sizeof why))
         return s_fail (parser, "%s: %s", key, why);
+    parser->from = from;
+    parser->count = count;
     int rc = s_keys[row].fn (parser, parser->program, &words, count);
+    parser->from = NULL;
     s_words_free (&words);
+    s_words_free (&from);
     return rc;
 }
 
@@ -395,6 +437,8 @@ s_key_command (s_parser_t *parser, sup_program_t *program, char ***words_p, size
         return s_fail (parser, "command: nothing to run");
     program->argv = *words_p;
     program->argc = count;
+    program->command_line = parser->line;
+    program->argv0_from = cm_strdup (parser->from[0]);
     *words_p = NULL;
     return 0;
 }
@@ -405,8 +449,9 @@ s_key_replicas (s_parser_t *parser, sup_program_t *program, char ***words_p, siz
     char **words = *words_p;
     if (count != 1 ||
         cm_config_parse_int (words[0], 0, SUP_CONF_REPLICAS_MAX, &program->replicas))
-        return s_fail (parser, "replicas: '%s' is not a whole number from 0 to %d",
-                       count ? words[0] : "", SUP_CONF_REPLICAS_MAX);
+        return s_fail (parser, "replicas: '%s' is not a whole number from 0 to %d%s",
+                       count ? words[0] : "", SUP_CONF_REPLICAS_MAX,
+                       s_from (parser, count == 1 ? 0 : count));
     return 0;
 }
 
@@ -415,11 +460,13 @@ s_key_env (s_parser_t *parser, sup_program_t *program, char ***words_p, size_t c
 {
     char **words = *words_p;
     if (count != 1)
-        return s_fail (parser, "env: expected one KEY=VALUE (quote a value with spaces)");
+        return s_fail (parser,
+                       "env: expected one KEY=VALUE (quote a value with spaces)%s",
+                       s_from (parser, count));
     const char *equals = strchr (words[0], '=');
     if (!equals || !s_valid_var (words[0], (size_t) (equals - words[0])))
-        return s_fail (parser, "env: '%s' is not KEY=VALUE with KEY a variable name",
-                       words[0]);
+        return s_fail (parser, "env: '%s' is not KEY=VALUE with KEY a variable name%s",
+                       words[0], s_from (parser, 0));
     program->env =
         cm_realloc (program->env, (program->env_size + 2) * sizeof *program->env);
     program->env[program->env_size++] = cm_strdup (words[0]);
@@ -442,15 +489,21 @@ s_key_stop_signal (s_parser_t *parser, sup_program_t *program, char ***words_p,
         }
     return s_fail (parser,
                    "stop_signal: '%s' is not one of TERM, INT, QUIT, HUP, KILL, USR1, "
-                   "USR2",
-                   count ? words[0] : "");
+                   "USR2%s",
+                   count ? words[0] : "", s_from (parser, count == 1 ? 0 : count));
 }
 
 //  Split text into words as a shell would, expanding ${...} as it goes.
+//  from_p receives count + 1 strings, NULL-terminated: for each word the
+//  variables it came from ("A, B", or "" for none), then those of the whole
+//  value, words that expanded to nothing included.
 static int
-s_split (const char *text, char ***words_p, size_t *count_p, char *err, size_t errlen)
+s_split (const char *text, char ***words_p, char ***from_p, size_t *count_p, char *err,
+         size_t errlen)
 {
     char **words = cm_calloc (1, sizeof *words);
+    char **from = cm_calloc (1, sizeof *from);
+    s_buf_t all = {0};
     size_t count = 0;
     const char *p = text;
     while (true) {
@@ -458,7 +511,7 @@ s_split (const char *text, char ***words_p, size_t *count_p, char *err, size_t e
             p++;
         if (!*p)
             break;
-        s_buf_t word = {0};
+        s_buf_t word = {0}, vars = {0};
         bool quoted = false;
         int rc = 0;
         while (*p && !isspace ((unsigned char) *p) && rc == 0) {
@@ -480,7 +533,7 @@ s_split (const char *text, char ***words_p, size_t *count_p, char *err, size_t e
                         s_buf_putc (&word, p[1]);
                         p += 2;
                     } else if (*p == '$')
-                        rc = s_expand_dollar (&p, &word, err, errlen);
+                        rc = s_expand_dollar (&p, &word, &vars, err, errlen);
                     else
                         s_buf_putc (&word, *p++);
                 }
@@ -495,44 +548,59 @@ s_split (const char *text, char ***words_p, size_t *count_p, char *err, size_t e
                 quoted = true;
                 p += 2;
             } else if (*p == '$')
-                rc = s_expand_dollar (&p, &word, err, errlen);
+                rc = s_expand_dollar (&p, &word, &vars, err, errlen);
             else
                 s_buf_putc (&word, *p++);
         }
         if (rc) {
             free (word.data);
+            free (vars.data);
+            free (all.data);
             s_words_free (&words);
+            s_words_free (&from);
             return -1;
         }
+        char *names = s_buf_take (&vars);
+        s_from_merge (&all, names);
         //  Like a shell, an unquoted word that expanded to nothing is no word.
         if (word.len || quoted) {
             words = cm_realloc (words, (count + 2) * sizeof *words);
-            words[count++] = s_buf_take (&word);
+            from = cm_realloc (from, (count + 2) * sizeof *from);
+            words[count] = s_buf_take (&word);
+            from[count] = names;
+            from[++count] = NULL;
             words[count] = NULL;
-        } else
+        } else {
             free (word.data);
+            free (names);
+        }
     }
+    from = cm_realloc (from, (count + 2) * sizeof *from);
+    from[count] = s_buf_take (&all);
+    from[count + 1] = NULL;
     *words_p = words;
+    *from_p = from;
     *count_p = count;
     return 0;
 }
 
 static int
-s_expand_text (const char *text, s_buf_t *out, char *err, size_t errlen)
+s_expand_text (const char *text, s_buf_t *out, s_buf_t *from, char *err, size_t errlen)
 {
     const char *p = text;
     while (*p)
         if (*p == '$') {
-            if (s_expand_dollar (&p, out, err, errlen))
+            if (s_expand_dollar (&p, out, from, err, errlen))
                 return -1;
         } else
             s_buf_putc (out, *p++);
     return 0;
 }
 
-//  Expand the $$ or ${...} at *p into out and move *p past it.
+//  Expand the $$ or ${...} at *p into out and move *p past it; add the
+//  variables whose values were used to from (when not NULL).
 static int
-s_expand_dollar (const char **p, s_buf_t *out, char *err, size_t errlen)
+s_expand_dollar (const char **p, s_buf_t *out, s_buf_t *from, char *err, size_t errlen)
 {
     const char *s = *p;
     assert (*s == '$');
@@ -559,9 +627,10 @@ s_expand_dollar (const char **p, s_buf_t *out, char *err, size_t errlen)
     const char *value = getenv (var);
     int rc = 0;
     if (*q == '}') {
-        if (value)
+        if (value) {
             s_buf_put (out, value, strlen (value));
-        else {
+            s_from_add (from, var);
+        } else {
             snprintf (err, errlen,
                       "undefined variable ${%s} (set it in the environment, or write "
                       "${%s:-default})",
@@ -588,17 +657,125 @@ s_expand_dollar (const char **p, s_buf_t *out, char *err, size_t errlen)
         if (!*end) {
             snprintf (err, errlen, "unterminated ${%s:-...}", var);
             rc = -1;
-        } else if (value && *value)
+        } else if (value && *value) {
             s_buf_put (out, value, strlen (value));
-        else {
+            s_from_add (from, var);
+        } else {
             char *def = cm_strndup (d, (size_t) (end - d));
-            rc = s_expand_text (def, out, err, errlen);
+            rc = s_expand_text (def, out, from, err, errlen);
             free (def);
         }
         *p = *end ? end + 1 : end;
     }
     free (var);
     return rc;
+}
+
+//  Add var to the list "A, B" in from (NULL: nobody asked), once.
+static void
+s_from_add (s_buf_t *from, const char *var)
+{
+    if (!from)
+        return;
+    size_t len = strlen (var);
+    for (const char *p = from->data; p && *p;) {
+        size_t n = strcspn (p, ",");
+        if (n == len && !strncmp (p, var, len))
+            return;
+        p += n;
+        p += strspn (p, ", ");
+    }
+    if (from->len)
+        s_buf_put (from, ", ", 2);
+    s_buf_put (from, var, len);
+}
+
+//  Add each name of the list "A, B" to from.
+static void
+s_from_merge (s_buf_t *from, const char *list)
+{
+    for (const char *name = list; *name;) {
+        size_t n = strcspn (name, ",");
+        char *one = cm_strndup (name, n);
+        s_from_add (from, one);
+        free (one);
+        name += n;
+        name += strspn (name, ", ");
+    }
+}
+
+//  " (from A, B)" when word index of the value being handled (count: the
+//  whole value) came from variables, else ""; valid until the next call.
+static const char *
+s_from (s_parser_t *parser, size_t index)
+{
+    const char *vars = parser->from[index < parser->count ? index : parser->count];
+    if (*vars)
+        snprintf (parser->note, sizeof parser->note, " (from %s)", vars);
+    else
+        parser->note[0] = 0;
+    return parser->note;
+}
+
+//  command can be started as execvp would: a path with a '/', or a name
+//  found in PATH (confstr's default path when PATH is unset). Otherwise
+//  false with the reason in why.
+static bool
+s_runnable (const char *command, char *why, size_t whylen)
+{
+    if (!*command) {
+        snprintf (why, whylen, "it is empty");
+        return false;
+    }
+    if (strchr (command, '/'))
+        return s_executable (command, why, whylen);
+    const char *path = getenv ("PATH");
+    char fallback[256] = "/bin:/usr/bin";
+    if (!path) {
+        size_t n = confstr (_CS_PATH, fallback, sizeof fallback);
+        if (n == 0 || n > sizeof fallback)
+            snprintf (fallback, sizeof fallback, "/bin:/usr/bin");
+        path = fallback;
+    }
+    for (const char *dir = path;; dir++) {
+        size_t n = strcspn (dir, ":");
+        char candidate[PATH_MAX];
+        //  An empty entry is the working directory, as for execvp.
+        int len = snprintf (candidate, sizeof candidate, "%.*s%s%s", (int) n, dir,
+                            n ? "/" : "", command);
+        if (len > 0 && (size_t) len < sizeof candidate &&
+            s_executable (candidate, why, whylen))
+            return true;
+        dir += n;
+        if (!*dir)
+            break;
+    }
+    snprintf (why, whylen, "no executable '%s' in PATH (%s)", command, path);
+    return false;
+}
+
+//  path is an executable regular file; otherwise false with the reason.
+static bool
+s_executable (const char *path, char *why, size_t whylen)
+{
+    struct stat st;
+    if (stat (path, &st)) {
+        snprintf (why, whylen, "%s", strerror (errno));
+        return false;
+    }
+    if (S_ISDIR (st.st_mode)) {
+        snprintf (why, whylen, "it is a directory");
+        return false;
+    }
+    if (!S_ISREG (st.st_mode)) {
+        snprintf (why, whylen, "it is not a regular file");
+        return false;
+    }
+    if (access (path, X_OK)) {
+        snprintf (why, whylen, "it is not executable (%s)", strerror (errno));
+        return false;
+    }
+    return true;
 }
 
 static void

@@ -13,8 +13,10 @@
     Values are split into words like a shell does ('single' and "double"
     quotes, backslash escapes), and ${VAR} / ${VAR:-default} are expanded
     from the environment as the file is read; $$ is a literal $. A variable
-    that is not defined is an error that names it. A line ending in a
-    backslash continues on the next. Every error names file:line. */
+    that is not defined is an error that names it, and an error in a value
+    that came from variables names them too: "replicas: 'abc' is not a whole
+    number from 0 to 64 (from CHAT_REPLICAS)". A line ending in a backslash
+    continues on the next. Every error names file:line. */
 #ifndef SUP_CONF_H_INCLUDED
 #define SUP_CONF_H_INCLUDED
 
@@ -33,6 +35,12 @@ sup_conf_t *sup_conf_load (const char *path, char *err, size_t errlen);
 //  Parse text; origin names it in messages (a file name). As sup_conf_load.
 sup_conf_t *sup_conf_parse (const char *text, const char *origin, char *err,
                             size_t errlen);
+
+//  Check that every program that runs (replicas > 0) can be started: its
+//  command's first word is an executable file, given as a path (with a
+//  '/', from the working directory) or found in PATH as execvp would.
+//  Returns 0, or -1 with file:line, the program and the command in err.
+int sup_conf_check (sup_conf_t *self, char *err, size_t errlen);
 
 //  An empty suite, no program (a supervisor that only serves its metrics
 //  hub: `supervisor --hub-only`). A file must name at least one program.

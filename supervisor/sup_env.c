@@ -59,6 +59,8 @@ const cm_conf_entry_t sup_env_table[] = {
 };
 
 static int s_mkdir (const char *path, bool parents);
+static char *s_absolute (const char *path);
+static int s_keep_key (const char *key, const char *path);
 
 int
 sup_env_load (sup_settings_t *settings, char *err, size_t errlen)
@@ -116,7 +118,7 @@ sup_env_redis_url (const char *url, char *host, size_t hostlen, int64_t *port)
 }
 
 int
-sup_env_prepare (sup_settings_t *settings, char *err, size_t errlen)
+sup_env_export (sup_settings_t *settings, char *err, size_t errlen)
 {
     assert (settings && settings->redis_url && settings->run_dir && err);
     char host[256];
@@ -127,42 +129,33 @@ sup_env_prepare (sup_settings_t *settings, char *err, size_t errlen)
                   settings->redis_url);
         return -1;
     }
-    char port_text[16];
-    snprintf (port_text, sizeof port_text, "%lld", (long long) port);
-    setenv ("REDIS_URL", settings->redis_url, 1);
-    setenv ("REDIS_HOST", host, 1);
-    setenv ("REDIS_PORT", port_text, 1);
-
-    if (s_mkdir (settings->run_dir, true)) {
-        snprintf (err, errlen, "RUN_DIR: cannot create '%s': %s", settings->run_dir,
-                  strerror (errno));
-        return -1;
-    }
-    char *run_dir = realpath (settings->run_dir, NULL);
+    //  RUN_DIR is created only once everything is checked: made absolute
+    //  here without being resolved, it names the same directory either way.
+    char *run_dir = s_absolute (settings->run_dir);
     if (!run_dir) {
-        snprintf (err, errlen, "RUN_DIR: '%s': %s", settings->run_dir, strerror (errno));
+        snprintf (err, errlen, "RUN_DIR: cannot make '%s' absolute: %s",
+                  settings->run_dir, strerror (errno));
         return -1;
     }
-    free (settings->run_dir);
-    settings->run_dir = run_dir;
-    static const char *subdirs[] = {"log", "redis"};
-    for (size_t i = 0; i < sizeof subdirs / sizeof subdirs[0]; i++) {
-        char path[PATH_MAX];
-        snprintf (path, sizeof path, "%s/%s", run_dir, subdirs[i]);
-        if (s_mkdir (path, false)) {
-            snprintf (err, errlen, "RUN_DIR: cannot create '%s': %s", path,
-                      strerror (errno));
-            return -1;
-        }
+    struct stat st;
+    if (stat (run_dir, &st) == 0 && !S_ISDIR (st.st_mode)) {
+        snprintf (err, errlen, "RUN_DIR: '%s' is not a directory", settings->run_dir);
+        free (run_dir);
+        return -1;
     }
-    setenv ("RUN_DIR", run_dir, 1);
-
     char *bin_dir;
     if (settings->bin_dir) {
         bin_dir = realpath (settings->bin_dir, NULL);
         if (!bin_dir) {
             snprintf (err, errlen, "BIN_DIR: '%s': %s", settings->bin_dir,
                       strerror (errno));
+            free (run_dir);
+            return -1;
+        }
+        if (stat (bin_dir, &st) || !S_ISDIR (st.st_mode)) {
+            snprintf (err, errlen, "BIN_DIR: '%s' is not a directory", settings->bin_dir);
+            free (run_dir);
+            free (bin_dir);
             return -1;
         }
     } else {
@@ -171,6 +164,7 @@ sup_env_prepare (sup_settings_t *settings, char *err, size_t errlen)
         if (n <= 0) {
             snprintf (err, errlen, "BIN_DIR: unset, and /proc/self/exe is unreadable: %s",
                       strerror (errno));
+            free (run_dir);
             return -1;
         }
         exe[n] = 0;
@@ -179,6 +173,14 @@ sup_env_prepare (sup_settings_t *settings, char *err, size_t errlen)
             *slash = 0;
         bin_dir = cm_strdup (slash && *exe ? exe : "/");
     }
+    char port_text[16];
+    snprintf (port_text, sizeof port_text, "%lld", (long long) port);
+    setenv ("REDIS_URL", settings->redis_url, 1);
+    setenv ("REDIS_HOST", host, 1);
+    setenv ("REDIS_PORT", port_text, 1);
+    free (settings->run_dir);
+    settings->run_dir = run_dir;
+    setenv ("RUN_DIR", run_dir, 1);
     free (settings->bin_dir);
     settings->bin_dir = bin_dir;
     setenv ("BIN_DIR", bin_dir, 1);
@@ -186,15 +188,16 @@ sup_env_prepare (sup_settings_t *settings, char *err, size_t errlen)
 }
 
 int
-sup_env_admin_key (sup_settings_t *settings, FILE *out, char *err, size_t errlen)
+sup_env_admin_key (sup_settings_t *settings, char *err, size_t errlen)
 {
-    assert (settings && settings->run_dir && out && err);
-    if (settings->admin_api_key)
+    assert (settings && settings->run_dir && err);
+    if (settings->admin_api_key) {
+        settings->admin_key_source = SUP_ENV_KEY_GIVEN;
         return 0;
+    }
     char path[PATH_MAX];
     snprintf (path, sizeof path, "%s/%s", settings->run_dir, SUP_ENV_ADMIN_KEY_FILE);
     char key[1024];
-    const char *how;
     int fd = open (path, O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
         ssize_t n = read (fd, key, sizeof key - 1);
@@ -223,8 +226,10 @@ sup_env_admin_key (sup_settings_t *settings, FILE *out, char *err, size_t errlen
         }
         if (exposed)
             cm_warn ("%s can be read by other users: chmod 600 it", path);
-        how = "read from";
+        settings->admin_key_source = SUP_ENV_KEY_READ;
     } else if (errno == ENOENT) {
+        //  No file yet (perhaps no RUN_DIR yet): the key lives in memory
+        //  until sup_env_prepare keeps it, so a refused start leaves none.
         if (sodium_init () < 0) {
             snprintf (err, errlen, "ADMIN_API_KEY: libsodium failed to initialise");
             return -1;
@@ -233,27 +238,7 @@ sup_env_admin_key (sup_settings_t *settings, FILE *out, char *err, size_t errlen
         randombytes_buf (raw, sizeof raw);
         sodium_bin2hex (key, sizeof key, raw, sizeof raw);
         sodium_memzero (raw, sizeof raw);
-        fd = open (path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd < 0) {
-            snprintf (err, errlen, "ADMIN_API_KEY: cannot create %s: %s", path,
-                      strerror (errno));
-            return -1;
-        }
-        size_t len = strlen (key);
-        key[len] = '\n';
-        bool written =
-            fchmod (fd, 0600) == 0 && write (fd, key, len + 1) == (ssize_t) len + 1;
-        key[len] = 0;
-        int saved = errno;
-        if (close (fd))
-            written = false;
-        if (!written) {
-            unlink (path);
-            snprintf (err, errlen, "ADMIN_API_KEY: cannot write %s: %s", path,
-                      strerror (saved));
-            return -1;
-        }
-        how = "generated into";
+        settings->admin_key_source = SUP_ENV_KEY_GENERATED;
     } else {
         snprintf (err, errlen, "ADMIN_API_KEY: cannot read %s: %s", path,
                   strerror (errno));
@@ -261,10 +246,44 @@ sup_env_admin_key (sup_settings_t *settings, FILE *out, char *err, size_t errlen
     }
     setenv ("ADMIN_API_KEY", key, 1);
     settings->admin_api_key = cm_strdup (key);
-    fprintf (out, "ADMIN_API_KEY=%s\n", key);
+    sodium_memzero (key, sizeof key);
+    return 0;
+}
+
+int
+sup_env_prepare (sup_settings_t *settings, FILE *out, char *err, size_t errlen)
+{
+    assert (settings && settings->run_dir && out && err);
+    const char *run_dir = settings->run_dir;
+    if (s_mkdir (run_dir, true)) {
+        snprintf (err, errlen, "RUN_DIR: cannot create '%s': %s", run_dir,
+                  strerror (errno));
+        return -1;
+    }
+    static const char *subdirs[] = {"log", "redis"};
+    for (size_t i = 0; i < sizeof subdirs / sizeof subdirs[0]; i++) {
+        char path[PATH_MAX];
+        snprintf (path, sizeof path, "%s/%s", run_dir, subdirs[i]);
+        if (s_mkdir (path, false)) {
+            snprintf (err, errlen, "RUN_DIR: cannot create '%s': %s", path,
+                      strerror (errno));
+            return -1;
+        }
+    }
+    sup_env_key_source_t source = settings->admin_key_source;
+    if (source != SUP_ENV_KEY_READ && source != SUP_ENV_KEY_GENERATED)
+        return 0;
+    char path[PATH_MAX];
+    snprintf (path, sizeof path, "%s/%s", run_dir, SUP_ENV_ADMIN_KEY_FILE);
+    if (source == SUP_ENV_KEY_GENERATED && s_keep_key (settings->admin_api_key, path)) {
+        snprintf (err, errlen, "ADMIN_API_KEY: cannot keep the key in %s: %s", path,
+                  strerror (errno));
+        return -1;
+    }
+    fprintf (out, "ADMIN_API_KEY=%s\n", settings->admin_api_key);
     fflush (out);
-    cm_info ("ADMIN_API_KEY was unset: %s %s; every child of this run gets it", how,
-             path);
+    cm_info ("ADMIN_API_KEY was unset: %s %s; every child of this run gets it",
+             source == SUP_ENV_KEY_READ ? "read from" : "generated into", path);
     return 0;
 }
 
@@ -297,4 +316,67 @@ s_mkdir (const char *path, bool parents)
     }
     free (copy);
     return rc;
+}
+
+//  path made absolute against the working directory, without resolving
+//  symbolic links or '..' (the kernel does that the same way later): '.'
+//  and empty components go. A new string, or NULL when there is no working
+//  directory.
+static char *
+s_absolute (const char *path)
+{
+    char *joined;
+    if (*path == '/')
+        joined = cm_strdup (path);
+    else {
+        char *cwd = getcwd (NULL, 0);
+        if (!cwd)
+            return NULL;
+        joined = cm_malloc (strlen (cwd) + strlen (path) + 2);
+        sprintf (joined, "%s/%s", cwd, path);
+        free (cwd);
+    }
+    char *result = cm_malloc (strlen (joined) + 2);
+    size_t len = 0;
+    for (char *p = joined; *p;) {
+        size_t n = strcspn (p, "/");
+        if (n > 0 && !(n == 1 && *p == '.')) {
+            result[len++] = '/';
+            memcpy (result + len, p, n);
+            len += n;
+        }
+        p += n;
+        while (*p == '/')
+            p++;
+    }
+    if (len == 0)
+        result[len++] = '/';
+    result[len] = 0;
+    free (joined);
+    return result;
+}
+
+//  Write a new key file, mode 0600, never over an existing one. Returns 0,
+//  or -1 with errno set (and no file left behind).
+static int
+s_keep_key (const char *key, const char *path)
+{
+    int fd = open (path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -1;
+    size_t len = strlen (key);
+    errno = 0;
+    bool written = fchmod (fd, 0600) == 0 && write (fd, key, len) == (ssize_t) len &&
+                   write (fd, "\n", 1) == 1;
+    int saved = errno;
+    if (close (fd) && written) {
+        written = false;
+        saved = errno;
+    }
+    if (!written) {
+        unlink (path);
+        errno = saved ? saved : EIO;
+        return -1;
+    }
+    return 0;
 }

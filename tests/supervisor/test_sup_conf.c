@@ -1,7 +1,10 @@
 /*  test_sup_conf.c: the suite file: sections, keys, quoting, ${VAR}
-    expansion, and errors that name file:line or the variable. */
+    expansion, errors that name file:line and the variables a bad value came
+    from, and the check that every command can be run. */
 #include <criterion/criterion.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include "sup_conf.h"
 
 static char s_err[1024];
@@ -254,4 +257,134 @@ Test (sup_conf, missing_file_is_named)
 {
     cr_assert_null (sup_conf_load ("/nonexistent/suite.conf", s_err, sizeof s_err));
     cr_assert (strstr (s_err, "/nonexistent/suite.conf"), "%s", s_err);
+}
+
+Test (sup_conf, a_bad_value_names_the_variables_it_came_from)
+{
+    setenv ("SUP_TEST_REPLICAS", "abc", 1);
+    setenv ("SUP_TEST_SIGNAL", "STOP", 1);
+    setenv ("SUP_TEST_ENV", "NOEQUALS", 1);
+    setenv ("SUP_TEST_EMPTY", "", 1);
+    setenv ("SUP_TEST_TWO", "1 2", 1);
+    unsetenv ("SUP_TEST_UNSET");
+    s_refused ("[program:a]\ncommand = true\nreplicas = ${SUP_TEST_REPLICAS}\n",
+               "test.conf:3: replicas: 'abc' is not a whole number from 0 to 64 "
+               "(from SUP_TEST_REPLICAS)",
+               NULL);
+    //  Through a default, and with the default's own variables.
+    s_refused ("[program:a]\ncommand = true\n"
+               "replicas = ${SUP_TEST_UNSET:-${SUP_TEST_REPLICAS}}\n",
+               "(from SUP_TEST_REPLICAS)", NULL);
+    s_refused ("[program:a]\ncommand = true\nreplicas = x${SUP_TEST_REPLICAS}"
+               "${SUP_TEST_EMPTY}${SUP_TEST_REPLICAS}\n",
+               "(from SUP_TEST_REPLICAS, SUP_TEST_EMPTY)", NULL);
+    //  A value that expanded to nothing, or to text with a space (one word).
+    s_refused ("[program:a]\ncommand = true\nreplicas = ${SUP_TEST_EMPTY}\n",
+               "replicas: '' is not", "(from SUP_TEST_EMPTY)");
+    s_refused ("[program:a]\ncommand = true\nreplicas = ${SUP_TEST_TWO}\n",
+               "replicas: '1 2' is not", "(from SUP_TEST_TWO)");
+    s_refused ("[program:a]\ncommand = true\nstop_signal = ${SUP_TEST_SIGNAL}\n",
+               "test.conf:3: stop_signal: 'STOP'", "(from SUP_TEST_SIGNAL)");
+    s_refused ("[program:a]\ncommand = true\nenv = ${SUP_TEST_ENV}\n",
+               "test.conf:3: env: 'NOEQUALS'", "(from SUP_TEST_ENV)");
+    s_refused ("[program:a]\ncommand = true\nenv = ${SUP_TEST_ENV} B=${SUP_TEST_TWO}\n",
+               "expected one KEY=VALUE", "(from SUP_TEST_ENV, SUP_TEST_TWO)");
+    //  A literal mistake, or a default's, names no variable.
+    sup_conf_t *conf = s_parse ("[program:a]\ncommand = true\nreplicas = abc\n");
+    cr_assert_null (conf);
+    cr_assert_null (strstr (s_err, "(from"), "%s", s_err);
+    conf = s_parse ("[program:a]\ncommand = true\nreplicas = ${SUP_TEST_UNSET:-x}\n");
+    cr_assert_null (conf);
+    cr_assert_null (strstr (s_err, "(from"), "%s", s_err);
+}
+
+Test (sup_conf, the_shipped_suite_names_chat_replicas)
+{
+    const char *source = getenv ("LLMRT_SOURCE_DIR");
+    cr_assert_not_null (source, "LLMRT_SOURCE_DIR is set by ctest");
+    char path[4096];
+    snprintf (path, sizeof path, "%s/deploy/local/suite.conf", source);
+    setenv ("REDIS_HOST", "127.0.0.1", 1);
+    setenv ("REDIS_PORT", "6399", 1);
+    setenv ("RUN_DIR", "/tmp/run", 1);
+    setenv ("BIN_DIR", "/tmp/bin", 1);
+    setenv ("CHAT_REPLICAS", "abc", 1);
+    cr_assert_null (sup_conf_load (path, s_err, sizeof s_err));
+    cr_assert (strstr (s_err, "replicas: 'abc' is not a whole number from 0 to 64 "
+                              "(from CHAT_REPLICAS)"),
+               "%s", s_err);
+    unsetenv ("CHAT_REPLICAS");
+}
+
+//  Parse text, which must succeed, then check its commands: 0 or -1.
+static int
+s_check (const char *text)
+{
+    sup_conf_t *conf = s_parse (text);
+    cr_assert_not_null (conf, "%s", s_err);
+    int rc = sup_conf_check (conf, s_err, sizeof s_err);
+    sup_conf_destroy (&conf);
+    return rc;
+}
+
+Test (sup_conf, every_command_that_runs_must_be_executable)
+{
+    char dir[] = "/tmp/test_sup_conf.XXXXXX";
+    cr_assert_not_null (mkdtemp (dir));
+    char plain[4096], text[8192];
+    snprintf (plain, sizeof plain, "%s/plain", dir);
+    FILE *file = fopen (plain, "w");
+    fputs ("not a program\n", file);
+    fclose (file);
+    cr_assert_eq (chmod (plain, 0644), 0);
+    setenv ("SUP_TEST_BIN", dir, 1);
+    setenv ("SUP_TEST_FILE", "/etc/passwd", 1);
+
+    //  Names found in PATH and paths to programs pass.
+    cr_assert_eq (s_check ("[program:a]\ncommand = sh -c true\n"
+                           "[program:b]\ncommand = /bin/sh\n"),
+                  0, "%s", s_err);
+    //  A program left out may name anything.
+    cr_assert_eq (s_check ("[program:a]\ncommand = /nonexistent/x\nreplicas = 0\n"), 0,
+                  "%s", s_err);
+
+    cr_assert_eq (s_check ("[program:a]\ncommand = sh\n"
+                           "[program:gateway]\n# the gateway\n"
+                           "command = ${SUP_TEST_BIN}/gateway --port ${SUP_TEST_FILE}\n"),
+                  -1);
+    snprintf (text, sizeof text,
+              "test.conf:5: [program:gateway] cannot run command '%s/gateway': "
+              "No such file or directory (from SUP_TEST_BIN)",
+              dir);
+    cr_assert_str_eq (s_err, text);
+
+    cr_assert_eq (s_check ("[program:a]\ncommand = ${SUP_TEST_FILE}/gateway\n"), -1);
+    cr_assert (strstr (s_err, "'/etc/passwd/gateway': Not a directory "
+                              "(from SUP_TEST_FILE)"),
+               "%s", s_err);
+    cr_assert_eq (s_check ("[program:a]\ncommand = ${SUP_TEST_BIN}\n"), -1);
+    cr_assert (strstr (s_err, "it is a directory"), "%s", s_err);
+    snprintf (text, sizeof text, "[program:a]\ncommand = %s\n", plain);
+    cr_assert_eq (s_check (text), -1);
+    cr_assert (strstr (s_err, "it is not executable"), "%s", s_err);
+    cr_assert_eq (s_check ("[program:a]\ncommand = ''\n"), -1);
+    cr_assert (strstr (s_err, "command '': it is empty"), "%s", s_err);
+
+    //  A bare name is looked up in PATH, as execvp does.
+    cr_assert_eq (s_check ("[program:redis]\ncommand = sup-test-no-such-program -x\n"),
+                  -1);
+    cr_assert (strstr (s_err, "test.conf:2: [program:redis] cannot run command "
+                              "'sup-test-no-such-program': no executable "
+                              "'sup-test-no-such-program' in PATH ("),
+               "%s", s_err);
+    char *path = strdup (getenv ("PATH"));
+    setenv ("PATH", dir, 1);
+    cr_assert_eq (s_check ("[program:a]\ncommand = plain\n"), -1);
+    cr_assert_eq (chmod (plain, 0755), 0);
+    cr_assert_eq (s_check ("[program:a]\ncommand = plain\n"), 0, "%s", s_err);
+    setenv ("PATH", path, 1);
+    free (path);
+
+    unlink (plain);
+    rmdir (dir);
 }

@@ -1,5 +1,6 @@
 /*  test_sup_env.c: the supervisor's settings, the variables it derives for
-    the suite file, and the admin key it keeps under RUN_DIR. */
+    the suite file, and the admin key it keeps under RUN_DIR; nothing is
+    made on disk before sup_env_prepare. */
 #include <criterion/criterion.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -53,19 +54,15 @@ Test (sup_env, walkthrough_defaults_prepare_and_key)
     cr_assert_eq (policy.initial_ms, 500);
     cr_assert_eq (policy.window_ms, 300000);
 
-    //  prepare exports what the suite file expands.
-    cr_assert_eq (sup_env_prepare (&settings, s_err, sizeof s_err), 0, "%s", s_err);
+    //  export exports what the suite file expands, and creates nothing.
+    cr_assert_eq (sup_env_export (&settings, s_err, sizeof s_err), 0, "%s", s_err);
     cr_assert_str_eq (getenv ("REDIS_URL"), "redis://127.0.0.1:6379");
     cr_assert_str_eq (getenv ("REDIS_HOST"), "127.0.0.1");
     cr_assert_str_eq (getenv ("REDIS_PORT"), "6379");
-    cr_assert_str_eq (getenv ("RUN_DIR"), settings.run_dir);
-    cr_assert_eq (settings.run_dir[0], '/');
+    cr_assert_str_eq (getenv ("RUN_DIR"), run_dir);
+    cr_assert_str_eq (settings.run_dir, run_dir);
     struct stat st;
-    char path[4300];
-    snprintf (path, sizeof path, "%s/log", settings.run_dir);
-    cr_assert (stat (path, &st) == 0 && S_ISDIR (st.st_mode));
-    snprintf (path, sizeof path, "%s/redis", settings.run_dir);
-    cr_assert (stat (path, &st) == 0 && S_ISDIR (st.st_mode));
+    cr_assert_neq (stat (run_dir, &st), 0, "RUN_DIR is not created yet");
     //  BIN_DIR defaults to the directory of this executable.
     char exe[4096];
     ssize_t n = readlink ("/proc/self/exe", exe, sizeof exe - 1);
@@ -74,18 +71,28 @@ Test (sup_env, walkthrough_defaults_prepare_and_key)
     *strrchr (exe, '/') = 0;
     cr_assert_str_eq (getenv ("BIN_DIR"), exe);
 
-    //  The admin key is generated, kept with mode 0600, printed, exported.
-    char *printed = NULL;
-    size_t printed_size = 0;
-    FILE *out = open_memstream (&printed, &printed_size);
-    cr_assert_eq (sup_env_admin_key (&settings, out, s_err, sizeof s_err), 0, "%s",
-                  s_err);
-    fclose (out);
+    //  The admin key is generated in memory and exported, for the suite
+    //  file's ${ADMIN_API_KEY}; nothing is written or printed yet.
+    cr_assert_eq (sup_env_admin_key (&settings, s_err, sizeof s_err), 0, "%s", s_err);
     const char *key = getenv ("ADMIN_API_KEY");
     cr_assert_not_null (key);
     cr_assert_eq (strlen (key), 64);
     cr_assert_eq (strspn (key, "0123456789abcdef"), 64);
     cr_assert_str_eq (settings.admin_api_key, key);
+    cr_assert_eq (settings.admin_key_source, SUP_ENV_KEY_GENERATED);
+    cr_assert_neq (stat (run_dir, &st), 0, "still nothing on disk");
+
+    //  prepare creates RUN_DIR, keeps the key with mode 0600 and prints it.
+    char *printed = NULL;
+    size_t printed_size = 0;
+    FILE *out = open_memstream (&printed, &printed_size);
+    cr_assert_eq (sup_env_prepare (&settings, out, s_err, sizeof s_err), 0, "%s", s_err);
+    fclose (out);
+    char path[4300];
+    snprintf (path, sizeof path, "%s/log", settings.run_dir);
+    cr_assert (stat (path, &st) == 0 && S_ISDIR (st.st_mode));
+    snprintf (path, sizeof path, "%s/redis", settings.run_dir);
+    cr_assert (stat (path, &st) == 0 && S_ISDIR (st.st_mode));
     char line[100];
     snprintf (line, sizeof line, "ADMIN_API_KEY=%s\n", key);
     cr_assert_str_eq (printed, line);
@@ -100,10 +107,11 @@ Test (sup_env, walkthrough_defaults_prepare_and_key)
     unsetenv ("ADMIN_API_KEY");
     settings = (sup_settings_t){0};
     cr_assert_eq (sup_env_load (&settings, s_err, sizeof s_err), 0, "%s", s_err);
-    cr_assert_eq (sup_env_prepare (&settings, s_err, sizeof s_err), 0, "%s", s_err);
+    cr_assert_eq (sup_env_export (&settings, s_err, sizeof s_err), 0, "%s", s_err);
+    cr_assert_eq (sup_env_admin_key (&settings, s_err, sizeof s_err), 0, "%s", s_err);
+    cr_assert_eq (settings.admin_key_source, SUP_ENV_KEY_READ);
     out = fopen ("/dev/null", "w");
-    cr_assert_eq (sup_env_admin_key (&settings, out, s_err, sizeof s_err), 0, "%s",
-                  s_err);
+    cr_assert_eq (sup_env_prepare (&settings, out, s_err, sizeof s_err), 0, "%s", s_err);
     fclose (out);
     cr_assert_str_eq (getenv ("ADMIN_API_KEY"), first);
     sup_env_free (&settings);
@@ -121,10 +129,16 @@ Test (sup_env, a_set_admin_key_is_left_alone)
     setenv ("ADMIN_API_KEY", "mine", 1);
     sup_settings_t settings = {0};
     cr_assert_eq (sup_env_load (&settings, s_err, sizeof s_err), 0);
-    cr_assert_eq (sup_env_prepare (&settings, s_err, sizeof s_err), 0, "%s", s_err);
-    FILE *out = fopen ("/dev/null", "w");
-    cr_assert_eq (sup_env_admin_key (&settings, out, s_err, sizeof s_err), 0);
+    cr_assert_eq (sup_env_export (&settings, s_err, sizeof s_err), 0, "%s", s_err);
+    cr_assert_eq (sup_env_admin_key (&settings, s_err, sizeof s_err), 0);
+    cr_assert_eq (settings.admin_key_source, SUP_ENV_KEY_GIVEN);
+    char *printed = NULL;
+    size_t printed_size = 0;
+    FILE *out = open_memstream (&printed, &printed_size);
+    cr_assert_eq (sup_env_prepare (&settings, out, s_err, sizeof s_err), 0);
     fclose (out);
+    cr_assert_str_eq (printed, "", "a key that was set is not printed");
+    free (printed);
     cr_assert_str_eq (getenv ("ADMIN_API_KEY"), "mine");
     char path[4200];
     snprintf (path, sizeof path, "%s/admin_api_key", dir);
@@ -147,11 +161,10 @@ Test (sup_env, an_empty_key_file_is_an_error)
     fclose (file);
     sup_settings_t settings = {0};
     cr_assert_eq (sup_env_load (&settings, s_err, sizeof s_err), 0);
-    cr_assert_eq (sup_env_prepare (&settings, s_err, sizeof s_err), 0, "%s", s_err);
-    FILE *out = fopen ("/dev/null", "w");
-    cr_assert_eq (sup_env_admin_key (&settings, out, s_err, sizeof s_err), -1);
-    fclose (out);
+    cr_assert_eq (sup_env_export (&settings, s_err, sizeof s_err), 0, "%s", s_err);
+    cr_assert_eq (sup_env_admin_key (&settings, s_err, sizeof s_err), -1);
     cr_assert (strstr (s_err, path), "%s", s_err);
+    cr_assert (strstr (s_err, "ADMIN_API_KEY"), "%s", s_err);
     sup_env_free (&settings);
     s_rmtree (dir);
     free (dir);
@@ -206,7 +219,7 @@ Test (sup_env, bad_settings_name_the_variable)
     sup_settings_t settings = {0};
     setenv ("REDIS_URL", "redis://nohost:notaport", 1);
     cr_assert_eq (sup_env_load (&settings, s_err, sizeof s_err), 0);
-    cr_assert_eq (sup_env_prepare (&settings, s_err, sizeof s_err), -1);
+    cr_assert_eq (sup_env_export (&settings, s_err, sizeof s_err), -1);
     cr_assert (strstr (s_err, "REDIS_URL"), "%s", s_err);
     sup_env_free (&settings);
     s_clear ();
@@ -235,17 +248,77 @@ Test (sup_env, bad_settings_name_the_variable)
     setenv ("BIN_DIR", "/nonexistent/bin", 1);
     setenv ("RUN_DIR", dir, 1);
     cr_assert_eq (sup_env_load (&settings, s_err, sizeof s_err), 0);
-    cr_assert_eq (sup_env_prepare (&settings, s_err, sizeof s_err), -1);
+    cr_assert_eq (sup_env_export (&settings, s_err, sizeof s_err), -1);
     cr_assert (strstr (s_err, "BIN_DIR"), "%s", s_err);
     sup_env_free (&settings);
     s_rmtree (dir);
     free (dir);
     s_clear ();
 
+    //  Not a directory: checked before anything is made.
     setenv ("RUN_DIR", "/proc/version/var", 1);
     cr_assert_eq (sup_env_load (&settings, s_err, sizeof s_err), 0);
-    cr_assert_eq (sup_env_prepare (&settings, s_err, sizeof s_err), -1);
+    cr_assert_eq (sup_env_export (&settings, s_err, sizeof s_err), 0, "%s", s_err);
+    FILE *out = fopen ("/dev/null", "w");
+    cr_assert_eq (sup_env_prepare (&settings, out, s_err, sizeof s_err), -1);
+    fclose (out);
     cr_assert (strstr (s_err, "RUN_DIR"), "%s", s_err);
     sup_env_free (&settings);
+    s_clear ();
+
+    setenv ("RUN_DIR", "/proc/version", 1);
+    cr_assert_eq (sup_env_load (&settings, s_err, sizeof s_err), 0);
+    cr_assert_eq (sup_env_export (&settings, s_err, sizeof s_err), -1);
+    cr_assert (strstr (s_err, "RUN_DIR: '/proc/version' is not a directory"), "%s",
+               s_err);
+    sup_env_free (&settings);
+    s_clear ();
+}
+
+Test (sup_env, bin_dir_must_be_a_directory)
+{
+    s_clear ();
+    sup_settings_t settings = {0};
+    setenv ("BIN_DIR", "/etc/passwd", 1);
+    cr_assert_eq (sup_env_load (&settings, s_err, sizeof s_err), 0);
+    cr_assert_eq (sup_env_export (&settings, s_err, sizeof s_err), -1);
+    cr_assert (strstr (s_err, "BIN_DIR: '/etc/passwd' is not a directory"), "%s", s_err);
+    sup_env_free (&settings);
+    s_clear ();
+}
+
+Test (sup_env, run_dir_is_made_absolute_without_being_created)
+{
+    s_clear ();
+    char *dir = s_tempdir ();
+    char cwd[4096];
+    cr_assert_not_null (getcwd (cwd, sizeof cwd));
+    cr_assert_eq (chdir (dir), 0);
+    const char *cases[][2] = {
+        {"./var", "/var"}, {"var/", "/var"}, {"a//b/./c", "/a/b/c"},
+        {"../x", "/../x"}, {".", ""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        setenv ("RUN_DIR", cases[i][0], 1);
+        sup_settings_t settings = {0};
+        cr_assert_eq (sup_env_load (&settings, s_err, sizeof s_err), 0);
+        cr_assert_eq (sup_env_export (&settings, s_err, sizeof s_err), 0, "%s", s_err);
+        char expected[4300];
+        snprintf (expected, sizeof expected, "%s%s", dir, cases[i][1]);
+        cr_assert_str_eq (settings.run_dir, expected, "%s", cases[i][0]);
+        cr_assert_str_eq (getenv ("RUN_DIR"), expected);
+        sup_env_free (&settings);
+    }
+    setenv ("RUN_DIR", "//srv/./llmrt/", 1);
+    sup_settings_t settings = {0};
+    cr_assert_eq (sup_env_load (&settings, s_err, sizeof s_err), 0);
+    cr_assert_eq (sup_env_export (&settings, s_err, sizeof s_err), 0, "%s", s_err);
+    cr_assert_str_eq (settings.run_dir, "/srv/llmrt");
+    sup_env_free (&settings);
+    struct stat st;
+    cr_assert_neq (stat ("var", &st), 0, "nothing created");
+    cr_assert_eq (chdir (cwd), 0);
+    s_rmtree (dir);
+    free (dir);
     s_clear ();
 }

@@ -1,7 +1,8 @@
 /*  test_sup_run.c: the real build/bin/supervisor on small suite files whose
     children are sleep and sh: restart after kill -9, graceful stop, SIGKILL
-    after the grace period, giving up on a crash loop, start-up errors, the
-    admin key and the environment the children see. Every wait is a poll
+    after the grace period, giving up on a crash loop, start-up errors (exit
+    2, nothing made or started), the admin key and the environment the
+    children see. Every wait is a poll
     with a generous deadline, so a slow machine only makes it slower. */
 #include <criterion/criterion.h>
 #include <ctype.h>
@@ -427,12 +428,25 @@ Test (sup_run, status_2_after_a_restart_is_a_crash_like_any_other, .init = s_set
 Test (sup_run, nothing_left_to_supervise_exits_1, .init = s_setup, .fini = s_teardown)
 {
     setenv ("SUPERVISOR_MAX_CRASHES", "2", 1);
-    s_start ("[program:crasher]\ncommand = false\n"
-             "[program:missing]\ncommand = /nonexistent/daemon\n");
+    //  An executable file whose interpreter is missing passes the start-up
+    //  check and fails at exec.
+    char broken[PATH_MAX], program[PATH_MAX + 128];
+    snprintf (broken, sizeof broken, "%s/broken", s_dir);
+    FILE *file = fopen (broken, "w");
+    cr_assert_not_null (file);
+    fputs ("#!/nonexistent/interpreter\n", file);
+    fclose (file);
+    cr_assert_eq (chmod (broken, 0755), 0);
+    snprintf (program, sizeof program,
+              "[program:crasher]\ncommand = false\n"
+              "[program:missing]\ncommand = %s\n",
+              broken);
+    s_start (program);
     int status = s_wait_exit (S_PATIENCE_MS);
     cr_assert_neq (status, -1);
     cr_assert (WIFEXITED (status) && WEXITSTATUS (status) == 1, "status 0x%x", status);
-    cr_assert (s_log_count ("cannot execute '/nonexistent/daemon'"));
+    snprintf (program, sizeof program, "cannot execute '%s'", broken);
+    cr_assert (s_log_count (program));
     cr_assert (s_log_count ("nothing left to supervise"));
 }
 
@@ -458,12 +472,12 @@ Test (sup_run, hub_only_serves_the_metrics_hub_until_stopped, .init = s_setup,
     setenv ("SUPERVISOR_METRICS_ROLE", "report", 1);
     s_start_args ("--hub-only", NULL);
     status = s_wait_exit (S_PATIENCE_MS);
-    cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 1);
+    cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 2);
     cr_assert (s_log_count ("SUPERVISOR_METRICS_ROLE must be hub"));
     setenv ("SUPERVISOR_METRICS_ROLE", "aggregate", 1);
     s_start_args ("--hub-only", NULL);
     status = s_wait_exit (S_PATIENCE_MS);
-    cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 1);
+    cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 2);
     cr_assert (s_log_count ("SUPERVISOR_METRICS_ROLE: 'aggregate' is not hub or report"));
     unsetenv ("SUPERVISOR_METRICS_ROLE");
     s_start_args ("--hub-only", "--config=x.conf");
@@ -505,13 +519,13 @@ Test (sup_run, children_see_one_environment, .init = s_setup, .fini = s_teardown
 {
     unsetenv ("ADMIN_API_KEY");
     setenv ("REDIS_URL", "redis://127.0.0.9:7777/1", 1);
-    s_start (
-        "[program:probe]\n"
-        "command = sh -c 'echo \"$ADMIN_API_KEY $REDIS_HOST $REDIS_PORT $BIN_DIR "
-        "$INSTANCE_INDEX $SUPERVISED $GREETING\" > \"$RUN_DIR/seen.$INSTANCE_INDEX\"; "
-        "exec sleep 1000'\n"
-        "replicas = 2\n"
-        "env = GREETING=${REDIS_PORT}-hello\n");
+    s_start ("[program:probe]\n"
+             "command = sh -c 'echo \"$ADMIN_API_KEY $REDIS_HOST $REDIS_PORT $BIN_DIR "
+             "$INSTANCE_INDEX $SUPERVISED $GREETING $KEY_COPY\" > "
+             "\"$RUN_DIR/seen.$INSTANCE_INDEX\"; exec sleep 1000'\n"
+             "replicas = 2\n"
+             "env = GREETING=${REDIS_PORT}-hello\n"
+             "env = KEY_COPY=${ADMIN_API_KEY}\n");
     pid_t children[64];
     cr_assert (s_wait_children (s_supervisor, 2, children));
     cr_assert (s_wait_log ("admin_api_key"), "the log says where the key is kept");
@@ -543,8 +557,8 @@ Test (sup_run, children_see_one_environment, .init = s_setup, .fini = s_teardown
             s_sleep_ms (20);
             seen = test_file_text (s_file (name));
         }
-        snprintf (expected, sizeof expected, "%s 127.0.0.9 7777 %s %d 1 7777-hello\n",
-                  key, bin_dir, i);
+        snprintf (expected, sizeof expected, "%s 127.0.0.9 7777 %s %d 1 7777-hello %s\n",
+                  key, bin_dir, i, key);
         cr_assert_str_eq (seen, expected);
         free (seen);
     }
@@ -554,26 +568,162 @@ Test (sup_run, children_see_one_environment, .init = s_setup, .fini = s_teardown
     cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 0);
 }
 
+//  Start the supervisor with conf (or, when conf is NULL, with -c path) and
+//  expect it to refuse to start: exit 2, needle in the log, nothing started.
+static void
+s_refused (const char *conf, const char *path, const char *needle)
+{
+    if (conf)
+        s_start (conf);
+    else
+        s_start_args ("-c", path);
+    int status = s_wait_exit (S_PATIENCE_MS);
+    cr_assert_neq (status, -1, "the supervisor did not stop (%s)", needle);
+    cr_assert (WIFEXITED (status) && WEXITSTATUS (status) == 2, "status 0x%x for %s",
+               status, needle);
+    char *log = test_file_text (s_file ("stderr"));
+    cr_assert (strstr (log, needle), "the log lacks '%s': %s", needle, log);
+    cr_assert_null (strstr (log, "supervising"), "something was started: %s", log);
+    free (log);
+}
+
 Test (sup_run, config_errors_stop_startup, .init = s_setup, .fini = s_teardown)
 {
-    s_start ("[program:a]\ncommand = sleep 1000\nreplica = 2\n");
-    int status = s_wait_exit (S_PATIENCE_MS);
-    cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 1);
-    cr_assert (s_log_count ("suite.conf:3: unknown key 'replica'"));
-
+    s_refused ("[program:a]\ncommand = sleep 1000\nreplica = 2\n", NULL,
+               "suite.conf:3: unknown key 'replica'");
     unsetenv ("SUP_TEST_UNDEFINED");
-    s_start ("[program:a]\ncommand = ${SUP_TEST_UNDEFINED}/daemon\n");
-    status = s_wait_exit (S_PATIENCE_MS);
-    cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 1);
-    cr_assert (
-        s_log_count ("suite.conf:2: command: undefined variable ${SUP_TEST_UNDEFINED}"));
+    s_refused ("[program:a]\ncommand = ${SUP_TEST_UNDEFINED}/daemon\n", NULL,
+               "suite.conf:2: command: undefined variable ${SUP_TEST_UNDEFINED}");
+    s_refused ("[program:a]\ncommand = sleep 1000\n[program:s\n", NULL,
+               "suite.conf:3: section header '[program:s' lacks its closing ']'");
+    s_refused ("", NULL, "suite.conf: no [program:NAME] section");
+    s_refused (NULL, "/nonexistent/suite.conf",
+               "/nonexistent/suite.conf: cannot read: No such file or directory");
+    s_refused (NULL, s_dir, "cannot read: Is a directory");
 
-    setenv ("REDIS_URL", "http://127.0.0.1:6379", 1);
-    s_start ("[program:a]\ncommand = sleep 1000\n");
-    status = s_wait_exit (S_PATIENCE_MS);
-    cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 1);
-    cr_assert (s_log_count ("REDIS_URL"));
+    pid_t none[64];
+    cr_assert_eq (s_children (getpid (), none, 64), 0, "no child was started");
+}
 
+Test (sup_run, a_bad_setting_exits_2_naming_it, .init = s_setup, .fini = s_teardown)
+{
+    const char *cases[][3] = {
+        //  variable, value, what the log must say
+        {"SUPERVISOR_GRACE_MS", "abc", "SUPERVISOR_GRACE_MS"},
+        {"SUPERVISOR_RESTART_INITIAL_MS", "500",
+         "SUPERVISOR_RESTART_INITIAL_MS (500) must not exceed SUPERVISOR_RESTART_MAX_MS"},
+        {"SUPERVISOR_RESTART_MAX_MS", "0", "SUPERVISOR_RESTART_MAX_MS"},
+        {"SUPERVISOR_RESTART_RESET_MS", "-1", "SUPERVISOR_RESTART_RESET_MS"},
+        {"SUPERVISOR_MAX_CRASHES", "many", "SUPERVISOR_MAX_CRASHES"},
+        {"SUPERVISOR_CRASH_WINDOW_MS", "0", "SUPERVISOR_CRASH_WINDOW_MS"},
+        {"SUPERVISOR_ENDPOINT", "nowhere", "SUPERVISOR_ENDPOINT"},
+        {"SUPERVISOR_METRICS_ROLE", "aggregate", "SUPERVISOR_METRICS_ROLE"},
+        {"METRICS_INSTANCE_TTL_MS", "5", "METRICS_INSTANCE_TTL_MS"},
+        {"METRICS_REPORT_INTERVAL_MS", "1", "METRICS_REPORT_INTERVAL_MS"},
+        {"LOG_LEVEL", "chatty", "LOG_LEVEL"},
+        {"REDIS_URL", "http://127.0.0.1:6379", "REDIS_URL"},
+        {"REDIS_URL", "redis://host:port", "REDIS_URL"},
+        {"RUN_DIR", "/proc/version", "RUN_DIR"},
+        {"RUN_DIR", "/proc/version/var", "RUN_DIR"},
+        {"BIN_DIR", "/nonexistent/bin", "BIN_DIR"},
+        {"BIN_DIR", "/etc/passwd", "BIN_DIR: '/etc/passwd' is not a directory"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *old = getenv (cases[i][0]);
+        char *saved = old ? strdup (old) : NULL;
+        setenv (cases[i][0], cases[i][1], 1);
+        s_refused ("[program:a]\ncommand = sleep 1000\n", NULL, cases[i][2]);
+        if (saved)
+            setenv (cases[i][0], saved, 1);
+        else
+            unsetenv (cases[i][0]);
+        free (saved);
+    }
+}
+
+Test (sup_run, a_refused_start_makes_no_key_and_no_run_dir, .init = s_setup,
+      .fini = s_teardown)
+{
+    unsetenv ("ADMIN_API_KEY");
+    char run_dir[PATH_MAX], key_file[PATH_MAX + 32];
+    snprintf (run_dir, sizeof run_dir, "%s/run", s_dir);
+    snprintf (key_file, sizeof key_file, "%s/admin_api_key", run_dir);
+    setenv ("RUN_DIR", run_dir, 1);
+    const char *refused[][2] = {
+        {"[program:a]\ncommand = sleep 1000\nreplica = 2\n", "unknown key 'replica'"},
+        {"[program:a]\ncommand = /nonexistent/daemon\n", "cannot run command"},
+    };
+    for (size_t i = 0; i < 2; i++) {
+        s_refused (refused[i][0], NULL, refused[i][1]);
+        char *out = test_file_text (s_file ("stdout"));
+        cr_assert_null (strstr (out, "ADMIN_API_KEY"), "a key was printed: %s", out);
+        free (out);
+        struct stat st;
+        cr_assert_neq (stat (run_dir, &st), 0, "RUN_DIR was created");
+    }
+    //  A RUN_DIR that exists gets no key file either.
+    cr_assert_eq (mkdir (run_dir, 0755), 0);
+    s_refused (refused[0][0], NULL, refused[0][1]);
+    cr_assert_neq (access (key_file, F_OK), 0, "a key file was made");
+
+    //  The suite file may use the key: the same one is then kept and printed.
+    s_start ("[program:a]\ncommand = sh -c 'echo \"$SEEN\" > \"$RUN_DIR/seen\"; "
+             "exec sleep 1000'\nenv = SEEN=${ADMIN_API_KEY}\n");
+    cr_assert (s_wait_log ("generated into"));
+    char seen_file[PATH_MAX + 32];
+    snprintf (seen_file, sizeof seen_file, "%s/seen", run_dir);
+    int64_t deadline = cm_clock_mono_ms () + S_PATIENCE_MS;
+    char *seen = test_file_text (seen_file);
+    while (!strchr (seen, '\n') && cm_clock_mono_ms () < deadline) {
+        free (seen);
+        s_sleep_ms (20);
+        seen = test_file_text (seen_file);
+    }
+    char *kept = test_file_text (key_file);
+    cr_assert_eq (strlen (kept), 65, "'%s'", kept);
+    cr_assert_str_eq (seen, kept);
+    char *out = test_file_text (s_file ("stdout"));
+    char line[128];
+    snprintf (line, sizeof line, "ADMIN_API_KEY=%s", kept);
+    cr_assert_str_eq (out, line);
+    free (out);
+    free (kept);
+    free (seen);
+    cr_assert_eq (kill (s_supervisor, SIGTERM), 0);
+    int status = s_wait_exit (S_PATIENCE_MS);
+    cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 0);
+}
+
+Test (sup_run, a_value_from_a_variable_names_it, .init = s_setup, .fini = s_teardown)
+{
+    const char *source = getenv ("LLMRT_SOURCE_DIR");
+    cr_assert_not_null (source, "LLMRT_SOURCE_DIR is set by ctest");
+    char conf[PATH_MAX];
+    snprintf (conf, sizeof conf, "%s/deploy/local/suite.conf", source);
+    setenv ("CHAT_REPLICAS", "abc", 1);
+    s_refused (NULL, conf, "suite.conf:");
+    cr_assert (s_log_line_has ("replicas: 'abc' is not a whole number from 0 to 64",
+                               "(from CHAT_REPLICAS)"));
+    unsetenv ("CHAT_REPLICAS");
+}
+
+Test (sup_run, a_command_that_cannot_run_stops_startup_with_2, .init = s_setup,
+      .fini = s_teardown)
+{
+    //  A BIN_DIR without the programs: nothing starts, not even sleeper.
+    setenv ("BIN_DIR", s_dir, 1);
+    char needle[PATH_MAX + 256];
+    snprintf (needle, sizeof needle,
+              "suite.conf:4: [program:gateway] cannot run command '%s/gateway': No "
+              "such file or directory (from BIN_DIR)",
+              s_dir);
+    s_refused ("[program:sleeper]\ncommand = sleep 1000\n"
+               "[program:gateway]\ncommand = ${BIN_DIR}/gateway\n",
+               NULL, needle);
+    s_refused ("[program:redis]\ncommand = sup-test-no-such-server --port 1\n", NULL,
+               "[program:redis] cannot run command 'sup-test-no-such-server': no "
+               "executable 'sup-test-no-such-server' in PATH");
+    unsetenv ("BIN_DIR");
     pid_t none[64];
     cr_assert_eq (s_children (getpid (), none, 64), 0, "no child was started");
 }
@@ -598,7 +748,8 @@ Test (sup_run, help_lists_the_settings, .init = s_setup, .fini = s_teardown)
                            "ADMIN_API_KEY",
                            "--hub-only",
                            "SUPERVISOR_METRICS_ROLE",
-                           "METRICS_REPORT_INTERVAL_MS"};
+                           "METRICS_REPORT_INTERVAL_MS",
+                           "exit status 2"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         cr_assert (strstr (help, names[i]), "--help lacks %s", names[i]);
     free (help);
