@@ -71,12 +71,35 @@ agent_http_text_blocked (const char *text)
     return false;
 }
 
+//  Is the item [start, end) of an allowlist the host? IP literals compare
+//  by value (libcurl writes "[0:0:0:0:0:0:0:1]" as "::1"), names as text,
+//  in any case.
+static bool
+s_item_matches (const char *start, const char *end, const char *host)
+{
+    size_t len = (size_t) (end - start);
+    char item[INET6_ADDRSTRLEN + 1];
+    unsigned char item_addr[16], host_addr[16];
+    if (len < sizeof item) {
+        memcpy (item, start, len);
+        item[len] = 0;
+        static const struct {
+            int family;
+            size_t size;
+        } kinds[] = {{AF_INET, 4}, {AF_INET6, 16}};
+        for (size_t i = 0; i < 2; i++)
+            if (inet_pton (kinds[i].family, item, item_addr) == 1)
+                return inet_pton (kinds[i].family, host, host_addr) == 1 &&
+                       !memcmp (item_addr, host_addr, kinds[i].size);
+    }
+    return len == strlen (host) && !strncasecmp (start, host, len);
+}
+
 bool
 agent_http_allowed (const char *allowlist, const char *host)
 {
     if (!allowlist || !host || !*host)
         return false;
-    size_t len = strlen (host);
     const char *p = allowlist;
     while (*p) {
         while (*p == ',' || isspace ((unsigned char) *p))
@@ -87,10 +110,82 @@ agent_http_allowed (const char *allowlist, const char *host)
         const char *end = p;
         while (end > start && isspace ((unsigned char) end[-1]))
             end--;
-        if ((size_t) (end - start) == len && !strncasecmp (start, host, len))
+        if (end > start && s_item_matches (start, end, host))
             return true;
     }
     return false;
+}
+
+//  Is name a host name libcurl keeps as it is: dot-separated labels of 1 to
+//  63 letters, digits, '-' or '_', 253 bytes at most (a trailing dot
+//  allowed), whose last label is not a number (libcurl would read
+//  "127.1" or "0x7f.1" as an IPv4 address and write it as a dotted quad)?
+static bool
+s_host_name (const char *name)
+{
+    size_t len = strlen (name);
+    if (len && name[len - 1] == '.')
+        len--;
+    if (len == 0 || len > 253)
+        return false;
+    const char *label = name;
+    for (size_t i = 0; i <= len; i++) {
+        if (i == len || name[i] == '.') {
+            size_t size = (size_t) (name + i - label);
+            if (size == 0 || size > 63)
+                return false;
+            if (i == len) {
+                bool hex = size > 2 && label[0] == '0' && (label[1] | 0x20) == 'x';
+                size_t digits = strspn (label + (hex ? 2 : 0),
+                                        hex ? "0123456789abcdefABCDEF" : "0123456789");
+                if (digits == size - (hex ? 2 : 0))
+                    return false;
+            }
+            label = name + i + 1;
+        } else if (!isalnum ((unsigned char) name[i]) && name[i] != '-' && name[i] != '_')
+            return false;
+    }
+    return true;
+}
+
+int
+agent_http_allowlist_check (const char *allowlist, char *err, size_t errlen)
+{
+    if (!allowlist)
+        return 0;
+    const char *p = allowlist;
+    for (int n = 1;; n++) {
+        const char *start = p;
+        while (*p && *p != ',')
+            p++;
+        const char *end = p;
+        while (start < end && isspace ((unsigned char) *start))
+            start++;
+        while (end > start && isspace ((unsigned char) end[-1]))
+            end--;
+        char *item = cm_strndup (start, (size_t) (end - start));
+        unsigned char addr[16];
+        const char *problem = NULL;
+        if (!*item)
+            problem = "is empty (two commas, or a comma at an end?)";
+        else if (inet_pton (AF_INET, item, addr) == 1 ||
+                 inet_pton (AF_INET6, item, addr) == 1)
+            ;
+        else if (*item == '[')
+            problem = "is in brackets: write an IPv6 address without them";
+        else if (!s_host_name (item))
+            problem = "is not a host name or IP address (exact names only: no scheme, "
+                      "port, path, mask or wildcard; IPv4 as a dotted quad)";
+        if (problem)
+            snprintf (err, errlen, "AGENT_HTTP_ALLOWLIST: item %d '%.200s' %s", n, item,
+                      problem);
+        free (item);
+        if (problem)
+            return -1;
+        if (!*p)
+            return 0;
+        p++;
+    }
 }
 
 //  --- the call ----------------------------------------------------------------------

@@ -30,8 +30,16 @@ bool agent_http_addr_blocked (const struct sockaddr *address);
 //  The same for a numeric address in text ("10.0.0.1", "::1"); false when
 //  text is not an address.
 bool agent_http_text_blocked (const char *text);
-//  Is host in the comma-separated allowlist (NULL: empty)?
+//  Is host in the comma-separated allowlist (NULL: empty)? Items are exact
+//  host names (any case) or IP addresses (compared by value); spaces around
+//  an item are ignored.
 bool agent_http_allowed (const char *allowlist, const char *host);
+//  Check AGENT_HTTP_ALLOWLIST (NULL: unset, fine): every item must be what
+//  agent_http_allowed can match, a host name or an IP address (IPv6 without
+//  brackets, IPv4 as a dotted quad); not a URL, a host:port, a wildcard, a
+//  mask or an empty item. Returns 0, or -1 with a message naming the
+//  variable and the item in err.
+int agent_http_allowlist_check (const char *allowlist, char *err, size_t errlen);
 
 //  Polled while the call waits; true: abort now.
 typedef bool (agent_http_cancelled_fn) (void *arg);

@@ -12,6 +12,7 @@
 #include "cm_log.h"
 #include "cm_metrics.h"
 #include "cm_worker.h"
+#include "agent_http.h"
 #include "agent_service.h"
 #include "chat_settings.h"
 #include <curl/curl.h>
@@ -37,8 +38,10 @@ static const cm_conf_entry_t s_table[] = {
      "agent requests waiting beyond those (then 429)"},
     CM_STORAGE_CONF_ENTRIES (s_config_t, run_dir, storage_dir),
     {"AGENT_HTTP_ALLOWLIST", CM_CONF_STR, NULL, 0, 0, offsetof (s_config_t, allowlist),
-     "comma-separated host names flows may reach even when they resolve to loopback, "
-     "private or link-local addresses (unset: none)"},
+     "comma-separated host names or IP addresses (IPv6 without brackets) flows may "
+     "reach even when they resolve to loopback, private or link-local addresses; "
+     "exact names, no ports, schemes or wildcards; spaces around an item are "
+     "ignored, an empty item is refused (unset: none)"},
     {"AGENT_HTTP_MAX_BYTES", CM_CONF_INT, "1048576", 1, 1073741824,
      offsetof (s_config_t, max_bytes),
      "largest response body a flow's HTTP call may receive (then the step fails)"},
@@ -70,6 +73,9 @@ main (int argc, char **argv)
         return 1;
     }
     if (cm_config_load (s_table, &config, err, sizeof err) ||
+        cm_worker_config_check (err, sizeof err) ||
+        cm_config_check_storage (config.storage_dir, config.run_dir, err, sizeof err) ||
+        agent_http_allowlist_check (config.allowlist, err, sizeof err) ||
         cm_breaker_config_check (&config.breaker, "AGENT", err, sizeof err)) {
         fprintf (stderr, "agentd: bad configuration: %s\n", err);
         goto cleanup;

@@ -79,6 +79,13 @@ chat_openai_config_check (const chat_openai_config_t *config, char *err, size_t 
         snprintf (err, errlen, "LLM_API_KEY: contains a line break");
         return -1;
     }
+    //  The model goes into the JSON body and the logs: no control character.
+    for (const char *c = config->model; c && *c; c++)
+        if ((unsigned char) *c < 0x20 || *c == 0x7f) {
+            snprintf (err, errlen, "LLM_MODEL: contains a control character (byte %zu)",
+                      (size_t) (c - config->model) + 1);
+            return -1;
+        }
     if (config->connect_timeout_ms <= 0 || config->first_token_timeout_ms <= 0 ||
         config->timeout_ms <= 0) {
         snprintf (err, errlen, "%s: must be positive",

@@ -54,7 +54,8 @@ typedef struct {
 } chat_openai_config_t;
 
 //  Check a configuration: 0, or -1 with a message naming the variable
-//  (LLM_BASE_URL missing, not http(s), no host, with a query...).
+//  (LLM_BASE_URL missing, not http(s), no host, port 0, with a query...;
+//  LLM_API_KEY with a line break; LLM_MODEL with a control character).
 int chat_openai_config_check (const chat_openai_config_t *config, char *err,
                               size_t errlen);
 

@@ -91,6 +91,9 @@ main (int argc, char **argv)
     chat_service_t *service = NULL;
     cm_metrics_t *metrics = NULL;
     if (cm_config_load (s_config, &settings, err, sizeof err) ||
+        cm_worker_config_check (err, sizeof err) ||
+        cm_config_check_storage (settings.storage_dir, settings.run_dir, err,
+                                 sizeof err) ||
         cm_breaker_config_check (&settings.breaker, "CHAT", err, sizeof err) ||
         cm_embed_config_check (&settings.embed, err, sizeof err) ||
         cm_affinity_setup ("CHAT_CPU_AFFINITY", settings.cpu_affinity, err, sizeof err)) {

@@ -14,10 +14,22 @@ typedef enum {
     CM_CONF_INT,      //  int64_t, bounded by min..max
     CM_CONF_STR,      //  char *, owned by the target (free with cm_config_free)
     CM_CONF_BOOL,     //  bool: 1/0, true/false, yes/no, on/off
-    CM_CONF_ENDPOINT, //  char *, a ZeroMQ endpoint: tcp://host:port, ipc://, inproc://
+    CM_CONF_ENDPOINT, //  char *, a ZeroMQ endpoint to connect to (see below)
     CM_CONF_URL,      //  char *, must start with a scheme (http://, redis://, ...)
     CM_CONF_DOUBLE,   //  double, a decimal number bounded by min..max
+    CM_CONF_BIND,     //  char *, a ZeroMQ endpoint to bind (see below)
+    CM_CONF_TOKEN,    //  char *, printable ASCII with no space, 1..max bytes
+                      //  (max 0: any length): ids, keys sent in headers
 } cm_conf_type_t;
+
+//  ZeroMQ endpoints, between processes (so no inproc://):
+//    tcp://host:port  port: digits only, 1..65535; host: not empty, no space
+//                     or control character; '*' (every interface) only in
+//                     an endpoint to bind (CM_CONF_BIND)
+//    ipc://path       path: 1..107 bytes (a Unix socket's limit); '*' only
+//                     to bind
+//  A value of a CM_CONF_TOKEN entry is never quoted in an error (it may be a
+//  secret).
 
 typedef struct cm_conf_entry_s {
     const char *name;    //  environment variable
@@ -48,5 +60,18 @@ int cm_config_parse_double (const char *text, double min, double max, double *va
 
 //  Parse a boolean; returns 0 and sets *value, or -1.
 int cm_config_parse_bool (const char *text, bool *value);
+
+//  A directory setting, before use: 0 when path is a directory or does not
+//  exist yet (it will be made); -1 with "NAME: 'path' is not a directory"
+//  in err when it, or a component of it, exists and is not a directory.
+//  Other failures (permissions) are left to the code that opens it.
+int cm_config_check_dir (const char *name, const char *path, char *err, size_t errlen);
+
+//  The database directory of CM_STORAGE_CONF_ENTRIES, before
+//  cm_storage_dir_default: STORAGE_DIR when set (not NULL, not ""), else
+//  RUN_DIR and $RUN_DIR/storage, checked as cm_config_check_dir does; the
+//  message names STORAGE_DIR, and RUN_DIR too when the path came from it.
+int cm_config_check_storage (const char *storage_dir, const char *run_dir, char *err,
+                             size_t errlen);
 
 #endif

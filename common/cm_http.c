@@ -11,6 +11,21 @@ static void s_lock (CURL *handle, curl_lock_data data, curl_lock_access access,
                     void *arg);
 static void s_unlock (CURL *handle, curl_lock_data data, void *arg);
 
+//  Does url spell out a host: "scheme://" then a non-empty host before the
+//  port, path, query or fragment (user information skipped)?
+static bool
+s_has_authority (const char *url)
+{
+    const char *p = url + strcspn (url, ":/?#");
+    if (strncmp (p, "://", 3))
+        return false;
+    p += 3;
+    const char *end = p + strcspn (p, "/?#");
+    const char *at = memrchr (p, '@', (size_t) (end - p));
+    const char *host = at ? at + 1 : p;
+    return host < end && *host != ':';
+}
+
 int
 cm_http_check_base_url (const char *url, const char *name, const char *required_by,
                         char *err, size_t errlen)
@@ -24,7 +39,7 @@ cm_http_check_base_url (const char *url, const char *name, const char *required_
         return -1;
     }
     CURLU *parsed = curl_url ();
-    char *scheme = NULL, *host = NULL, *query = NULL, *fragment = NULL;
+    char *scheme = NULL, *host = NULL, *port = NULL, *query = NULL, *fragment = NULL;
     int rc = -1;
     CURLUcode code = curl_url_set (parsed, CURLUPART_URL, url, 0);
     if (code != CURLUE_OK) {
@@ -37,8 +52,17 @@ cm_http_check_base_url (const char *url, const char *name, const char *required_
         snprintf (err, errlen, "%s: '%s' is not an http:// or https:// URL", name, url);
         goto cleanup;
     }
-    if (curl_url_get (parsed, CURLUPART_HOST, &host, 0) != CURLUE_OK || !host || !*host) {
+    //  libcurl reads "http:///v1" as the host "v1" and "http:/h" as "h":
+    //  the text itself must have "//" and a host after the scheme.
+    if (curl_url_get (parsed, CURLUPART_HOST, &host, 0) != CURLUE_OK || !host || !*host ||
+        !s_has_authority (url)) {
         snprintf (err, errlen, "%s: '%s' has no host", name, url);
+        goto cleanup;
+    }
+    if (curl_url_get (parsed, CURLUPART_PORT, &port, 0) == CURLUE_OK && port &&
+        atoi (port) < 1) {
+        snprintf (err, errlen, "%s: '%s' has port %s; a port is 1 to 65535", name, url,
+                  port);
         goto cleanup;
     }
     if (curl_url_get (parsed, CURLUPART_QUERY, &query, 0) == CURLUE_OK ||
@@ -53,6 +77,7 @@ cm_http_check_base_url (const char *url, const char *name, const char *required_
 cleanup:
     curl_free (scheme);
     curl_free (host);
+    curl_free (port);
     curl_free (query);
     curl_free (fragment);
     curl_url_cleanup (parsed);

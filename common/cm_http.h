@@ -23,10 +23,11 @@
 typedef struct cm_http_share_s cm_http_share_t;
 
 //  Check a base URL of an OpenAI-compatible server (e.g.
-//  http://127.0.0.1:11434/v1): set, http or https, a host, no query or
-//  fragment. On failure -1 with err naming the variable name (e.g.
-//  "LLM_BASE_URL: ... has no host"); required_by says when it is required
-//  in the "required" message (e.g. "LLM_PROVIDER=openai").
+//  http://127.0.0.1:11434/v1): set, http or https, "//" and a host (not
+//  "http:///v1", which libcurl would read as the host "v1"), a port 1..65535
+//  when one is given, no query or fragment. On failure -1 with err naming the variable
+//  name (e.g. "LLM_BASE_URL: ... has no host"); required_by says when it is required in
+//  the "required" message (e.g. "LLM_PROVIDER=openai").
 int cm_http_check_base_url (const char *url, const char *name, const char *required_by,
                             char *err, size_t errlen);
 

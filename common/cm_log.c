@@ -38,6 +38,20 @@ cm_log_level_parse (const char *name)
     return -1;
 }
 
+int
+cm_log_level_apply (const char *text, char *err, size_t errlen)
+{
+    int level = text ? cm_log_level_parse (text) : -1;
+    if (level < 0) {
+        snprintf (err, errlen,
+                  "LOG_LEVEL: '%s' is not debug, info, warn (or warning) or error",
+                  text ? text : "");
+        return -1;
+    }
+    s_level = (cm_log_level_t) level;
+    return 0;
+}
+
 void
 cm_log (cm_log_level_t level, const char *fmt, ...)
 {

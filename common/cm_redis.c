@@ -4,6 +4,11 @@
 #include <ctype.h>
 #include <strings.h>
 
+//  Longest password (with its NUL) a URL may carry.
+#define S_PASSWORD_MAX 256
+
+static bool s_url_credentials (const char *url, char *password, size_t size, int64_t *db);
+
 int
 cm_redis_parse_url (const char *url, char *host, size_t hostlen, int64_t *port)
 {
@@ -41,18 +46,31 @@ cm_redis_parse_url (const char *url, char *host, size_t hostlen, int64_t *port)
             return -1;
     *port = CM_REDIS_DEFAULT_PORT;
     if (port_text) {
-        char *text = cm_strndup (port_text, (size_t) (end - port_text));
-        int rc = cm_config_parse_int (text, 1, 65535, port);
-        bool bad = rc || strchr (text, ' ');
-        free (text);
-        if (bad)
+        //  Digits only: no sign, no space.
+        size_t digits = (size_t) (end - port_text);
+        if (digits == 0 || digits > 5 || strspn (port_text, "0123456789") < digits)
+            return -1;
+        char text[6];
+        memcpy (text, port_text, digits);
+        text[digits] = 0;
+        if (cm_config_parse_int (text, 1, 65535, port))
             return -1;
     }
-    //  An optional database number, then nothing but a query string.
-    if (*end == '/')
-        for (end++; isdigit ((unsigned char) *end); end++)
-            ;
+    //  An optional database number (what SELECT takes), then nothing but a
+    //  query string.
+    if (*end == '/') {
+        const char *db = ++end;
+        while (isdigit ((unsigned char) *end))
+            end++;
+        if (end - db > 9)
+            return -1;
+    }
     if (*end && *end != '?')
+        return -1;
+    //  The password must fit what cm_redis_connect sends with AUTH.
+    char password[S_PASSWORD_MAX];
+    int64_t db;
+    if (!s_url_credentials (url, password, sizeof password, &db))
         return -1;
     memcpy (host, host_start, len);
     host[len] = 0;
@@ -82,11 +100,31 @@ s_url_credentials (const char *url, char *password, size_t size, int64_t *db)
     return true;
 }
 
+int
+cm_redis_url_check (const char *name, const char *url, char *err, size_t errlen)
+{
+    assert (name && url);
+    char host[256];
+    int64_t port;
+    if (cm_redis_parse_url (url, host, sizeof host, &port) == 0)
+        return 0;
+    //  Quote the URL without its password (the part before '@').
+    const char *scheme_end = strstr (url, "://");
+    const char *shown = scheme_end ? scheme_end + 3 : url;
+    const char *end = shown + strcspn (shown, "/?#");
+    const char *at = memrchr (shown, '@', (size_t) (end - shown));
+    snprintf (err, errlen,
+              "%s: '%.*s%s%s' is not redis://[user:password@]host[:port][/db] (port 1 "
+              "to 65535, db a number)",
+              name, (int) (shown - url), url, at ? "***@" : "", at ? at + 1 : shown);
+    return -1;
+}
+
 redisContext *
 cm_redis_connect (const char *url, int timeout_ms, char *err, size_t errlen)
 {
     assert (url && err);
-    char host[256], password[256];
+    char host[256], password[S_PASSWORD_MAX];
     int64_t port, db;
     if (cm_redis_parse_url (url, host, sizeof host, &port) ||
         !s_url_credentials (url, password, sizeof password, &db)) {

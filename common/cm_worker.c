@@ -77,6 +77,8 @@ cm_worker_t *
 cm_worker_new (const cm_worker_config_t *config)
 {
     assert (config && config->service && config->endpoint && config->routes);
+    //  A ZeroMQ routing id is 1..255 bytes (INSTANCE_ID is checked so).
+    assert (!config->instance || strlen (config->instance) < 256);
     cm_worker_t *self = cm_calloc (1, sizeof *self);
     self->config = *config;
     self->service = cm_strdup (config->service);
@@ -901,14 +903,18 @@ typedef struct {
     int64_t drain_ms;
     char *supervisor;
     int64_t report_ms;
+    char *log_level;
 } s_daemon_config_t;
 
 static const cm_conf_entry_t s_daemon_table[] = {
     {"GATEWAY_ENDPOINT", CM_CONF_ENDPOINT, "tcp://127.0.0.1:5555", 0, 0,
      offsetof (s_daemon_config_t, endpoint),
      "the gateway's ZeroMQ backend to connect to"},
-    {"INSTANCE_ID", CM_CONF_STR, NULL, 0, 0, offsetof (s_daemon_config_t, instance),
-     "this instance's id (default service-host-pid)"},
+    //  It is the ZeroMQ routing id the gateway knows us by: 1..255 bytes,
+    //  and printable so that logs and metrics can show it.
+    {"INSTANCE_ID", CM_CONF_TOKEN, NULL, 0, 255, offsetof (s_daemon_config_t, instance),
+     "this instance's id, unique per replica: 1 to 255 printable ASCII characters, "
+     "no spaces (default service-host-pid)"},
     {"HEARTBEAT_INTERVAL_MS", CM_CONF_INT, "1000", 10, 60000,
      offsetof (s_daemon_config_t, heartbeat_ms), "heartbeat period, both directions"},
     {"HEARTBEAT_LIVENESS", CM_CONF_INT, "3", 1, 100,
@@ -923,6 +929,7 @@ static const cm_conf_entry_t s_daemon_table[] = {
     {"METRICS_REPORT_INTERVAL_MS", CM_CONF_INT, "1000", 10, 600000,
      offsetof (s_daemon_config_t, report_ms),
      "how often this instance reports its metrics to the supervisor"},
+    CM_LOG_CONF_ENTRY (s_daemon_config_t, log_level),
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
@@ -932,13 +939,32 @@ cm_worker_config_table (void)
     return s_daemon_table;
 }
 
+//  Load the common daemon settings and apply LOG_LEVEL; -1 with err.
+static int
+s_daemon_config_load (s_daemon_config_t *conf, char *err, size_t errlen)
+{
+    if (cm_config_load (s_daemon_table, conf, err, errlen) ||
+        cm_log_level_apply (conf->log_level, err, errlen))
+        return -1;
+    return 0;
+}
+
+int
+cm_worker_config_check (char *err, size_t errlen)
+{
+    s_daemon_config_t conf = {0};
+    int rc = s_daemon_config_load (&conf, err, errlen);
+    cm_config_free (s_daemon_table, &conf);
+    return rc;
+}
+
 int
 cm_worker_main (const char *service, const cm_route_t *routes, void *arg,
                 size_t concurrency, size_t max_pending, cm_metrics_t *metrics)
 {
     s_daemon_config_t conf = {0};
     char err[512];
-    if (cm_config_load (s_daemon_table, &conf, err, sizeof err)) {
+    if (s_daemon_config_load (&conf, err, sizeof err)) {
         cm_error ("bad configuration: %s", err);
         fprintf (stderr, "%s: bad configuration: %s\n", service, err);
         cm_config_free (s_daemon_table, &conf);

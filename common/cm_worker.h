@@ -83,10 +83,18 @@ int cm_worker_main (const char *service, const cm_route_t *routes, void *arg,
 int cm_worker_args (int argc, char **argv, const char *program, const char *summary,
                     const struct cm_conf_entry_s *table);
 
-//  The common daemon settings (GATEWAY_ENDPOINT, heartbeats, drain,
-//  SUPERVISOR_ENDPOINT, METRICS_REPORT_INTERVAL_MS), for
+//  The common daemon settings (GATEWAY_ENDPOINT, INSTANCE_ID, heartbeats,
+//  drain, SUPERVISOR_ENDPOINT, METRICS_REPORT_INTERVAL_MS, LOG_LEVEL), for
 //  --help and the README.
 const struct cm_conf_entry_s *cm_worker_config_table (void);
+
+//  Read the common daemon settings from the environment and check them (an
+//  INSTANCE_ID that cannot be a routing id, an endpoint that cannot work, a
+//  LOG_LEVEL that is none), and apply LOG_LEVEL. Returns 0, or -1 with a
+//  message naming the variable in err. Daemons call it before they open
+//  anything, so that a bad setting stops them (exit 2) at once;
+//  cm_worker_main checks the same again.
+int cm_worker_config_check (char *err, size_t errlen);
 
 //  Match a path against a route pattern whose "{name}" segments match one
 //  non-empty path segment. Returns true on a match.

@@ -8,25 +8,29 @@
 
 //  The limits' table: name, the service it limits (NULL: any), settings.
 static const struct {
-    const char *name;    //  in headers, the 429 body and stats
-    const char *service; //  route service it applies to; NULL: every one
-    const char *rps_var; //  its rate's variable, for error messages
-    size_t rps_offset;   //  in gw_limits_config_t
-    size_t burst_offset; //  in gw_limits_config_t
+    const char *name;      //  in headers, the 429 body and stats
+    const char *service;   //  route service it applies to; NULL: every one
+    const char *rps_var;   //  its rate's variable, for error messages
+    const char *burst_var; //  its burst's variable, for error messages
+    size_t rps_offset;     //  in gw_limits_config_t
+    size_t burst_offset;   //  in gw_limits_config_t
 } s_limits[GW_LIMIT_COUNT] = {
-    [GW_LIMIT_KEY] = {"key", NULL, "RATE_LIMIT_KEY_RPS",
+    [GW_LIMIT_KEY] = {"key", NULL, "RATE_LIMIT_KEY_RPS", "RATE_LIMIT_KEY_BURST",
                       offsetof (gw_limits_config_t, key_rps),
                       offsetof (gw_limits_config_t, key_burst)},
-    [GW_LIMIT_CHAT] = {"chat", "chat", "RATE_LIMIT_CHAT_RPS",
+    [GW_LIMIT_CHAT] = {"chat", "chat", "RATE_LIMIT_CHAT_RPS", "RATE_LIMIT_CHAT_BURST",
                        offsetof (gw_limits_config_t, chat_rps),
                        offsetof (gw_limits_config_t, chat_burst)},
     [GW_LIMIT_INGESTION] = {"ingestion", "ingest", "RATE_LIMIT_INGESTION_RPS",
+                            "RATE_LIMIT_INGESTION_BURST",
                             offsetof (gw_limits_config_t, ingestion_rps),
                             offsetof (gw_limits_config_t, ingestion_burst)},
     [GW_LIMIT_AGENT] = {"agent", "agent", "RATE_LIMIT_AGENT_RPS",
+                        "RATE_LIMIT_AGENT_BURST",
                         offsetof (gw_limits_config_t, agent_rps),
                         offsetof (gw_limits_config_t, agent_burst)},
     [GW_LIMIT_GLOBAL] = {"global", NULL, "RATE_LIMIT_GLOBAL_RPS",
+                         "RATE_LIMIT_GLOBAL_BURST",
                          offsetof (gw_limits_config_t, global_rps),
                          offsetof (gw_limits_config_t, global_burst)},
 };
@@ -39,20 +43,24 @@ struct gw_limits_s {
     int64_t max_keys;                              //  RATE_LIMIT_MAX_KEYS
 };
 
-gw_limits_t *
-gw_limits_new (const gw_limits_config_t *config, char *err, size_t errlen)
+//  The rates and bursts of config, a burst of 0 made one second's worth;
+//  -1 with a message naming the variables when a pair makes no sense.
+static int
+s_settings (const gw_limits_config_t *config, double *rates, int64_t *bursts, char *err,
+            size_t errlen)
 {
-    assert (config);
     const char *base = (const char *) config;
-    //  Check everything before building anything.
-    double rates[GW_LIMIT_COUNT];
-    int64_t bursts[GW_LIMIT_COUNT];
     for (int i = 0; i < GW_LIMIT_COUNT; i++) {
         rates[i] = *(const double *) (base + s_limits[i].rps_offset);
         bursts[i] = *(const int64_t *) (base + s_limits[i].burst_offset);
-        if (rates[i] < 0 || rates[i] > 1e9 || bursts[i] < 0) {
+        if (rates[i] < 0 || rates[i] > 1e9) {
             snprintf (err, errlen, "%s: %g is not a rate", s_limits[i].rps_var, rates[i]);
-            return NULL;
+            return -1;
+        }
+        if (bursts[i] < 0) {
+            snprintf (err, errlen, "%s: %lld is not a burst", s_limits[i].burst_var,
+                      (long long) bursts[i]);
+            return -1;
         }
         if (rates[i] == 0)
             continue;
@@ -61,17 +69,38 @@ gw_limits_new (const gw_limits_config_t *config, char *err, size_t errlen)
             bursts[i] = (int64_t) fmax (1, ceil (rates[i]));
         if ((double) bursts[i] / rates[i] > S_MAX_WINDOW_S) {
             snprintf (err, errlen,
-                      "%s: %g requests/s with a burst of %lld takes more than %.0e s to "
-                      "refill",
-                      s_limits[i].rps_var, rates[i], (long long) bursts[i],
-                      S_MAX_WINDOW_S);
-            return NULL;
+                      "%s, %s: a burst of %lld at a rate of %g/s takes more than %.0e s "
+                      "to refill (burst / rate must be at most %.0e s)",
+                      s_limits[i].burst_var, s_limits[i].rps_var, (long long) bursts[i],
+                      rates[i], S_MAX_WINDOW_S, S_MAX_WINDOW_S);
+            return -1;
         }
     }
     if (rates[GW_LIMIT_KEY] > 0 && config->max_keys < 1) {
         snprintf (err, errlen, "RATE_LIMIT_MAX_KEYS: must be at least 1");
-        return NULL;
+        return -1;
     }
+    return 0;
+}
+
+int
+gw_limits_config_check (const gw_limits_config_t *config, char *err, size_t errlen)
+{
+    assert (config);
+    double rates[GW_LIMIT_COUNT];
+    int64_t bursts[GW_LIMIT_COUNT];
+    return s_settings (config, rates, bursts, err, errlen);
+}
+
+gw_limits_t *
+gw_limits_new (const gw_limits_config_t *config, char *err, size_t errlen)
+{
+    assert (config);
+    //  Check everything before building anything.
+    double rates[GW_LIMIT_COUNT];
+    int64_t bursts[GW_LIMIT_COUNT];
+    if (s_settings (config, rates, bursts, err, errlen))
+        return NULL;
     gw_limits_t *self = cm_calloc (1, sizeof *self);
     self->max_keys = config->max_keys;
     for (int i = 0; i < GW_LIMIT_COUNT; i++) {

@@ -71,9 +71,14 @@ typedef struct {
 
 typedef struct gw_limits_s gw_limits_t;
 
-//  The limits of config (borrowed only during the call). NULL, with a
-//  message naming the variable in err, when a setting makes no sense (a
-//  burst that takes more than 10^8 s to refill).
+//  Check the settings: 0, or -1 with a message naming the variables in err
+//  when they make no sense (a burst that takes more than 10^8 s to refill
+//  at its rate: RATE_LIMIT_GLOBAL_RPS=1 with RATE_LIMIT_GLOBAL_BURST=10^9).
+//  The gateway checks them at start-up, as a bad setting (exit 2).
+int gw_limits_config_check (const gw_limits_config_t *config, char *err, size_t errlen);
+
+//  The limits of config (borrowed only during the call). NULL, with the
+//  message of gw_limits_config_check in err, when a setting makes no sense.
 gw_limits_t *gw_limits_new (const gw_limits_config_t *config, char *err, size_t errlen);
 //  Destroy; NULL-safe; nulls the pointer.
 void gw_limits_destroy (gw_limits_t **self_p);

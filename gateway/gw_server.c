@@ -3,6 +3,7 @@
 #include "cm_form.h"
 #include "cm_log.h"
 #include "cm_msg.h"
+#include "cm_redis.h"
 #include "cm_reporter.h"
 #include "gw_broker.h"
 #include "gw_exchange.h"
@@ -21,10 +22,11 @@ static const cm_conf_entry_t s_table[] = {
     {"SERVER_PORT", CM_CONF_INT, "3001", 0, 65535, offsetof (gw_config_t, port),
      "HTTP port of the gateway"},
     {"SERVER_HOST", CM_CONF_STR, "0.0.0.0", 0, 0, offsetof (gw_config_t, host),
-     "IPv4 address the HTTP port binds"},
-    {"GATEWAY_BACKEND_BIND", CM_CONF_ENDPOINT, "tcp://127.0.0.1:5555", 0, 0,
+     "IPv4 address the HTTP port binds (dotted quad, e.g. 127.0.0.1)"},
+    {"GATEWAY_BACKEND_BIND", CM_CONF_BIND, "tcp://127.0.0.1:5555", 0, 0,
      offsetof (gw_config_t, backend_bind),
-     "ZeroMQ endpoint the gateway binds for daemons"},
+     "ZeroMQ endpoint the gateway binds for daemons (tcp://host:port, host may be "
+     "'*'; or ipc://path)"},
     {"REQUEST_TIMEOUT_MS", CM_CONF_INT, "120000", 1, 86400000,
      offsetof (gw_config_t, timeout_ms), "deadline of a forwarded request (then 504)"},
     {"MAX_BODY_BYTES", CM_CONF_INT, "16777216", 1, 60 * 1024 * 1024,
@@ -86,12 +88,15 @@ static const cm_conf_entry_t s_table[] = {
     {"METRICS_QUERY_TIMEOUT_MS", CM_CONF_INT, "250", 1, 60000,
      offsetof (gw_config_t, metrics_timeout_ms),
      "how long /api/metrics waits for the supervisor's aggregate"},
-    {"ADMIN_API_KEY", CM_CONF_STR, NULL, 0, 0, offsetof (gw_config_t, admin_key),
-     "bearer key with full access (the local run generates one)"},
+    //  It travels in an Authorization header: no space or control character.
+    {"ADMIN_API_KEY", CM_CONF_TOKEN, NULL, 0, 4096, offsetof (gw_config_t, admin_key),
+     "bearer key with full access (the local run generates one): printable ASCII, no "
+     "spaces, at most 4096 bytes"},
     {"API_KEY_CACHE_TTL_MS", CM_CONF_INT, "500", 0, 60000,
      offsetof (gw_config_t, key_cache_ttl_ms),
      "how long a database API key is trusted before it is read again: a revoked "
      "key is refused within this long on every gateway (0: read it every time)"},
+    CM_LOG_CONF_ENTRY (gw_config_t, log_level),
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
@@ -99,6 +104,26 @@ const cm_conf_entry_t *
 gw_config_table (void)
 {
     return s_table;
+}
+
+int
+gw_config_check (const gw_config_t *config, char *err, size_t errlen)
+{
+    assert (config && config->host && config->run_dir && config->redis_url);
+    struct in_addr addr;
+    if (inet_pton (AF_INET, config->host, &addr) != 1) {
+        snprintf (err, errlen,
+                  "SERVER_HOST: '%s' is not an IPv4 address (a dotted quad such as "
+                  "127.0.0.1 or 0.0.0.0)",
+                  config->host);
+        return -1;
+    }
+    if (gw_limits_config_check (&config->limits, err, errlen) ||
+        cm_redis_url_check ("REDIS_URL", config->redis_url, err, errlen) ||
+        cm_config_check_storage (config->storage_dir, config->run_dir, err, errlen) ||
+        cm_log_level_apply (config->log_level, err, errlen))
+        return -1;
+    return 0;
 }
 
 struct gw_server_s {

@@ -37,15 +37,25 @@ typedef struct {
     int64_t report_ms;          //  METRICS_REPORT_INTERVAL_MS
     int64_t metrics_timeout_ms; //  METRICS_QUERY_TIMEOUT_MS
     int64_t key_cache_ttl_ms;   //  API_KEY_CACHE_TTL_MS (gw_keys.h)
+    char *log_level;            //  LOG_LEVEL
 } gw_config_t;
 
 //  The gateway's settings table (for cm_config_load and --help).
 const cm_conf_entry_t *gw_config_table (void);
 
+//  After cm_config_load: the checks one value's type cannot make, each a
+//  bad setting (the gateway exits 2): SERVER_HOST an IPv4 address, the
+//  rate limits' rates with their bursts (gw_limits_config_check), REDIS_URL
+//  (cm_redis_url_check), STORAGE_DIR or RUN_DIR not a file
+//  (cm_config_check_storage), LOG_LEVEL (applied). Returns 0, or -1 with a
+//  message naming the variable in err.
+int gw_config_check (const gw_config_t *config, char *err, size_t errlen);
+
 typedef struct gw_server_s gw_server_t;
 
 //  Start the broker and the HTTP server. NULL (logged) when a port or
-//  endpoint cannot be bound. The config is borrowed for the server's life.
+//  endpoint cannot be bound (or a setting is bad: check them first with
+//  gw_config_check). The config is borrowed for the server's life.
 gw_server_t *gw_server_new (const gw_config_t *config);
 //  Stop accepting, answer what is open, free. NULL-safe.
 void gw_server_destroy (gw_server_t **self_p);

@@ -20,7 +20,8 @@ main (int argc, char **argv)
         return rc > 0 ? 0 : 2;
     gw_config_t config = {0};
     char err[512];
-    if (cm_config_load (gw_config_table (), &config, err, sizeof err)) {
+    if (cm_config_load (gw_config_table (), &config, err, sizeof err) ||
+        gw_config_check (&config, err, sizeof err)) {
         fprintf (stderr, "gateway: bad configuration: %s\n", err);
         cm_config_free (gw_config_table (), &config);
         return 2;

@@ -110,6 +110,9 @@ main (int argc, char **argv)
     cm_metrics_t *metrics = NULL;
     rc = 2;
     if (cm_config_load (s_table, &config, err, sizeof err) ||
+        cm_worker_config_check (err, sizeof err) ||
+        cm_config_check_storage (config.storage_dir, config.run_dir, err, sizeof err) ||
+        cm_redis_url_check ("REDIS_URL", config.redis_url, err, sizeof err) ||
         cm_breaker_config_check (&config.breaker, "INGESTION", err, sizeof err) ||
         ingest_chunk_config_check (config.chunk_size, config.chunk_overlap, err,
                                    sizeof err) ||
@@ -117,13 +120,8 @@ main (int argc, char **argv)
         fprintf (stderr, "ingestd: bad configuration: %s\n", err);
         goto cleanup;
     }
-    if (cm_redis_parse_url (config.redis_url, host, sizeof host, &port)) {
-        fprintf (stderr,
-                 "ingestd: bad configuration: REDIS_URL: '%s' is not "
-                 "redis://[user:password@]host[:port][/db]\n",
-                 config.redis_url);
-        goto cleanup;
-    }
+    //  Checked above: only for the log line.
+    cm_redis_parse_url (config.redis_url, host, sizeof host, &port);
     //  A lease shorter than one embedding request would hand a running job
     //  to a second worker while the first still waits for its answer.
     if (!strcmp (config.embed.provider, "openai") &&

@@ -56,6 +56,56 @@ Test (agent_http, allowlist_matches_whole_host_names)
     cr_assert (!agent_http_allowed ("", "localhost"));
 }
 
+Test (agent_http, allowlist_ip_addresses_match_by_value)
+{
+    //  libcurl writes "[0:0:0:0:0:0:0:1]" as "::1" and keeps "::FFFF:127.0.0.1".
+    cr_assert (agent_http_allowed ("0:0:0:0:0:0:0:1", "::1"));
+    cr_assert (agent_http_allowed ("::ffff:7f00:1", "::FFFF:127.0.0.1"));
+    cr_assert (agent_http_allowed ("10.0.0.1", "10.0.0.1"));
+    cr_assert (!agent_http_allowed ("10.0.0.1", "10.0.0.10"));
+    cr_assert (!agent_http_allowed ("::1", "::2"));
+}
+
+Test (agent_http, allowlist_items_must_be_what_the_matcher_can_match)
+{
+    char err[512];
+    static const char *good[] = {NULL,
+                                 "localhost",
+                                 " api.internal , x ,LOCALHOST",
+                                 "my_service,host-1.example.com.",
+                                 "127.0.0.1,::1,fe80::1",
+                                 "0x7f.example"};
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++)
+        cr_assert_eq (agent_http_allowlist_check (good[i], err, sizeof err), 0, "%s: %s",
+                      good[i], err);
+    static const struct {
+        const char *list;
+        const char *says;
+    } bad[] = {
+        {"http://example.com", "item 1 'http://example.com' is not a host name"},
+        {"ok,host:8080", "item 2 'host:8080'"},
+        {"*.example.com", "'*.example.com'"},
+        {"127.0.0.1/8", "'127.0.0.1/8'"},
+        {"a b", "'a b'"},
+        {",,", "item 1 '' is empty"},
+        {"a,,b", "item 2 '' is empty"},
+        {"a,", "item 2 '' is empty"},
+        {"[::1]", "without them"},
+        {"127.1", "'127.1'"},
+        {"256.0.0.1", "'256.0.0.1'"},
+        {"0x7f.1", "'0x7f.1'"},
+        {"a..b", "'a..b'"},
+        {"caf\xc3\xa9.example", "is not a host name"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        err[0] = 0;
+        cr_assert_eq (agent_http_allowlist_check (bad[i].list, err, sizeof err), -1, "%s",
+                      bad[i].list);
+        cr_assert (strstr (err, "AGENT_HTTP_ALLOWLIST: ") && strstr (err, bad[i].says),
+                   "%s: %s", bad[i].list, err);
+    }
+}
+
 static ah_server_t *s_server;
 
 static void

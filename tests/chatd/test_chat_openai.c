@@ -357,6 +357,8 @@ Test (chat_openai, bad_settings_name_the_variable, .init = NULL, .fini = NULL)
         {"http://", "LLM_BASE_URL: "},
         {"http://127.0.0.1:11434/v1?x=1", "has a query or fragment"},
         {"not a url", "LLM_BASE_URL: "},
+        {"http:///v1", "LLM_BASE_URL: 'http:///v1' has no host"},
+        {"http://127.0.0.1:0/v1", "LLM_BASE_URL: 'http://127.0.0.1:0/v1' has port 0"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         chat_openai_config_t config = {.base_url = cases[i].url,
@@ -378,6 +380,16 @@ Test (chat_openai, bad_settings_name_the_variable, .init = NULL, .fini = NULL)
     cr_assert_eq (chat_openai_config_check (&config, err, sizeof err), -1);
     cr_assert (strstr (err, "LLM_API_KEY"), "%s", err);
     config.api_key = "sk-fine";
+    cr_assert_eq (chat_openai_config_check (&config, err, sizeof err), 0, "%s", err);
+    //  The model goes into the JSON body and the logs: no control character.
+    const char *bad_models[] = {"llama3\n", "a\rb", "tab\tbed", "del\x7f"};
+    for (size_t i = 0; i < sizeof bad_models / sizeof *bad_models; i++) {
+        config.model = bad_models[i];
+        cr_assert_eq (chat_openai_config_check (&config, err, sizeof err), -1, "%s",
+                      bad_models[i]);
+        cr_assert (strstr (err, "LLM_MODEL"), "%s", err);
+    }
+    config.model = "llama3.2:latest";
     cr_assert_eq (chat_openai_config_check (&config, err, sizeof err), 0, "%s", err);
     //  The endpoint: one slash between, whatever the base ends with.
     char *endpoint = chat_openai_endpoint (config.base_url);

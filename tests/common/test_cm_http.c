@@ -51,6 +51,13 @@ Test (cm_http, base_url_rules_name_the_variable)
         {"http://h/v1?key=1", "X_URL: 'http://h/v1?key=1' has a query or fragment; give "
                               "the base URL only (e.g. http://127.0.0.1:11434/v1)"},
         {"https://h/v1#top", "X_URL: 'https://h/v1#top' has a query or fragment"},
+        //  libcurl reads the first as the host "v1", the second as "h".
+        {"http:///v1", "X_URL: 'http:///v1' has no host"},
+        {"http:/h/v1", "X_URL: 'http:/h/v1' has no host"},
+        {"http://user@/v1", "X_URL: 'http://user@/v1' "},
+        {"http://:8080/v1", "X_URL: 'http://:8080/v1' "},
+        {"http://127.0.0.1:0/v1", "X_URL: 'http://127.0.0.1:0/v1' has port 0"},
+        {"http://127.0.0.1:99999/v1", "X_URL: 'http://127.0.0.1:99999/v1' is not a URL"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char err[512] = "";
@@ -60,7 +67,8 @@ Test (cm_http, base_url_rules_name_the_variable)
         cr_assert (strstr (err, cases[i].says), "%s: %s", cases[i].url, err);
     }
     static const char *good[] = {"http://localhost:8080", "https://api.example.com/v1/",
-                                 "http://[::1]:11434/v1"};
+                                 "http://[::1]:11434/v1", "HTTP://h:65535/v1",
+                                 "http://user:pw@h/v1"};
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
         char err[256] = "";
         cr_assert_eq (cm_http_check_base_url (good[i], "X_URL", "X", err, sizeof err), 0,

@@ -12,6 +12,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <unistd.h>
+#include "cm_config.h"
+#include "cm_log.h"
 #include "cm_metrics_msg.h"
 #include "cm_msg.h"
 #include "cm_worker.h"
@@ -489,6 +491,34 @@ Test (cm_worker, ready_comes_first_with_service_instance_capacity, .timeout = 60
     cr_assert_str_eq (cm_msg_service (ready), "test");
     cr_assert_str_eq (cm_msg_instance (ready), instance);
     cr_assert_eq (cm_msg_capacity (ready), 3, "capacity is the concurrency");
+    cm_msg_destroy (&ready);
+    cm_worker_destroy (&worker);
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, the_longest_instance_id_is_the_routing_id, .timeout = 60)
+{
+    //  255 bytes, the most a ZeroMQ routing id holds (INSTANCE_ID's limit).
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    char instance[256];
+    memset (instance, 'i', 255);
+    instance[255] = 0;
+    cm_worker_config_t config = {
+        .service = "test",
+        .instance = instance,
+        .endpoint = gateway->endpoint,
+        .concurrency = 1,
+        .heartbeat_ms = S_HEARTBEAT_MS,
+        .liveness = S_LIVENESS,
+        .routes = s_routes,
+        .arg = &state,
+    };
+    cm_worker_t *worker = cm_worker_new (&config);
+    snprintf (gateway->peer, sizeof gateway->peer, "%s", instance);
+    cm_msg_t *ready = s_gateway_expect (gateway, CM_MSG_READY, NULL);
+    cr_assert_eq (gateway->strangers, 0, "the routing id is the instance id");
+    cr_assert_str_eq (cm_msg_instance (ready), instance);
     cm_msg_destroy (&ready);
     cm_worker_destroy (&worker);
     s_gateway_destroy (&gateway);
@@ -1149,4 +1179,64 @@ Test (cm_worker, reports_its_registry_to_the_supervisor, .timeout = 60)
     cm_worker_destroy (&worker);
     zsock_destroy (&supervisor);
     s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, common_settings_that_cannot_work_are_refused_by_name)
+{
+    //  INSTANCE_ID is the gateway's ZeroMQ routing id for us: 1..255
+    //  bytes (a longer one made czmq abort), printable, no spaces.
+    char too_long[257], longest[256];
+    memset (too_long, 'i', 256);
+    too_long[256] = 0;
+    memset (longest, 'i', 255);
+    longest[255] = 0;
+    static const struct {
+        const char *name;
+        const char *value;
+    } bad[] = {
+        {"INSTANCE_ID", NULL}, //  too_long
+        {"INSTANCE_ID", "a\nb"},
+        {"INSTANCE_ID", " "},
+        {"INSTANCE_ID", "chat 1"},
+        {"GATEWAY_ENDPOINT", "tcp://*:5990"},
+        {"GATEWAY_ENDPOINT", "tcp://127.0.0.1:*"},
+        {"GATEWAY_ENDPOINT", "tcp://127.0.0.1:0"},
+        {"GATEWAY_ENDPOINT", "tcp://127.0.0.1: 5990"},
+        {"GATEWAY_ENDPOINT", "tcp://127.0.0.1:+5990"},
+        {"GATEWAY_ENDPOINT", "inproc://x"},
+        {"SUPERVISOR_ENDPOINT", "tcp://*:5556"},
+        {"LOG_LEVEL", "verbose"},
+        {"LOG_LEVEL", "trace"},
+        {"LOG_LEVEL", "0"},
+    };
+    char err[512];
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        const char *value = bad[i].value ? bad[i].value : too_long;
+        setenv (bad[i].name, value, 1);
+        err[0] = 0;
+        cr_assert_eq (cm_worker_config_check (err, sizeof err), -1, "%s=%s was accepted",
+                      bad[i].name, value);
+        cr_assert (strstr (err, bad[i].name), "error was: %s", err);
+        unsetenv (bad[i].name);
+    }
+    setenv ("INSTANCE_ID", longest, 1);
+    setenv ("GATEWAY_ENDPOINT", "ipc:///tmp/gateway.sock", 1);
+    setenv ("LOG_LEVEL", "WARNING", 1);
+    cr_assert_eq (cm_worker_config_check (err, sizeof err), 0, "%s", err);
+    unsetenv ("INSTANCE_ID");
+    unsetenv ("GATEWAY_ENDPOINT");
+    unsetenv ("LOG_LEVEL");
+    cr_assert_eq (cm_worker_config_check (err, sizeof err), 0, "%s", err);
+    cm_log_set_level (CM_LOG_INFO);
+}
+
+Test (cm_worker, help_lists_the_common_settings_log_level_included)
+{
+    bool log_level = false, instance = false;
+    for (const cm_conf_entry_t *e = cm_worker_config_table (); e->name; e++) {
+        log_level |= !strcmp (e->name, "LOG_LEVEL");
+        instance |= !strcmp (e->name, "INSTANCE_ID") && e->type == CM_CONF_TOKEN;
+    }
+    cr_assert (log_level);
+    cr_assert (instance);
 }

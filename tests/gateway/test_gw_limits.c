@@ -245,11 +245,23 @@ Test (gw_limits, bad_settings_are_start_up_errors_naming_the_variable)
     unsetenv ("RATE_LIMIT_CHAT_RPS");
     unsetenv ("RATE_LIMIT_CHAT_BURST");
 
-    //  A combination that makes no sense is refused by gw_limits_new, which
-    //  names the variable too (and so gw_server_new fails).
+    //  A combination that makes no sense is refused by gw_limits_config_check
+    //  (the gateway's start-up check: exit 2) and by gw_limits_new, naming
+    //  both variables.
     gw_limits_config_t limits = {.chat_rps = 1e-7, .chat_burst = 100, .max_keys = 1};
+    cr_assert_eq (gw_limits_config_check (&limits, err, sizeof err), -1);
+    cr_assert (strstr (err, "RATE_LIMIT_CHAT_RPS") &&
+                   strstr (err, "RATE_LIMIT_CHAT_BURST"),
+               "error was: %s", err);
     cr_assert_null (gw_limits_new (&limits, err, sizeof err));
     cr_assert (strstr (err, "RATE_LIMIT_CHAT_RPS"), "error was: %s", err);
+    gw_limits_config_t global = {.global_rps = 1, .global_burst = 1000000000};
+    cr_assert_eq (gw_limits_config_check (&global, err, sizeof err), -1);
+    cr_assert (strstr (err, "RATE_LIMIT_GLOBAL_BURST, RATE_LIMIT_GLOBAL_RPS: a burst of "
+                            "1000000000"),
+               "error was: %s", err);
+    global.global_rps = 10;
+    cr_assert_eq (gw_limits_config_check (&global, err, sizeof err), 0, "%s", err);
 }
 
 //  --- the gateway in this process --------------------------------------------

@@ -1393,3 +1393,96 @@ Test (gw_server, a_503_from_a_draining_instance_is_resent_when_retryable)
     gwh_daemon_destroy (&daemons[1]);
     gwh_gateway_stop (&gateway);
 }
+
+//  --- settings ----------------------------------------------------------------
+
+//  Load the gateway's settings from the environment and check them:
+//  cm_config_load, then gw_config_check (as main does; -1 means exit 2).
+static int
+s_settings_check (char *err, size_t errlen)
+{
+    gw_config_t config = {0};
+    int rc = cm_config_load (gw_config_table (), &config, err, errlen);
+    if (rc == 0)
+        rc = gw_config_check (&config, err, errlen);
+    cm_config_free (gw_config_table (), &config);
+    return rc;
+}
+
+Test (gw_server, bad_settings_are_named_before_anything_starts)
+{
+    char dir[] = "/tmp/llmrt-gw-conf-XXXXXX";
+    cr_assert_not_null (mkdtemp (dir));
+    char file[64];
+    snprintf (file, sizeof file, "%s/file", dir);
+    FILE *f = fopen (file, "w");
+    cr_assert_not_null (f);
+    fclose (f);
+    //  Each alone, the rest at their defaults (RUN_DIR: the temporary one).
+    const struct {
+        const char *name, *value, *also, *also_value;
+    } bad[] = {
+        {"SERVER_HOST", "abc", NULL, NULL},
+        {"SERVER_HOST", "localhost", NULL, NULL},
+        {"SERVER_HOST", "::1", NULL, NULL},
+        {"SERVER_HOST", "256.0.0.1", NULL, NULL},
+        {"SERVER_HOST", "127.0.0.1 ", NULL, NULL},
+        {"SERVER_HOST", "0", NULL, NULL},
+        {"RATE_LIMIT_GLOBAL_BURST", "1000000000", "RATE_LIMIT_GLOBAL_RPS", "1"},
+        {"REDIS_URL", "redis://127.0.0.1:notaport", NULL, NULL},
+        {"REDIS_URL", "http://127.0.0.1:6379", NULL, NULL},
+        {"REDIS_URL", "redis://:6990", NULL, NULL},
+        {"REDIS_URL", "redis://h:99999", NULL, NULL},
+        {"REDIS_URL", "redis://h:6990/abc", NULL, NULL},
+        {"ADMIN_API_KEY", " ", NULL, NULL},
+        {"ADMIN_API_KEY", "a b", NULL, NULL},
+        {"ADMIN_API_KEY", "key\n", NULL, NULL},
+        {"LOG_LEVEL", "verbose", NULL, NULL},
+        {"GATEWAY_BACKEND_BIND", "tcp://127.0.0.1:0", NULL, NULL},
+        {"GATEWAY_BACKEND_BIND", "tcp://127.0.0.1:*", NULL, NULL},
+        {"GATEWAY_BACKEND_BIND", "tcp://127.0.0.1: 5990", NULL, NULL},
+        {"GATEWAY_BACKEND_BIND", "tcp://127.0.0.1:+5990", NULL, NULL},
+        {"GATEWAY_BACKEND_BIND", "inproc://gateway", NULL, NULL},
+        {"SUPERVISOR_ENDPOINT", "tcp://*:5556", NULL, NULL},
+        {"STORAGE_DIR", file, NULL, NULL},
+        {"RUN_DIR", file, NULL, NULL},
+    };
+    char err[512];
+    setenv ("RUN_DIR", dir, 1);
+    cr_assert_eq (s_settings_check (err, sizeof err), 0, "defaults: %s", err);
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        setenv (bad[i].name, bad[i].value, 1);
+        if (bad[i].also)
+            setenv (bad[i].also, bad[i].also_value, 1);
+        err[0] = 0;
+        cr_assert_eq (s_settings_check (err, sizeof err), -1, "%s='%s' was accepted",
+                      bad[i].name, bad[i].value);
+        cr_assert (strstr (err, bad[i].name), "error was: %s", err);
+        unsetenv (bad[i].name);
+        if (bad[i].also)
+            unsetenv (bad[i].also);
+        setenv ("RUN_DIR", dir, 1);
+    }
+    //  What deploy/ uses, and a burst that refills within 10^8 s.
+    setenv ("SERVER_HOST", "0.0.0.0", 1);
+    setenv ("GATEWAY_BACKEND_BIND", "tcp://0.0.0.0:5555", 1);
+    setenv ("SUPERVISOR_ENDPOINT", "tcp://supervisor:5556", 1);
+    setenv ("REDIS_URL", "redis://redis:6379", 1);
+    setenv ("RATE_LIMIT_GLOBAL_RPS", "10", 1);
+    setenv ("RATE_LIMIT_GLOBAL_BURST", "1000000000", 1);
+    setenv ("LOG_LEVEL", "Debug", 1);
+    cr_assert_eq (s_settings_check (err, sizeof err), 0, "%s", err);
+    const char *names[] = {"SERVER_HOST",
+                           "GATEWAY_BACKEND_BIND",
+                           "SUPERVISOR_ENDPOINT",
+                           "REDIS_URL",
+                           "RATE_LIMIT_GLOBAL_RPS",
+                           "RATE_LIMIT_GLOBAL_BURST",
+                           "LOG_LEVEL",
+                           "RUN_DIR"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        unsetenv (names[i]);
+    cm_log_set_level (CM_LOG_WARN);
+    unlink (file);
+    rmdir (dir);
+}
