@@ -7,6 +7,9 @@
     never answers): the routes must still answer, with the gateway's own
     metrics. Every wait is a poll with a generous timeout. */
 #include <criterion/criterion.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include "cm_metrics_msg.h"
 #include "gw_harness.h"
@@ -260,10 +263,16 @@ Test (gw_metrics, walk_through_json_and_prometheus_from_the_aggregate)
 
 Test (gw_metrics, unreachable_supervisor_still_answers_with_the_gateway_alone)
 {
-    //  Nothing listens there: bound once, then let go.
-    zsock_t *probe = zsock_new (ZMQ_ROUTER);
-    int port = zsock_bind (probe, "tcp://127.0.0.1:*");
-    zsock_destroy (&probe);
+    //  Nothing listens there: a port held by a socket that is bound and
+    //  never listens, so connecting is refused and no other test (under
+    //  ctest -j) can bind it meanwhile, as it could a port let go.
+    int holder = socket (AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET,
+                               .sin_addr.s_addr = htonl (INADDR_LOOPBACK)};
+    socklen_t addr_size = sizeof addr;
+    cr_assert (holder >= 0 && !bind (holder, (struct sockaddr *) &addr, sizeof addr) &&
+               !getsockname (holder, (struct sockaddr *) &addr, &addr_size));
+    int port = ntohs (addr.sin_port);
     char endpoint[64];
     snprintf (endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
     gwh_gateway_t gateway;
@@ -289,6 +298,7 @@ Test (gw_metrics, unreachable_supervisor_still_answers_with_the_gateway_alone)
     cr_assert (rc <= 0, "promtool check metrics: %s", output);
     gwh_call_destroy (&r);
     gwh_gateway_stop (&gateway);
+    close (holder);
 }
 
 Test (gw_metrics, mute_supervisor_costs_one_timeout)
