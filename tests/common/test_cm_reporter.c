@@ -5,6 +5,8 @@
 #include <czmq.h>
 #include "cm_metrics_msg.h"
 #include "cm_reporter.h"
+#include "test_port.h"
+#include <unistd.h>
 
 #define S_PATIENCE_MS 20000
 
@@ -60,9 +62,8 @@ Test (cm_reporter, reports_reach_the_supervisor)
 Test (cm_reporter, absent_supervisor_costs_only_dropped_reports)
 {
     //  Nothing listens on this port: every report is dropped at once.
-    zsock_t *probe = zsock_new (ZMQ_ROUTER);
-    int port = zsock_bind (probe, "tcp://127.0.0.1:*");
-    zsock_destroy (&probe);
+    int holder;
+    int port = test_port_refusing (&holder);
     char endpoint[64];
     snprintf (endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
     cm_metrics_t *metrics = cm_metrics_new ();
@@ -86,4 +87,5 @@ Test (cm_reporter, absent_supervisor_costs_only_dropped_reports)
     cr_assert_geq (cm_metrics_sum (snapshot, "llmrt_metrics_reports_total", dropped), 10);
     json_decref (snapshot);
     cm_metrics_destroy (&metrics);
+    close (holder);
 }

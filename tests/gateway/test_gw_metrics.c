@@ -7,14 +7,12 @@
     never answers): the routes must still answer, with the gateway's own
     metrics. Every wait is a poll with a generous timeout. */
 #include <criterion/criterion.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 #include "cm_metrics_msg.h"
 #include "gw_harness.h"
 #include "gw_metrics.h"
 #include "sup_metrics.h"
+#include "test_port.h"
 
 #define S_WAIT_MS 15000
 
@@ -263,16 +261,9 @@ Test (gw_metrics, walk_through_json_and_prometheus_from_the_aggregate)
 
 Test (gw_metrics, unreachable_supervisor_still_answers_with_the_gateway_alone)
 {
-    //  Nothing listens there: a port held by a socket that is bound and
-    //  never listens, so connecting is refused and no other test (under
-    //  ctest -j) can bind it meanwhile, as it could a port let go.
-    int holder = socket (AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = {.sin_family = AF_INET,
-                               .sin_addr.s_addr = htonl (INADDR_LOOPBACK)};
-    socklen_t addr_size = sizeof addr;
-    cr_assert (holder >= 0 && !bind (holder, (struct sockaddr *) &addr, sizeof addr) &&
-               !getsockname (holder, (struct sockaddr *) &addr, &addr_size));
-    int port = ntohs (addr.sin_port);
+    //  Nothing listens there (test_port_refusing).
+    int holder;
+    int port = test_port_refusing (&holder);
     char endpoint[64];
     snprintf (endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
     gwh_gateway_t gateway;

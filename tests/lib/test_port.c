@@ -71,3 +71,18 @@ test_port_free (void)
     }
     return port;
 }
+
+int
+test_port_refusing (int *holder)
+{
+    *holder = socket (AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET,
+                               .sin_addr.s_addr = htonl (INADDR_LOOPBACK)};
+    socklen_t size = sizeof addr;
+    if (*holder < 0 || bind (*holder, (struct sockaddr *) &addr, sizeof addr) ||
+        getsockname (*holder, (struct sockaddr *) &addr, &size)) {
+        perror ("test_port_refusing");
+        abort ();
+    }
+    return ntohs (addr.sin_port);
+}

@@ -11,4 +11,10 @@
 //  up. Never the same port twice in one process. Thread-safe.
 int test_port_free (void);
 
+//  A port on 127.0.0.1 that refuses connections for as long as *holder
+//  stays open: a socket is bound to it and never listens, so no other test
+//  (under ctest -j) can bind it meanwhile, as it could a port bound once and
+//  let go. close (*holder) at the end.
+int test_port_refusing (int *holder);
+
 #endif
