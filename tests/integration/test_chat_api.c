@@ -215,7 +215,8 @@ Test (chat_api, bad_input_has_the_api_statuses_and_bodies, .timeout = 90)
     s_call ("POST", padded, "{\"message\":\"hi\"}", IT_ADMIN_KEY, &r);
     cr_assert_eq (r.status, 431, "%ld", r.status);
     reply = it_json (&r);
-    cr_assert (strstr (it_str (reply, "error"), "Request headers too large"), "%s", r.body);
+    cr_assert (strstr (it_str (reply, "error"), "Request headers too large"), "%s",
+               r.body);
     json_decref (reply);
     it_response_free (&r);
     free (padded);
