@@ -617,6 +617,7 @@ s_save (s_turn_t *turn, const char *text, const chat_metrics_t *metrics, bool in
         .thread_id = turn->thread_id,
         .user_id = turn->user_id,
         .include = include,
+        .request_id = cm_call_request_id (turn->call),
     };
     int64_t id = cm_storage_chat_add (turn->storage, &chat);
     json_decref (response);

@@ -224,6 +224,13 @@ static const char *s_migrations[CM_STORAGE_SCHEMA_VERSION] = {
     //  read (measured on one handler thread: 66 -> 20 us of a ~150 us
     //  turn). Rows of older versions have NULL, read through json_extract.
     "ALTER TABLE workspace_chats ADD COLUMN answer TEXT;",
+    //  5: the gateway's request id of the turn, unique: a request that
+    //  runs twice (the gateway resends a chat whose daemon died or went
+    //  unreachable before it answered, and it may have saved the turn
+    //  first) is saved once. NULL for turns saved without one.
+    "ALTER TABLE workspace_chats ADD COLUMN requestId TEXT;"
+    "CREATE UNIQUE INDEX IF NOT EXISTS workspace_chats_request"
+    "  ON workspace_chats (requestId) WHERE requestId IS NOT NULL;",
 };
 
 #define S_WORKSPACE_COLUMNS                                                              \
@@ -1041,14 +1048,38 @@ cm_storage_thread_list (cm_storage_t *self, int64_t workspace_id, json_t **threa
 
 //  One INSERT of a turn whose response is already serialised; its id or -1
 //  (logged, errmsg set).
+//  The id of the turn an earlier run of this request saved (the insert
+//  found it), or -1.
+static int64_t
+s_chat_saved_before (cm_storage_t *self, const char *request_id)
+{
+    int64_t id = -1;
+    sqlite3_stmt *stmt =
+        cm_storage__stmt (self, "SELECT id FROM workspace_chats WHERE requestId = ?1");
+    if (!stmt)
+        return -1;
+    sqlite3_bind_text (stmt, 1, request_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step (stmt);
+    if (rc == SQLITE_ROW) {
+        id = sqlite3_column_int64 (stmt, 0);
+        cm_info ("request %s ran twice; its turn was saved once, as chat %lld",
+                 request_id, (long long) id);
+    } else
+        cm_storage__fail (self, "find the turn of a request");
+    sqlite3_reset (stmt);
+    sqlite3_clear_bindings (stmt);
+    return id;
+}
+
 static int64_t
 s_chat_insert (cm_storage_t *self, const cm_storage_chat_t *chat, const char *response)
 {
     int64_t id = -1;
-    sqlite3_stmt *stmt =
-        cm_storage__stmt (self, "INSERT INTO workspace_chats (workspaceId, prompt, "
-                                "response, include, user_id, thread_id, api_session_id, "
-                                "answer) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
+    sqlite3_stmt *stmt = cm_storage__stmt (
+        self, "INSERT INTO workspace_chats (workspaceId, prompt, response, include, "
+              "user_id, thread_id, api_session_id, answer, requestId) VALUES (?1, ?2, "
+              "?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (requestId) WHERE requestId IS "
+              "NOT NULL DO NOTHING");
     if (!stmt)
         return -1;
     sqlite3_bind_int64 (stmt, 1, chat->workspace_id);
@@ -1064,12 +1095,18 @@ s_chat_insert (cm_storage_t *self, const cm_storage_chat_t *chat, const char *re
     const char *answer = json_string_value (json_object_get (chat->response, "text"));
     if (answer)
         sqlite3_bind_text (stmt, 8, answer, -1, SQLITE_STATIC);
-    if (sqlite3_step (stmt) == SQLITE_DONE)
+    if (chat->request_id)
+        sqlite3_bind_text (stmt, 9, chat->request_id, -1, SQLITE_STATIC);
+    bool done = sqlite3_step (stmt) == SQLITE_DONE;
+    bool saved = done && sqlite3_changes (self->db) > 0;
+    if (saved)
         id = sqlite3_last_insert_rowid (self->db);
-    else
+    else if (!done)
         cm_storage__fail (self, "insert chat");
     sqlite3_reset (stmt);
     sqlite3_clear_bindings (stmt); //  they point into the caller's strings
+    if (done && !saved)
+        id = s_chat_saved_before (self, chat->request_id);
     return id;
 }
 

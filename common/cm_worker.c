@@ -253,6 +253,25 @@ s_free_slots (cm_worker_t *self)
     return busy >= stats.concurrency ? 0 : (uint32_t) (stats.concurrency - busy);
 }
 
+//  READY: our service, instance id and capacity.
+static void
+s_send_ready (cm_worker_t *self, zsock_t *sock)
+{
+    cm_msg_t *ready = cm_msg_new (CM_MSG_READY);
+    cm_msg_set_service (ready, self->service);
+    cm_msg_set_instance (ready, self->instance);
+    cm_msg_set_capacity (ready, (uint32_t) self->config.concurrency);
+    s_send_msg (sock, ready);
+    cm_msg_destroy (&ready);
+}
+
+//  The one socket to the gateway, for the life of the worker. libzmq
+//  reconnects it by itself when the connection breaks (a restarted
+//  gateway), and ZMTP heartbeats break a connection that went silent (a
+//  lost peer that closed nothing). It is never replaced by a new socket:
+//  the old one would linger to flush its queue, connect with the same
+//  routing id as the new one, take the id over at the gateway (ROUTER
+//  handover) and leave the instance unreachable when it closed.
 static zsock_t *
 s_connect (cm_worker_t *self)
 {
@@ -262,17 +281,15 @@ s_connect (cm_worker_t *self)
     zsock_set_linger (sock, 1000);
     //  Replies must not pile up without bound when the gateway is away.
     zsock_set_sndhwm (sock, 100000);
+    int64_t silence = self->config.heartbeat_ms * self->config.liveness;
+    zsock_set_heartbeat_ivl (sock, (int) self->config.heartbeat_ms);
+    zsock_set_heartbeat_timeout (sock, (int) silence);
     if (zsock_connect (sock, "%s", self->endpoint)) {
         cm_error ("cannot connect to the gateway at %s", self->endpoint);
         zsock_destroy (&sock);
         return NULL;
     }
-    cm_msg_t *ready = cm_msg_new (CM_MSG_READY);
-    cm_msg_set_service (ready, self->service);
-    cm_msg_set_instance (ready, self->instance);
-    cm_msg_set_capacity (ready, (uint32_t) self->config.concurrency);
-    s_send_msg (sock, ready);
-    cm_msg_destroy (&ready);
+    s_send_ready (self, sock);
     return sock;
 }
 
@@ -427,6 +444,8 @@ s_io_thread (void *arg)
     int64_t now = cm_clock_mono_ms ();
     int64_t next_beat = now + interval;
     int64_t last_heard = now;
+    bool lost = false;   //  the gateway has been silent too long
+    int64_t lost_at = 0; //  since when
     bool said_goodbye = false;
     char err[256];
     while (!atomic_load (&self->stopped)) {
@@ -483,18 +502,12 @@ s_io_thread (void *arg)
                     case CM_MSG_CANCEL:
                         s_handle_cancel (self, msg);
                         break;
-                    case CM_MSG_DISCONNECT: {
+                    case CM_MSG_DISCONNECT:
                         //  The gateway does not know us (it restarted): say READY again.
                         cm_info ("gateway asked us to register again (%s)",
                                  cm_msg_reason (msg));
-                        cm_msg_t *ready = cm_msg_new (CM_MSG_READY);
-                        cm_msg_set_service (ready, self->service);
-                        cm_msg_set_instance (ready, self->instance);
-                        cm_msg_set_capacity (ready, (uint32_t) self->config.concurrency);
-                        s_send_msg (sock, ready);
-                        cm_msg_destroy (&ready);
+                        s_send_ready (self, sock);
                         break;
-                    }
                     case CM_MSG_HEARTBEAT:
                         break;
                     default:
@@ -515,19 +528,30 @@ s_io_thread (void *arg)
             cm_msg_destroy (&bye);
             said_goodbye = true;
         }
+        //  While the gateway is silent, heartbeats would only pile up in the
+        //  socket's queue: one READY waits there instead, and is the first
+        //  thing the gateway (restarted, or reachable again) hears.
+        if (lost && last_heard > lost_at) {
+            cm_info ("the gateway at %s answers again after %lld ms", self->endpoint,
+                     (long long) (last_heard - lost_at));
+            lost = false;
+        }
         if (now >= next_beat) {
-            cm_msg_t *beat = cm_msg_new (CM_MSG_HEARTBEAT);
-            cm_msg_set_capacity (beat, said_goodbye ? 0 : s_free_slots (self));
-            s_send_msg (sock, beat);
-            cm_msg_destroy (&beat);
+            if (!lost) {
+                cm_msg_t *beat = cm_msg_new (CM_MSG_HEARTBEAT);
+                cm_msg_set_capacity (beat, said_goodbye ? 0 : s_free_slots (self));
+                s_send_msg (sock, beat);
+                cm_msg_destroy (&beat);
+            }
             next_beat = now + interval;
         }
-        if (!said_goodbye && now - last_heard > interval * self->config.liveness) {
-            cm_warn ("no heartbeat from the gateway at %s for %lld ms; reconnecting",
+        if (!lost && !said_goodbye &&
+            now - last_heard > interval * self->config.liveness) {
+            cm_warn ("no heartbeat from the gateway at %s for %lld ms; waiting for it",
                      self->endpoint, (long long) (now - last_heard));
-            zsock_destroy (&sock);
-            sock = s_connect (self);
-            last_heard = now;
+            lost = true;
+            lost_at = now;
+            s_send_ready (self, sock);
         }
     }
     //  Flush the last replies before closing (linger sends them), and say

@@ -12,7 +12,8 @@ typedef enum {
     GW_ROUTE_JSON = 1 << 1,  //  body must be a JSON object (empty means {})
     GW_ROUTE_RETRY = 1 << 2, //  may be resent to another instance if the
                              //  first died before replying (running twice
-                             //  is harmless: reads, and chat turns)
+                             //  is harmless: reads, and chat turns, which
+                             //  chatd saves once per request id)
     GW_ROUTE_ADMIN = 1 << 3, //  needs an admin key (ADMIN_API_KEY or role
                              //  admin); other keys get 403
     GW_ROUTE_CHAT = 1 << 4,  //  a chat turn: a body the gateway refuses (not

@@ -135,7 +135,7 @@ struct gw_server_s {
     gw_metrics_t *observer;       //  its series and routes
     struct MHD_Daemon *daemon;    //  the HTTP side
     gw_keys_t *keys;              //  API keys (and their cache)
-    char id_prefix[16];           //  random per start, for request ids
+    char id_prefix[20];           //  random per start, for request ids
     atomic_uint_fast64_t next_id; //  request counter
     atomic_bool stopping;         //  destroy has begun: no new forwarding
     atomic_int open_exchanges;    //  forwarded requests not yet completed
@@ -873,8 +873,12 @@ gw_server_new (const gw_config_t *config)
     if (!config->admin_key || !*config->admin_key)
         cm_warn ("ADMIN_API_KEY is not set: only API keys already in the database are "
                  "accepted");
-    uint32_t prefix = randombytes_random ();
-    snprintf (self->id_prefix, sizeof self->id_prefix, "%08x", prefix);
+    //  64 random bits: request ids must not repeat across the gateway's
+    //  restarts (chatd saves a turn once per request id).
+    uint64_t prefix;
+    randombytes_buf (&prefix, sizeof prefix);
+    snprintf (self->id_prefix, sizeof self->id_prefix, "%016llx",
+              (unsigned long long) prefix);
 
     gw_broker_config_t broker_config = {.bind = config->backend_bind,
                                         .heartbeat_ms = config->heartbeat_ms,

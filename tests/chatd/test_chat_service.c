@@ -25,13 +25,13 @@ struct cm_call_s {
     bool ended;            //  cm_call_stream_end was called
     int finals;            //  FINAL messages sent (must end at 1)
     json_t *headers;       //  response headers added, name: value
+    char request_id[32];   //  unique per call, as the gateway's are
 };
 
 const char *
 cm_call_request_id (cm_call_t *self)
 {
-    (void) self;
-    return "test-request";
+    return self->request_id;
 }
 
 const char *
@@ -218,7 +218,9 @@ static cm_call_t *
 s_serve (const char *method, const char *pattern, const char *slug, const char *thread,
          const char *body, int cancel_after)
 {
+    static int requests;
     cm_call_t *call = calloc (1, sizeof *call);
+    snprintf (call->request_id, sizeof call->request_id, "test-request-%d", ++requests);
     call->method = method;
     call->pattern = pattern;
     call->params[0] = "slug";

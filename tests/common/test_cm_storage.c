@@ -690,8 +690,100 @@ Test (cm_storage, pool_group_commits_concurrent_turns)
     cm_storage_pool_destroy (&pool);
 }
 
-//  Schema 4 keeps a turn's answer beside its response; a database of
-//  schema 3 is migrated and its turns (no answer column) still read back.
+//  A turn saved with a request id (the gateway's) is saved once however
+//  often the request runs: alone, and in group commits where the same
+//  request races itself on every thread (the gateway resent it while the
+//  first run was still going) beside turns of other requests.
+typedef struct {
+    cm_storage_pool_t *pool;
+    int64_t workspace_id;
+    int index;
+    int64_t ids[50]; //  turn n: request "r-n", raced by every thread
+    int64_t own[50]; //  turn n of this thread alone: request "t<i>-n"
+} s_racer_t;
+
+static int64_t
+s_add_request (cm_storage_t *storage, int64_t workspace_id, const char *prompt,
+               const char *request_id)
+{
+    json_t *response = json_pack ("{s:s, s:[], s:s, s:[], s:{}}", "text", prompt,
+                                  "sources", "type", "chat", "attachments", "metrics");
+    cm_storage_chat_t chat = {.workspace_id = workspace_id,
+                              .prompt = prompt,
+                              .response = response,
+                              .include = true,
+                              .request_id = request_id};
+    int64_t id = cm_storage_chat_add (storage, &chat);
+    json_decref (response);
+    return id;
+}
+
+static void *
+s_racer (void *arg)
+{
+    s_racer_t *self = arg;
+    for (int n = 0; n < 50; n++) {
+        char shared[32], own[32];
+        snprintf (shared, sizeof shared, "r-%d", n);
+        snprintf (own, sizeof own, "t%d-%d", self->index, n);
+        cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
+        self->ids[n] = s_add_request (storage, self->workspace_id, shared, shared);
+        self->own[n] = s_add_request (storage, self->workspace_id, own, own);
+        cm_storage_pool_release (self->pool, &storage);
+    }
+    return NULL;
+}
+
+Test (cm_storage, a_request_that_runs_twice_saves_one_turn)
+{
+    cm_storage_t *storage = s_open ();
+    json_t *workspace = s_workspace (storage, "Once");
+    int64_t first = s_add_request (storage, s_id (workspace), "hello", "gw-1");
+    cr_assert_gt (first, 0);
+    cr_assert_eq (s_add_request (storage, s_id (workspace), "hello again", "gw-1"), first,
+                  "the second run of request gw-1 got another id");
+    cr_assert_eq (s_count_chats (storage, s_id (workspace)), 1);
+    //  Without a request id every save is a turn of its own.
+    cr_assert_gt (s_add_request (storage, s_id (workspace), "hi", NULL), first);
+    cr_assert_gt (s_add_request (storage, s_id (workspace), "hi", NULL), first + 1);
+    cr_assert_eq (s_count_chats (storage, s_id (workspace)), 3);
+    cm_storage_destroy (&storage);
+
+    char err[512] = "";
+    cm_storage_pool_t *pool = cm_storage_pool_new (s_dir, err, sizeof err);
+    cr_assert_not_null (pool, "%s", err);
+    static s_racer_t racers[S_GROUP_THREADS];
+    pthread_t threads[S_GROUP_THREADS];
+    for (int i = 0; i < S_GROUP_THREADS; i++) {
+        racers[i] =
+            (s_racer_t){.pool = pool, .workspace_id = s_id (workspace), .index = i};
+        pthread_create (&threads[i], NULL, s_racer, &racers[i]);
+    }
+    for (int i = 0; i < S_GROUP_THREADS; i++)
+        pthread_join (threads[i], NULL);
+    for (int n = 0; n < 50; n++)
+        for (int i = 0; i < S_GROUP_THREADS; i++) {
+            cr_assert_gt (racers[i].ids[n], 0, "thread %d, r-%d: not saved", i, n);
+            cr_assert_eq (racers[i].ids[n], racers[0].ids[n],
+                          "r-%d: thread %d got chat %lld, thread 0 chat %lld", n, i,
+                          (long long) racers[i].ids[n], (long long) racers[0].ids[n]);
+            cr_assert_gt (racers[i].own[n], 0, "thread %d, t%d-%d: not saved", i, i, n);
+        }
+    storage = cm_storage_pool_acquire (pool);
+    cr_assert_eq (s_count_chats (storage, s_id (workspace)),
+                  3 + 50 + S_GROUP_THREADS * 50);
+    uint64_t commits = 0, written = 0;
+    cm_storage_pool_chat_commits (pool, &commits, &written);
+    cr_log_info ("%llu turns in %llu commits", (unsigned long long) written,
+                 (unsigned long long) commits);
+    cm_storage_pool_release (pool, &storage);
+    cm_storage_pool_destroy (&pool);
+    json_decref (workspace);
+}
+
+//  Schema 4 keeps a turn's answer beside its response, schema 5 its request
+//  id; a database of schema 3 is migrated and its turns (no answer column)
+//  still read back.
 Test (cm_storage, history_of_schema_3_rows_reads_through_json)
 {
     cm_storage_t *storage = s_open ();
@@ -705,6 +797,8 @@ Test (cm_storage, history_of_schema_3_rows_reads_through_json)
     sqlite3 *db = NULL;
     cr_assert_eq (sqlite3_open (path, &db), SQLITE_OK);
     cr_assert_eq (sqlite3_exec (db,
+                                "DROP INDEX workspace_chats_request;"
+                                "ALTER TABLE workspace_chats DROP COLUMN requestId;"
                                 "ALTER TABLE workspace_chats DROP COLUMN answer;"
                                 "PRAGMA user_version = 3;",
                                 NULL, NULL, NULL),
@@ -714,12 +808,15 @@ Test (cm_storage, history_of_schema_3_rows_reads_through_json)
     storage = s_open ();
     cr_assert_eq (cm_storage_schema_version (storage), CM_STORAGE_SCHEMA_VERSION);
     cr_assert_gt (s_add_chat (storage, s_id (workspace), "after", NULL), 0);
+    int64_t once = s_add_request (storage, s_id (workspace), "once", "r-1");
+    cr_assert_gt (once, 0);
+    cr_assert_eq (s_add_request (storage, s_id (workspace), "once", "r-1"), once);
     json_t *turns = json_object ();
     cm_storage_chat_filter_t history = {.user_id = -1, .included_only = true};
     cr_assert_eq (cm_storage_chat_context (storage, s_id (workspace), &history,
                                            s_collect_turn, turns),
                   CM_STORAGE_OK);
-    cr_assert_eq (json_object_size (turns), 2);
+    cr_assert_eq (json_object_size (turns), 3);
     cr_assert_str_eq (json_string_value (json_object_get (turns, "before")), "before");
     cr_assert_str_eq (json_string_value (json_object_get (turns, "after")), "after");
     json_decref (turns);
