@@ -444,8 +444,9 @@ s_io_thread (void *arg)
     int64_t now = cm_clock_mono_ms ();
     int64_t next_beat = now + interval;
     int64_t last_heard = now;
-    bool lost = false;   //  the gateway has been silent too long
-    int64_t lost_at = 0; //  since when
+    int64_t ready_at = INT64_MIN / 2; //  when a DISCONNECT last made us say READY
+    bool lost = false;                //  the gateway has been silent too long
+    int64_t lost_at = 0;              //  since when
     bool said_goodbye = false;
     char err[256];
     while (!atomic_load (&self->stopped)) {
@@ -503,10 +504,16 @@ s_io_thread (void *arg)
                         s_handle_cancel (self, msg);
                         break;
                     case CM_MSG_DISCONNECT:
-                        //  The gateway does not know us (it restarted): say READY again.
-                        cm_info ("gateway asked us to register again (%s)",
-                                 cm_msg_reason (msg));
-                        s_send_ready (self, sock);
+                        //  The gateway does not know us (it restarted): say READY
+                        //  again. It asks once for every frame of ours it gets
+                        //  (a restarted one gets the replies queued for its
+                        //  predecessor too): one READY per heartbeat is enough.
+                        if (last_heard - ready_at >= interval) {
+                            cm_info ("gateway asked us to register again (%s)",
+                                     cm_msg_reason (msg));
+                            s_send_ready (self, sock);
+                            ready_at = last_heard;
+                        }
                         break;
                     case CM_MSG_HEARTBEAT:
                         break;

@@ -60,6 +60,7 @@ typedef struct {
     char location[160]; //  raw-text: the document's location
     char wrong[200];    //  what was wrong with the answer ("" when nothing)
     long long answered; //  when the answer came (ms since the epoch), for logs
+    char why[72];       //  a refusal's reason (its "error" or "message")
 } s_outcome_t;
 
 static pthread_mutex_t s_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -81,6 +82,18 @@ s_record (const s_outcome_t *outcome)
 
 //  --- the clients (no Criterion asserts off the test's thread) ------------------
 
+//  The reason a refusal gives, for the figures.
+static void
+s_why (json_t *answer, s_outcome_t *outcome)
+{
+    if (outcome->status == 200 || !answer)
+        return;
+    const char *why = it_str (answer, "error");
+    if (!why)
+        why = it_str (answer, "message");
+    snprintf (outcome->why, sizeof outcome->why, "%s", why ? why : "");
+}
+
 //  POST body to path with the admin key; the answer's body as JSON (NULL when
 //  it is not JSON) and the outcome's status and time.
 static json_t *
@@ -97,6 +110,7 @@ s_post (const char *path, const char *body, s_outcome_t *outcome)
     if (r.status && !json)
         snprintf (outcome->wrong, sizeof outcome->wrong,
                   "a %ld answer is not JSON: %.80s", r.status, r.body ? r.body : "");
+    s_why (json, outcome);
     it_response_free (&r);
     return json;
 }
@@ -180,6 +194,7 @@ s_stream_once (int client, int n, s_outcome_t *outcome)
             snprintf (outcome->wrong, sizeof outcome->wrong,
                       "a %ld answer is not JSON: %.80s", outcome->status,
                       stream.data ? stream.data : "");
+        s_why (answer, outcome);
         json_decref (answer);
     }
     it_stream_free (&stream);
@@ -372,6 +387,12 @@ Test (chaos, kill_9_under_load_loses_no_answered_work, .timeout = 900)
         //  A fallback row whose ingestd died waits 2 x this + 10 s for the
         //  reconciler (the default, 300 s, would outlast the test).
         "INGESTION_TASK_TIMEOUT_MS=4000", "LOG_LEVEL=warn", NULL};
+    //  LLMRT_CHAOS_LOG_LEVEL=info shows every registration in suite.log.
+    static char level[64];
+    if (getenv ("LLMRT_CHAOS_LOG_LEVEL")) {
+        snprintf (level, sizeof level, "LOG_LEVEL=%s", getenv ("LLMRT_CHAOS_LOG_LEVEL"));
+        extra[sizeof extra / sizeof extra[0] - 2] = level;
+    }
     it_suite_start (&s_suite, extra);
     it_create_workspace (&s_suite, "{\"name\":\"Chaos\"}");
     {
@@ -490,6 +511,32 @@ Test (chaos, kill_9_under_load_loses_no_answered_work, .timeout = 900)
                      "slowest %lld ms",
                      s_kind_names[k], statuses[k][1], statuses[k][2], statuses[k][3],
                      statuses[k][4], statuses[k][5], statuses[k][0], slowest[k]);
+    //  The refusals' reasons, most frequent first per kind.
+    json_t *reasons = json_object ();
+    for (size_t i = 0; i < s_count; i++) {
+        s_outcome_t *o = &s_outcomes[i];
+        if (o->status == 200 || o->status == 0)
+            continue;
+        char key[128];
+        //  "instance chat-vm-123 failed": one line for every instance.
+        char why[sizeof o->why];
+        snprintf (why, sizeof why, "%s", o->why);
+        char *vm = strstr (why, "-vm-");
+        if (vm) {
+            char *end = vm + 4;
+            while (*end >= '0' && *end <= '9')
+                end++;
+            memmove (vm + 4, end, strlen (end) + 1);
+        }
+        snprintf (key, sizeof key, "%s %ld %s", s_kind_names[o->kind], o->status, why);
+        json_int_t seen = json_integer_value (json_object_get (reasons, key));
+        json_object_set_new (reasons, key, json_integer (seen + 1));
+    }
+    const char *reason;
+    json_t *times;
+    json_object_foreach (reasons, reason, times)
+        cr_log_info ("%6lld x %s", (long long) json_integer_value (times), reason);
+    json_decref (reasons);
     for (int k = 0; k < S_KINDS; k++)
         cr_assert_gt (statuses[k][1], 0, "no %s was answered 200 during the chaos",
                       s_kind_names[k]);
