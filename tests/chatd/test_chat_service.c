@@ -212,6 +212,9 @@ s_teardown (void)
     test_dir_remove (s_dir);
 }
 
+//  When set, the request id of every call (as when the gateway resends).
+static const char *s_resend_id;
+
 //  Serve one request: the route by method and pattern, params "slug" and
 //  "threadSlug", a JSON body (text, may be NULL).
 static cm_call_t *
@@ -221,6 +224,8 @@ s_serve (const char *method, const char *pattern, const char *slug, const char *
     static int requests;
     cm_call_t *call = calloc (1, sizeof *call);
     snprintf (call->request_id, sizeof call->request_id, "test-request-%d", ++requests);
+    if (s_resend_id) //  the gateway resends this request
+        snprintf (call->request_id, sizeof call->request_id, "%s", s_resend_id);
     call->method = method;
     call->pattern = pattern;
     call->params[0] = "slug";
@@ -1537,5 +1542,40 @@ Test (chat_service, openai_provider_failure_is_an_openai_error)
     s_call_free (&call);
     call = s_serve ("GET", "/api/v1/workspace/{slug}/chats", "fragile", NULL, NULL, 0);
     cr_assert_eq (json_array_size (json_object_get (call->reply, "history")), 2);
+    s_call_free (&call);
+}
+
+//  The gateway resends a chat whose instance died (or went unreachable)
+//  before it answered; the first run may have saved its turn already. Both
+//  runs answer, with the same chatId, and history holds the turn once;
+//  sync and streaming alike.
+Test (chat_service, a_chat_resent_by_the_gateway_is_saved_once)
+{
+    s_new_workspace ("{\"name\":\"Resent\"}");
+    const char *paths[] = {"/api/v1/workspace/{slug}/chat",
+                           "/api/v1/workspace/{slug}/stream-chat"};
+    for (int p = 0; p < 2; p++) {
+        json_int_t ids[2];
+        s_resend_id = p ? "gw-resent-stream" : "gw-resent-sync";
+        for (int run = 0; run < 2; run++) {
+            cm_call_t *call = s_serve ("POST", paths[p], "resent", NULL,
+                                       "{\"message\":\"say it once\"}", 0);
+            cr_assert_eq (call->status, 200);
+            json_t *last =
+                p ? json_array_get (call->events, json_array_size (call->events) - 1)
+                  : call->reply;
+            ids[run] = json_integer_value (json_object_get (last, "chatId"));
+            cr_assert_gt (ids[run], 0, "%s run %d: no chatId", paths[p], run);
+            s_call_free (&call);
+        }
+        s_resend_id = NULL;
+        cr_assert_eq (ids[1], ids[0],
+                      "%s: the second run saved chat %lld, the first %lld", paths[p],
+                      (long long) ids[1], (long long) ids[0]);
+    }
+    cm_call_t *call =
+        s_serve ("GET", "/api/v1/workspace/{slug}/chats", "resent", NULL, NULL, 0);
+    json_t *history = json_object_get (call->reply, "history");
+    cr_assert_eq (json_array_size (history), 4, "two turns, each a user and an answer");
     s_call_free (&call);
 }
