@@ -420,8 +420,11 @@ s_handle_frame (gw_broker_t *self, const char *id, cm_msg_t *msg)
         case CM_MSG_PARTIAL:
         case CM_MSG_FINAL: {
             s_pending_t *pending = zhashx_lookup (self->pending, cm_msg_request_id (msg));
-            if (!pending) {
-                //  Cancelled or timed out already: nothing waits for it.
+            if (!pending || pending->instance != instance) {
+                //  Cancelled or timed out already: nothing waits for it. Or
+                //  it was resent elsewhere when this instance was taken for
+                //  dead: the client hears from one run only, or a stream
+                //  would mix the tokens of two.
                 self->late_replies++;
                 break;
             }

@@ -605,6 +605,12 @@ gwh_daemon_mute (gwh_daemon_t *self)
 }
 
 void
+gwh_daemon_unmute (gwh_daemon_t *self)
+{
+    atomic_store (&self->muted, false);
+}
+
+void
 gwh_daemon_send_raw (gwh_daemon_t *self, const void *data, size_t size)
 {
     zmsg_t *command = zmsg_new ();

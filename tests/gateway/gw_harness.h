@@ -175,6 +175,8 @@ gwh_daemon_t *gwh_daemon_new_answering (gwh_gateway_t *gateway, const char *serv
 void gwh_daemon_destroy (gwh_daemon_t **self_p);
 //  Stop heartbeating, as a hung daemon would.
 void gwh_daemon_mute (gwh_daemon_t *self);
+//  Heartbeat again after gwh_daemon_mute.
+void gwh_daemon_unmute (gwh_daemon_t *self);
 //  Send these bytes to the gateway as one frame.
 void gwh_daemon_send_raw (gwh_daemon_t *self, const void *data, size_t size);
 //  Send a message to the gateway (takes it).

@@ -999,6 +999,20 @@ Test (gw_server, retryable_request_is_resent_when_its_instance_dies)
     const char *received = cm_msg_body (again, &size);
     cr_assert_eq (size, strlen (body));
     cr_assert_eq (memcmp (received, body, size), 0);
+    //  The first instance was only slow: it registers again and answers
+    //  first. The request is the other's now; that late answer is dropped.
+    cm_msg_t *ready = cm_msg_new (CM_MSG_READY);
+    cm_msg_set_service (ready, "chat");
+    cm_msg_set_instance (ready, dies ? "chat-b" : "chat-a");
+    cm_msg_set_capacity (ready, 2);
+    gwh_daemon_send (daemons[dies], &ready);
+    gwh_daemon_unmute (daemons[dies]);
+    gwh_wait_health (&gateway, "services.chat.instances", 2);
+    gwh_daemon_reply (daemons[dies], CM_MSG_PARTIAL, cm_msg_request_id (request), 200,
+                      "application/json", "{\"textResponse\":");
+    gwh_daemon_reply (daemons[dies], CM_MSG_FINAL, cm_msg_request_id (request), 200,
+                      "application/json", "\"first try\"}");
+    gwh_wait_health (&gateway, "broker.late_replies", 2);
     gwh_daemon_reply (other, CM_MSG_FINAL, cm_msg_request_id (again), 200,
                       "application/json", "{\"textResponse\":\"second try\"}");
     gwh_call_join (call);
