@@ -224,13 +224,14 @@ static const char *s_migrations[CM_STORAGE_SCHEMA_VERSION] = {
     //  read (measured on one handler thread: 66 -> 20 us of a ~150 us
     //  turn). Rows of older versions have NULL, read through json_extract.
     "ALTER TABLE workspace_chats ADD COLUMN answer TEXT;",
-    //  5: the gateway's request id of the turn, unique: a request that
-    //  runs twice (the gateway resends a chat whose daemon died or went
-    //  unreachable before it answered, and it may have saved the turn
-    //  first) is saved once. NULL for turns saved without one.
-    "ALTER TABLE workspace_chats ADD COLUMN requestId TEXT;"
-    "CREATE UNIQUE INDEX IF NOT EXISTS workspace_chats_request"
-    "  ON workspace_chats (requestId) WHERE requestId IS NOT NULL;",
+    //  5: the gateway's request id of the turn. The gateway resends a chat
+    //  whose daemon died (or seemed to) before it answered, and that daemon
+    //  may have saved the turn first: the resent run looks for it before it
+    //  saves. No index: a unique one cost 7-9% of chat throughput (an extra
+    //  page written per commit) for the rare resend, which finds the turn
+    //  through the conversation's index instead. NULL for turns saved
+    //  without one.
+    "ALTER TABLE workspace_chats ADD COLUMN requestId TEXT;",
 };
 
 #define S_WORKSPACE_COLUMNS                                                              \
@@ -1048,26 +1049,55 @@ cm_storage_thread_list (cm_storage_t *self, int64_t workspace_id, json_t **threa
 
 //  One INSERT of a turn whose response is already serialised; its id or -1
 //  (logged, errmsg set).
-//  The id of the turn an earlier run of this request saved (the insert
-//  found it), or -1.
+//  The id of the turn an earlier run of this request saved in the same
+//  conversation: 0 when there is none, -1 on failure.
 static int64_t
-s_chat_saved_before (cm_storage_t *self, const char *request_id)
+s_chat_saved_before (cm_storage_t *self, const cm_storage_chat_t *chat)
 {
-    int64_t id = -1;
-    sqlite3_stmt *stmt =
-        cm_storage__stmt (self, "SELECT id FROM workspace_chats WHERE requestId = ?1");
+    sqlite3_stmt *stmt = cm_storage__stmt (
+        self, "SELECT id FROM workspace_chats WHERE workspaceId = ?1 AND api_session_id "
+              "IS ?2 AND thread_id IS ?3 AND requestId = ?4");
     if (!stmt)
         return -1;
-    sqlite3_bind_text (stmt, 1, request_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64 (stmt, 1, chat->workspace_id);
+    if (chat->session_id)
+        sqlite3_bind_text (stmt, 2, chat->session_id, -1, SQLITE_STATIC);
+    if (chat->thread_id)
+        sqlite3_bind_int64 (stmt, 3, chat->thread_id);
+    sqlite3_bind_text (stmt, 4, chat->request_id, -1, SQLITE_STATIC);
     int rc = sqlite3_step (stmt);
-    if (rc == SQLITE_ROW) {
-        id = sqlite3_column_int64 (stmt, 0);
-        cm_info ("request %s ran twice; its turn was saved once, as chat %lld",
-                 request_id, (long long) id);
-    } else
+    int64_t id = rc == SQLITE_ROW ? sqlite3_column_int64 (stmt, 0) : 0;
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
         cm_storage__fail (self, "find the turn of a request");
+        id = -1;
+    }
     sqlite3_reset (stmt);
     sqlite3_clear_bindings (stmt);
+    return id;
+}
+
+static int64_t s_chat_insert (cm_storage_t *self, const cm_storage_chat_t *chat,
+                              const char *response);
+
+//  A resent request's turn: saved unless its first run saved it, the look
+//  and the insert under one write lock, so two runs cannot both miss.
+static int64_t
+s_chat_add_resent (cm_storage_t *self, const cm_storage_chat_t *chat,
+                   const char *response)
+{
+    bool own = sqlite3_get_autocommit (self->db) != 0;
+    if (own && cm_storage__exec (self, "BEGIN IMMEDIATE"))
+        return -1;
+    int64_t id = s_chat_saved_before (self, chat);
+    if (id > 0)
+        cm_info ("request %s ran twice; its turn was saved once, as chat %lld",
+                 chat->request_id, (long long) id);
+    else if (id == 0)
+        id = s_chat_insert (self, chat, response);
+    if (own && (id < 0 || cm_storage__exec (self, "COMMIT"))) {
+        cm_storage__rollback (self);
+        id = -1;
+    }
     return id;
 }
 
@@ -1078,8 +1108,7 @@ s_chat_insert (cm_storage_t *self, const cm_storage_chat_t *chat, const char *re
     sqlite3_stmt *stmt = cm_storage__stmt (
         self, "INSERT INTO workspace_chats (workspaceId, prompt, response, include, "
               "user_id, thread_id, api_session_id, answer, requestId) VALUES (?1, ?2, "
-              "?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (requestId) WHERE requestId IS "
-              "NOT NULL DO NOTHING");
+              "?3, ?4, ?5, ?6, ?7, ?8, ?9)");
     if (!stmt)
         return -1;
     sqlite3_bind_int64 (stmt, 1, chat->workspace_id);
@@ -1097,16 +1126,12 @@ s_chat_insert (cm_storage_t *self, const cm_storage_chat_t *chat, const char *re
         sqlite3_bind_text (stmt, 8, answer, -1, SQLITE_STATIC);
     if (chat->request_id)
         sqlite3_bind_text (stmt, 9, chat->request_id, -1, SQLITE_STATIC);
-    bool done = sqlite3_step (stmt) == SQLITE_DONE;
-    bool saved = done && sqlite3_changes (self->db) > 0;
-    if (saved)
+    if (sqlite3_step (stmt) == SQLITE_DONE)
         id = sqlite3_last_insert_rowid (self->db);
-    else if (!done)
+    else
         cm_storage__fail (self, "insert chat");
     sqlite3_reset (stmt);
     sqlite3_clear_bindings (stmt); //  they point into the caller's strings
-    if (done && !saved)
-        id = s_chat_saved_before (self, chat->request_id);
     return id;
 }
 
@@ -1170,6 +1195,11 @@ cm_storage_chat_add (cm_storage_t *self, const cm_storage_chat_t *chat)
     if (!response) {
         snprintf (self->errmsg, sizeof self->errmsg, "response is not serialisable");
         return -1;
+    }
+    if (chat->resent && chat->request_id) {
+        int64_t id = s_chat_add_resent (self, chat, response);
+        free (response);
+        return id;
     }
     //  A connection of no pool, or inside its caller's transaction: alone.
     cm_storage_pool_t *pool = self->pool;

@@ -154,18 +154,20 @@ typedef struct {
     int64_t thread_id;      //  0: not in a thread
     int64_t user_id;        //  0: no user
     bool include;           //  counts as history for later prompts
-    const char *request_id; //  the gateway's request id: a second save of the
-                            //  same request keeps the first; NULL: none
+    const char *request_id; //  the gateway's request id, kept with the turn;
+                            //  NULL: none
+    bool resent;            //  the gateway resent the request: save the turn
+                            //  unless an earlier run of it saved it already
 } cm_storage_chat_t;
 
-//  Save a turn. Returns its id (the "chatId"), or -1 on failure. A turn
-//  whose request_id was saved before is not saved again: the earlier
-//  turn's id is returned. On a pooled connection (outside a transaction
-//  of the caller) turns of the pool's threads are group-committed:
-//  whichever arrive while a commit runs are written together in the next
-//  transaction, by one of their callers, each returning once its own turn
-//  is committed. A turn that fails alone (say its workspace is gone) does
-//  not fail the others.
+//  Save a turn. Returns its id (the "chatId"), or -1 on failure. A resent
+//  turn whose request_id its conversation holds already is not saved
+//  again: the earlier turn's id is returned. On a pooled connection
+//  (outside a transaction of the caller) turns of the pool's threads are
+//  group-committed: whichever arrive while a commit runs are written
+//  together in the next transaction, by one of their callers, each
+//  returning once its own turn is committed. A turn that fails alone (say
+//  its workspace is gone) does not fail the others.
 int64_t cm_storage_chat_add (cm_storage_t *self, const cm_storage_chat_t *chat);
 //  The pool's group commits so far: transactions and the turns they
 //  wrote (turns / commits is the average batch).

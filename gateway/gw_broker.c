@@ -238,6 +238,19 @@ s_pending_end (gw_broker_t *self, const char *request_id)
 
 static bool s_dispatch (gw_broker_t *self, s_pending_t *pending, cm_msg_t *request);
 
+//  A request sent again says so ("X-Llmrt-Attempt: 2"): its first run may
+//  have done its work before it died, and a daemon whose work must happen
+//  once (chatd saving a turn) looks for that first.
+static void
+s_mark_resent (s_pending_t *pending)
+{
+    if (!cm_msg_header (pending->request, "X-Llmrt-Attempt")) {
+        char attempt[16];
+        snprintf (attempt, sizeof attempt, "%d", pending->attempts + 1);
+        cm_msg_header_add (pending->request, "X-Llmrt-Attempt", attempt);
+    }
+}
+
 //  Forget an instance; every request that was on it is sent elsewhere (when
 //  retryable and not started) or answered.
 static void
@@ -259,6 +272,7 @@ s_instance_remove (gw_broker_t *self, s_instance_t *instance, const char *why)
         if (pending->request && pending->attempts <= S_MAX_RETRIES &&
             !gw_exchange_started (pending->exchange)) {
             self->retries++;
+            s_mark_resent (pending);
             if (s_dispatch (self, pending, pending->request))
                 continue;
         }
@@ -440,6 +454,7 @@ s_handle_frame (gw_broker_t *self, const char *id, cm_msg_t *msg)
                 instance->inflight--;
                 pending->instance = NULL;
                 self->retries++;
+                s_mark_resent (pending);
                 if (s_dispatch (self, pending, pending->request))
                     break;
             }

@@ -363,6 +363,16 @@ s_health (gw_server_t *self, struct MHD_Connection *connection, bool ready_only)
     return s_reply_json (connection, ready ? 200 : 503, body, ready ? NULL : "1", NULL);
 }
 
+//  A new request id: this start's random prefix, then a counter of fixed
+//  width, so that ids sort in the order they were made (chatd keeps them
+//  in a unique index: new ones go to its end, not all over it).
+static void
+s_request_id (gw_server_t *self, char *id, size_t size)
+{
+    snprintf (id, size, "%s-%010llx", self->id_prefix,
+              (unsigned long long) atomic_fetch_add (&self->next_id, 1));
+}
+
 //  /api/metrics and /api/metrics/prometheus: answered by the metrics
 //  thread (it asks the supervisor), on a suspended connection, like a
 //  forwarded request.
@@ -375,8 +385,7 @@ s_metrics (gw_server_t *self, struct MHD_Connection *connection, s_request_t *re
         return s_reply_error (connection, 503, "The gateway is shutting down.");
     }
     char request_id[48];
-    snprintf (request_id, sizeof request_id, "%s-%llx", self->id_prefix,
-              (unsigned long long) atomic_fetch_add (&self->next_id, 1));
+    s_request_id (self, request_id, sizeof request_id);
     request->exchange = gw_metrics_request (self->observer, connection, request_id,
                                             request->route->local == GW_LOCAL_PROMETHEUS);
     return MHD_YES;
@@ -427,8 +436,7 @@ s_forward (gw_server_t *self, struct MHD_Connection *connection, s_request_t *re
             json_pack ("{s:s}", "error", "The gateway is shutting down."));
     }
     char request_id[48];
-    snprintf (request_id, sizeof request_id, "%s-%llx", self->id_prefix,
-              (unsigned long long) atomic_fetch_add (&self->next_id, 1));
+    s_request_id (self, request_id, sizeof request_id);
     cm_msg_t *msg = cm_msg_new (CM_MSG_REQUEST);
     cm_msg_set_request_id (msg, request_id);
     cm_msg_set_service (msg, request->route->service);

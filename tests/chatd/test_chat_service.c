@@ -4,6 +4,7 @@
     defines every cm_call_* function itself (a link seam), so the test needs
     no gateway and no ZeroMQ, and can cancel a stream at an exact event. */
 #include <criterion/criterion.h>
+#include <strings.h>
 #include "chat_service.h"
 #include "cm_storage.h"
 #include "cm_storage_docs.h"
@@ -26,6 +27,7 @@ struct cm_call_s {
     int finals;            //  FINAL messages sent (must end at 1)
     json_t *headers;       //  response headers added, name: value
     char request_id[32];   //  unique per call, as the gateway's are
+    bool resent;           //  the gateway sent it a second time
 };
 
 const char *
@@ -86,8 +88,8 @@ cm_call_identity (cm_call_t *self)
 const char *
 cm_call_header (cm_call_t *self, const char *name)
 {
-    (void) self, (void) name;
-    return NULL;
+    //  The one header chatd reads: the gateway's mark on a resent request.
+    return self->resent && !strcasecmp (name, "X-Llmrt-Attempt") ? "2" : NULL;
 }
 
 const char *
@@ -212,8 +214,10 @@ s_teardown (void)
     test_dir_remove (s_dir);
 }
 
-//  When set, the request id of every call (as when the gateway resends).
+//  When set, the request id of every call (as when the gateway resends),
+//  and whether it comes marked as sent again.
 static const char *s_resend_id;
+static bool s_resent;
 
 //  Serve one request: the route by method and pattern, params "slug" and
 //  "threadSlug", a JSON body (text, may be NULL).
@@ -224,8 +228,10 @@ s_serve (const char *method, const char *pattern, const char *slug, const char *
     static int requests;
     cm_call_t *call = calloc (1, sizeof *call);
     snprintf (call->request_id, sizeof call->request_id, "test-request-%d", ++requests);
-    if (s_resend_id) //  the gateway resends this request
+    if (s_resend_id) { //  the gateway sends this request again
         snprintf (call->request_id, sizeof call->request_id, "%s", s_resend_id);
+        call->resent = s_resent;
+    }
     call->method = method;
     call->pattern = pattern;
     call->params[0] = "slug";
@@ -1558,6 +1564,7 @@ Test (chat_service, a_chat_resent_by_the_gateway_is_saved_once)
         json_int_t ids[2];
         s_resend_id = p ? "gw-resent-stream" : "gw-resent-sync";
         for (int run = 0; run < 2; run++) {
+            s_resent = run == 1;
             cm_call_t *call = s_serve ("POST", paths[p], "resent", NULL,
                                        "{\"message\":\"say it once\"}", 0);
             cr_assert_eq (call->status, 200);
@@ -1569,6 +1576,7 @@ Test (chat_service, a_chat_resent_by_the_gateway_is_saved_once)
             s_call_free (&call);
         }
         s_resend_id = NULL;
+        s_resent = false;
         cr_assert_eq (ids[1], ids[0],
                       "%s: the second run saved chat %lld, the first %lld", paths[p],
                       (long long) ids[1], (long long) ids[0]);

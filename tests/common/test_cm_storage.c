@@ -690,21 +690,21 @@ Test (cm_storage, pool_group_commits_concurrent_turns)
     cm_storage_pool_destroy (&pool);
 }
 
-//  A turn saved with a request id (the gateway's) is saved once however
-//  often the request runs: alone, and in group commits where the same
-//  request races itself on every thread (the gateway resent it while the
-//  first run was still going) beside turns of other requests.
+//  A request the gateway resent (its first instance died, or seemed to,
+//  before answering) saves its turn only if the first run did not: alone,
+//  and in group commits where every thread races the same resent request
+//  beside turns of its own.
 typedef struct {
     cm_storage_pool_t *pool;
     int64_t workspace_id;
     int index;
-    int64_t ids[50]; //  turn n: request "r-n", raced by every thread
+    int64_t ids[50]; //  turn n: request "r-n", resent on every thread
     int64_t own[50]; //  turn n of this thread alone: request "t<i>-n"
 } s_racer_t;
 
 static int64_t
 s_add_request (cm_storage_t *storage, int64_t workspace_id, const char *prompt,
-               const char *request_id)
+               const char *request_id, bool resent)
 {
     json_t *response = json_pack ("{s:s, s:[], s:s, s:[], s:{}}", "text", prompt,
                                   "sources", "type", "chat", "attachments", "metrics");
@@ -712,7 +712,8 @@ s_add_request (cm_storage_t *storage, int64_t workspace_id, const char *prompt,
                               .prompt = prompt,
                               .response = response,
                               .include = true,
-                              .request_id = request_id};
+                              .request_id = request_id,
+                              .resent = resent};
     int64_t id = cm_storage_chat_add (storage, &chat);
     json_decref (response);
     return id;
@@ -727,25 +728,27 @@ s_racer (void *arg)
         snprintf (shared, sizeof shared, "r-%d", n);
         snprintf (own, sizeof own, "t%d-%d", self->index, n);
         cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
-        self->ids[n] = s_add_request (storage, self->workspace_id, shared, shared);
-        self->own[n] = s_add_request (storage, self->workspace_id, own, own);
+        self->ids[n] = s_add_request (storage, self->workspace_id, shared, shared, true);
+        self->own[n] = s_add_request (storage, self->workspace_id, own, own, false);
         cm_storage_pool_release (self->pool, &storage);
     }
     return NULL;
 }
 
-Test (cm_storage, a_request_that_runs_twice_saves_one_turn)
+Test (cm_storage, a_resent_request_saves_its_turn_once)
 {
     cm_storage_t *storage = s_open ();
     json_t *workspace = s_workspace (storage, "Once");
-    int64_t first = s_add_request (storage, s_id (workspace), "hello", "gw-1");
+    int64_t first = s_add_request (storage, s_id (workspace), "hello", "gw-1", false);
     cr_assert_gt (first, 0);
-    cr_assert_eq (s_add_request (storage, s_id (workspace), "hello again", "gw-1"), first,
-                  "the second run of request gw-1 got another id");
+    cr_assert_eq (s_add_request (storage, s_id (workspace), "hello", "gw-1", true), first,
+                  "the resent run of request gw-1 saved another turn");
     cr_assert_eq (s_count_chats (storage, s_id (workspace)), 1);
+    //  Resent, but its first run saved nothing (it died before): saved now.
+    int64_t second = s_add_request (storage, s_id (workspace), "again", "gw-2", true);
+    cr_assert_gt (second, first);
     //  Without a request id every save is a turn of its own.
-    cr_assert_gt (s_add_request (storage, s_id (workspace), "hi", NULL), first);
-    cr_assert_gt (s_add_request (storage, s_id (workspace), "hi", NULL), first + 1);
+    cr_assert_gt (s_add_request (storage, s_id (workspace), "hi", NULL, true), second);
     cr_assert_eq (s_count_chats (storage, s_id (workspace)), 3);
     cm_storage_destroy (&storage);
 
@@ -772,10 +775,6 @@ Test (cm_storage, a_request_that_runs_twice_saves_one_turn)
     storage = cm_storage_pool_acquire (pool);
     cr_assert_eq (s_count_chats (storage, s_id (workspace)),
                   3 + 50 + S_GROUP_THREADS * 50);
-    uint64_t commits = 0, written = 0;
-    cm_storage_pool_chat_commits (pool, &commits, &written);
-    cr_log_info ("%llu turns in %llu commits", (unsigned long long) written,
-                 (unsigned long long) commits);
     cm_storage_pool_release (pool, &storage);
     cm_storage_pool_destroy (&pool);
     json_decref (workspace);
@@ -797,7 +796,6 @@ Test (cm_storage, history_of_schema_3_rows_reads_through_json)
     sqlite3 *db = NULL;
     cr_assert_eq (sqlite3_open (path, &db), SQLITE_OK);
     cr_assert_eq (sqlite3_exec (db,
-                                "DROP INDEX workspace_chats_request;"
                                 "ALTER TABLE workspace_chats DROP COLUMN requestId;"
                                 "ALTER TABLE workspace_chats DROP COLUMN answer;"
                                 "PRAGMA user_version = 3;",
@@ -808,9 +806,9 @@ Test (cm_storage, history_of_schema_3_rows_reads_through_json)
     storage = s_open ();
     cr_assert_eq (cm_storage_schema_version (storage), CM_STORAGE_SCHEMA_VERSION);
     cr_assert_gt (s_add_chat (storage, s_id (workspace), "after", NULL), 0);
-    int64_t once = s_add_request (storage, s_id (workspace), "once", "r-1");
+    int64_t once = s_add_request (storage, s_id (workspace), "once", "r-1", false);
     cr_assert_gt (once, 0);
-    cr_assert_eq (s_add_request (storage, s_id (workspace), "once", "r-1"), once);
+    cr_assert_eq (s_add_request (storage, s_id (workspace), "once", "r-1", true), once);
     json_t *turns = json_object ();
     cm_storage_chat_filter_t history = {.user_id = -1, .included_only = true};
     cr_assert_eq (cm_storage_chat_context (storage, s_id (workspace), &history,

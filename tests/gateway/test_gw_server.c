@@ -994,6 +994,9 @@ Test (gw_server, retryable_request_is_resent_when_its_instance_dies)
     //  Once the silent one expires, the same request goes to the other.
     cm_msg_t *again = gwh_daemon_expect (other, CM_MSG_REQUEST);
     cr_assert_str_eq (cm_msg_request_id (again), cm_msg_request_id (request));
+    //  Marked as sent again (chatd then looks for a turn the first run saved).
+    cr_assert_null (cm_msg_header (request, "X-Llmrt-Attempt"));
+    cr_assert_str_eq (cm_msg_header (again, "X-Llmrt-Attempt"), "2");
     cr_assert_str_eq (cm_msg_route (again), "/api/v1/workspace/demo/chat?x=1");
     size_t size;
     const char *received = cm_msg_body (again, &size);
@@ -1376,6 +1379,9 @@ Test (gw_server, a_503_from_a_draining_instance_is_resent_when_retryable)
                       "{\"error\":\"The service is shutting down.\"}");
     cm_msg_t *again = gwh_daemon_expect (other, CM_MSG_REQUEST);
     cr_assert_str_eq (cm_msg_request_id (again), cm_msg_request_id (request));
+    //  Marked as sent again (chatd then looks for a turn the first run saved).
+    cr_assert_null (cm_msg_header (request, "X-Llmrt-Attempt"));
+    cr_assert_str_eq (cm_msg_header (again, "X-Llmrt-Attempt"), "2");
     gwh_daemon_reply (other, CM_MSG_FINAL, cm_msg_request_id (again), 200,
                       "application/json", "{\"textResponse\":\"elsewhere\"}");
     gwh_call_join (call);
