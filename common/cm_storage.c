@@ -546,6 +546,29 @@ cm_storage_pool_acquire (cm_storage_pool_t *self)
     return storage;
 }
 
+//  A connection goes back to the pool as it came out: no transaction open
+//  and no statement running. Either would make the next borrower's writes
+//  wait for a commit that never comes (its turns answered as saved, then
+//  lost at the next crash). No path leaves one today; this makes sure, and
+//  says so loudly if a future one does.
+static void
+s_pool_check_returned (cm_storage_t *storage)
+{
+    for (sqlite3_stmt *stmt = sqlite3_next_stmt (storage->db, NULL); stmt;
+         stmt = sqlite3_next_stmt (storage->db, stmt))
+        if (sqlite3_stmt_busy (stmt)) {
+            cm_error ("storage: a statement was still running on a returned "
+                      "connection (%.80s); reset",
+                      sqlite3_sql (stmt));
+            sqlite3_reset (stmt);
+        }
+    if (!sqlite3_get_autocommit (storage->db)) {
+        cm_error ("storage: a connection came back to the pool inside a "
+                  "transaction; rolled back");
+        sqlite3_exec (storage->db, "ROLLBACK", NULL, NULL, NULL);
+    }
+}
+
 void
 cm_storage_pool_release (cm_storage_pool_t *self, cm_storage_t **storage_p)
 {
@@ -553,6 +576,7 @@ cm_storage_pool_release (cm_storage_pool_t *self, cm_storage_t **storage_p)
     assert (storage_p);
     if (!*storage_p)
         return;
+    s_pool_check_returned (*storage_p);
     pthread_mutex_lock (&self->lock);
     if (self->idle_size >= S_POOL_IDLE_MAX) {
         //  A burst (2,000 streams starting at once) must not leave a

@@ -3,6 +3,7 @@
     concurrent connections (threads and processes) on one file. */
 #include <criterion/criterion.h>
 #include "cm_storage.h"
+#include "cm_storage_int.h"
 #include "test_dir.h"
 #include <pthread.h>
 #include <sqlite3.h>
@@ -688,6 +689,38 @@ Test (cm_storage, pool_group_commits_concurrent_turns)
     json_decref (workspace);
     cm_storage_pool_release (pool, &storage);
     cm_storage_pool_destroy (&pool);
+}
+
+//  A connection that comes back to the pool inside a transaction, or with
+//  a statement still running, is cleaned before it is lent again: the next
+//  borrower's turn must commit, not wait inside someone else's transaction.
+Test (cm_storage, a_connection_returned_mid_transaction_is_rolled_back)
+{
+    char err[512] = "";
+    cm_storage_pool_t *pool = cm_storage_pool_new (s_dir, err, sizeof err);
+    cr_assert_not_null (pool, "%s", err);
+    cm_storage_t *storage = cm_storage_pool_acquire (pool);
+    json_t *workspace = s_workspace (storage, "Leaky");
+    cr_assert_eq (cm_storage__exec (storage, "BEGIN"), 0);
+    cr_assert_gt (s_add_chat (storage, s_id (workspace), "never committed", NULL), 0);
+    sqlite3_stmt *running = cm_storage__stmt (storage, "SELECT id FROM workspace_chats");
+    cr_assert_eq (sqlite3_step (running), SQLITE_ROW);
+    cm_storage_pool_release (pool, &storage);
+
+    storage = cm_storage_pool_acquire (pool);
+    cr_assert (sqlite3_get_autocommit (storage->db), "lent again inside a transaction");
+    for (sqlite3_stmt *stmt = sqlite3_next_stmt (storage->db, NULL); stmt;
+         stmt = sqlite3_next_stmt (storage->db, stmt))
+        cr_assert_not (sqlite3_stmt_busy (stmt), "still running: %s", sqlite3_sql (stmt));
+    int64_t id = s_add_chat (storage, s_id (workspace), "committed", NULL);
+    cr_assert_gt (id, 0);
+    cm_storage_pool_release (pool, &storage);
+    //  Another connection sees the second turn only.
+    cm_storage_t *other = s_open ();
+    cr_assert_eq (s_count_chats (other, s_id (workspace)), 1);
+    cm_storage_destroy (&other);
+    cm_storage_pool_destroy (&pool);
+    json_decref (workspace);
 }
 
 //  A request the gateway resent (its first instance died, or seemed to,
