@@ -16,6 +16,8 @@
       its chunks stored exactly once;
     - nothing is done twice: no prompt is stored twice, and every ingestion
       job that was started, answered or not, ends completed;
+    - every program that ended was ended by the test's SIGKILL: none exited
+      or crashed on its own;
     - afterwards the suite is ready again and serves every kind of request.
 
     LLMRT_CHAOS_SECONDS (default 20) sets how long the killing goes on,
@@ -480,6 +482,32 @@ Test (chaos, kill_9_under_load_loses_no_answered_work, .timeout = 900)
     for (size_t i = 0; i < n_victims; i++)
         cr_assert (victims[i].kills > 0 || !chosen[i], "%s was never killed",
                    victims[i].name);
+
+    //  Every program that ended did so by our hand: no exit status, no
+    //  other signal (a crash of its own, an abort, a sanitizer's report).
+    {
+        char path[300], line[512];
+        snprintf (path, sizeof path, "%s/suite.log", s_suite.run_dir);
+        FILE *log = fopen (path, "r");
+        cr_assert_not_null (log, "no %s", path);
+        int ours = 0, others = 0;
+        while (fgets (line, sizeof line, log)) {
+            if (!strstr (line, " supervisor[") ||
+                (!strstr (line, " exited with status ") &&
+                 !strstr (line, " killed by signal ")))
+                continue;
+            if (strstr (line, " killed by signal 9 "))
+                ours++;
+            else {
+                others++;
+                cr_log_error ("%s", line);
+            }
+        }
+        fclose (log);
+        cr_expect_eq (others, 0, "%d programs ended by themselves (lines above)", others);
+        cr_expect_eq (ours, kills, "%d SIGKILLs sent, %d seen by the supervisor", kills,
+                      ours);
+    }
 
     //  What the clients saw.
     int statuses[S_KINDS][6] = {{0}}; //  0, 200, 429, 502, 503, 504
