@@ -51,20 +51,26 @@ s_id (json_t *row)
     return json_integer_value (json_object_get (row, "id"));
 }
 
+//  Save a turn whose answer repeats its prompt; chat holds the rest.
+static int64_t
+s_save_turn (cm_storage_t *storage, cm_storage_chat_t chat)
+{
+    json_t *response = json_pack ("{s:s, s:[], s:s, s:[], s:{}}", "text", chat.prompt,
+                                  "sources", "type", "chat", "attachments", "metrics");
+    chat.response = response;
+    chat.include = true;
+    int64_t id = cm_storage_chat_add (storage, &chat);
+    json_decref (response);
+    return id;
+}
+
 static int64_t
 s_add_chat (cm_storage_t *storage, int64_t workspace_id, const char *prompt,
             const char *session_id)
 {
-    json_t *response = json_pack ("{s:s, s:[], s:s, s:[], s:{}}", "text", prompt,
-                                  "sources", "type", "chat", "attachments", "metrics");
-    cm_storage_chat_t chat = {.workspace_id = workspace_id,
-                              .prompt = prompt,
-                              .response = response,
-                              .session_id = session_id,
-                              .include = true};
-    int64_t id = cm_storage_chat_add (storage, &chat);
-    json_decref (response);
-    return id;
+    return s_save_turn (storage, (cm_storage_chat_t){.workspace_id = workspace_id,
+                                                     .prompt = prompt,
+                                                     .session_id = session_id});
 }
 
 TestSuite (cm_storage, .init = s_setup, .fini = s_teardown);
@@ -739,17 +745,10 @@ static int64_t
 s_add_request (cm_storage_t *storage, int64_t workspace_id, const char *prompt,
                const char *request_id, bool resent)
 {
-    json_t *response = json_pack ("{s:s, s:[], s:s, s:[], s:{}}", "text", prompt,
-                                  "sources", "type", "chat", "attachments", "metrics");
-    cm_storage_chat_t chat = {.workspace_id = workspace_id,
-                              .prompt = prompt,
-                              .response = response,
-                              .include = true,
-                              .request_id = request_id,
-                              .resent = resent};
-    int64_t id = cm_storage_chat_add (storage, &chat);
-    json_decref (response);
-    return id;
+    return s_save_turn (storage, (cm_storage_chat_t){.workspace_id = workspace_id,
+                                                     .prompt = prompt,
+                                                     .request_id = request_id,
+                                                     .resent = resent});
 }
 
 static void *

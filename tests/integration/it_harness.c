@@ -336,6 +336,35 @@ it_suite_stop (it_suite_t *suite)
     }
 }
 
+//  --- the database -------------------------------------------------------------
+
+sqlite3 *
+it_db_open (const it_suite_t *suite)
+{
+    char path[512];
+    snprintf (path, sizeof path, "%s/storage/llmrt.db", suite->run_dir);
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open_v2 (path, &db, SQLITE_OPEN_READONLY, NULL);
+    cr_assert_eq (rc, SQLITE_OK, "cannot open %s: %s", path, sqlite3_errmsg (db));
+    sqlite3_busy_timeout (db, 5000);
+    return db;
+}
+
+int64_t
+it_db_int (sqlite3 *db, const char *sql, const char *text)
+{
+    sqlite3_stmt *stmt = NULL;
+    cr_assert_eq (sqlite3_prepare_v2 (db, sql, -1, &stmt, NULL), SQLITE_OK, "%s: %s", sql,
+                  sqlite3_errmsg (db));
+    if (text)
+        sqlite3_bind_text (stmt, 1, text, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step (stmt);
+    cr_assert (rc == SQLITE_ROW || rc == SQLITE_DONE, "%s: %s", sql, sqlite3_errmsg (db));
+    int64_t value = rc == SQLITE_ROW ? sqlite3_column_int64 (stmt, 0) : 0;
+    sqlite3_finalize (stmt);
+    return value;
+}
+
 //  --- small helpers and the SSE client -------------------------------------------
 
 void

@@ -8,6 +8,7 @@
 #include <curl/curl.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -74,6 +75,13 @@ void it_create_workspace (const it_suite_t *suite, const char *body);
 json_t *it_get_json (const it_suite_t *suite, const char *path, long *status);
 //  A string member of a JSON object (borrowed), NULL when absent.
 const char *it_str (json_t *object, const char *key);
+
+//  The suite's database (RUN_DIR/storage/llmrt.db), read-only, with a
+//  5 s busy timeout; fails the test when it cannot be opened.
+sqlite3 *it_db_open (const it_suite_t *suite);
+//  The first column of the first row sql gives, as an integer (0 when no
+//  row), with text bound to ?1 unless NULL; fails the test on an error.
+int64_t it_db_int (sqlite3 *db, const char *sql, const char *text);
 
 //  An SSE client for the stream-chat routes: a POST with the admin key
 //  whose body is collected as it arrives (run it here, or on a thread for

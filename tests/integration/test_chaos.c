@@ -26,7 +26,6 @@
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <signal.h>
-#include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -281,35 +280,6 @@ s_client (void *arg)
 
 //  --- checks against the database ------------------------------------------------
 
-static sqlite3 *
-s_db_open (void)
-{
-    char path[512];
-    snprintf (path, sizeof path, "%s/storage/llmrt.db", s_suite.run_dir);
-    sqlite3 *db = NULL;
-    int rc = sqlite3_open_v2 (path, &db, SQLITE_OPEN_READONLY, NULL);
-    cr_assert_eq (rc, SQLITE_OK, "cannot open %s: %s", path, sqlite3_errmsg (db));
-    sqlite3_busy_timeout (db, 5000);
-    return db;
-}
-
-//  The first column of the first row of sql with text bound to ?1 (NULL:
-//  none) as an integer.
-static int64_t
-s_db_int (sqlite3 *db, const char *sql, const char *text)
-{
-    sqlite3_stmt *stmt = NULL;
-    cr_assert_eq (sqlite3_prepare_v2 (db, sql, -1, &stmt, NULL), SQLITE_OK, "%s: %s", sql,
-                  sqlite3_errmsg (db));
-    if (text)
-        sqlite3_bind_text (stmt, 1, text, -1, SQLITE_TRANSIENT);
-    int rc = sqlite3_step (stmt);
-    cr_assert (rc == SQLITE_ROW || rc == SQLITE_DONE, "%s: %s", sql, sqlite3_errmsg (db));
-    int64_t value = rc == SQLITE_ROW ? sqlite3_column_int64 (stmt, 0) : 0;
-    sqlite3_finalize (stmt);
-    return value;
-}
-
 //  The prompt stored under a chat id ("" when there is no such row).
 static void
 s_db_prompt (sqlite3 *db, json_int_t id, char *prompt, size_t size)
@@ -329,8 +299,8 @@ s_db_prompt (sqlite3 *db, json_int_t id, char *prompt, size_t size)
 static bool
 s_jobs_settled (void *arg)
 {
-    return s_db_int (arg, "SELECT count(*) FROM ingest_jobs WHERE state != 'completed'",
-                     NULL) == 0;
+    return it_db_int (arg, "SELECT count(*) FROM ingest_jobs WHERE state != 'completed'",
+                      NULL) == 0;
 }
 
 //  --- the suite and the killer ------------------------------------------------------
@@ -570,7 +540,7 @@ Test (chaos, kill_9_under_load_loses_no_answered_work, .timeout = 900)
                       s_kind_names[k]);
 
     //  Answered work is in the database, once.
-    sqlite3 *db = s_db_open ();
+    sqlite3 *db = it_db_open (&s_suite);
     int chats = 0, uploads = 0;
     for (size_t i = 0; i < s_count; i++) {
         s_outcome_t *o = &s_outcomes[i];
@@ -585,10 +555,10 @@ Test (chaos, kill_9_under_load_loses_no_answered_work, .timeout = 900)
                 "%lld rows, the first %lld",
                 (long long) o->chat_id, o->sent, o->answered / 1000, o->answered % 1000,
                 prompt, o->sent,
-                (long long) s_db_int (
+                (long long) it_db_int (
                     db, "SELECT count(*) FROM workspace_chats WHERE prompt = ?1",
                     o->sent),
-                (long long) s_db_int (
+                (long long) it_db_int (
                     db, "SELECT min(id) FROM workspace_chats WHERE prompt = ?1",
                     o->sent));
             chats++;
@@ -597,55 +567,55 @@ Test (chaos, kill_9_under_load_loses_no_answered_work, .timeout = 900)
             uploads++;
     }
     cr_expect_eq (
-        s_db_int (db,
-                  "SELECT count(*) FROM (SELECT 1 FROM workspace_chats GROUP BY "
-                  "prompt, api_session_id HAVING count(*) > 1)",
-                  NULL),
+        it_db_int (db,
+                   "SELECT count(*) FROM (SELECT 1 FROM workspace_chats GROUP BY "
+                   "prompt, api_session_id HAVING count(*) > 1)",
+                   NULL),
         0, "a prompt is stored twice");
     //  Every ingestion job that was started ends completed, whether or not
     //  its client saw the answer.
     long long settle = it_now_ms ();
     bool settled = it_wait (s_jobs_settled, db, 240000);
     cr_assert (settled, "%lld ingestion jobs did not complete within 240 s",
-               (long long) s_db_int (db,
-                                     "SELECT count(*) FROM ingest_jobs WHERE state != "
-                                     "'completed'",
-                                     NULL));
+               (long long) it_db_int (db,
+                                      "SELECT count(*) FROM ingest_jobs WHERE state != "
+                                      "'completed'",
+                                      NULL));
     for (size_t i = 0; i < s_count; i++) {
         s_outcome_t *o = &s_outcomes[i];
         if (o->kind != S_UPLOAD || o->status != 200 || !o->location[0])
             continue;
         cr_expect_eq (
-            s_db_int (db, "SELECT state = 'completed' FROM ingest_jobs WHERE id = ?1",
-                      o->job),
+            it_db_int (db, "SELECT state = 'completed' FROM ingest_jobs WHERE id = ?1",
+                       o->job),
             1, "the job of '%s' did not complete", o->sent);
-        cr_expect_eq (s_db_int (db, "SELECT embedded FROM documents WHERE location = ?1",
-                                o->location),
+        cr_expect_eq (it_db_int (db, "SELECT embedded FROM documents WHERE location = ?1",
+                                 o->location),
                       1, "'%s' is not embedded", o->sent);
         cr_expect_eq (
-            s_db_int (db,
-                      "SELECT count(*) FROM workspace_documents w JOIN workspaces s "
-                      "ON s.id = w.workspaceId WHERE s.slug = 'chaos' AND "
-                      "w.docpath = ?1",
-                      o->location),
+            it_db_int (db,
+                       "SELECT count(*) FROM workspace_documents w JOIN workspaces s "
+                       "ON s.id = w.workspaceId WHERE s.slug = 'chaos' AND "
+                       "w.docpath = ?1",
+                       o->location),
             1, "'%s' is not in the workspace once", o->sent);
     }
     cr_expect_eq (
-        s_db_int (db,
-                  "SELECT count(*) FROM (SELECT 1 FROM document_chunks GROUP BY "
-                  "documentId, position HAVING count(*) > 1)",
-                  NULL),
+        it_db_int (db,
+                   "SELECT count(*) FROM (SELECT 1 FROM document_chunks GROUP BY "
+                   "documentId, position HAVING count(*) > 1)",
+                   NULL),
         0, "a chunk is stored twice");
     cr_expect_eq (
-        s_db_int (db,
-                  "SELECT count(*) FROM documents d WHERE d.embedded AND "
-                  "(SELECT count(*) FROM document_chunks c WHERE c.documentId = "
-                  "d.id) = 0",
-                  NULL),
+        it_db_int (db,
+                   "SELECT count(*) FROM documents d WHERE d.embedded AND "
+                   "(SELECT count(*) FROM document_chunks c WHERE c.documentId = "
+                   "d.id) = 0",
+                   NULL),
         0, "a document marked embedded has no chunks");
-    int64_t jobs = s_db_int (db, "SELECT count(*) FROM ingest_jobs", NULL);
+    int64_t jobs = it_db_int (db, "SELECT count(*) FROM ingest_jobs", NULL);
     int64_t reruns =
-        s_db_int (db, "SELECT count(*) FROM ingest_jobs WHERE attempts > 1", NULL);
+        it_db_int (db, "SELECT count(*) FROM ingest_jobs WHERE attempts > 1", NULL);
     cr_log_info ("%d answered chats and %d answered uploads checked; %lld jobs in all "
                  "(%lld ran more than once), settled %lld ms after the suite was ready; "
                  "%d streams finished",

@@ -888,33 +888,6 @@ Test (ingest, bad_input_gets_its_status_and_names_the_problem, .timeout = 180)
 
 #define S_KILL_DOCS 200
 
-//  The suite's database, read-only.
-static sqlite3 *
-s_db_open (void)
-{
-    char path[512];
-    snprintf (path, sizeof path, "%s/storage/llmrt.db", s_suite.run_dir);
-    sqlite3 *db = NULL;
-    int rc = sqlite3_open_v2 (path, &db, SQLITE_OPEN_READONLY, NULL);
-    cr_assert_eq (rc, SQLITE_OK, "cannot open %s: %s", path, sqlite3_errmsg (db));
-    sqlite3_busy_timeout (db, 5000);
-    return db;
-}
-
-//  One integer a query answers (the first column of its first row).
-static int64_t
-s_db_int (sqlite3 *db, const char *sql)
-{
-    sqlite3_stmt *stmt = NULL;
-    cr_assert_eq (sqlite3_prepare_v2 (db, sql, -1, &stmt, NULL), SQLITE_OK, "%s: %s", sql,
-                  sqlite3_errmsg (db));
-    int rc = sqlite3_step (stmt);
-    cr_assert (rc == SQLITE_ROW || rc == SQLITE_DONE, "%s: %s", sql, sqlite3_errmsg (db));
-    int64_t value = rc == SQLITE_ROW ? sqlite3_column_int64 (stmt, 0) : 0;
-    sqlite3_finalize (stmt);
-    return value;
-}
-
 typedef struct {
     sqlite3 *db;
     int64_t completed, active;
@@ -925,10 +898,10 @@ static bool
 s_progress (void *arg)
 {
     s_progress_t *progress = arg;
-    progress->completed = s_db_int (
-        progress->db, "SELECT count(*) FROM ingest_jobs WHERE state = 'completed'");
-    progress->active = s_db_int (
-        progress->db, "SELECT count(*) FROM ingest_jobs WHERE state = 'active'");
+    progress->completed = it_db_int (
+        progress->db, "SELECT count(*) FROM ingest_jobs WHERE state = 'completed'", NULL);
+    progress->active = it_db_int (
+        progress->db, "SELECT count(*) FROM ingest_jobs WHERE state = 'active'", NULL);
     return progress->completed >= progress->want_completed && progress->active > 0;
 }
 
@@ -936,8 +909,8 @@ static bool
 s_all_completed (void *arg)
 {
     s_progress_t *progress = arg;
-    progress->completed = s_db_int (
-        progress->db, "SELECT count(*) FROM ingest_jobs WHERE state = 'completed'");
+    progress->completed = it_db_int (
+        progress->db, "SELECT count(*) FROM ingest_jobs WHERE state = 'completed'", NULL);
     return progress->completed >= S_KILL_DOCS;
 }
 
@@ -988,7 +961,7 @@ Test (ingest, kill_9_of_ingestd_loses_no_job_and_stores_chunks_once, .timeout = 
         json_decref (document);
     }
     cr_assert_eq (json_object_size (jobs), S_KILL_DOCS);
-    sqlite3 *db = s_db_open ();
+    sqlite3 *db = it_db_open (&s_suite);
     //  Some done, some running: kill -9 now.
     s_progress_t progress = {db, 0, 0, 5};
     cr_assert (it_wait (s_progress, &progress, 120000),
@@ -1010,12 +983,16 @@ Test (ingest, kill_9_of_ingestd_loses_no_job_and_stores_chunks_once, .timeout = 
                (long long) progress.completed, S_KILL_DOCS);
 
     //  Every job says completed, and its chunks are stored exactly once.
-    cr_assert_eq (s_db_int (db,
-                            "SELECT count(*) FROM (SELECT documentId, position, count(*) "
-                            "FROM document_chunks GROUP BY 1, 2 HAVING count(*) > 1)"),
-                  0, "a chunk is stored twice");
     cr_assert_eq (
-        s_db_int (db, "SELECT count(*) FROM ingest_jobs WHERE state != 'completed'"), 0);
+        it_db_int (db,
+                   "SELECT count(*) FROM (SELECT documentId, position, count(*) "
+                   "FROM document_chunks GROUP BY 1, 2 HAVING count(*) > 1)",
+                   NULL),
+        0, "a chunk is stored twice");
+    cr_assert_eq (
+        it_db_int (db, "SELECT count(*) FROM ingest_jobs WHERE state != 'completed'",
+                   NULL),
+        0);
     int64_t chunks = 0;
     const char *id;
     json_t *location;
@@ -1035,7 +1012,7 @@ Test (ingest, kill_9_of_ingestd_loses_no_job_and_stores_chunks_once, .timeout = 
                   "SELECT count(*) FROM document_chunks c JOIN documents d ON "
                   "d.id = c.documentId WHERE d.location = '%s'",
                   json_string_value (location));
-        int64_t stored = s_db_int (db, sql);
+        int64_t stored = it_db_int (db, sql, NULL);
         cr_assert_eq (stored, total, "%s: %lld chunks stored of %lld: %s",
                       json_string_value (location), (long long) stored, (long long) total,
                       shown);
@@ -1045,15 +1022,17 @@ Test (ingest, kill_9_of_ingestd_loses_no_job_and_stores_chunks_once, .timeout = 
             "max(c.position) = count(*) - 1 FROM document_chunks c JOIN documents d "
             "ON d.id = c.documentId WHERE d.location = '%s'",
             json_string_value (location));
-        cr_assert_eq (s_db_int (db, sql), 1, "positions are not 0..n-1: %s", shown);
+        cr_assert_eq (it_db_int (db, sql, NULL), 1, "positions are not 0..n-1: %s",
+                      shown);
         snprintf (sql, sizeof sql, "SELECT embedded FROM documents WHERE location = '%s'",
                   json_string_value (location));
-        cr_assert_eq (s_db_int (db, sql), 1, "not marked embedded: %s", shown);
+        cr_assert_eq (it_db_int (db, sql, NULL), 1, "not marked embedded: %s", shown);
         chunks += stored;
         free (shown);
         json_decref (job);
     }
-    int64_t rerun = s_db_int (db, "SELECT count(*) FROM ingest_jobs WHERE attempts > 1");
+    int64_t rerun =
+        it_db_int (db, "SELECT count(*) FROM ingest_jobs WHERE attempts > 1", NULL);
     cr_log_info ("all %d jobs completed, %lld chunks; %lld jobs ran more than once",
                  S_KILL_DOCS, (long long) chunks, (long long) rerun);
     //  Searchable in their workspace: the upstream's vectors are hashes of
