@@ -1,8 +1,10 @@
 /*  test_chaos.c: the whole suite under a steady mixed load while its
     processes are killed with SIGKILL, one after another: chatd replicas,
-    ingestd, agentd, redis-server and the gateway itself. Clients run chats,
-    streamed chats, raw-text uploads and agent-flow runs without pause; a
-    killer takes a random order of the five programs per round.
+    ingestd, agentd, redis-server and the gateway itself (redis-server and
+    ingestd are sometimes frozen with SIGSTOP for 0.3-1.5 s instead).
+    Clients run chats, streamed chats, raw-text uploads and agent-flow runs
+    without pause; a killer takes a random order of the five programs per
+    round.
 
     What must hold, whatever was killed when (nothing here is timed against
     a figure; the figures are printed):
@@ -307,7 +309,9 @@ s_jobs_settled (void *arg)
 
 typedef struct {
     const char *name; //  matched against the children's command lines
+    bool freezable;   //  also frozen (SIGSTOP) now and then, instead of killed
     int kills;
+    int freezes;
 } s_victim_t;
 
 //  GET path (no key): the answer as JSON, NULL when there is none (the
@@ -402,8 +406,15 @@ Test (chaos, kill_9_under_load_loses_no_answered_work, .timeout = 900)
 
     //  Rounds of all five in a random order, one kill every 0.4-1.2 s, until
     //  the time is up (and at least one whole round).
-    s_victim_t victims[] = {
-        {"chatd", 0}, {"ingestd", 0}, {"agentd", 0}, {"redis-server", 0}, {"gateway", 0}};
+    //  Freezes only where a stall may not make work run twice: a frozen
+    //  chatd or gateway gets its chats resent while the first run lives on,
+    //  and a first run that saves after the resent one is the case
+    //  docs/protocol.md says is not covered.
+    s_victim_t victims[] = {{"chatd", false, 0, 0},
+                            {"ingestd", true, 0, 0},
+                            {"agentd", false, 0, 0},
+                            {"redis-server", true, 0, 0},
+                            {"gateway", false, 0, 0}};
     size_t n_victims = sizeof victims / sizeof victims[0];
     //  LLMRT_CHAOS_VICTIMS (names separated by commas) narrows the choice,
     //  to chase one failure by hand.
@@ -433,7 +444,15 @@ Test (chaos, kill_9_under_load_loses_no_answered_work, .timeout = 900)
                 continue;
             }
             pid_t pid = pids[(size_t) rand () % found];
-            if (kill (pid, SIGKILL) == 0)
+            if (victim->freezable && rand () % 3 == 0) {
+                //  Hung for 0.3-1.5 s (Redis: calls time out; ingestd: its
+                //  heartbeats stop, its leases run on), then on again.
+                if (kill (pid, SIGSTOP) == 0) {
+                    usleep ((useconds_t) (300 + rand () % 1200) * 1000);
+                    kill (pid, SIGCONT);
+                    victim->freezes++;
+                }
+            } else if (kill (pid, SIGKILL) == 0)
                 victim->kills++, kills++;
         }
         whole = true;
@@ -446,12 +465,14 @@ Test (chaos, kill_9_under_load_loses_no_answered_work, .timeout = 900)
                "the suite was not ready (two chatd, Redis ok) 90 s after the last kill");
     long long ready_ms = it_now_ms () - chaos_end;
     cr_log_info ("%d kills (chatd %d, ingestd %d, agentd %d, redis-server %d, gateway "
-                 "%d; %d skipped while restarting); ready again %lld ms after the last",
+                 "%d; %d skipped while restarting), freezes of ingestd %d and "
+                 "redis-server %d; ready again %lld ms after the last",
                  kills, victims[0].kills, victims[1].kills, victims[2].kills,
-                 victims[3].kills, victims[4].kills, missed, ready_ms);
+                 victims[3].kills, victims[4].kills, missed, victims[1].freezes,
+                 victims[3].freezes, ready_ms);
     for (size_t i = 0; i < n_victims; i++)
-        cr_assert (victims[i].kills > 0 || !chosen[i], "%s was never killed",
-                   victims[i].name);
+        cr_assert (victims[i].kills + victims[i].freezes > 0 || !chosen[i],
+                   "%s was never killed", victims[i].name);
 
     //  Every program that ended did so by our hand: no exit status, no
     //  other signal (a crash of its own, an abort, a sanitizer's report).
