@@ -618,10 +618,11 @@ s_save (s_turn_t *turn, const char *text, const chat_metrics_t *metrics, bool in
         .user_id = turn->user_id,
         .include = include,
         .request_id = cm_call_request_id (turn->call),
-        //  The gateway marks a request it sent a second time (its first
-        //  instance died or seemed to before answering): that one may have
+        //  Sent here a second time (its first instance died, or seemed to,
+        //  before answering), or this chatd stalled while it ran, so the
+        //  gateway may have sent it elsewhere too: the other run may have
         //  saved this turn already.
-        .resent = cm_call_header (turn->call, "X-Llmrt-Attempt") != NULL,
+        .twice_from_us = cm_call_twice_from_us (turn->call),
     };
     int64_t id = cm_storage_chat_add (turn->storage, &chat);
     json_decref (response);

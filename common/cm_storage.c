@@ -1100,39 +1100,21 @@ s_chat_saved_before (cm_storage_t *self, const cm_storage_chat_t *chat)
     return id;
 }
 
-static int64_t s_chat_insert (cm_storage_t *self, const cm_storage_chat_t *chat,
-                              const char *response);
-
-//  A resent request's turn: saved unless its first run saved it, the look
-//  and the insert under one write lock, so two runs cannot both miss.
-static int64_t
-s_chat_add_resent (cm_storage_t *self, const cm_storage_chat_t *chat,
-                   const char *response)
-{
-    bool own = sqlite3_get_autocommit (self->db) != 0;
-    if (own && cm_storage__exec (self, "BEGIN IMMEDIATE"))
-        return -1;
-    int64_t id = s_chat_saved_before (self, chat);
-    if (id > 0)
-        cm_info ("request %s ran twice; its turn was saved once, as chat %lld",
-                 chat->request_id, (long long) id);
-    else if (id == 0)
-        id = s_chat_insert (self, chat, response);
-    if (own && (id < 0 || cm_storage__exec (self, "COMMIT"))) {
-        cm_storage__rollback (self);
-        id = -1;
-    }
-    return id;
-}
-
 static int64_t
 s_chat_insert (cm_storage_t *self, const cm_storage_chat_t *chat, const char *response)
 {
+    //  One statement, so that the look for another run of the request and
+    //  the insert happen under the same write lock, and the clock is read
+    //  once that lock is held: a handler frozen between deciding and
+    //  writing would otherwise save a turn the other run saved meanwhile.
+    //  ?10 > now: too early for another run to exist, and OR does not look.
     int64_t id = -1;
     sqlite3_stmt *stmt = cm_storage__stmt (
         self, "INSERT INTO workspace_chats (workspaceId, prompt, response, include, "
-              "user_id, thread_id, api_session_id, answer, requestId) VALUES (?1, ?2, "
-              "?3, ?4, ?5, ?6, ?7, ?8, ?9)");
+              "user_id, thread_id, api_session_id, answer, requestId) SELECT ?1, ?2, ?3, "
+              "?4, ?5, ?6, ?7, ?8, ?9 WHERE ?9 IS NULL OR ?10 > llmrt_mono_us () OR NOT "
+              "EXISTS (SELECT 1 FROM workspace_chats WHERE workspaceId = ?1 AND "
+              "api_session_id IS ?7 AND thread_id IS ?6 AND requestId = ?9)");
     if (!stmt)
         return -1;
     sqlite3_bind_int64 (stmt, 1, chat->workspace_id);
@@ -1150,12 +1132,27 @@ s_chat_insert (cm_storage_t *self, const cm_storage_chat_t *chat, const char *re
         sqlite3_bind_text (stmt, 8, answer, -1, SQLITE_STATIC);
     if (chat->request_id)
         sqlite3_bind_text (stmt, 9, chat->request_id, -1, SQLITE_STATIC);
-    if (sqlite3_step (stmt) == SQLITE_DONE)
+    sqlite3_bind_int64 (stmt, 10, chat->twice_from_us);
+    bool done = sqlite3_step (stmt) == SQLITE_DONE;
+    bool saved = done && sqlite3_changes (self->db) > 0;
+    if (saved)
         id = sqlite3_last_insert_rowid (self->db);
-    else
+    else if (!done)
         cm_storage__fail (self, "insert chat");
     sqlite3_reset (stmt);
     sqlite3_clear_bindings (stmt); //  they point into the caller's strings
+    if (done && !saved) {
+        id = s_chat_saved_before (self, chat);
+        if (id > 0)
+            cm_info ("request %s ran twice; its turn was saved once, as chat %lld",
+                     chat->request_id, (long long) id);
+        else if (id == 0) {
+            snprintf (self->errmsg, sizeof self->errmsg,
+                      "the turn of request %s was neither saved nor found",
+                      chat->request_id);
+            id = -1;
+        }
+    }
     return id;
 }
 
@@ -1219,11 +1216,6 @@ cm_storage_chat_add (cm_storage_t *self, const cm_storage_chat_t *chat)
     if (!response) {
         snprintf (self->errmsg, sizeof self->errmsg, "response is not serialisable");
         return -1;
-    }
-    if (chat->resent && chat->request_id) {
-        int64_t id = s_chat_add_resent (self, chat, response);
-        free (response);
-        return id;
     }
     //  A connection of no pool, or inside its caller's transaction: alone.
     cm_storage_pool_t *pool = self->pool;
@@ -1746,6 +1738,13 @@ s_busy (void *arg, int count)
     return 1;
 }
 
+static void
+s_mono_us (sqlite3_context *context, int argc, sqlite3_value **argv)
+{
+    (void) argc, (void) argv;
+    sqlite3_result_int64 (context, cm_clock_mono_us ());
+}
+
 static int
 s_open (cm_storage_t *self)
 {
@@ -1761,6 +1760,9 @@ s_open (cm_storage_t *self)
     }
     sqlite3_extended_result_codes (self->db, 1);
     sqlite3_busy_handler (self->db, s_busy, NULL);
+    //  The monotonic clock in µs, for s_chat_insert (not deterministic).
+    sqlite3_create_function (self->db, "llmrt_mono_us", 0, SQLITE_UTF8, NULL, s_mono_us,
+                             NULL, NULL);
 
     char mode[32] = "";
     if (s_pragma_text (self, "PRAGMA journal_mode", mode, sizeof mode))

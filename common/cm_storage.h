@@ -156,13 +156,17 @@ typedef struct {
     bool include;           //  counts as history for later prompts
     const char *request_id; //  the gateway's request id, kept with the turn;
                             //  NULL: none
-    bool resent;            //  the gateway resent the request: save the turn
-                            //  unless an earlier run of it saved it already
+    int64_t twice_from_us;  //  cm_clock_mono_us from which the request may
+                            //  also run at another instance (cm_call_twice_
+                            //  from_us; 0: from the start): from then on the
+                            //  turn is saved only if that run did not save
+                            //  it first. INT64_MAX: never
 } cm_storage_chat_t;
 
-//  Save a turn. Returns its id (the "chatId"), or -1 on failure. A resent
-//  turn whose request_id its conversation holds already is not saved
-//  again: the earlier turn's id is returned. On a pooled connection
+//  Save a turn. Returns its id (the "chatId"), or -1 on failure. A turn
+//  past its twice_from_us, whose request_id its conversation holds
+//  already, is not saved again: the earlier turn's id is returned (the
+//  look and the insert are one statement, under one write lock). On a pooled connection
 //  (outside a transaction of the caller) turns of the pool's threads are
 //  group-committed: whichever arrive while a commit runs are written
 //  together in the next transaction, by one of their callers, each

@@ -36,6 +36,7 @@ struct cm_call_s {
     bool streaming;          //  a PARTIAL was sent
     cm_msg_t *reply_headers; //  headers for the next reply (FINAL type as holder)
     int64_t received_us;     //  mono µs when the REQUEST arrived (for its duration)
+    int64_t twice_from_us;   //  see cm_call_twice_from_us
     struct cm_call_s *next;  //  link in the live-call list
 };
 
@@ -45,15 +46,21 @@ typedef struct {
 } s_frame_t;
 
 struct cm_worker_s {
-    cm_worker_config_t config;   //  copy; strings below are owned copies
-    char *service;               //  service name
-    char *instance;              //  instance id
-    char *endpoint;              //  gateway backend
-    cm_queue_t *queue;           //  bounded handler queue
-    cm_mailbox_t *outbox;        //  frames from handler threads to the I/O thread
-    pthread_t io_thread;         //  owns the socket
-    atomic_bool stopping;        //  destroy has begun: say DISCONNECT, drain
-    atomic_bool stopped;         //  I/O thread should exit
+    cm_worker_config_t config; //  copy; strings below are owned copies
+    char *service;             //  service name
+    char *instance;            //  instance id
+    char *endpoint;            //  gateway backend
+    cm_queue_t *queue;         //  bounded handler queue
+    cm_mailbox_t *outbox;      //  frames from handler threads to the I/O thread
+    pthread_t io_thread;       //  owns the socket
+    atomic_bool stopping;      //  destroy has begun: say DISCONNECT, drain
+    atomic_bool stopped;       //  I/O thread should exit
+    int64_t last_beat_us;      //  mono µs of our last HEARTBEAT (I/O thread)
+    int64_t stall_end_us;      //  mono µs when the I/O thread last found it
+                               //  had stood still (I/O thread)
+    int64_t window_us;         //  half the gateway's patience: heartbeat x
+                               //  liveness / 2
+
     pthread_mutex_t calls_lock;  //  guards calls
     cm_call_t *calls;            //  live calls (for CANCEL)
     atomic_uint_fast64_t served; //  requests received
@@ -379,6 +386,17 @@ s_handle_request (cm_worker_t *self, zsock_t *sock, cm_msg_t **request_p)
     cm_call_t *call = cm_calloc (1, sizeof *call);
     call->worker = self;
     call->received_us = cm_clock_mono_us ();
+    //  The gateway gives an instance up after HEARTBEAT_LIVENESS silent
+    //  intervals, and then sends its requests elsewhere. A request that
+    //  has run here for half of that may have spanned such a silence (the
+    //  process frozen or starved: its handler can go on before its I/O
+    //  thread even notices), and one that arrives after we sent nothing for
+    //  that long (it waited in the socket while we stood still) may have
+    //  gone elsewhere already. Quick calls, nearly all when the model is
+    //  fast, never look; slow ones (a real model's seconds) can afford to.
+    bool after_stall = call->received_us - self->stall_end_us < self->window_us ||
+                       call->received_us - self->last_beat_us >= self->window_us;
+    call->twice_from_us = after_stall ? 0 : call->received_us + self->window_us;
     const char *route = cm_msg_route (request);
     const char *q = strchr (route, '?');
     call->path = q ? cm_strndup (route, (size_t) (q - route)) : cm_strdup (route);
@@ -444,6 +462,10 @@ s_io_thread (void *arg)
     int64_t now = cm_clock_mono_ms ();
     int64_t next_beat = now + interval;
     int64_t last_heard = now;
+    int64_t last_turn_us = now * 1000;
+    self->last_beat_us = now * 1000;
+    self->stall_end_us = INT64_MIN / 2;
+    self->window_us = self->config.heartbeat_ms * 1000 * self->config.liveness / 2;
     int64_t ready_at = INT64_MIN / 2; //  when a DISCONNECT last made us say READY
     bool lost = false;                //  the gateway has been silent too long
     int64_t lost_at = 0;              //  since when
@@ -466,6 +488,15 @@ s_io_thread (void *arg)
             timeout = 0;
         if (zmq_poll (items, 2, (long) timeout) < 0)
             continue;
+        //  This loop comes round every 100 ms at most; a longer gap, or no
+        //  heartbeat sent for as long, means we stood still (or the gateway
+        //  was lost), and requests read now may have waited in the socket
+        //  meanwhile (cm_call_twice_from_us).
+        int64_t turn_us = cm_clock_mono_us ();
+        if (turn_us - last_turn_us >= self->window_us ||
+            turn_us - self->last_beat_us >= self->window_us)
+            self->stall_end_us = turn_us;
+        last_turn_us = turn_us;
         if (items[1].revents & ZMQ_POLLIN) {
             s_frame_t *frame;
             while ((frame = cm_mailbox_take (self->outbox))) {
@@ -549,6 +580,7 @@ s_io_thread (void *arg)
                 cm_msg_set_capacity (beat, said_goodbye ? 0 : s_free_slots (self));
                 s_send_msg (sock, beat);
                 cm_msg_destroy (&beat);
+                self->last_beat_us = cm_clock_mono_us ();
             }
             next_beat = now + interval;
         }
@@ -760,6 +792,13 @@ cm_call_identity (cm_call_t *self)
 {
     assert (self);
     return cm_msg_identity (self->request);
+}
+
+int64_t
+cm_call_twice_from_us (cm_call_t *self)
+{
+    assert (self);
+    return cm_msg_header (self->request, "X-Llmrt-Attempt") ? 0 : self->twice_from_us;
 }
 
 const char *

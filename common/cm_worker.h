@@ -124,6 +124,15 @@ int64_t cm_call_deadline (cm_call_t *self);
 //  True once the client is gone, a CANCEL came, or the deadline passed.
 //  Long handlers poll this and stop early.
 bool cm_call_cancelled (cm_call_t *self);
+//  From when (cm_clock_mono_us) this request may run (or have run) at
+//  another instance too: at once (0) when the gateway sent it a second
+//  time (its first instance died, or seemed to) or when it came after this
+//  worker sent nothing for half of HEARTBEAT_LIVENESS intervals; else once
+//  it has run here for that long. Either spans a silence after which the
+//  gateway may give this instance up and send its requests elsewhere.
+//  Work that must happen once (chatd saving a turn) then looks for the
+//  other run's first, under the same lock as its own write.
+int64_t cm_call_twice_from_us (cm_call_t *self);
 
 //  Add a response header to the next reply message (e.g. Retry-After).
 void cm_call_header_add (cm_call_t *self, const char *name, const char *value);

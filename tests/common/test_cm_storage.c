@@ -743,12 +743,13 @@ typedef struct {
 
 static int64_t
 s_add_request (cm_storage_t *storage, int64_t workspace_id, const char *prompt,
-               const char *request_id, bool resent)
+               const char *request_id, bool twice)
 {
-    return s_save_turn (storage, (cm_storage_chat_t){.workspace_id = workspace_id,
-                                                     .prompt = prompt,
-                                                     .request_id = request_id,
-                                                     .resent = resent});
+    return s_save_turn (storage,
+                        (cm_storage_chat_t){.workspace_id = workspace_id,
+                                            .prompt = prompt,
+                                            .request_id = request_id,
+                                            .twice_from_us = twice ? 0 : INT64_MAX});
 }
 
 static void *

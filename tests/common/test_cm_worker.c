@@ -94,6 +94,19 @@ s_gate (cm_call_t *call, void *arg)
         cm_call_reply_json (call, 200, json_pack ("{s:s}", "gate", "passed"));
 }
 
+//  GET /twice: waits for the gate like /gate, then says whether the call
+//  may also run elsewhere by now (cm_call_twice_from_us).
+static void
+s_twice (cm_call_t *call, void *arg)
+{
+    s_state_t *state = arg;
+    atomic_fetch_add (&state->gate_started, 1);
+    while (!atomic_load (&state->gate_open) && !cm_call_cancelled (call))
+        usleep (1000);
+    bool twice = cm_clock_mono_us () >= cm_call_twice_from_us (call);
+    cm_call_reply_json (call, 200, json_pack ("{s:b}", "twice", twice));
+}
+
 //  GET /silent: forgets to reply.
 static void
 s_silent (cm_call_t *call, void *arg)
@@ -148,6 +161,7 @@ static const cm_route_t s_routes[] = {
     {"GET", "/stream/unfinished", s_stream_unfinished},
     {"GET", "/slow", s_slow},
     {"GET", "/gate", s_gate},
+    {"GET", "/twice", s_twice},
     {"GET", "/silent", s_silent},
     {"GET", "/count", s_count},
     {"POST", "/users/{user}/items/{item}", s_inspect},
@@ -971,6 +985,66 @@ Test (cm_worker, silent_gateway_gets_one_ready_on_the_same_connection, .timeout 
     cm_msg_t *final = s_gateway_expect_final (gateway, "e1", 200);
     cm_msg_destroy (&final);
     cr_assert_eq (gateway->strangers, 0);
+    cm_worker_destroy (&worker);
+    s_gateway_destroy (&gateway);
+}
+
+//  The answer of GET /twice (request id) once the gate is open.
+static bool
+s_twice_answer (s_gateway_t *gateway, const char *id)
+{
+    cm_msg_t *final = s_gateway_expect_final (gateway, id, 200);
+    size_t size;
+    const char *body = cm_msg_body (final, &size);
+    json_t *answer = json_loadb (body, size, 0, NULL);
+    cr_assert (json_is_boolean (json_object_get (answer, "twice")), "%.*s", (int) size,
+               body);
+    bool twice = json_is_true (json_object_get (answer, "twice"));
+    json_decref (answer);
+    cm_msg_destroy (&final);
+    return twice;
+}
+
+Test (cm_worker, a_call_knows_when_it_may_also_run_elsewhere, .timeout = 60)
+{
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    cm_worker_t *worker = s_worker_start (gateway, &state, 2, 4, 1000);
+    s_gateway_wait_beat (gateway, 2);
+    //  An ordinary call: only here. (A starved machine can make the worker
+    //  stand still for half the gateway's patience, which rightly makes a
+    //  call doubtful: one of a few is enough.)
+    atomic_store (&state.gate_open, true);
+    bool only_here = false;
+    for (int n = 0; n < 10 && !only_here; n++) {
+        char id[16];
+        snprintf (id, sizeof id, "t1-%d", n);
+        s_gateway_request (gateway, id, "GET", "/twice", 0, NULL);
+        only_here = !s_twice_answer (gateway, id);
+    }
+    cr_assert (only_here, "every quick call said it may run elsewhere");
+    //  Sent a second time by the gateway (its first instance died).
+    cm_msg_t *msg = cm_msg_new (CM_MSG_REQUEST);
+    cm_msg_set_request_id (msg, "t2");
+    cm_msg_set_service (msg, "test");
+    cm_msg_set_method (msg, "GET");
+    cm_msg_set_route (msg, "/twice");
+    cm_msg_set_identity (msg, "tester");
+    cm_msg_header_add (msg, "X-Llmrt-Attempt", "2");
+    s_gateway_send (gateway, &msg);
+    cr_assert (s_twice_answer (gateway, "t2"));
+    //  A call that has run for half the gateway's patience (liveness
+    //  heartbeats) may have spanned a stall after which the gateway gave
+    //  this instance up and sent it elsewhere.
+    atomic_store (&state.gate_open, false);
+    int started = atomic_load (&state.gate_started);
+    s_gateway_request (gateway, "t3", "GET", "/twice", 0, NULL);
+    s_gateway_wait_for (gateway, &state.gate_started, started + 1, "t3 to start");
+    int64_t until = cm_clock_mono_ms () + S_HEARTBEAT_MS * S_LIVENESS / 2 + 10;
+    while (cm_clock_mono_ms () < until)
+        s_gateway_pump (gateway);
+    atomic_store (&state.gate_open, true);
+    cr_assert (s_twice_answer (gateway, "t3"));
     cm_worker_destroy (&worker);
     s_gateway_destroy (&gateway);
 }

@@ -1,7 +1,7 @@
 /*  test_chaos.c: the whole suite under a steady mixed load while its
     processes are killed with SIGKILL, one after another: chatd replicas,
-    ingestd, agentd, redis-server and the gateway itself (redis-server and
-    ingestd are sometimes frozen with SIGSTOP for 0.3-1.5 s instead).
+    ingestd, agentd, redis-server and the gateway itself (chatd, ingestd and
+    redis-server are sometimes frozen with SIGSTOP for 0.3-1.5 s instead).
     Clients run chats, streamed chats, raw-text uploads and agent-flow runs
     without pause; a killer takes a random order of the five programs per
     round.
@@ -406,11 +406,11 @@ Test (chaos, kill_9_under_load_loses_no_answered_work, .timeout = 900)
 
     //  Rounds of all five in a random order, one kill every 0.4-1.2 s, until
     //  the time is up (and at least one whole round).
-    //  Freezes only where a stall may not make work run twice: a frozen
-    //  chatd or gateway gets its chats resent while the first run lives on,
-    //  and a first run that saves after the resent one is the case
-    //  docs/protocol.md says is not covered.
-    s_victim_t victims[] = {{"chatd", false, 0, 0},
+    //  A frozen chatd gets its chats resent to the other replica while the
+    //  first runs go on after the thaw: both runs of a chat must save it
+    //  once (cm_call_twice_from_us). The gateway is not frozen: its clients
+    //  would only wait.
+    s_victim_t victims[] = {{"chatd", true, 0, 0},
                             {"ingestd", true, 0, 0},
                             {"agentd", false, 0, 0},
                             {"redis-server", true, 0, 0},
@@ -465,11 +465,11 @@ Test (chaos, kill_9_under_load_loses_no_answered_work, .timeout = 900)
                "the suite was not ready (two chatd, Redis ok) 90 s after the last kill");
     long long ready_ms = it_now_ms () - chaos_end;
     cr_log_info ("%d kills (chatd %d, ingestd %d, agentd %d, redis-server %d, gateway "
-                 "%d; %d skipped while restarting), freezes of ingestd %d and "
-                 "redis-server %d; ready again %lld ms after the last",
+                 "%d; %d skipped while restarting), freezes of chatd %d, ingestd %d "
+                 "and redis-server %d; ready again %lld ms after the last",
                  kills, victims[0].kills, victims[1].kills, victims[2].kills,
-                 victims[3].kills, victims[4].kills, missed, victims[1].freezes,
-                 victims[3].freezes, ready_ms);
+                 victims[3].kills, victims[4].kills, missed, victims[0].freezes,
+                 victims[1].freezes, victims[3].freezes, ready_ms);
     for (size_t i = 0; i < n_victims; i++)
         cr_assert (victims[i].kills + victims[i].freezes > 0 || !chosen[i],
                    "%s was never killed", victims[i].name);
