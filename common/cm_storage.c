@@ -1073,16 +1073,19 @@ cm_storage_thread_list (cm_storage_t *self, int64_t workspace_id, json_t **threa
 
 //  One INSERT of a turn whose response is already serialised; its id or -1
 //  (logged, errmsg set).
-//  The id of the turn an earlier run of this request saved in the same
-//  conversation: 0 when there is none, -1 on failure.
+//  The id of the turn another run of this request saved in the same
+//  conversation (other than the turn mine, 0: none): 0 when there is none,
+//  -1 on failure.
 static int64_t
-s_chat_saved_before (cm_storage_t *self, const cm_storage_chat_t *chat)
+s_chat_saved_before (cm_storage_t *self, const cm_storage_chat_t *chat, int64_t mine)
 {
     sqlite3_stmt *stmt = cm_storage__stmt (
         self, "SELECT id FROM workspace_chats WHERE workspaceId = ?1 AND api_session_id "
-              "IS ?2 AND thread_id IS ?3 AND requestId = ?4");
+              "IS ?2 AND thread_id IS ?3 AND requestId = ?4 AND id != ?5 ORDER BY id "
+              "LIMIT 1");
     if (!stmt)
         return -1;
+    sqlite3_bind_int64 (stmt, 5, mine);
     sqlite3_bind_int64 (stmt, 1, chat->workspace_id);
     if (chat->session_id)
         sqlite3_bind_text (stmt, 2, chat->session_id, -1, SQLITE_STATIC);
@@ -1103,18 +1106,11 @@ s_chat_saved_before (cm_storage_t *self, const cm_storage_chat_t *chat)
 static int64_t
 s_chat_insert (cm_storage_t *self, const cm_storage_chat_t *chat, const char *response)
 {
-    //  One statement, so that the look for another run of the request and
-    //  the insert happen under the same write lock, and the clock is read
-    //  once that lock is held: a handler frozen between deciding and
-    //  writing would otherwise save a turn the other run saved meanwhile.
-    //  ?10 > now: too early for another run to exist, and OR does not look.
     int64_t id = -1;
     sqlite3_stmt *stmt = cm_storage__stmt (
         self, "INSERT INTO workspace_chats (workspaceId, prompt, response, include, "
-              "user_id, thread_id, api_session_id, answer, requestId) SELECT ?1, ?2, ?3, "
-              "?4, ?5, ?6, ?7, ?8, ?9 WHERE ?9 IS NULL OR ?10 > llmrt_mono_us () OR NOT "
-              "EXISTS (SELECT 1 FROM workspace_chats WHERE workspaceId = ?1 AND "
-              "api_session_id IS ?7 AND thread_id IS ?6 AND requestId = ?9)");
+              "user_id, thread_id, api_session_id, answer, requestId) VALUES (?1, ?2, "
+              "?3, ?4, ?5, ?6, ?7, ?8, ?9)");
     if (!stmt)
         return -1;
     sqlite3_bind_int64 (stmt, 1, chat->workspace_id);
@@ -1132,26 +1128,72 @@ s_chat_insert (cm_storage_t *self, const cm_storage_chat_t *chat, const char *re
         sqlite3_bind_text (stmt, 8, answer, -1, SQLITE_STATIC);
     if (chat->request_id)
         sqlite3_bind_text (stmt, 9, chat->request_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64 (stmt, 10, chat->twice_from_us);
-    bool done = sqlite3_step (stmt) == SQLITE_DONE;
-    bool saved = done && sqlite3_changes (self->db) > 0;
-    if (saved)
+    if (sqlite3_step (stmt) == SQLITE_DONE)
         id = sqlite3_last_insert_rowid (self->db);
-    else if (!done)
+    else
         cm_storage__fail (self, "insert chat");
     sqlite3_reset (stmt);
     sqlite3_clear_bindings (stmt); //  they point into the caller's strings
-    if (done && !saved) {
-        id = s_chat_saved_before (self, chat);
-        if (id > 0)
-            cm_info ("request %s ran twice; its turn was saved once, as chat %lld",
-                     chat->request_id, (long long) id);
-        else if (id == 0) {
-            snprintf (self->errmsg, sizeof self->errmsg,
-                      "the turn of request %s was neither saved nor found",
-                      chat->request_id);
-            id = -1;
+    return id;
+}
+
+//  Save a turn inside a write transaction (the lock held): unless another
+//  run of its request may exist by now (twice_from_us; the clock read here,
+//  under the lock, since a handler frozen between deciding and writing
+//  would otherwise save a turn the other run saved meanwhile) and saved
+//  it, in which case that turn's id is returned.
+static int64_t
+s_chat_save_locked (cm_storage_t *self, const cm_storage_chat_t *chat,
+                    const char *response)
+{
+    if (chat->request_id && cm_clock_mono_us () >= chat->twice_from_us) {
+        int64_t found = s_chat_saved_before (self, chat, 0);
+        if (found) {
+            if (found > 0)
+                cm_info ("request %s ran twice; its turn was saved once, as chat %lld",
+                         chat->request_id, (long long) found);
+            return found;
         }
+    }
+    return s_chat_insert (self, chat, response);
+}
+
+//  One turn alone. Most turns are quick, and no other run of their request
+//  can exist yet: one INSERT (autocommit) is all they cost. If the clock,
+//  read after that insert, says another run may exist after all (this
+//  thread stood still between deciding and writing), the turn looks for
+//  it, and gives way to one saved first by deleting its own row. A turn
+//  past its twice_from_us already decides under the write lock instead.
+static int64_t
+s_chat_save_alone (cm_storage_t *self, const cm_storage_chat_t *chat,
+                   const char *response)
+{
+    bool own = sqlite3_get_autocommit (self->db) != 0;
+    if (own && (!chat->request_id || cm_clock_mono_us () < chat->twice_from_us)) {
+        int64_t id = s_chat_insert (self, chat, response);
+        if (id < 0 || !chat->request_id || cm_clock_mono_us () < chat->twice_from_us)
+            return id;
+        int64_t first = s_chat_saved_before (self, chat, id);
+        if (first <= 0 || first > id)
+            return id; //  none, or a later one that will find this one
+        sqlite3_stmt *stmt =
+            cm_storage__stmt (self, "DELETE FROM workspace_chats WHERE id = ?1");
+        if (stmt) {
+            sqlite3_bind_int64 (stmt, 1, id);
+            if (sqlite3_step (stmt) != SQLITE_DONE)
+                cm_storage__fail (self, "delete a turn saved twice");
+            sqlite3_reset (stmt);
+        }
+        cm_info ("request %s ran twice; its turn was saved once, as chat %lld",
+                 chat->request_id, (long long) first);
+        return first;
+    }
+    if (own && cm_storage__exec (self, "BEGIN IMMEDIATE"))
+        return -1;
+    int64_t id = s_chat_save_locked (self, chat, response);
+    if (own && (id < 0 || cm_storage__exec (self, "COMMIT"))) {
+        cm_storage__rollback (self);
+        id = -1;
     }
     return id;
 }
@@ -1186,12 +1228,12 @@ static void
 s_group_commit (cm_storage_t *leader, s_grouped_t *batch)
 {
     if (!batch->next) {
-        batch->id = s_chat_insert (leader, batch->chat, batch->response);
+        batch->id = s_chat_save_alone (leader, batch->chat, batch->response);
         return;
     }
     bool failed = cm_storage__exec (leader, "BEGIN IMMEDIATE") != 0;
     for (s_grouped_t *turn = batch; turn && !failed; turn = turn->next) {
-        turn->id = s_chat_insert (leader, turn->chat, turn->response);
+        turn->id = s_chat_save_locked (leader, turn->chat, turn->response);
         if (turn->id < 0) {
             failed = sqlite3_get_autocommit (leader->db) != 0; //  rolled back
             s_group_failed (turn, leader);
@@ -1220,7 +1262,7 @@ cm_storage_chat_add (cm_storage_t *self, const cm_storage_chat_t *chat)
     //  A connection of no pool, or inside its caller's transaction: alone.
     cm_storage_pool_t *pool = self->pool;
     if (!pool || !sqlite3_get_autocommit (self->db)) {
-        int64_t id = s_chat_insert (self, chat, response);
+        int64_t id = s_chat_save_alone (self, chat, response);
         free (response);
         return id;
     }
@@ -1738,13 +1780,6 @@ s_busy (void *arg, int count)
     return 1;
 }
 
-static void
-s_mono_us (sqlite3_context *context, int argc, sqlite3_value **argv)
-{
-    (void) argc, (void) argv;
-    sqlite3_result_int64 (context, cm_clock_mono_us ());
-}
-
 static int
 s_open (cm_storage_t *self)
 {
@@ -1760,9 +1795,6 @@ s_open (cm_storage_t *self)
     }
     sqlite3_extended_result_codes (self->db, 1);
     sqlite3_busy_handler (self->db, s_busy, NULL);
-    //  The monotonic clock in µs, for s_chat_insert (not deterministic).
-    sqlite3_create_function (self->db, "llmrt_mono_us", 0, SQLITE_UTF8, NULL, s_mono_us,
-                             NULL, NULL);
 
     char mode[32] = "";
     if (s_pragma_text (self, "PRAGMA journal_mode", mode, sizeof mode))

@@ -166,12 +166,12 @@ typedef struct {
 //  Save a turn. Returns its id (the "chatId"), or -1 on failure. A turn
 //  past its twice_from_us, whose request_id its conversation holds
 //  already, is not saved again: the earlier turn's id is returned (the
-//  look and the insert are one statement, under one write lock). On a pooled connection
-//  (outside a transaction of the caller) turns of the pool's threads are
-//  group-committed: whichever arrive while a commit runs are written
-//  together in the next transaction, by one of their callers, each
-//  returning once its own turn is committed. A turn that fails alone (say
-//  its workspace is gone) does not fail the others.
+//  clock is read, and the look made, under the write lock the insert
+//  takes). On a pooled connection (outside a transaction of the caller)
+//  turns of the pool's threads are group-committed: whichever arrive while
+//  a commit runs are written together in the next transaction, by one of
+//  their callers, each returning once its own turn is committed. A turn
+//  that fails alone (say its workspace is gone) does not fail the others.
 int64_t cm_storage_chat_add (cm_storage_t *self, const cm_storage_chat_t *chat);
 //  The pool's group commits so far: transactions and the turns they
 //  wrote (turns / commits is the average batch).

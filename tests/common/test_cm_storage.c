@@ -2,10 +2,12 @@
     dir: walk-through, slugs, workspaces, threads, chat history, and
     concurrent connections (threads and processes) on one file. */
 #include <criterion/criterion.h>
+#include "cm_common.h"
 #include "cm_storage.h"
 #include "cm_storage_int.h"
 #include "test_dir.h"
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -811,6 +813,66 @@ Test (cm_storage, a_resent_request_saves_its_turn_once)
     cm_storage_pool_release (pool, &storage);
     cm_storage_pool_destroy (&pool);
     json_decref (workspace);
+}
+
+//  The first run of a request decides not to look (it is quick), then
+//  stands still before its insert (here: another process's transaction
+//  holds the write lock) while the resent run saves the turn. The clock,
+//  read again after the insert, says another run may exist by now: the
+//  first run finds the other's turn, deletes its own, and returns that id.
+typedef struct {
+    const char *dir;
+    int64_t workspace_id;
+    atomic_bool locked; //  the write lock is held
+    int64_t id;         //  the resent run's turn
+} s_holder_t;
+
+static void *
+s_resent_run_holds_the_lock (void *arg)
+{
+    s_holder_t *holder = arg;
+    char err[512] = "";
+    cm_storage_t *storage = cm_storage_new (holder->dir, err, sizeof err);
+    if (!storage || cm_storage__exec (storage, "BEGIN IMMEDIATE"))
+        return NULL;
+    holder->id = s_add_request (storage, holder->workspace_id, "late", "gw-late", true);
+    atomic_store (&holder->locked, true);
+    usleep (150 * 1000);
+    cm_storage__exec (storage, "COMMIT");
+    cm_storage_destroy (&storage);
+    return NULL;
+}
+
+Test (cm_storage, a_first_run_that_stood_still_before_its_insert_gives_way)
+{
+    cm_storage_t *storage = s_open ();
+    json_t *workspace = s_workspace (storage, "Stood still");
+    static s_holder_t holder;
+    holder = (s_holder_t){.dir = s_dir, .workspace_id = s_id (workspace)};
+    pthread_t thread;
+    pthread_create (&thread, NULL, s_resent_run_holds_the_lock, &holder);
+    while (!atomic_load (&holder.locked))
+        usleep (1000);
+    //  Quick when it decides (another run only from 50 ms on), but its
+    //  insert waits ~150 ms for the lock.
+    json_t *response = json_pack ("{s:s, s:[], s:s, s:[], s:{}}", "text", "late",
+                                  "sources", "type", "chat", "attachments", "metrics");
+    cm_storage_chat_t chat = {.workspace_id = s_id (workspace),
+                              .prompt = "late",
+                              .response = response,
+                              .include = true,
+                              .request_id = "gw-late",
+                              .twice_from_us = cm_clock_mono_us () + 50 * 1000};
+    int64_t id = cm_storage_chat_add (storage, &chat);
+    json_decref (response);
+    pthread_join (thread, NULL);
+    cr_assert_gt (holder.id, 0);
+    cr_assert_eq (id, holder.id,
+                  "the first run kept chat %lld, the resent one saved %lld",
+                  (long long) id, (long long) holder.id);
+    cr_assert_eq (s_count_chats (storage, s_id (workspace)), 1);
+    json_decref (workspace);
+    cm_storage_destroy (&storage);
 }
 
 //  Schema 4 keeps a turn's answer beside its response, schema 5 its request
