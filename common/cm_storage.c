@@ -226,11 +226,11 @@ static const char *s_migrations[CM_STORAGE_SCHEMA_VERSION] = {
     "ALTER TABLE workspace_chats ADD COLUMN answer TEXT;",
     //  5: the gateway's request id of the turn. The gateway resends a chat
     //  whose daemon died (or seemed to) before it answered, and that daemon
-    //  may have saved the turn first: the resent run looks for it before it
-    //  saves. No index: a unique one cost 7-9% of chat throughput (an extra
-    //  page written per commit) for the rare resend, which finds the turn
-    //  through the conversation's index instead. NULL for turns saved
-    //  without one.
+    //  may have saved the turn first: a turn that may run twice
+    //  (twice_from_us) looks for the other run's before it saves. No index:
+    //  a unique one cost 7-9% of chat throughput (an extra page written per
+    //  commit) for the rare such turn, which finds the other through the
+    //  conversation's index instead. NULL for turns saved without one.
     "ALTER TABLE workspace_chats ADD COLUMN requestId TEXT;",
 };
 
@@ -1071,8 +1071,6 @@ cm_storage_thread_list (cm_storage_t *self, int64_t workspace_id, json_t **threa
 
 //  --- chat history ------------------------------------------------------------
 
-//  One INSERT of a turn whose response is already serialised; its id or -1
-//  (logged, errmsg set).
 //  The id of the turn another run of this request saved in the same
 //  conversation (other than the turn mine, 0: none): 0 when there is none,
 //  -1 on failure.
@@ -1103,6 +1101,8 @@ s_chat_saved_before (cm_storage_t *self, const cm_storage_chat_t *chat, int64_t 
     return id;
 }
 
+//  One INSERT of a turn whose response is already serialised; its id or -1
+//  (logged, errmsg set).
 static int64_t
 s_chat_insert (cm_storage_t *self, const cm_storage_chat_t *chat, const char *response)
 {
