@@ -1137,6 +1137,13 @@ s_chat_insert (cm_storage_t *self, const cm_storage_chat_t *chat, const char *re
     return id;
 }
 
+static void
+s_chat_saved_once (const cm_storage_chat_t *chat, int64_t id)
+{
+    cm_info ("request %s ran twice; its turn was saved once, as chat %lld",
+             chat->request_id, (long long) id);
+}
+
 //  Save a turn inside a write transaction (the lock held): unless another
 //  run of its request may exist by now (twice_from_us; the clock read here,
 //  under the lock, since a handler frozen between deciding and writing
@@ -1150,8 +1157,7 @@ s_chat_save_locked (cm_storage_t *self, const cm_storage_chat_t *chat,
         int64_t found = s_chat_saved_before (self, chat, 0);
         if (found) {
             if (found > 0)
-                cm_info ("request %s ran twice; its turn was saved once, as chat %lld",
-                         chat->request_id, (long long) found);
+                s_chat_saved_once (chat, found);
             return found;
         }
     }
@@ -1184,8 +1190,7 @@ s_chat_save_alone (cm_storage_t *self, const cm_storage_chat_t *chat,
                 cm_storage__fail (self, "delete a turn saved twice");
             sqlite3_reset (stmt);
         }
-        cm_info ("request %s ran twice; its turn was saved once, as chat %lld",
-                 chat->request_id, (long long) first);
+        s_chat_saved_once (chat, first);
         return first;
     }
     if (own && cm_storage__exec (self, "BEGIN IMMEDIATE"))

@@ -238,17 +238,20 @@ s_pending_end (gw_broker_t *self, const char *request_id)
 
 static bool s_dispatch (gw_broker_t *self, s_pending_t *pending, cm_msg_t *request);
 
-//  A request sent again says so ("X-Llmrt-Attempt: 2"): its first run may
-//  have done its work before it died, and a daemon whose work must happen
-//  once (chatd saving a turn) looks for that first.
-static void
-s_mark_resent (s_pending_t *pending)
+//  Send a request again, to another instance. It says so ("X-Llmrt-
+//  Attempt: 2"): its first run may have done its work before it died, and
+//  a daemon whose work must happen once (chatd saving a turn) looks for
+//  that first. False when no instance took it.
+static bool
+s_resend (gw_broker_t *self, s_pending_t *pending)
 {
+    self->retries++;
     if (!cm_msg_header (pending->request, "X-Llmrt-Attempt")) {
         char attempt[16];
         snprintf (attempt, sizeof attempt, "%d", pending->attempts + 1);
         cm_msg_header_add (pending->request, "X-Llmrt-Attempt", attempt);
     }
+    return s_dispatch (self, pending, pending->request);
 }
 
 //  Forget an instance; every request that was on it is sent elsewhere (when
@@ -271,9 +274,7 @@ s_instance_remove (gw_broker_t *self, s_instance_t *instance, const char *why)
         pending->instance = NULL;
         if (pending->request && pending->attempts <= S_MAX_RETRIES &&
             !gw_exchange_started (pending->exchange)) {
-            self->retries++;
-            s_mark_resent (pending);
-            if (s_dispatch (self, pending, pending->request))
+            if (s_resend (self, pending))
                 continue;
         }
         gw_exchange_fail (pending->exchange, 502, message);
@@ -453,9 +454,7 @@ s_handle_frame (gw_broker_t *self, const char *id, cm_msg_t *msg)
                 !gw_exchange_started (pending->exchange)) {
                 instance->inflight--;
                 pending->instance = NULL;
-                self->retries++;
-                s_mark_resent (pending);
-                if (s_dispatch (self, pending, pending->request))
+                if (s_resend (self, pending))
                     break;
             }
             if (gw_exchange_deliver (pending->exchange, msg))

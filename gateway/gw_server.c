@@ -365,7 +365,7 @@ s_health (gw_server_t *self, struct MHD_Connection *connection, bool ready_only)
 
 //  A new request id: this start's random prefix, then a counter of fixed
 //  width, so that ids sort in the order they were made (chatd keeps them
-//  in a unique index: new ones go to its end, not all over it).
+//  with its turns).
 static void
 s_request_id (gw_server_t *self, char *id, size_t size)
 {
