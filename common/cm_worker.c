@@ -53,6 +53,7 @@ struct cm_worker_s {
     cm_queue_t *queue;         //  bounded handler queue
     cm_mailbox_t *outbox;      //  frames from handler threads to the I/O thread
     pthread_t io_thread;       //  owns the socket
+    zsock_t *monitor;          //  the socket's connection events, or NULL
     atomic_bool stopping;      //  destroy has begun: say DISCONNECT, drain
     atomic_bool stopped;       //  I/O thread should exit
     int64_t last_beat_us;      //  mono µs of our last HEARTBEAT (I/O thread)
@@ -272,6 +273,73 @@ s_send_ready (cm_worker_t *self, zsock_t *sock)
     cm_msg_destroy (&ready);
 }
 
+//  HEARTBEAT with our free slots (none once we say goodbye).
+static void
+s_send_beat (cm_worker_t *self, zsock_t *sock, bool said_goodbye)
+{
+    cm_msg_t *beat = cm_msg_new (CM_MSG_HEARTBEAT);
+    cm_msg_set_capacity (beat, said_goodbye ? 0 : s_free_slots (self));
+    s_send_msg (sock, beat);
+    cm_msg_destroy (&beat);
+    self->last_beat_us = cm_clock_mono_us ();
+}
+
+//  libzmq's monitor of the socket, reporting each connection it makes, so
+//  that a reconnect (a restarted gateway) is answered with READY at once
+//  rather than at our next heartbeat. Without it (it could not be set up)
+//  the heartbeat still does it, up to one interval later.
+static void
+s_monitor_start (cm_worker_t *self, zsock_t *sock)
+{
+    static atomic_uint serial;
+    char endpoint[80];
+    snprintf (endpoint, sizeof endpoint, "inproc://cm-worker-monitor-%u",
+              atomic_fetch_add (&serial, 1));
+    if (zmq_socket_monitor (zsock_resolve (sock), endpoint, ZMQ_EVENT_CONNECTED) < 0) {
+        cm_warn ("cannot monitor the gateway connection: %s",
+                 zmq_strerror (zmq_errno ()));
+        return;
+    }
+    self->monitor = zsock_new (ZMQ_PAIR);
+    assert (self->monitor);
+    if (zsock_connect (self->monitor, "%s", endpoint)) {
+        cm_warn ("cannot read the gateway connection's monitor at %s", endpoint);
+        zsock_destroy (&self->monitor);
+    }
+}
+
+static void
+s_monitor_stop (cm_worker_t *self, zsock_t *sock)
+{
+    if (!self->monitor)
+        return;
+    zmq_socket_monitor (zsock_resolve (sock), NULL, 0);
+    zsock_destroy (&self->monitor);
+}
+
+//  How many connections the monitor reported since last asked.
+static int
+s_monitor_connects (cm_worker_t *self)
+{
+    int connects = 0;
+    zmq_msg_t frame;
+    zmq_msg_init (&frame);
+    //  An event is two frames: 16-bit event and 32-bit value, then the
+    //  endpoint.
+    while (zmq_msg_recv (&frame, zsock_resolve (self->monitor), ZMQ_DONTWAIT) >= 0) {
+        uint16_t event = 0;
+        if (zmq_msg_size (&frame) >= sizeof event)
+            memcpy (&event, zmq_msg_data (&frame), sizeof event);
+        if (event == ZMQ_EVENT_CONNECTED)
+            connects++;
+        while (zmq_msg_more (&frame) &&
+               zmq_msg_recv (&frame, zsock_resolve (self->monitor), ZMQ_DONTWAIT) >= 0)
+            ;
+    }
+    zmq_msg_close (&frame);
+    return connects;
+}
+
 //  The one socket to the gateway, for the life of the worker. libzmq
 //  reconnects it by itself when the connection breaks (a restarted
 //  gateway), and ZMTP heartbeats break a connection that went silent (a
@@ -291,8 +359,10 @@ s_connect (cm_worker_t *self)
     int64_t silence = self->config.heartbeat_ms * self->config.liveness;
     zsock_set_heartbeat_ivl (sock, (int) self->config.heartbeat_ms);
     zsock_set_heartbeat_timeout (sock, (int) silence);
+    s_monitor_start (self, sock);
     if (zsock_connect (sock, "%s", self->endpoint)) {
         cm_error ("cannot connect to the gateway at %s", self->endpoint);
+        s_monitor_stop (self, sock);
         zsock_destroy (&sock);
         return NULL;
     }
@@ -466,10 +536,11 @@ s_io_thread (void *arg)
     self->last_beat_us = now * 1000;
     self->stall_end_us = INT64_MIN / 2;
     self->window_us = self->config.heartbeat_ms * 1000 * self->config.liveness / 2;
-    int64_t ready_at = INT64_MIN / 2; //  when a DISCONNECT last made us say READY
+    int64_t ready_at = INT64_MIN / 2; //  when a reconnect or DISCONNECT made us say READY
     bool lost = false;                //  the gateway has been silent too long
     int64_t lost_at = 0;              //  since when
     bool said_goodbye = false;
+    int connects = 0; //  connections made, the monitor says
     char err[256];
     while (!atomic_load (&self->stopped)) {
         if (!sock) {
@@ -479,14 +550,16 @@ s_io_thread (void *arg)
             last_heard = cm_clock_mono_ms ();
             continue;
         }
-        zmq_pollitem_t items[] = {{zsock_resolve (sock), 0, ZMQ_POLLIN, 0},
-                                  {NULL, cm_mailbox_fd (self->outbox), ZMQ_POLLIN, 0}};
+        zmq_pollitem_t items[] = {
+            {zsock_resolve (sock), 0, ZMQ_POLLIN, 0},
+            {NULL, cm_mailbox_fd (self->outbox), ZMQ_POLLIN, 0},
+            {self->monitor ? zsock_resolve (self->monitor) : NULL, 0, ZMQ_POLLIN, 0}};
         int64_t timeout = next_beat - cm_clock_mono_ms ();
         if (timeout > 100)
             timeout = 100; //  also the tick for expiring waiting calls
         if (timeout < 0)
             timeout = 0;
-        if (zmq_poll (items, 2, (long) timeout) < 0)
+        if (zmq_poll (items, self->monitor ? 3 : 2, (long) timeout) < 0)
             continue;
         //  This loop comes round every 100 ms at most; a longer gap, or no
         //  heartbeat sent for as long, means we stood still (or the gateway
@@ -497,6 +570,24 @@ s_io_thread (void *arg)
             turn_us - self->last_beat_us >= self->window_us)
             self->stall_end_us = turn_us;
         last_turn_us = turn_us;
+        if (self->monitor && (items[2].revents & ZMQ_POLLIN)) {
+            //  The first connection gets the READY queued at start, and
+            //  one made while the gateway was lost the READY queued then.
+            //  Any other is a gateway that restarted (or a connection that
+            //  broke): it may not know us, so say READY and our free
+            //  slots now. A restarted gateway also asks for READY in
+            //  answer to frames queued for its predecessor; ready_at makes
+            //  that wait an interval.
+            int made = s_monitor_connects (self);
+            if (made > 0 && connects + made > 1 && !lost && !said_goodbye) {
+                cm_info ("connected to the gateway at %s again; saying READY",
+                         self->endpoint);
+                s_send_ready (self, sock);
+                s_send_beat (self, sock, said_goodbye);
+                ready_at = cm_clock_mono_ms ();
+            }
+            connects += made;
+        }
         if (items[1].revents & ZMQ_POLLIN) {
             s_frame_t *frame;
             while ((frame = cm_mailbox_take (self->outbox))) {
@@ -575,13 +666,8 @@ s_io_thread (void *arg)
             lost = false;
         }
         if (now >= next_beat) {
-            if (!lost) {
-                cm_msg_t *beat = cm_msg_new (CM_MSG_HEARTBEAT);
-                cm_msg_set_capacity (beat, said_goodbye ? 0 : s_free_slots (self));
-                s_send_msg (sock, beat);
-                cm_msg_destroy (&beat);
-                self->last_beat_us = cm_clock_mono_us ();
-            }
+            if (!lost)
+                s_send_beat (self, sock, said_goodbye);
             next_beat = now + interval;
         }
         if (!lost && !said_goodbye &&
@@ -607,6 +693,7 @@ s_io_thread (void *arg)
             zmq_send (zsock_resolve (sock), frame->data, frame->size, ZMQ_DONTWAIT);
             s_frame_free (frame);
         }
+        s_monitor_stop (self, sock);
         zsock_destroy (&sock);
     }
     return NULL;

@@ -215,6 +215,35 @@ s_gateway_destroy (s_gateway_t **self_p)
     *self_p = NULL;
 }
 
+//  The gateway restarts: a new ROUTER on the same port, knowing nothing of
+//  what the old one received. The old one's listener closes in libzmq's
+//  own thread, so the bind is retried until the port is free.
+static void
+s_gateway_restart (s_gateway_t *self)
+{
+    cm_msg_t *msg;
+    while ((msg = zlist_pop (self->inbox)))
+        cm_msg_destroy (&msg);
+    zsock_destroy (&self->router);
+    self->first_type = 0;
+    self->beats = 0;
+    self->free_slots = -1;
+    int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
+    while (true) {
+        self->router = zsock_new (ZMQ_ROUTER);
+        cr_assert_not_null (self->router);
+        zsock_set_router_mandatory (self->router, 1);
+        zsock_set_router_handover (self->router, 1);
+        zsock_set_linger (self->router, 0);
+        zsock_set_rcvtimeo (self->router, 10);
+        if (zsock_bind (self->router, "%s", self->endpoint) >= 0)
+            return;
+        zsock_destroy (&self->router);
+        cr_assert_lt (cm_clock_mono_ms (), until, "cannot bind %s again", self->endpoint);
+        usleep (10000);
+    }
+}
+
 //  Send one frame to the worker; -1 when it is not connected.
 static int
 s_gateway_send_frame (s_gateway_t *self, const void *data, size_t size)
@@ -984,6 +1013,52 @@ Test (cm_worker, silent_gateway_gets_one_ready_on_the_same_connection, .timeout 
     s_gateway_request (gateway, "e1", "POST", "/echo", 0, "{}");
     cm_msg_t *final = s_gateway_expect_final (gateway, "e1", 200);
     cm_msg_destroy (&final);
+    cr_assert_eq (gateway->strangers, 0);
+    cm_worker_destroy (&worker);
+    s_gateway_destroy (&gateway);
+}
+
+Test (cm_worker, a_restarted_gateway_hears_ready_first, .timeout = 60)
+{
+    //  Heartbeats far apart: before the fix, a restarted gateway learnt of
+    //  the worker only from its next heartbeat (then asked it for READY),
+    //  and requests meanwhile found no instance.
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    cm_worker_config_t config = {
+        .service = "test",
+        .instance = S_INSTANCE,
+        .endpoint = gateway->endpoint,
+        .concurrency = 2,
+        .max_pending = 4,
+        .heartbeat_ms = 3 * S_PATIENCE_MS,
+        .liveness = S_LIVENESS,
+        .drain_ms = 1000,
+        .routes = s_routes,
+        .arg = &state,
+    };
+    cm_worker_t *worker = cm_worker_new (&config);
+    cr_assert_not_null (worker);
+    strcpy (gateway->peer, S_INSTANCE);
+    cm_msg_t *ready = s_gateway_expect (gateway, CM_MSG_READY, NULL);
+    cm_msg_destroy (&ready);
+    //  Twice, so that the READY is not the one queued at start.
+    for (int round = 0; round < 2; round++) {
+        s_gateway_restart (gateway);
+        ready = s_gateway_expect (gateway, CM_MSG_READY, NULL);
+        cr_assert_eq (gateway->first_type, CM_MSG_READY, "round %d: READY comes first",
+                      round);
+        cr_assert_str_eq (cm_msg_service (ready), "test");
+        cr_assert_eq (cm_msg_capacity (ready), 2);
+        cm_msg_destroy (&ready);
+        //  Then its free slots, which READY does not say.
+        s_gateway_wait_beat (gateway, 2);
+        char id[16];
+        snprintf (id, sizeof id, "r%d", round);
+        s_gateway_request (gateway, id, "POST", "/echo", 0, "{}");
+        cm_msg_t *final = s_gateway_expect_final (gateway, id, 200);
+        cm_msg_destroy (&final);
+    }
     cr_assert_eq (gateway->strangers, 0);
     cm_worker_destroy (&worker);
     s_gateway_destroy (&gateway);
