@@ -26,14 +26,18 @@
 //  Shared by every script. start() leases an id the worker W has just
 //  moved to its list; promote() moves due delayed jobs to wait; trim()
 //  drops the oldest members of completed/failed and their hashes; held()
-//  says whether W still holds attempt n of a job.
+//  says whether W still holds attempt n of a job. keepers_count() says
+//  whether keepers' beats count now: beats and maintenance run every
+//  second or so, and a longer gap between them means that Redis stood
+//  still or was away, when no keeper could beat; they get a keeper
+//  timeout from then before any is taken for dead.
 #define S_PRELUDE                                                                        \
     "local P = ARGV[1]\n"                                                                \
     "local function now_ms ()\n"                                                         \
     "  local t = redis.call ('TIME')\n"                                                  \
     "  return tonumber (t[1]) * 1000 + math.floor (tonumber (t[2]) / 1000)\n"            \
     "end\n"                                                                              \
-    "local function start (W, id, lease_ms, now)\n"                                      \
+    "local function start (W, id, lease_ms, now, K)\n"                                   \
     "  local job = P .. 'job:' .. id\n"                                                  \
     "  local h = redis.call ('HMGET', job, 'data', 'attemptsMade', 'maxAttempts')\n"     \
     "  if not h[1] then\n"                                                               \
@@ -43,6 +47,8 @@
     "  local attempt = tonumber (h[2]) + 1\n"                                            \
     "  redis.call ('HSET', job, 'attemptsMade', attempt, 'worker', W,\n"                 \
     "              'processedOn', now)\n"                                                \
+    "  if K ~= '' then redis.call ('HSET', job, 'keeper', K)\n"                          \
+    "  else redis.call ('HDEL', job, 'keeper') end\n"                                    \
     "  redis.call ('ZADD', P .. 'lease', now + lease_ms, id)\n"                          \
     "  return {id, h[1], attempt, tonumber (h[3])}\n"                                    \
     "end\n"                                                                              \
@@ -81,6 +87,16 @@
     "local function release (W, id)\n"                                                   \
     "  redis.call ('LREM', P .. 'active:' .. W, 1, id)\n"                                \
     "  redis.call ('ZREM', P .. 'lease', id)\n"                                          \
+    "end\n"                                                                              \
+    "local function keepers_count (now, timeout)\n"                                      \
+    "  local tick, from = P .. 'keepers:tick', P .. 'keepers:from'\n"                    \
+    "  local last = tonumber (redis.call ('GET', tick) or '0')\n"                        \
+    "  redis.call ('SET', tick, now)\n"                                                  \
+    "  if now - last > timeout / 2 then\n"                                               \
+    "    redis.call ('SET', from, now + timeout)\n"                                      \
+    "    return false\n"                                                                 \
+    "  end\n"                                                                            \
+    "  return now >= tonumber (redis.call ('GET', from) or '0')\n"                       \
     "end\n"
 
 //  ARGV: P, id, data, maxAttempts. Returns 1 added, 0 exists.
@@ -92,7 +108,7 @@ static const char s_add_lua[] =
               "redis.call ('LPUSH', P .. 'wait', ARGV[2])\n"
               "return 1\n";
 
-//  ARGV: P, W, lease_ms, alive_ms. Registers W as alive for alive_ms,
+//  ARGV: P, W, lease_ms, alive_ms, K. Registers W as alive for alive_ms,
 //  promotes due retries, then leases (first) an id a broken BLMOVE left in
 //  W's list without a lease, else the next waiting id. Returns the job
 //  {id, data, attempt, max}, or the ms until the next delayed job is due
@@ -105,13 +121,13 @@ static const char s_take_lua[] =
               "local active = P .. 'active:' .. W\n"
               "for _, id in ipairs (redis.call ('LRANGE', active, 0, -1)) do\n"
               "  if not redis.call ('ZSCORE', P .. 'lease', id) then\n"
-              "    local job = start (W, id, lease_ms, now)\n"
+              "    local job = start (W, id, lease_ms, now, ARGV[5])\n"
               "    if job then return job end\n"
               "  end\n"
               "end\n"
               "local id = redis.call ('LMOVE', P .. 'wait', active, 'RIGHT', 'LEFT')\n"
               "while id do\n"
-              "  local job = start (W, id, lease_ms, now)\n"
+              "  local job = start (W, id, lease_ms, now, ARGV[5])\n"
               "  if job then return job end\n"
               "  id = redis.call ('LMOVE', P .. 'wait', active, 'RIGHT', 'LEFT')\n"
               "end\n"
@@ -119,13 +135,13 @@ static const char s_take_lua[] =
               "if nxt[2] then return math.max (tonumber (nxt[2]) - now, 0) end\n"
               "return -1\n";
 
-//  ARGV: P, W, lease_ms, id. After a BLMOVE: lease the id if it is still
-//  in W's list. Returns the job, or nil.
+//  ARGV: P, W, lease_ms, id, K. After a BLMOVE: lease the id if it is
+//  still in W's list. Returns the job, or nil.
 static const char s_start_lua[] =
     S_PRELUDE "local W, id = ARGV[2], ARGV[4]\n"
               "if redis.call ('LPOS', P .. 'active:' .. W, id) == false\n"
               "   or redis.call ('ZSCORE', P .. 'lease', id) then return false end\n"
-              "return start (W, id, tonumber (ARGV[3]), now_ms ())\n";
+              "return start (W, id, tonumber (ARGV[3]), now_ms (), ARGV[5])\n";
 
 //  ARGV: P, W, id, attempt, lease_ms. Returns 1 renewed, 0 lost.
 static const char s_renew_lua[] =
@@ -181,29 +197,48 @@ static const char s_release_lua[] =
               "redis.call ('RPUSH', P .. 'wait', id)\n"
               "return 1\n";
 
-//  ARGV: P, keep_completed, keep_completed_ms, keep_failed, forget_ms.
-//  A job in a processing list is recovered when its lease expired, or
-//  when it has no lease (a BLMOVE whose worker died before leasing it)
-//  and its worker's "alive until" passed. Recovered jobs go to the front
-//  of wait; or to failed, when that was their last attempt. Returns the
-//  number of jobs moved.
+//  ARGV: P, keep_completed, keep_completed_ms, keep_failed, forget_ms,
+//  keeper_timeout_ms (0: keepers off). A job in a processing list is
+//  recovered when its lease expired, or its keeper's "alive until" passed
+//  (when keepers count), or when it has no lease (a BLMOVE whose worker
+//  died before leasing it) and its worker's "alive until" passed.
+//  Recovered jobs go to the front of wait; or to failed, when that was
+//  their last attempt. Returns the number of jobs moved.
 static const char s_maintain_lua[] = S_PRELUDE
     "local now = now_ms ()\n"
     "local moved = promote (now)\n"
+    "local timeout = tonumber (ARGV[6])\n"
+    "local keepers = timeout > 0 and keepers_count (now, timeout)\n"
+    "local dead = {}\n"
+    "local function keeper_dead (id)\n"
+    "  if not keepers then return false end\n"
+    "  local K = redis.call ('HGET', P .. 'job:' .. id, 'keeper')\n"
+    "  if not K then return false end\n"
+    "  if dead[K] == nil then\n"
+    "    local alive = redis.call ('ZSCORE', P .. 'keepers', K)\n"
+    "    dead[K] = alive ~= false and tonumber (alive) < now\n"
+    "  end\n"
+    "  return dead[K]\n"
+    "end\n"
     "local workers = redis.call ('ZRANGE', P .. 'workers', 0, -1, 'WITHSCORES')\n"
     "for i = 1, #workers, 2 do\n"
     "  local W, alive = workers[i], tonumber (workers[i + 1])\n"
     "  local ids = redis.call ('LRANGE', P .. 'active:' .. W, 0, -1)\n"
     "  for _, id in ipairs (ids) do\n"
     "    local lease = redis.call ('ZSCORE', P .. 'lease', id)\n"
-    "    if (lease and tonumber (lease) < now) or (not lease and alive < now) then\n"
+    "    local expired = (lease and tonumber (lease) < now) or (not lease and alive < "
+    "now)\n"
+    "    local orphan = lease and not expired and keeper_dead (id)\n"
+    "    if expired or orphan then\n"
     "      release (W, id)\n"
     "      local job = P .. 'job:' .. id\n"
-    "      local h = redis.call ('HMGET', job, 'attemptsMade', 'maxAttempts')\n"
+    "      local h = redis.call ('HMGET', job, 'attemptsMade', 'maxAttempts', 'keeper')\n"
     "      if h[1] then\n"
     "        local made, max = tonumber (h[1]), tonumber (h[2])\n"
-    "        local why = 'lease expired on worker ' .. W .. ' (attempt ' ..\n"
-    "                    made .. ' of ' .. max .. ')'\n"
+    "        local why = 'lease expired on worker ' .. W\n"
+    "        if orphan then why = 'keeper ' .. h[3] .. ' of worker ' .. W ..\n"
+    "                             ' stopped' end\n"
+    "        why = why .. ' (attempt ' .. made .. ' of ' .. max .. ')'\n"
     "        redis.call ('HDEL', job, 'worker')\n"
     "        redis.call ('HSET', job, 'error', why)\n"
     "        if made >= max then\n"
@@ -220,9 +255,17 @@ static const char s_maintain_lua[] = S_PRELUDE
     "    redis.call ('ZREM', P .. 'workers', W)\n"
     "  end\n"
     "end\n"
+    "redis.call ('ZREMRANGEBYSCORE', P .. 'keepers', '-inf', now - tonumber (ARGV[5]))\n"
     "trim ('completed', tonumber (ARGV[2]), tonumber (ARGV[3]), now)\n"
     "trim ('failed', tonumber (ARGV[4]), 0, now)\n"
     "return moved\n";
+
+//  ARGV: P, K, timeout_ms. K is alive for timeout_ms more. Returns 1.
+static const char s_beat_lua[] =
+    S_PRELUDE "local now, timeout = now_ms (), tonumber (ARGV[3])\n"
+              "keepers_count (now, timeout)\n"
+              "redis.call ('ZADD', P .. 'keepers', now + timeout, ARGV[2])\n"
+              "return 1\n";
 
 //  ARGV: P. Returns {waiting, active, delayed, completed, failed}.
 static const char s_counts_lua[] =
@@ -268,18 +311,20 @@ typedef enum {
     S_MAINTAIN,
     S_COUNTS,
     S_INFO,
+    S_BEAT,
     S_SCRIPTS
 } s_script_t;
 
 static const char *s_sources[S_SCRIPTS] = {
-    s_add_lua,  s_take_lua,    s_start_lua,    s_renew_lua,  s_complete_lua,
-    s_fail_lua, s_release_lua, s_maintain_lua, s_counts_lua, s_info_lua,
+    s_add_lua,     s_take_lua,     s_start_lua,  s_renew_lua, s_complete_lua, s_fail_lua,
+    s_release_lua, s_maintain_lua, s_counts_lua, s_info_lua,  s_beat_lua,
 };
 
 struct cm_jobs_s {
     cm_jobs_config_t config; //  settings; url and queue point at ours below
     char *url;               //  Redis URL
     char *queue;             //  queue name
+    char *keeper;            //  keeper id, "" for none
     char *worker;            //  this handle's worker id
     char *prefix;            //  "llmrt:<queue>:"
     char *wait_key;          //  prefix "wait"
@@ -329,21 +374,9 @@ cm_jobs_new (const cm_jobs_config_t *config, const char *worker_id)
     self->queue = cm_strdup (config->queue);
     self->config.url = self->url;
     self->config.queue = self->queue;
-    if (worker_id)
-        self->worker = cm_strdup (worker_id);
-    else {
-        //  Unique across threads (the counter), processes (the pid), hosts
-        //  (the name) and restarts of a container, where host and pid
-        //  repeat (the random part).
-        static atomic_int counter;
-        char host[128] = "host";
-        gethostname (host, sizeof host - 1);
-        uint32_t nonce = 0;
-        if (getrandom (&nonce, sizeof nonce, 0) != sizeof nonce)
-            nonce = (uint32_t) cm_clock_mono_us () ^ (uint32_t) getpid ();
-        self->worker = s_printf ("%s-%d-%d-%08x", host, (int) getpid (),
-                                 atomic_fetch_add (&counter, 1) + 1, nonce);
-    }
+    self->keeper = cm_strdup (config->keeper ? config->keeper : "");
+    self->config.keeper = self->keeper;
+    self->worker = worker_id ? cm_strdup (worker_id) : cm_jobs_unique_id ();
     self->prefix = s_printf ("llmrt:%s:", self->queue);
     self->wait_key = s_printf ("%swait", self->prefix);
     self->active_key = s_printf ("%sactive:%s", self->prefix, self->worker);
@@ -362,6 +395,7 @@ cm_jobs_destroy (cm_jobs_t **self_p)
         redisFree (self->redis);
     free (self->url);
     free (self->queue);
+    free (self->keeper);
     free (self->worker);
     free (self->prefix);
     free (self->wait_key);
@@ -403,8 +437,8 @@ cm_jobs_take (cm_jobs_t *self, int64_t wait_ms, cm_job_t **job_p)
         snprintf (
             alive, sizeof alive, "%lld",
             (long long) (remaining + self->config.io_timeout_ms + self->config.lease_ms));
-        const char *argv[] = {self->prefix, self->worker, lease, alive, NULL};
-        redisReply *reply = s_eval (self, S_TAKE, 4, argv);
+        const char *argv[] = {self->prefix, self->worker, lease, alive, self->keeper};
+        redisReply *reply = s_eval (self, S_TAKE, 5, argv);
         if (!reply)
             return -1;
         if (reply->type == REDIS_REPLY_ARRAY) {
@@ -438,7 +472,7 @@ cm_jobs_take (cm_jobs_t *self, int64_t wait_ms, cm_job_t **job_p)
         }
         if (reply->type == REDIS_REPLY_STRING) {
             argv[3] = reply->str;
-            redisReply *job = s_eval (self, S_START, 4, argv);
+            redisReply *job = s_eval (self, S_START, 5, argv);
             freeReplyObject (reply);
             if (!job)
                 return -1;
@@ -527,8 +561,11 @@ cm_jobs_maintain (cm_jobs_t *self)
               (long long) self->config.keep_completed_ms);
     snprintf (keep_failed, sizeof keep_failed, "%zu", self->config.keep_failed);
     snprintf (forget, sizeof forget, "%lld", S_FORGET_MS);
-    const char *argv[] = {self->prefix, keep, keep_ms, keep_failed, forget};
-    redisReply *reply = s_eval (self, S_MAINTAIN, 5, argv);
+    char timeout[24];
+    snprintf (timeout, sizeof timeout, "%lld",
+              (long long) self->config.keeper_timeout_ms);
+    const char *argv[] = {self->prefix, keep, keep_ms, keep_failed, forget, timeout};
+    redisReply *reply = s_eval (self, S_MAINTAIN, 6, argv);
     if (!reply)
         return -1;
     int moved = (int) reply->integer;
@@ -536,6 +573,33 @@ cm_jobs_maintain (cm_jobs_t *self)
     if (moved > 0)
         cm_debug ("jobs %s: maintain moved %d jobs", self->queue, moved);
     return moved;
+}
+
+int
+cm_jobs_beat (cm_jobs_t *self)
+{
+    assert (self && *self->keeper && self->config.keeper_timeout_ms > 0);
+    char timeout[24];
+    snprintf (timeout, sizeof timeout, "%lld",
+              (long long) self->config.keeper_timeout_ms);
+    const char *argv[] = {self->prefix, self->keeper, timeout};
+    return s_eval_integer (self, S_BEAT, 3, argv) < 0 ? -1 : 0;
+}
+
+char *
+cm_jobs_unique_id (void)
+{
+    //  Unique across threads (the counter), processes (the pid), hosts (the
+    //  name) and restarts of a container, where host and pid repeat (the
+    //  random part).
+    static atomic_int counter;
+    char host[128] = "host";
+    gethostname (host, sizeof host - 1);
+    uint32_t nonce = 0;
+    if (getrandom (&nonce, sizeof nonce, 0) != sizeof nonce)
+        nonce = (uint32_t) cm_clock_mono_us () ^ (uint32_t) getpid ();
+    return s_printf ("%s-%d-%d-%08x", host, (int) getpid (),
+                     atomic_fetch_add (&counter, 1) + 1, nonce);
 }
 
 int
@@ -578,8 +642,10 @@ cm_jobs_info (cm_jobs_t *self, const char *id)
             const char *value = reply->element[i + 1]->str;
             if (!name || !value)
                 continue;
-            if (!strcmp (name, "worker") && strcmp (reply->element[0]->str, "active"))
-                continue; //  the last worker matters only while it holds the job
+            //  The last worker and keeper matter only while they hold it.
+            if ((!strcmp (name, "worker") || !strcmp (name, "keeper")) &&
+                strcmp (reply->element[0]->str, "active"))
+                continue;
             bool number = false;
             for (size_t n = 0; numbers[n]; n++)
                 number |= !strcmp (name, numbers[n]);

@@ -13,8 +13,11 @@
       P failed         ZSET  id -> when it failed for good (ms)
       P workers        ZSET  worker id -> "alive until" (ms); lets maintain
                              find every processing list, dead workers' too
+      P keepers        ZSET  keeper id -> "alive until" (ms), from cm_jobs_beat
+      P keepers:tick   the last beat or maintenance (ms); P keepers:from:
+                       keepers count from then (ms)
       P job:<id>       HASH  data, attemptsMade, maxAttempts, timestamp,
-                             processedOn, finishedOn, worker, error
+                             processedOn, finishedOn, worker, keeper, error
 
     State machine (every id is in exactly one of the lists/sets above):
 
@@ -30,7 +33,19 @@
     attempt; a job whose lease expires (its worker died or hung) goes back
     to wait, or to failed when that was its last attempt. A job moved by
     BLMOVE but never leased (the worker died in between) is recovered once
-    the worker's "alive until" has passed. Times come from Redis's clock
+    the worker's "alive until" has passed.
+
+    Keepers: a lease must outlast the longest stretch between renewals (a
+    batch of embeddings), so a job of a killed process would wait that
+    long. A process can do better by naming a keeper (config.keeper, one
+    id per process, on every handle that takes jobs) and calling
+    cm_jobs_beat every keeper_timeout_ms / 5 or so from a thread of its
+    own: a job taken under a keeper whose beats stopped for
+    keeper_timeout_ms is recovered by maintain as if its lease had
+    expired. A Redis that stood still or was away (no keeper could beat)
+    kills nobody: when beats and maintenance find a gap of more than half a
+    keeper timeout between them, keepers count again only a keeper timeout
+    later, by when every live one has beaten. Times come from Redis's clock
     (TIME), so hosts need not agree on the time. Plain Redis (or
     Sentinel), not Cluster: scripts touch keys they compute.
 
@@ -71,6 +86,8 @@ typedef struct {
     int64_t keep_completed_ms; //  and only this long; 0: no age limit
     size_t keep_failed;        //  failed jobs kept (most recent)
     int64_t io_timeout_ms;     //  connect and command timeout, >= 1
+    const char *keeper;        //  the process holding this handle's jobs, or NULL
+    int64_t keeper_timeout_ms; //  a keeper silent this long is dead (0: no keepers)
 } cm_jobs_config_t;
 
 //  A taken job. The caller owns it until complete/fail/release takes it
@@ -100,7 +117,7 @@ void cm_jobs_config_defaults (cm_jobs_config_t *config);
 
 //  A handle on queue config->queue (the config is copied). worker_id
 //  names this handle's processing list and must be unique among live
-//  handles: NULL makes one (host-pid-N-random). Never fails because Redis
+//  handles: NULL makes one (cm_jobs_unique_id). Never fails because Redis
 //  is down: it connects at the first call.
 cm_jobs_t *cm_jobs_new (const cm_jobs_config_t *config, const char *worker_id);
 
@@ -141,6 +158,14 @@ int cm_jobs_release (cm_jobs_t *self, cm_job_t **job_p);
 //  instance at once; call it every second or so. Returns the number of
 //  jobs it moved, or -1.
 int cm_jobs_maintain (cm_jobs_t *self);
+
+//  Say that this handle's keeper is alive for keeper_timeout_ms more.
+//  0, or -1. Needs config.keeper and keeper_timeout_ms.
+int cm_jobs_beat (cm_jobs_t *self);
+
+//  A new id, unique across threads, processes, hosts and restarts of a
+//  container: host-pid-N-random. The caller frees it.
+char *cm_jobs_unique_id (void);
 
 //  Jobs in each state. 0, or -1.
 int cm_jobs_counts (cm_jobs_t *self, cm_jobs_counts_t *out);

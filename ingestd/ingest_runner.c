@@ -18,6 +18,8 @@ struct ingest_runner_s {
     atomic_bool stopping;                //  set by destroy
     pthread_t *workers;                  //  config.workers threads
     pthread_t maintainer;                //  the maintenance thread
+    pthread_t beater;                    //  beats the keeper (when there is one)
+    char *keeper;                        //  this process's keeper id, or NULL
     pthread_mutex_t lock;                //  guards wake (maintainer's sleep)
     pthread_cond_t wake;                 //  signalled by destroy
     //  Metrics (NULL without a registry).
@@ -40,6 +42,7 @@ static const char *const s_outcomes[4] = {"completed", "retried", "failed", "rel
 
 static void *s_worker (void *arg);
 static void *s_maintainer (void *arg);
+static void *s_beater (void *arg);
 
 ingest_runner_t *
 ingest_runner_new (const ingest_runner_config_t *config,
@@ -53,6 +56,14 @@ ingest_runner_new (const ingest_runner_config_t *config,
     self->config.jobs.queue = cm_strdup (config->jobs.queue);
     if (self->config.maintain_ms <= 0)
         self->config.maintain_ms = 1000;
+    //  One keeper for the jobs this process takes: when its beats stop
+    //  (killed, frozen) they run again elsewhere without waiting for their
+    //  leases (cm_jobs.h).
+    self->config.jobs.keeper = NULL;
+    if (config->workers && config->jobs.keeper_timeout_ms > 0) {
+        self->keeper = cm_jobs_unique_id ();
+        self->config.jobs.keeper = self->keeper;
+    }
     self->context = context;
     self->pool = pool;
     atomic_init (&self->stopping, false);
@@ -91,6 +102,8 @@ ingest_runner_new (const ingest_runner_config_t *config,
             abort ();
     if (pthread_create (&self->maintainer, NULL, s_maintainer, self))
         abort ();
+    if (self->keeper && pthread_create (&self->beater, NULL, s_beater, self))
+        abort ();
     return self;
 }
 
@@ -108,11 +121,14 @@ ingest_runner_destroy (ingest_runner_t **self_p)
     for (size_t i = 0; i < self->config.workers; i++)
         pthread_join (self->workers[i], NULL);
     pthread_join (self->maintainer, NULL);
+    if (self->keeper)
+        pthread_join (self->beater, NULL);
     pthread_mutex_destroy (&self->lock);
     pthread_cond_destroy (&self->wake);
     free ((char *) self->config.jobs.url);
     free ((char *) self->config.jobs.queue);
     free (self->workers);
+    free (self->keeper);
     free (self);
     *self_p = NULL;
 }
@@ -368,6 +384,24 @@ s_maintainer (void *arg)
             next_reconcile = cm_clock_mono_ms () + reconcile_every;
         }
         s_pause (self, self->config.maintain_ms);
+    }
+    cm_jobs_destroy (&jobs);
+    return NULL;
+}
+
+//  Beats this process's keeper on a thread of its own, so that a slow
+//  maintenance round (the reconciler) never makes it look dead.
+static void *
+s_beater (void *arg)
+{
+    ingest_runner_t *self = (ingest_runner_t *) arg;
+    cm_jobs_t *jobs = cm_jobs_new (&self->config.jobs, NULL);
+    int64_t period = self->config.jobs.keeper_timeout_ms / 5;
+    cm_info ("jobs %s: keeper %s beats every %lld ms", self->config.jobs.queue,
+             self->keeper, (long long) period);
+    while (!atomic_load (&self->stopping)) {
+        cm_jobs_beat (jobs); //  Redis unavailable: the next one will do
+        s_pause (self, period);
     }
     cm_jobs_destroy (&jobs);
     return NULL;

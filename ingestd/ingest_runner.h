@@ -8,10 +8,13 @@
     exponential back-off until its attempts are used up, then it is failed
     for good, with the reason); failed without retry (it can never succeed);
     or released to the front of the queue without counting the attempt when
-    the runner stops. The lease is renewed after every stored batch: a job
-    whose worker died (kill -9) goes back to the queue when its lease
-    expires, and as chunks are stored idempotently the second run stores
-    each chunk once.
+    the runner stops. The lease is renewed after every stored batch, so a
+    worker that hangs loses its job when the lease expires. A process that
+    dies (kill -9) or stands still loses its jobs sooner: its keeper (one per
+    process, beaten every fifth of keeper_timeout_ms by a thread of its own)
+    falls silent, and maintenance puts them back in the queue once that
+    timeout has passed. As chunks are stored idempotently the second run
+    stores each chunk once.
 
     One maintenance thread per instance, also with workers disabled
     (DISABLE_SERVER_JOB_WORKERS=1 leaves the jobs to other instances, not the

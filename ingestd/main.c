@@ -28,6 +28,7 @@ typedef struct {
     int64_t attempts;            //  EMBEDDING_JOB_ATTEMPTS
     int64_t backoff_ms;          //  EMBEDDING_JOB_BACKOFF_MS
     int64_t lease_ms;            //  EMBEDDING_JOB_LEASE_MS
+    int64_t instance_timeout_ms; //  EMBEDDING_INSTANCE_TIMEOUT_MS
     int64_t keep_completed;      //  EMBEDDING_JOBS_KEEP_COMPLETED
     int64_t keep_completed_s;    //  EMBEDDING_JOBS_KEEP_COMPLETED_SECONDS
     int64_t keep_failed;         //  EMBEDDING_JOBS_KEEP_FAILED
@@ -70,6 +71,11 @@ static const cm_conf_entry_t s_table[] = {
      offsetof (s_config_t, lease_ms),
      "lease of a running job, renewed after every batch; a job whose worker died runs "
      "again after it expires (must exceed EMBEDDING_TIMEOUT_MS)"},
+    {"EMBEDDING_INSTANCE_TIMEOUT_MS", CM_CONF_INT, "10000", 0, 86400000,
+     offsetof (s_config_t, instance_timeout_ms),
+     "an ingestd silent in Redis this long is dead: the jobs it held run again "
+     "without waiting for their leases (it beats every fifth of this); 0: off, "
+     "else at least 1000"},
     {"EMBEDDING_JOBS_KEEP_COMPLETED", CM_CONF_INT, "1000", 0, 100000000,
      offsetof (s_config_t, keep_completed), "completed jobs the queue keeps (newest)"},
     {"EMBEDDING_JOBS_KEEP_COMPLETED_SECONDS", CM_CONF_INT, "86400", 0, 31536000,
@@ -132,6 +138,15 @@ main (int argc, char **argv)
                  (long long) config.lease_ms, (long long) config.embed.timeout_ms);
         goto cleanup;
     }
+    //  Beats go every fifth of it: shorter would beat Redis all the time.
+    if (config.instance_timeout_ms > 0 && config.instance_timeout_ms < 1000) {
+        fprintf (
+            stderr,
+            "ingestd: bad configuration: EMBEDDING_INSTANCE_TIMEOUT_MS (%lld) must be "
+            "0 (off) or at least 1000\n",
+            (long long) config.instance_timeout_ms);
+        goto cleanup;
+    }
     cm_storage_dir_default (&config.storage_dir, config.run_dir);
     long cpus = sysconf (_SC_NPROCESSORS_ONLN);
     size_t pool_size = config.pool_size > 0 ? (size_t) config.pool_size
@@ -156,6 +171,7 @@ main (int argc, char **argv)
     settings.jobs.keep_completed_ms = config.keep_completed_s * 1000;
     settings.jobs.keep_failed = (size_t) config.keep_failed;
     settings.jobs.io_timeout_ms = config.redis_timeout_ms;
+    settings.jobs.keeper_timeout_ms = config.instance_timeout_ms;
     //  Twice the lease: a job that moved within that time is someone's.
     settings.reconcile_ms = 2 * config.lease_ms;
 

@@ -670,3 +670,108 @@ Test (cm_jobs, hung_redis_makes_calls_fail_not_hang)
     cm_jobs_destroy (&jobs);
     test_redis_remove (&redis);
 }
+
+//  Keep beating `keeper` and maintaining with `other` for ms; the number
+//  of jobs maintain moved meanwhile.
+static int
+s_beat_and_maintain (cm_jobs_t *keeper, cm_jobs_t *other, int64_t ms)
+{
+    int moved = 0;
+    int64_t until = cm_clock_mono_ms () + ms;
+    while (cm_clock_mono_ms () < until) {
+        if (keeper)
+            cr_assert_eq (cm_jobs_beat (keeper), 0, "%s", cm_jobs_errmsg (keeper));
+        cr_assert_eq (cm_jobs_beat (other), 0, "%s", cm_jobs_errmsg (other));
+        int rc = cm_jobs_maintain (other);
+        cr_assert_geq (rc, 0, "%s", cm_jobs_errmsg (other));
+        moved += rc;
+        usleep (20 * 1000);
+    }
+    return moved;
+}
+
+Test (cm_jobs, a_dead_keepers_job_is_recovered_before_its_lease)
+{
+    test_redis_t redis = {0};
+    test_redis_start (&redis, 0);
+    cm_jobs_config_t config = s_config (&redis);
+    config.lease_ms = 10 * S_PATIENCE_MS; //  never runs out in this test
+    config.keeper_timeout_ms = 300;
+    config.keeper = "ka";
+    cm_jobs_t *a = cm_jobs_new (&config, "a");
+    config.keeper = "kb";
+    cm_jobs_t *b = cm_jobs_new (&config, "b");
+    cr_assert_eq (cm_jobs_add (a, "job", "data"), CM_JOBS_OK);
+    cr_assert_eq (cm_jobs_beat (a), 0);
+    cm_job_t *job_a = NULL, *job_b = NULL;
+    cr_assert_eq (cm_jobs_take (a, 0, &job_a), 1);
+    json_t *info = cm_jobs_info (b, "job");
+    cr_assert_str_eq (json_string_value (json_object_get (info, "keeper")), "ka");
+    json_decref (info);
+
+    //  While a's keeper beats, its job stays its own.
+    cr_assert_eq (s_beat_and_maintain (a, b, 4 * config.keeper_timeout_ms), 0);
+    cr_assert_eq (cm_jobs_renew (a, job_a), CM_JOBS_OK);
+
+    //  a's process dies: its keeper stops, and the job is recovered long
+    //  before its lease would end.
+    int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
+    int moved = 0;
+    while (!moved && cm_clock_mono_ms () < until)
+        moved = s_beat_and_maintain (NULL, b, 50);
+    cr_assert_eq (moved, 1, "the job of a dead keeper stayed where it was");
+    info = cm_jobs_info (b, "job");
+    cr_assert_str_eq (json_string_value (json_object_get (info, "state")), "waiting");
+    const char *error = json_string_value (json_object_get (info, "error"));
+    cr_assert (error && strstr (error, "keeper ka"), "error: %s", error);
+    cr_assert_null (json_object_get (info, "keeper"), "a waiting job has no keeper");
+    json_decref (info);
+    cr_assert_eq (cm_jobs_take (b, 0, &job_b), 1);
+    cr_assert_eq (job_b->attempt, 2);
+    //  a was only frozen after all: the job is not its any more.
+    cr_assert_eq (cm_jobs_renew (a, job_a), CM_JOBS_LOST);
+    cr_assert_eq (cm_jobs_complete (a, &job_a), CM_JOBS_LOST);
+    cr_assert_eq (cm_jobs_complete (b, &job_b), CM_JOBS_OK);
+    s_assert_counts (b, 0, 0, 0, 1, 0);
+    cm_jobs_destroy (&a);
+    cm_jobs_destroy (&b);
+    test_redis_remove (&redis);
+}
+
+Test (cm_jobs, a_redis_that_stood_still_kills_no_keeper)
+{
+    test_redis_t redis = {0};
+    test_redis_start (&redis, 0);
+    cm_jobs_config_t config = s_config (&redis);
+    config.lease_ms = 10 * S_PATIENCE_MS;
+    config.keeper_timeout_ms = 300;
+    config.io_timeout_ms = 200;
+    config.keeper = "ka";
+    cm_jobs_t *a = cm_jobs_new (&config, "a");
+    config.keeper = "kb";
+    cm_jobs_t *b = cm_jobs_new (&config, "b");
+    cr_assert_eq (cm_jobs_add (a, "job", "data"), CM_JOBS_OK);
+    cm_job_t *job = NULL;
+    cr_assert_eq (cm_jobs_take (a, 0, &job), 1);
+    cr_assert_eq (s_beat_and_maintain (a, b, 2 * config.keeper_timeout_ms), 0);
+
+    //  Redis stands still for longer than a keeper's timeout: nobody can
+    //  beat, and when it goes on every keeper's time has run out.
+    cr_assert_eq (kill (redis.pid, SIGSTOP), 0);
+    cr_assert_eq (cm_jobs_maintain (b), -1);
+    usleep ((useconds_t) (3 * config.keeper_timeout_ms * 1000));
+    cr_assert_eq (kill (redis.pid, SIGCONT), 0);
+    //  b's maintain does not count keepers until a has had its chance.
+    int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
+    int rc;
+    while ((rc = cm_jobs_maintain (b)) < 0 && cm_clock_mono_ms () < until)
+        usleep (10 * 1000);
+    cr_assert_eq (rc, 0, "a keeper that could not beat was taken for dead");
+    cr_assert_eq (s_beat_and_maintain (a, b, 4 * config.keeper_timeout_ms), 0);
+    int renewed = cm_jobs_renew (a, job);
+    cr_assert_eq (renewed, CM_JOBS_OK, "renew: %d %s", renewed, cm_jobs_errmsg (a));
+    cr_assert_eq (cm_jobs_complete (a, &job), CM_JOBS_OK);
+    cm_jobs_destroy (&a);
+    cm_jobs_destroy (&b);
+    test_redis_remove (&redis);
+}

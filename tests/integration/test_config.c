@@ -271,6 +271,11 @@ Test (config, provider_urls_need_a_host_and_a_port_that_can_be)
          {"EMBEDDING_PROVIDER=openai", "EMBEDDING_BASE_URL=http://127.0.0.1:0/v1"},
          {"EMBEDDING_BASE_URL"}},
         {"ingestd", {"REDIS_URL=redis://h:+6990"}, {"REDIS_URL"}},
+        //  Beats every fifth of it: a few hundred ms would beat Redis all
+        //  the time.
+        {"ingestd",
+         {"EMBEDDING_INSTANCE_TIMEOUT_MS=500"},
+         {"EMBEDDING_INSTANCE_TIMEOUT_MS (500) must be 0 (off) or at least 1000"}},
     };
     s_expect_refused (cases, sizeof cases / sizeof *cases);
 }
