@@ -260,6 +260,13 @@ static const char s_maintain_lua[] = S_PRELUDE
     "trim ('failed', tonumber (ARGV[4]), 0, now)\n"
     "return moved\n";
 
+//  ARGV: P, timeout_ms. The keepers alive now, when keepers count; else
+//  false.
+static const char s_live_lua[] =
+    S_PRELUDE "local now = now_ms ()\n"
+              "if not keepers_count (now, tonumber (ARGV[2])) then return false end\n"
+              "return redis.call ('ZRANGEBYSCORE', P .. 'keepers', now, '+inf')\n";
+
 //  ARGV: P, K, timeout_ms. K is alive for timeout_ms more. Returns 1.
 static const char s_beat_lua[] =
     S_PRELUDE "local now, timeout = now_ms (), tonumber (ARGV[3])\n"
@@ -312,12 +319,13 @@ typedef enum {
     S_COUNTS,
     S_INFO,
     S_BEAT,
+    S_LIVE,
     S_SCRIPTS
 } s_script_t;
 
 static const char *s_sources[S_SCRIPTS] = {
     s_add_lua,     s_take_lua,     s_start_lua,  s_renew_lua, s_complete_lua, s_fail_lua,
-    s_release_lua, s_maintain_lua, s_counts_lua, s_info_lua,  s_beat_lua,
+    s_release_lua, s_maintain_lua, s_counts_lua, s_info_lua,  s_beat_lua,     s_live_lua,
 };
 
 struct cm_jobs_s {
@@ -584,6 +592,31 @@ cm_jobs_beat (cm_jobs_t *self)
               (long long) self->config.keeper_timeout_ms);
     const char *argv[] = {self->prefix, self->keeper, timeout};
     return s_eval_integer (self, S_BEAT, 3, argv) < 0 ? -1 : 0;
+}
+
+int
+cm_jobs_live_keepers (cm_jobs_t *self, json_t **ids_p)
+{
+    assert (self && ids_p && self->config.keeper_timeout_ms > 0);
+    *ids_p = NULL;
+    char timeout[24];
+    snprintf (timeout, sizeof timeout, "%lld",
+              (long long) self->config.keeper_timeout_ms);
+    const char *argv[] = {self->prefix, timeout};
+    redisReply *reply = s_eval (self, S_LIVE, 2, argv);
+    if (!reply)
+        return -1;
+    int rc = 0;
+    if (reply->type == REDIS_REPLY_ARRAY) {
+        *ids_p = json_array ();
+        for (size_t i = 0; i < reply->elements; i++)
+            if (reply->element[i]->type == REDIS_REPLY_STRING)
+                json_array_append_new (*ids_p, json_stringn (reply->element[i]->str,
+                                                             reply->element[i]->len));
+        rc = 1;
+    }
+    freeReplyObject (reply);
+    return rc;
 }
 
 char *

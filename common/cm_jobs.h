@@ -163,6 +163,12 @@ int cm_jobs_maintain (cm_jobs_t *self);
 //  0, or -1. Needs config.keeper and keeper_timeout_ms.
 int cm_jobs_beat (cm_jobs_t *self);
 
+//  The keepers alive now. Returns 1 with *ids_p a new array of their ids
+//  when keepers count (then any other keeper is dead, even one Redis
+//  never heard of or has lost: a live one has beaten since), 0 when they
+//  do not count yet (*ids_p NULL), -1 on error. Needs keeper_timeout_ms.
+int cm_jobs_live_keepers (cm_jobs_t *self, json_t **ids_p);
+
 //  A new id, unique across threads, processes, hosts and restarts of a
 //  container: host-pid-N-random. The caller frees it.
 char *cm_jobs_unique_id (void);

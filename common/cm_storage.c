@@ -232,6 +232,12 @@ static const char *s_migrations[CM_STORAGE_SCHEMA_VERSION] = {
     //  commit) for the rare such turn, which finds the other through the
     //  conversation's index instead. NULL for turns saved without one.
     "ALTER TABLE workspace_chats ADD COLUMN requestId TEXT;",
+    //  6: the ingestd (its keeper, cm_jobs.h) that wrote a job's row and, on
+    //  the fallback path, runs it. When that keeper is dead, the reconciler
+    //  queues the row's job at once instead of after its time-outs. Cleared
+    //  once the queue has the job. No index: the reconciler reads the few
+    //  queued or active rows through the state index.
+    "ALTER TABLE ingest_jobs ADD COLUMN owner TEXT;",
 };
 
 #define S_WORKSPACE_COLUMNS                                                              \

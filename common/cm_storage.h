@@ -42,7 +42,7 @@ typedef enum {
 //  File name inside the storage directory.
 #define CM_STORAGE_FILE "llmrt.db"
 //  Schema version this build creates and expects.
-#define CM_STORAGE_SCHEMA_VERSION 5
+#define CM_STORAGE_SCHEMA_VERSION 6
 
 //  --- connection -------------------------------------------------------------
 

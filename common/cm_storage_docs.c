@@ -613,8 +613,8 @@ s_state_valid (const char *state)
 
 cm_storage_status_t
 cm_storage_job_create (cm_storage_t *self, const char *id, const char *location,
-                       const char *path, const json_t *workspaces, int max_attempts,
-                       json_t **job_p)
+                       const char *path, const char *owner, const json_t *workspaces,
+                       int max_attempts, json_t **job_p)
 {
     assert (self);
     if (job_p)
@@ -639,7 +639,7 @@ cm_storage_job_create (cm_storage_t *self, const char *id, const char *location,
     char *slugs = workspaces ? json_dumps (workspaces, JSON_COMPACT) : NULL;
     sqlite3_stmt *stmt = cm_storage__stmt (
         self, "INSERT INTO ingest_jobs (id, location, path, workspaces, "
-              "maxAttempts) VALUES (?1, ?2, ?3, ?4, ?5)");
+              "maxAttempts, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
     if (!stmt) {
         free (slugs);
         return CM_STORAGE_ERROR;
@@ -649,6 +649,7 @@ cm_storage_job_create (cm_storage_t *self, const char *id, const char *location,
     sqlite3_bind_text (stmt, 3, path, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text (stmt, 4, slugs ? slugs : "[]", -1, SQLITE_TRANSIENT);
     sqlite3_bind_int (stmt, 5, max_attempts);
+    cm_storage__bind_text (stmt, 6, owner);
     int rc = sqlite3_step (stmt);
     sqlite3_reset (stmt);
     free (slugs);
@@ -742,6 +743,25 @@ cm_storage_job_set_path (cm_storage_t *self, const char *id, const char *path)
 }
 
 cm_storage_status_t
+cm_storage_jobs_disown (cm_storage_t *self, const json_t *ids)
+{
+    assert (self && json_is_array (ids));
+    self->errmsg[0] = 0;
+    char *text = json_dumps (ids, JSON_COMPACT);
+    sqlite3_stmt *stmt =
+        cm_storage__stmt (self, "UPDATE ingest_jobs SET owner = NULL WHERE id IN "
+                                "(SELECT value FROM json_each (?1))");
+    cm_storage_status_t status = CM_STORAGE_ERROR;
+    if (stmt) {
+        sqlite3_bind_text (stmt, 1, text, -1, SQLITE_TRANSIENT);
+        if (!cm_storage__step (self, stmt, "disown jobs"))
+            status = CM_STORAGE_OK;
+    }
+    free (text);
+    return status;
+}
+
+cm_storage_status_t
 cm_storage_job_get (cm_storage_t *self, const char *id, json_t **job_p)
 {
     assert (self);
@@ -802,5 +822,36 @@ cm_storage_jobs_stale (cm_storage_t *self, const char *const *states, size_t cou
         status = cm_storage__rows (self, stmt, "list stale jobs", jobs_p);
     }
     free (list_text);
+    return status;
+}
+
+cm_storage_status_t
+cm_storage_jobs_orphaned (cm_storage_t *self, const char *const *states, size_t count,
+                          const json_t *live, size_t limit, json_t **jobs_p)
+{
+    assert (self && jobs_p && json_is_array (live));
+    assert (states || !count);
+    *jobs_p = NULL;
+    self->errmsg[0] = 0;
+    json_t *list = json_array ();
+    for (size_t i = 0; i < count; i++)
+        json_array_append_new (list, json_string (states[i]));
+    char *states_text = json_dumps (list, JSON_COMPACT);
+    char *owners_text = json_dumps (live, JSON_COMPACT);
+    json_decref (list);
+    sqlite3_stmt *stmt = cm_storage__stmt (
+        self, "SELECT " S_JOB_COLUMNS ", owner FROM ingest_jobs WHERE state IN "
+              "(SELECT value FROM json_each (?1)) AND owner IS NOT NULL AND owner NOT IN "
+              "(SELECT value FROM json_each (?2)) ORDER BY lastUpdatedAt DESC LIMIT ?3");
+    cm_storage_status_t status = CM_STORAGE_ERROR;
+    if (stmt) {
+        sqlite3_bind_text (stmt, 1, states_text, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text (stmt, 2, owners_text, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64 (stmt, 3,
+                            limit > INT64_MAX ? INT64_MAX : (sqlite3_int64) limit);
+        status = cm_storage__rows (self, stmt, "list orphaned jobs", jobs_p);
+    }
+    free (states_text);
+    free (owners_text);
     return status;
 }

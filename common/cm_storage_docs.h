@@ -156,15 +156,16 @@ cm_storage_status_t cm_storage_chunk_read (cm_storage_t *self, int64_t document_
 //  maxAttempts, chunksDone, chunksTotal, error, createdAt, lastUpdatedAt,
 //  finishedAt}.
 
-//  Record a new job in state "queued". id NULL: a new UUID. workspaces: an
-//  array of slugs, or NULL for []. INVALID when location is missing, path
-//  is neither "queue" nor "fallback", workspaces is not an array or
-//  max_attempts < 1; CONFLICT when the id is taken. On OK, *job_p (may be
-//  NULL) is the new row.
+//  Record a new job in state "queued". id NULL: a new UUID. owner: the
+//  process (keeper id) that will hand it to the queue or run it, or NULL.
+//  workspaces: an array of slugs, or NULL for []. INVALID when location is
+//  missing, path is neither "queue" nor "fallback", workspaces is not an
+//  array or max_attempts < 1; CONFLICT when the id is taken. On OK, *job_p
+//  (may be NULL) is the new row.
 cm_storage_status_t cm_storage_job_create (cm_storage_t *self, const char *id,
                                            const char *location, const char *path,
-                                           const json_t *workspaces, int max_attempts,
-                                           json_t **job_p);
+                                           const char *owner, const json_t *workspaces,
+                                           int max_attempts, json_t **job_p);
 
 //  Update a job. state NULL, or a number < 0, leaves that column as it
 //  is; error NULL leaves it, "" clears it. Setting state "completed" or
@@ -182,6 +183,10 @@ cm_storage_status_t cm_storage_job_update (cm_storage_t *self, const char *id,
 cm_storage_status_t cm_storage_job_set_path (cm_storage_t *self, const char *id,
                                              const char *path);
 
+//  Clear the owner of the jobs ids (an array of strings), in one
+//  transaction; ids that name no job are skipped.
+cm_storage_status_t cm_storage_jobs_disown (cm_storage_t *self, const json_t *ids);
+
 //  The job with this id. OK, NOT_FOUND or ERROR.
 cm_storage_status_t cm_storage_job_get (cm_storage_t *self, const char *id,
                                         json_t **job_p);
@@ -196,5 +201,13 @@ cm_storage_status_t cm_storage_jobs_for_location (cm_storage_t *self,
 cm_storage_status_t cm_storage_jobs_stale (cm_storage_t *self, const char *const *states,
                                            size_t count, int64_t older_ms,
                                            json_t **jobs_p);
+
+//  At most limit jobs in one of the states[0 .. count-1] that have an
+//  owner and whose owner is none of live (an array of strings), each row
+//  with its "owner" too, newest update first. Caller owns *jobs_p.
+cm_storage_status_t cm_storage_jobs_orphaned (cm_storage_t *self,
+                                              const char *const *states, size_t count,
+                                              const json_t *live, size_t limit,
+                                              json_t **jobs_p);
 
 #endif

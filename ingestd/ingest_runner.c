@@ -10,6 +10,8 @@
 #define S_BACKOFF_MAX_MS 2000
 //  How long a take blocks, so that a stopping worker notices soon.
 #define S_TAKE_WAIT_MS 500
+//  Rows of dead ingestds the reconciler looks at per maintenance round.
+#define S_ORPHANS_PER_ROUND 256
 
 struct ingest_runner_s {
     ingest_runner_config_t config;
@@ -56,11 +58,12 @@ ingest_runner_new (const ingest_runner_config_t *config,
     self->config.jobs.queue = cm_strdup (config->jobs.queue);
     if (self->config.maintain_ms <= 0)
         self->config.maintain_ms = 1000;
-    //  One keeper for the jobs this process takes: when its beats stop
-    //  (killed, frozen) they run again elsewhere without waiting for their
-    //  leases (cm_jobs.h).
+    //  One keeper for the jobs this process takes and the rows it writes:
+    //  when its beats stop (killed, frozen) the jobs run again elsewhere
+    //  without waiting for their leases (cm_jobs.h), and its rows are
+    //  queued by the reconciler without waiting for their time-outs.
     self->config.jobs.keeper = NULL;
-    if (config->workers && config->jobs.keeper_timeout_ms > 0) {
+    if (config->jobs.keeper_timeout_ms > 0) {
         self->keeper = cm_jobs_unique_id ();
         self->config.jobs.keeper = self->keeper;
     }
@@ -131,6 +134,13 @@ ingest_runner_destroy (ingest_runner_t **self_p)
     free (self->keeper);
     free (self);
     *self_p = NULL;
+}
+
+const char *
+ingest_runner_keeper (const ingest_runner_t *self)
+{
+    assert (self);
+    return self->keeper;
 }
 
 char *
@@ -359,6 +369,64 @@ s_reconcile (ingest_runner_t *self, cm_jobs_t *jobs)
     cm_storage_pool_release (self->pool, &storage);
 }
 
+//  Add to the queue, at once, the unfinished jobs whose rows belong to a
+//  dead ingestd (its keeper is not among the live ones): it died between
+//  writing a row and adding its job, or during a fallback run. Rows whose jobs the queue
+//  has are left to the queue's own rules, and disowned so that they are
+//  not looked at again.
+static void
+s_reconcile_orphans (ingest_runner_t *self, cm_jobs_t *jobs)
+{
+    json_t *live = NULL;
+    if (cm_jobs_live_keepers (jobs, &live) != 1)
+        return; //  Redis unavailable, or keepers do not count yet
+    cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
+    if (!storage) {
+        json_decref (live);
+        return;
+    }
+    static const char *const states[] = {"queued", "active"};
+    json_t *rows = NULL;
+    json_t *seen = json_array ();
+    if (cm_storage_jobs_orphaned (storage, states, 2, live, S_ORPHANS_PER_ROUND, &rows) ==
+        CM_STORAGE_OK) {
+        size_t i;
+        json_t *row;
+        json_array_foreach (rows, i, row)
+        {
+            const char *id = json_string_value (json_object_get (row, "id"));
+            const char *location = json_string_value (json_object_get (row, "location"));
+            const char *owner = json_string_value (json_object_get (row, "owner"));
+            json_t *info = cm_jobs_info (jobs, id);
+            if (!info && *cm_jobs_errmsg (jobs))
+                break; //  Redis unavailable: next round
+            int rc = CM_JOBS_EXISTS;
+            if (!info) {
+                char *data = ingest_runner_job_data (location);
+                rc = cm_jobs_add (jobs, id, data);
+                free (data);
+            }
+            json_decref (info);
+            if (rc == CM_JOBS_ERROR)
+                break;
+            if (rc == CM_JOBS_OK) {
+                cm_storage_job_update (storage, id, "queued", -1, -1, -1, NULL, NULL);
+                s_count (self->requeued);
+                cm_warn ("job %s (%s): its ingestd (keeper %s) is gone; added to the "
+                         "queue again",
+                         id, location, owner);
+            }
+            json_array_append_new (seen, json_string (id));
+        }
+    }
+    if (json_array_size (seen))
+        cm_storage_jobs_disown (storage, seen);
+    json_decref (seen);
+    json_decref (rows);
+    json_decref (live);
+    cm_storage_pool_release (self->pool, &storage);
+}
+
 static void *
 s_maintainer (void *arg)
 {
@@ -379,6 +447,8 @@ s_maintainer (void *arg)
         }
         if (self->redis_up)
             cm_metric_set (self->redis_up, up ? 1 : 0);
+        if (up && self->keeper)
+            s_reconcile_orphans (self, jobs);
         if (up && cm_clock_mono_ms () >= next_reconcile) {
             s_reconcile (self, jobs);
             next_reconcile = cm_clock_mono_ms () + reconcile_every;

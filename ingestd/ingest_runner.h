@@ -24,7 +24,10 @@
     the database and Redis: a job whose row says queued or active but that
     Redis does not know (the process died between writing the row and adding
     the job, or a fallback run died, or Redis lost its data) and that has not
-    moved for reconcile_ms is added to the queue again.
+    moved for reconcile_ms is added to the queue again. A row also names
+    its owner, the keeper of the process that wrote it (and runs it on the
+    fallback path); once that keeper is dead, the reconciler adds the row's
+    job at once, at the next maintenance round, whatever its age.
 
     Redis down: workers back off (up to 2 s) and try again; nothing is
     taken, nothing lost. Threading: new and destroy from one thread. */
@@ -58,6 +61,10 @@ ingest_runner_t *ingest_runner_new (const ingest_runner_config_t *config,
 //  Stop: workers release the jobs they hold (back to the queue, the attempt
 //  not counted), threads are joined. NULL-safe; nulls the pointer.
 void ingest_runner_destroy (ingest_runner_t **self_p);
+
+//  This process's keeper id (borrowed), or NULL when keepers are off:
+//  the owner of the job rows this process writes.
+const char *ingest_runner_keeper (const ingest_runner_t *self);
 
 //  The job data the queue carries for a document: {"location": ...}.
 //  Returns a new string.

@@ -497,7 +497,8 @@ s_ingest (ingest_service_t *self, cm_call_t *call, cm_storage_t *storage,
                   json_string_value (json_array_get (slugs, i)),
                   cm_storage_errmsg (storage));
     if (!*error &&
-        cm_storage_job_create (storage, NULL, doc->location, "queue", slugs,
+        cm_storage_job_create (storage, NULL, doc->location, "queue",
+                               ingest_runner_keeper (self->runner), slugs,
                                self->config.jobs.attempts, &job) != CM_STORAGE_OK)
         snprintf (error, sizeof error, "The ingestion job could not be recorded: %s",
                   cm_storage_errmsg (storage));

@@ -775,3 +775,38 @@ Test (cm_jobs, a_redis_that_stood_still_kills_no_keeper)
     cm_jobs_destroy (&b);
     test_redis_remove (&redis);
 }
+
+Test (cm_jobs, live_keepers_once_keepers_count)
+{
+    test_redis_t redis = {0};
+    test_redis_start (&redis, 0);
+    cm_jobs_config_t config = s_config (&redis);
+    config.keeper_timeout_ms = 300;
+    config.keeper = "ka";
+    cm_jobs_t *a = cm_jobs_new (&config, "a");
+    config.keeper = "kb";
+    cm_jobs_t *b = cm_jobs_new (&config, "b");
+    json_t *live = NULL;
+    //  The first call finds no earlier one: keepers do not count yet.
+    cr_assert_eq (cm_jobs_live_keepers (b, &live), 0);
+    cr_assert_null (live);
+    cr_assert_eq (s_beat_and_maintain (a, b, 2 * config.keeper_timeout_ms), 0);
+    cr_assert_eq (cm_jobs_live_keepers (b, &live), 1, "%s", cm_jobs_errmsg (b));
+    cr_assert_eq (json_array_size (live), 2);
+    json_decref (live);
+    //  a stops beating: only b is alive.
+    int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
+    while (true) {
+        s_beat_and_maintain (NULL, b, 50);
+        cr_assert_eq (cm_jobs_live_keepers (b, &live), 1);
+        bool only_b = json_array_size (live) == 1 &&
+                      !strcmp (json_string_value (json_array_get (live, 0)), "kb");
+        json_decref (live);
+        if (only_b)
+            break;
+        cr_assert_lt (cm_clock_mono_ms (), until, "a silent keeper stayed alive");
+    }
+    cm_jobs_destroy (&a);
+    cm_jobs_destroy (&b);
+    test_redis_remove (&redis);
+}

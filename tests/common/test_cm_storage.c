@@ -891,6 +891,7 @@ Test (cm_storage, history_of_schema_3_rows_reads_through_json)
     sqlite3 *db = NULL;
     cr_assert_eq (sqlite3_open (path, &db), SQLITE_OK);
     cr_assert_eq (sqlite3_exec (db,
+                                "ALTER TABLE ingest_jobs DROP COLUMN owner;"
                                 "ALTER TABLE workspace_chats DROP COLUMN requestId;"
                                 "ALTER TABLE workspace_chats DROP COLUMN answer;"
                                 "PRAGMA user_version = 3;",

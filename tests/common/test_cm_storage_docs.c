@@ -455,7 +455,7 @@ Test (cm_storage_docs, job_lifecycle)
     json_t *slugs = json_pack ("[s, s]", "docs", "notes");
     json_t *job = NULL;
     cr_assert_eq (cm_storage_job_create (storage, "job-1", "custom-documents/a.json",
-                                         "queue", slugs, 3, &job),
+                                         "queue", NULL, slugs, 3, &job),
                   CM_STORAGE_OK);
     cr_assert_str_eq (s_str (job, "id"), "job-1");
     cr_assert_str_eq (s_str (job, "state"), "queued");
@@ -468,14 +468,17 @@ Test (cm_storage_docs, job_lifecycle)
     json_decref (job);
 
     //  Taken id; refused input; a new id when none is given.
-    cr_assert_eq (cm_storage_job_create (storage, "job-1", "x", "queue", NULL, 1, NULL),
-                  CM_STORAGE_CONFLICT);
-    cr_assert_eq (cm_storage_job_create (storage, NULL, "x", "sideways", NULL, 1, NULL),
-                  CM_STORAGE_INVALID);
-    cr_assert_eq (cm_storage_job_create (storage, NULL, "x", "queue", NULL, 0, NULL),
-                  CM_STORAGE_INVALID);
+    cr_assert_eq (
+        cm_storage_job_create (storage, "job-1", "x", "queue", NULL, NULL, 1, NULL),
+        CM_STORAGE_CONFLICT);
+    cr_assert_eq (
+        cm_storage_job_create (storage, NULL, "x", "sideways", NULL, NULL, 1, NULL),
+        CM_STORAGE_INVALID);
+    cr_assert_eq (
+        cm_storage_job_create (storage, NULL, "x", "queue", NULL, NULL, 0, NULL),
+        CM_STORAGE_INVALID);
     cr_assert_eq (cm_storage_job_create (storage, NULL, "custom-documents/a.json",
-                                         "fallback", NULL, 1, &job),
+                                         "fallback", NULL, NULL, 1, &job),
                   CM_STORAGE_OK);
     cr_assert_eq (strlen (s_str (job, "id")), 36);
     cr_assert_eq (json_array_size (json_object_get (job, "workspaces")), 0);
@@ -551,6 +554,76 @@ Test (cm_storage_docs, job_lifecycle)
     json_decref (jobs);
 
     json_decref (slugs);
+    cm_storage_destroy (&storage);
+}
+
+//  The ids of an array of job rows, sorted, comma-separated.
+static char *
+s_job_ids (json_t *jobs)
+{
+    static char ids[256];
+    ids[0] = 0;
+    size_t i;
+    json_t *job;
+    json_array_foreach (jobs, i, job)
+    {
+        if (i)
+            strcat (ids, ",");
+        strcat (ids, s_str (job, "id"));
+    }
+    return ids;
+}
+
+Test (cm_storage_docs, orphaned_jobs_are_those_of_owners_not_alive)
+{
+    cm_storage_t *storage = s_open ();
+    const char *jobs[][2] = {{"j1", "k1"}, {"j2", "k2"}, {"j3", NULL}, {"j4", "k1"}};
+    for (size_t i = 0; i < 4; i++)
+        cr_assert_eq (cm_storage_job_create (storage, jobs[i][0], "loc", "queue",
+                                             jobs[i][1], NULL, 1, NULL),
+                      CM_STORAGE_OK);
+    cr_assert_eq (
+        cm_storage_job_update (storage, "j4", "completed", -1, -1, -1, NULL, NULL),
+        CM_STORAGE_OK);
+    const char *states[] = {"queued", "active"};
+    json_t *live = json_pack ("[s]", "k2");
+    json_t *found = NULL;
+    //  k1 is not alive: its unfinished job, not its completed one; never a
+    //  job without an owner.
+    cr_assert_eq (cm_storage_jobs_orphaned (storage, states, 2, live, 10, &found),
+                  CM_STORAGE_OK);
+    cr_assert_str_eq (s_job_ids (found), "j1");
+    cr_assert_str_eq (s_str (json_array_get (found, 0), "owner"), "k1");
+    json_decref (found);
+    //  Nobody alive.
+    json_t *none = json_array ();
+    cr_assert_eq (cm_storage_jobs_orphaned (storage, states, 2, none, 10, &found),
+                  CM_STORAGE_OK);
+    cr_assert (!strcmp (s_job_ids (found), "j1,j2") ||
+                   !strcmp (s_job_ids (found), "j2,j1"),
+               "%s", s_job_ids (found));
+    json_decref (found);
+    //  At most limit, the newest first.
+    cr_assert_eq (cm_storage_job_update (storage, "j1", "active", -1, -1, -1, NULL, NULL),
+                  CM_STORAGE_OK);
+    cr_assert_eq (cm_storage_jobs_orphaned (storage, states, 2, none, 1, &found),
+                  CM_STORAGE_OK);
+    cr_assert_str_eq (s_job_ids (found), "j1");
+    json_decref (found);
+    //  A disowned job is nobody's orphan; the owner is not part of a row.
+    json_t *ids = json_pack ("[s, s]", "j1", "nope");
+    cr_assert_eq (cm_storage_jobs_disown (storage, ids), CM_STORAGE_OK);
+    json_decref (ids);
+    cr_assert_eq (cm_storage_jobs_orphaned (storage, states, 2, live, 10, &found),
+                  CM_STORAGE_OK);
+    cr_assert_eq (json_array_size (found), 0);
+    json_decref (found);
+    json_t *row = NULL;
+    cr_assert_eq (cm_storage_job_get (storage, "j2", &row), CM_STORAGE_OK);
+    cr_assert_null (json_object_get (row, "owner"));
+    json_decref (row);
+    json_decref (none);
+    json_decref (live);
     cm_storage_destroy (&storage);
 }
 

@@ -95,8 +95,9 @@ Test (runner, a_job_failed_by_maintenance_is_failed_in_its_row, .init = s_setup,
                   CM_STORAGE_OK, "%s", cm_storage_errmsg (storage));
     json_decref (fields);
     json_t *job = NULL;
-    cr_assert_eq (cm_storage_job_create (storage, NULL, location, "queue", NULL, 1, &job),
-                  CM_STORAGE_OK);
+    cr_assert_eq (
+        cm_storage_job_create (storage, NULL, location, "queue", NULL, NULL, 1, &job),
+        CM_STORAGE_OK);
     char *id = cm_strdup (json_string_value (json_object_get (job, "id")));
     json_decref (job);
 

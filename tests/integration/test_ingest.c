@@ -23,6 +23,7 @@
 #include <criterion/criterion.h>
 #include <curl/curl.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -1241,6 +1242,122 @@ Test (ingest, redis_gone_uses_the_fallback_then_the_queue_again, .timeout = 300,
 
 //  --- 5. retries and failure against a real upstream
 //  ----------------------------------------
+
+//  A raw-text upload on a thread of its own; its status when it ends.
+typedef struct {
+    char url[512];
+    char *body;
+    long status;
+} s_background_t;
+
+static void *
+s_background_post (void *arg)
+{
+    s_background_t *post = arg;
+    it_response_t r;
+    it_http ("POST", post->url, post->body, true, &r);
+    post->status = r.status;
+    it_response_free (&r);
+    return NULL;
+}
+
+//  The fallback job being embedded (some chunks done): its id in arg.
+static bool
+s_fallback_running (void *arg)
+{
+    sqlite3 *db = it_db_open (&s_suite);
+    sqlite3_stmt *stmt = NULL;
+    sqlite3_prepare_v2 (db,
+                        "SELECT id FROM ingest_jobs WHERE path = 'fallback' AND "
+                        "state = 'active' AND chunksDone > 0",
+                        -1, &stmt, NULL);
+    bool found = stmt && sqlite3_step (stmt) == SQLITE_ROW;
+    if (found)
+        snprintf (arg, 64, "%s", (const char *) sqlite3_column_text (stmt, 0));
+    sqlite3_finalize (stmt);
+    sqlite3_close (db);
+    return found;
+}
+
+static bool
+s_job_completed (void *arg)
+{
+    long status;
+    json_t *job = s_job (arg, &status);
+    bool done = status == 200 && it_str (job, "state") &&
+                !strcmp (it_str (job, "state"), "completed");
+    json_decref (job);
+    return done;
+}
+
+Test (ingest, a_fallback_run_that_dies_with_its_ingestd_is_queued_within_seconds,
+      .timeout = 300, .fini = s_thaw_supervisor)
+{
+    //  Redis is gone, so the upload runs on the fallback pool, slowly (one
+    //  chunk per paced embedding request); ingestd is killed in the middle.
+    //  Its row says active, path fallback. Without a keeper to say that its
+    //  process is dead, the reconciler would wait for
+    //  2 x INGESTION_TASK_TIMEOUT_MS + 10 s (610 s by default).
+    const char *extra[] = {"REDIS_TIMEOUT_MS=300",   "EMBEDDING_INSTANCE_TIMEOUT_MS=2000",
+                           "EMBEDDING_BATCH_SIZE=1", "CHUNK_SIZE_CHARS=200",
+                           "CHUNK_OVERLAP_CHARS=20", NULL};
+    s_start (extra, true);
+    fake_llm_control (&s_fake, "{\"embed_pace_ms\":300}");
+    it_create_workspace (&s_suite, "{\"name\":\"Docs\"}");
+    cr_assert (it_wait (s_health_is, "ok", 20000), "health never said ok");
+    pid_t redis[2], ingestd[2];
+    cr_assert_eq (it_children (s_suite.supervisor, "redis-server", redis, 2), 1);
+    cr_assert_eq (it_children (s_suite.supervisor, "ingestd", ingestd, 2), 1);
+    kill (s_suite.supervisor, SIGSTOP);
+    kill (redis[0], SIGKILL);
+
+    char text[4000];
+    size_t used = 0;
+    for (int n = 0; used + 100 < sizeof text; n++)
+        used += (size_t) snprintf (text + used, sizeof text - used,
+                                   "Sentence %d of the orphan: the curlew calls over "
+                                   "the marsh at dusk. ",
+                                   n);
+    s_background_t post = {.body = NULL};
+    it_url (&s_suite, post.url, sizeof post.url, "/api/v1/document/raw-text");
+    json_t *body = json_pack ("{s:s, s:{s:s}, s:s}", "textContent", text, "metadata",
+                              "title", "Orphan", "addToWorkspaces", "docs");
+    post.body = json_dumps (body, 0);
+    json_decref (body);
+    pthread_t thread;
+    cr_assert_eq (pthread_create (&thread, NULL, s_background_post, &post), 0);
+    char id[64] = "";
+    bool running = it_wait (s_fallback_running, id, 60000);
+    if (running)
+        kill (ingestd[0], SIGKILL);
+    long long killed_at = it_now_ms ();
+    pthread_join (thread, NULL);
+    free (post.body);
+    cr_assert (running, "the upload never ran on the fallback pool");
+    //  The gateway answers once the instance's heartbeats stop.
+    cr_assert_eq (post.status, 502, "the upload answered %ld", post.status);
+
+    //  Redis and ingestd come back (the supervisor restarts both); the row
+    //  of the dead process is queued at the next maintenance round after
+    //  its keeper counts as dead, and embedded.
+    kill (s_suite.supervisor, SIGCONT);
+    cr_assert (it_wait (s_job_completed, id, 120000),
+               "job %s was not completed within 120 s of the kill", id);
+    cr_log_info ("the fallback job of the killed ingestd completed %.1f s after the kill",
+                 (double) (it_now_ms () - killed_at) / 1000.0);
+    sqlite3 *db = it_db_open (&s_suite);
+    cr_assert_eq (
+        it_db_int (db,
+                   "SELECT count(*) FROM (SELECT documentId, position, count(*) "
+                   "FROM document_chunks GROUP BY 1, 2 HAVING count(*) > 1)",
+                   NULL),
+        0, "a chunk is stored twice");
+    cr_assert_eq (
+        it_db_int (db, "SELECT owner IS NULL FROM ingest_jobs WHERE id = ?1", id), 1,
+        "the queue has the job: it is nobody's orphan now");
+    sqlite3_close (db);
+    s_stop ();
+}
 
 Test (ingest, an_upstream_failing_twice_completes_on_attempt_3, .timeout = 180)
 {
