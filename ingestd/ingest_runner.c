@@ -311,6 +311,20 @@ s_age_ms (const json_t *stamp)
     return cm_clock_wall_ms () - ((int64_t) timegm (&tm) * 1000 + ms);
 }
 
+//  The reconciler added a row's job to the queue: the row says queued, and
+//  the queue's path from now on (a fallback row, too: the queue runs it
+//  now, and if Redis loses it again the queue path's time-outs apply).
+static void
+s_requeued (ingest_runner_t *self, cm_storage_t *storage, json_t *row)
+{
+    const char *id = json_string_value (json_object_get (row, "id"));
+    const char *path = json_string_value (json_object_get (row, "path"));
+    cm_storage_job_update (storage, id, "queued", -1, -1, -1, NULL, NULL);
+    if (path && strcmp (path, "queue"))
+        cm_storage_job_set_path (storage, id, "queue");
+    s_count (self->requeued);
+}
+
 //  Add again the jobs the database has as unfinished but Redis does not know.
 static void
 s_reconcile (ingest_runner_t *self, cm_jobs_t *jobs)
@@ -358,8 +372,7 @@ s_reconcile (ingest_runner_t *self, cm_jobs_t *jobs)
             int rc = cm_jobs_add (jobs, id, data);
             free (data);
             if (rc == CM_JOBS_OK) {
-                cm_storage_job_update (storage, id, "queued", -1, -1, -1, NULL, NULL);
-                s_count (self->requeued);
+                s_requeued (self, storage, row);
                 cm_warn ("job %s (%s): unfinished but unknown to the queue; added again",
                          id, location);
             }
@@ -410,8 +423,7 @@ s_reconcile_orphans (ingest_runner_t *self, cm_jobs_t *jobs)
             if (rc == CM_JOBS_ERROR)
                 break;
             if (rc == CM_JOBS_OK) {
-                cm_storage_job_update (storage, id, "queued", -1, -1, -1, NULL, NULL);
-                s_count (self->requeued);
+                s_requeued (self, storage, row);
                 cm_warn ("job %s (%s): its ingestd (keeper %s) is gone; added to the "
                          "queue again",
                          id, location, owner);

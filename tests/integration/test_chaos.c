@@ -355,14 +355,19 @@ s_env_unsigned (const char *name, unsigned fallback)
 
 Test (chaos, kill_9_under_load_loses_no_answered_work, .timeout = 900)
 {
-    const char *extra[] = {
-        "REQUEST_TIMEOUT_MS=8000", //  = S_DEADLINE_MS
-        "SUPERVISOR_MAX_CRASHES=0", "SUPERVISOR_RESTART_MAX_MS=1000",
-        "REDIS_TIMEOUT_MS=500", "EMBEDDING_JOB_LEASE_MS=3000",
-        "EMBEDDING_JOB_BACKOFF_MS=100", "EMBEDDING_JOB_ATTEMPTS=20",
-        //  A fallback row whose ingestd died waits 2 x this + 10 s for the
-        //  reconciler (the default, 300 s, would outlast the test).
-        "INGESTION_TASK_TIMEOUT_MS=4000", "LOG_LEVEL=warn", NULL};
+    const char *extra[] = {"REQUEST_TIMEOUT_MS=8000", //  = S_DEADLINE_MS
+                           "SUPERVISOR_MAX_CRASHES=0", "SUPERVISOR_RESTART_MAX_MS=1000",
+                           "REDIS_TIMEOUT_MS=500", "EMBEDDING_JOB_BACKOFF_MS=100",
+                           "EMBEDDING_JOB_ATTEMPTS=20",
+                           //  The jobs and rows of a killed ingestd come back because its
+                           //  keeper falls silent (2 s), while Redis is killed and frozen
+                           //  too: the time-outs after which the reconciler queues a
+                           //  fallback row (2 x INGESTION_TASK_TIMEOUT_MS + 10 s) outlast
+                           //  the test. Leases are shorter: a job Redis lost when it was
+                           //  killed (it saves once a second) comes back through the rule
+                           //  for lost jobs, after 2 x lease.
+                           "EMBEDDING_JOB_LEASE_MS=20000",
+                           "EMBEDDING_INSTANCE_TIMEOUT_MS=2000", "LOG_LEVEL=warn", NULL};
     //  LLMRT_CHAOS_LOG_LEVEL=info shows every registration in suite.log.
     static char level[64];
     if (getenv ("LLMRT_CHAOS_LOG_LEVEL")) {
