@@ -254,8 +254,28 @@ s_resend (gw_broker_t *self, s_pending_t *pending)
     return s_dispatch (self, pending, pending->request);
 }
 
+//  The reason an instance is given up for when it stops heartbeating.
+#define S_MISSED_HEARTBEATS "missed its heartbeats"
+
+//  CANCEL a request at an instance.
+static void
+s_cancel_at (gw_broker_t *self, const char *instance_id, const char *request_id,
+             const char *reason)
+{
+    cm_msg_t *cancel = cm_msg_new (CM_MSG_CANCEL);
+    cm_msg_set_request_id (cancel, request_id);
+    cm_msg_set_reason (cancel, reason);
+    s_send (self, instance_id, cancel);
+    cm_msg_destroy (&cancel);
+}
+
 //  Forget an instance; every request that was on it is sent elsewhere (when
-//  retryable and not started) or answered.
+//  retryable and not started) or answered. An instance that only missed
+//  its heartbeats may be frozen rather than dead: it is told to cancel the
+//  requests answered here, so that work its client was told failed stops
+//  when it wakes (an agent-flow run, a fallback upload) instead of going
+//  on unseen. A resent request is not cancelled there: its first run may
+//  be the one that saves (protocol.md, "A request that runs twice").
 static void
 s_instance_remove (gw_broker_t *self, s_instance_t *instance, const char *why)
 {
@@ -265,6 +285,7 @@ s_instance_remove (gw_broker_t *self, s_instance_t *instance, const char *why)
               instance->service, instance->id, why);
     //  Take it out of routing first, so no retry goes back to it.
     instance->draining = true;
+    bool silent = !strcmp (why, S_MISSED_HEARTBEATS);
     zlistx_t *ids = zhashx_keys (self->pending);
     for (char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
         s_pending_t *pending = zhashx_lookup (self->pending, id);
@@ -278,6 +299,8 @@ s_instance_remove (gw_broker_t *self, s_instance_t *instance, const char *why)
                 continue;
         }
         gw_exchange_fail (pending->exchange, 502, message);
+        if (silent)
+            s_cancel_at (self, instance->id, id, "instance given up");
         s_pending_end (self, id);
     }
     zlistx_destroy (&ids);
@@ -372,13 +395,8 @@ s_cancel (gw_broker_t *self, const char *request_id, const char *reason)
     s_pending_t *pending = zhashx_lookup (self->pending, request_id);
     if (!pending)
         return;
-    if (pending->instance) {
-        cm_msg_t *cancel = cm_msg_new (CM_MSG_CANCEL);
-        cm_msg_set_request_id (cancel, request_id);
-        cm_msg_set_reason (cancel, reason);
-        s_send (self, pending->instance->id, cancel);
-        cm_msg_destroy (&cancel);
-    }
+    if (pending->instance)
+        s_cancel_at (self, pending->instance->id, request_id, reason);
     s_pending_end (self, request_id);
 }
 
@@ -592,7 +610,7 @@ s_tick (gw_broker_t *self, int64_t now, bool beat)
             continue; //  (removed meanwhile: a retry found it unreachable)
         if (now - instance->last_seen > limit) {
             self->expired_instances++;
-            s_instance_remove (self, instance, "missed its heartbeats");
+            s_instance_remove (self, instance, S_MISSED_HEARTBEATS);
         } else if (beat) {
             cm_msg_t *hb = cm_msg_new (CM_MSG_HEARTBEAT);
             s_send (self, id, hb);

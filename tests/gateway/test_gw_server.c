@@ -1050,6 +1050,12 @@ Test (gw_server, non_retryable_request_is_502_when_its_instance_dies)
     gwh_call_join (call);
     gwh_assert_error (call, 502, NULL);
     cr_assert_null (gwh_daemon_recv (daemons[1 - dies], 0), "nothing was resent");
+    //  The silent instance may only be frozen: when it wakes it finds the
+    //  request cancelled, as its client was told it failed.
+    cm_msg_t *cancel = gwh_daemon_expect (daemons[dies], CM_MSG_CANCEL);
+    cr_assert_str_eq (cm_msg_request_id (cancel), cm_msg_request_id (request));
+    cr_assert_str_eq (cm_msg_reason (cancel), "instance given up");
+    cm_msg_destroy (&cancel);
     gwh_wait_health (&gateway, "broker.retries", 0);
     gwh_wait_health (&gateway, "services.chat.instances", 1);
     gwh_call_destroy (&call);
