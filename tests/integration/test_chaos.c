@@ -17,7 +17,11 @@
       finalize event likewise; an upload answered 200 ends completed with
       its chunks stored exactly once;
     - nothing is done twice: no prompt is stored twice, and every ingestion
-      job that was started, answered or not, ends completed;
+      job that was started, answered or not, ends completed; except one
+      that ran on the fallback path (Redis away) in an ingestd frozen for
+      longer than the gateway waits: the gateway answers 502 and cancels
+      it there, so it ends failed, "Cancelled after ...", as its client was
+      told (the 200s are checked to be completed one by one);
     - every program that ended was ended by the test's SIGKILL: none exited
       or crashed on its own;
     - afterwards the suite is ready again and serves every kind of request.
@@ -298,11 +302,17 @@ s_db_prompt (sqlite3 *db, json_int_t id, char *prompt, size_t size)
     sqlite3_finalize (stmt);
 }
 
+//  Jobs that ended as they may: completed, or a fallback run cancelled by
+//  the gateway's CANCEL when it gave a frozen ingestd up (its client got
+//  502). The SQL of the others.
+#define S_JOBS_UNSETTLED                                                                 \
+    "SELECT count(*) FROM ingest_jobs WHERE state != 'completed' AND NOT "               \
+    "(state = 'failed' AND path = 'fallback' AND error LIKE 'Cancelled after %')"
+
 static bool
 s_jobs_settled (void *arg)
 {
-    return it_db_int (arg, "SELECT count(*) FROM ingest_jobs WHERE state != 'completed'",
-                      NULL) == 0;
+    return it_db_int (arg, S_JOBS_UNSETTLED, NULL) == 0;
 }
 
 //  --- the suite and the killer ------------------------------------------------------
@@ -599,14 +609,16 @@ Test (chaos, kill_9_under_load_loses_no_answered_work, .timeout = 900)
                    NULL),
         0, "a prompt is stored twice");
     //  Every ingestion job that was started ends completed, whether or not
-    //  its client saw the answer.
+    //  its client saw the answer (but for the cancelled, S_JOBS_UNSETTLED).
     long long settle = it_now_ms ();
     bool settled = it_wait (s_jobs_settled, db, 240000);
     cr_assert (settled, "%lld ingestion jobs did not complete within 240 s",
-               (long long) it_db_int (db,
-                                      "SELECT count(*) FROM ingest_jobs WHERE state != "
-                                      "'completed'",
-                                      NULL));
+               (long long) it_db_int (db, S_JOBS_UNSETTLED, NULL));
+    int64_t cancelled =
+        it_db_int (db, "SELECT count(*) FROM ingest_jobs WHERE state = 'failed'", NULL);
+    if (cancelled)
+        cr_log_info ("%lld fallback job(s) cancelled with their frozen ingestd",
+                     (long long) cancelled);
     for (size_t i = 0; i < s_count; i++) {
         s_outcome_t *o = &s_outcomes[i];
         if (o->kind != S_UPLOAD || o->status != 200 || !o->location[0])
