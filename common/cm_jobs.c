@@ -203,10 +203,12 @@ static const char s_release_lua[] =
 //  (when keepers count), or when it has no lease (a BLMOVE whose worker
 //  died before leasing it) and its worker's "alive until" passed.
 //  Recovered jobs go to the front of wait; or to failed, when that was
-//  their last attempt. Returns the number of jobs moved.
+//  their last attempt. Returns {promoted, expired, orphaned}: jobs moved
+//  because they fell due, their lease (or worker) expired, their keeper
+//  died.
 static const char s_maintain_lua[] = S_PRELUDE
     "local now = now_ms ()\n"
-    "local moved = promote (now)\n"
+    "local promoted, expired_n, orphaned_n = promote (now), 0, 0\n"
     "local timeout = tonumber (ARGV[6])\n"
     "local keepers = timeout > 0 and keepers_count (now, timeout)\n"
     "local dead = {}\n"
@@ -248,7 +250,8 @@ static const char s_maintain_lua[] = S_PRELUDE
     "          redis.call ('RPUSH', P .. 'wait', id)\n"
     "        end\n"
     "      end\n"
-    "      moved = moved + 1\n"
+    "      if orphan then orphaned_n = orphaned_n + 1\n"
+    "      else expired_n = expired_n + 1 end\n"
     "    end\n"
     "  end\n"
     "  if #ids == 0 and alive < now - tonumber (ARGV[5]) then\n"
@@ -258,7 +261,7 @@ static const char s_maintain_lua[] = S_PRELUDE
     "redis.call ('ZREMRANGEBYSCORE', P .. 'keepers', '-inf', now - tonumber (ARGV[5]))\n"
     "trim ('completed', tonumber (ARGV[2]), tonumber (ARGV[3]), now)\n"
     "trim ('failed', tonumber (ARGV[4]), 0, now)\n"
-    "return moved\n";
+    "return {promoted, expired_n, orphaned_n}\n";
 
 //  ARGV: P, timeout_ms. The keepers alive now, when keepers count; else
 //  false.
@@ -560,9 +563,11 @@ cm_jobs_release (cm_jobs_t *self, cm_job_t **job_p)
 }
 
 int
-cm_jobs_maintain (cm_jobs_t *self)
+cm_jobs_maintain (cm_jobs_t *self, cm_jobs_maintained_t *out)
 {
     assert (self);
+    if (out)
+        *out = (cm_jobs_maintained_t){0};
     char keep[24], keep_ms[24], keep_failed[24], forget[24];
     snprintf (keep, sizeof keep, "%zu", self->config.keep_completed);
     snprintf (keep_ms, sizeof keep_ms, "%lld",
@@ -576,10 +581,19 @@ cm_jobs_maintain (cm_jobs_t *self)
     redisReply *reply = s_eval (self, S_MAINTAIN, 6, argv);
     if (!reply)
         return -1;
-    int moved = (int) reply->integer;
+    cm_jobs_maintained_t counts = {0};
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3) {
+        counts.promoted = (int) reply->element[0]->integer;
+        counts.expired = (int) reply->element[1]->integer;
+        counts.orphaned = (int) reply->element[2]->integer;
+    }
     freeReplyObject (reply);
+    int moved = counts.promoted + counts.expired + counts.orphaned;
     if (moved > 0)
-        cm_debug ("jobs %s: maintain moved %d jobs", self->queue, moved);
+        cm_debug ("jobs %s: maintain moved %d jobs (%d due, %d expired, %d orphaned)",
+                  self->queue, moved, counts.promoted, counts.expired, counts.orphaned);
+    if (out)
+        *out = counts;
     return moved;
 }
 

@@ -152,12 +152,19 @@ int cm_jobs_fail (cm_jobs_t *self, cm_job_t **job_p, const char *reason, bool re
 //  CM_JOBS_LOST, CM_JOBS_ERROR.
 int cm_jobs_release (cm_jobs_t *self, cm_job_t **job_p);
 
+typedef struct {
+    int promoted; //  delayed jobs that fell due
+    int expired;  //  held jobs whose lease (or worker) expired
+    int orphaned; //  held jobs whose keeper died (cm_jobs_beat)
+} cm_jobs_maintained_t;
+
 //  Promote due delayed jobs, requeue (or fail, after the last attempt)
-//  jobs whose lease expired in any worker's processing list, forget dead
-//  workers, trim completed and failed. Atomic: safe to call from every
-//  instance at once; call it every second or so. Returns the number of
-//  jobs it moved, or -1.
-int cm_jobs_maintain (cm_jobs_t *self);
+//  jobs whose lease expired or whose keeper died in any worker's
+//  processing list, forget dead workers and keepers, trim completed and
+//  failed. Atomic: safe to call from every instance at once; call it every
+//  second or so. Returns the number of jobs it moved, or -1; *out (may be
+//  NULL) says why they moved.
+int cm_jobs_maintain (cm_jobs_t *self, cm_jobs_maintained_t *out);
 
 //  Say that this handle's keeper is alive for keeper_timeout_ms more.
 //  0, or -1. Needs config.keeper and keeper_timeout_ms.

@@ -25,10 +25,11 @@ struct ingest_runner_s {
     pthread_mutex_t lock;                //  guards wake (maintainer's sleep)
     pthread_cond_t wake;                 //  signalled by destroy
     //  Metrics (NULL without a registry).
-    cm_metric_t *state[5];   //  llmrt_embedding_jobs{state}
-    cm_metric_t *outcome[4]; //  ..._processed_total{outcome}
-    cm_metric_t *requeued;   //  ..._requeued_total
-    cm_metric_t *redis_up;   //  llmrt_embedding_queue_up
+    cm_metric_t *state[5];     //  llmrt_embedding_jobs{state}
+    cm_metric_t *outcome[4];   //  ..._processed_total{outcome}
+    cm_metric_t *requeued;     //  ..._requeued_total
+    cm_metric_t *recovered[2]; //  ..._recovered_total{reason}: lease, keeper
+    cm_metric_t *redis_up;     //  llmrt_embedding_queue_up
 };
 
 //  One worker thread's view of a job in progress.
@@ -93,6 +94,16 @@ ingest_runner_new (const ingest_runner_config_t *config,
         self->requeued = cm_metrics_counter (
             metrics, "llmrt_embedding_jobs_requeued_total",
             "Jobs the reconciler added to the queue again (unknown to Redis)", labels);
+        static const char *const reasons[2] = {"lease", "keeper"};
+        for (size_t i = 0; i < 2; i++) {
+            const char *recovered_labels[] = {"queue", config->jobs.queue, "reason",
+                                              reasons[i], NULL};
+            self->recovered[i] = cm_metrics_counter (
+                metrics, "llmrt_embedding_jobs_recovered_total",
+                "Held jobs this instance's maintenance put back in the queue because "
+                "their lease expired or their ingestd's keeper fell silent",
+                recovered_labels);
+        }
         self->redis_up = cm_metrics_gauge (
             metrics, "llmrt_embedding_queue_up",
             "1 when Redis, the queue backend, answered the last maintenance call",
@@ -449,7 +460,15 @@ s_maintainer (void *arg)
     if (reconcile_every < self->config.maintain_ms)
         reconcile_every = self->config.maintain_ms;
     while (!atomic_load (&self->stopping)) {
-        bool up = cm_jobs_maintain (jobs) >= 0;
+        cm_jobs_maintained_t moved;
+        bool up = cm_jobs_maintain (jobs, &moved) >= 0;
+        if (up && self->recovered[0]) {
+            cm_metric_add (self->recovered[0], moved.expired);
+            cm_metric_add (self->recovered[1], moved.orphaned);
+        }
+        if (moved.orphaned)
+            cm_warn ("jobs %s: %d held job(s) of a dead ingestd back in the queue",
+                     self->config.jobs.queue, moved.orphaned);
         cm_jobs_counts_t counts;
         if (up && cm_jobs_counts (jobs, &counts) == 0 && self->state[0]) {
             int64_t values[5] = {counts.waiting, counts.active, counts.delayed,

@@ -88,7 +88,7 @@ s_maintain_until_moved (cm_jobs_t *jobs, int count)
     int moved = 0;
     int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
     while (moved < count && cm_clock_mono_ms () < until) {
-        int rc = cm_jobs_maintain (jobs);
+        int rc = cm_jobs_maintain (jobs, NULL);
         cr_assert_geq (rc, 0, "%s", cm_jobs_errmsg (jobs));
         moved += rc;
         if (moved < count)
@@ -231,7 +231,7 @@ Test (cm_jobs, renew_extends_the_lease)
     long long after = s_redis_int (&redis, "ZSCORE llmrt:test-jobs:lease %s", "job");
     cr_assert_gt (after, before);
     //  A lease that is still running is never taken away.
-    cr_assert_eq (cm_jobs_maintain (jobs), 0);
+    cr_assert_eq (cm_jobs_maintain (jobs, NULL), 0);
     cr_assert_eq (cm_jobs_release (jobs, &job), CM_JOBS_OK);
     cm_jobs_destroy (&jobs);
     test_redis_remove (&redis);
@@ -296,7 +296,7 @@ Test (cm_jobs, job_moved_but_never_leased_is_recovered)
                                "ghost"),
                   S_NOT_A_NUMBER); //  the reply is the id, "job"
     s_assert_counts (jobs, 0, 1, 0, 0, 0);
-    cr_assert_eq (cm_jobs_maintain (jobs), 1);
+    cr_assert_eq (cm_jobs_maintain (jobs, NULL), 1);
     s_assert_counts (jobs, 1, 0, 0, 0, 0);
     cm_job_t *job = NULL;
     cr_assert_eq (cm_jobs_take (jobs, 0, &job), 1);
@@ -467,7 +467,7 @@ Test (cm_jobs, completed_trimmed_by_count_and_age)
     int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
     cm_jobs_counts_t counts = {0};
     do {
-        cr_assert_geq (cm_jobs_maintain (jobs), 0);
+        cr_assert_geq (cm_jobs_maintain (jobs, NULL), 0);
         cr_assert_eq (cm_jobs_counts (jobs, &counts), 0);
         if (counts.completed == 0)
             break;
@@ -588,7 +588,7 @@ Test (cm_jobs, thousand_jobs_four_threads_each_once)
         cr_assert_eq (atomic_load (&seen[i]), 1, "job %d ran %d times", i,
                       atomic_load (&seen[i]));
     cm_jobs_t *jobs = cm_jobs_new (&config, NULL);
-    cr_assert_eq (cm_jobs_maintain (jobs), 0);
+    cr_assert_eq (cm_jobs_maintain (jobs, NULL), 0);
     s_assert_counts (jobs, 0, 0, 0, S_JOBS, 0);
     cm_jobs_destroy (&jobs);
     test_redis_remove (&redis);
@@ -614,7 +614,7 @@ Test (cm_jobs, redis_down_then_back_without_a_new_handle)
     cr_assert_null (job);
     cm_jobs_counts_t counts;
     cr_assert_eq (cm_jobs_counts (jobs, &counts), -1);
-    cr_assert_eq (cm_jobs_maintain (jobs), -1);
+    cr_assert_eq (cm_jobs_maintain (jobs, NULL), -1);
 
     //  Same port, fresh (empty) Redis: the handle reconnects by itself.
     test_redis_start (&redis, redis.port);
@@ -674,7 +674,8 @@ Test (cm_jobs, hung_redis_makes_calls_fail_not_hang)
 //  Keep beating `keeper` and maintaining with `other` for ms; the number
 //  of jobs maintain moved meanwhile.
 static int
-s_beat_and_maintain (cm_jobs_t *keeper, cm_jobs_t *other, int64_t ms)
+s_beat_and_maintain_why (cm_jobs_t *keeper, cm_jobs_t *other, int64_t ms,
+                         cm_jobs_maintained_t *sum)
 {
     int moved = 0;
     int64_t until = cm_clock_mono_ms () + ms;
@@ -682,12 +683,24 @@ s_beat_and_maintain (cm_jobs_t *keeper, cm_jobs_t *other, int64_t ms)
         if (keeper)
             cr_assert_eq (cm_jobs_beat (keeper), 0, "%s", cm_jobs_errmsg (keeper));
         cr_assert_eq (cm_jobs_beat (other), 0, "%s", cm_jobs_errmsg (other));
-        int rc = cm_jobs_maintain (other);
+        cm_jobs_maintained_t why;
+        int rc = cm_jobs_maintain (other, &why);
         cr_assert_geq (rc, 0, "%s", cm_jobs_errmsg (other));
         moved += rc;
+        if (sum) {
+            sum->promoted += why.promoted;
+            sum->expired += why.expired;
+            sum->orphaned += why.orphaned;
+        }
         usleep (20 * 1000);
     }
     return moved;
+}
+
+static int
+s_beat_and_maintain (cm_jobs_t *keeper, cm_jobs_t *other, int64_t ms)
+{
+    return s_beat_and_maintain_why (keeper, other, ms, NULL);
 }
 
 Test (cm_jobs, a_dead_keepers_job_is_recovered_before_its_lease)
@@ -717,9 +730,13 @@ Test (cm_jobs, a_dead_keepers_job_is_recovered_before_its_lease)
     //  before its lease would end.
     int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
     int moved = 0;
+    cm_jobs_maintained_t why = {0};
     while (!moved && cm_clock_mono_ms () < until)
-        moved = s_beat_and_maintain (NULL, b, 50);
+        moved = s_beat_and_maintain_why (NULL, b, 50, &why);
     cr_assert_eq (moved, 1, "the job of a dead keeper stayed where it was");
+    cr_assert (why.orphaned == 1 && why.expired == 0 && why.promoted == 0,
+               "moved as %d due, %d expired, %d orphaned", why.promoted, why.expired,
+               why.orphaned);
     info = cm_jobs_info (b, "job");
     cr_assert_str_eq (json_string_value (json_object_get (info, "state")), "waiting");
     const char *error = json_string_value (json_object_get (info, "error"));
@@ -758,13 +775,13 @@ Test (cm_jobs, a_redis_that_stood_still_kills_no_keeper)
     //  Redis stands still for longer than a keeper's timeout: nobody can
     //  beat, and when it goes on every keeper's time has run out.
     cr_assert_eq (kill (redis.pid, SIGSTOP), 0);
-    cr_assert_eq (cm_jobs_maintain (b), -1);
+    cr_assert_eq (cm_jobs_maintain (b, NULL), -1);
     usleep ((useconds_t) (3 * config.keeper_timeout_ms * 1000));
     cr_assert_eq (kill (redis.pid, SIGCONT), 0);
     //  b's maintain does not count keepers until a has had its chance.
     int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
     int rc;
-    while ((rc = cm_jobs_maintain (b)) < 0 && cm_clock_mono_ms () < until)
+    while ((rc = cm_jobs_maintain (b, NULL)) < 0 && cm_clock_mono_ms () < until)
         usleep (10 * 1000);
     cr_assert_eq (rc, 0, "a keeper that could not beat was taken for dead");
     cr_assert_eq (s_beat_and_maintain (a, b, 4 * config.keeper_timeout_ms), 0);

@@ -930,6 +930,31 @@ s_ingestd_restarted (void *arg)
     return count == 1 && pids[0] != restart->old;
 }
 
+//  The jobs maintenance put back because their keeper fell silent, as
+//  /api/metrics/prometheus sums them over the instances, is at least 1.
+static bool
+s_recovered_by_keeper (void *arg)
+{
+    (void) arg;
+    char url[256];
+    it_url (&s_suite, url, sizeof url, "/api/metrics/prometheus");
+    it_response_t r;
+    it_http ("GET", url, NULL, false, &r);
+    double value = 0;
+    for (const char *line = r.body; line && *line; line = strchr (line, '\n')) {
+        if (*line == '\n')
+            line++;
+        if (!strncmp (line, "llmrt_embedding_jobs_recovered_total{", 37)) {
+            const char *end = strchr (line, '}');
+            const char *keeper = strstr (line, "reason=\"keeper\"");
+            if (end && keeper && keeper < end)
+                value += atof (end + 1);
+        }
+    }
+    it_response_free (&r);
+    return value >= 1;
+}
+
 Test (ingest, kill_9_of_ingestd_loses_no_job_and_stores_chunks_once, .timeout = 900)
 {
     //  Slow jobs: ~10 chunks each, one per embedding request, each request
@@ -990,6 +1015,8 @@ Test (ingest, kill_9_of_ingestd_loses_no_job_and_stores_chunks_once, .timeout = 
                (long long) progress.completed, S_KILL_DOCS);
     cr_log_info ("all %d jobs completed %.1f s after the kill", S_KILL_DOCS,
                  (double) (it_now_ms () - killed_at) / 1000.0);
+    cr_assert (it_wait (s_recovered_by_keeper, NULL, 30000),
+               "llmrt_embedding_jobs_recovered_total{reason=\"keeper\"} stayed 0");
 
     //  Every job says completed, and its chunks are stored exactly once.
     cr_assert_eq (
