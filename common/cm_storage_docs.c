@@ -357,6 +357,63 @@ s_link_get (cm_storage_t *self, int64_t workspace_id, const char *location,
     return cm_storage__one (self, stmt, "get workspace document", link_p);
 }
 
+//  Link a document inside the caller's transaction: OK (also when linked
+//  already), NOT_FOUND (errmsg names the location) or ERROR.
+static cm_storage_status_t
+s_link_insert (cm_storage_t *self, int64_t workspace_id, const char *location)
+{
+    //  The link's metadata is the document's fields, as upstream keeps the
+    //  document's JSON (less its text) with the link.
+    sqlite3_stmt *stmt = cm_storage__stmt (
+        self,
+        "INSERT INTO workspace_documents (docId, filename, docpath, workspaceId, "
+        "metadata) "
+        "SELECT ?1, ?2, location, ?3, json_object('url', url, 'title', title, "
+        "'docAuthor', docAuthor, 'description', description, 'docSource', docSource, "
+        "'chunkSource', chunkSource, 'published', published, 'wordCount', wordCount, "
+        "'token_count_estimate', token_count_estimate) FROM documents WHERE location = "
+        "?4 "
+        "ON CONFLICT (workspaceId, docpath) DO NOTHING");
+    if (!stmt)
+        return CM_STORAGE_ERROR;
+    char doc_id[CM_UUID_SIZE];
+    cm_uuid (doc_id);
+    const char *slash = strrchr (location, '/');
+    sqlite3_bind_text (stmt, 1, doc_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text (stmt, 2, slash ? slash + 1 : location, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64 (stmt, 3, workspace_id);
+    sqlite3_bind_text (stmt, 4, location, -1, SQLITE_TRANSIENT);
+    if (cm_storage__step (self, stmt, "link document"))
+        return CM_STORAGE_ERROR;
+    if (sqlite3_changes (self->db))
+        return CM_STORAGE_OK;
+    //  Linked already, or no such document.
+    stmt = cm_storage__stmt (self, "SELECT 1 FROM documents WHERE location = ?1");
+    if (!stmt)
+        return CM_STORAGE_ERROR;
+    sqlite3_bind_text (stmt, 1, location, -1, SQLITE_TRANSIENT);
+    cm_storage_status_t status = cm_storage__one (self, stmt, "find document", NULL);
+    if (status == CM_STORAGE_NOT_FOUND)
+        snprintf (self->errmsg, sizeof self->errmsg, "no document at %s", location);
+    return status;
+}
+
+//  Whether the workspace exists, inside the caller's transaction.
+static cm_storage_status_t
+s_workspace_exists (cm_storage_t *self, int64_t workspace_id)
+{
+    sqlite3_stmt *stmt =
+        cm_storage__stmt (self, "SELECT 1 FROM workspaces WHERE id = ?1");
+    if (!stmt)
+        return CM_STORAGE_ERROR;
+    sqlite3_bind_int64 (stmt, 1, workspace_id);
+    cm_storage_status_t status = cm_storage__one (self, stmt, "find workspace", NULL);
+    if (status == CM_STORAGE_NOT_FOUND)
+        snprintf (self->errmsg, sizeof self->errmsg, "no workspace %lld",
+                  (long long) workspace_id);
+    return status;
+}
+
 cm_storage_status_t
 cm_storage_workspace_doc_link (cm_storage_t *self, int64_t workspace_id,
                                const char *location, json_t **link_p)
@@ -368,66 +425,64 @@ cm_storage_workspace_doc_link (cm_storage_t *self, int64_t workspace_id,
     self->errmsg[0] = 0;
     if (cm_storage__exec (self, "BEGIN IMMEDIATE"))
         return CM_STORAGE_ERROR;
-    sqlite3_stmt *stmt =
-        cm_storage__stmt (self, "SELECT 1 FROM workspaces WHERE id = ?1");
-    if (!stmt)
-        goto error;
-    sqlite3_bind_int64 (stmt, 1, workspace_id);
-    cm_storage_status_t status = cm_storage__one (self, stmt, "find workspace", NULL);
+    cm_storage_status_t status = s_workspace_exists (self, workspace_id);
+    if (status == CM_STORAGE_OK)
+        status = s_link_insert (self, workspace_id, location);
+    if (status == CM_STORAGE_OK && cm_storage__exec (self, "COMMIT"))
+        status = CM_STORAGE_ERROR;
     if (status != CM_STORAGE_OK) {
-        if (status == CM_STORAGE_NOT_FOUND)
-            snprintf (self->errmsg, sizeof self->errmsg, "no workspace %lld",
-                      (long long) workspace_id);
         cm_storage__rollback (self);
         return status;
     }
-    //  The link's metadata is the document's fields, as upstream keeps the
-    //  document's JSON (less its text) with the link.
-    stmt = cm_storage__stmt (
-        self,
-        "INSERT INTO workspace_documents (docId, filename, docpath, workspaceId, "
-        "metadata) "
-        "SELECT ?1, ?2, location, ?3, json_object('url', url, 'title', title, "
-        "'docAuthor', docAuthor, 'description', description, 'docSource', docSource, "
-        "'chunkSource', chunkSource, 'published', published, 'wordCount', wordCount, "
-        "'token_count_estimate', token_count_estimate) FROM documents WHERE location = "
-        "?4 "
-        "ON CONFLICT (workspaceId, docpath) DO NOTHING");
-    if (!stmt)
-        goto error;
-    char doc_id[CM_UUID_SIZE];
-    cm_uuid (doc_id);
-    const char *slash = strrchr (location, '/');
-    sqlite3_bind_text (stmt, 1, doc_id, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text (stmt, 2, slash ? slash + 1 : location, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_int64 (stmt, 3, workspace_id);
-    sqlite3_bind_text (stmt, 4, location, -1, SQLITE_TRANSIENT);
-    if (cm_storage__step (self, stmt, "link document"))
-        goto error;
-    if (!sqlite3_changes (self->db)) {
-        //  Linked already, or no such document.
-        stmt = cm_storage__stmt (self, "SELECT 1 FROM documents WHERE location = ?1");
-        if (!stmt)
-            goto error;
-        sqlite3_bind_text (stmt, 1, location, -1, SQLITE_TRANSIENT);
-        status = cm_storage__one (self, stmt, "find document", NULL);
-        if (status != CM_STORAGE_OK) {
-            if (status == CM_STORAGE_NOT_FOUND)
-                snprintf (self->errmsg, sizeof self->errmsg, "no document at %s",
-                          location);
-            cm_storage__rollback (self);
-            return status;
-        }
-    }
-    if (cm_storage__exec (self, "COMMIT"))
-        goto error;
     if (!link_p)
         return CM_STORAGE_OK;
     return s_link_get (self, workspace_id, location, link_p);
+}
 
-error:
-    cm_storage__rollback (self);
-    return CM_STORAGE_ERROR;
+cm_storage_status_t
+cm_storage_workspace_docs_update (cm_storage_t *self, int64_t workspace_id,
+                                  const json_t *deletes, const json_t *adds)
+{
+    assert (self);
+    assert (!deletes || json_is_array (deletes));
+    assert (!adds || json_is_array (adds));
+    self->errmsg[0] = 0;
+    if (cm_storage__exec (self, "BEGIN IMMEDIATE"))
+        return CM_STORAGE_ERROR;
+    cm_storage_status_t status = s_workspace_exists (self, workspace_id);
+    size_t i;
+    json_t *item;
+    json_array_foreach (deletes, i, item)
+    {
+        if (status != CM_STORAGE_OK || !json_is_string (item))
+            continue;
+        sqlite3_stmt *stmt = cm_storage__stmt (
+            self,
+            "DELETE FROM workspace_documents WHERE workspaceId = ?1 AND docpath = ?2");
+        if (!stmt) {
+            status = CM_STORAGE_ERROR;
+            break;
+        }
+        sqlite3_bind_int64 (stmt, 1, workspace_id);
+        sqlite3_bind_text (stmt, 2, json_string_value (item), -1, SQLITE_TRANSIENT);
+        if (cm_storage__step (self, stmt, "unlink document"))
+            status = CM_STORAGE_ERROR;
+    }
+    json_array_foreach (adds, i, item)
+    {
+        if (status != CM_STORAGE_OK)
+            break;
+        if (!json_is_string (item)) {
+            snprintf (self->errmsg, sizeof self->errmsg, "a location is not a string");
+            status = CM_STORAGE_INVALID;
+        } else
+            status = s_link_insert (self, workspace_id, json_string_value (item));
+    }
+    if (status == CM_STORAGE_OK && cm_storage__exec (self, "COMMIT"))
+        status = CM_STORAGE_ERROR;
+    if (status != CM_STORAGE_OK)
+        cm_storage__rollback (self);
+    return status;
 }
 
 cm_storage_status_t

@@ -86,6 +86,16 @@ cm_storage_status_t cm_storage_workspace_doc_link (cm_storage_t *self,
                                                    int64_t workspace_id,
                                                    const char *location, json_t **link_p);
 
+//  Unlink the documents of deletes, then link those of adds (arrays of
+//  locations; NULL: none), all in one transaction: any failure changes
+//  nothing. A location in both ends up linked. NOT_FOUND for no such
+//  workspace or an added location that is no document (errmsg names it),
+//  INVALID for an added location that is not a string.
+cm_storage_status_t cm_storage_workspace_docs_update (cm_storage_t *self,
+                                                      int64_t workspace_id,
+                                                      const json_t *deletes,
+                                                      const json_t *adds);
+
 //  Remove a link. OK, NOT_FOUND (no such link) or ERROR.
 cm_storage_status_t cm_storage_workspace_doc_unlink (cm_storage_t *self,
                                                      int64_t workspace_id,

@@ -765,26 +765,19 @@ s_update_embeddings (cm_call_t *call, void *arg)
             break;
         }
     }
-    //  Deletes first, then adds, as upstream does: a location in both ends
-    //  up linked.
-    json_array_foreach (deletes, i, item) if (!*error && json_is_string (item))
-    {
-        cm_storage_status_t status = cm_storage_workspace_doc_unlink (
-            storage, workspace_id, json_string_value (item));
-        if (status != CM_STORAGE_OK && status != CM_STORAGE_NOT_FOUND) {
-            code = 503;
-            snprintf (error, sizeof error, "%s could not be removed: %s",
-                      json_string_value (item), cm_storage_errmsg (storage));
+    //  Deletes first, then adds, as upstream does (a location in both ends
+    //  up linked), in one transaction: a failure changes nothing.
+    if (!*error) {
+        cm_storage_status_t status =
+            cm_storage_workspace_docs_update (storage, workspace_id, deletes, adds);
+        if (status != CM_STORAGE_OK) {
+            //  A document (or the workspace) removed since the check above.
+            code = status == CM_STORAGE_NOT_FOUND ? 400 : 503;
+            snprintf (error, sizeof error,
+                      "The workspace's documents could not be "
+                      "updated (nothing was changed): %s",
+                      cm_storage_errmsg (storage));
         }
-    }
-    json_array_foreach (adds, i, item) if (!*error && cm_storage_workspace_doc_link (
-                                                          storage, workspace_id,
-                                                          json_string_value (item),
-                                                          NULL) != CM_STORAGE_OK)
-    {
-        code = 503;
-        snprintf (error, sizeof error, "%s could not be added: %s",
-                  json_string_value (item), cm_storage_errmsg (storage));
     }
     json_t *documents = NULL;
     if (!*error && cm_storage_workspace_doc_list (storage, workspace_id, &documents) !=

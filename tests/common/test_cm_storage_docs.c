@@ -557,6 +557,62 @@ Test (cm_storage_docs, job_lifecycle)
     cm_storage_destroy (&storage);
 }
 
+//  The locations linked to a workspace, in link order, comma-separated.
+static char *
+s_linked (cm_storage_t *storage, int64_t workspace_id)
+{
+    static char locations[256];
+    locations[0] = 0;
+    json_t *links = NULL;
+    cr_assert_eq (cm_storage_workspace_doc_list (storage, workspace_id, &links),
+                  CM_STORAGE_OK);
+    size_t i;
+    json_t *link;
+    json_array_foreach (links, i, link)
+    {
+        if (i)
+            strcat (locations, ",");
+        strcat (locations, s_str (link, "docpath"));
+    }
+    json_decref (links);
+    return locations;
+}
+
+Test (cm_storage_docs, a_documents_update_is_all_or_nothing)
+{
+    cm_storage_t *storage = s_open ();
+    int64_t ws = s_workspace (storage, "Docs");
+    s_document (storage, "a", 1, true);
+    s_document (storage, "b", 1, true);
+    cr_assert_eq (cm_storage_workspace_doc_link (storage, ws, "a", NULL), CM_STORAGE_OK);
+    //  One added location is no document: nothing changes, not even the
+    //  delete that came before it.
+    json_t *deletes = json_pack ("[s]", "a");
+    json_t *adds = json_pack ("[s, s]", "b", "nope");
+    cr_assert_eq (cm_storage_workspace_docs_update (storage, ws, deletes, adds),
+                  CM_STORAGE_NOT_FOUND);
+    cr_assert (strstr (cm_storage_errmsg (storage), "nope"), "%s",
+               cm_storage_errmsg (storage));
+    cr_assert_str_eq (s_linked (storage, ws), "a");
+    json_decref (adds);
+    //  Deletes first, then adds: a location in both stays linked.
+    adds = json_pack ("[s, s]", "b", "a");
+    cr_assert_eq (cm_storage_workspace_docs_update (storage, ws, deletes, adds),
+                  CM_STORAGE_OK);
+    cr_assert_str_eq (s_linked (storage, ws), "b,a");
+    json_decref (adds);
+    //  Unknown workspace; a location that is not a string.
+    cr_assert_eq (cm_storage_workspace_docs_update (storage, ws + 100, NULL, NULL),
+                  CM_STORAGE_NOT_FOUND);
+    adds = json_pack ("[i]", 7);
+    cr_assert_eq (cm_storage_workspace_docs_update (storage, ws, deletes, adds),
+                  CM_STORAGE_INVALID);
+    cr_assert_str_eq (s_linked (storage, ws), "b,a");
+    json_decref (adds);
+    json_decref (deletes);
+    cm_storage_destroy (&storage);
+}
+
 //  The ids of an array of job rows, sorted, comma-separated.
 static char *
 s_job_ids (json_t *jobs)
