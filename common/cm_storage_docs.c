@@ -846,6 +846,18 @@ cm_storage_jobs_for_location (cm_storage_t *self, const char *location, json_t *
     return cm_storage__rows (self, stmt, "list jobs of a document", jobs_p);
 }
 
+//  States as a JSON array's text, for json_each; the caller frees it.
+static char *
+s_states_json (const char *const *states, size_t count)
+{
+    json_t *list = json_array ();
+    for (size_t i = 0; i < count; i++)
+        json_array_append_new (list, json_string (states[i]));
+    char *text = json_dumps (list, JSON_COMPACT);
+    json_decref (list);
+    return text;
+}
+
 cm_storage_status_t
 cm_storage_jobs_stale (cm_storage_t *self, const char *const *states, size_t count,
                        int64_t older_ms, json_t **jobs_p)
@@ -857,11 +869,7 @@ cm_storage_jobs_stale (cm_storage_t *self, const char *const *states, size_t cou
     self->errmsg[0] = 0;
     if (older_ms < 0)
         older_ms = 0;
-    json_t *list = json_array ();
-    for (size_t i = 0; i < count; i++)
-        json_array_append_new (list, json_string (states[i]));
-    char *list_text = json_dumps (list, JSON_COMPACT);
-    json_decref (list);
+    char *list_text = s_states_json (states, count);
     //  Timestamps are ISO-8601 UTC text of one width: they sort as times.
     char modifier[64];
     snprintf (modifier, sizeof modifier, "-%lld.%03lld seconds",
@@ -888,12 +896,8 @@ cm_storage_jobs_orphaned (cm_storage_t *self, const char *const *states, size_t 
     assert (states || !count);
     *jobs_p = NULL;
     self->errmsg[0] = 0;
-    json_t *list = json_array ();
-    for (size_t i = 0; i < count; i++)
-        json_array_append_new (list, json_string (states[i]));
-    char *states_text = json_dumps (list, JSON_COMPACT);
+    char *states_text = s_states_json (states, count);
     char *owners_text = json_dumps (live, JSON_COMPACT);
-    json_decref (list);
     sqlite3_stmt *stmt = cm_storage__stmt (
         self, "SELECT " S_JOB_COLUMNS ", owner FROM ingest_jobs WHERE state IN "
               "(SELECT value FROM json_each (?1)) AND owner IS NOT NULL AND owner NOT IN "
