@@ -201,9 +201,10 @@ gw_broker_snapshot (gw_broker_t *self)
 
 //  --- broker thread ---------------------------------------------------------
 
-//  Send one message to an instance. Returns 0, or -1 when it is unreachable.
+//  Send one message to an instance. Returns 0, or -1 when it is unreachable
+//  (logged and counted as unroutable unless quiet).
 static int
-s_send (gw_broker_t *self, const char *id, cm_msg_t *msg)
+s_send_to (gw_broker_t *self, const char *id, cm_msg_t *msg, bool quiet)
 {
     char *data;
     size_t size;
@@ -213,6 +214,8 @@ s_send (gw_broker_t *self, const char *id, cm_msg_t *msg)
     if (rc >= 0)
         rc = zmq_send (sock, data, size, ZMQ_DONTWAIT);
     free (data);
+    if (rc < 0 && quiet)
+        return -1;
     if (rc < 0) {
         self->unroutable++;
         cm_warn ("cannot send %s to %s: %s", cm_msg_type_name (cm_msg_type (msg)), id,
@@ -220,6 +223,12 @@ s_send (gw_broker_t *self, const char *id, cm_msg_t *msg)
         return -1;
     }
     return 0;
+}
+
+static int
+s_send (gw_broker_t *self, const char *id, cm_msg_t *msg)
+{
+    return s_send_to (self, id, msg, false);
 }
 
 static void
@@ -257,15 +266,16 @@ s_resend (gw_broker_t *self, s_pending_t *pending)
 //  The reason an instance is given up for when it stops heartbeating.
 #define S_MISSED_HEARTBEATS "missed its heartbeats"
 
-//  CANCEL a request at an instance.
+//  CANCEL a request at an instance. quiet: it may well be gone (a frame
+//  it cannot get is then neither logged nor counted as unroutable).
 static void
 s_cancel_at (gw_broker_t *self, const char *instance_id, const char *request_id,
-             const char *reason)
+             const char *reason, bool quiet)
 {
     cm_msg_t *cancel = cm_msg_new (CM_MSG_CANCEL);
     cm_msg_set_request_id (cancel, request_id);
     cm_msg_set_reason (cancel, reason);
-    s_send (self, instance_id, cancel);
+    s_send_to (self, instance_id, cancel, quiet);
     cm_msg_destroy (&cancel);
 }
 
@@ -300,7 +310,7 @@ s_instance_remove (gw_broker_t *self, s_instance_t *instance, const char *why)
         }
         gw_exchange_fail (pending->exchange, 502, message);
         if (silent)
-            s_cancel_at (self, instance->id, id, "instance given up");
+            s_cancel_at (self, instance->id, id, "instance given up", true);
         s_pending_end (self, id);
     }
     zlistx_destroy (&ids);
@@ -396,7 +406,7 @@ s_cancel (gw_broker_t *self, const char *request_id, const char *reason)
     if (!pending)
         return;
     if (pending->instance)
-        s_cancel_at (self, pending->instance->id, request_id, reason);
+        s_cancel_at (self, pending->instance->id, request_id, reason, false);
     s_pending_end (self, request_id);
 }
 
