@@ -930,6 +930,18 @@ s_ingestd_restarted (void *arg)
     return count == 1 && pids[0] != restart->old;
 }
 
+//  No chunk (document, position) is stored twice.
+static void
+s_assert_no_chunk_twice (sqlite3 *db)
+{
+    cr_assert_eq (
+        it_db_int (db,
+                   "SELECT count(*) FROM (SELECT documentId, position, count(*) "
+                   "FROM document_chunks GROUP BY 1, 2 HAVING count(*) > 1)",
+                   NULL),
+        0, "a chunk is stored twice");
+}
+
 //  The jobs maintenance put back because their keeper fell silent, as
 //  /api/metrics/prometheus sums them over the instances, is at least 1.
 static bool
@@ -1019,12 +1031,7 @@ Test (ingest, kill_9_of_ingestd_loses_no_job_and_stores_chunks_once, .timeout = 
                "llmrt_embedding_jobs_recovered_total{reason=\"keeper\"} stayed 0");
 
     //  Every job says completed, and its chunks are stored exactly once.
-    cr_assert_eq (
-        it_db_int (db,
-                   "SELECT count(*) FROM (SELECT documentId, position, count(*) "
-                   "FROM document_chunks GROUP BY 1, 2 HAVING count(*) > 1)",
-                   NULL),
-        0, "a chunk is stored twice");
+    s_assert_no_chunk_twice (db);
     cr_assert_eq (
         it_db_int (db, "SELECT count(*) FROM ingest_jobs WHERE state != 'completed'",
                    NULL),
@@ -1373,12 +1380,7 @@ Test (ingest, a_fallback_run_that_dies_with_its_ingestd_is_queued_within_seconds
     cr_log_info ("the fallback job of the killed ingestd completed %.1f s after the kill",
                  (double) (it_now_ms () - killed_at) / 1000.0);
     sqlite3 *db = it_db_open (&s_suite);
-    cr_assert_eq (
-        it_db_int (db,
-                   "SELECT count(*) FROM (SELECT documentId, position, count(*) "
-                   "FROM document_chunks GROUP BY 1, 2 HAVING count(*) > 1)",
-                   NULL),
-        0, "a chunk is stored twice");
+    s_assert_no_chunk_twice (db);
     cr_assert_eq (it_db_int (db,
                              "SELECT owner IS NULL AND path = 'queue' FROM ingest_jobs "
                              "WHERE id = ?1",
