@@ -798,6 +798,30 @@ cm_storage_job_set_path (cm_storage_t *self, const char *id, const char *path)
 }
 
 cm_storage_status_t
+cm_storage_job_fail_owned (cm_storage_t *self, const char *id, const char *owner,
+                           const char *error)
+{
+    assert (self && id && owner && error);
+    self->errmsg[0] = 0;
+    sqlite3_stmt *stmt =
+        cm_storage__stmt (self, "UPDATE ingest_jobs SET state = 'failed', error = ?3, "
+                                "finishedAt = " S_NOW ", lastUpdatedAt = " S_NOW
+                                " WHERE id = ?1 AND owner = ?2");
+    if (!stmt)
+        return CM_STORAGE_ERROR;
+    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text (stmt, 2, owner, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text (stmt, 3, error, -1, SQLITE_TRANSIENT);
+    if (cm_storage__step (self, stmt, "fail owned job"))
+        return CM_STORAGE_ERROR;
+    if (!sqlite3_changes (self->db)) {
+        snprintf (self->errmsg, sizeof self->errmsg, "no job %s owned by %s", id, owner);
+        return CM_STORAGE_NOT_FOUND;
+    }
+    return CM_STORAGE_OK;
+}
+
+cm_storage_status_t
 cm_storage_jobs_disown (cm_storage_t *self, const json_t *ids)
 {
     assert (self && json_is_array (ids));

@@ -193,6 +193,13 @@ cm_storage_status_t cm_storage_job_update (cm_storage_t *self, const char *id,
 cm_storage_status_t cm_storage_job_set_path (cm_storage_t *self, const char *id,
                                              const char *path);
 
+//  Mark a job failed with error, but only while owner (not NULL) still
+//  owns it: a row the reconciler has handed to the queue (and disowned)
+//  is the queue's to end. NOT_FOUND when there is no such job or it is
+//  not owner's.
+cm_storage_status_t cm_storage_job_fail_owned (cm_storage_t *self, const char *id,
+                                               const char *owner, const char *error);
+
 //  Clear the owner of the jobs ids (an array of strings), in one
 //  transaction; ids that name no job are skipped.
 cm_storage_status_t cm_storage_jobs_disown (cm_storage_t *self, const json_t *ids);

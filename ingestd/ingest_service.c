@@ -538,7 +538,16 @@ s_ingest (ingest_service_t *self, cm_call_t *call, cm_storage_t *storage,
             if (timed_out)
                 snprintf (err, sizeof err, "Ingestion timed out after %lld ms.",
                           (long long) self->config.task_timeout_ms);
-            cm_storage_job_update (storage, job_id, "failed", -1, -1, -1, err, NULL);
+            //  Unless another instance took this process for dead (it lost
+            //  Redis, or stood still) and handed the row to the queue,
+            //  which will end it.
+            const char *keeper = ingest_runner_keeper (self->runner);
+            if (!keeper)
+                cm_storage_job_update (storage, job_id, "failed", -1, -1, -1, err, NULL);
+            else if (cm_storage_job_fail_owned (storage, job_id, keeper, err) ==
+                     CM_STORAGE_NOT_FOUND)
+                cm_info ("job %s: the queue has it now; its row is left to the queue",
+                         job_id);
             if (result == INGEST_JOB_CANCELLED && !timed_out && cm_call_cancelled (call))
                 status = 499;
             else

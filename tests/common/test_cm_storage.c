@@ -978,11 +978,13 @@ Test (cm_storage, wal_stays_bounded_under_steady_reads, .init = s_setup,
     json_decref (workspace);
     //  Rewound at 64 pages, checked every 50 ms (a rewind may wait for the
     //  readers, or give up and try again): the WAL holds the writes since
-    //  the last rewind, well under half a page per commit so far (0.1-0.4
-    //  measured, ASan included), where one that only grows holds every
-    //  commit's 2 or more pages.
+    //  the last rewind, 0.1-0.4 pages per commit so far (ASan included) and
+    //  1.1 on a machine starved by three test suites at once, where one
+    //  that only grows holds every commit's pages (3.2 measured: 814 MB
+    //  after 62 100 chats). The line between is 2 pages, so that a busy
+    //  machine does not fail a WAL that is rewound.
     cr_log_info ("%d chats, largest WAL %lld bytes", chats, (long long) largest);
-    cr_assert_lt (largest, (off_t) chats * 4096 / 2,
+    cr_assert_lt (largest, (off_t) chats * 4096 * 2,
                   "the WAL grew with every commit: %lld bytes after %d chats",
                   (long long) largest, chats);
 }

@@ -678,6 +678,22 @@ Test (cm_storage_docs, orphaned_jobs_are_those_of_owners_not_alive)
     cr_assert_eq (cm_storage_job_get (storage, "j2", &row), CM_STORAGE_OK);
     cr_assert_null (json_object_get (row, "owner"));
     json_decref (row);
+    //  Only its owner fails a job this way: not another, not after the
+    //  reconciler disowned it (j1).
+    cr_assert_eq (cm_storage_job_fail_owned (storage, "j2", "k1", "no"),
+                  CM_STORAGE_NOT_FOUND);
+    cr_assert_eq (cm_storage_job_fail_owned (storage, "j1", "k1", "no"),
+                  CM_STORAGE_NOT_FOUND);
+    cr_assert_eq (cm_storage_job_get (storage, "j1", &row), CM_STORAGE_OK);
+    cr_assert_str_eq (s_str (row, "state"), "active");
+    json_decref (row);
+    cr_assert_eq (cm_storage_job_fail_owned (storage, "j2", "k2", "Timed out."),
+                  CM_STORAGE_OK);
+    cr_assert_eq (cm_storage_job_get (storage, "j2", &row), CM_STORAGE_OK);
+    cr_assert_str_eq (s_str (row, "state"), "failed");
+    cr_assert_str_eq (s_str (row, "error"), "Timed out.");
+    cr_assert (json_is_string (json_object_get (row, "finishedAt")));
+    json_decref (row);
     json_decref (none);
     json_decref (live);
     cm_storage_destroy (&storage);
