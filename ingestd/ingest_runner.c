@@ -436,6 +436,12 @@ s_reconcile_orphans (ingest_runner_t *self, cm_jobs_t *jobs)
             json_decref (info);
             if (rc == CM_JOBS_ERROR)
                 break;
+            const char *path = json_string_value (json_object_get (row, "path"));
+            if (rc == CM_JOBS_EXISTS && path && strcmp (path, "queue"))
+                //  A fallback row whose add timed out but reached Redis after
+                //  all: the queue runs it, and its time-outs apply to the row
+                //  if Redis loses it (not the fallback's 610 s).
+                cm_storage_job_set_path (storage, id, "queue");
             if (rc == CM_JOBS_OK) {
                 s_requeued (self, storage, row);
                 cm_warn ("job %s (%s): its ingestd (keeper %s) is gone; added to the "

@@ -403,7 +403,10 @@ s_fallback_run (void *arg_task, void *arg)
         ingest_job_hooks_t hooks = {s_task_cancelled, NULL, task};
         result = ingest_job_run (&self->context, storage, task->job_id, task->location, 1,
                                  &hooks, task->err, sizeof task->err);
-    }
+    } else
+        //  The client left, or the gateway gave this instance up (it stood
+        //  still), before the run began: the row says why it failed.
+        snprintf (task->err, sizeof task->err, "Cancelled before it started.");
     cm_storage_pool_release (self->pool, &storage);
     s_task_finish (task, result);
     return result == INGEST_JOB_DONE        ? CM_QUEUE_COMPLETED

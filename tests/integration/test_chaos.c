@@ -20,8 +20,9 @@
       job that was started, answered or not, ends completed; except one
       that ran on the fallback path (Redis away) in an ingestd frozen for
       longer than the gateway waits: the gateway answers 502 and cancels
-      it there, so it ends failed, "Cancelled after ...", as its client was
-      told (the 200s are checked to be completed one by one);
+      it there, so it ends failed, "Cancelled after ..." (or "before it
+      started"), as its client was told (the 200s are checked to be
+      completed one by one);
     - every program that ended was ended by the test's SIGKILL: none exited
       or crashed on its own;
     - afterwards the suite is ready again and serves every kind of request.
@@ -307,7 +308,31 @@ s_db_prompt (sqlite3 *db, json_int_t id, char *prompt, size_t size)
 //  502). The SQL of the others.
 #define S_JOBS_UNSETTLED                                                                 \
     "SELECT count(*) FROM ingest_jobs WHERE state != 'completed' AND NOT "               \
-    "(state = 'failed' AND path = 'fallback' AND error LIKE 'Cancelled after %')"
+    "(state = 'failed' AND path = 'fallback' AND error LIKE 'Cancelled %')"
+
+//  Every unsettled job row, for the log of a failed run.
+static void
+s_log_unsettled (sqlite3 *db)
+{
+    sqlite3_stmt *stmt = NULL;
+    if (sqlite3_prepare_v2 (
+            db,
+            "SELECT id, state, path, attempts, coalesce (owner, '-'), "
+            "lastUpdatedAt, coalesce (error, '-') FROM ingest_jobs "
+            "WHERE id IN (SELECT id FROM ingest_jobs WHERE state != "
+            "'completed' EXCEPT SELECT id FROM ingest_jobs WHERE state = "
+            "'failed' AND path = 'fallback' AND error LIKE 'Cancelled %')",
+            -1, &stmt, NULL) != SQLITE_OK)
+        return;
+    while (sqlite3_step (stmt) == SQLITE_ROW)
+        cr_log_error ("unsettled job %s: %s, path %s, attempts %d, owner %s, updated %s, "
+                      "error %s",
+                      sqlite3_column_text (stmt, 0), sqlite3_column_text (stmt, 1),
+                      sqlite3_column_text (stmt, 2), sqlite3_column_int (stmt, 3),
+                      sqlite3_column_text (stmt, 4), sqlite3_column_text (stmt, 5),
+                      sqlite3_column_text (stmt, 6));
+    sqlite3_finalize (stmt);
+}
 
 static bool
 s_jobs_settled (void *arg)
@@ -612,6 +637,8 @@ Test (chaos, kill_9_under_load_loses_no_answered_work, .timeout = 900)
     //  its client saw the answer (but for the cancelled, S_JOBS_UNSETTLED).
     long long settle = it_now_ms ();
     bool settled = it_wait (s_jobs_settled, db, 240000);
+    if (!settled)
+        s_log_unsettled (db);
     cr_assert (settled, "%lld ingestion jobs did not complete within 240 s",
                (long long) it_db_int (db, S_JOBS_UNSETTLED, NULL));
     int64_t cancelled =
