@@ -438,8 +438,8 @@ s_json_str (json_t *json, const char *key)
 //  A worker on the test gateway, with the test's instance id; waits for its
 //  READY.
 static cm_worker_t *
-s_worker_start (s_gateway_t *gateway, s_state_t *state, size_t concurrency,
-                size_t max_pending, int64_t drain_ms)
+s_worker_start_beating (s_gateway_t *gateway, s_state_t *state, size_t concurrency,
+                        size_t max_pending, int64_t drain_ms, int64_t heartbeat_ms)
 {
     cm_worker_config_t config = {
         .service = "test",
@@ -447,7 +447,7 @@ s_worker_start (s_gateway_t *gateway, s_state_t *state, size_t concurrency,
         .endpoint = gateway->endpoint,
         .concurrency = concurrency,
         .max_pending = max_pending,
-        .heartbeat_ms = S_HEARTBEAT_MS,
+        .heartbeat_ms = heartbeat_ms,
         .liveness = S_LIVENESS,
         .drain_ms = drain_ms,
         .routes = s_routes,
@@ -459,6 +459,15 @@ s_worker_start (s_gateway_t *gateway, s_state_t *state, size_t concurrency,
     cm_msg_t *ready = s_gateway_expect (gateway, CM_MSG_READY, NULL);
     cm_msg_destroy (&ready);
     return worker;
+}
+
+//  The same with the tests' heartbeat.
+static cm_worker_t *
+s_worker_start (s_gateway_t *gateway, s_state_t *state, size_t concurrency,
+                size_t max_pending, int64_t drain_ms)
+{
+    return s_worker_start_beating (gateway, state, concurrency, max_pending, drain_ms,
+                                   S_HEARTBEAT_MS);
 }
 
 //  --- tests -----------------------------------------------------------------
@@ -1025,27 +1034,12 @@ Test (cm_worker, a_restarted_gateway_hears_ready_first, .timeout = 60)
     //  and requests meanwhile found no instance.
     s_gateway_t *gateway = s_gateway_new ();
     s_state_t state = {0};
-    cm_worker_config_t config = {
-        .service = "test",
-        .instance = S_INSTANCE,
-        .endpoint = gateway->endpoint,
-        .concurrency = 2,
-        .max_pending = 4,
-        .heartbeat_ms = 3 * S_PATIENCE_MS,
-        .liveness = S_LIVENESS,
-        .drain_ms = 1000,
-        .routes = s_routes,
-        .arg = &state,
-    };
-    cm_worker_t *worker = cm_worker_new (&config);
-    cr_assert_not_null (worker);
-    strcpy (gateway->peer, S_INSTANCE);
-    cm_msg_t *ready = s_gateway_expect (gateway, CM_MSG_READY, NULL);
-    cm_msg_destroy (&ready);
+    cm_worker_t *worker =
+        s_worker_start_beating (gateway, &state, 2, 4, 1000, 3 * S_PATIENCE_MS);
     //  Twice, so that the READY is not the one queued at start.
     for (int round = 0; round < 2; round++) {
         s_gateway_restart (gateway);
-        ready = s_gateway_expect (gateway, CM_MSG_READY, NULL);
+        cm_msg_t *ready = s_gateway_expect (gateway, CM_MSG_READY, NULL);
         cr_assert_eq (gateway->first_type, CM_MSG_READY, "round %d: READY comes first",
                       round);
         cr_assert_str_eq (cm_msg_service (ready), "test");

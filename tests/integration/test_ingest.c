@@ -942,8 +942,8 @@ s_assert_no_chunk_twice (sqlite3 *db)
         0, "a chunk is stored twice");
 }
 
-//  The jobs maintenance put back because their keeper fell silent, as
-//  /api/metrics/prometheus sums them over the instances, is at least 1.
+//  The jobs maintenance put back because their keeper fell silent, summed
+//  over the instances (the series without an instance label), is at least 1.
 static bool
 s_recovered_by_keeper (void *arg)
 {
@@ -952,19 +952,12 @@ s_recovered_by_keeper (void *arg)
     it_url (&s_suite, url, sizeof url, "/api/metrics/prometheus");
     it_response_t r;
     it_http ("GET", url, NULL, false, &r);
-    double value = 0;
-    for (const char *line = r.body; line && *line; line = strchr (line, '\n')) {
-        if (*line == '\n')
-            line++;
-        if (!strncmp (line, "llmrt_embedding_jobs_recovered_total{", 37)) {
-            const char *end = strchr (line, '}');
-            const char *keeper = strstr (line, "reason=\"keeper\"");
-            if (end && keeper && keeper < end)
-                value += atof (end + 1);
-        }
-    }
+    const char *series = "\nllmrt_embedding_jobs_recovered_total{service=\"ingest\","
+                         "queue=\"embedding-jobs\",reason=\"keeper\"} ";
+    const char *line = r.body ? strstr (r.body, series) : NULL;
+    bool recovered = line && atof (line + strlen (series)) >= 1;
     it_response_free (&r);
-    return value >= 1;
+    return recovered;
 }
 
 Test (ingest, kill_9_of_ingestd_loses_no_job_and_stores_chunks_once, .timeout = 900)
