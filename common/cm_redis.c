@@ -4,10 +4,11 @@
 #include <ctype.h>
 #include <strings.h>
 
-//  Longest password (with its NUL) a URL may carry.
+//  Longest user name and password (each with its NUL) a URL may carry.
 #define S_PASSWORD_MAX 256
 
-static bool s_url_credentials (const char *url, char *password, size_t size, int64_t *db);
+static bool s_url_credentials (const char *url, char *user, char *password, size_t size,
+                               int64_t *db);
 
 int
 cm_redis_parse_url (const char *url, char *host, size_t hostlen, int64_t *port)
@@ -67,32 +68,62 @@ cm_redis_parse_url (const char *url, char *host, size_t hostlen, int64_t *port)
     }
     if (*end && *end != '?')
         return -1;
-    //  The password must fit what cm_redis_connect sends with AUTH.
-    char password[S_PASSWORD_MAX];
+    //  The user and password must decode and fit what cm_redis_connect
+    //  sends with AUTH.
+    char user[S_PASSWORD_MAX], password[S_PASSWORD_MAX];
     int64_t db;
-    if (!s_url_credentials (url, password, sizeof password, &db))
+    if (!s_url_credentials (url, user, password, sizeof password, &db))
         return -1;
     memcpy (host, host_start, len);
     host[len] = 0;
     return 0;
 }
 
+//  Copy text[0..len) to out, decoding %XX escapes (RFC 3986: how a URL
+//  carries '@', ':', '/' or '#' in a user name or password). False when an
+//  escape is malformed, decodes to NUL, or the result does not fit.
 static bool
-s_url_credentials (const char *url, char *password, size_t size, int64_t *db)
+s_percent_decode (const char *text, size_t len, char *out, size_t size)
 {
-    //  redis://[user:]password@host:port/db
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        int c = (unsigned char) text[i];
+        if (c == '%') {
+            if (i + 2 >= len)
+                return false;
+            if (!isxdigit ((unsigned char) text[i + 1]) ||
+                !isxdigit ((unsigned char) text[i + 2]))
+                return false;
+            char hex[3] = {text[i + 1], text[i + 2], 0};
+            c = (int) strtol (hex, NULL, 16);
+            if (c == 0)
+                return false;
+            i += 2;
+        }
+        if (n + 1 >= size)
+            return false;
+        out[n++] = (char) c;
+    }
+    out[n] = 0;
+    return true;
+}
+
+static bool
+s_url_credentials (const char *url, char *user, char *password, size_t size, int64_t *db)
+{
+    //  redis://[[user]:password@]host:port/db; a bare "secret@" is a
+    //  password, as redis-cli and the Node clients take it.
     const char *p = url + 8;
     const char *end = p + strcspn (p, "/?#");
     const char *at = memrchr (p, '@', (size_t) (end - p));
-    password[0] = 0;
+    user[0] = password[0] = 0;
     if (at) {
         const char *colon = memchr (p, ':', (size_t) (at - p));
         const char *start = colon ? colon + 1 : p;
-        size_t len = (size_t) (at - start);
-        if (len >= size)
+        if (colon && !s_percent_decode (p, (size_t) (colon - p), user, size))
             return false;
-        memcpy (password, start, len);
-        password[len] = 0;
+        if (!s_percent_decode (start, (size_t) (at - start), password, size))
+            return false;
     }
     *db = 0;
     if (*end == '/' && isdigit ((unsigned char) end[1]))
@@ -124,10 +155,10 @@ redisContext *
 cm_redis_connect (const char *url, int timeout_ms, char *err, size_t errlen)
 {
     assert (url && err);
-    char host[256], password[S_PASSWORD_MAX];
+    char host[256], user[S_PASSWORD_MAX], password[S_PASSWORD_MAX];
     int64_t port, db;
     if (cm_redis_parse_url (url, host, sizeof host, &port) ||
-        !s_url_credentials (url, password, sizeof password, &db)) {
+        !s_url_credentials (url, user, password, sizeof password, &db)) {
         snprintf (err, errlen, "'%s' is not a redis:// URL", url);
         return NULL;
     }
@@ -142,11 +173,18 @@ cm_redis_connect (const char *url, int timeout_ms, char *err, size_t errlen)
     }
     redisSetTimeout (redis, timeout);
     redisReply *reply = NULL;
+    //  With a user name, AUTH as that ACL user (Redis 6 and later);
+    //  without one, as the default user (requirepass).
     if (*password) {
-        reply = redisCommand (redis, "AUTH %s", password);
+        if (*user)
+            reply = redisCommand (redis, "AUTH %s %s", user, password);
+        else
+            reply = redisCommand (redis, "AUTH %s", password);
         if (!reply || reply->type == REDIS_REPLY_ERROR) {
-            snprintf (err, errlen, "Redis at %s:%lld refused the password", host,
-                      (long long) port);
+            snprintf (err, errlen, "Redis at %s:%lld refused %s%s%s: %s", host,
+                      (long long) port, *user ? "user '" : "the password",
+                      *user ? user : "", *user ? "' and its password" : "",
+                      reply ? reply->str : redis->errstr);
             goto fail;
         }
         freeReplyObject (reply);

@@ -8,10 +8,11 @@
 
 #define CM_REDIS_DEFAULT_PORT 6379
 
-//  Parse redis://[user:password@]host[:port][/db] (IPv6 hosts in []; the
-//  port digits only, 1..65535; the db up to 9 digits; the password under
-//  256 bytes; a query string allowed and ignored). Sets host
-//  (NUL-terminated) and port. Returns 0, or -1 when it is not one.
+//  Parse redis://[[user]:password@]host[:port][/db] (IPv6 hosts in []; the
+//  port digits only, 1..65535; the db up to 9 digits; user and password
+//  percent-escaped where they must be, each under 256 bytes decoded; a
+//  query string allowed and ignored). Sets host (NUL-terminated) and port.
+//  Returns 0, or -1 when it is not one.
 int cm_redis_parse_url (const char *url, char *host, size_t hostlen, int64_t *port);
 
 //  Check the setting `name` (REDIS_URL) with cm_redis_parse_url, the one
@@ -19,8 +20,8 @@ int cm_redis_parse_url (const char *url, char *host, size_t hostlen, int64_t *po
 //  in err (the password, if any, is not quoted).
 int cm_redis_url_check (const char *name, const char *url, char *err, size_t errlen);
 
-//  Connect with a connect and command timeout, AUTH and SELECT as the URL
-//  says. Returns the caller's connection (redisFree), or NULL with err set.
+//  Connect with a connect and command timeout, AUTH (as the ACL user when
+//  the URL names one) and SELECT as the URL says. Returns the caller's connection (redisFree), or NULL with err set.
 redisContext *cm_redis_connect (const char *url, int timeout_ms, char *err,
                                 size_t errlen);
 
