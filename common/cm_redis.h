@@ -21,7 +21,8 @@ int cm_redis_parse_url (const char *url, char *host, size_t hostlen, int64_t *po
 int cm_redis_url_check (const char *name, const char *url, char *err, size_t errlen);
 
 //  Connect with a connect and command timeout, AUTH (as the ACL user when
-//  the URL names one) and SELECT as the URL says. Returns the caller's connection (redisFree), or NULL with err set.
+//  the URL names one) and SELECT as the URL says. Returns the caller's connection
+//  (redisFree), or NULL with err set.
 redisContext *cm_redis_connect (const char *url, int timeout_ms, char *err,
                                 size_t errlen);
 

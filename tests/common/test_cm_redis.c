@@ -57,9 +57,12 @@ Test (cm_redis, urls_that_can_never_connect_are_refused)
     char err[512] = "";
     cr_assert_eq (cm_redis_url_check ("REDIS_URL", long_password, err, sizeof err), -1,
                   "a password longer than AUTH is sent with");
-    static const char *good[] = {"redis://localhost",  "REDIS://h:1/",
-                                 "redis://h/15",       "redis://user:secret@h:6379/0",
-                                 "redis://[::1]:6390", "redis://h:6379?timeout=1",
+    static const char *good[] = {"redis://localhost",
+                                 "REDIS://h:1/",
+                                 "redis://h/15",
+                                 "redis://user:secret@h:6379/0",
+                                 "redis://[::1]:6390",
+                                 "redis://h:6379?timeout=1",
                                  "redis://:p%40ss%2F%3A%23@h"};
     for (size_t i = 0; i < sizeof good / sizeof *good; i++)
         cr_assert_eq (cm_redis_url_check ("REDIS_URL", good[i], err, sizeof err), 0,
