@@ -23,9 +23,11 @@ typedef struct {
 typedef struct {
     gw_exchange_t *exchange; //  our reference
     s_instance_t *instance;  //  where it went
-    cm_msg_t *request;       //  kept for a retry, NULL when not retryable
+    cm_msg_t *request;       //  kept for a retry, or while it waits; else NULL
+    bool retry;              //  may run again elsewhere
     int attempts;            //  instances it was sent to
     int64_t deadline;        //  mono ms
+    int64_t wait_until;      //  mono ms: waiting for an instance until then (0: not)
 } s_pending_t;
 
 #define S_MAX_RETRIES 1
@@ -51,16 +53,24 @@ struct gw_broker_s {
     bool closing;              //  answer everything 503 (broker thread)
     zhashx_t *instances;       //  id -> s_instance_t
     zhashx_t *pending;         //  request id -> s_pending_t
+    zlistx_t *waiting;         //  ids of requests waiting for an instance, oldest first
     uint64_t rotate;           //  tie-breaker for instance choice
     //  Counters (broker thread writes; snapshot reads under snap_lock).
     uint64_t routed, replies, late_replies, dropped_frames, unroutable, timeouts,
-        expired_instances, no_instance, retries, client_gone;
+        expired_instances, no_instance, retries, client_gone, waited;
     pthread_mutex_t snap_lock; //  guards snapshot
     json_t *snapshot;          //  last published state
 };
 
 static void *s_thread (void *arg);
 static void s_tick (gw_broker_t *self, int64_t now, bool beat);
+
+static void
+s_string_free (void **item)
+{
+    free (*item);
+    *item = NULL;
+}
 
 static void
 s_instance_free (void **item)
@@ -100,6 +110,8 @@ gw_broker_new (const gw_broker_config_t *config)
     self->instances = zhashx_new ();
     zhashx_set_destructor (self->instances, s_instance_free);
     self->pending = zhashx_new ();
+    self->waiting = zlistx_new ();
+    zlistx_set_destructor (self->waiting, s_string_free);
     pthread_mutex_init (&self->snap_lock, NULL);
     //  Publish a whole first snapshot before any reader can look: health
     //  asked before the thread's first tick must find every field.
@@ -136,6 +148,7 @@ gw_broker_destroy (gw_broker_t **self_p)
     pthread_join (self->thread, NULL);
     cm_mailbox_destroy (&self->inbox, s_cmd_free);
     zhashx_destroy (&self->pending);
+    zlistx_destroy (&self->waiting);
     zhashx_destroy (&self->instances);
     zsock_destroy (&self->router);
     json_decref (self->snapshot);
@@ -239,13 +252,46 @@ s_pending_end (gw_broker_t *self, const char *request_id)
         return;
     if (pending->instance)
         pending->instance->inflight--;
+    //  First out of the table: request_id may be the request's own.
+    zhashx_delete (self->pending, request_id);
     gw_exchange_unref (&pending->exchange);
     cm_msg_destroy (&pending->request);
-    zhashx_delete (self->pending, request_id);
     free (pending);
 }
 
 static bool s_dispatch (gw_broker_t *self, s_pending_t *pending, cm_msg_t *request);
+
+//  No instance took a request: 503, and it ends.
+static void
+s_no_instance (gw_broker_t *self, const char *request_id, s_pending_t *pending)
+{
+    self->no_instance++;
+    char message[160];
+    snprintf (message, sizeof message, "No %s service instance is available.",
+              cm_msg_service (pending->request));
+    gw_exchange_fail (pending->exchange, 503, message);
+    s_pending_end (self, request_id);
+}
+
+//  No instance took a request (none is registered, or the one it was on
+//  died): hold it for one to register, GATEWAY_INSTANCE_WAIT_MS at most and
+//  never past its deadline, as a restarted daemon or gateway is back within
+//  a second; else 503. until: when the wait ends (0: from now).
+static void
+s_wait (gw_broker_t *self, const char *request_id, s_pending_t *pending, int64_t until)
+{
+    int64_t now = cm_clock_mono_ms ();
+    if (!until)
+        until = now + self->config.instance_wait_ms;
+    if (pending->deadline && until > pending->deadline)
+        until = pending->deadline;
+    if (self->closing || self->config.instance_wait_ms <= 0 || until <= now) {
+        s_no_instance (self, request_id, pending);
+        return;
+    }
+    pending->wait_until = until;
+    zlistx_add_end (self->waiting, cm_strdup (request_id));
+}
 
 //  Send a request again, to another instance. It says so ("X-Llmrt-
 //  Attempt: 2"): its first run may have done its work before it died, and
@@ -261,6 +307,24 @@ s_resend (gw_broker_t *self, s_pending_t *pending)
         cm_msg_header_add (pending->request, "X-Llmrt-Attempt", attempt);
     }
     return s_dispatch (self, pending, pending->request);
+}
+
+//  A request whose instance died (or refused it, draining) before it
+//  started: send it elsewhere, or let it wait for an instance. False when
+//  it may not run again (not retryable, tried enough, or started) or no
+//  instance took it and it may not wait: the caller answers it.
+static bool
+s_resend_or_wait (gw_broker_t *self, const char *request_id, s_pending_t *pending)
+{
+    if (!pending->retry || pending->attempts > S_MAX_RETRIES ||
+        gw_exchange_started (pending->exchange))
+        return false;
+    if (s_resend (self, pending))
+        return true;
+    if (self->config.instance_wait_ms <= 0 || self->closing)
+        return false;
+    s_wait (self, request_id, pending, 0);
+    return true;
 }
 
 //  The reason an instance is given up for when it stops heartbeating.
@@ -303,11 +367,8 @@ s_instance_remove (gw_broker_t *self, s_instance_t *instance, const char *why)
             continue; //  (ended meanwhile by a nested removal)
         instance->inflight--;
         pending->instance = NULL;
-        if (pending->request && pending->attempts <= S_MAX_RETRIES &&
-            !gw_exchange_started (pending->exchange)) {
-            if (s_resend (self, pending))
-                continue;
-        }
+        if (s_resend_or_wait (self, id, pending))
+            continue;
         gw_exchange_fail (pending->exchange, 502, message);
         if (silent)
             s_cancel_at (self, instance->id, id, "instance given up", true);
@@ -373,30 +434,78 @@ s_dispatch (gw_broker_t *self, s_pending_t *pending, cm_msg_t *request)
 static void
 s_submit (gw_broker_t *self, s_cmd_t *cmd)
 {
-    const char *request_id = cm_msg_request_id (cmd->request);
     s_pending_t *pending = cm_calloc (1, sizeof *pending);
     pending->exchange = cmd->exchange;
     pending->deadline = cmd->deadline;
+    pending->request = cmd->request;
+    pending->retry = cmd->retry;
     cmd->exchange = NULL;
+    cmd->request = NULL;
+    const char *request_id = cm_msg_request_id (pending->request);
     zhashx_insert (self->pending, request_id, pending);
     if (self->closing) {
         gw_exchange_fail (pending->exchange, 503, "The gateway is shutting down.");
         s_pending_end (self, request_id);
         return;
     }
-    if (s_dispatch (self, pending, cmd->request)) {
-        if (cmd->retry) {
-            pending->request = cmd->request;
-            cmd->request = NULL;
-        }
+    if (s_dispatch (self, pending, pending->request)) {
+        if (!pending->retry)
+            cm_msg_destroy (&pending->request);
         return;
     }
-    self->no_instance++;
-    char message[160];
-    snprintf (message, sizeof message, "No %s service instance is available.",
-              cm_msg_service (cmd->request));
-    gw_exchange_fail (pending->exchange, 503, message);
-    s_pending_end (self, request_id);
+    s_wait (self, request_id, pending, 0);
+}
+
+//  An instance of `service` is ready: send it the requests waiting for one,
+//  oldest first. Taken off the list before any is sent (a send that fails
+//  removes an instance, which may put requests back on it).
+static void
+s_release_waiting (gw_broker_t *self, const char *service)
+{
+    zlistx_t *ready = zlistx_new ();
+    zlistx_set_destructor (ready, s_string_free);
+    for (char *id = zlistx_first (self->waiting); id; id = zlistx_next (self->waiting)) {
+        s_pending_t *pending = zhashx_lookup (self->pending, id);
+        if (pending && pending->wait_until &&
+            strcmp (cm_msg_service (pending->request), service))
+            continue;
+        zlistx_detach_cur (self->waiting);
+        if (pending && pending->wait_until)
+            zlistx_add_end (ready, id);
+        else
+            free (id); //  ended meanwhile (cancelled, timed out)
+    }
+    for (char *id = zlistx_first (ready); id; id = zlistx_next (ready)) {
+        s_pending_t *pending = zhashx_lookup (self->pending, id);
+        if (!pending)
+            continue;
+        int64_t until = pending->wait_until;
+        pending->wait_until = 0;
+        if (s_dispatch (self, pending, pending->request)) {
+            self->waited++;
+            if (!pending->retry)
+                cm_msg_destroy (&pending->request);
+        } else
+            s_wait (self, id, pending, until);
+    }
+    zlistx_destroy (&ready);
+}
+
+//  Requests that waited for an instance as long as they may: 503.
+static void
+s_expire_waiting (gw_broker_t *self, int64_t now)
+{
+    for (char *id = zlistx_first (self->waiting); id; id = zlistx_next (self->waiting)) {
+        s_pending_t *pending = zhashx_lookup (self->pending, id);
+        if (pending && pending->wait_until && now < pending->wait_until)
+            continue;
+        zlistx_detach_cur (self->waiting);
+        if (pending && pending->wait_until) {
+            pending->wait_until = 0;
+            s_no_instance (self, id, pending);
+        }
+        free (id);
+    }
 }
 
 static void
@@ -437,6 +546,8 @@ s_handle_frame (gw_broker_t *self, const char *id, cm_msg_t *msg)
         instance->reported = cm_msg_capacity (msg);
         instance->draining = false;
         instance->last_seen = cm_clock_mono_ms ();
+        if (zlistx_size (self->waiting))
+            s_release_waiting (self, instance->service);
         return;
     }
     if (!instance) {
@@ -477,12 +588,12 @@ s_handle_frame (gw_broker_t *self, const char *id, cm_msg_t *msg)
             //  not started when its drain ended: such a request never ran
             //  there, so a retryable one goes to another instance.
             if (type == CM_MSG_FINAL && instance->draining &&
-                cm_msg_status (msg) == 503 && pending->instance == instance &&
-                pending->request && pending->attempts <= S_MAX_RETRIES &&
+                cm_msg_status (msg) == 503 && pending->retry &&
+                pending->attempts <= S_MAX_RETRIES &&
                 !gw_exchange_started (pending->exchange)) {
                 instance->inflight--;
                 pending->instance = NULL;
-                if (s_resend (self, pending))
+                if (s_resend_or_wait (self, cm_msg_request_id (msg), pending))
                     break;
             }
             if (gw_exchange_deliver (pending->exchange, msg))
@@ -600,6 +711,8 @@ static void
 s_tick (gw_broker_t *self, int64_t now, bool beat)
 {
     s_reap_gone_clients (self);
+    //  Waits for an instance end before the deadline (503, not 504).
+    s_expire_waiting (self, now);
     //  Deadlines: answer 504 and tell the daemon to stop.
     zlistx_t *ids = zhashx_keys (self->pending);
     for (char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
@@ -652,16 +765,17 @@ s_tick (gw_broker_t *self, int64_t now, bool beat)
     json_object_set_new (snap, "live", live);
     json_object_set_new (
         snap, "counters",
-        json_pack ("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
-                   "client_gone", (json_int_t) self->client_gone, "retries",
-                   (json_int_t) self->retries, "routed", (json_int_t) self->routed,
-                   "replies", (json_int_t) self->replies, "late_replies",
-                   (json_int_t) self->late_replies, "dropped_frames",
-                   (json_int_t) self->dropped_frames, "unroutable",
-                   (json_int_t) self->unroutable, "timeouts", (json_int_t) self->timeouts,
-                   "expired_instances", (json_int_t) self->expired_instances,
-                   "no_instance", (json_int_t) self->no_instance, "in_flight",
-                   (json_int_t) zhashx_size (self->pending)));
+        json_pack (
+            "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+            "client_gone", (json_int_t) self->client_gone, "retries",
+            (json_int_t) self->retries, "routed", (json_int_t) self->routed, "replies",
+            (json_int_t) self->replies, "late_replies", (json_int_t) self->late_replies,
+            "dropped_frames", (json_int_t) self->dropped_frames, "unroutable",
+            (json_int_t) self->unroutable, "timeouts", (json_int_t) self->timeouts,
+            "expired_instances", (json_int_t) self->expired_instances, "no_instance",
+            (json_int_t) self->no_instance, "waited", (json_int_t) self->waited,
+            "waiting", (json_int_t) zlistx_size (self->waiting), "in_flight",
+            (json_int_t) zhashx_size (self->pending)));
     pthread_mutex_lock (&self->snap_lock);
     json_decref (self->snapshot);
     self->snapshot = snap;
@@ -688,6 +802,7 @@ s_fail_all (gw_broker_t *self)
         s_pending_end (self, id);
     }
     zlistx_destroy (&ids);
+    zlistx_purge (self->waiting);
 }
 
 static void *

@@ -4,11 +4,14 @@
     Daemon instances connect, say READY (service, instance id, capacity),
     and heartbeat. Each submitted request goes to the live instance of its
     service with the most free capacity (capacity minus requests in flight
-    there; ties rotate), and its replies are delivered to the exchange. An
-    instance that misses its heartbeats is expired and its requests are
-    answered (502 before any reply, an abort event mid-stream); a request
-    whose deadline passes is answered 504 and cancelled at the daemon. A
-    frame that cannot be delivered or decoded is counted, never silent.
+    there; ties rotate), and its replies are delivered to the exchange.
+    While a service has no live instance, its requests wait for one to
+    register (instance_wait_ms at most, never past their deadline; then
+    503), and so does a retryable request whose instance died before it
+    started when no other instance takes it. An instance that misses its heartbeats is
+   expired and its requests are answered (502 before any reply, an abort event
+   mid-stream); a request whose deadline passes is answered 504 and cancelled at the
+   daemon. A frame that cannot be delivered or decoded is counted, never silent.
 
     Threading: gw_broker_submit/cancel/stats/snapshot may be called from
     any thread (they post to the broker's mailbox or read a snapshot). */
@@ -26,6 +29,8 @@ typedef struct {
     const char *bind;     //  ZeroMQ endpoint to bind
     int64_t heartbeat_ms; //  heartbeat interval
     int64_t liveness;     //  missed heartbeats before expiry
+    int64_t
+        instance_wait_ms; //  how long a request may wait for an instance (0: 503 at once)
 } gw_broker_config_t;
 
 //  Bind and start the broker thread. NULL (logged) when the bind fails.

@@ -54,6 +54,8 @@ static const struct {
      "Requests answered 504 at their deadline."},
     {"no_instance", "llmrt_gateway_broker_no_instance_total",
      "Requests answered 503 for want of a live instance."},
+    {"waited", "llmrt_gateway_broker_waited_total",
+     "Requests that waited for an instance to register and were then sent to it."},
     {"client_gone", "llmrt_gateway_broker_client_gone_total",
      "Requests whose client left before the reply ended (CANCEL sent)."},
     {"late_replies", "llmrt_gateway_broker_late_replies_total",
@@ -336,6 +338,11 @@ s_collect (cm_metrics_t *metrics, void *arg)
     cm_metric_set (cm_metrics_gauge (metrics, "llmrt_gateway_broker_requests_in_flight",
                                      "Requests the broker waits on a daemon for.", NULL),
                    json_number_value (json_object_get (counters, "in_flight")));
+    cm_metric_set (cm_metrics_gauge (metrics, "llmrt_gateway_broker_requests_waiting",
+                                     "Requests waiting for an instance of their service "
+                                     "to register.",
+                                     NULL),
+                   json_number_value (json_object_get (counters, "waiting")));
     json_t *live = json_object_get (snap, "live");
     for (const char *const *s = gw_routes_services (); *s; s++) {
         const char *labels[] = {"backend", *s, NULL};

@@ -43,6 +43,10 @@ static const cm_conf_entry_t s_table[] = {
      offsetof (gw_config_t, heartbeat_ms), "heartbeat period, both directions"},
     {"HEARTBEAT_LIVENESS", CM_CONF_INT, "3", 1, 100, offsetof (gw_config_t, liveness),
      "missed heartbeats before a peer counts as dead"},
+    {"GATEWAY_INSTANCE_WAIT_MS", CM_CONF_INT, "3000", 0, 600000,
+     offsetof (gw_config_t, instance_wait_ms),
+     "how long a request waits for an instance of its service while none is live "
+     "(a daemon or the gateway restarting; then 503; 0: 503 at once)"},
     //  Rate limits of forwarded routes (gw_limits.h); a rate of 0 is no limit.
     {"RATE_LIMIT_GLOBAL_RPS", CM_CONF_DOUBLE, "0", 0, 1000000,
      offsetof (gw_config_t, limits.global_rps),
@@ -890,7 +894,8 @@ gw_server_new (const gw_config_t *config)
 
     gw_broker_config_t broker_config = {.bind = config->backend_bind,
                                         .heartbeat_ms = config->heartbeat_ms,
-                                        .liveness = config->liveness};
+                                        .liveness = config->liveness,
+                                        .instance_wait_ms = config->instance_wait_ms};
     self->broker = gw_broker_new (&broker_config);
     if (!self->broker)
         goto fail;

@@ -24,6 +24,7 @@ typedef struct {
     int64_t threads;           //  GATEWAY_HTTP_THREADS (0: one per CPU)
     int64_t heartbeat_ms;      //  HEARTBEAT_INTERVAL_MS
     int64_t liveness;          //  HEARTBEAT_LIVENESS
+    int64_t instance_wait_ms;  //  GATEWAY_INSTANCE_WAIT_MS
     char *admin_key;           //  ADMIN_API_KEY
     int64_t max_connections;   //  GATEWAY_MAX_CONNECTIONS
     int64_t connection_memory; //  GATEWAY_CONNECTION_MEMORY_BYTES

@@ -45,6 +45,20 @@ s_gateway_start (gwh_gateway_t *self, int64_t timeout_ms, int64_t max_body)
     s_gateway_start_on (self, timeout_ms, max_body, NULL, 500);
 }
 
+//  Start a gateway whose requests wait up to wait_ms for an instance
+//  (GATEWAY_INSTANCE_WAIT_MS; the others here have 0: 503 at once).
+static void
+s_gateway_start_waiting (gwh_gateway_t *self, int64_t timeout_ms, int64_t wait_ms)
+{
+    gw_config_t config = {.timeout_ms = timeout_ms,
+                          .heartbeat_ms = S_HEARTBEAT_MS,
+                          .liveness = S_LIVENESS,
+                          .health_interval = 100,
+                          .key_cache_ttl_ms = 500,
+                          .instance_wait_ms = wait_ms};
+    gwh_gateway_start (self, &config);
+}
+
 //  --- tests -----------------------------------------------------------------
 
 Test (gw_server, walkthrough_forward_a_chat_to_a_daemon)
@@ -376,6 +390,117 @@ Test (gw_server, no_instance_is_503_json)
     gwh_assert_error (call, 503, "No chat service instance is available.");
     gwh_call_destroy (&call);
     gwh_daemon_destroy (&ingestd);
+    gwh_gateway_stop (&gateway);
+}
+
+Test (gw_server, requests_wait_for_an_instance_to_register)
+{
+    //  A daemon restarting (or a gateway just started): its requests wait
+    //  for it, and go to it in the order they came, retryable or not.
+    gwh_gateway_t gateway;
+    s_gateway_start_waiting (&gateway, S_TIMEOUT_MS, 60000);
+    gwh_call_t *create = gwh_call_new (&gateway, "POST", "/api/v1/workspace/new", GWH_KEY,
+                                       "{\"name\":\"first\"}");
+    gwh_call_start (create);
+    gwh_wait_health (&gateway, "broker.waiting", 1);
+    gwh_call_t *list =
+        gwh_call_new (&gateway, "GET", "/api/v1/workspaces", GWH_KEY, NULL);
+    gwh_call_start (list);
+    gwh_wait_health (&gateway, "broker.waiting", 2);
+    //  One that leaves while it waits is forgotten, and nothing is sent.
+    gwh_call_t *leaves =
+        gwh_call_new (&gateway, "GET", "/api/v1/workspace/gone", GWH_KEY, NULL);
+    leaves->timeout_ms = 200;
+    gwh_call_run (leaves);
+    gwh_wait_health (&gateway, "broker.client_gone", 1);
+    gwh_wait_health (&gateway, "broker.waiting", 2);
+
+    gwh_daemon_t *chatd = gwh_daemon_new (&gateway, "chat", "chat-late", 4);
+    cm_msg_t *first = gwh_daemon_expect (chatd, CM_MSG_REQUEST);
+    cm_msg_t *second = gwh_daemon_expect (chatd, CM_MSG_REQUEST);
+    cr_assert_str_eq (cm_msg_route (first), "/api/v1/workspace/new");
+    cr_assert_str_eq (cm_msg_route (second), "/api/v1/workspaces");
+    cr_assert_null (cm_msg_header (first, "X-Llmrt-Attempt"), "a first run");
+    cr_assert_null (gwh_daemon_recv (chatd, 200), "the one that left is not sent");
+    gwh_daemon_reply (chatd, CM_MSG_FINAL, cm_msg_request_id (first), 200,
+                      "application/json", "{\"created\":true}");
+    gwh_daemon_reply (chatd, CM_MSG_FINAL, cm_msg_request_id (second), 200,
+                      "application/json", "{\"workspaces\":[]}");
+    gwh_call_join (create);
+    gwh_call_join (list);
+    cr_assert_eq (create->status, 200, "%s", create->reply);
+    cr_assert_str_eq (create->reply, "{\"created\":true}");
+    cr_assert_eq (list->status, 200, "%s", list->reply);
+    gwh_wait_health (&gateway, "broker.waited", 2);
+    gwh_wait_health (&gateway, "broker.waiting", 0);
+    cr_assert_eq (gwh_health_number (&gateway, "broker.no_instance"), 0);
+    gwh_wait_health (&gateway, "broker.in_flight", 0);
+    cm_msg_destroy (&first);
+    cm_msg_destroy (&second);
+    gwh_call_destroy (&create);
+    gwh_call_destroy (&list);
+    gwh_call_destroy (&leaves);
+    gwh_daemon_destroy (&chatd);
+    gwh_gateway_stop (&gateway);
+}
+
+Test (gw_server, a_wait_for_an_instance_ends_in_503_by_its_deadline_at_the_latest)
+{
+    gwh_gateway_t gateway;
+    s_gateway_start_waiting (&gateway, S_TIMEOUT_MS, 300);
+    int64_t start = cm_clock_mono_ms ();
+    gwh_call_t *call = gwh_http (&gateway, "POST", "/api/v1/workspace/demo/chat", GWH_KEY,
+                                 "{\"message\":\"hi\"}");
+    gwh_assert_error (call, 503, "No chat service instance is available.");
+    cr_assert_geq (cm_clock_mono_ms () - start, 300, "it did not wait");
+    gwh_call_destroy (&call);
+    gwh_wait_health (&gateway, "broker.no_instance", 1);
+    gwh_wait_health (&gateway, "broker.waiting", 0);
+    cr_assert_eq (gwh_health_number (&gateway, "broker.waited"), 0);
+    gwh_gateway_stop (&gateway);
+
+    //  A deadline shorter than the wait ends it: 503 still (it never ran).
+    s_gateway_start_waiting (&gateway, 200, 60000);
+    start = cm_clock_mono_ms ();
+    call = gwh_http (&gateway, "GET", "/api/v1/workspaces", GWH_KEY, NULL);
+    gwh_assert_error (call, 503, "No chat service instance is available.");
+    cr_assert_lt (cm_clock_mono_ms () - start, 30000);
+    gwh_call_destroy (&call);
+    cr_assert_eq (gwh_health_number (&gateway, "broker.timeouts"), 0);
+    gwh_gateway_stop (&gateway);
+}
+
+Test (gw_server, a_retryable_request_waits_for_its_dead_instances_successor)
+{
+    gwh_gateway_t gateway;
+    s_gateway_start_waiting (&gateway, S_TIMEOUT_MS, 60000);
+    gwh_daemon_t *dies = gwh_daemon_new (&gateway, "chat", "chat-dies", 2);
+    gwh_wait_health (&gateway, "services.chat.instances", 1);
+    gwh_call_t *call =
+        gwh_call_new (&gateway, "GET", "/api/v1/workspaces", GWH_KEY, NULL);
+    gwh_call_start (call);
+    cm_msg_t *request = gwh_daemon_expect (dies, CM_MSG_REQUEST);
+    gwh_daemon_mute (dies);
+    //  Given up, with no other instance: the request waits (a
+    //  non-retryable one is answered 502, as before).
+    gwh_wait_health (&gateway, "broker.expired_instances", 1);
+    gwh_wait_health (&gateway, "broker.waiting", 1);
+    cr_assert_not (atomic_load (&call->done));
+    gwh_daemon_t *successor = gwh_daemon_new (&gateway, "chat", "chat-next", 2);
+    cm_msg_t *again = gwh_daemon_expect (successor, CM_MSG_REQUEST);
+    cr_assert_str_eq (cm_msg_request_id (again), cm_msg_request_id (request));
+    cr_assert_str_eq (cm_msg_header (again, "X-Llmrt-Attempt"), "2");
+    gwh_daemon_reply (successor, CM_MSG_FINAL, cm_msg_request_id (again), 200,
+                      "application/json", "{\"workspaces\":[]}");
+    gwh_call_join (call);
+    cr_assert_eq (call->status, 200, "%s", call->reply);
+    gwh_wait_health (&gateway, "broker.retries", 1);
+    gwh_wait_health (&gateway, "broker.waited", 1);
+    cm_msg_destroy (&request);
+    cm_msg_destroy (&again);
+    gwh_call_destroy (&call);
+    gwh_daemon_destroy (&dies);
+    gwh_daemon_destroy (&successor);
     gwh_gateway_stop (&gateway);
 }
 
