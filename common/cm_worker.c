@@ -5,6 +5,7 @@
     encoded replies back through a mailbox. The table of live calls (for
     CANCEL) is shared and guarded by a mutex. */
 #include "cm_worker.h"
+#include "cm_monitor.h"
 #include "cm_config.h"
 #include "cm_log.h"
 #include "cm_mailbox.h"
@@ -53,7 +54,7 @@ struct cm_worker_s {
     cm_queue_t *queue;         //  bounded handler queue
     cm_mailbox_t *outbox;      //  frames from handler threads to the I/O thread
     pthread_t io_thread;       //  owns the socket
-    zsock_t *monitor;          //  the socket's connection events, or NULL
+    cm_monitor_t *monitor;     //  the socket's connection events, or NULL
     atomic_bool stopping;      //  destroy has begun: say DISCONNECT, drain
     atomic_bool stopped;       //  I/O thread should exit
     int64_t last_beat_us;      //  mono µs of our last HEARTBEAT (I/O thread)
@@ -284,62 +285,6 @@ s_send_beat (cm_worker_t *self, zsock_t *sock, bool said_goodbye)
     self->last_beat_us = cm_clock_mono_us ();
 }
 
-//  libzmq's monitor of the socket, reporting each connection it makes, so
-//  that a reconnect (a restarted gateway) is answered with READY at once
-//  rather than at our next heartbeat. Without it (it could not be set up)
-//  the heartbeat still does it, up to one interval later.
-static void
-s_monitor_start (cm_worker_t *self, zsock_t *sock)
-{
-    static atomic_uint serial;
-    char endpoint[80];
-    snprintf (endpoint, sizeof endpoint, "inproc://cm-worker-monitor-%u",
-              atomic_fetch_add (&serial, 1));
-    if (zmq_socket_monitor (zsock_resolve (sock), endpoint, ZMQ_EVENT_CONNECTED) < 0) {
-        cm_warn ("cannot monitor the gateway connection: %s",
-                 zmq_strerror (zmq_errno ()));
-        return;
-    }
-    self->monitor = zsock_new (ZMQ_PAIR);
-    assert (self->monitor);
-    if (zsock_connect (self->monitor, "%s", endpoint)) {
-        cm_warn ("cannot read the gateway connection's monitor at %s", endpoint);
-        zsock_destroy (&self->monitor);
-    }
-}
-
-static void
-s_monitor_stop (cm_worker_t *self, zsock_t *sock)
-{
-    if (!self->monitor)
-        return;
-    zmq_socket_monitor (zsock_resolve (sock), NULL, 0);
-    zsock_destroy (&self->monitor);
-}
-
-//  How many connections the monitor reported since last asked.
-static int
-s_monitor_connects (cm_worker_t *self)
-{
-    int connects = 0;
-    zmq_msg_t frame;
-    zmq_msg_init (&frame);
-    //  An event is two frames: 16-bit event and 32-bit value, then the
-    //  endpoint.
-    while (zmq_msg_recv (&frame, zsock_resolve (self->monitor), ZMQ_DONTWAIT) >= 0) {
-        uint16_t event = 0;
-        if (zmq_msg_size (&frame) >= sizeof event)
-            memcpy (&event, zmq_msg_data (&frame), sizeof event);
-        if (event == ZMQ_EVENT_CONNECTED)
-            connects++;
-        while (zmq_msg_more (&frame) &&
-               zmq_msg_recv (&frame, zsock_resolve (self->monitor), ZMQ_DONTWAIT) >= 0)
-            ;
-    }
-    zmq_msg_close (&frame);
-    return connects;
-}
-
 //  The one socket to the gateway, for the life of the worker. libzmq
 //  reconnects it by itself when the connection breaks (a restarted
 //  gateway), and ZMTP heartbeats break a connection that went silent (a
@@ -359,10 +304,14 @@ s_connect (cm_worker_t *self)
     int64_t silence = self->config.heartbeat_ms * self->config.liveness;
     zsock_set_heartbeat_ivl (sock, (int) self->config.heartbeat_ms);
     zsock_set_heartbeat_timeout (sock, (int) silence);
-    s_monitor_start (self, sock);
+    //  libzmq's monitor reports each connection the socket makes, so that
+    //  a reconnect (a restarted gateway) is answered with READY at once
+    //  rather than at our next heartbeat. Without it (it could not be set
+    //  up) the heartbeat still does it, up to one interval later.
+    self->monitor = cm_monitor_new (sock, ZMQ_EVENT_CONNECTED, "the gateway connection");
     if (zsock_connect (sock, "%s", self->endpoint)) {
         cm_error ("cannot connect to the gateway at %s", self->endpoint);
-        s_monitor_stop (self, sock);
+        cm_monitor_destroy (&self->monitor);
         zsock_destroy (&sock);
         return NULL;
     }
@@ -553,7 +502,7 @@ s_io_thread (void *arg)
         zmq_pollitem_t items[] = {
             {zsock_resolve (sock), 0, ZMQ_POLLIN, 0},
             {NULL, cm_mailbox_fd (self->outbox), ZMQ_POLLIN, 0},
-            {self->monitor ? zsock_resolve (self->monitor) : NULL, 0, ZMQ_POLLIN, 0}};
+            {self->monitor ? cm_monitor_socket (self->monitor) : NULL, 0, ZMQ_POLLIN, 0}};
         int64_t timeout = next_beat - cm_clock_mono_ms ();
         if (timeout > 100)
             timeout = 100; //  also the tick for expiring waiting calls
@@ -578,7 +527,7 @@ s_io_thread (void *arg)
             //  slots now. A restarted gateway also asks for READY in
             //  answer to frames queued for its predecessor; ready_at makes
             //  that wait an interval.
-            int made = s_monitor_connects (self);
+            int made = cm_monitor_count (self->monitor, ZMQ_EVENT_CONNECTED);
             if (made > 0 && connects + made > 1 && !lost && !said_goodbye) {
                 cm_info ("connected to the gateway at %s again; saying READY",
                          self->endpoint);
@@ -693,7 +642,7 @@ s_io_thread (void *arg)
             zmq_send (zsock_resolve (sock), frame->data, frame->size, ZMQ_DONTWAIT);
             s_frame_free (frame);
         }
-        s_monitor_stop (self, sock);
+        cm_monitor_destroy (&self->monitor);
         zsock_destroy (&sock);
     }
     return NULL;

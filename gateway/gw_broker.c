@@ -3,6 +3,7 @@
 #include "gw_broker.h"
 #include "cm_log.h"
 #include "cm_mailbox.h"
+#include "cm_monitor.h"
 #include <czmq.h>
 #include <errno.h>
 #include <poll.h>
@@ -47,6 +48,8 @@ struct gw_broker_s {
     gw_broker_config_t config; //  copy (bind string owned below)
     char *bind;                //  endpoint
     zsock_t *router;           //  backend socket (broker thread only)
+    cm_monitor_t *monitor;     //  its closed connections, or NULL
+    int64_t probe_until;       //  mono ms: look for closed instances until then
     cm_mailbox_t *inbox;       //  commands from HTTP threads
     pthread_t thread;          //  the broker thread
     atomic_bool stop;          //  tell the thread to finish
@@ -57,7 +60,8 @@ struct gw_broker_s {
     uint64_t rotate;           //  tie-breaker for instance choice
     //  Counters (broker thread writes; snapshot reads under snap_lock).
     uint64_t routed, replies, late_replies, dropped_frames, unroutable, timeouts,
-        expired_instances, no_instance, retries, client_gone, waited;
+        expired_instances, disconnected_instances, no_instance, retries, client_gone,
+        waited;
     pthread_mutex_t snap_lock; //  guards snapshot
     json_t *snapshot;          //  last published state
 };
@@ -106,6 +110,11 @@ gw_broker_new (const gw_broker_config_t *config)
         free (self);
         return NULL;
     }
+    //  A daemon that dies closes its connection at once; the monitor says
+    //  so, and the broker finds which instance it was (s_probe) instead of
+    //  waiting for its heartbeats to lapse.
+    self->monitor = cm_monitor_new (self->router, ZMQ_EVENT_DISCONNECTED,
+                                    "the gateway's backend connections");
     self->inbox = cm_mailbox_new ();
     self->instances = zhashx_new ();
     zhashx_set_destructor (self->instances, s_instance_free);
@@ -150,6 +159,7 @@ gw_broker_destroy (gw_broker_t **self_p)
     zhashx_destroy (&self->pending);
     zlistx_destroy (&self->waiting);
     zhashx_destroy (&self->instances);
+    cm_monitor_destroy (&self->monitor);
     zsock_destroy (&self->router);
     json_decref (self->snapshot);
     pthread_mutex_destroy (&self->snap_lock);
@@ -707,6 +717,32 @@ s_reap_gone_clients (gw_broker_t *self)
     free (fds);
 }
 
+//  The reason an instance is given up for when its connection is gone.
+#define S_CONNECTION_CLOSED "its connection closed"
+
+//  HEARTBEAT every instance; one that cannot be sent to (ROUTER_MANDATORY:
+//  libzmq has dropped its connection) is gone, and its requests are
+//  resent or answered now. Every heartbeat is such a probe, and so is every
+//  tick for a while after the monitor saw a connection close: libzmq drops
+//  the peer a moment after it reports the close.
+static void
+s_probe (gw_broker_t *self)
+{
+    zlistx_t *keys = zhashx_keys (self->instances);
+    for (char *id = zlistx_first (keys); id; id = zlistx_next (keys)) {
+        s_instance_t *instance = zhashx_lookup (self->instances, id);
+        if (!instance)
+            continue; //  (removed meanwhile: a retry found it unreachable)
+        cm_msg_t *hb = cm_msg_new (CM_MSG_HEARTBEAT);
+        if (s_send_to (self, id, hb, true) < 0) {
+            self->disconnected_instances++;
+            s_instance_remove (self, instance, S_CONNECTION_CLOSED);
+        }
+        cm_msg_destroy (&hb);
+    }
+    zlistx_destroy (&keys);
+}
+
 static void
 s_tick (gw_broker_t *self, int64_t now, bool beat)
 {
@@ -734,13 +770,11 @@ s_tick (gw_broker_t *self, int64_t now, bool beat)
         if (now - instance->last_seen > limit) {
             self->expired_instances++;
             s_instance_remove (self, instance, S_MISSED_HEARTBEATS);
-        } else if (beat) {
-            cm_msg_t *hb = cm_msg_new (CM_MSG_HEARTBEAT);
-            s_send (self, id, hb);
-            cm_msg_destroy (&hb);
         }
     }
     zlistx_destroy (&keys);
+    if (beat || now < self->probe_until)
+        s_probe (self);
     //  Publish a snapshot for health and metrics readers.
     json_t *snap = json_object ();
     json_t *live = json_object ();
@@ -763,19 +797,28 @@ s_tick (gw_broker_t *self, int64_t now, bool beat)
     }
     json_object_set_new (snap, "instances", list);
     json_object_set_new (snap, "live", live);
-    json_object_set_new (
-        snap, "counters",
-        json_pack (
-            "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
-            "client_gone", (json_int_t) self->client_gone, "retries",
-            (json_int_t) self->retries, "routed", (json_int_t) self->routed, "replies",
-            (json_int_t) self->replies, "late_replies", (json_int_t) self->late_replies,
-            "dropped_frames", (json_int_t) self->dropped_frames, "unroutable",
-            (json_int_t) self->unroutable, "timeouts", (json_int_t) self->timeouts,
-            "expired_instances", (json_int_t) self->expired_instances, "no_instance",
-            (json_int_t) self->no_instance, "waited", (json_int_t) self->waited,
-            "waiting", (json_int_t) zlistx_size (self->waiting), "in_flight",
-            (json_int_t) zhashx_size (self->pending)));
+    const struct {
+        const char *name;
+        uint64_t value;
+    } counters[] = {{"client_gone", self->client_gone},
+                    {"retries", self->retries},
+                    {"routed", self->routed},
+                    {"replies", self->replies},
+                    {"late_replies", self->late_replies},
+                    {"dropped_frames", self->dropped_frames},
+                    {"unroutable", self->unroutable},
+                    {"timeouts", self->timeouts},
+                    {"expired_instances", self->expired_instances},
+                    {"disconnected_instances", self->disconnected_instances},
+                    {"no_instance", self->no_instance},
+                    {"waited", self->waited},
+                    {"waiting", zlistx_size (self->waiting)},
+                    {"in_flight", zhashx_size (self->pending)}};
+    json_t *counts = json_object ();
+    for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)
+        json_object_set_new (counts, counters[i].name,
+                             json_integer ((json_int_t) counters[i].value));
+    json_object_set_new (snap, "counters", counts);
     pthread_mutex_lock (&self->snap_lock);
     json_decref (self->snapshot);
     self->snapshot = snap;
@@ -813,12 +856,15 @@ s_thread (void *arg)
     int64_t next_beat = cm_clock_mono_ms () + interval;
     int64_t next_tick = cm_clock_mono_ms ();
     while (!atomic_load (&self->stop)) {
-        zmq_pollitem_t items[] = {{zsock_resolve (self->router), 0, ZMQ_POLLIN, 0},
-                                  {NULL, cm_mailbox_fd (self->inbox), ZMQ_POLLIN, 0}};
+        zmq_pollitem_t items[] = {
+            {zsock_resolve (self->router), 0, ZMQ_POLLIN, 0},
+            {NULL, cm_mailbox_fd (self->inbox), ZMQ_POLLIN, 0},
+            {self->monitor ? cm_monitor_socket (self->monitor) : NULL, 0, ZMQ_POLLIN, 0}};
         int64_t timeout = next_tick - cm_clock_mono_ms ();
         if (timeout < 0)
             timeout = 0;
-        if (zmq_poll (items, 2, (long) timeout) < 0 && zmq_errno () != EINTR)
+        if (zmq_poll (items, self->monitor ? 3 : 2, (long) timeout) < 0 &&
+            zmq_errno () != EINTR)
             break;
         if (items[1].revents & ZMQ_POLLIN) {
             s_cmd_t *cmd;
@@ -834,6 +880,13 @@ s_thread (void *arg)
         }
         if (items[0].revents & ZMQ_POLLIN)
             s_receive (self);
+        //  After the frames: what a daemon sent before it died is read
+        //  before it is given up.
+        if (self->monitor && (items[2].revents & ZMQ_POLLIN) &&
+            cm_monitor_count (self->monitor, ZMQ_EVENT_DISCONNECTED) > 0) {
+            self->probe_until = cm_clock_mono_ms () + 1000;
+            s_probe (self);
+        }
         int64_t now = cm_clock_mono_ms ();
         if (now >= next_tick) {
             bool beat = now >= next_beat;

@@ -66,6 +66,8 @@ static const struct {
      "Frames that could not be sent to an instance."},
     {"expired_instances", "llmrt_gateway_broker_expired_instances_total",
      "Instances expired after missing their heartbeats."},
+    {"disconnected_instances", "llmrt_gateway_broker_disconnected_instances_total",
+     "Instances given up because their connection closed (the daemon died)."},
 };
 
 //  One metrics request waiting for the supervisor's answer.

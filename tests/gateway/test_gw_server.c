@@ -1190,6 +1190,56 @@ Test (gw_server, non_retryable_request_is_502_when_its_instance_dies)
     gwh_gateway_stop (&gateway);
 }
 
+Test (gw_server, an_instance_whose_connection_closes_is_given_up_at_once)
+{
+    //  Heartbeats a minute apart: only the closed connection can tell the
+    //  gateway within the harness's waits (GWH_WAIT_MS).
+    gwh_gateway_t gateway;
+    gw_config_t config = {.timeout_ms = 120000,
+                          .heartbeat_ms = 60000,
+                          .liveness = S_LIVENESS,
+                          .health_interval = 100,
+                          .key_cache_ttl_ms = 500};
+    gwh_gateway_start (&gateway, &config);
+    //  The one that dies has more free slots: both requests go to it.
+    gwh_daemon_t *dies = gwh_daemon_new (&gateway, "chat", "chat-dies", 4);
+    gwh_daemon_t *survivor = gwh_daemon_new (&gateway, "chat", "chat-lives", 1);
+    gwh_wait_health (&gateway, "services.chat.instances", 2);
+    int64_t start = cm_clock_mono_ms ();
+    //  A retryable request and one that is not.
+    gwh_call_t *read =
+        gwh_call_new (&gateway, "GET", "/api/v1/workspaces", GWH_KEY, NULL);
+    gwh_call_start (read);
+    cm_msg_t *first = gwh_daemon_expect (dies, CM_MSG_REQUEST);
+    gwh_call_t *create = gwh_call_new (&gateway, "POST", "/api/v1/workspace/new", GWH_KEY,
+                                       "{\"name\":\"once\"}");
+    gwh_call_start (create);
+    cm_msg_t *second = gwh_daemon_expect (dies, CM_MSG_REQUEST);
+    gwh_daemon_destroy (&dies);
+
+    //  The read goes to the survivor, the creation is answered 502.
+    cm_msg_t *again = gwh_daemon_expect (survivor, CM_MSG_REQUEST);
+    cr_assert_str_eq (cm_msg_request_id (again), cm_msg_request_id (first));
+    gwh_daemon_reply (survivor, CM_MSG_FINAL, cm_msg_request_id (again), 200,
+                      "application/json", "{\"workspaces\":[]}");
+    gwh_call_join (read);
+    cr_assert_eq (read->status, 200, "%s", read->reply);
+    gwh_call_join (create);
+    gwh_assert_error (create, 502, NULL);
+    cr_assert (strstr (create->reply, "its connection closed"), "%s", create->reply);
+    gwh_wait_health (&gateway, "broker.disconnected_instances", 1);
+    gwh_wait_health (&gateway, "services.chat.instances", 1);
+    cr_assert_eq (gwh_health_number (&gateway, "broker.expired_instances"), 0);
+    cr_assert_lt (cm_clock_mono_ms () - start, 60000, "not by a heartbeat");
+    cm_msg_destroy (&first);
+    cm_msg_destroy (&second);
+    cm_msg_destroy (&again);
+    gwh_call_destroy (&read);
+    gwh_call_destroy (&create);
+    gwh_daemon_destroy (&survivor);
+    gwh_gateway_stop (&gateway);
+}
+
 Test (gw_server, retry_to_a_vanished_instance_is_answered_502)
 {
     //  Instance A hangs with a retryable request; B is still registered but
