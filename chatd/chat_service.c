@@ -836,6 +836,13 @@ s_complete_sync (s_turn_t *turn, const chat_request_t *request)
         //  reason (upstream answers its e.message). A client that left
         //  (STOPPED) is not there to read it.
         bool rejected = result == CHAT_PROVIDER_REJECTED;
+        if (result == CHAT_PROVIDER_STOPPED && cm_call_shutting_down (turn->call)) {
+            //  No reply: the worker answers 503, and the gateway sends the
+            //  chat to another replica (nothing was saved here).
+            cm_info ("chat %s: cut short by the shutdown; left to another replica",
+                     cm_call_request_id (turn->call));
+            return;
+        }
         if (result == CHAT_PROVIDER_STOPPED)
             cm_info ("chat %s: cancelled while the provider was answering",
                      cm_call_request_id (turn->call));

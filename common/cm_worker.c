@@ -32,6 +32,7 @@ struct cm_call_s {
     json_t *json;            //  parsed body, built on first use
     bool json_parsed;        //  json was attempted
     atomic_bool cancelled;   //  CANCEL came or client gone
+    atomic_bool shutdown;    //  cancelled because the drain ended
     bool replied;            //  FINAL sent
     int status;              //  status of the reply (its first part's)
     bool streaming;          //  a PARTIAL was sent
@@ -185,8 +186,10 @@ cm_worker_destroy (cm_worker_t **self_p)
     }
     //  Whatever still runs is told to stop.
     pthread_mutex_lock (&self->calls_lock);
-    for (cm_call_t *call = self->calls; call; call = call->next)
+    for (cm_call_t *call = self->calls; call; call = call->next) {
+        atomic_store (&call->shutdown, true);
         atomic_store (&call->cancelled, true);
+    }
     pthread_mutex_unlock (&self->calls_lock);
     //  Close (not free) the queue: the I/O thread still reads its stats
     //  and sends the replies of the calls that finish now.
@@ -672,7 +675,12 @@ s_run_call (void *task, void *arg)
     if (!call->replied) {
         if (call->streaming)
             cm_call_stream_end (call);
-        else if (!atomic_load (&call->cancelled))
+        else if (atomic_load (&call->shutdown)) {
+            //  Cut short by our shutdown: the gateway sends a retryable
+            //  request to another instance (protocol.md, "Draining").
+            cm_call_header_add (call, "Retry-After", "1");
+            cm_call_reply_error (call, 503, "The service is shutting down.");
+        } else if (!atomic_load (&call->cancelled))
             cm_call_reply_error (call, 500, "The handler returned no reply.");
     }
     //  For the queue's counters: a 5xx is a failure, a call that saw its
@@ -989,7 +997,18 @@ void
 cm_call_stream_end (cm_call_t *self)
 {
     assert (self);
-    s_call_send (self, CM_MSG_FINAL, 200, "text/event-stream", "", 0);
+    //  A stream cut short by our shutdown ends 503: the gateway tells the
+    //  client with an abort event (or sends it elsewhere if nothing was
+    //  streamed yet), as when an instance dies.
+    s_call_send (self, CM_MSG_FINAL, atomic_load (&self->shutdown) ? 503 : 200,
+                 "text/event-stream", "", 0);
+}
+
+bool
+cm_call_shutting_down (cm_call_t *self)
+{
+    assert (self);
+    return atomic_load (&self->shutdown);
 }
 
 bool

@@ -124,6 +124,11 @@ int64_t cm_call_deadline (cm_call_t *self);
 //  True once the client is gone, a CANCEL came, or the deadline passed.
 //  Long handlers poll this and stop early.
 bool cm_call_cancelled (cm_call_t *self);
+//  True when the call was cancelled because this daemon is shutting down
+//  (its drain ended), not by its client: a handler that returns without
+//  a reply is answered 503 (the gateway may send it elsewhere), and a
+//  stream it ends is ended 503 (the client gets an abort event).
+bool cm_call_shutting_down (cm_call_t *self);
 //  From when (cm_clock_mono_us) this request may run (or have run) at
 //  another instance too: at once (0) when the gateway sent it a second
 //  time (its first instance died, or seemed to) or when it came after this
@@ -149,7 +154,7 @@ void cm_call_stream (cm_call_t *self, int status, const char *content_type,
 //  Stream one SSE event "data: <json>\n\n" (status 200, text/event-stream);
 //  takes the reference to event.
 void cm_call_sse (cm_call_t *self, json_t *event);
-//  End a stream (FINAL with an empty body).
+//  End a stream (FINAL with an empty body; status 503 when shutting down).
 void cm_call_stream_end (cm_call_t *self);
 //  True once a FINAL was sent.
 bool cm_call_replied (cm_call_t *self);

@@ -606,6 +606,20 @@ s_handle_frame (gw_broker_t *self, const char *id, cm_msg_t *msg)
                 if (s_resend_or_wait (self, cm_msg_request_id (msg), pending))
                     break;
             }
+            //  A stream its daemon cut short as it shut down (its drain
+            //  ended): the client gets the abort event of an instance that
+            //  failed, not an end that looks complete.
+            if (type == CM_MSG_FINAL && cm_msg_status (msg) == 503 &&
+                gw_exchange_started (pending->exchange)) {
+                char message[256];
+                snprintf (message, sizeof message,
+                          "The %s service instance %s shut down before the answer "
+                          "was complete.",
+                          instance->service, instance->id);
+                gw_exchange_fail (pending->exchange, 502, message);
+                s_pending_end (self, cm_msg_request_id (msg));
+                break;
+            }
             if (gw_exchange_deliver (pending->exchange, msg))
                 s_pending_end (self, cm_msg_request_id (msg));
             break;

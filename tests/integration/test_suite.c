@@ -333,6 +333,36 @@ Test (suite, chatd_killed_mid_stream_gives_an_abort_event, .timeout = 90)
     it_suite_stop (&s_suite);
 }
 
+Test (suite, a_stream_cut_short_by_a_drain_ends_with_an_abort_event, .timeout = 90)
+{
+    //  Streams of ~10 s against a drain of 500 ms: SIGTERM to the chatd
+    //  serving one cuts it short, and the client must be told so (not
+    //  see an end that looks complete).
+    const char *extra[] = {"BUILTIN_LLM_TOKEN_DELAY_MS=200", "DRAIN_TIMEOUT_MS=500",
+                           NULL};
+    it_suite_start (&s_suite, extra);
+    s_create_workspace ("Drained");
+    it_stream_t stream;
+    s_stream_init (&stream, "/api/v1/workspace/drained/stream-chat");
+    pthread_t thread;
+    pthread_create (&thread, NULL, it_stream_run, &stream);
+    cr_assert (it_wait (it_stream_started, &stream, 10000), "the stream never started");
+    pid_t pid = s_busy_chat_pid ();
+    cr_assert_gt (pid, 0, "no chat instance has the stream in flight");
+    kill (pid, SIGTERM);
+    cr_assert (it_wait (it_stream_done, &stream, 10000),
+               "the stream hangs after the drain");
+    pthread_join (thread, NULL);
+    cr_assert_eq (stream.result, CURLE_OK, "transport error %d", stream.result);
+    json_t *events = it_events (stream.data);
+    json_t *last = json_array_get (events, json_array_size (events) - 1);
+    cr_assert_str_eq (s_type (last), "abort", "last event: %s", stream.data);
+    cr_assert (strstr (it_str (last, "error"), "shut down"), "%s", stream.data);
+    json_decref (events);
+    it_stream_free (&stream);
+    it_suite_stop (&s_suite);
+}
+
 Test (suite, sigterm_stops_every_child_within_the_grace_period, .timeout = 90)
 {
     it_suite_start (&s_suite, NULL);
