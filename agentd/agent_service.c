@@ -1,5 +1,6 @@
 /*  agent_service.c: see agent_service.h. */
 #include "agent_service.h"
+#include "cm_utf8.h"
 #include "agent_flow.h"
 #include "agent_html.h"
 #include "agent_http.h"
@@ -134,50 +135,6 @@ agent_service_routes (void)
 
 //  --- helpers ------------------------------------------------------------------------
 
-//  Bytes in the UTF-8 character at p as jansson accepts it, 0 when invalid.
-static size_t
-s_utf8_length (const unsigned char *p)
-{
-    unsigned char min = 0x80, max = 0xbf;
-    size_t length;
-    if (p[0] < 0x80)
-        return 1;
-    else if (p[0] >= 0xc2 && p[0] <= 0xdf)
-        length = 2;
-    else if (p[0] >= 0xe0 && p[0] <= 0xef) {
-        length = 3;
-        min = p[0] == 0xe0 ? 0xa0 : 0x80; //  no overlong forms
-        max = p[0] == 0xed ? 0x9f : 0xbf; //  no surrogates
-    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
-        length = 4;
-        min = p[0] == 0xf0 ? 0x90 : 0x80;
-        max = p[0] == 0xf4 ? 0x8f : 0xbf; //  up to U+10FFFF
-    } else
-        return 0;
-    if (p[1] < min || p[1] > max)
-        return 0;
-    for (size_t i = 2; i < length; i++)
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-    return length;
-}
-
-//  Messages quote URLs, names and bodies cut at a byte count: replace what
-//  is not UTF-8 (a character cut in two, binary) with '?', or JSON cannot
-//  carry the message.
-static void
-s_utf8_fix (char *text)
-{
-    unsigned char *p = (unsigned char *) text;
-    while (*p) {
-        size_t length = s_utf8_length (p);
-        if (length)
-            p += length;
-        else
-            *p++ = '?';
-    }
-}
-
 static void
 s_reply_storage_error (cm_call_t *call)
 {
@@ -189,7 +146,7 @@ s_reply_not_found (cm_call_t *call, const char *uuid)
 {
     char message[160];
     snprintf (message, sizeof message, "agent flow '%.64s' not found", uuid);
-    s_utf8_fix (message);
+    cm_utf8_fix (message);
     cm_call_reply_error (call, 404, message);
 }
 
@@ -401,7 +358,7 @@ s_fail (s_run_t *run, s_fail_t fail, const char *format, ...)
     va_start (args, format);
     vsnprintf (run->error, sizeof run->error, format, args);
     va_end (args);
-    s_utf8_fix (run->error);
+    cm_utf8_fix (run->error);
 }
 
 //  A substituted string field of config ("" when absent). When the
@@ -834,7 +791,7 @@ s_flow_run (cm_call_t *call, void *arg)
                   "agent flow '%.64s' is inactive; activate it first (POST "
                   "/api/v1/agent-flows/%s/toggle {\"active\": true})",
                   json_string_value (json_object_get (flow, "name")), uuid);
-        s_utf8_fix (message);
+        cm_utf8_fix (message);
         cm_call_reply_error (call, 409, message);
         json_decref (flow);
         return;

@@ -2,6 +2,7 @@
     developer API (server/endpoints/api/workspace, utils/chats/
     apiChatHandler): where upstream is quirky, so are we, on purpose. */
 #include "chat_service.h"
+#include "cm_utf8.h"
 #include "cm_log.h"
 #include "cm_storage.h"
 #include "cm_storage_docs.h"
@@ -267,9 +268,12 @@ s_reply_abort (cm_call_t *call, int status, const char *error)
 {
     char id[CM_UUID_SIZE];
     cm_uuid (id);
+    //  The error quotes the request (a slug, a mode), cut at a byte count.
+    char *text = cm_utf8_dup (error);
     s_reply_json (call, status,
                   json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "id", id, "type", "abort",
-                             "textResponse", "sources", "close", 1, "error", error));
+                             "textResponse", "sources", "close", 1, "error", text));
+    free (text);
 }
 
 //  The breaker refused the provider call: 503 with Retry-After in whole
@@ -658,9 +662,12 @@ s_openai_object (s_turn_t *turn, bool chunk, const char *content, size_t size,
 static json_t *
 s_openai_error (const char *message, bool request_fault, const char *param)
 {
-    return json_pack ("{s:{s:s, s:s, s:s?, s:n}}", "error", "message", message, "type",
-                      request_fault ? "invalid_request_error" : "server_error", "param",
-                      param, "code");
+    char *text = cm_utf8_dup (message);
+    json_t *error = json_pack (
+        "{s:{s:s, s:s, s:s?, s:n}}", "error", "message", text, "type",
+        request_fault ? "invalid_request_error" : "server_error", "param", param, "code");
+    free (text);
+    return error;
 }
 
 //  The end of an OpenAI stream. Upstream AnythingLLM just ends the response;
@@ -831,6 +838,7 @@ s_complete_sync (s_turn_t *turn, const chat_request_t *request)
     chat_provider_result_t result = chat_provider_complete (
         turn->service->provider, request, &text, &metrics, err, sizeof err);
     s_breaker_report (turn, result);
+    cm_utf8_fix (err); //  an upstream's message, cut at a byte count
     if (!text) {
         //  Failure after validation: 200 with type abort and the provider's
         //  reason (upstream answers its e.message). A client that left
@@ -889,6 +897,7 @@ s_complete_stream (s_turn_t *turn, const chat_request_t *request)
     chat_provider_result_t result = chat_provider_stream (
         turn->service->provider, request, s_on_token, turn, &metrics, err, sizeof err);
     s_breaker_report (turn, result);
+    cm_utf8_fix (err); //  an upstream's message, cut at a byte count
     const char *text = turn->text ? turn->text : "";
     if (result == CHAT_PROVIDER_STOPPED) {
         //  The client is gone: keep what it was shown, send nothing more.
@@ -1016,6 +1025,7 @@ s_retrieve (s_turn_t *turn)
         char error[640];
         snprintf (error, sizeof error, "The message could not be embedded for search: %s",
                   err);
+        cm_utf8_fix (error);
         if (turn->openai)
             s_reply_json (turn->call, 500, s_openai_error (error, false, NULL));
         else
@@ -1171,10 +1181,11 @@ s_chat_turn (cm_call_t *call, chat_service_t *self, bool streaming, bool threade
     }
     if (status == CM_STORAGE_NOT_FOUND) {
         if (threaded)
-            snprintf (error, sizeof error, "Workspace %s or thread %s is not valid.",
-                      slug ? slug : "", thread_slug ? thread_slug : "");
+            snprintf (error, sizeof error,
+                      "Workspace %.200s or thread %.200s is not valid.", slug ? slug : "",
+                      thread_slug ? thread_slug : "");
         else
-            snprintf (error, sizeof error, "Workspace %s is not a valid workspace.",
+            snprintf (error, sizeof error, "Workspace %.400s is not a valid workspace.",
                       slug ? slug : "");
         s_reply_abort (call, 400, error);
         goto cleanup;
@@ -1207,7 +1218,7 @@ s_chat_turn (cm_call_t *call, chat_service_t *self, bool streaming, bool threade
             snprintf (error, sizeof error, "%s",
                       message_mistyped ? "message must be a string" : "Message is empty");
         else
-            snprintf (error, sizeof error, "%s is not a valid mode.", turn.mode);
+            snprintf (error, sizeof error, "%.400s is not a valid mode.", turn.mode);
         s_reply_abort (call, 400, error);
         goto cleanup;
     }

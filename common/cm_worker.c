@@ -6,6 +6,7 @@
     CANCEL) is shared and guarded by a mutex. */
 #include "cm_worker.h"
 #include "cm_monitor.h"
+#include "cm_utf8.h"
 #include "cm_config.h"
 #include "cm_log.h"
 #include "cm_mailbox.h"
@@ -962,7 +963,10 @@ cm_call_reply_json (cm_call_t *self, int status, json_t *value)
 void
 cm_call_reply_error (cm_call_t *self, int status, const char *message)
 {
-    cm_call_reply_json (self, status, json_pack ("{s:s}", "error", message));
+    //  Messages quote what came in (a name, a path), which JSON may not take.
+    char *text = cm_utf8_dup (message);
+    cm_call_reply_json (self, status, json_pack ("{s:s}", "error", text));
+    free (text);
 }
 
 void

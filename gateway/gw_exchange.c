@@ -1,5 +1,6 @@
 /*  gw_exchange.c: see gw_exchange.h. */
 #include "gw_exchange.h"
+#include "cm_utf8.h"
 #include "cm_log.h"
 #include <jansson.h>
 #include <pthread.h>
@@ -140,6 +141,8 @@ void
 gw_exchange_fail (gw_exchange_t *self, int status, const char *message)
 {
     assert (self && message);
+    //  A message may quote a daemon's id or the request: UTF-8 for JSON.
+    char *text = cm_utf8_dup (message);
     pthread_mutex_lock (&self->lock);
     if (!self->ended) {
         json_t *event;
@@ -150,29 +153,30 @@ gw_exchange_fail (gw_exchange_t *self, int status, const char *message)
             cm_msg_set_content_type (self->head, "application/json");
             if (status == 503 || status == 429)
                 cm_msg_header_add (self->head, "Retry-After", "1");
-            event = json_pack ("{s:s}", "error", message);
+            event = json_pack ("{s:s}", "error", text);
         } else if (self->head &&
                    !strncmp (cm_msg_content_type (self->head), "text/event-stream", 17)) {
             //  Mid-stream: the client sees the API.md abort event, then the end.
             event = json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "uuid",
                                self->request_id, "type", "abort", "textResponse",
-                               "sources", "close", 1, "error", message);
+                               "sources", "close", 1, "error", text);
         } else
             event = NULL;
         if (event) {
-            char *text = json_dumps (event, JSON_COMPACT);
+            char *json = json_dumps (event, JSON_COMPACT);
             json_decref (event);
             if (self->streaming)
                 s_append (self, "data: ", 6);
-            s_append (self, text, strlen (text));
+            s_append (self, json, strlen (json));
             if (self->streaming)
                 s_append (self, "\n\n", 2);
-            free (text);
+            free (json);
         }
         self->ended = true;
         s_wake (self);
     }
     pthread_mutex_unlock (&self->lock);
+    free (text);
 }
 
 void

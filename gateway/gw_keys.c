@@ -1,5 +1,6 @@
 /*  gw_keys.c: see gw_keys.h. */
 #include "gw_keys.h"
+#include "cm_utf8.h"
 #include <errno.h>
 #include "cm_log.h"
 #include "cm_storage.h"
@@ -250,6 +251,7 @@ gw_keys_revoke (gw_keys_t *self, const char *id_text, json_t **reply_p)
     if (!end || *end || id <= 0 || errno == ERANGE) {
         snprintf (error, sizeof error, "API key %.40s does not exist.",
                   id_text ? id_text : "");
+        cm_utf8_fix (error);
         *reply_p = json_pack ("{s:b, s:s}", "success", 0, "error", error);
         return 404;
     }

@@ -1,5 +1,6 @@
 /*  gw_server.c: see gw_server.h. */
 #include "gw_server.h"
+#include "cm_utf8.h"
 #include "cm_form.h"
 #include "cm_log.h"
 #include "cm_msg.h"
@@ -185,8 +186,14 @@ static enum MHD_Result
 s_reply_json (struct MHD_Connection *connection, unsigned status, json_t *body,
               const char *retry_after, const char *allow)
 {
-    char *text = json_dumps (body, JSON_COMPACT);
+    //  json_pack gives NULL for a string that is not UTF-8: never a crash.
+    char *text = body ? json_dumps (body, JSON_COMPACT) : NULL;
     json_decref (body);
+    if (!text) {
+        cm_error ("a reply (status %u) could not be encoded as JSON", status);
+        text = cm_strdup ("{\"error\":\"The reply could not be encoded.\"}");
+        status = 500;
+    }
     struct MHD_Response *response =
         MHD_create_response_from_buffer (strlen (text), text, MHD_RESPMEM_MUST_FREE);
     MHD_add_response_header (response, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
@@ -202,8 +209,10 @@ s_reply_json (struct MHD_Connection *connection, unsigned status, json_t *body,
 static enum MHD_Result
 s_reply_error (struct MHD_Connection *connection, unsigned status, const char *message)
 {
-    return s_reply_json (connection, status, json_pack ("{s:s}", "error", message),
-                         status == 503 ? "1" : NULL, NULL);
+    char *text = cm_utf8_dup (message);
+    json_t *body = json_pack ("{s:s}", "error", text);
+    free (text);
+    return s_reply_json (connection, status, body, status == 503 ? "1" : NULL, NULL);
 }
 
 //  An answer on a route that went through the rate limits: it carries their
@@ -484,8 +493,12 @@ s_forward (gw_server_t *self, struct MHD_Connection *connection, s_request_t *re
 //  chatd gives its own errors before any output (API.md), so that a client
 //  handles both alike.
 static json_t *
-s_bad_body (const gw_route_t *route, const char *message)
+s_bad_body (const gw_route_t *route, const char *text)
 {
+    //  The message may quote the request (its Content-Type, a JSON error).
+    char message[512];
+    snprintf (message, sizeof message, "%s", text);
+    cm_utf8_fix (message);
     //  Upstream's document routes fail as {success:false, error}.
     if (route && ((route->flags & GW_ROUTE_FORM) ||
                   !strncmp (route->pattern, "/api/v1/document/", 17)))
@@ -575,7 +588,7 @@ s_form_start (s_request_t *request, struct MHD_Connection *connection)
               "Invalid request: expected Content-Type multipart/form-data (with a "
               "boundary) or application/x-www-form-urlencoded, got %s%.200s%s.",
               type ? "\"" : "", type ? type : "none", type ? "\"" : "");
-    request->form_error = cm_strdup (message);
+    request->form_error = cm_utf8_dup (message);
 }
 
 //  Give up parsing (body too large, malformed): the rest is dropped.

@@ -3,6 +3,7 @@
     UTF-8 to a buffer, and one tidy pass (trailing spaces, runs of blank
     lines) makes the outputs alike. */
 #include "ingest_extract.h"
+#include "cm_utf8.h"
 #include <math.h>
 #include <ctype.h>
 #include <limits.h>
@@ -57,52 +58,6 @@ s_buf_last (s_buf_t *buf)
 
 //  --- UTF-8 -----------------------------------------------------------------------
 
-//  Length of the valid UTF-8 sequence at p (at most n bytes), 0 if none:
-//  no overlong forms, no surrogates, nothing over U+10FFFF.
-static size_t
-s_utf8_len (const unsigned char *p, size_t n)
-{
-    if (p[0] < 0x80)
-        return 1;
-    size_t len;
-    uint32_t cp;
-    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
-        len = 2;
-        cp = p[0] & 0x1f;
-    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
-        len = 3;
-        cp = p[0] & 0x0f;
-    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
-        len = 4;
-        cp = p[0] & 0x07;
-    } else
-        return 0;
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3f);
-    }
-    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
-}
-
-static bool
-s_utf8_valid (const char *data, size_t size)
-{
-    const unsigned char *p = (const unsigned char *) data;
-    for (size_t at = 0; at < size;) {
-        size_t len = s_utf8_len (p + at, size - at);
-        if (!len)
-            return false;
-        at += len;
-    }
-    return true;
-}
-
 //  Append text, invalid sequences replaced by U+FFFD, a leading BOM
 //  dropped, CRLF (and a lone CR) made LF.
 static void
@@ -113,7 +68,7 @@ s_add_clean (s_buf_t *buf, const char *data, size_t size)
     if (size >= 3 && !memcmp (p, "\xef\xbb\xbf", 3))
         at = run = 3;
     while (at < size) {
-        size_t len = s_utf8_len (p + at, size - at);
+        size_t len = cm_utf8_char (p + at, size - at);
         if (len && p[at] != '\r') {
             at += len;
             continue;
@@ -137,7 +92,7 @@ s_add_clean (s_buf_t *buf, const char *data, size_t size)
 static void
 s_buf_make_utf8 (s_buf_t *buf)
 {
-    if (!buf->data || s_utf8_valid (buf->data, buf->size))
+    if (!buf->data || cm_utf8_valid (buf->data, buf->size))
         return;
     s_buf_t clean = {0};
     s_add_clean (&clean, buf->data, buf->size);
@@ -417,7 +372,7 @@ s_extract_html (const char *data, size_t size, s_buf_t *text, char **title, char
     //  With no charset declared libxml2 assumes Latin-1; bytes that are
     //  valid UTF-8 almost always are UTF-8.
     htmlDocPtr doc = htmlReadMemory (data, (int) size, NULL,
-                                     s_utf8_valid (data, size) ? "UTF-8" : NULL,
+                                     cm_utf8_valid (data, size) ? "UTF-8" : NULL,
                                      HTML_PARSE_RECOVER | HTML_PARSE_NOERROR |
                                          HTML_PARSE_NOWARNING | HTML_PARSE_NONET);
     if (!doc) {
@@ -583,11 +538,11 @@ s_extract_pdf (const char *data, size_t size, s_buf_t *text, char **title, char 
         g_object_unref (page);
     }
     char *value = poppler_document_get_title (doc);
-    if (value && *value && s_utf8_valid (value, strlen (value)))
+    if (value && *value && cm_utf8_valid (value, strlen (value)))
         *title = cm_strdup (value);
     g_free (value);
     value = poppler_document_get_author (doc);
-    if (value && *value && s_utf8_valid (value, strlen (value)))
+    if (value && *value && cm_utf8_valid (value, strlen (value)))
         *author = cm_strdup (value);
     g_free (value);
     g_object_unref (doc);

@@ -1,5 +1,6 @@
 /*  ingest_service.c: see ingest_service.h. */
 #include "ingest_service.h"
+#include "cm_utf8.h"
 #include "cm_form.h"
 #include "cm_log.h"
 #include "cm_queue.h"
@@ -161,8 +162,11 @@ ingest_service_routes (void)
 static void
 s_reply_failure (cm_call_t *call, int status, const char *error)
 {
+    //  Errors quote file names and what the extractors said.
+    char *text = cm_utf8_dup (error);
     cm_call_reply_json (call, status,
-                        json_pack ("{s:b, s:s}", "success", 0, "error", error));
+                        json_pack ("{s:b, s:s}", "success", 0, "error", text));
+    free (text);
 }
 
 //  The breaker refused: 503 with Retry-After in whole seconds (at least 1).

@@ -472,6 +472,21 @@ Test (chat_service, chat_errors_before_output)
         call = s_serve ("POST", routes[i], "errors", NULL, "{\"mode\":\"bogus\"}", 0);
         s_assert_abort (call, 400, "Message is empty");
         s_call_free (&call);
+        //  What the error quotes may be cut inside a character, or not be
+        //  UTF-8 at all (a slug from the path): still the 400 abort, once
+        //  500 "The reply could not be encoded.".
+        char body[1024] = "{\"message\":\"hi\",\"mode\":\"";
+        for (int e = 0; e < 300; e++)
+            strcat (body, "\xc3\xa9");
+        strcat (body, "\"}");
+        call = s_serve ("POST", routes[i], "errors", NULL, body, 0);
+        cr_assert_eq (call->status, 400, "%s", call->text);
+        const char *error = json_string_value (json_object_get (call->reply, "error"));
+        cr_assert (error && strstr (error, " is not a valid mode."), "%s", call->text);
+        s_call_free (&call);
+        call = s_serve ("POST", routes[i], "\xff", NULL, "{\"message\":\"hi\"}", 0);
+        s_assert_abort (call, 400, "Workspace ? is not a valid workspace.");
+        s_call_free (&call);
     }
     //  Nothing was saved.
     cm_call_t *call =

@@ -373,6 +373,23 @@ Test (gw_form, other_content_types_refused_with_400)
         cr_assert_eq (post->connects, i == 0 ? 1 : 0);
         s_post_destroy (&post);
     }
+    //  A type that is not UTF-8, or is cut inside a character where the
+    //  message quotes it: still 400 JSON (it once crashed the gateway:
+    //  the reply could not be made JSON).
+    char long_type[256];
+    memset (long_type, 'a', 199);
+    strcpy (long_type + 199, "\xc3\xa9");
+    const char *odd[] = {"text/\xff", long_type};
+    for (size_t i = 0; i < sizeof odd / sizeof *odd; i++) {
+        s_post_t *post = s_post_new (&gateway, S_UPLOAD);
+        post->content_type = odd[i];
+        post->body = "x";
+        post->body_size = 1;
+        post->curl = curl;
+        s_post_perform (post);
+        s_assert_doc_error (post, 400, "multipart/form-data");
+        s_post_destroy (&post);
+    }
     curl_easy_cleanup (curl);
     cr_assert_eq (atomic_load (&ingestd->requests), 0);
     gwh_daemon_destroy (&ingestd);

@@ -307,6 +307,16 @@ Test (gw_keys, revoking_what_is_not_there_is_404)
                    json_string_value (json_object_get (reply, "error")));
         json_decref (reply);
     }
+    //  Not UTF-8, or a character cut by the message's 40 bytes: still a
+    //  reply (a NULL one crashed the gateway).
+    const char *odd[] = {"\xff", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\xc3\xa9"};
+    for (size_t i = 0; i < sizeof odd / sizeof *odd; i++) {
+        json_t *reply = NULL;
+        cr_assert_eq (gw_keys_revoke (keys, odd[i], &reply), 404);
+        const char *error = json_string_value (json_object_get (reply, "error"));
+        cr_assert (error && strstr (error, "does not exist"), "case %zu", i);
+        json_decref (reply);
+    }
     free (secret);
     gw_keys_destroy (&keys);
 }
