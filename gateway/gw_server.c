@@ -539,7 +539,15 @@ s_reply_too_large (gw_server_t *self, struct MHD_Connection *connection,
 //  comes in pieces (off > 0 for all but the first); a new value of a name
 //  that repeats starts a new part. (libmicrohttpd may announce a value
 //  with an empty first piece at off 0 and then send its data at off 0
-//  again: an empty part is continued, not doubled.)
+//  again: an empty part is continued, not doubled, unless what follows
+//  names another file.) A part without a name (no name="..." that
+//  libmicrohttpd can read) refuses the form.
+static bool
+s_same_text (const char *a, const char *b)
+{
+    return a == b || (a && b && !strcmp (a, b));
+}
+
 static enum MHD_Result
 s_form_iterator (void *cls, enum MHD_ValueKind kind, const char *key,
                  const char *filename, const char *content_type,
@@ -549,9 +557,18 @@ s_form_iterator (void *cls, enum MHD_ValueKind kind, const char *key,
     (void) kind;
     (void) transfer_encoding;
     s_request_t *request = cls;
+    if (!key) {
+        free (request->form_error);
+        request->form_error =
+            cm_strdup ("Invalid request: a form part has no name (Content-Disposition: "
+                       "form-data; name=\"...\").");
+        return MHD_NO;
+    }
     size_t count = cm_form_count (request->form);
     const cm_form_part_t *last = count ? cm_form_at (request->form, count - 1) : NULL;
-    bool continues = last && !strcmp (last->name, key) && (off > 0 || last->size == 0);
+    bool continues =
+        last && !strcmp (last->name, key) &&
+        (off > 0 || (last->size == 0 && s_same_text (last->filename, filename)));
     if (continues) {
         cm_form_add (request->form, key, filename, content_type, data, size);
         return MHD_YES;
