@@ -101,7 +101,7 @@ agent_flow_subst (const char *text, const json_t *vars)
         else if (json_is_string (value))
             fits = s_put (&buf, json_string_value (value), json_string_length (value));
         else {
-            char *dumped = json_dumps (value, JSON_COMPACT | JSON_ENCODE_ANY);
+            char *dumped = json_dumps (value, AGENT_FLOW_JSON | JSON_ENCODE_ANY);
             if (dumped)
                 fits = s_put (&buf, dumped, strlen (dumped));
             free (dumped);

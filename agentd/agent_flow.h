@@ -29,6 +29,10 @@ json_t *agent_flow_lookup (const json_t *vars, const char *expr, size_t size);
 //  variable many times must not take all memory.
 #define AGENT_FLOW_MAX_TEXT (16 * 1024 * 1024)
 
+//  How values are written into a step's text: compact, and numbers with 15
+//  significant digits, as the replies are (19.99, not 19.989999999999998).
+#define AGENT_FLOW_JSON (JSON_COMPACT | JSON_REAL_PRECISION (15))
+
 //  text with every `${...}` replaced (see above). New string, caller frees;
 //  NULL when it would be longer than AGENT_FLOW_MAX_TEXT bytes.
 char *agent_flow_subst (const char *text, const json_t *vars);

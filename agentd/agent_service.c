@@ -372,7 +372,7 @@ s_field (s_run_t *run, json_t *config, const char *name)
     if (json_is_string (value))
         text = agent_flow_subst (json_string_value (value), run->vars);
     else if (json_is_object (value) || json_is_array (value)) {
-        char *dumped = json_dumps (value, JSON_COMPACT);
+        char *dumped = json_dumps (value, AGENT_FLOW_JSON);
         text = agent_flow_subst (dumped ? dumped : "", run->vars);
         free (dumped);
     } else

@@ -371,10 +371,10 @@ s_extract_html (const char *data, size_t size, s_buf_t *text, char **title, char
     }
     //  With no charset declared libxml2 assumes Latin-1; bytes that are
     //  valid UTF-8 almost always are UTF-8.
-    htmlDocPtr doc = htmlReadMemory (data, (int) size, NULL,
-                                     cm_utf8_valid (data, size) ? "UTF-8" : NULL,
-                                     HTML_PARSE_RECOVER | HTML_PARSE_NOERROR |
-                                         HTML_PARSE_NOWARNING | HTML_PARSE_NONET);
+    htmlDocPtr doc = htmlReadMemory (
+        data, (int) size, NULL, cm_utf8_valid (data, size) ? "UTF-8" : NULL,
+        HTML_PARSE_RECOVER | HTML_PARSE_NOERROR | HTML_PARSE_NOWARNING |
+            HTML_PARSE_NONET | XML_PARSE_HUGE); //  past 256 levels deep
     if (!doc) {
         snprintf (err, errlen, "the HTML cannot be parsed");
         return INGEST_EXTRACT_UNPROCESSABLE;

@@ -31,6 +31,13 @@ Test (agent_flow, substitutes_strings_numbers_paths_and_objects)
     s_expect_subst ("${user.items[0]}", "{\"id\":\"a1\"}");
     s_expect_subst ("no refs", "no refs");
     s_expect_subst ("", "");
+    //  Numbers as JavaScript writes them, not to 17 digits (19.99 went
+    //  out as 19.989999999999998), alone and inside an object.
+    json_t *vars = json_pack ("{s:f, s:{s:f}}", "price", 19.99, "cart", "tax", 0.1);
+    char *out = agent_flow_subst ("p=${price} c=${cart}", vars);
+    cr_assert_str_eq (out, "p=19.99 c={\"tax\":0.1}");
+    free (out);
+    json_decref (vars);
 }
 
 Test (agent_flow, leaves_unknown_references_as_written)

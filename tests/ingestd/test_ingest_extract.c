@@ -262,6 +262,26 @@ Test (ingest_extract, html_with_a_broken_entity_still_gives_utf8)
     ingest_doc_clear (&doc);
 }
 
+Test (ingest_extract, deeply_nested_html_keeps_all_its_text)
+{
+    //  libxml2 stops at 256 levels unless told otherwise: everything after
+    //  the deep point was lost, with a 200.
+    static char html[16384];
+    strcpy (html, "<html><body><p>before text</p>");
+    for (int i = 0; i < 1000; i++)
+        strcat (html, "<div>");
+    strcat (html, "deepword kiwi");
+    for (int i = 0; i < 1000; i++)
+        strcat (html, "</div>");
+    strcat (html, "<p>after bird</p></body></html>");
+    ingest_doc_t doc;
+    s_extract_ok ("deep.html", NULL, html, &doc);
+    cr_assert (strstr (doc.text, "before text"), "%s", doc.text);
+    cr_assert (strstr (doc.text, "deepword kiwi"), "%s", doc.text);
+    cr_assert (strstr (doc.text, "after bird"), "%s", doc.text);
+    ingest_doc_clear (&doc);
+}
+
 Test (ingest_extract, csv_rows_as_lines)
 {
     ingest_doc_t doc;
