@@ -186,15 +186,20 @@ static const char s_fail_lua[] =
               "trim ('failed', tonumber (ARGV[8]), 0, now)\n"
               "return 2\n";
 
-//  ARGV: P, W, id, attempt. Back to the front of wait, the attempt not
-//  counted. Returns 1, or 0 lost.
+//  ARGV: P, W, id, attempt, delay_ms. Back to the front of wait (or to
+//  delayed, due in delay_ms), the attempt not counted. Returns 1, or 0 lost.
 static const char s_release_lua[] =
     S_PRELUDE "local W, id = ARGV[2], ARGV[3]\n"
               "if not held (W, id, tonumber (ARGV[4])) then return 0 end\n"
               "release (W, id)\n"
               "redis.call ('HINCRBY', P .. 'job:' .. id, 'attemptsMade', -1)\n"
               "redis.call ('HDEL', P .. 'job:' .. id, 'worker')\n"
-              "redis.call ('RPUSH', P .. 'wait', id)\n"
+              "local delay = tonumber (ARGV[5])\n"
+              "if delay > 0 then\n"
+              "  redis.call ('ZADD', P .. 'delayed', now_ms () + delay, id)\n"
+              "else\n"
+              "  redis.call ('RPUSH', P .. 'wait', id)\n"
+              "end\n"
               "return 1\n";
 
 //  ARGV: P, keep_completed, keep_completed_ms, keep_failed, forget_ms,
@@ -550,14 +555,15 @@ cm_jobs_fail (cm_jobs_t *self, cm_job_t **job_p, const char *reason, bool retry)
 }
 
 int
-cm_jobs_release (cm_jobs_t *self, cm_job_t **job_p)
+cm_jobs_release (cm_jobs_t *self, cm_job_t **job_p, int64_t delay_ms)
 {
     assert (self && job_p && *job_p);
     cm_job_t *job = *job_p;
-    char attempt[24];
+    char attempt[24], delay[24];
     snprintf (attempt, sizeof attempt, "%d", job->attempt);
-    const char *argv[] = {self->prefix, self->worker, job->id, attempt};
-    long long answer = s_eval_integer (self, S_RELEASE, 4, argv);
+    snprintf (delay, sizeof delay, "%lld", (long long) (delay_ms > 0 ? delay_ms : 0));
+    const char *argv[] = {self->prefix, self->worker, job->id, attempt, delay};
+    long long answer = s_eval_integer (self, S_RELEASE, 5, argv);
     cm_job_destroy (job_p);
     return answer < 0 ? CM_JOBS_ERROR : answer ? CM_JOBS_OK : CM_JOBS_LOST;
 }

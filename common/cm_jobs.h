@@ -147,10 +147,11 @@ int cm_jobs_complete (cm_jobs_t *self, cm_job_t **job_p);
 //  Also CM_JOBS_LOST, CM_JOBS_ERROR.
 int cm_jobs_fail (cm_jobs_t *self, cm_job_t **job_p, const char *reason, bool retry);
 
-//  Give a held job back without counting the attempt (shutting down):
-//  it goes to the front of the wait list. Takes the job. CM_JOBS_OK,
-//  CM_JOBS_LOST, CM_JOBS_ERROR.
-int cm_jobs_release (cm_jobs_t *self, cm_job_t **job_p);
+//  Give a held job back without counting the attempt (shutting down, or
+//  the database failed: not the job's fault): it goes to the front of the
+//  wait list, or with delay_ms > 0 to the delayed set, due then. Takes the
+//  job. CM_JOBS_OK, CM_JOBS_LOST, CM_JOBS_ERROR.
+int cm_jobs_release (cm_jobs_t *self, cm_job_t **job_p, int64_t delay_ms);
 
 typedef struct {
     int promoted; //  delayed jobs that fell due

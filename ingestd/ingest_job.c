@@ -71,7 +71,7 @@ ingest_job_run (const ingest_job_context_t *context, cm_storage_t *storage,
     if (cm_storage_job_update (storage, job_id, "active", attempt, -1, -1, "", NULL) !=
         CM_STORAGE_OK) {
         snprintf (err, errlen, "job %s: %s", job_id, cm_storage_errmsg (storage));
-        return INGEST_JOB_RETRY;
+        return INGEST_JOB_STORAGE;
     }
     json_t *document = NULL;
     cm_storage_status_t status =
@@ -80,7 +80,7 @@ ingest_job_run (const ingest_job_context_t *context, cm_storage_t *storage,
         return s_stop (storage, job_id, INGEST_JOB_FATAL, err, errlen,
                        "Document %s does not exist (any more).", location);
     if (status != CM_STORAGE_OK)
-        return s_stop (storage, job_id, INGEST_JOB_RETRY, err, errlen,
+        return s_stop (storage, job_id, INGEST_JOB_STORAGE, err, errlen,
                        "The database could not be read: %s", cm_storage_errmsg (storage));
     int64_t document_id = json_integer_value (json_object_get (document, "id"));
     const char *text = json_string_value (json_object_get (document, "pageContent"));
@@ -119,10 +119,12 @@ ingest_job_run (const ingest_job_context_t *context, cm_storage_t *storage,
                 "The %s circuit is open: the embedder is failing (retry in %lld ms).",
                 cm_breaker_name (context->breaker), (long long) retry_ms);
         size_t stored = 0;
+        bool unstored = false;
         if (embedded == CM_EMBED_OK &&
             cm_storage_chunks_put (storage, document_id, (int64_t) done, count, texts,
                                    vectors, dim, &stored) != CM_STORAGE_OK) {
             embedded = CM_EMBED_UPSTREAM;
+            unstored = true;
             snprintf (reason, sizeof reason, "Chunks could not be stored: %s",
                       cm_storage_errmsg (storage));
         }
@@ -131,7 +133,8 @@ ingest_job_run (const ingest_job_context_t *context, cm_storage_t *storage,
             free ((char *) texts[i]);
         if (embedded != CM_EMBED_OK) {
             result = s_stop (storage, job_id,
-                             embedded == CM_EMBED_REQUEST     ? INGEST_JOB_FATAL
+                             unstored                         ? INGEST_JOB_STORAGE
+                             : embedded == CM_EMBED_REQUEST   ? INGEST_JOB_FATAL
                              : embedded == CM_EMBED_CANCELLED ? INGEST_JOB_CANCELLED
                                                               : INGEST_JOB_RETRY,
                              err, errlen, "%s", reason);
@@ -153,7 +156,7 @@ ingest_job_run (const ingest_job_context_t *context, cm_storage_t *storage,
                                    (int64_t) total, "", NULL) != CM_STORAGE_OK) {
             snprintf (err, errlen, "The result could not be recorded: %s",
                       cm_storage_errmsg (storage));
-            result = INGEST_JOB_RETRY;
+            result = INGEST_JOB_STORAGE;
         }
     }
     free (texts);

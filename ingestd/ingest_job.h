@@ -44,6 +44,9 @@ typedef enum {
     INGEST_JOB_FATAL = 2,     //  will never succeed (no such document, the upstream
                               //  refused the request): no retry
     INGEST_JOB_CANCELLED = 3, //  stopped by the caller's hook
+    INGEST_JOB_STORAGE = 4,   //  the database failed (full, unwritable, busy): not
+                              //  the job's fault; worth a retry once it works,
+                              //  without using up an attempt
 } ingest_job_result_t;
 
 //  Hooks of a run. cancelled is asked before every batch and during

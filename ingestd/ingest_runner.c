@@ -220,7 +220,7 @@ s_run (ingest_runner_t *self, cm_jobs_t *jobs, cm_job_t *job)
     cm_storage_t *storage = cm_storage_pool_acquire (self->pool);
     if (!storage) {
         //  The database cannot be opened here: give the job back for now.
-        cm_jobs_release (jobs, &job);
+        cm_jobs_release (jobs, &job, S_BACKOFF_MAX_MS);
         json_decref (data);
         s_pause (self, S_BACKOFF_MAX_MS);
         return;
@@ -266,10 +266,22 @@ s_run (ingest_runner_t *self, cm_jobs_t *jobs, cm_job_t *job)
                     cm_storage_job_update (storage, id, "queued", -1, -1, -1, NULL, NULL);
             }
             break;
+        case INGEST_JOB_STORAGE:
+            //  Not the job's fault (the disk is full, the file unwritable):
+            //  it waits for the database without using up its attempts, or
+            //  an outage longer than its back-offs would fail it for good.
+            rc = cm_jobs_release (jobs, &job, S_BACKOFF_MAX_MS);
+            cm_storage_job_update (storage, id, "queued", -1, -1, -1, NULL, NULL);
+            s_count (self->outcome[3]);
+            cm_warn ("job %s: the database failed, trying again in %d ms (the attempt "
+                     "is not counted): %s",
+                     id, S_BACKOFF_MAX_MS, err);
+            s_pause (self, S_BACKOFF_MAX_MS);
+            break;
         case INGEST_JOB_CANCELLED:
         default:
             if (atomic_load (&self->stopping)) {
-                rc = cm_jobs_release (jobs, &job);
+                rc = cm_jobs_release (jobs, &job, 0);
                 cm_storage_job_update (storage, id, "queued", -1, -1, -1, NULL, NULL);
                 s_count (self->outcome[3]);
             }

@@ -232,7 +232,7 @@ Test (cm_jobs, renew_extends_the_lease)
     cr_assert_gt (after, before);
     //  A lease that is still running is never taken away.
     cr_assert_eq (cm_jobs_maintain (jobs, NULL), 0);
-    cr_assert_eq (cm_jobs_release (jobs, &job), CM_JOBS_OK);
+    cr_assert_eq (cm_jobs_release (jobs, &job, 0), CM_JOBS_OK);
     cm_jobs_destroy (&jobs);
     test_redis_remove (&redis);
 }
@@ -420,7 +420,7 @@ Test (cm_jobs, release_does_not_count_the_attempt)
     cm_job_t *job = NULL;
     cr_assert_eq (cm_jobs_take (jobs, 0, &job), 1);
     cr_assert_str_eq (job->id, "first");
-    cr_assert_eq (cm_jobs_release (jobs, &job), CM_JOBS_OK);
+    cr_assert_eq (cm_jobs_release (jobs, &job, 0), CM_JOBS_OK);
     s_assert_counts (jobs, 2, 0, 0, 0, 0);
     //  Back at the front, still at its first attempt.
     cr_assert_eq (cm_jobs_take (jobs, 0, &job), 1);
