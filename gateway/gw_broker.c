@@ -11,14 +11,15 @@
 #include <stdatomic.h>
 
 typedef struct {
-    char *id;          //  routing id == instance id
-    char *service;     //  service it serves
-    uint32_t capacity; //  slots it announced
-    int64_t inflight;  //  requests we sent that have not ended
-    int64_t last_seen; //  mono ms of the last frame from it
-    uint32_t reported; //  free slots it last reported
-    bool draining;     //  said DISCONNECT: no new work
-    uint64_t served;   //  requests sent to it
+    char *id;               //  routing id == instance id
+    char *service;          //  service it serves
+    uint32_t capacity;      //  slots it announced
+    int64_t inflight;       //  requests we sent that have not ended
+    int64_t last_seen;      //  mono ms of the last frame from it
+    uint32_t reported;      //  free slots it last reported
+    bool draining;          //  said DISCONNECT: no new work
+    int64_t unreachable_at; //  mono ms of the first failed probe in a row (0: none)
+    uint64_t served;        //  requests sent to it
 } s_instance_t;
 
 typedef struct {
@@ -50,6 +51,9 @@ struct gw_broker_s {
     zsock_t *router;           //  backend socket (broker thread only)
     cm_monitor_t *monitor;     //  its closed connections, or NULL
     int64_t probe_until;       //  mono ms: look for closed instances until then
+    int64_t last_tick;         //  mono ms of the last tick (0: none yet)
+    int64_t unroutable_logged; //  mono ms of the last "cannot send" warning
+    uint64_t unroutable_quiet; //  such warnings left out since
     cm_mailbox_t *inbox;       //  commands from HTTP threads
     pthread_t thread;          //  the broker thread
     atomic_bool stop;          //  tell the thread to finish
@@ -241,8 +245,17 @@ s_send_to (gw_broker_t *self, const char *id, cm_msg_t *msg, bool quiet)
         return -1;
     if (rc < 0) {
         self->unroutable++;
-        cm_warn ("cannot send %s to %s: %s", cm_msg_type_name (cm_msg_type (msg)), id,
-                 zmq_strerror (zmq_errno ()));
+        //  One line a second at most: after a stall hundreds may fail at once.
+        int64_t now = cm_clock_mono_ms ();
+        if (now - self->unroutable_logged >= 1000) {
+            cm_warn ("cannot send %s to %s: %s (%llu more since the last such line)",
+                     cm_msg_type_name (cm_msg_type (msg)), id,
+                     zmq_strerror (zmq_errno ()),
+                     (unsigned long long) self->unroutable_quiet);
+            self->unroutable_logged = now;
+            self->unroutable_quiet = 0;
+        } else
+            self->unroutable_quiet++;
         return -1;
     }
     return 0;
@@ -739,16 +752,26 @@ s_reap_gone_clients (gw_broker_t *self)
 //  resent or answered now. Every heartbeat is such a probe, and so is every
 //  tick for a while after the monitor saw a connection close: libzmq drops
 //  the peer a moment after it reports the close.
+//  An instance is given up once probes have failed for this long: a daemon
+//  that only reconnects (its connection broke while this gateway stood
+//  still) is back on a new connection by then; a dead one is not.
+#define S_UNREACHABLE_MS 50
+
 static void
 s_probe (gw_broker_t *self)
 {
+    int64_t now = cm_clock_mono_ms ();
     zlistx_t *keys = zhashx_keys (self->instances);
     for (char *id = zlistx_first (keys); id; id = zlistx_next (keys)) {
         s_instance_t *instance = zhashx_lookup (self->instances, id);
         if (!instance)
             continue; //  (removed meanwhile: a retry found it unreachable)
         cm_msg_t *hb = cm_msg_new (CM_MSG_HEARTBEAT);
-        if (s_send_to (self, id, hb, true) < 0) {
+        if (s_send_to (self, id, hb, true) == 0)
+            instance->unreachable_at = 0;
+        else if (!instance->unreachable_at)
+            instance->unreachable_at = now;
+        else if (now - instance->unreachable_at >= S_UNREACHABLE_MS) {
             self->disconnected_instances++;
             s_instance_remove (self, instance, S_CONNECTION_CLOSED);
         }
@@ -757,9 +780,30 @@ s_probe (gw_broker_t *self)
     zlistx_destroy (&keys);
 }
 
+//  The broker itself stood still (the process was stopped, the VM
+//  stalled, the machine starved): its instances' silence meanwhile is
+//  its own, not theirs. Each keeps the age it had at the last tick, and
+//  the frames that waited in the socket are read before anyone expires.
+static void
+s_after_stall (gw_broker_t *self, int64_t now, int64_t gap)
+{
+    cm_warn ("the gateway's broker stood still for %lld ms; its instances are not "
+             "blamed for the silence",
+             (long long) gap);
+    for (s_instance_t *i = zhashx_first (self->instances); i;
+         i = zhashx_next (self->instances))
+        if (i->last_seen <= now - gap)
+            i->last_seen += gap;
+    s_receive (self);
+}
+
 static void
 s_tick (gw_broker_t *self, int64_t now, bool beat)
 {
+    //  Ticks come every 100 ms at most; a gap of a heartbeat is a stall.
+    if (self->last_tick && now - self->last_tick > self->config.heartbeat_ms)
+        s_after_stall (self, now, now - self->last_tick);
+    self->last_tick = now;
     s_reap_gone_clients (self);
     //  Waits for an instance end before the deadline (503, not 504).
     s_expire_waiting (self, now);

@@ -363,6 +363,49 @@ Test (suite, a_stream_cut_short_by_a_drain_ends_with_an_abort_event, .timeout = 
     it_suite_stop (&s_suite);
 }
 
+Test (suite, a_gateway_that_stood_still_blames_no_instance, .timeout = 90)
+{
+    //  The gateway frozen for 5 s (longer than its patience with a silent
+    //  instance, 3 s) in the middle of a stream: when it runs again the
+    //  silence was its own. The stream goes on to its end; no instance is
+    //  given up.
+    const char *extra[] = {"BUILTIN_LLM_TOKEN_DELAY_MS=100", NULL};
+    it_suite_start (&s_suite, extra);
+    s_create_workspace ("Frozen");
+    it_stream_t stream;
+    s_stream_init (&stream, "/api/v1/workspace/frozen/stream-chat");
+    pthread_t thread;
+    pthread_create (&thread, NULL, it_stream_run, &stream);
+    cr_assert (it_wait (it_stream_started, &stream, 10000), "the stream never started");
+    pid_t gateway[2];
+    cr_assert_eq (it_children (s_suite.supervisor, "gateway", gateway, 2), 1);
+    kill (gateway[0], SIGSTOP);
+    sleep (5);
+    kill (gateway[0], SIGCONT);
+    cr_assert (it_wait (it_stream_done, &stream, 60000), "the stream never ended");
+    pthread_join (thread, NULL);
+    cr_assert_eq (stream.result, CURLE_OK, "transport error %d", stream.result);
+    json_t *events = it_events (stream.data);
+    json_t *last = json_array_get (events, json_array_size (events) - 1);
+    cr_assert_str_eq (s_type (last), "finalizeResponseStream", "%s", stream.data);
+    for (size_t i = 0; i < json_array_size (events); i++)
+        cr_assert_str_neq (s_type (json_array_get (events, i)), "abort", "%s",
+                           stream.data);
+    json_decref (events);
+    it_stream_free (&stream);
+    char url[256];
+    it_url (&s_suite, url, sizeof url, "/api/health");
+    it_response_t r;
+    it_http ("GET", url, NULL, false, &r);
+    json_t *health = it_json (&r);
+    json_t *broker = json_object_get (health, "broker");
+    cr_assert_eq (json_integer_value (json_object_get (broker, "expired_instances")), 0,
+                  "%s", r.body);
+    json_decref (health);
+    it_response_free (&r);
+    it_suite_stop (&s_suite);
+}
+
 Test (suite, sigterm_stops_every_child_within_the_grace_period, .timeout = 90)
 {
     it_suite_start (&s_suite, NULL);
