@@ -1028,7 +1028,16 @@ s_retrieve (s_turn_t *turn)
         cm_utf8_fix (error);
         if (turn->openai)
             s_reply_json (turn->call, 500, s_openai_error (error, false, NULL));
-        else
+        else if (turn->streaming) {
+            //  A failure after validation, streamed: the abort event, then
+            //  the finalize event (API.md), as for a provider that fails.
+            s_send_event (turn->call,
+                          json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "uuid",
+                                     turn->uuid, "type", "abort", "textResponse",
+                                     "sources", "close", 1, "error", error));
+            s_finalize (turn, -1, NULL);
+            cm_call_stream_end (turn->call);
+        } else
             s_reply_json (turn->call, 200,
                           json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "id", turn->uuid,
                                      "type", "abort", "textResponse", "sources", "close",

@@ -1434,6 +1434,40 @@ s_breaker_open (void *arg)
     return status == 200 && open >= 1;
 }
 
+Test (ingest, a_stream_chat_whose_search_embedding_fails_streams_the_abort,
+      .timeout = 180)
+{
+    //  A workspace with a document; then the embedder fails, so the
+    //  message cannot be embedded to find sources: stream-chat must say so
+    //  as a stream (abort, then finalize), not as one JSON object.
+    s_start (NULL, true);
+    it_create_workspace (&s_suite, "{\"name\":\"Cut\"}");
+    json_t *raw =
+        s_raw_text ("Heron facts", "The grey heron stands still in the shallows.", "cut");
+    json_decref (s_wait_completed (raw, 60000));
+    json_decref (raw);
+    fake_llm_control (&s_fake, "{\"embed_mode\":\"fail500\",\"reset\":true}");
+    char url[256];
+    it_url (&s_suite, url, sizeof url, "/api/v1/workspace/cut/stream-chat");
+    it_stream_t stream;
+    it_stream_init (&stream, url, "{\"message\":\"where does the heron stand\"}", 0);
+    it_stream_run (&stream);
+    cr_assert_eq (stream.status, 200, "%s", stream.data);
+    cr_assert (!strncmp (stream.data, "data: ", 6), "not SSE: %s", stream.data);
+    json_t *events = it_events (stream.data);
+    cr_assert_eq (json_array_size (events), 2, "%s", stream.data);
+    json_t *abort_event = json_array_get (events, 0);
+    cr_assert_str_eq (it_str (abort_event, "type"), "abort", "%s", stream.data);
+    cr_assert_not_null (it_str (abort_event, "uuid"), "%s", stream.data);
+    cr_assert (strstr (it_str (abort_event, "error"), "could not be embedded"), "%s",
+               stream.data);
+    cr_assert_str_eq (it_str (json_array_get (events, 1), "type"),
+                      "finalizeResponseStream", "%s", stream.data);
+    json_decref (events);
+    it_stream_free (&stream);
+    s_stop ();
+}
+
 Test (ingest, an_upstream_always_failing_ends_failed_and_opens_the_breaker,
       .timeout = 180)
 {
