@@ -871,6 +871,10 @@ s_completed (void *cls, struct MHD_Connection *connection, void **con_cls,
         const union MHD_ConnectionInfo *info =
             MHD_get_connection_info (connection, MHD_CONNECTION_INFO_HTTP_STATUS);
         unsigned status = info ? info->http_status : 0;
+        //  499 is how the broker ends a request whose client left while
+        //  it waited: nobody received it.
+        if (status == 499)
+            status = 0;
         gw_metrics_class_t route_class = gw_metrics_class (request->route);
         if (request->complete_us)
             gw_metrics_end (self->observer, route_class, status,

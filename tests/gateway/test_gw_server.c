@@ -793,6 +793,19 @@ Test (gw_server, client_leaving_a_silent_request_cancels_at_the_daemon)
     cm_msg_destroy (&cancel);
     cm_msg_destroy (&request);
     gwh_call_destroy (&call);
+    //  Counted as a request without a response ("none"), not as the 499
+    //  the broker ends it with internally.
+    int64_t until = cm_clock_mono_ms () + GWH_WAIT_MS;
+    json_t *metrics = NULL;
+    do {
+        json_decref (metrics);
+        gwh_sleep_ms (10);
+        metrics = gwh_get_json (&gateway, "/api/metrics");
+    } while (!gwh_json_at (metrics, "gateway.requests.chat.none") &&
+             cm_clock_mono_ms () < until);
+    cr_assert_eq (gwh_json_int (metrics, "gateway.requests.chat.none"), 1);
+    cr_assert_null (gwh_json_at (metrics, "gateway.requests.chat.4xx"));
+    json_decref (metrics);
 
     //  A stream whose daemon pauses between tokens: the client hangs up on
     //  the first chunk and the daemon writes nothing more.
