@@ -170,3 +170,37 @@ cm_exec_with_tunables (char **argv, const char *tunables)
     //  No /proc (or exec refused): go on with the defaults.
     unsetenv ("GLIBC_TUNABLES");
 }
+
+static int
+s_hex (char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+//  len bytes of s with %XX escapes decoded (a broken one stays as it is);
+//  in a query string '+' is a space, in a path it is itself. The decoded
+//  length goes to *size_p when it is not NULL (a %00 makes it differ from
+//  strlen).
+char *
+cm_percent_decode (const char *s, size_t len, bool plus_is_space, size_t *size_p)
+{
+    char *out = cm_malloc (len + 1), *o = out;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '%' && i + 2 < len && s_hex (s[i + 1]) >= 0 &&
+            s_hex (s[i + 2]) >= 0) {
+            *o++ = (char) (s_hex (s[i + 1]) * 16 + s_hex (s[i + 2]));
+            i += 2;
+        } else
+            *o++ = plus_is_space && s[i] == '+' ? ' ' : s[i];
+    }
+    *o = 0;
+    if (size_p)
+        *size_p = (size_t) (o - out);
+    return out;
+}

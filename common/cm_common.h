@@ -26,6 +26,11 @@ void *cm_calloc (size_t count, size_t size);
 void *cm_realloc (void *ptr, size_t size);
 char *cm_strdup (const char *s);
 char *cm_strndup (const char *s, size_t n);
+//  len bytes of s with %XX escapes decoded (a broken one stays as it is);
+//  in a query string (plus_is_space) '+' is a space, in a path it is
+//  itself. The decoded length goes to *size_p when not NULL (a %00 makes it
+//  differ from strlen). The caller frees the result.
+char *cm_percent_decode (const char *s, size_t len, bool plus_is_space, size_t *size_p);
 
 //  Wall-clock milliseconds since the epoch (deadlines that cross processes).
 int64_t cm_clock_wall_ms (void);

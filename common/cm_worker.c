@@ -329,8 +329,6 @@ s_connect (cm_worker_t *self)
 //  stays one segment "a/b"), and one trailing slash is allowed. A value
 //  that decodes to a NUL byte matches nothing (it would cut the string).
 static void s_call_params_clear (cm_call_t *call);
-static char *s_percent_decode (const char *s, size_t len, bool plus_is_space,
-                               size_t *size_p);
 
 static bool
 s_route_match (const char *pattern, const char *path, cm_call_t *call)
@@ -346,7 +344,7 @@ s_route_match (const char *pattern, const char *path, cm_call_t *call)
             if (len == 0 || call->param_count == S_MAX_PARAMS)
                 return false;
             size_t size;
-            char *value = s_percent_decode (s, len, false, &size);
+            char *value = cm_percent_decode (s, len, false, &size);
             if (strlen (value) != size) {
                 free (value);
                 return false;
@@ -762,40 +760,6 @@ cm_call_param (cm_call_t *self, const char *name)
     return NULL;
 }
 
-static int
-s_hex (char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-//  len bytes of s with %XX escapes decoded (a broken one stays as it is);
-//  in a query string '+' is a space, in a path it is itself. The decoded
-//  length goes to *size_p when it is not NULL (a %00 makes it differ from
-//  strlen).
-static char *
-s_percent_decode (const char *s, size_t len, bool plus_is_space, size_t *size_p)
-{
-    char *out = cm_malloc (len + 1), *o = out;
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] == '%' && i + 2 < len && s_hex (s[i + 1]) >= 0 &&
-            s_hex (s[i + 2]) >= 0) {
-            *o++ = (char) (s_hex (s[i + 1]) * 16 + s_hex (s[i + 2]));
-            i += 2;
-        } else
-            *o++ = plus_is_space && s[i] == '+' ? ' ' : s[i];
-    }
-    *o = 0;
-    if (size_p)
-        *size_p = (size_t) (o - out);
-    return out;
-}
-
 const char *
 cm_call_query (cm_call_t *self, const char *name)
 {
@@ -809,9 +773,9 @@ cm_call_query (cm_call_t *self, const char *name)
             const char *end = strchr (q, '&');
             size_t len = end ? (size_t) (end - q) : strlen (q);
             const char *eq = memchr (q, '=', len);
-            char *key = s_percent_decode (q, eq ? (size_t) (eq - q) : len, true, NULL);
+            char *key = cm_percent_decode (q, eq ? (size_t) (eq - q) : len, true, NULL);
             char *value =
-                eq ? s_percent_decode (eq + 1, len - (size_t) (eq - q) - 1, true, NULL)
+                eq ? cm_percent_decode (eq + 1, len - (size_t) (eq - q) - 1, true, NULL)
                    : cm_strdup ("");
             if (*key && !zhash_lookup (self->query, key))
                 zhash_insert (self->query, key, value);

@@ -287,7 +287,12 @@ s_keys (gw_server_t *self, struct MHD_Connection *connection, s_request_t *reque
         if (length > 1 && path[length - 1] == '/')
             path[length - 1] = 0;
         const char *slash = strrchr (path, '/');
-        status = gw_keys_revoke (self->keys, slash ? slash + 1 : "", &reply);
+        //  Decoded, as every route parameter is (docs/api.md).
+        const char *raw = slash ? slash + 1 : "";
+        size_t size;
+        char *id = cm_percent_decode (raw, strlen (raw), false, &size);
+        status = gw_keys_revoke (self->keys, strlen (id) == size ? id : "", &reply);
+        free (id);
         free (path);
     }
     return s_reply_json (connection, (unsigned) status, reply, status == 503 ? "1" : NULL,
