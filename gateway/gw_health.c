@@ -3,8 +3,15 @@
 #include "cm_log.h"
 #include "cm_redis.h"
 #include "cm_storage.h"
+#include <limits.h>
 #include <pthread.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
+
+//  Below this much free space where the database lives, writes fail (or
+//  soon will): the database is reported down.
+#define S_MIN_FREE_BYTES (1024 * 1024)
 
 typedef struct {
     const char *status; //  "unknown", "ok", "down" (static strings)
@@ -24,6 +31,9 @@ struct gw_health_s {
     s_check_t database;       //  last database check
     s_check_t redis;          //  last Redis check
     cm_storage_t *storage;    //  checker thread's connection, kept open
+    bool identified;          //  dev/ino below are known
+    dev_t dev;                //  the database file first opened...
+    ino_t ino;                //  ...which must stay the one at its path
     redisContext *redis_conn; //  checker thread's connection, reopened on error
 };
 
@@ -138,6 +148,49 @@ s_publish (gw_health_t *self, s_check_t *check, const char *what, bool ok,
     }
 }
 
+//  What a connection that works does not show: the file deleted or
+//  replaced under the running suite (its processes go on writing to a file
+//  nobody will open again, and a restarted one would start an empty
+//  database beside it), or no room left to write. False with err set.
+static bool
+s_check_database_file (gw_health_t *self, char *err, size_t errlen)
+{
+    char path[PATH_MAX];
+    snprintf (path, sizeof path, "%s/%s", self->storage_dir, CM_STORAGE_FILE);
+    struct stat st;
+    if (stat (path, &st)) {
+        snprintf (err, errlen,
+                  "the database file %.300s was removed while the suite uses it: restart "
+                  "the suite",
+                  path);
+        return false;
+    }
+    if (!self->identified) {
+        self->identified = true;
+        self->dev = st.st_dev;
+        self->ino = st.st_ino;
+    } else if (st.st_dev != self->dev || st.st_ino != self->ino) {
+        snprintf (err, errlen,
+                  "the database file %.300s was replaced while the suite uses it (its "
+                  "processes still have the old one): restart the suite",
+                  path);
+        return false;
+    }
+    struct statvfs fs;
+    if (statvfs (self->storage_dir, &fs) == 0) {
+        unsigned long long free_bytes =
+            (unsigned long long) fs.f_bavail * (unsigned long long) fs.f_frsize;
+        if (free_bytes < S_MIN_FREE_BYTES) {
+            snprintf (err, errlen,
+                      "the file system of %.300s is full (%llu bytes free): the database "
+                      "cannot be written",
+                      self->storage_dir, free_bytes);
+            return false;
+        }
+    }
+    return true;
+}
+
 static void
 s_check_database (gw_health_t *self)
 {
@@ -149,6 +202,8 @@ s_check_database (gw_health_t *self)
         snprintf (err, sizeof err, "%s", cm_storage_errmsg (self->storage));
         cm_storage_destroy (&self->storage);
     }
+    if (ok)
+        ok = s_check_database_file (self, err, sizeof err);
     s_publish (self, &self->database, "the database", ok, err);
 }
 
