@@ -44,24 +44,6 @@ static const cm_conf_entry_t s_config[] = {
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
-//  Every few seconds, give freed heap pages back to the kernel. Thousands
-//  of stream handlers start at once, each freeing its set-up's blocks
-//  while its stream goes on; glibc keeps those pages (free, but resident)
-//  until the top of an arena is free, which with long streams is rarely.
-//  malloc_trim also returns whole free pages inside the arenas.
-#define S_TRIM_INTERVAL_S 2
-
-static void *
-s_trimmer (void *arg)
-{
-    (void) arg;
-    while (true) {
-        sleep (S_TRIM_INTERVAL_S);
-        malloc_trim (0);
-    }
-    return NULL;
-}
-
 int
 main (int argc, char **argv)
 {
@@ -124,9 +106,9 @@ main (int argc, char **argv)
     chat_service_set_embedder (service, &embedder);
     cm_vsearch_set_max_bytes (chat_service_vsearch (service),
                               (size_t) settings.vector_cache_bytes);
-    pthread_t trimmer;
-    if (pthread_create (&trimmer, NULL, s_trimmer, NULL) == 0)
-        pthread_detach (trimmer);
+    //  Thousands of stream handlers start at once, each freeing its
+    //  set-up's blocks while its stream goes on: give those pages back.
+    cm_heap_trim_every (2);
     //  The daemon's registry: the worker reports it with its own series.
     metrics = cm_metrics_new ();
     cm_breaker_attach_metrics (chat_service_breaker (service), metrics);

@@ -1,5 +1,7 @@
 /*  cm_common.c: allocation that aborts on failure, clocks, --help/--version. */
 #include "cm_common.h"
+#include <stdint.h>
+#include <malloc.h>
 #include "cm_config.h"
 #include <pthread.h>
 #include <sodium.h>
@@ -203,4 +205,23 @@ cm_percent_decode (const char *s, size_t len, bool plus_is_space, size_t *size_p
     if (size_p)
         *size_p = (size_t) (o - out);
     return out;
+}
+
+static void *
+s_trimmer (void *arg)
+{
+    unsigned seconds = (unsigned) (uintptr_t) arg;
+    while (true) {
+        sleep (seconds);
+        malloc_trim (0);
+    }
+    return NULL;
+}
+
+void
+cm_heap_trim_every (unsigned seconds)
+{
+    pthread_t thread;
+    if (pthread_create (&thread, NULL, s_trimmer, (void *) (uintptr_t) seconds) == 0)
+        pthread_detach (thread);
 }

@@ -32,6 +32,13 @@ char *cm_strndup (const char *s, size_t n);
 //  differ from strlen). The caller frees the result.
 char *cm_percent_decode (const char *s, size_t len, bool plus_is_space, size_t *size_p);
 
+//  Start a thread that gives freed heap pages back to the kernel every
+//  `seconds` (malloc_trim). glibc keeps freed memory resident until the top
+//  of an arena is free, which with long-lived blocks beside it is rarely:
+//  without this, a daemon stays at its peak (chatd after thousands of
+//  streams, ingestd after large uploads).
+void cm_heap_trim_every (unsigned seconds);
+
 //  Wall-clock milliseconds since the epoch (deadlines that cross processes).
 int64_t cm_clock_wall_ms (void);
 //  Monotonic milliseconds (timeouts inside one process).
