@@ -13,6 +13,7 @@
 #include "cm_msg.h"
 #include "cm_queue.h"
 #include "cm_reporter.h"
+#include <ctype.h>
 #include <czmq.h>
 #include <pthread.h>
 #include <signal.h>
@@ -355,8 +356,8 @@ s_route_match (const char *pattern, const char *path, cm_call_t *call)
             call->param_count++;
             p = close + 1;
             s += len;
-        } else if (*p++ != *s++)
-            return false;
+        } else if (tolower ((unsigned char) *p++) != tolower ((unsigned char) *s++))
+            return false; //  literal segments ignore case, as Express's do
     }
     return *p == 0 && (*s == 0 || (s[0] == '/' && s[1] == 0));
 }

@@ -1217,6 +1217,9 @@ Test (cm_worker, route_match_params_and_segments)
     cr_assert_not (cm_route_match ("/a/{x}", "/a/7/8"));
     cr_assert_not (cm_route_match ("/a/{x}/b", "/a//b"));
     cr_assert_not (cm_route_match ("/a/{x}/b", "/a/7/c"));
+    //  Literal segments ignore case, as Express's routes do by default.
+    cr_assert (cm_route_match ("/api/v1/workspaces", "/API/V1/Workspaces"));
+    cr_assert (cm_route_match ("/a/{x}/b", "/A/Seven/B"));
 }
 
 //  --- metrics ---------------------------------------------------------------
