@@ -93,8 +93,9 @@ struct gw_metrics_s {
     atomic_bool closing;                    //  answer 503 from now on
     atomic_bool stop;                       //  the thread should end
     int64_t refresh_ms;                     //  period of background queries
-    pthread_mutex_t cache_lock;             //  guards breakers, breakers_at
+    pthread_mutex_t cache_lock;             //  guards breakers, given_up, breakers_at
     json_t *breakers;                       //  last breakers section, or NULL
+    json_t *given_up;                       //  and its programs given up, or NULL
     int64_t breakers_at;                    //  mono ms it was built
 };
 
@@ -191,6 +192,7 @@ gw_metrics_destroy (gw_metrics_t **self_p)
     //  No snapshot may run the collector once the broker is gone.
     cm_reporter_destroy (&self->reporter);
     cm_metrics_collector_remove (self->registry, s_collect, self);
+    json_decref (self->given_up);
     json_decref (self->breakers);
     pthread_mutex_destroy (&self->cache_lock);
     free (self->instance);
@@ -921,10 +923,14 @@ s_cache (gw_metrics_t *self, const json_t *aggregate)
 {
     json_t *body = gw_metrics_json (self, aggregate, NULL);
     json_t *breakers = json_incref (json_object_get (body, "breakers"));
+    json_t *given_up = json_incref (
+        json_object_get (json_object_get (body, "supervisor"), "children_given_up"));
     json_decref (body);
     pthread_mutex_lock (&self->cache_lock);
     json_decref (self->breakers);
+    json_decref (self->given_up);
     self->breakers = breakers;
+    self->given_up = given_up;
     self->breakers_at = cm_clock_mono_ms ();
     pthread_mutex_unlock (&self->cache_lock);
 }
@@ -937,6 +943,16 @@ gw_metrics_breakers (gw_metrics_t *self, int64_t *age_ms)
     json_t *copy = self->breakers ? json_deep_copy (self->breakers) : NULL;
     if (age_ms)
         *age_ms = self->breakers ? cm_clock_mono_ms () - self->breakers_at : -1;
+    pthread_mutex_unlock (&self->cache_lock);
+    return copy;
+}
+
+json_t *
+gw_metrics_given_up (gw_metrics_t *self)
+{
+    assert (self);
+    pthread_mutex_lock (&self->cache_lock);
+    json_t *copy = self->given_up ? json_deep_copy (self->given_up) : NULL;
     pthread_mutex_unlock (&self->cache_lock);
     return copy;
 }

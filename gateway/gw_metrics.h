@@ -71,6 +71,9 @@ void gw_metrics_destroy (gw_metrics_t **self_p);
 //  reference, or NULL before the first answer. *age_ms (may be NULL) gets
 //  how old it is.
 json_t *gw_metrics_breakers (gw_metrics_t *self, int64_t *age_ms);
+//  From the same aggregate: instances the supervisors gave up restarting,
+//  by program ({"chatd": 1}); a new reference, or NULL before the first.
+json_t *gw_metrics_given_up (gw_metrics_t *self);
 
 //  This gateway's instance id (borrowed).
 const char *gw_metrics_instance (gw_metrics_t *self);

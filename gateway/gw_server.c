@@ -356,6 +356,22 @@ s_health (gw_server_t *self, struct MHD_Connection *connection, bool ready_only)
                                         "ingestion runs synchronously",
                                         error ? ": " : "", error ? error : ""));
         }
+        //  A program the supervisor gave up restarting (it crashed too often):
+        //  the suite may still serve, with less.
+        json_t *given_up = self->observer ? gw_metrics_given_up (self->observer) : NULL;
+        const char *program;
+        json_t *count;
+        json_object_foreach (given_up, program, count)
+        {
+            if (json_number_value (count) >= 1)
+                json_array_append_new (
+                    warnings,
+                    json_sprintf ("the supervisor gave up restarting %s (%d instance%s); "
+                                  "restart the suite to start it again",
+                                  program, (int) json_number_value (count),
+                                  json_number_value (count) >= 2 ? "s" : ""));
+        }
+        json_decref (given_up);
         const char *status = !ready                       ? "unready"
                              : json_array_size (warnings) ? "degraded"
                                                           : "ok";

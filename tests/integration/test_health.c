@@ -70,3 +70,57 @@ Test (health, no_chatd_is_unready_naming_chatd, .timeout = 90)
     cr_assert (it_wait (s_only_chatd_missing, NULL, 15000), "last answer: %s", s_last);
     it_suite_stop (&s_suite);
 }
+
+//  A chatd pid of the suite that is not in `old` (the restarted replica),
+//  into *pid.
+static bool
+s_new_chatd (void *arg)
+{
+    pid_t *known = arg; //  known[0], known[1]: the replicas seen; known[2]: out
+    pid_t pids[4];
+    size_t n = it_children (s_suite.supervisor, "chatd", pids, 4);
+    for (size_t i = 0; i < n; i++)
+        if (pids[i] != known[0] && pids[i] != known[1]) {
+            known[2] = pids[i];
+            return true;
+        }
+    return false;
+}
+
+static bool
+s_warns_given_up (void *arg)
+{
+    (void) arg;
+    long status;
+    json_t *health = it_get_json (&s_suite, "/api/health", &status);
+    char *text = json_dumps (health, 0);
+    snprintf (s_last, sizeof s_last, "%ld %s", status, text);
+    bool found =
+        status == 200 &&
+        !strcmp (json_string_value (json_object_get (health, "status")), "degraded") &&
+        strstr (text, "gave up restarting chatd");
+    free (text);
+    json_decref (health);
+    return found;
+}
+
+Test (health, a_program_the_supervisor_gave_up_is_a_warning, .timeout = 90)
+{
+    //  One chatd replica crashes twice in a row and is given up; the other
+    //  still serves, so the suite is ready, but health must say it lost one.
+    const char *extra[] = {"SUPERVISOR_MAX_CRASHES=2", "SUPERVISOR_RESTART_INITIAL_MS=50",
+                           "METRICS_REPORT_INTERVAL_MS=100", NULL};
+    it_suite_start (&s_suite, extra);
+    cr_assert (it_wait (s_health_is, "ok", 10000), "health never said ok");
+    pid_t known[3] = {0};
+    cr_assert_eq (it_children (s_suite.supervisor, "chatd", known, 2), 2);
+    kill (known[0], SIGKILL);
+    cr_assert (it_wait (s_new_chatd, known, 10000), "the replica was not restarted");
+    kill (known[2], SIGKILL);
+    cr_assert (it_wait (s_warns_given_up, NULL, 15000), "last answer: %s", s_last);
+    long status;
+    json_t *ready = it_get_json (&s_suite, "/api/health/ready", &status);
+    cr_assert_eq (status, 200, "one replica still serves");
+    json_decref (ready);
+    it_suite_stop (&s_suite);
+}
