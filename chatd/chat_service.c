@@ -633,6 +633,19 @@ s_save (s_turn_t *turn, const char *text, const chat_metrics_t *metrics, bool in
     return id;
 }
 
+//  Why a turn was not saved, for its client: the database's reason when
+//  there is one ("database or disk is full"), as the upload routes say.
+static const char *
+s_unsaved (s_turn_t *turn, char *buf, size_t size)
+{
+    const char *why = turn->storage ? cm_storage_errmsg (turn->storage) : "";
+    if (*why)
+        snprintf (buf, size, "The chat could not be saved: %s.", why);
+    else
+        snprintf (buf, size, "The chat could not be saved.");
+    return cm_utf8_fix (buf);
+}
+
 //  --- OpenAI-compatible shapes (upstream's utils/chats/openaiCompatible) -----------
 
 //  A completion, or with chunk a chunk of one: {id, object, created, model,
@@ -872,8 +885,9 @@ s_complete_sync (s_turn_t *turn, const chat_request_t *request)
         return;
     }
     int64_t chat_id = s_save (turn, text, &metrics, true);
+    char unsaved[640];
     if (chat_id < 0)
-        s_reply_abort (turn->call, 500, "The chat could not be saved.");
+        s_reply_abort (turn->call, 500, s_unsaved (turn, unsaved, sizeof unsaved));
     else if (turn->openai) {
         json_t *answer = s_openai_object (turn, false, text, strlen (text), "stop");
         if (answer)
@@ -937,9 +951,11 @@ s_complete_stream (s_turn_t *turn, const chat_request_t *request)
     if (turn->openai) {
         //  Upstream's last chunk: finish_reason "stop" and the usage.
         int64_t chat_id = s_save (turn, text, &metrics, true);
-        json_t *last = chat_id < 0
-                           ? s_openai_error ("The chat could not be saved.", false, NULL)
-                           : s_openai_object (turn, true, "", 0, "stop");
+        char unsaved[640];
+        json_t *last =
+            chat_id < 0
+                ? s_openai_error (s_unsaved (turn, unsaved, sizeof unsaved), false, NULL)
+                : s_openai_object (turn, true, "", 0, "stop");
         if (chat_id >= 0)
             json_object_set_new (last, "usage", s_metrics_json (&metrics));
         s_send_event (turn->call, last);
@@ -954,11 +970,12 @@ s_complete_stream (s_turn_t *turn, const chat_request_t *request)
                              "sources", turn->sources, "type", "textResponseChunk",
                              "textResponse", "", "close", 1, "error", 0));
     int64_t chat_id = s_save (turn, text, &metrics, true);
+    char unsaved[640];
     if (chat_id < 0)
         s_send_event (turn->call,
                       json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "uuid", turn->uuid,
                                  "type", "abort", "textResponse", "sources", "close", 1,
-                                 "error", "The chat could not be saved."));
+                                 "error", s_unsaved (turn, unsaved, sizeof unsaved)));
     s_finalize (turn, chat_id, &metrics);
     cm_call_stream_end (turn->call);
 }

@@ -1652,6 +1652,39 @@ cm_storage__rows (cm_storage_t *self, sqlite3_stmt *stmt, const char *what,
 
 //  Record a database failure and log it once, where it happens (while
 //  opening, the caller reports it instead). Returns -1.
+//  The same failure over and over (a full disk: every checkpoint of every
+//  process, ten a second) is logged once every S_FAILURE_LOG_MS with how
+//  often it repeated, not each time; another failure is logged at once.
+#define S_FAILURE_LOG_MS 10000
+
+static void
+s_log_failure (cm_storage_t *self)
+{
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static char last[512];
+    static int64_t last_at;
+    static unsigned long repeats;
+    int64_t now = cm_clock_mono_ms ();
+    pthread_mutex_lock (&lock);
+    bool same = !strcmp (last, self->errmsg) && now - last_at < S_FAILURE_LOG_MS;
+    unsigned long told = repeats;
+    if (same)
+        repeats++;
+    else {
+        snprintf (last, sizeof last, "%s", self->errmsg);
+        last_at = now;
+        repeats = 0;
+    }
+    pthread_mutex_unlock (&lock);
+    if (same)
+        return;
+    if (told)
+        cm_error ("storage %s: %s (%lu more like the last one logged were left out)",
+                  self->path, self->errmsg, told);
+    else
+        cm_error ("storage %s: %s", self->path, self->errmsg);
+}
+
 int
 cm_storage__fail (cm_storage_t *self, const char *what)
 {
@@ -1659,7 +1692,7 @@ cm_storage__fail (cm_storage_t *self, const char *what)
               self->db ? sqlite3_errmsg (self->db) : "no connection",
               self->db ? sqlite3_extended_errcode (self->db) : 0);
     if (!self->opening)
-        cm_error ("storage %s: %s", self->path, self->errmsg);
+        s_log_failure (self);
     return -1;
 }
 
