@@ -107,6 +107,7 @@ sup_supervisor_new (sup_conf_t **conf_p, const sup_settings_t *settings)
     sigaddset (&mask, SIGINT);
     sigaddset (&mask, SIGTERM);
     sigaddset (&mask, SIGHUP);
+    sigaddset (&mask, SIGUSR1);
     sigset_t old_mask;
     if (sigprocmask (SIG_BLOCK, &mask, &old_mask)) {
         cm_error ("cannot block signals: %s", strerror (errno));
@@ -532,7 +533,11 @@ s_signals (sup_supervisor_t *self, int64_t now_ms)
 {
     struct signalfd_siginfo info;
     while (read (self->sigfd, &info, sizeof info) == (ssize_t) sizeof info)
-        if (info.ssi_signo != SIGCHLD) {
+        if (info.ssi_signo == SIGUSR1) {
+            cm_info ("received SIGUSR1 from pid %u: starting what was given up",
+                     info.ssi_pid);
+            sup_supervisor_revive (self, now_ms);
+        } else if (info.ssi_signo != SIGCHLD) {
             cm_info ("received SIG%s from pid %u", sigabbrev_np ((int) info.ssi_signo),
                      info.ssi_pid);
             sup_supervisor_stop (self, now_ms);
@@ -540,6 +545,29 @@ s_signals (sup_supervisor_t *self, int64_t now_ms)
     //  SIGCHLDs coalesce, so one read may stand for many exits: reap them
     //  all, whatever was read.
     s_reap (self, now_ms);
+}
+
+size_t
+sup_supervisor_revive (sup_supervisor_t *self, int64_t now_ms)
+{
+    assert (self);
+    size_t revived = 0;
+    if (self->stopping)
+        return 0;
+    for (size_t i = 0; i < self->instances_size; i++) {
+        s_instance_t *inst = &self->instances[i];
+        if (inst->state != SUP_INSTANCE_GAVE_UP)
+            continue;
+        //  A clean slate: its crashes so far were before the mending.
+        sup_backoff_destroy (&inst->backoff);
+        inst->backoff = sup_backoff_new (&self->policy);
+        cm_info ("%s was given up: starting it again", inst->name);
+        s_spawn (self, inst, now_ms);
+        revived++;
+    }
+    if (!revived)
+        cm_info ("nothing was given up: nothing to start again");
+    return revived;
 }
 
 //  Do what is due at now_ms: restarts, or the steps of a shutdown.

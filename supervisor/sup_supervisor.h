@@ -7,7 +7,8 @@
     a back-off (sup_backoff), until it crashes too often and is given up.
     SIGINT, SIGTERM or SIGHUP stop the run: the stop signal to every child,
     SIGKILL to those still there after the grace period, every child reaped.
-    A second signal during the grace period kills at once.
+    A second signal during the grace period kills at once. SIGUSR1 starts
+    again what was given up (sup_supervisor_revive).
 
     Signals are blocked from sup_supervisor_new on and read from a signalfd
     inside the loop; the loop sleeps in zmq_poll, so that ZeroMQ sockets can
@@ -60,6 +61,10 @@ int sup_supervisor_run (sup_supervisor_t *self);
 //  Begin the graceful stop at now_ms, as SIGTERM would (for readers and
 //  tests). A second call kills the stragglers at once.
 void sup_supervisor_stop (sup_supervisor_t *self, int64_t now_ms);
+//  Start again every instance that was given up (SIGUSR1 does this), its
+//  crash count cleared: the operator has mended what made it crash.
+//  Returns how many.
+size_t sup_supervisor_revive (sup_supervisor_t *self, int64_t now_ms);
 
 //  Number of children running now.
 size_t sup_supervisor_running (sup_supervisor_t *self);

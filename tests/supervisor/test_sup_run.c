@@ -393,6 +393,36 @@ Test (sup_run, a_crash_loop_is_given_up_loudly, .init = s_setup, .fini = s_teard
     cr_assert_eq (s_log_count ("exited with status 7"), 3, "never restarted again");
 }
 
+Test (sup_run, sigusr1_starts_again_what_was_given_up, .init = s_setup,
+      .fini = s_teardown)
+{
+    //  A program that crashes until its cause is mended (a file appears):
+    //  given up, mended, then SIGUSR1 starts it again without stopping the
+    //  rest of the suite.
+    setenv ("SUPERVISOR_MAX_CRASHES", "3", 1);
+    s_start ("[program:flaky]\n"
+             "command = sh -c 'test -e \"$RUN_DIR/mended\" && exec sleep 1000; exit 7'\n"
+             "[program:steady]\ncommand = sleep 1000\n");
+    cr_assert (s_wait_log ("GIVING UP"), "the crash loop was not given up");
+    pid_t children[64];
+    cr_assert (s_wait_children (s_supervisor, 1, children));
+    pid_t steady = children[0];
+    FILE *mended = fopen (s_file ("mended"), "w");
+    cr_assert_not_null (mended);
+    fclose (mended);
+    cr_assert_eq (kill (s_supervisor, SIGUSR1), 0);
+    cr_assert (s_wait_log ("flaky.0 was given up: starting it again"));
+    cr_assert (s_wait_children (s_supervisor, 2, children), "flaky is not running");
+    cr_assert (children[0] == steady || children[1] == steady,
+               "the rest of the suite was not touched");
+    //  A second SIGUSR1 finds nothing to do.
+    cr_assert_eq (kill (s_supervisor, SIGUSR1), 0);
+    cr_assert (s_wait_log ("nothing was given up"));
+    cr_assert_eq (kill (s_supervisor, SIGTERM), 0);
+    int status = s_wait_exit (S_PATIENCE_MS);
+    cr_assert (status != -1 && WIFEXITED (status) && WEXITSTATUS (status) == 0);
+}
+
 Test (sup_run, a_bad_setting_at_first_start_stops_the_suite_with_2, .init = s_setup,
       .fini = s_teardown)
 {
