@@ -84,30 +84,18 @@ Test (gw_health, a_database_removed_or_replaced_under_the_suite_is_down)
 
 Test (gw_health, a_full_file_system_is_down_until_there_is_room)
 {
-    char dir[] = "/tmp/llmrt-gw-health-XXXXXX";
-    cr_assert_not_null (mkdtemp (dir));
-    char command[256];
-    snprintf (command, sizeof command, "mount -t tmpfs -o size=4m tmpfs %s 2>/dev/null",
-              dir);
-    if (system (command)) {
-        rmdir (dir);
+    char dir[64];
+    if (!test_tmpfs_mount (dir, sizeof dir, "/tmp/llmrt-gw-health-XXXXXX"))
         cr_skip_test ("mounting a tmpfs needs root");
-    }
     s_create_database (dir);
     gw_health_t *health = gw_health_new (dir, "redis://127.0.0.1:1", 20, 50);
     s_wait_database (health, "ok", NULL);
+    test_fill_file_system (dir);
+    s_wait_database (health, "down", "is full");
     char filler[96];
     snprintf (filler, sizeof filler, "%s/filler", dir);
-    int fd = open (filler, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    cr_assert_geq (fd, 0);
-    static char block[65536];
-    while (write (fd, block, sizeof block) == (ssize_t) sizeof block)
-        ;
-    close (fd);
-    s_wait_database (health, "down", "is full");
     unlink (filler);
     s_wait_database (health, "ok", NULL);
     gw_health_destroy (&health);
-    snprintf (command, sizeof command, "umount -l %s; rmdir %s", dir, dir);
-    cr_assert_eq (system (command), 0);
+    test_tmpfs_unmount (dir);
 }

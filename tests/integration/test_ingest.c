@@ -21,7 +21,6 @@
     Nothing here passes or fails on timing: every wait is a poll with a
     generous limit (the ASan build is several times slower). */
 #include <criterion/criterion.h>
-#include <fcntl.h>
 #include <curl/curl.h>
 #include <math.h>
 #include <pthread.h>
@@ -33,6 +32,7 @@
 #include <unistd.h>
 #include "fake_llm_client.h"
 #include "it_harness.h"
+#include "test_dir.h"
 
 static it_suite_t s_suite;
 static fake_llm_t s_fake;
@@ -1589,52 +1589,15 @@ static char s_full_dir[64];
 static void
 s_unmount_full (void)
 {
-    if (!s_full_dir[0])
-        return;
-    char command[256];
-    //  Lazily: a test that failed has left the suite's files open there.
-    snprintf (command, sizeof command, "umount -l %s 2>/dev/null; rmdir %s", s_full_dir,
-              s_full_dir);
-    int rc = system (command);
-    (void) rc;
-    s_full_dir[0] = 0;
+    test_tmpfs_unmount (s_full_dir);
 }
 
-//  The database on a small tmpfs that the test then fills: an upload that
-//  needs new pages must get 503 naming the cause, not a success. Needs root
-//  (mount); skipped otherwise.
 //  Mount a 4 MB tmpfs at s_full_dir for the database; false (test skipped
 //  by the caller) without root.
 static bool
 s_mount_small (void)
 {
-    strcpy (s_full_dir, "/tmp/llmrt-full-XXXXXX");
-    cr_assert_not_null (mkdtemp (s_full_dir));
-    char command[256];
-    snprintf (command, sizeof command, "mount -t tmpfs -o size=4m tmpfs %s 2>/dev/null",
-              s_full_dir);
-    if (system (command)) {
-        rmdir (s_full_dir);
-        s_full_dir[0] = 0;
-        return false;
-    }
-    return true;
-}
-
-//  Fill what is left of s_full_dir's file system with one file.
-static void
-s_fill_small (void)
-{
-    char filler[96];
-    snprintf (filler, sizeof filler, "%s/filler", s_full_dir);
-    int fd = open (filler, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    cr_assert_geq (fd, 0);
-    //  Big blocks, then small ones: not a page left.
-    static char block[65536];
-    for (size_t size = sizeof block; size >= 512; size /= 8)
-        while (write (fd, block, size) == (ssize_t) size)
-            ;
-    close (fd);
+    return test_tmpfs_mount (s_full_dir, sizeof s_full_dir, "/tmp/llmrt-full-XXXXXX");
 }
 
 static bool
@@ -1687,7 +1650,7 @@ Test (ingest, a_job_that_meets_a_full_database_waits_for_room, .fini = s_unmount
               s_job_id (json_array_get (json_object_get (answer, "documents"), 0)));
     json_decref (answer);
     cr_assert (it_wait (s_job_progressed, id, 60000), "job %s never started", id);
-    s_fill_small ();
+    test_fill_file_system (s_full_dir);
     //  Full for 5 s: the job must not fail meanwhile.
     long long until = it_now_ms () + 5000;
     while (it_now_ms () < until) {
@@ -1731,7 +1694,7 @@ Test (ingest, a_database_that_cannot_be_written_is_503, .fini = s_unmount_full,
     const char *extra[] = {storage, NULL};
     s_start (extra, false);
     it_create_workspace (&s_suite, "{\"name\":\"Full\"}");
-    s_fill_small ();
+    test_fill_file_system (s_full_dir);
     //  400 KB of text: more pages than the WAL has room for.
     size_t size = 400000;
     char *text = malloc (size + 1);

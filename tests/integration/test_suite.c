@@ -303,27 +303,46 @@ s_busy_chat_pid (void)
     return pid;
 }
 
+//  Start the suite with extra settings, create the workspace `name` (slug
+//  `slug`) and a stream-chat in it, run on *thread, started once this
+//  returns.
+static void
+s_start_streaming (const char *const *extra, const char *name, const char *slug,
+                   it_stream_t *stream, pthread_t *thread)
+{
+    it_suite_start (&s_suite, extra);
+    s_create_workspace (name);
+    char path[128];
+    snprintf (path, sizeof path, "/api/v1/workspace/%s/stream-chat", slug);
+    s_stream_init (stream, path);
+    pthread_create (thread, NULL, it_stream_run, stream);
+    cr_assert (it_wait (it_stream_started, stream, 10000), "the stream never started");
+}
+
+//  Wait (up to timeout_ms) for the stream of s_start_streaming to end
+//  without a transport error; its events (new reference).
+static json_t *
+s_finish_stream (it_stream_t *stream, pthread_t thread, int timeout_ms)
+{
+    cr_assert (it_wait (it_stream_done, stream, timeout_ms), "the stream hangs");
+    pthread_join (thread, NULL);
+    cr_assert_eq (stream->result, CURLE_OK, "the stream ended with a transport error %d",
+                  stream->result);
+    return it_events (stream->data);
+}
+
 Test (suite, chatd_killed_mid_stream_gives_an_abort_event, .timeout = 90)
 {
     const char *extra[] = {"BUILTIN_LLM_TOKEN_DELAY_MS=50", NULL};
-    it_suite_start (&s_suite, extra);
-    s_create_workspace ("Midstream");
     it_stream_t stream;
-    s_stream_init (&stream, "/api/v1/workspace/midstream/stream-chat");
     pthread_t thread;
-    pthread_create (&thread, NULL, it_stream_run, &stream);
-    cr_assert (it_wait (it_stream_started, &stream, 10000), "the stream never started");
+    s_start_streaming (extra, "Midstream", "midstream", &stream, &thread);
     pid_t pid = s_busy_chat_pid ();
     cr_assert_gt (pid, 0, "no chat instance has the stream in flight");
     kill (pid, SIGKILL);
     long long killed_at = it_now_ms ();
-    cr_assert (it_wait (it_stream_done, &stream, 10000),
-               "the stream hangs after the kill");
+    json_t *events = s_finish_stream (&stream, thread, 10000);
     long long took = it_now_ms () - killed_at;
-    pthread_join (thread, NULL);
-    cr_assert_eq (stream.result, CURLE_OK, "the stream ended with a transport error %d",
-                  stream.result);
-    json_t *events = it_events (stream.data);
     json_t *last = json_array_get (events, json_array_size (events) - 1);
     cr_assert_str_eq (s_type (last), "abort", "last event: %s", stream.data);
     cr_assert (json_is_string (json_object_get (last, "error")));
@@ -340,21 +359,13 @@ Test (suite, a_stream_cut_short_by_a_drain_ends_with_an_abort_event, .timeout = 
     //  see an end that looks complete).
     const char *extra[] = {"BUILTIN_LLM_TOKEN_DELAY_MS=200", "DRAIN_TIMEOUT_MS=500",
                            NULL};
-    it_suite_start (&s_suite, extra);
-    s_create_workspace ("Drained");
     it_stream_t stream;
-    s_stream_init (&stream, "/api/v1/workspace/drained/stream-chat");
     pthread_t thread;
-    pthread_create (&thread, NULL, it_stream_run, &stream);
-    cr_assert (it_wait (it_stream_started, &stream, 10000), "the stream never started");
+    s_start_streaming (extra, "Drained", "drained", &stream, &thread);
     pid_t pid = s_busy_chat_pid ();
     cr_assert_gt (pid, 0, "no chat instance has the stream in flight");
     kill (pid, SIGTERM);
-    cr_assert (it_wait (it_stream_done, &stream, 10000),
-               "the stream hangs after the drain");
-    pthread_join (thread, NULL);
-    cr_assert_eq (stream.result, CURLE_OK, "transport error %d", stream.result);
-    json_t *events = it_events (stream.data);
+    json_t *events = s_finish_stream (&stream, thread, 10000);
     json_t *last = json_array_get (events, json_array_size (events) - 1);
     cr_assert_str_eq (s_type (last), "abort", "last event: %s", stream.data);
     cr_assert (strstr (it_str (last, "error"), "shut down"), "%s", stream.data);
@@ -370,22 +381,15 @@ Test (suite, a_gateway_that_stood_still_blames_no_instance, .timeout = 90)
     //  silence was its own. The stream goes on to its end; no instance is
     //  given up.
     const char *extra[] = {"BUILTIN_LLM_TOKEN_DELAY_MS=100", NULL};
-    it_suite_start (&s_suite, extra);
-    s_create_workspace ("Frozen");
     it_stream_t stream;
-    s_stream_init (&stream, "/api/v1/workspace/frozen/stream-chat");
     pthread_t thread;
-    pthread_create (&thread, NULL, it_stream_run, &stream);
-    cr_assert (it_wait (it_stream_started, &stream, 10000), "the stream never started");
+    s_start_streaming (extra, "Frozen", "frozen", &stream, &thread);
     pid_t gateway[2];
     cr_assert_eq (it_children (s_suite.supervisor, "gateway", gateway, 2), 1);
     kill (gateway[0], SIGSTOP);
     sleep (5);
     kill (gateway[0], SIGCONT);
-    cr_assert (it_wait (it_stream_done, &stream, 60000), "the stream never ended");
-    pthread_join (thread, NULL);
-    cr_assert_eq (stream.result, CURLE_OK, "transport error %d", stream.result);
-    json_t *events = it_events (stream.data);
+    json_t *events = s_finish_stream (&stream, thread, 60000);
     json_t *last = json_array_get (events, json_array_size (events) - 1);
     cr_assert_str_eq (s_type (last), "finalizeResponseStream", "%s", stream.data);
     for (size_t i = 0; i < json_array_size (events); i++)

@@ -1,11 +1,14 @@
 /*  test_dir.c: see test_dir.h. */
 #include "test_dir.h"
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <ftw.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 void
 test_dir_make (char *dir, size_t size, const char *template_path)
@@ -49,4 +52,46 @@ test_file_text (const char *path)
     }
     fclose (file);
     return text;
+}
+
+bool
+test_tmpfs_mount (char *dir, size_t size, const char *template_path)
+{
+    test_dir_make (dir, size, template_path);
+    char command[PATH_MAX + 64];
+    snprintf (command, sizeof command, "mount -t tmpfs -o size=4m tmpfs %s 2>/dev/null",
+              dir);
+    if (system (command)) {
+        rmdir (dir);
+        dir[0] = 0;
+        return false;
+    }
+    return true;
+}
+
+void
+test_tmpfs_unmount (char *dir)
+{
+    if (!dir[0])
+        return;
+    char command[PATH_MAX * 2 + 64];
+    snprintf (command, sizeof command, "umount -l %s 2>/dev/null; rmdir %s", dir, dir);
+    int rc = system (command);
+    (void) rc;
+    dir[0] = 0;
+}
+
+void
+test_fill_file_system (const char *dir)
+{
+    char path[PATH_MAX];
+    snprintf (path, sizeof path, "%s/filler", dir);
+    int fd = open (path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    cr_assert_geq (fd, 0, "cannot create %s", path);
+    //  Big blocks, then small ones: not a page left.
+    static char block[65536];
+    for (size_t size = sizeof block; size >= 512; size /= 8)
+        while (write (fd, block, size) == (ssize_t) size)
+            ;
+    close (fd);
 }
