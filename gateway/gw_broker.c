@@ -954,7 +954,12 @@ s_thread (void *arg)
             //  Ten ticks per heartbeat, at most 100 ms apart: deadlines and
             //  expiry are then accurate to a tenth of an interval.
             int64_t step = interval / 10;
-            next_tick = now + (step > 100 ? 100 : step < 5 ? 5 : step);
+            step = step > 100 ? 100 : step < 5 ? 5 : step;
+            //  While a closed connection is looked for, probe as often as a
+            //  dead instance takes to be given up.
+            if (now < self->probe_until && step > S_UNREACHABLE_MS)
+                step = S_UNREACHABLE_MS;
+            next_tick = now + step;
         }
     }
     s_fail_all (self);
