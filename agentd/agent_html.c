@@ -307,10 +307,12 @@ agent_html_extract (const char *html, size_t size, const char *selector, bool as
         agent_selector_destroy (&parsed);
         return NULL;
     }
-    htmlDocPtr doc =
-        htmlReadMemory (html, (int) size, NULL, "UTF-8",
-                        HTML_PARSE_RECOVER | HTML_PARSE_NOERROR | HTML_PARSE_NOWARNING |
-                            HTML_PARSE_NONET | XML_PARSE_HUGE); //  past 256 levels deep
+    //  libxml2's default depth limit (256) is kept here: the walks below
+    //  recurse per level, and a fetched page must not be able to exhaust a
+    //  handler's stack (ingestd walks iteratively and lifts the limit).
+    htmlDocPtr doc = htmlReadMemory (html, (int) size, NULL, "UTF-8",
+                                     HTML_PARSE_RECOVER | HTML_PARSE_NOERROR |
+                                         HTML_PARSE_NOWARNING | HTML_PARSE_NONET);
     s_text_t out = {NULL, 0, 0, false};
     s_put (&out, "", 0);
     xmlNodePtr root = doc ? xmlDocGetRootElement (doc) : NULL;

@@ -291,63 +291,115 @@ static const char *const s_html_block[] = {
     "blockquote", "pre",     "figure",  "figcaption", "address", "form",  "fieldset",
     "caption",    "details", "summary", "body",       NULL};
 
-static void
-s_html_walk (xmlNode *node, s_buf_t *text, char **heading, bool pre)
+//  The walks below are loops over parent and sibling links, not recursion:
+//  a 16 MB upload can nest elements hundreds of thousands deep, and libxml2
+//  keeps all of them (XML_PARSE_HUGE), which recursion on a thread's stack
+//  would not survive.
+
+//  The next node in document order after node's subtree (its next sibling,
+//  or its nearest ancestor's), within the tree under top; leave() is
+//  called for each ancestor passed on the way up. NULL at the end.
+static xmlNode *
+s_html_next (xmlNode *node, xmlNode *top, void (*leave) (xmlNode *, void *), void *arg)
 {
-    for (; node; node = node->next) {
+    while (node && !node->next) {
+        node = node->parent;
+        if (node == top)
+            return NULL;
+        if (leave)
+            leave (node, arg);
+    }
+    return node ? node->next : NULL;
+}
+
+typedef struct {
+    s_buf_t *text;  //  what is extracted
+    char **heading; //  the first <h1>'s text, when asked for
+    xmlNode *h1;    //  that <h1> while inside it
+    size_t h1_at;   //  where its text began
+    int pre;        //  <pre> elements we are inside
+} s_walk_t;
+
+static void
+s_html_leave (xmlNode *node, void *arg)
+{
+    s_walk_t *walk = arg;
+    if (walk->h1 == node) {
+        if (walk->text->size > walk->h1_at)
+            *walk->heading = cm_strndup (walk->text->data + walk->h1_at,
+                                         walk->text->size - walk->h1_at);
+        walk->h1 = NULL;
+    }
+    if (!strcasecmp ((const char *) node->name, "pre"))
+        walk->pre--;
+    if (s_name_in (node->name, s_html_block) && s_buf_last (walk->text) != '\n')
+        s_buf_char (walk->text, '\n');
+}
+
+static void
+s_html_walk (xmlNode *first, s_buf_t *text, char **heading)
+{
+    s_walk_t walk = {text, heading, NULL, 0, 0};
+    xmlNode *top = first ? first->parent : NULL;
+    xmlNode *node = first;
+    while (node) {
         if (node->type == XML_TEXT_NODE || node->type == XML_CDATA_SECTION_NODE) {
-            if (!node->content)
+            if (node->content) {
+                if (walk.pre)
+                    s_buf_str (text, (const char *) node->content);
+                else
+                    s_add_collapsed (text, (const char *) node->content);
+            }
+        } else if (node->type == XML_ELEMENT_NODE &&
+                   !s_name_in (node->name, s_html_skip)) {
+            bool block = s_name_in (node->name, s_html_block);
+            bool cell = !strcasecmp ((const char *) node->name, "td") ||
+                        !strcasecmp ((const char *) node->name, "th");
+            if (block && s_buf_last (text) != '\n')
+                s_buf_char (text, '\n');
+            if (cell && text->size && s_buf_last (text) != '\n')
+                s_buf_str (text, " | ");
+            if (heading && !*heading && !walk.h1 &&
+                !strcasecmp ((const char *) node->name, "h1")) {
+                walk.h1 = node;
+                walk.h1_at = text->size;
+            }
+            if (!strcasecmp ((const char *) node->name, "pre"))
+                walk.pre++;
+            if (node->children) {
+                node = node->children;
                 continue;
-            if (pre)
-                s_buf_str (text, (const char *) node->content);
-            else
-                s_add_collapsed (text, (const char *) node->content);
-            continue;
+            }
+            s_html_leave (node, &walk);
         }
-        if (node->type != XML_ELEMENT_NODE)
-            continue;
-        if (s_name_in (node->name, s_html_skip))
-            continue;
-        bool block = s_name_in (node->name, s_html_block);
-        bool cell = !strcasecmp ((const char *) node->name, "td") ||
-                    !strcasecmp ((const char *) node->name, "th");
-        if (block && s_buf_last (text) != '\n')
-            s_buf_char (text, '\n');
-        if (cell && text->size && s_buf_last (text) != '\n')
-            s_buf_str (text, " | ");
-        size_t at = text->size;
-        s_html_walk (node->children, text, heading,
-                     pre || !strcasecmp ((const char *) node->name, "pre"));
-        if (heading && !*heading && !strcasecmp ((const char *) node->name, "h1") &&
-            text->size > at)
-            *heading = cm_strndup (text->data + at, text->size - at);
-        if (block && s_buf_last (text) != '\n')
-            s_buf_char (text, '\n');
+        node = s_html_next (node, top, s_html_leave, &walk);
     }
 }
 
 //  The first <title> in the document, white space collapsed.
 static char *
-s_html_title (xmlNode *node)
+s_html_title (xmlNode *first)
 {
-    for (; node; node = node->next) {
-        if (node->type != XML_ELEMENT_NODE)
-            continue;
-        if (!strcasecmp ((const char *) node->name, "title")) {
-            xmlChar *content = xmlNodeGetContent (node);
-            s_buf_t buf = {0};
-            if (content)
-                s_add_collapsed (&buf, (const char *) content);
-            xmlFree (content);
-            s_tidy (&buf, true);
-            if (buf.size)
-                return buf.data;
-            free (buf.data);
-            continue;
+    xmlNode *top = first ? first->parent : NULL;
+    xmlNode *node = first;
+    while (node) {
+        if (node->type == XML_ELEMENT_NODE) {
+            if (!strcasecmp ((const char *) node->name, "title")) {
+                xmlChar *content = xmlNodeGetContent (node);
+                s_buf_t buf = {0};
+                if (content)
+                    s_add_collapsed (&buf, (const char *) content);
+                xmlFree (content);
+                s_tidy (&buf, true);
+                if (buf.size)
+                    return buf.data;
+                free (buf.data);
+            } else if (node->children) {
+                node = node->children;
+                continue;
+            }
         }
-        char *found = s_html_title (node->children);
-        if (found)
-            return found;
+        node = s_html_next (node, top, NULL, NULL);
     }
     return NULL;
 }
@@ -382,7 +434,7 @@ s_extract_html (const char *data, size_t size, s_buf_t *text, char **title, char
     xmlNode *root = xmlDocGetRootElement (doc);
     char *heading = NULL;
     *title = s_html_title (root);
-    s_html_walk (root, text, &heading, false);
+    s_html_walk (root, text, &heading);
     if (!*title && heading) {
         s_buf_t buf = {0};
         s_add_collapsed (&buf, heading);

@@ -76,3 +76,26 @@ Test (agent_html, broken_markup_is_recovered)
     cr_assert_str_eq (text, "one two\nthree");
     free (text);
 }
+
+Test (agent_html, a_page_nested_beyond_reason_does_not_exhaust_the_stack)
+{
+    //  A fetched page nesting 300,000 elements: the walks recurse per level,
+    //  so libxml2's depth limit stays on here; the text before the deep
+    //  point comes out, and nothing crashes.
+    const size_t depth = 300000;
+    char *html = malloc (depth * 11 + 128);
+    char *p = html + sprintf (html, "<html><body><p>before text</p>");
+    for (size_t i = 0; i < depth; i++)
+        p += sprintf (p, "<div>");
+    for (size_t i = 0; i < depth; i++)
+        p += sprintf (p, "</div>");
+    sprintf (p, "</body></html>");
+    char err[256] = "";
+    char *text = agent_html_extract (html, strlen (html), NULL, false, err, sizeof err);
+    cr_assert_not_null (text, "%s", err);
+    cr_assert (strstr (text, "before text"), "%.200s", text);
+    free (text);
+    text = agent_html_extract (html, strlen (html), "div", true, err, sizeof err);
+    free (text);
+    free (html);
+}
