@@ -30,6 +30,8 @@ typedef struct {
     int attempts;            //  instances it was sent to
     int64_t deadline;        //  mono ms
     int64_t wait_until;      //  mono ms: waiting for an instance until then (0: not)
+    char *abandoned;         //  a frozen instance it was taken from, to CANCEL at
+                             //  if it ends unanswered by another (owned, or NULL)
 } s_pending_t;
 
 #define S_MAX_RETRIES 1
@@ -279,15 +281,23 @@ s_pending_end (gw_broker_t *self, const char *request_id)
     zhashx_delete (self->pending, request_id);
     gw_exchange_unref (&pending->exchange);
     cm_msg_destroy (&pending->request);
+    free (pending->abandoned);
     free (pending);
 }
 
 static bool s_dispatch (gw_broker_t *self, s_pending_t *pending, cm_msg_t *request);
 
 //  No instance took a request: 503, and it ends.
+static void s_cancel_at (gw_broker_t *self, const char *instance_id,
+                         const char *request_id, const char *reason, bool quiet);
+
 static void
 s_no_instance (gw_broker_t *self, const char *request_id, s_pending_t *pending)
 {
+    //  Taken from a frozen instance and never run elsewhere: that one is
+    //  told, as for a 502 (s_instance_remove).
+    if (pending->abandoned)
+        s_cancel_at (self, pending->abandoned, request_id, "instance given up", true);
     self->no_instance++;
     char message[160];
     snprintf (message, sizeof message, "No %s service instance is available.",
@@ -390,6 +400,10 @@ s_instance_remove (gw_broker_t *self, s_instance_t *instance, const char *why)
             continue; //  (ended meanwhile by a nested removal)
         instance->inflight--;
         pending->instance = NULL;
+        //  Should it end unanswered by another instance (its wait for one
+        //  runs out), the frozen one is told then.
+        if (silent && !pending->abandoned)
+            pending->abandoned = cm_strdup (instance->id);
         if (s_resend_or_wait (self, id, pending))
             continue;
         gw_exchange_fail (pending->exchange, 502, message);
@@ -442,6 +456,9 @@ s_dispatch (gw_broker_t *self, s_pending_t *pending, cm_msg_t *request)
         if (!instance)
             return false;
         if (s_send (self, instance->id, request) == 0) {
+            //  Sent again: the first run is left alone (protocol.md).
+            free (pending->abandoned);
+            pending->abandoned = NULL;
             pending->instance = instance;
             pending->attempts++;
             instance->inflight++;
@@ -899,6 +916,8 @@ s_fail_all (gw_broker_t *self)
             s_send (self, pending->instance->id, cancel);
             cm_msg_destroy (&cancel);
         }
+        if (pending->abandoned)
+            s_cancel_at (self, pending->abandoned, id, "gateway shutting down", true);
         gw_exchange_fail (pending->exchange, 503, "The gateway is shutting down.");
         s_pending_end (self, id);
     }

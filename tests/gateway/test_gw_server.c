@@ -504,6 +504,33 @@ Test (gw_server, a_retryable_request_waits_for_its_dead_instances_successor)
     gwh_gateway_stop (&gateway);
 }
 
+Test (gw_server, a_wait_that_runs_out_cancels_at_the_frozen_instance)
+{
+    //  A retryable request on an instance that stops heartbeating (frozen,
+    //  perhaps not dead) waits for another, none comes: 503, and the
+    //  frozen one is told to stop, as with a 502, so that a chat its client
+    //  was told failed (and will send again) is not saved when it wakes.
+    gwh_gateway_t gateway;
+    s_gateway_start_waiting (&gateway, S_TIMEOUT_MS, 300);
+    gwh_daemon_t *frozen = gwh_daemon_new (&gateway, "chat", "chat-frozen", 2);
+    gwh_wait_health (&gateway, "services.chat.instances", 1);
+    gwh_call_t *call = gwh_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat",
+                                     GWH_KEY, "{\"message\":\"hi\"}");
+    gwh_call_start (call);
+    cm_msg_t *request = gwh_daemon_expect (frozen, CM_MSG_REQUEST);
+    gwh_daemon_mute (frozen);
+    gwh_call_join (call);
+    gwh_assert_error (call, 503, "No chat service instance is available.");
+    cm_msg_t *cancel = gwh_daemon_expect (frozen, CM_MSG_CANCEL);
+    cr_assert_str_eq (cm_msg_request_id (cancel), cm_msg_request_id (request));
+    cr_assert_str_eq (cm_msg_reason (cancel), "instance given up");
+    cm_msg_destroy (&cancel);
+    cm_msg_destroy (&request);
+    gwh_call_destroy (&call);
+    gwh_daemon_destroy (&frozen);
+    gwh_gateway_stop (&gateway);
+}
+
 Test (gw_server, request_reaches_the_daemon_and_its_reply_the_client)
 {
     gwh_gateway_t gateway;
