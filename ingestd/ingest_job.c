@@ -62,16 +62,28 @@ ingest_job_embed (const ingest_job_context_t *context, const char *const *texts,
     return true;
 }
 
+//  A storage call that failed: the database itself failing (full,
+//  unwritable, busy) waits for it (STORAGE); a row that is not there will
+//  not appear (FATAL); anything else is a passing failure (RETRY).
+static ingest_job_result_t
+s_storage_failure (cm_storage_status_t status)
+{
+    return status == CM_STORAGE_ERROR       ? INGEST_JOB_STORAGE
+           : status == CM_STORAGE_NOT_FOUND ? INGEST_JOB_FATAL
+                                            : INGEST_JOB_RETRY;
+}
+
 ingest_job_result_t
 ingest_job_run (const ingest_job_context_t *context, cm_storage_t *storage,
                 const char *job_id, const char *location, int attempt,
                 const ingest_job_hooks_t *hooks, char *err, size_t errlen)
 {
     assert (context && storage && job_id && location);
-    if (cm_storage_job_update (storage, job_id, "active", attempt, -1, -1, "", NULL) !=
-        CM_STORAGE_OK) {
+    cm_storage_status_t started =
+        cm_storage_job_update (storage, job_id, "active", attempt, -1, -1, "", NULL);
+    if (started != CM_STORAGE_OK) {
         snprintf (err, errlen, "job %s: %s", job_id, cm_storage_errmsg (storage));
-        return INGEST_JOB_STORAGE;
+        return s_storage_failure (started);
     }
     json_t *document = NULL;
     cm_storage_status_t status =
@@ -80,7 +92,7 @@ ingest_job_run (const ingest_job_context_t *context, cm_storage_t *storage,
         return s_stop (storage, job_id, INGEST_JOB_FATAL, err, errlen,
                        "Document %s does not exist (any more).", location);
     if (status != CM_STORAGE_OK)
-        return s_stop (storage, job_id, INGEST_JOB_STORAGE, err, errlen,
+        return s_stop (storage, job_id, s_storage_failure (status), err, errlen,
                        "The database could not be read: %s", cm_storage_errmsg (storage));
     int64_t document_id = json_integer_value (json_object_get (document, "id"));
     const char *text = json_string_value (json_object_get (document, "pageContent"));
@@ -119,12 +131,12 @@ ingest_job_run (const ingest_job_context_t *context, cm_storage_t *storage,
                 "The %s circuit is open: the embedder is failing (retry in %lld ms).",
                 cm_breaker_name (context->breaker), (long long) retry_ms);
         size_t stored = 0;
-        bool unstored = false;
+        cm_storage_status_t put = CM_STORAGE_OK;
         if (embedded == CM_EMBED_OK &&
-            cm_storage_chunks_put (storage, document_id, (int64_t) done, count, texts,
-                                   vectors, dim, &stored) != CM_STORAGE_OK) {
+            (put = cm_storage_chunks_put (storage, document_id, (int64_t) done, count,
+                                          texts, vectors, dim, &stored)) !=
+                CM_STORAGE_OK) {
             embedded = CM_EMBED_UPSTREAM;
-            unstored = true;
             snprintf (reason, sizeof reason, "Chunks could not be stored: %s",
                       cm_storage_errmsg (storage));
         }
@@ -133,7 +145,7 @@ ingest_job_run (const ingest_job_context_t *context, cm_storage_t *storage,
             free ((char *) texts[i]);
         if (embedded != CM_EMBED_OK) {
             result = s_stop (storage, job_id,
-                             unstored                         ? INGEST_JOB_STORAGE
+                             put != CM_STORAGE_OK             ? s_storage_failure (put)
                              : embedded == CM_EMBED_REQUEST   ? INGEST_JOB_FATAL
                              : embedded == CM_EMBED_CANCELLED ? INGEST_JOB_CANCELLED
                                                               : INGEST_JOB_RETRY,
@@ -151,12 +163,15 @@ ingest_job_run (const ingest_job_context_t *context, cm_storage_t *storage,
         }
     }
     if (result == INGEST_JOB_DONE) {
-        if (cm_storage_document_set_embedded (storage, document_id) != CM_STORAGE_OK ||
-            cm_storage_job_update (storage, job_id, "completed", -1, (int64_t) total,
-                                   (int64_t) total, "", NULL) != CM_STORAGE_OK) {
+        cm_storage_status_t recorded =
+            cm_storage_document_set_embedded (storage, document_id);
+        if (recorded == CM_STORAGE_OK)
+            recorded = cm_storage_job_update (storage, job_id, "completed", -1,
+                                              (int64_t) total, (int64_t) total, "", NULL);
+        if (recorded != CM_STORAGE_OK) {
             snprintf (err, errlen, "The result could not be recorded: %s",
                       cm_storage_errmsg (storage));
-            result = INGEST_JOB_STORAGE;
+            result = s_storage_failure (recorded);
         }
     }
     free (texts);

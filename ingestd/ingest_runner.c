@@ -271,7 +271,9 @@ s_run (ingest_runner_t *self, cm_jobs_t *jobs, cm_job_t *job)
             //  it waits for the database without using up its attempts, or
             //  an outage longer than its back-offs would fail it for good.
             rc = cm_jobs_release (jobs, &job, S_BACKOFF_MAX_MS);
-            cm_storage_job_update (storage, id, "queued", -1, -1, -1, NULL, NULL);
+            //  Not when the lease was lost: the row is another worker's.
+            if (rc == CM_JOBS_OK)
+                cm_storage_job_update (storage, id, "queued", -1, -1, -1, NULL, NULL);
             s_count (self->outcome[3]);
             cm_warn ("job %s: the database failed, trying again in %d ms (the attempt "
                      "is not counted): %s",
@@ -282,7 +284,8 @@ s_run (ingest_runner_t *self, cm_jobs_t *jobs, cm_job_t *job)
         default:
             if (atomic_load (&self->stopping)) {
                 rc = cm_jobs_release (jobs, &job, 0);
-                cm_storage_job_update (storage, id, "queued", -1, -1, -1, NULL, NULL);
+                if (rc == CM_JOBS_OK)
+                    cm_storage_job_update (storage, id, "queued", -1, -1, -1, NULL, NULL);
                 s_count (self->outcome[3]);
             }
             //  Lease lost: the job is another worker's; leave the row to it.

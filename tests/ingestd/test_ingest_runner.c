@@ -142,6 +142,44 @@ Test (runner, a_job_failed_by_maintenance_is_failed_in_its_row, .init = s_setup,
     cm_storage_pool_destroy (&pool);
 }
 
+//  A queued job whose row is not there (the database was replaced while
+//  Redis kept its queue) will never find it: it fails, attempts or not,
+//  instead of waiting for the database every 2 s for ever as a database
+//  that fails does.
+Test (runner, a_job_without_a_row_fails_not_waits, .init = s_setup, .fini = s_teardown,
+      .timeout = 60)
+{
+    char err[512] = "";
+    cm_storage_pool_t *pool = cm_storage_pool_new (s_dir, err, sizeof err);
+    cr_assert_not_null (pool, "%s", err);
+    cm_jobs_config_t config = s_jobs_config ();
+    config.attempts = 3;
+    cm_jobs_t *jobs = cm_jobs_new (&config, NULL);
+    char *data = ingest_runner_job_data ("custom-documents/gone.txt-1.json");
+    cr_assert_eq (cm_jobs_add (jobs, "no-such-row", data), CM_JOBS_OK);
+    free (data);
+    ingest_job_context_t context = {0};
+    ingest_runner_config_t runner_config = {
+        .jobs = config, .workers = 1, .reconcile_ms = 1000, .maintain_ms = 100};
+    ingest_runner_t *runner = ingest_runner_new (&runner_config, &context, pool, NULL);
+    int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
+    const char *state = NULL;
+    json_t *info = NULL;
+    do {
+        json_decref (info);
+        usleep (50 * 1000);
+        info = cm_jobs_info (jobs, "no-such-row");
+        state = json_string_value (json_object_get (info, "state"));
+    } while (state && strcmp (state, "failed") && cm_clock_mono_ms () < until);
+    char *shown = json_dumps (info, 0);
+    cr_assert_str_eq (state, "failed", "%s", shown);
+    free (shown);
+    json_decref (info);
+    ingest_runner_destroy (&runner);
+    cm_jobs_destroy (&jobs);
+    cm_storage_pool_destroy (&pool);
+}
+
 //  --- ingestd's routes, served by the service over this runner ---------------------
 //
 //  The handlers are called directly with a fake cm_call_t: this file
