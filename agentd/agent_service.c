@@ -847,6 +847,14 @@ s_flow_run (cm_call_t *call, void *arg)
              (long long) (cm_clock_mono_ms () - started),
              run.fail ? "failed: " : "succeeded", run.fail ? run.error : "");
 
+    //  Cut short by this daemon's shutdown (its drain ran out), not by the
+    //  client: say so, and answer 503 (a stream ends 503 and the gateway
+    //  gives its client an abort event).
+    bool shut_down = run.fail == S_FAIL_CANCELLED && cm_call_shutting_down (call);
+    if (shut_down)
+        snprintf (run.error, sizeof run.error,
+                  "agentd shut down before the run ended (DRAIN_TIMEOUT_MS ran out); "
+                  "the steps after the last result did not run");
     json_t *result =
         json_pack ("{s:b, s:O, s:O, s:O}", "success", run.fail == S_FAIL_NONE, "results",
                    run.results, "variables", run.vars, "directOutput",
@@ -857,6 +865,9 @@ s_flow_run (cm_call_t *call, void *arg)
         json_object_set_new (result, "type", json_string ("flowFinished"));
         s_event (&run, result);
         cm_call_stream_end (call);
+    } else if (shut_down) {
+        cm_call_header_add (call, "Retry-After", "1");
+        cm_call_reply_json (call, 503, result);
     } else
         cm_call_reply_json (call, 200, result);
     json_decref (run.direct);

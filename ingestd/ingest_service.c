@@ -222,9 +222,12 @@ s_embed (ingest_service_t *self, cm_call_t *call, const char *const *texts, size
     }
     if (status == CM_EMBED_OK)
         return 0;
-    if (status == CM_EMBED_CANCELLED)
-        cm_call_reply_error (call, 499, "Cancelled.");
-    else {
+    if (status == CM_EMBED_CANCELLED) {
+        //  A client that left hears nothing; a shutdown's cut is answered
+        //  503 by the worker (cm_call_shutting_down).
+        if (!cm_call_shutting_down (call))
+            cm_call_reply_error (call, 499, "Cancelled.");
+    } else {
         int code = status == CM_EMBED_REQUEST ? 400 : 502;
         if (docs)
             s_reply_failure (call, code, err);
@@ -538,7 +541,18 @@ s_ingest (ingest_service_t *self, cm_call_t *call, cm_storage_t *storage,
         char err[1024] = "";
         ingest_job_result_t result =
             s_fallback (self, call, job_id, doc->location, &timed_out, err, sizeof err);
-        if (result != INGEST_JOB_DONE) {
+        if (result == INGEST_JOB_CANCELLED && !timed_out &&
+            cm_call_shutting_down (call)) {
+            //  Cut short by this daemon's shutdown, not by its client: the
+            //  document is stored, and the row goes back to "queued", which
+            //  the reconciler gives the queue once Redis is back (an orphan
+            //  of this stopped process). The upload was accepted.
+            cm_storage_job_update (
+                storage, job_id, "queued", -1, -1, -1,
+                "Interrupted by ingestd's shutdown; it runs again from "
+                "the queue.",
+                NULL);
+        } else if (result != INGEST_JOB_DONE) {
             //  The row keeps the reason; the reconciler re-queues a job left
             //  "queued" when Redis is back, but a job that failed here was
             //  answered as failed, so it stays failed.

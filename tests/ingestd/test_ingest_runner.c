@@ -223,6 +223,13 @@ cm_call_json (cm_call_t *self)
 }
 
 bool
+cm_call_shutting_down (cm_call_t *self)
+{
+    (void) self;
+    return false;
+}
+
+bool
 cm_call_cancelled (cm_call_t *self)
 {
     (void) self;

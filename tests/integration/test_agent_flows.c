@@ -18,6 +18,7 @@
 #include <unistd.h>
 #include "agent_http_server.h"
 #include "it_harness.h"
+#include <signal.h>
 
 static it_suite_t s_suite;
 static ah_server_t *s_server;
@@ -446,6 +447,7 @@ typedef struct {
     const char *body;
     long status;
     bool success;
+    char error[512]; //  the reply's error, "" when none
 } s_runner_t;
 
 static void *
@@ -454,6 +456,8 @@ s_runner (void *arg)
     s_runner_t *runner = (s_runner_t *) arg;
     json_t *reply = s_run (runner->uuid, runner->body, &runner->status);
     runner->success = json_is_true (json_object_get (reply, "success"));
+    const char *error = it_str (reply, "error");
+    snprintf (runner->error, sizeof runner->error, "%s", error ? error : "");
     json_decref (reply);
     return NULL;
 }
@@ -541,7 +545,7 @@ Test (agent_flows, queue_bounds_runs_cancel_frees_slots_breaker_trips, .timeout 
     s_runner_t runners[6];
     pthread_t threads[6];
     for (int i = 0; i < 6; i++) {
-        runners[i] = (s_runner_t){uuid, "{}", 0, false};
+        runners[i] = (s_runner_t){uuid, "{}", 0, false, ""};
         pthread_create (&threads[i], NULL, s_runner, &runners[i]);
     }
     for (int i = 0; i < 6; i++) {
@@ -680,6 +684,39 @@ Test (agent_flows, queue_bounds_runs_cancel_frees_slots_breaker_trips, .timeout 
 //  Retry-After before it starts. The provider here is the test server,
 //  which answers HTTP 500 to the provider's POST (LLM_BASE_URL's path is
 //  /status/500, so the call goes to /status/500/chat/completions).
+static bool
+s_slow_reached (void *arg)
+{
+    (void) arg;
+    return ah_server_hits (s_server, "/slow") >= 1;
+}
+
+Test (agent_flows, a_run_cut_short_by_agentds_shutdown_says_so, .timeout = 120)
+{
+    //  agentd is stopped (SIGTERM) while a run waits on a 30 s call, and
+    //  its drain (300 ms) runs out: the client, still there, hears 503 and
+    //  why, not a run "cancelled" as if it had left itself.
+    const char *extra[] = {"DRAIN_TIMEOUT_MS=300", NULL};
+    s_start_with (extra);
+    char url[256], steps[1024];
+    snprintf (steps, sizeof steps, "[{\"type\":\"apiCall\",\"config\":{\"url\":\"%s\"}}]",
+              s_target (url, sizeof url, "localhost", "/slow?ms=30000"));
+    char uuid[64];
+    snprintf (uuid, sizeof uuid, "%s", s_create (steps));
+    s_runner_t runner = {uuid, "{}", 0, false, ""};
+    pthread_t thread;
+    pthread_create (&thread, NULL, s_runner, &runner);
+    cr_assert (it_wait (s_slow_reached, NULL, 10000), "the run never made its call");
+    pid_t agentd[2];
+    cr_assert_eq (it_children (s_suite.supervisor, "agentd", agentd, 2), 1);
+    kill (agentd[0], SIGTERM);
+    pthread_join (thread, NULL);
+    cr_assert_eq (runner.status, 503, "%ld %s", runner.status, runner.error);
+    cr_assert_not (runner.success);
+    cr_assert (strstr (runner.error, "agentd shut down"), "%s", runner.error);
+    s_stop ();
+}
+
 Test (agent_flows, llm_failures_open_the_agent_circuit, .timeout = 180)
 {
     //  The server's port is known once it runs: start it first, then the

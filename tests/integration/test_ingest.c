@@ -1276,6 +1276,7 @@ typedef struct {
     char url[512];
     char *body;
     long status;
+    char *reply; //  its body (owned)
 } s_background_t;
 
 static void *
@@ -1285,6 +1286,7 @@ s_background_post (void *arg)
     it_response_t r;
     it_http ("POST", post->url, post->body, true, &r);
     post->status = r.status;
+    post->reply = r.body ? strdup (r.body) : NULL;
     it_response_free (&r);
     return NULL;
 }
@@ -1318,17 +1320,21 @@ s_job_completed (void *arg)
     return done;
 }
 
-Test (ingest, a_fallback_run_that_dies_with_its_ingestd_is_queued_within_seconds,
-      .timeout = 300, .fini = s_thaw_supervisor)
+//  Redis is gone, so an upload runs on the fallback pool, slowly (one chunk
+//  per paced embedding request), and ingestd is stopped in the middle by
+//  `sig`. The client hears `expected`; once Redis and ingestd are back (the
+//  supervisor restarts both), the row, which its stopped process owned, is
+//  queued by the reconciler and embedded, its chunks stored once.
+static void
+s_interrupt_fallback (int sig, long expected)
 {
-    //  Redis is gone, so the upload runs on the fallback pool, slowly (one
-    //  chunk per paced embedding request); ingestd is killed in the middle.
-    //  Its row says active, path fallback. Without a keeper to say that its
-    //  process is dead, the reconciler would wait for
-    //  2 x INGESTION_TASK_TIMEOUT_MS + 10 s (610 s by default).
-    const char *extra[] = {"REDIS_TIMEOUT_MS=300",   "EMBEDDING_INSTANCE_TIMEOUT_MS=2000",
-                           "EMBEDDING_BATCH_SIZE=1", "CHUNK_SIZE_CHARS=200",
-                           "CHUNK_OVERLAP_CHARS=20", NULL};
+    const char *extra[] = {"REDIS_TIMEOUT_MS=300",
+                           "EMBEDDING_INSTANCE_TIMEOUT_MS=2000",
+                           "EMBEDDING_BATCH_SIZE=1",
+                           "CHUNK_SIZE_CHARS=200",
+                           "CHUNK_OVERLAP_CHARS=20",
+                           "DRAIN_TIMEOUT_MS=300",
+                           NULL};
     s_start (extra, true);
     fake_llm_control (&s_fake, "{\"embed_pace_ms\":300}");
     it_create_workspace (&s_suite, "{\"name\":\"Docs\"}");
@@ -1357,22 +1363,21 @@ Test (ingest, a_fallback_run_that_dies_with_its_ingestd_is_queued_within_seconds
     char id[64] = "";
     bool running = it_wait (s_fallback_running, id, 60000);
     if (running)
-        kill (ingestd[0], SIGKILL);
-    long long killed_at = it_now_ms ();
+        kill (ingestd[0], sig);
+    long long stopped_at = it_now_ms ();
     pthread_join (thread, NULL);
     free (post.body);
     cr_assert (running, "the upload never ran on the fallback pool");
-    //  The gateway answers once the instance's heartbeats stop.
-    cr_assert_eq (post.status, 502, "the upload answered %ld", post.status);
+    cr_assert_eq (post.status, expected, "the upload answered %ld: %s", post.status,
+                  post.reply ? post.reply : "");
+    free (post.reply);
 
-    //  Redis and ingestd come back (the supervisor restarts both); the row
-    //  of the dead process is queued at the next maintenance round after
-    //  its keeper counts as dead, and embedded.
     kill (s_suite.supervisor, SIGCONT);
     cr_assert (it_wait (s_job_completed, id, 120000),
-               "job %s was not completed within 120 s of the kill", id);
-    cr_log_info ("the fallback job of the killed ingestd completed %.1f s after the kill",
-                 (double) (it_now_ms () - killed_at) / 1000.0);
+               "job %s was not completed within 120 s of the stop", id);
+    cr_log_info (
+        "the fallback job of the stopped ingestd completed %.1f s after the stop",
+        (double) (it_now_ms () - stopped_at) / 1000.0);
     sqlite3 *db = it_db_open (&s_suite);
     s_assert_no_chunk_twice (db);
     cr_assert_eq (it_db_int (db,
@@ -1382,6 +1387,25 @@ Test (ingest, a_fallback_run_that_dies_with_its_ingestd_is_queued_within_seconds
                   1, "the queue has the job: it is nobody's orphan now");
     sqlite3_close (db);
     s_stop ();
+}
+
+//  kill -9: the row says active, path fallback. Without a keeper to say
+//  that its process is dead, the reconciler would wait for
+//  2 x INGESTION_TASK_TIMEOUT_MS + 10 s (610 s by default). The gateway
+//  answers 502 once the instance is gone.
+Test (ingest, a_fallback_run_that_dies_with_its_ingestd_is_queued_within_seconds,
+      .timeout = 300, .fini = s_thaw_supervisor)
+{
+    s_interrupt_fallback (SIGKILL, 502);
+}
+
+//  SIGTERM, its drain (300 ms) shorter than the run: the upload is stored
+//  and its row queued again, so it is answered 200 (it was 499 "cancelled"
+//  and the row failed, as if the client had left).
+Test (ingest, a_fallback_run_cut_short_by_a_shutdown_is_accepted_and_embedded_later,
+      .timeout = 300, .fini = s_thaw_supervisor)
+{
+    s_interrupt_fallback (SIGTERM, 200);
 }
 
 Test (ingest, an_upstream_failing_twice_completes_on_attempt_3, .timeout = 180)
