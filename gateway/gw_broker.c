@@ -432,7 +432,8 @@ s_choose (gw_broker_t *self, const char *service)
     for (size_t n = 0; n < count; n++) {
         if (!instance)
             instance = zhashx_first (self->instances);
-        if (!instance->draining && !strcmp (instance->service, service)) {
+        if (!instance->draining && !instance->unreachable_at &&
+            !strcmp (instance->service, service)) {
             int64_t free_slots = (int64_t) instance->capacity - instance->inflight;
             if (free_slots > best_free) {
                 best = instance;
@@ -446,7 +447,9 @@ s_choose (gw_broker_t *self, const char *service)
 
 //  Send a request to the best live instance. Tries the next one when a
 //  send fails at once (ROUTER_MANDATORY: the peer is gone, and the request
-//  has not started anywhere). Returns false when no instance took it.
+//  has not started anywhere); the one that failed is left out of routing
+//  until a probe reaches it again, or gives it up (it may only be between
+//  two connections). Returns false when no instance took it.
 static bool
 s_dispatch (gw_broker_t *self, s_pending_t *pending, cm_msg_t *request)
 {
@@ -466,7 +469,10 @@ s_dispatch (gw_broker_t *self, s_pending_t *pending, cm_msg_t *request)
             self->routed++;
             return true;
         }
-        s_instance_remove (self, instance, "unreachable");
+        if (!instance->unreachable_at)
+            instance->unreachable_at = cm_clock_mono_ms ();
+        if (self->probe_until < cm_clock_mono_ms () + 1000)
+            self->probe_until = cm_clock_mono_ms () + 1000;
     }
     return false;
 }
@@ -585,6 +591,7 @@ s_handle_frame (gw_broker_t *self, const char *id, cm_msg_t *msg)
         instance->capacity = cm_msg_capacity (msg);
         instance->reported = cm_msg_capacity (msg);
         instance->draining = false;
+        instance->unreachable_at = 0;
         instance->last_seen = cm_clock_mono_ms ();
         if (zlistx_size (self->waiting))
             s_release_waiting (self, instance->service);
@@ -784,9 +791,14 @@ s_probe (gw_broker_t *self)
         if (!instance)
             continue; //  (removed meanwhile: a retry found it unreachable)
         cm_msg_t *hb = cm_msg_new (CM_MSG_HEARTBEAT);
-        if (s_send_to (self, id, hb, true) == 0)
-            instance->unreachable_at = 0;
-        else if (!instance->unreachable_at)
+        if (s_send_to (self, id, hb, true) == 0) {
+            if (instance->unreachable_at) {
+                //  Back (it was between connections): routable again.
+                instance->unreachable_at = 0;
+                if (zlistx_size (self->waiting))
+                    s_release_waiting (self, instance->service);
+            }
+        } else if (!instance->unreachable_at)
             instance->unreachable_at = now;
         else if (now - instance->unreachable_at >= S_UNREACHABLE_MS) {
             self->disconnected_instances++;
