@@ -63,6 +63,7 @@ struct gw_broker_s {
     zhashx_t *instances;       //  id -> s_instance_t
     zhashx_t *pending;         //  request id -> s_pending_t
     zlistx_t *waiting;         //  ids of requests waiting for an instance, oldest first
+    size_t waiting_now;        //  of those, the ones still waiting (some ended)
     uint64_t rotate;           //  tie-breaker for instance choice
     //  Counters (broker thread writes; snapshot reads under snap_lock).
     uint64_t routed, replies, late_replies, dropped_frames, unroutable, timeouts,
@@ -277,6 +278,8 @@ s_pending_end (gw_broker_t *self, const char *request_id)
         return;
     if (pending->instance)
         pending->instance->inflight--;
+    if (pending->wait_until)
+        self->waiting_now--; //  ended while it waited (cancelled, shutdown)
     //  First out of the table: request_id may be the request's own.
     zhashx_delete (self->pending, request_id);
     gw_exchange_unref (&pending->exchange);
@@ -323,6 +326,7 @@ s_wait (gw_broker_t *self, const char *request_id, s_pending_t *pending, int64_t
         return;
     }
     pending->wait_until = until;
+    self->waiting_now++;
     zlistx_add_end (self->waiting, cm_strdup (request_id));
 }
 
@@ -527,6 +531,7 @@ s_release_waiting (gw_broker_t *self, const char *service)
             continue;
         int64_t until = pending->wait_until;
         pending->wait_until = 0;
+        self->waiting_now--;
         if (s_dispatch (self, pending, pending->request)) {
             self->waited++;
             if (!pending->retry)
@@ -548,6 +553,7 @@ s_expire_waiting (gw_broker_t *self, int64_t now)
         zlistx_detach_cur (self->waiting);
         if (pending && pending->wait_until) {
             pending->wait_until = 0;
+            self->waiting_now--;
             s_no_instance (self, id, pending);
         }
         free (id);
@@ -899,7 +905,7 @@ s_tick (gw_broker_t *self, int64_t now, bool beat)
                     {"disconnected_instances", self->disconnected_instances},
                     {"no_instance", self->no_instance},
                     {"waited", self->waited},
-                    {"waiting", zlistx_size (self->waiting)},
+                    {"waiting", self->waiting_now},
                     {"in_flight", zhashx_size (self->pending)}};
     json_t *counts = json_object ();
     for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)
