@@ -1,6 +1,7 @@
 /*  cm_log.c: see cm_log.h. */
 #include "cm_common.h"
 #include "cm_log.h"
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <strings.h>
 #include <sys/time.h>
@@ -8,7 +9,9 @@
 #include <unistd.h>
 
 static const char *s_program = "llmrt";
-static cm_log_level_t s_level = CM_LOG_INFO;
+//  Read by every thread that logs, set at start-up while some already run
+//  (a daemon's pool threads start before its settings are applied).
+static atomic_int s_level = CM_LOG_INFO;
 static const char *s_names[] = {"DEBUG", "INFO", "WARN", "ERROR"};
 
 void
@@ -18,13 +21,13 @@ cm_log_init (const char *program)
     const char *env = getenv ("LOG_LEVEL");
     int level = env ? cm_log_level_parse (env) : -1;
     if (level >= 0)
-        s_level = (cm_log_level_t) level;
+        atomic_store_explicit (&s_level, (int) level, memory_order_relaxed);
 }
 
 void
 cm_log_set_level (cm_log_level_t level)
 {
-    s_level = level;
+    atomic_store_explicit (&s_level, (int) level, memory_order_relaxed);
 }
 
 int
@@ -48,14 +51,14 @@ cm_log_level_apply (const char *text, char *err, size_t errlen)
                   text ? text : "");
         return -1;
     }
-    s_level = (cm_log_level_t) level;
+    atomic_store_explicit (&s_level, (int) level, memory_order_relaxed);
     return 0;
 }
 
 void
 cm_log (cm_log_level_t level, const char *fmt, ...)
 {
-    if (level < s_level)
+    if ((int) level < atomic_load_explicit (&s_level, memory_order_relaxed))
         return;
     char line[2048];
     struct timeval tv;

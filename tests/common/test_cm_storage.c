@@ -919,7 +919,7 @@ Test (cm_storage, history_of_schema_3_rows_reads_through_json)
 }
 
 //  Readers that never stop, on their own connection, as under load.
-static volatile bool s_reading;
+static atomic_bool s_reading;
 
 static void *
 s_reader (void *arg)
@@ -927,7 +927,7 @@ s_reader (void *arg)
     (void) arg;
     cm_storage_t *storage = s_open ();
     json_t *workspaces = NULL;
-    while (s_reading) {
+    while (atomic_load (&s_reading)) {
         cm_storage_workspace_list (storage, &workspaces);
         json_decref (workspaces);
         workspaces = NULL;
@@ -954,7 +954,7 @@ Test (cm_storage, wal_stays_bounded_under_steady_reads, .init = s_setup,
     cm_storage_pool_set_checkpoints (pool, 50, 64);
     cm_storage_t *storage = cm_storage_pool_acquire (pool);
     json_t *workspace = s_workspace (storage, "wal");
-    s_reading = true;
+    atomic_store (&s_reading, true);
     pthread_t readers[2];
     for (int i = 0; i < 2; i++)
         pthread_create (&readers[i], NULL, s_reader, NULL);
@@ -970,7 +970,7 @@ Test (cm_storage, wal_stays_bounded_under_steady_reads, .init = s_setup,
         if (size > largest)
             largest = size;
     }
-    s_reading = false;
+    atomic_store (&s_reading, false);
     for (int i = 0; i < 2; i++)
         pthread_join (readers[i], NULL);
     cm_storage_pool_release (pool, &storage);
