@@ -470,17 +470,28 @@ Test (gw_server, a_wait_for_an_instance_ends_in_503_by_its_deadline_at_the_lates
     gwh_gateway_stop (&gateway);
 }
 
+//  Start a call that reaches daemon, which then falls silent (muted): the
+//  call (running on its thread) and the REQUEST daemon got.
+static gwh_call_t *
+s_call_then_mute (gwh_gateway_t *gateway, gwh_daemon_t *daemon, const char *method,
+                  const char *path, const char *body, cm_msg_t **request_p)
+{
+    gwh_call_t *call = gwh_call_new (gateway, method, path, GWH_KEY, body);
+    gwh_call_start (call);
+    *request_p = gwh_daemon_expect (daemon, CM_MSG_REQUEST);
+    gwh_daemon_mute (daemon);
+    return call;
+}
+
 Test (gw_server, a_retryable_request_waits_for_its_dead_instances_successor)
 {
     gwh_gateway_t gateway;
     s_gateway_start_waiting (&gateway, S_TIMEOUT_MS, 60000);
     gwh_daemon_t *dies = gwh_daemon_new (&gateway, "chat", "chat-dies", 2);
     gwh_wait_health (&gateway, "services.chat.instances", 1);
+    cm_msg_t *request;
     gwh_call_t *call =
-        gwh_call_new (&gateway, "GET", "/api/v1/workspaces", GWH_KEY, NULL);
-    gwh_call_start (call);
-    cm_msg_t *request = gwh_daemon_expect (dies, CM_MSG_REQUEST);
-    gwh_daemon_mute (dies);
+        s_call_then_mute (&gateway, dies, "GET", "/api/v1/workspaces", NULL, &request);
     //  Given up, with no other instance: the request waits (a
     //  non-retryable one is answered 502, as before).
     gwh_wait_health (&gateway, "broker.expired_instances", 1);
@@ -514,11 +525,10 @@ Test (gw_server, a_wait_that_runs_out_cancels_at_the_frozen_instance)
     s_gateway_start_waiting (&gateway, S_TIMEOUT_MS, 300);
     gwh_daemon_t *frozen = gwh_daemon_new (&gateway, "chat", "chat-frozen", 2);
     gwh_wait_health (&gateway, "services.chat.instances", 1);
-    gwh_call_t *call = gwh_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat",
-                                     GWH_KEY, "{\"message\":\"hi\"}");
-    gwh_call_start (call);
-    cm_msg_t *request = gwh_daemon_expect (frozen, CM_MSG_REQUEST);
-    gwh_daemon_mute (frozen);
+    cm_msg_t *request;
+    gwh_call_t *call =
+        s_call_then_mute (&gateway, frozen, "POST", "/api/v1/workspace/demo/chat",
+                          "{\"message\":\"hi\"}", &request);
     gwh_call_join (call);
     gwh_assert_error (call, 503, "No chat service instance is available.");
     cm_msg_t *cancel = gwh_daemon_expect (frozen, CM_MSG_CANCEL);

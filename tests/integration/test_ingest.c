@@ -1616,12 +1616,20 @@ s_unmount_full (void)
     test_tmpfs_unmount (s_full_dir);
 }
 
-//  Mount a 4 MB tmpfs at s_full_dir for the database; false (test skipped
-//  by the caller) without root.
-static bool
-s_mount_small (void)
+//  Start the suite (with the fake embedder when with_fake) on a database in
+//  a 4 MB tmpfs at s_full_dir, with these settings too (NULL-terminated,
+//  at most 8); the test is skipped without root (mount).
+static void
+s_start_on_small (const char *const *more, bool with_fake)
 {
-    return test_tmpfs_mount (s_full_dir, sizeof s_full_dir, "/tmp/llmrt-full-XXXXXX");
+    if (!test_tmpfs_mount (s_full_dir, sizeof s_full_dir, "/tmp/llmrt-full-XXXXXX"))
+        cr_skip_test ("mounting a tmpfs needs root");
+    static char storage[96];
+    snprintf (storage, sizeof storage, "STORAGE_DIR=%s", s_full_dir);
+    const char *extra[10] = {storage};
+    for (size_t i = 0; more && more[i] && i < 8; i++)
+        extra[i + 1] = more[i];
+    s_start (extra, with_fake);
 }
 
 static bool
@@ -1640,18 +1648,10 @@ s_job_progressed (void *arg)
 Test (ingest, a_job_that_meets_a_full_database_waits_for_room, .fini = s_unmount_full,
       .timeout = 240)
 {
-    if (!s_mount_small ())
-        cr_skip_test ("mounting a tmpfs needs root");
-    char storage[96];
-    snprintf (storage, sizeof storage, "STORAGE_DIR=%s", s_full_dir);
-    const char *extra[] = {storage,
-                           "EMBEDDING_JOB_ATTEMPTS=2",
-                           "EMBEDDING_JOB_BACKOFF_MS=50",
-                           "EMBEDDING_BATCH_SIZE=1",
-                           "CHUNK_SIZE_CHARS=3000",
-                           "CHUNK_OVERLAP_CHARS=20",
-                           NULL};
-    s_start (extra, true);
+    const char *extra[] = {"EMBEDDING_JOB_ATTEMPTS=2", "EMBEDDING_JOB_BACKOFF_MS=50",
+                           "EMBEDDING_BATCH_SIZE=1",   "CHUNK_SIZE_CHARS=3000",
+                           "CHUNK_OVERLAP_CHARS=20",   NULL};
+    s_start_on_small (extra, true);
     fake_llm_control (&s_fake, "{\"embed_pace_ms\":200}");
     it_create_workspace (&s_suite, "{\"name\":\"Roomy\"}");
     static char text[60000];
@@ -1711,12 +1711,7 @@ Test (ingest, a_job_that_meets_a_full_database_waits_for_room, .fini = s_unmount
 Test (ingest, a_database_that_cannot_be_written_is_503, .fini = s_unmount_full,
       .timeout = 180)
 {
-    if (!s_mount_small ())
-        cr_skip_test ("mounting a tmpfs needs root");
-    char storage[96];
-    snprintf (storage, sizeof storage, "STORAGE_DIR=%s", s_full_dir);
-    const char *extra[] = {storage, NULL};
-    s_start (extra, false);
+    s_start_on_small (NULL, false);
     it_create_workspace (&s_suite, "{\"name\":\"Full\"}");
     test_fill_file_system (s_full_dir);
     //  400 KB of text: more pages than the WAL has room for.
