@@ -523,15 +523,19 @@ s_io_thread (void *arg)
             self->stall_end_us = turn_us;
         last_turn_us = turn_us;
         if (self->monitor && (items[2].revents & ZMQ_POLLIN)) {
-            //  The first connection gets the READY queued at start, and
-            //  one made while the gateway was lost the READY queued then.
-            //  Any other is a gateway that restarted (or a connection that
+            //  The first connection gets the READY queued at start. Any
+            //  other is a gateway that restarted (or a connection that
             //  broke): it may not know us, so say READY and our free
-            //  slots now. A restarted gateway also asks for READY in
-            //  answer to frames queued for its predecessor; ready_at makes
-            //  that wait an interval.
+            //  slots now, also while the gateway was lost: the READY
+            //  queued then may have gone into the connection that broke
+            //  (libzmq's heartbeat ends it as our patience ends), and a
+            //  gateway that gave us up would never hear from us again (an
+            //  operator's audit: a gateway frozen for 3.5 s lost two live
+            //  chatd for good). A second READY is harmless. A restarted
+            //  gateway also asks for READY in answer to frames queued for
+            //  its predecessor; ready_at makes that wait an interval.
             int made = cm_monitor_count (self->monitor, ZMQ_EVENT_CONNECTED);
-            if (made > 0 && connects + made > 1 && !lost && !said_goodbye) {
+            if (made > 0 && connects + made > 1 && !said_goodbye) {
                 cm_info ("connected to the gateway at %s again; saying READY",
                          self->endpoint);
                 s_send_ready (self, sock);

@@ -825,10 +825,12 @@ s_after_stall (gw_broker_t *self, int64_t now, int64_t gap)
     cm_warn ("the gateway's broker stood still for %lld ms; its instances are not "
              "blamed for the silence",
              (long long) gap);
+    //  Every instance not heard since the broker woke (frames read at the
+    //  wake are newer than now - a tick); capped at now. Those heard just
+    //  before it froze are moved too: their age was small then.
     for (s_instance_t *i = zhashx_first (self->instances); i;
          i = zhashx_next (self->instances))
-        if (i->last_seen <= now - gap)
-            i->last_seen += gap;
+        i->last_seen = i->last_seen + gap > now ? now : i->last_seen + gap;
     s_receive (self);
 }
 
