@@ -22,6 +22,10 @@
 
 #define S_MAX_PARAMS 8
 
+//  How long calls cancelled at the end of a drain get to stop (handlers
+//  look at cm_call_cancelled every few milliseconds).
+#define S_CANCEL_GRACE_MS 1000
+
 struct cm_call_s {
     cm_worker_t *worker;             //  owning worker
     cm_msg_t *request;               //  the REQUEST message
@@ -186,13 +190,23 @@ cm_worker_destroy (cm_worker_t **self_p)
             break;
         usleep (10 * 1000);
     }
-    //  Whatever still runs is told to stop.
+    //  Whatever still runs is told to stop, and given a moment to: its
+    //  answer (503, or a stream ended 503) must leave before the I/O
+    //  thread does, or the gateway only sees the connection close.
     pthread_mutex_lock (&self->calls_lock);
     for (cm_call_t *call = self->calls; call; call = call->next) {
         atomic_store (&call->shutdown, true);
         atomic_store (&call->cancelled, true);
     }
     pthread_mutex_unlock (&self->calls_lock);
+    int64_t grace = cm_clock_mono_ms () + S_CANCEL_GRACE_MS;
+    while (cm_clock_mono_ms () < grace) {
+        cm_queue_stats_t stats;
+        cm_queue_stats (self->queue, &stats);
+        if (stats.active == 0)
+            break;
+        usleep (5 * 1000);
+    }
     //  Close (not free) the queue: the I/O thread still reads its stats
     //  and sends the replies of the calls that finish now.
     cm_queue_close (self->queue);
