@@ -527,6 +527,16 @@ s_io_thread (void *arg)
             timeout = 0;
         if (zmq_poll (items, self->monitor ? 3 : 2, (long) timeout) < 0)
             continue;
+        //  Goodbye first: the gateway must know we are draining before it
+        //  reads any 503 we answer from now on, or it passes that 503 to the
+        //  client instead of sending the request elsewhere.
+        if (atomic_load (&self->stopping) && !said_goodbye) {
+            cm_msg_t *bye = cm_msg_new (CM_MSG_DISCONNECT);
+            cm_msg_set_reason (bye, "draining");
+            s_send_msg (sock, bye);
+            cm_msg_destroy (&bye);
+            said_goodbye = true;
+        }
         //  This loop comes round every 100 ms at most; a longer gap, or no
         //  heartbeat sent for as long, means we stood still (or the gateway
         //  was lost), and requests read now may have waited in the socket
@@ -620,13 +630,6 @@ s_io_thread (void *arg)
         }
         now = cm_clock_mono_ms ();
         cm_queue_expire (self->queue, cm_clock_wall_ms ());
-        if (atomic_load (&self->stopping) && !said_goodbye) {
-            cm_msg_t *bye = cm_msg_new (CM_MSG_DISCONNECT);
-            cm_msg_set_reason (bye, "draining");
-            s_send_msg (sock, bye);
-            cm_msg_destroy (&bye);
-            said_goodbye = true;
-        }
         //  While the gateway is silent, heartbeats would only pile up in the
         //  socket's queue: one READY waits there instead, and is the first
         //  thing the gateway (restarted, or reachable again) hears.

@@ -478,7 +478,9 @@ Test (cm_vsearch, concurrent_searches_while_documents_are_linked, .timeout = 120
                       searchers[i].failure);
         searches += searchers[i].searches;
     }
-    cr_assert_gt (searches, S_SEARCHERS);
+    //  Every searcher searched (at least once: on a loaded machine the
+    //  writer may finish before a searcher gets the CPU again).
+    cr_assert_geq (searches, S_SEARCHERS);
 
     //  Settled: the answer is exactly the best three linked documents.
     cm_vsearch_hit_t hits[3];

@@ -1185,6 +1185,28 @@ Test (cm_worker, destroy_without_drain_cancels_running_calls, .timeout = 60)
     cm_worker_destroy (&worker);
     cr_assert_eq (atomic_load (&state.slow_cancelled), 1, "a was told to stop");
     cr_assert_eq (atomic_load (&state.counted), 0, "b never ran");
+    //  Goodbye first, then the 503s: a gateway must know the instance drains
+    //  before it reads them, or it passes them on instead of resending.
+    int bye_at = -1, a_at = -1, b_at = -1;
+    int64_t until = cm_clock_mono_ms () + S_PATIENCE_MS;
+    while ((bye_at < 0 || a_at < 0 || b_at < 0) && cm_clock_mono_ms () < until) {
+        s_gateway_pump (gateway);
+        bye_at = a_at = b_at = -1;
+        int i = 0;
+        for (cm_msg_t *msg = zlist_first (gateway->inbox); msg;
+             msg = zlist_next (gateway->inbox), i++) {
+            if (cm_msg_type (msg) == CM_MSG_DISCONNECT && bye_at < 0)
+                bye_at = i;
+            else if (cm_msg_type (msg) == CM_MSG_FINAL &&
+                     !strcmp (cm_msg_request_id (msg), "a"))
+                a_at = i;
+            else if (cm_msg_type (msg) == CM_MSG_FINAL &&
+                     !strcmp (cm_msg_request_id (msg), "b"))
+                b_at = i;
+        }
+    }
+    cr_assert (bye_at >= 0 && a_at > bye_at && b_at > bye_at,
+               "DISCONNECT at %d, a's 503 at %d, b's at %d", bye_at, a_at, b_at);
     //  The waiting call is refused; the socket's linger delivers it.
     final = s_gateway_expect_final (gateway, "b", 503);
     cr_assert_str_eq (cm_msg_header (final, "Retry-After"), "1");
@@ -1192,7 +1214,8 @@ Test (cm_worker, destroy_without_drain_cancels_running_calls, .timeout = 60)
     cm_msg_t *bye = s_gateway_expect (gateway, CM_MSG_DISCONNECT, NULL);
     cm_msg_destroy (&bye);
     //  The running one, cut short by the shutdown (not by its client), is
-    //  answered 503 before the worker goes: the gateway may send it on.
+    //  answered 503 before the worker goes, after its goodbye: the gateway
+    //  then knows it drains and may send the request on.
     final = s_gateway_expect_final (gateway, "a", 503);
     cm_msg_destroy (&final);
     s_gateway_destroy (&gateway);

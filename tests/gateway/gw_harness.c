@@ -592,6 +592,10 @@ gwh_daemon_destroy (gwh_daemon_t **self_p)
     gwh_daemon_t *self = *self_p;
     if (!self)
         return;
+    //  gwh_daemon_recv leaves a receive timeout on the actor's pipe; with it
+    //  zactor_destroy would stop waiting for the actor's end, and the
+    //  actor would go on using self after the free below.
+    zsock_set_rcvtimeo (zactor_sock (self->actor), -1);
     zactor_destroy (&self->actor);
     free (self);
     *self_p = NULL;
