@@ -82,10 +82,19 @@ Test (gw_health, a_database_removed_or_replaced_under_the_suite_is_down)
     test_dir_remove (dir);
 }
 
-Test (gw_health, a_full_file_system_is_down_until_there_is_room)
+static char s_small[64]; //  the tmpfs of the test below, "" when none
+
+//  Unmounted even when the test fails part-way.
+static void
+s_unmount_small (void)
 {
-    char dir[64];
-    if (!test_tmpfs_mount (dir, sizeof dir, "/tmp/llmrt-gw-health-XXXXXX"))
+    test_tmpfs_unmount (s_small);
+}
+
+Test (gw_health, a_full_file_system_is_down_until_there_is_room, .fini = s_unmount_small)
+{
+    char *dir = s_small;
+    if (!test_tmpfs_mount (s_small, sizeof s_small, "/tmp/llmrt-gw-health-XXXXXX"))
         cr_skip_test ("mounting a tmpfs needs root");
     s_create_database (dir);
     gw_health_t *health = gw_health_new (dir, "redis://127.0.0.1:1", 20, 50);
@@ -97,5 +106,4 @@ Test (gw_health, a_full_file_system_is_down_until_there_is_room)
     unlink (filler);
     s_wait_database (health, "ok", NULL);
     gw_health_destroy (&health);
-    test_tmpfs_unmount (dir);
 }
