@@ -419,6 +419,15 @@ s_instance_remove (gw_broker_t *self, s_instance_t *instance, const char *why)
     zhashx_delete (self->instances, instance->id);
 }
 
+//  Probe every instance at each tick for the next second: a connection
+//  has closed (the monitor says so), or a send failed.
+static void
+s_probe_for_a_while (gw_broker_t *self, int64_t now)
+{
+    if (self->probe_until < now + 1000)
+        self->probe_until = now + 1000;
+}
+
 //  The live instance of a service with the most free capacity.
 static s_instance_t *
 s_choose (gw_broker_t *self, const char *service)
@@ -473,10 +482,10 @@ s_dispatch (gw_broker_t *self, s_pending_t *pending, cm_msg_t *request)
             self->routed++;
             return true;
         }
+        int64_t now = cm_clock_mono_ms ();
         if (!instance->unreachable_at)
-            instance->unreachable_at = cm_clock_mono_ms ();
-        if (self->probe_until < cm_clock_mono_ms () + 1000)
-            self->probe_until = cm_clock_mono_ms () + 1000;
+            instance->unreachable_at = now;
+        s_probe_for_a_while (self, now);
     }
     return false;
 }
@@ -929,13 +938,8 @@ s_fail_all (gw_broker_t *self)
     zlistx_t *ids = zhashx_keys (self->pending);
     for (char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
         s_pending_t *pending = zhashx_lookup (self->pending, id);
-        if (pending->instance) {
-            cm_msg_t *cancel = cm_msg_new (CM_MSG_CANCEL);
-            cm_msg_set_request_id (cancel, id);
-            cm_msg_set_reason (cancel, "gateway shutting down");
-            s_send (self, pending->instance->id, cancel);
-            cm_msg_destroy (&cancel);
-        }
+        if (pending->instance)
+            s_cancel_at (self, pending->instance->id, id, "gateway shutting down", false);
         if (pending->abandoned)
             s_cancel_at (self, pending->abandoned, id, "gateway shutting down", true);
         gw_exchange_fail (pending->exchange, 503, "The gateway is shutting down.");
@@ -981,7 +985,7 @@ s_thread (void *arg)
         //  before it is given up.
         if (self->monitor && (items[2].revents & ZMQ_POLLIN) &&
             cm_monitor_count (self->monitor, ZMQ_EVENT_DISCONNECTED) > 0) {
-            self->probe_until = cm_clock_mono_ms () + 1000;
+            s_probe_for_a_while (self, cm_clock_mono_ms ());
             s_probe (self);
         }
         int64_t now = cm_clock_mono_ms ();
