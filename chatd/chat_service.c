@@ -779,6 +779,11 @@ s_build_messages (s_turn_t *turn, chat_message_t **messages_p, size_t *count_p,
         .included_only = true,
         .limit = depth > 0 ? depth : 20,
         .newest_first = true,
+        //  A request that may have run at another instance too (sent here
+        //  again, or after a stall) must not see that run's turn as an
+        //  earlier one: it answers the same conversation.
+        .not_request_id =
+            cm_call_twice_from_us (turn->call) ? NULL : cm_call_request_id (turn->call),
     };
     if (cm_storage_chat_context (turn->storage, turn->workspace_id, &filter,
                                  s_context_add, context) != CM_STORAGE_OK)

@@ -20,10 +20,12 @@ typedef enum {
     F_STATUS,
     F_CONTENT_TYPE,
     F_REASON,
+    F_HELD,
+    F_PARTIALS,
 } s_field_t;
 
 #define S_MAX_FIELDS 9
-static const s_field_t s_layout[8][S_MAX_FIELDS] = {
+static const s_field_t s_layout[CM_MSG_LAST + 1][S_MAX_FIELDS] = {
     [CM_MSG_READY] = {F_SERVICE, F_INSTANCE, F_CAPACITY},
     [CM_MSG_REQUEST] = {F_REQUEST_ID, F_SERVICE, F_METHOD, F_ROUTE, F_DEADLINE,
                         F_IDENTITY, F_HEADERS, F_BODY},
@@ -32,10 +34,13 @@ static const s_field_t s_layout[8][S_MAX_FIELDS] = {
     [CM_MSG_CANCEL] = {F_REQUEST_ID, F_REASON},
     [CM_MSG_HEARTBEAT] = {F_CAPACITY},
     [CM_MSG_DISCONNECT] = {F_REASON},
+    [CM_MSG_CHECK] = {F_REQUEST_ID},
+    [CM_MSG_CHECKED] = {F_REQUEST_ID, F_HELD, F_PARTIALS},
 };
 
 static const char *s_type_names[] = {"?",     "READY",  "REQUEST",   "PARTIAL",
-                                     "FINAL", "CANCEL", "HEARTBEAT", "DISCONNECT"};
+                                     "FINAL", "CANCEL", "HEARTBEAT", "DISCONNECT",
+                                     "CHECK", "CHECKED"};
 
 //  Bounds that keep a hostile frame from making us allocate without limit.
 #define S_MAX_HEADERS 64
@@ -54,6 +59,8 @@ struct cm_msg_s {
     uint32_t capacity;   //  slots (READY: total, HEARTBEAT: free)
     int64_t deadline;    //  wall ms; 0 none
     uint16_t status;     //  HTTP status of a reply
+    bool held;           //  CHECKED: the daemon holds the request
+    uint32_t partials;   //  CHECKED: PARTIALs the daemon sent for it
     char *body;          //  payload bytes, NUL-terminated for convenience
     size_t body_size;    //  payload length without the NUL
     char **headers;      //  name, value, name, value, ...
@@ -63,7 +70,7 @@ struct cm_msg_s {
 cm_msg_t *
 cm_msg_new (cm_msg_type_t type)
 {
-    assert (type >= CM_MSG_READY && type <= CM_MSG_DISCONNECT);
+    assert (type >= CM_MSG_READY && type <= CM_MSG_LAST);
     cm_msg_t *self = cm_calloc (1, sizeof *self);
     self->type = type;
     return self;
@@ -152,6 +159,10 @@ cm_msg_encode (cm_msg_t *self, char **data_p, size_t *size_p)
             msgpack_pack_int64 (&pk, self->deadline);
         else if (f == F_STATUS)
             msgpack_pack_uint16 (&pk, self->status);
+        else if (f == F_HELD)
+            msgpack_pack_uint8 (&pk, self->held ? 1 : 0);
+        else if (f == F_PARTIALS)
+            msgpack_pack_uint32 (&pk, self->partials);
         else if (f == F_BODY) {
             msgpack_pack_bin (&pk, self->body_size);
             msgpack_pack_bin_body (&pk, self->body ? self->body : "", self->body_size);
@@ -347,7 +358,7 @@ cm_msg_decode (const void *data, size_t size, char *err, size_t errlen)
         snprintf (err, errlen, "unsupported protocol version (want %d)", CM_MSG_VERSION);
         goto fail;
     }
-    if (!s_get_uint (&items[1], CM_MSG_DISCONNECT, &type) || type < CM_MSG_READY) {
+    if (!s_get_uint (&items[1], CM_MSG_LAST, &type) || type < CM_MSG_READY) {
         snprintf (err, errlen, "unknown message type");
         goto fail;
     }
@@ -375,6 +386,12 @@ cm_msg_decode (const void *data, size_t size, char *err, size_t errlen)
         } else if (f == F_STATUS) {
             ok = s_get_uint (o, 999, &u);
             self->status = (uint16_t) u;
+        } else if (f == F_HELD) {
+            ok = s_get_uint (o, 1, &u);
+            self->held = u == 1;
+        } else if (f == F_PARTIALS) {
+            ok = s_get_uint (o, UINT32_MAX, &u);
+            self->partials = (uint32_t) u;
         } else if (f == F_DEADLINE) {
             if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= INT64_MAX)
                 self->deadline = (int64_t) o->via.u64;
@@ -416,7 +433,7 @@ fail:
 const char *
 cm_msg_type_name (int type)
 {
-    return type >= CM_MSG_READY && type <= CM_MSG_DISCONNECT ? s_type_names[type] : "?";
+    return type >= CM_MSG_READY && type <= CM_MSG_LAST ? s_type_names[type] : "?";
 }
 
 cm_msg_type_t
@@ -463,6 +480,8 @@ S_STRING_ACCESSORS (reason)
 S_NUMBER_ACCESSORS (capacity, uint32_t)
 S_NUMBER_ACCESSORS (deadline, int64_t)
 S_NUMBER_ACCESSORS (status, uint16_t)
+S_NUMBER_ACCESSORS (held, bool)
+S_NUMBER_ACCESSORS (partials, uint32_t)
 
 const char *
 cm_msg_body (cm_msg_t *self, size_t *size_p)

@@ -24,7 +24,12 @@ typedef enum {
     CM_MSG_CANCEL = 5,     //  gateway -> daemon: the client is gone / deadline
     CM_MSG_HEARTBEAT = 6,  //  both ways: I am alive (daemon adds free slots)
     CM_MSG_DISCONNECT = 7, //  both ways: I am leaving / I do not know you
+    CM_MSG_CHECK = 8,      //  gateway -> daemon: do you hold this request?
+    CM_MSG_CHECKED = 9,    //  daemon -> gateway: held or not, PARTIALs sent
 } cm_msg_type_t;
+
+//  The highest type this codec knows.
+#define CM_MSG_LAST CM_MSG_CHECKED
 
 typedef struct cm_msg_s cm_msg_t;
 
@@ -45,7 +50,7 @@ cm_msg_type_t cm_msg_type (cm_msg_t *self);
 
 //  String fields; getters return borrowed strings ("" when unset), setters copy.
 //  service: READY, REQUEST. instance: READY. request_id: REQUEST, PARTIAL,
-//  FINAL, CANCEL. method, route (path with query), identity: REQUEST.
+//  FINAL, CANCEL, CHECK, CHECKED. method, route (path with query), identity: REQUEST.
 //  content_type: PARTIAL, FINAL. reason: CANCEL, DISCONNECT.
 const char *cm_msg_service (cm_msg_t *self);
 void cm_msg_set_service (cm_msg_t *self, const char *value);
@@ -73,6 +78,14 @@ void cm_msg_set_deadline (cm_msg_t *self, int64_t value);
 //  status: PARTIAL (the first one's status is the response's), FINAL.
 uint16_t cm_msg_status (cm_msg_t *self);
 void cm_msg_set_status (cm_msg_t *self, uint16_t value);
+
+//  held: CHECKED, whether the daemon still holds the request (queued,
+//  running, or its reply not yet sent).
+bool cm_msg_held (cm_msg_t *self);
+void cm_msg_set_held (cm_msg_t *self, bool value);
+//  partials: CHECKED, PARTIAL frames the daemon has sent for the request.
+uint32_t cm_msg_partials (cm_msg_t *self);
+void cm_msg_set_partials (cm_msg_t *self, uint32_t value);
 
 //  body: REQUEST, PARTIAL, FINAL. Getter borrows; size in *size_p.
 const char *cm_msg_body (cm_msg_t *self, size_t *size_p);

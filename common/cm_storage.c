@@ -1339,10 +1339,12 @@ cm_storage_pool_chat_commits (cm_storage_pool_t *self, uint64_t *commits, uint64
 static void
 s_chat_where (char *sql, size_t size, const cm_storage_chat_filter_t *filter)
 {
-    snprintf (sql + strlen (sql), size - strlen (sql),
-              " WHERE workspaceId = ?1 AND api_session_id IS ?2 AND thread_id IS ?3%s%s",
-              filter->user_id >= 0 ? " AND user_id IS ?4" : "",
-              filter->included_only ? " AND include = 1" : "");
+    snprintf (
+        sql + strlen (sql), size - strlen (sql),
+        " WHERE workspaceId = ?1 AND api_session_id IS ?2 AND thread_id IS ?3%s%s%s",
+        filter->user_id >= 0 ? " AND user_id IS ?4" : "",
+        filter->included_only ? " AND include = 1" : "",
+        filter->not_request_id ? " AND requestId IS NOT ?6" : "");
 }
 
 static void
@@ -1356,6 +1358,8 @@ s_chat_bind (sqlite3_stmt *stmt, int64_t workspace_id,
         sqlite3_bind_int64 (stmt, 3, filter->thread_id);
     if (filter->user_id > 0)
         sqlite3_bind_int64 (stmt, 4, filter->user_id);
+    if (filter->not_request_id)
+        sqlite3_bind_text (stmt, 6, filter->not_request_id, -1, SQLITE_TRANSIENT);
 }
 
 cm_storage_status_t

@@ -181,12 +181,14 @@ void cm_storage_pool_chat_commits (cm_storage_pool_t *self, uint64_t *commits,
 //  Which turns of a workspace to read or reset. NULL/0 match rows where the
 //  column is NULL, as upstream's queries do.
 typedef struct {
-    const char *session_id; //  NULL: rows without a session
-    int64_t thread_id;      //  0: rows without a thread
-    int64_t user_id;        //  0: rows without a user; -1: any user
-    bool included_only;     //  only rows with include = true
-    int64_t limit;          //  at most this many; <= 0: no limit
-    bool newest_first;      //  order by id descending (default ascending)
+    const char *session_id;     //  NULL: rows without a session
+    int64_t thread_id;          //  0: rows without a thread
+    int64_t user_id;            //  0: rows without a user; -1: any user
+    bool included_only;         //  only rows with include = true
+    int64_t limit;              //  at most this many; <= 0: no limit
+    bool newest_first;          //  order by id descending (default ascending)
+    const char *not_request_id; //  leave out the turn this request id saved
+                                //  (its run at another instance); NULL: none
 } cm_storage_chat_filter_t;
 
 //  Turns of a workspace, as an array of {id, workspaceId, prompt, response

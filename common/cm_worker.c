@@ -42,6 +42,7 @@ struct cm_call_s {
     bool replied;            //  FINAL sent
     int status;              //  status of the reply (its first part's)
     bool streaming;          //  a PARTIAL was sent
+    atomic_uint partials;    //  PARTIALs posted (for the gateway's CHECK)
     cm_msg_t *reply_headers; //  headers for the next reply (FINAL type as holder)
     int64_t received_us;     //  mono µs when the REQUEST arrived (for its duration)
     int64_t twice_from_us;   //  see cm_call_twice_from_us
@@ -322,7 +323,22 @@ s_connect (cm_worker_t *self)
     zsock_set_sndhwm (sock, 100000);
     int64_t silence = self->config.heartbeat_ms * self->config.liveness;
     zsock_set_heartbeat_ivl (sock, (int) self->config.heartbeat_ms);
-    zsock_set_heartbeat_timeout (sock, (int) silence);
+    //  ZMTP's heartbeat breaks a connection that went silent without
+    //  closing (a lost peer), so that libzmq makes it again. Not as soon as
+    //  our own patience ends: a gateway that only stood still that long
+    //  (its process stopped, its VM stalled) keeps the connection and
+    //  everything on it; a broken one loses frames, which the gateway must
+    //  then find (CHECK, protocol.md: "A connection that broke"). Four
+    //  times the patience: streams through gateway freezes of 4.5 s, 8 of
+    //  312 aborted with a timeout of one patience, none with four.
+    zsock_set_heartbeat_timeout (sock, (int) (4 * silence));
+    //  A connection that broke (our heartbeat timed out while the gateway
+    //  stood still) is made again within 10-20 ms, not libzmq's 100-200:
+    //  the gateway gives up an instance it cannot reach for S_UNREACHABLE_MS
+    //  (gw_broker.c), and one that only reconnects must be back by then.
+    //  While the gateway is down, a try every 100 ms at most.
+    zsock_set_reconnect_ivl (sock, 10);
+    zsock_set_reconnect_ivl_max (sock, 100);
     //  libzmq's monitor reports each connection the socket makes, so that
     //  a reconnect (a restarted gateway) is answered with READY at once
     //  rather than at our next heartbeat. Without it (it could not be set
@@ -489,6 +505,45 @@ s_handle_cancel (cm_worker_t *self, cm_msg_t *msg)
     cm_queue_cancel (self->queue, id);
 }
 
+//  Send the frames handler threads posted.
+static void
+s_flush_outbox (cm_worker_t *self, zsock_t *sock)
+{
+    s_frame_t *frame;
+    while ((frame = cm_mailbox_take (self->outbox))) {
+        zmq_send (zsock_resolve (sock), frame->data, frame->size, ZMQ_DONTWAIT);
+        s_frame_free (frame);
+    }
+}
+
+//  The gateway asks whether we hold a request (our connection broke, and
+//  frames on it may have been lost). A call leaves the list only after it
+//  posted its last reply, so the list is read first and the outbox sent
+//  after: a call not found has its reply on the wire before our answer,
+//  and the PARTIALs counted for one found are all there too.
+static void
+s_handle_check (cm_worker_t *self, zsock_t *sock, cm_msg_t *msg)
+{
+    const char *id = cm_msg_request_id (msg);
+    bool held = false;
+    uint32_t partials = 0;
+    pthread_mutex_lock (&self->calls_lock);
+    for (cm_call_t *call = self->calls; call; call = call->next)
+        if (!strcmp (cm_msg_request_id (call->request), id)) {
+            held = true;
+            partials = atomic_load (&call->partials);
+            break;
+        }
+    pthread_mutex_unlock (&self->calls_lock);
+    s_flush_outbox (self, sock);
+    cm_msg_t *reply = cm_msg_new (CM_MSG_CHECKED);
+    cm_msg_set_request_id (reply, id);
+    cm_msg_set_held (reply, held);
+    cm_msg_set_partials (reply, partials);
+    s_send_msg (sock, reply);
+    cm_msg_destroy (&reply);
+}
+
 static void *
 s_io_thread (void *arg)
 {
@@ -568,13 +623,8 @@ s_io_thread (void *arg)
             }
             connects += made;
         }
-        if (items[1].revents & ZMQ_POLLIN) {
-            s_frame_t *frame;
-            while ((frame = cm_mailbox_take (self->outbox))) {
-                zmq_send (zsock_resolve (sock), frame->data, frame->size, ZMQ_DONTWAIT);
-                s_frame_free (frame);
-            }
-        }
+        if (items[1].revents & ZMQ_POLLIN)
+            s_flush_outbox (self, sock);
         if (items[0].revents & ZMQ_POLLIN) {
             for (int burst = 0; burst < 256; burst++) {
                 zmq_msg_t frame;
@@ -604,6 +654,9 @@ s_io_thread (void *arg)
                         break;
                     case CM_MSG_CANCEL:
                         s_handle_cancel (self, msg);
+                        break;
+                    case CM_MSG_CHECK:
+                        s_handle_check (self, sock, msg);
                         break;
                     case CM_MSG_DISCONNECT:
                         //  The gateway does not know us (it restarted): say READY
@@ -661,11 +714,7 @@ s_io_thread (void *arg)
         cm_msg_destroy (&bye);
     }
     if (sock) {
-        s_frame_t *frame;
-        while ((frame = cm_mailbox_take (self->outbox))) {
-            zmq_send (zsock_resolve (sock), frame->data, frame->size, ZMQ_DONTWAIT);
-            s_frame_free (frame);
-        }
+        s_flush_outbox (self, sock);
         cm_monitor_destroy (&self->monitor);
         zsock_destroy (&sock);
     }
@@ -915,8 +964,10 @@ s_call_send (cm_call_t *self, cm_msg_type_t type, int status, const char *conten
     cm_msg_destroy (&msg);
     if (type == CM_MSG_FINAL)
         self->replied = true;
-    else
+    else {
         self->streaming = true;
+        atomic_fetch_add (&self->partials, 1);
+    }
 }
 
 void

@@ -28,6 +28,9 @@ typedef struct {
     cm_msg_t *request;       //  kept for a retry, or while it waits; else NULL
     bool retry;              //  may run again elsewhere
     int attempts;            //  instances it was sent to
+    uint32_t partials;       //  PARTIALs received from its current instance
+    int64_t lost_at;         //  mono ms: its instance said it does not hold it
+                             //  (0: not); see s_checked
     int64_t deadline;        //  mono ms
     int64_t wait_until;      //  mono ms: waiting for an instance until then (0: not)
     char *abandoned;         //  a frozen instance it was taken from, to CANCEL at
@@ -56,19 +59,21 @@ struct gw_broker_s {
     int64_t last_tick;         //  mono ms of the last tick (0: none yet)
     int64_t unroutable_logged; //  mono ms of the last "cannot send" warning
     uint64_t unroutable_quiet; //  such warnings left out since
-    cm_mailbox_t *inbox;       //  commands from HTTP threads
-    pthread_t thread;          //  the broker thread
-    atomic_bool stop;          //  tell the thread to finish
-    bool closing;              //  answer everything 503 (broker thread)
-    zhashx_t *instances;       //  id -> s_instance_t
-    zhashx_t *pending;         //  request id -> s_pending_t
-    zlistx_t *waiting;         //  ids of requests waiting for an instance, oldest first
-    size_t waiting_now;        //  of those, the ones still waiting (some ended)
-    uint64_t rotate;           //  tie-breaker for instance choice
+    int64_t unnamed_logged;    //  the same for frames from unnamed peers
+    uint64_t unnamed_quiet;
+    cm_mailbox_t *inbox; //  commands from HTTP threads
+    pthread_t thread;    //  the broker thread
+    atomic_bool stop;    //  tell the thread to finish
+    bool closing;        //  answer everything 503 (broker thread)
+    zhashx_t *instances; //  id -> s_instance_t
+    zhashx_t *pending;   //  request id -> s_pending_t
+    zlistx_t *waiting;   //  ids of requests waiting for an instance, oldest first
+    size_t waiting_now;  //  of those, the ones still waiting (some ended)
+    uint64_t rotate;     //  tie-breaker for instance choice
     //  Counters (broker thread writes; snapshot reads under snap_lock).
     uint64_t routed, replies, late_replies, dropped_frames, unroutable, timeouts,
         expired_instances, disconnected_instances, no_instance, retries, client_gone,
-        waited;
+        waited, lost;
     pthread_mutex_t snap_lock; //  guards snapshot
     json_t *snapshot;          //  last published state
 };
@@ -476,6 +481,8 @@ s_dispatch (gw_broker_t *self, s_pending_t *pending, cm_msg_t *request)
             free (pending->abandoned);
             pending->abandoned = NULL;
             pending->instance = instance;
+            pending->partials = 0;
+            pending->lost_at = 0;
             pending->attempts++;
             instance->inflight++;
             instance->served++;
@@ -580,6 +587,98 @@ s_cancel (gw_broker_t *self, const char *request_id, const char *reason)
     s_pending_end (self, request_id);
 }
 
+//  An instance said READY again: it made a new connection, because the
+//  old one broke (its heartbeat timed out while this gateway stood still,
+//  or the network failed). Frames in flight on the old connection are
+//  lost: a REQUEST sent into it (this gateway woke and sent before libzmq
+//  saw the close), or a reply of the instance's. Ask about every request
+//  that is on it: the CHECK goes on the new connection, after anything
+//  sent on it before, and the instance answers in order (s_checked).
+static void
+s_check_requests (gw_broker_t *self, s_instance_t *instance)
+{
+    for (s_pending_t *pending = zhashx_first (self->pending); pending;
+         pending = zhashx_next (self->pending)) {
+        if (pending->instance != instance)
+            continue;
+        cm_msg_t *check = cm_msg_new (CM_MSG_CHECK);
+        cm_msg_set_request_id (check, zhashx_cursor (self->pending));
+        s_send (self, instance->id, check);
+        cm_msg_destroy (&check);
+    }
+}
+
+//  The answer to a CHECK. Everything the instance sent on its new
+//  connection before it has been read, so a stream that has fewer PARTIALs
+//  here than it sent has a hole: its client gets the abort event at once.
+//  A request it no longer holds will never be answered by it (it never got
+//  it, or its reply went down with the old connection), but that reply
+//  may still be read from the old one (s_handle_unnamed: libzmq reads the
+//  two connections in turn): it is handled as lost a moment later
+//  (s_lost), unless the answer came meanwhile.
+static void
+s_checked (gw_broker_t *self, s_instance_t *instance, cm_msg_t *msg)
+{
+    const char *request_id = cm_msg_request_id (msg);
+    s_pending_t *pending = zhashx_lookup (self->pending, request_id);
+    if (!pending || pending->instance != instance)
+        return; //  answered meanwhile, or already sent elsewhere
+    if (!cm_msg_held (msg)) {
+        if (!pending->lost_at)
+            pending->lost_at = cm_clock_mono_ms ();
+        return;
+    }
+    if (pending->partials >= cm_msg_partials (msg))
+        return; //  nothing lost: it goes on
+    self->lost++;
+    cm_warn ("%u of the %u stream parts %s sent for request %s were lost in a broken "
+             "connection",
+             cm_msg_partials (msg) - pending->partials, cm_msg_partials (msg),
+             instance->id, request_id);
+    char message[256];
+    snprintf (message, sizeof message,
+              "Part of the answer of the %s service instance %s was lost in a broken "
+              "connection.",
+              instance->service, instance->id);
+    gw_exchange_fail (pending->exchange, 502, message);
+    char *id = cm_strdup (request_id);
+    s_cancel (self, id, "part of the answer was lost");
+    free (id);
+}
+
+//  How long a request its instance does not hold waits for its reply to
+//  turn up from the instance's old connection before it counts as lost.
+#define S_LOST_GRACE_MS 100
+
+//  A request its instance does not hold, and whose reply has not come:
+//  handled as if the instance had died with it. Sent again when that is
+//  safe (a retryable request that had not started answering: it never ran
+//  there, or chatd finds the turn its first run saved), else answered 502
+//  (or the stream's abort event), so that the client does not wait for
+//  its deadline.
+static void
+s_lost (gw_broker_t *self, const char *request_id, s_pending_t *pending)
+{
+    s_instance_t *instance = pending->instance;
+    self->lost++;
+    char message[256];
+    snprintf (message, sizeof message,
+              "The request or its answer was lost in a broken connection to the %s "
+              "service instance %s.",
+              instance->service, instance->id);
+    instance->inflight--;
+    pending->instance = NULL;
+    pending->lost_at = 0;
+    bool again = s_resend_or_wait (self, request_id, pending);
+    //  (A resend never removes an instance: instance is still there.)
+    cm_warn ("request %s was lost in a broken connection to %s (%s)", request_id,
+             instance->id, again ? "sent again" : "answered 502");
+    if (again)
+        return;
+    gw_exchange_fail (pending->exchange, 502, message);
+    s_pending_end (self, request_id);
+}
+
 static void
 s_handle_frame (gw_broker_t *self, const char *id, cm_msg_t *msg)
 {
@@ -595,6 +694,7 @@ s_handle_frame (gw_broker_t *self, const char *id, cm_msg_t *msg)
             s_instance_remove (self, instance, "re-registered as another service");
             instance = NULL;
         }
+        bool known = instance != NULL;
         if (!instance) {
             instance = cm_calloc (1, sizeof *instance);
             instance->id = cm_strdup (id);
@@ -608,6 +708,10 @@ s_handle_frame (gw_broker_t *self, const char *id, cm_msg_t *msg)
         instance->draining = false;
         instance->unreachable_at = 0;
         instance->last_seen = cm_clock_mono_ms ();
+        //  A known instance says READY on a new connection: what was sent
+        //  to it, or by it, may have gone down with the old one.
+        if (known)
+            s_check_requests (self, instance);
         if (zlistx_size (self->waiting))
             s_release_waiting (self, instance->service);
         return;
@@ -633,6 +737,9 @@ s_handle_frame (gw_broker_t *self, const char *id, cm_msg_t *msg)
                          cm_msg_reason (msg));
             instance->draining = true;
             break;
+        case CM_MSG_CHECKED:
+            s_checked (self, instance, msg);
+            break;
         case CM_MSG_PARTIAL:
         case CM_MSG_FINAL: {
             s_pending_t *pending = zhashx_lookup (self->pending, cm_msg_request_id (msg));
@@ -645,6 +752,8 @@ s_handle_frame (gw_broker_t *self, const char *id, cm_msg_t *msg)
                 break;
             }
             self->replies++;
+            if (type == CM_MSG_PARTIAL)
+                pending->partials++;
             //  A draining daemon refuses with 503 what reaches it after its
             //  DISCONNECT (the two crossed on the wire), and what it had
             //  not started when its drain ended: such a request never ran
@@ -680,6 +789,43 @@ s_handle_frame (gw_broker_t *self, const char *id, cm_msg_t *msg)
             self->dropped_frames++;
             cm_warn ("dropped an unexpected %s from %s", cm_msg_type_name (type), id);
     }
+}
+
+//  A frame from a peer without our kind of routing id. libzmq gives one to
+//  the old connection of an instance that connected again (ROUTER_HANDOVER
+//  renames it, and its unread frames then come under that name): replies
+//  sent while this gateway stood still. One that is the whole answer of a
+//  request sent once is that request's (its id says which; it can have
+//  come from nowhere else) and is delivered: the request ran, and need not
+//  run again. Anything else is dropped, counted: a stream's parts could
+//  not be put back in order with those on the new connection, so its CHECK
+//  finds the gap (s_checked). Any other unnamed peer's frames are refused
+//  the same way: its id, as a string, would alias every other such peer.
+static void
+s_handle_unnamed (gw_broker_t *self, cm_msg_t *msg, size_t id_size)
+{
+    s_pending_t *pending = cm_msg_type (msg) == CM_MSG_FINAL
+                               ? zhashx_lookup (self->pending, cm_msg_request_id (msg))
+                               : NULL;
+    if (pending && pending->instance && pending->attempts == 1 && !pending->partials &&
+        !gw_exchange_started (pending->exchange) &&
+        strcmp (cm_msg_content_type (msg), "text/event-stream")) {
+        s_handle_frame (self, pending->instance->id, msg);
+        return;
+    }
+    self->dropped_frames++;
+    int64_t now = cm_clock_mono_ms ();
+    if (now - self->unnamed_logged < 1000) {
+        self->unnamed_quiet++;
+        return;
+    }
+    cm_warn ("dropped a %s from a peer without an instance id (a routing id of %zu "
+             "bytes: a connection its instance replaced, or a stranger) (%llu more "
+             "since the last such line)",
+             cm_msg_type_name (cm_msg_type (msg)), id_size,
+             (unsigned long long) self->unnamed_quiet);
+    self->unnamed_logged = now;
+    self->unnamed_quiet = 0;
 }
 
 static void
@@ -720,17 +866,19 @@ s_receive (gw_broker_t *self)
         memcpy (id, zmq_msg_data (&id_frame), id_size);
         id[id_size] = 0;
         cm_msg_t *msg = NULL;
-        if (!named)
-            snprintf (err, sizeof err,
-                      "the peer has no instance id (a routing id of %zu bytes)",
-                      zmq_msg_size (&id_frame));
-        else if (more)
+        if (more)
             msg = cm_msg_decode (zmq_msg_data (&body), zmq_msg_size (&body), err,
                                  sizeof err);
         else
             snprintf (err, sizeof err, "wrong number of frames");
+        size_t unnamed_size = named ? 0 : zmq_msg_size (&id_frame);
         zmq_msg_close (&id_frame);
         zmq_msg_close (&body);
+        if (msg && !named) {
+            s_handle_unnamed (self, msg, unnamed_size);
+            cm_msg_destroy (&msg);
+            continue;
+        }
         if (!msg) {
             self->dropped_frames++;
             cm_warn ("dropped a frame from %s: %s (%llu dropped)", id, err,
@@ -793,8 +941,10 @@ s_reap_gone_clients (gw_broker_t *self)
 //  the peer a moment after it reports the close.
 //  An instance is given up once probes have failed for this long: a daemon
 //  that only reconnects (its connection broke while this gateway stood
-//  still) is back on a new connection by then; a dead one is not.
-#define S_UNREACHABLE_MS 50
+//  still) is back on a new connection by then (cm_worker reconnects within
+//  10-20 ms); a dead one is not. Whatever went down with the old
+//  connection is found by a CHECK (s_check_requests).
+#define S_UNREACHABLE_MS 100
 
 static void
 s_probe (gw_broker_t *self)
@@ -857,11 +1007,15 @@ s_tick (gw_broker_t *self, int64_t now, bool beat)
     zlistx_t *ids = zhashx_keys (self->pending);
     for (char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
         s_pending_t *pending = zhashx_lookup (self->pending, id);
+        if (!pending)
+            continue;
         if (pending->deadline && now >= pending->deadline) {
             self->timeouts++;
             gw_exchange_fail (pending->exchange, 504, "The request timed out.");
             s_cancel (self, id, "deadline");
-        }
+        } else if (pending->lost_at && pending->instance &&
+                   now - pending->lost_at >= S_LOST_GRACE_MS)
+            s_lost (self, id, pending);
     }
     zlistx_destroy (&ids);
     //  Liveness: expire the silent, heartbeat the rest.
@@ -916,6 +1070,7 @@ s_tick (gw_broker_t *self, int64_t now, bool beat)
                     {"disconnected_instances", self->disconnected_instances},
                     {"no_instance", self->no_instance},
                     {"waited", self->waited},
+                    {"lost", self->lost},
                     {"waiting", self->waiting_now},
                     {"in_flight", zhashx_size (self->pending)}};
     json_t *counts = json_object ();
@@ -998,10 +1153,10 @@ s_thread (void *arg)
             //  expiry are then accurate to a tenth of an interval.
             int64_t step = interval / 10;
             step = step > 100 ? 100 : step < 5 ? 5 : step;
-            //  While a closed connection is looked for, probe as often as a
-            //  dead instance takes to be given up.
-            if (now < self->probe_until && step > S_UNREACHABLE_MS)
-                step = S_UNREACHABLE_MS;
+            //  While a closed connection is looked for, probe twice as often
+            //  as a dead instance takes to be given up.
+            if (now < self->probe_until && step > S_UNREACHABLE_MS / 2)
+                step = S_UNREACHABLE_MS / 2;
             next_tick = now + step;
         }
     }

@@ -68,6 +68,9 @@ static const struct {
      "Instances expired after missing their heartbeats."},
     {"disconnected_instances", "llmrt_gateway_broker_disconnected_instances_total",
      "Instances given up because their connection closed (the daemon died)."},
+    {"lost", "llmrt_gateway_broker_lost_total",
+     "Requests found lost in a connection that broke (the instance no longer held "
+     "them, or part of a stream was missing): resent, or answered 502."},
 };
 
 //  One metrics request waiting for the supervisor's answer.

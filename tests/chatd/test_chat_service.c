@@ -1578,10 +1578,30 @@ Test (chat_service, openai_provider_failure_is_an_openai_error)
     s_call_free (&call);
 }
 
+//  The answer's text: a sync reply's textResponse, or a stream's chunks.
+static char *
+s_answer_text (cm_call_t *call, bool stream)
+{
+    if (!stream)
+        return strdup (s_str (call->reply, "textResponse"));
+    char *text = strdup ("");
+    for (size_t i = 0; i < json_array_size (call->events); i++) {
+        const char *chunk = s_str (json_array_get (call->events, i), "textResponse");
+        if (!chunk)
+            continue;
+        size_t len = strlen (text);
+        text = realloc (text, len + strlen (chunk) + 1);
+        strcpy (text + len, chunk);
+    }
+    return text;
+}
+
 //  The gateway resends a chat whose instance died (or went unreachable)
 //  before it answered; the first run may have saved its turn already. Both
 //  runs answer, with the same chatId, and history holds the turn once;
-//  sync and streaming alike.
+//  sync and streaming alike. The second run does not take the first's turn
+//  for an earlier one: the builtin's answer, which counts earlier turns, is
+//  the same.
 Test (chat_service, a_chat_resent_by_the_gateway_is_saved_once)
 {
     s_new_workspace ("{\"name\":\"Resent\"}");
@@ -1589,6 +1609,7 @@ Test (chat_service, a_chat_resent_by_the_gateway_is_saved_once)
                            "/api/v1/workspace/{slug}/stream-chat"};
     for (int p = 0; p < 2; p++) {
         json_int_t ids[2];
+        char *texts[2];
         s_resend_id = p ? "gw-resent-stream" : "gw-resent-sync";
         for (int run = 0; run < 2; run++) {
             s_resent = run == 1;
@@ -1600,8 +1621,13 @@ Test (chat_service, a_chat_resent_by_the_gateway_is_saved_once)
                   : call->reply;
             ids[run] = json_integer_value (json_object_get (last, "chatId"));
             cr_assert_gt (ids[run], 0, "%s run %d: no chatId", paths[p], run);
+            texts[run] = s_answer_text (call, p == 1);
             s_call_free (&call);
         }
+        cr_assert_str_eq (texts[1], texts[0], "%s: the second run answered otherwise",
+                          paths[p]);
+        free (texts[0]);
+        free (texts[1]);
         s_resend_id = NULL;
         s_resent = false;
         cr_assert_eq (ids[1], ids[0],

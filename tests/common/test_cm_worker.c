@@ -68,6 +68,19 @@ s_stream_unfinished (cm_call_t *call, void *arg)
     cm_call_sse (call, json_pack ("{s:i}", "n", 0));
 }
 
+//  GET /stream/gate: two SSE events, then waits for the gate, then ends.
+static void
+s_stream_gate (cm_call_t *call, void *arg)
+{
+    s_state_t *state = arg;
+    cm_call_sse (call, json_pack ("{s:i}", "n", 0));
+    cm_call_sse (call, json_pack ("{s:i}", "n", 1));
+    atomic_fetch_add (&state->gate_started, 1);
+    while (!atomic_load (&state->gate_open) && !cm_call_cancelled (call))
+        usleep (1000);
+    cm_call_stream_end (call);
+}
+
 //  GET /slow: works until cancelled, then returns without a reply (the
 //  gateway has answered the client already).
 static void
@@ -159,6 +172,7 @@ static const cm_route_t s_routes[] = {
     {"POST", "/echo", s_echo},
     {"GET", "/stream", s_stream},
     {"GET", "/stream/unfinished", s_stream_unfinished},
+    {"GET", "/stream/gate", s_stream_gate},
     {"GET", "/slow", s_slow},
     {"GET", "/gate", s_gate},
     {"GET", "/twice", s_twice},
@@ -1425,4 +1439,63 @@ Test (cm_worker, help_lists_the_common_settings_log_level_included)
     }
     cr_assert (log_level);
     cr_assert (instance);
+}
+
+//  The gateway's CHECK, after a connection that broke.
+static void
+s_gateway_check (s_gateway_t *self, const char *id)
+{
+    cm_msg_t *msg = cm_msg_new (CM_MSG_CHECK);
+    cm_msg_set_request_id (msg, id);
+    s_gateway_send (self, &msg);
+}
+
+Test (cm_worker, check_says_which_requests_it_holds, .timeout = 60)
+{
+    //  The gateway asks after its connection to us broke: what we hold, and
+    //  how many stream parts we sent, all of which are on the wire before
+    //  the answer.
+    s_gateway_t *gateway = s_gateway_new ();
+    s_state_t state = {0};
+    cm_worker_t *worker = s_worker_start (gateway, &state, 2, 4, 1000);
+    s_gateway_request (gateway, "g1", "GET", "/stream/gate", 0, NULL);
+    s_gateway_wait_for (gateway, &state.gate_started, 1, "the stream to wait");
+    s_gateway_check (gateway, "g1");
+    cm_msg_t *checked = s_gateway_expect (gateway, CM_MSG_CHECKED, "g1");
+    cr_assert (cm_msg_held (checked));
+    cr_assert_eq (cm_msg_partials (checked), 2);
+    cm_msg_destroy (&checked);
+    for (int n = 0; n < 2; n++) {
+        cm_msg_t *part = s_gateway_take (gateway, CM_MSG_PARTIAL, "g1");
+        cr_assert_not_null (part, "stream part %d came after the answer", n);
+        cm_msg_destroy (&part);
+    }
+
+    //  A request it never got.
+    s_gateway_check (gateway, "never");
+    checked = s_gateway_expect (gateway, CM_MSG_CHECKED, "never");
+    cr_assert_not (cm_msg_held (checked));
+    cr_assert_eq (cm_msg_partials (checked), 0);
+    cm_msg_destroy (&checked);
+
+    //  One it answered: the answer went first.
+    s_gateway_request (gateway, "c1", "GET", "/count", 0, NULL);
+    cm_msg_t *final = s_gateway_expect_final (gateway, "c1", 200);
+    cm_msg_destroy (&final);
+    s_gateway_check (gateway, "c1");
+    checked = s_gateway_expect (gateway, CM_MSG_CHECKED, "c1");
+    cr_assert_not (cm_msg_held (checked));
+    cm_msg_destroy (&checked);
+
+    //  The stream once it ended.
+    atomic_store (&state.gate_open, true);
+    final = s_gateway_expect_final (gateway, "g1", 200);
+    cm_msg_destroy (&final);
+    s_gateway_check (gateway, "g1");
+    checked = s_gateway_expect (gateway, CM_MSG_CHECKED, "g1");
+    cr_assert_not (cm_msg_held (checked));
+    cr_assert_eq (cm_msg_partials (checked), 0);
+    cm_msg_destroy (&checked);
+    cm_worker_destroy (&worker);
+    s_gateway_destroy (&gateway);
 }

@@ -1649,6 +1649,248 @@ Test (gw_server, a_503_from_a_draining_instance_is_resent_when_retryable)
     gwh_gateway_stop (&gateway);
 }
 
+//  --- a connection that broke ----------------------------------------------------
+
+//  The daemon says READY again, as cm_worker does on a new connection.
+static void
+s_ready_again (gwh_daemon_t *daemon)
+{
+    cm_msg_t *ready = cm_msg_new (CM_MSG_READY);
+    cm_msg_set_service (ready, daemon->service);
+    cm_msg_set_instance (ready, daemon->id);
+    cm_msg_set_capacity (ready, daemon->capacity);
+    gwh_daemon_send (daemon, &ready);
+}
+
+//  The daemon's answer to a CHECK.
+static void
+s_checked (gwh_daemon_t *daemon, const char *request_id, bool held, uint32_t partials)
+{
+    cm_msg_t *checked = cm_msg_new (CM_MSG_CHECKED);
+    cm_msg_set_request_id (checked, request_id);
+    cm_msg_set_held (checked, held);
+    cm_msg_set_partials (checked, partials);
+    gwh_daemon_send (daemon, &checked);
+}
+
+//  The next CHECK, which must be about one of these two requests.
+static cm_msg_t *
+s_expect_check (gwh_daemon_t *daemon, cm_msg_t *one, cm_msg_t *other)
+{
+    cm_msg_t *check = gwh_daemon_expect (daemon, CM_MSG_CHECK);
+    const char *id = cm_msg_request_id (check);
+    cr_assert (!strcmp (id, cm_msg_request_id (one)) ||
+                   (other && !strcmp (id, cm_msg_request_id (other))),
+               "CHECK of an unknown request %s", id);
+    return check;
+}
+
+Test (gw_server, requests_lost_in_a_broken_connection_are_resent_or_answered)
+{
+    //  A daemon's connection broke and was made again (the gateway stood
+    //  still past the daemon's patience): what was on the old one may be
+    //  lost. Before the CHECK, such requests waited for their deadline.
+    gwh_gateway_t gateway;
+    s_gateway_start (&gateway, S_TIMEOUT_MS, 1 << 20);
+    gwh_daemon_t *chatd = gwh_daemon_new (&gateway, "chat", "chat-a", 4);
+    gwh_wait_health (&gateway, "services.chat.instances", 1);
+    gwh_call_t *read =
+        gwh_call_new (&gateway, "GET", "/api/v1/workspaces", GWH_KEY, NULL);
+    gwh_call_start (read);
+    cm_msg_t *first = gwh_daemon_expect (chatd, CM_MSG_REQUEST);
+    gwh_call_t *create = gwh_call_new (&gateway, "POST", "/api/v1/workspace/new", GWH_KEY,
+                                       "{\"name\":\"once\"}");
+    gwh_call_start (create);
+    cm_msg_t *second = gwh_daemon_expect (chatd, CM_MSG_REQUEST);
+
+    //  READY on its new connection: the gateway asks about both.
+    s_ready_again (chatd);
+    cm_msg_t *check1 = s_expect_check (chatd, first, second);
+    cm_msg_t *check2 = s_expect_check (chatd, first, second);
+    cr_assert_str_neq (cm_msg_request_id (check1), cm_msg_request_id (check2));
+    //  Neither reached it (or their answers went down with the old one).
+    s_checked (chatd, cm_msg_request_id (check1), false, 0);
+    s_checked (chatd, cm_msg_request_id (check2), false, 0);
+
+    //  The read runs again, marked as a second sending; the creation may
+    //  have run, so it is not sent again: 502, not a wait for the deadline.
+    cm_msg_t *again = gwh_daemon_expect (chatd, CM_MSG_REQUEST);
+    cr_assert_str_eq (cm_msg_request_id (again), cm_msg_request_id (first));
+    cr_assert_str_eq (cm_msg_header (again, "X-Llmrt-Attempt"), "2");
+    gwh_daemon_reply (chatd, CM_MSG_FINAL, cm_msg_request_id (again), 200,
+                      "application/json", "{\"workspaces\":[]}");
+    gwh_call_join (read);
+    cr_assert_eq (read->status, 200);
+    cr_assert_str_eq (read->reply, "{\"workspaces\":[]}");
+    gwh_call_join (create);
+    gwh_assert_error (create, 502,
+                      "The request or its answer was lost in a broken connection to the "
+                      "chat service instance chat-a.");
+    gwh_wait_health (&gateway, "broker.lost", 2);
+    gwh_wait_health (&gateway, "broker.in_flight", 0);
+    cr_assert_eq (gwh_health_number (&gateway, "broker.timeouts"), 0);
+    cr_assert_eq (gwh_health_number (&gateway, "services.chat.instances"), 1);
+    gwh_call_destroy (&read);
+    gwh_call_destroy (&create);
+    cm_msg_destroy (&first);
+    cm_msg_destroy (&second);
+    cm_msg_destroy (&check1);
+    cm_msg_destroy (&check2);
+    cm_msg_destroy (&again);
+    gwh_daemon_destroy (&chatd);
+    gwh_gateway_stop (&gateway);
+}
+
+Test (gw_server, requests_held_across_a_broken_connection_go_on)
+{
+    gwh_gateway_t gateway;
+    s_gateway_start (&gateway, S_TIMEOUT_MS, 1 << 20);
+    gwh_daemon_t *chatd = gwh_daemon_new (&gateway, "chat", "chat-a", 4);
+    gwh_wait_health (&gateway, "services.chat.instances", 1);
+    gwh_call_t *stream =
+        gwh_call_new (&gateway, "POST", "/api/v1/workspace/demo/stream-chat", GWH_KEY,
+                      "{\"message\":\"hi\"}");
+    gwh_call_start (stream);
+    cm_msg_t *request = gwh_daemon_expect (chatd, CM_MSG_REQUEST);
+    gwh_daemon_reply (chatd, CM_MSG_PARTIAL, cm_msg_request_id (request), 200,
+                      "text/event-stream", "data: {\"n\":1}\n\n");
+    gwh_daemon_reply (chatd, CM_MSG_PARTIAL, cm_msg_request_id (request), 200,
+                      "text/event-stream", "data: {\"n\":2}\n\n");
+    cr_assert (gwh_call_wait_for (stream, "data: {\"n\":2}\n\n"));
+    s_ready_again (chatd);
+    cm_msg_t *check = s_expect_check (chatd, request, NULL);
+    //  Held, and both parts it sent arrived: nothing to do.
+    s_checked (chatd, cm_msg_request_id (request), true, 2);
+    gwh_daemon_reply (chatd, CM_MSG_PARTIAL, cm_msg_request_id (request), 200,
+                      "text/event-stream", "data: {\"n\":3}\n\n");
+    gwh_daemon_reply (chatd, CM_MSG_FINAL, cm_msg_request_id (request), 200,
+                      "text/event-stream", "");
+    gwh_call_join (stream);
+    cr_assert_str_eq (stream->reply,
+                      "data: {\"n\":1}\n\ndata: {\"n\":2}\n\ndata: {\"n\":3}\n\n");
+    gwh_wait_health (&gateway, "broker.in_flight", 0);
+    cr_assert_eq (gwh_health_number (&gateway, "broker.lost"), 0);
+    cr_assert_null (gwh_daemon_recv (chatd, 200), "no CANCEL, nothing resent");
+    gwh_call_destroy (&stream);
+    cm_msg_destroy (&request);
+    cm_msg_destroy (&check);
+    gwh_daemon_destroy (&chatd);
+    gwh_gateway_stop (&gateway);
+}
+
+Test (gw_server, a_stream_that_lost_parts_in_a_broken_connection_ends_with_abort)
+{
+    gwh_gateway_t gateway;
+    s_gateway_start (&gateway, S_TIMEOUT_MS, 1 << 20);
+    gwh_daemon_t *chatd = gwh_daemon_new (&gateway, "chat", "chat-a", 4);
+    gwh_wait_health (&gateway, "services.chat.instances", 1);
+    gwh_call_t *stream =
+        gwh_call_new (&gateway, "POST", "/api/v1/workspace/demo/stream-chat", GWH_KEY,
+                      "{\"message\":\"hi\"}");
+    gwh_call_start (stream);
+    cm_msg_t *request = gwh_daemon_expect (chatd, CM_MSG_REQUEST);
+    gwh_daemon_reply (chatd, CM_MSG_PARTIAL, cm_msg_request_id (request), 200,
+                      "text/event-stream", "data: {\"n\":1}\n\n");
+    cr_assert (gwh_call_wait_for (stream, "data: {\"n\":1}\n\n"));
+    s_ready_again (chatd);
+    cm_msg_t *check = s_expect_check (chatd, request, NULL);
+    //  It sent three; two went down with the old connection.
+    s_checked (chatd, cm_msg_request_id (request), true, 3);
+    gwh_call_join (stream);
+    cr_assert (gwh_call_has (stream, "\"type\":\"abort\""), "%s", stream->reply);
+    cr_assert (gwh_call_has (stream, "was lost in a broken connection"), "%s",
+               stream->reply);
+    //  The daemon is told to stop: nobody reads the rest.
+    cm_msg_t *cancel = gwh_daemon_expect (chatd, CM_MSG_CANCEL);
+    cr_assert_str_eq (cm_msg_request_id (cancel), cm_msg_request_id (request));
+    gwh_wait_health (&gateway, "broker.lost", 1);
+    gwh_wait_health (&gateway, "broker.in_flight", 0);
+    gwh_call_destroy (&stream);
+    cm_msg_destroy (&request);
+    cm_msg_destroy (&check);
+    cm_msg_destroy (&cancel);
+    gwh_daemon_destroy (&chatd);
+    gwh_gateway_stop (&gateway);
+}
+
+//  Send a message from a socket without a routing id of ours.
+static void
+s_send_unnamed (zsock_t *dealer, cm_msg_t **msg_p)
+{
+    char *data;
+    size_t size;
+    cm_msg_encode (*msg_p, &data, &size);
+    cr_assert_eq (zmq_send (zsock_resolve (dealer), data, size, 0), (int) size);
+    free (data);
+    cm_msg_destroy (msg_p);
+}
+
+Test (gw_server, a_whole_answer_from_a_replaced_connection_is_delivered)
+{
+    //  When an instance connects again while its old connection is open,
+    //  libzmq renames the old one (ROUTER_HANDOVER) and what still comes
+    //  on it reaches the broker without the instance's name, as from this
+    //  socket without one. A whole answer is taken by its request id (the
+    //  request ran: it must not run again); a stream's part is not (it
+    //  could be out of order with the new connection's).
+    gwh_gateway_t gateway;
+    s_gateway_start (&gateway, S_TIMEOUT_MS, 1 << 20);
+    gwh_daemon_t *chatd = gwh_daemon_new (&gateway, "chat", "chat-a", 4);
+    gwh_wait_health (&gateway, "services.chat.instances", 1);
+    gwh_call_t *create = gwh_call_new (&gateway, "POST", "/api/v1/workspace/new", GWH_KEY,
+                                       "{\"name\":\"once\"}");
+    gwh_call_start (create);
+    cm_msg_t *request = gwh_daemon_expect (chatd, CM_MSG_REQUEST);
+    gwh_call_t *stream =
+        gwh_call_new (&gateway, "POST", "/api/v1/workspace/demo/stream-chat", GWH_KEY,
+                      "{\"message\":\"hi\"}");
+    gwh_call_start (stream);
+    cm_msg_t *streamed = gwh_daemon_expect (chatd, CM_MSG_REQUEST);
+
+    zsock_t *old = zsock_new_dealer (gateway.backend);
+    cr_assert_not_null (old);
+    json_int_t dropped = gwh_health_number (&gateway, "broker.dropped_frames");
+    cm_msg_t *part = cm_msg_new (CM_MSG_PARTIAL);
+    cm_msg_set_request_id (part, cm_msg_request_id (streamed));
+    cm_msg_set_status (part, 200);
+    cm_msg_set_content_type (part, "text/event-stream");
+    cm_msg_set_body (part, "data: {\"n\":1}\n\n", 15);
+    s_send_unnamed (old, &part);
+    gwh_wait_health (&gateway, "broker.dropped_frames", dropped + 1);
+    cm_msg_t *answer = cm_msg_new (CM_MSG_FINAL);
+    cm_msg_set_request_id (answer, cm_msg_request_id (request));
+    cm_msg_set_status (answer, 200);
+    cm_msg_set_content_type (answer, "application/json");
+    cm_msg_set_body (answer, "{\"workspace\":{\"slug\":\"once\"}}", 29);
+    s_send_unnamed (old, &answer);
+    gwh_call_join (create);
+    cr_assert_eq (create->status, 200);
+    cr_assert_str_eq (create->reply, "{\"workspace\":{\"slug\":\"once\"}}");
+    cr_assert_eq (gwh_health_number (&gateway, "broker.dropped_frames"), dropped + 1);
+
+    //  The new connection's READY; the stream's instance still holds it and
+    //  sent one part, which did not count: as nothing had reached the client
+    //  yet, 502, not a stream without its beginning.
+    s_ready_again (chatd);
+    cm_msg_t *check = s_expect_check (chatd, streamed, NULL);
+    s_checked (chatd, cm_msg_request_id (streamed), true, 1);
+    gwh_call_join (stream);
+    gwh_assert_error (
+        stream, 502,
+        "Part of the answer of the chat service instance chat-a was lost in "
+        "a broken connection.");
+    gwh_wait_health (&gateway, "broker.lost", 1);
+    gwh_wait_health (&gateway, "broker.in_flight", 0);
+    zsock_destroy (&old);
+    gwh_call_destroy (&create);
+    gwh_call_destroy (&stream);
+    cm_msg_destroy (&request);
+    cm_msg_destroy (&streamed);
+    cm_msg_destroy (&check);
+    gwh_daemon_destroy (&chatd);
+    gwh_gateway_stop (&gateway);
+}
+
 //  --- settings ----------------------------------------------------------------
 
 //  Load the gateway's settings from the environment and check them:
