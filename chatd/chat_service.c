@@ -276,18 +276,33 @@ s_reply_abort (cm_call_t *call, int status, const char *error)
     free (text);
 }
 
-//  The breaker refused the provider call: 503 with Retry-After in whole
-//  seconds, rounded up (at least 1), and the abort shape naming the circuit.
+static json_t *s_openai_error (const char *message, bool request_fault,
+                               const char *param);
+
+//  A turn that fails before any output, in its route's shape: OpenAI's
+//  error object on the OpenAI route (its client libraries read that), the
+//  abort shape on the others.
 static void
-s_reply_circuit_open (chat_service_t *self, cm_call_t *call, int64_t retry_ms)
+s_turn_fail (s_turn_t *turn, int status, const char *error)
 {
-    int64_t seconds = cm_call_retry_after (call, retry_ms);
+    if (turn->openai)
+        s_reply_json (turn->call, status, s_openai_error (error, false, NULL));
+    else
+        s_reply_abort (turn->call, status, error);
+}
+
+//  The breaker refused the provider call: 503 with Retry-After in whole
+//  seconds, rounded up (at least 1), naming the circuit.
+static void
+s_reply_circuit_open (s_turn_t *turn, int64_t retry_ms)
+{
+    int64_t seconds = cm_call_retry_after (turn->call, retry_ms);
     char error[256];
     snprintf (error, sizeof error,
               "The %s circuit is open: the LLM provider is failing, so chat is paused. "
               "Retry after %lld s.",
-              cm_breaker_name (self->breaker), (long long) seconds);
-    s_reply_abort (call, 503, error);
+              cm_breaker_name (turn->service->breaker), (long long) seconds);
+    s_turn_fail (turn, 503, error);
 }
 
 static int64_t
@@ -892,7 +907,7 @@ s_complete_sync (s_turn_t *turn, const chat_request_t *request)
     int64_t chat_id = s_save (turn, text, &metrics, true);
     char unsaved[640];
     if (chat_id < 0)
-        s_reply_abort (turn->call, 500, s_unsaved (turn, unsaved, sizeof unsaved));
+        s_turn_fail (turn, 500, s_unsaved (turn, unsaved, sizeof unsaved));
     else if (turn->openai) {
         json_t *answer = s_openai_object (turn, false, text, strlen (text), "stop");
         if (answer)
@@ -1033,7 +1048,7 @@ s_retrieve (s_turn_t *turn)
     size_t total = 0, count = 0;
     if (cm_vsearch_search (self->vsearch, turn->storage, turn->workspace_id, NULL, 0, 0,
                            0, NULL, &count, &total) == CM_STORAGE_ERROR) {
-        s_reply_abort (turn->call, 500, "The database is unavailable.");
+        s_turn_fail (turn, 500, "The database is unavailable.");
         return -1;
     }
     if (total == 0)
@@ -1081,7 +1096,7 @@ s_retrieve (s_turn_t *turn)
     free (vector);
     if (found == CM_STORAGE_ERROR ||
         cm_vsearch_sources (turn->storage, hits, count, &sources) != CM_STORAGE_OK) {
-        s_reply_abort (turn->call, 500, "The database is unavailable.");
+        s_turn_fail (turn, 500, "The database is unavailable.");
         return -1;
     }
     json_decref (turn->sources);
@@ -1138,7 +1153,7 @@ s_turn_run (s_turn_t *turn)
     int rc = turn->openai ? s_openai_messages (turn, &messages, &count)
                           : s_build_messages (turn, &messages, &count, &context);
     if (rc) {
-        s_reply_abort (turn->call, 500, "The database is unavailable.");
+        s_turn_fail (turn, 500, "The database is unavailable.");
         goto done;
     }
     json_t *temp = json_object_get (turn->workspace, "openAiTemp");
@@ -1157,7 +1172,7 @@ s_turn_run (s_turn_t *turn)
     int64_t retry_ms = 0;
     if (cm_breaker_acquire (self->breaker, s_now (self), &turn->permit, &retry_ms) ==
         CM_BREAKER_REJECTED) {
-        s_reply_circuit_open (self, turn->call, retry_ms);
+        s_reply_circuit_open (turn, retry_ms);
         goto done;
     }
     //  Give the database connection back while the model talks: a stream

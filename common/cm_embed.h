@@ -117,7 +117,7 @@ typedef struct {
     {"EMBEDDING_BATCH_SIZE", CM_CONF_INT,                                              \
      CM_EMBED_STR (CM_EMBED_DEFAULT_BATCH_SIZE), 1, CM_EMBED_MAX_BATCH_SIZE,           \
      offsetof (type, member.batch_size),                                               \
-     "openai: texts sent in one embeddings request"},                                  \
+     "chunks embedded and stored per step (openai: one request)"},                      \
     {"EMBEDDING_TIMEOUT_MS", CM_CONF_INT,                                              \
      CM_EMBED_STR (CM_EMBED_DEFAULT_TIMEOUT_MS), 1, 86400000,                          \
      offsetof (type, member.timeout_ms),                                               \

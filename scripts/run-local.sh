@@ -3,6 +3,17 @@
 # suite in the foreground under the supervisor (Ctrl-C stops it cleanly).
 # Every setting is an environment variable (README, "Configuration").
 set -euo pipefail
+case "${1:-}" in
+    "") ;;
+    -h | --help)
+        sed -n '2,4s/^# \{0,1\}//p' "$0"
+        exit 0
+        ;;
+    *)
+        echo "run-local.sh: takes no arguments (settings are environment variables)" >&2
+        exit 2
+        ;;
+esac
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/deps.sh"
 cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

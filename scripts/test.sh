@@ -4,6 +4,17 @@
 # and an AddressSanitizer + UndefinedBehaviorSanitizer build (build-asan/).
 # Usage: scripts/test.sh [--quick]   (--quick: the normal build only)
 set -euo pipefail
+case "${1:-}" in
+    "" | --quick) ;;
+    -h | --help)
+        sed -n '2,5s/^# \{0,1\}//p' "$0"
+        exit 0
+        ;;
+    *)
+        echo "test.sh: unknown argument '$1' (usage: scripts/test.sh [--quick])" >&2
+        exit 2
+        ;;
+esac
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/deps.sh"
 jobs=$(nproc)

@@ -77,6 +77,10 @@ s_args (int argc, char **argv, const char **config, bool *hub_only)
         fprintf (stderr, "supervisor: -c FILE is required (try --help)\n");
         return -1;
     }
+    if (*config && !**config) {
+        fprintf (stderr, "supervisor: -c/--config names no file (an empty path)\n");
+        return -1;
+    }
     return 0;
 }
 

@@ -423,6 +423,18 @@ s_finish_program (s_parser_t *parser)
         s_program_destroy (&program);
         return -1;
     }
+    //  An instance id names one instance at the gateway: replicas sharing
+    //  one would take each other's place there.
+    for (size_t i = 0; i < program->env_size && program->replicas > 1; i++)
+        if (!strncmp (program->env[i], "INSTANCE_ID=", 12)) {
+            snprintf (parser->err, parser->errlen,
+                      "%s:%d: [program:%s] sets INSTANCE_ID for %lld replicas: each "
+                      "needs its own (leave it unset: every instance makes one)",
+                      parser->origin, program->line, program->name,
+                      (long long) program->replicas);
+            s_program_destroy (&program);
+            return -1;
+        }
     sup_conf_t *conf = parser->conf;
     conf->programs =
         cm_realloc (conf->programs, (conf->size + 1) * sizeof *conf->programs);

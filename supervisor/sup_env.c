@@ -37,10 +37,12 @@ const cm_conf_entry_t sup_env_table[] = {
      "state of a local run (redis/, log/, admin_api_key); made absolute"},
     {"BIN_DIR", CM_CONF_STR, NULL, 0, 0, offsetof (sup_settings_t, bin_dir),
      "where the daemons are; unset: the supervisor's own directory"},
-    {"ADMIN_API_KEY", CM_CONF_STR, NULL, 0, 0, offsetof (sup_settings_t, admin_api_key),
-     "admin key; unset: read from or generated into $RUN_DIR/admin_api_key"},
+    {"ADMIN_API_KEY", CM_CONF_TOKEN, NULL, 0, SUP_ENV_ADMIN_KEY_MAX,
+     offsetof (sup_settings_t, admin_api_key),
+     "admin key (printable ASCII without spaces, at most 4096 bytes); unset: read "
+     "from or generated into $RUN_DIR/admin_api_key"},
     {"LOG_LEVEL", CM_CONF_STR, "info", 0, 0, offsetof (sup_settings_t, log_level),
-     "debug, info, warn or error"},
+     "debug, info, warn (or warning) or error"},
     {"SUPERVISOR_ENDPOINT", CM_CONF_ENDPOINT, CM_REPORTER_ENDPOINT, 0, 0,
      offsetof (sup_settings_t, metrics_endpoint),
      "ZeroMQ endpoint of the metrics hub: bound here (SUPERVISOR_METRICS_ROLE=hub) "
@@ -83,8 +85,20 @@ sup_env_load (sup_settings_t *settings, char *err, size_t errlen)
         return -1;
     }
     if (cm_log_level_parse (settings->log_level) < 0) {
-        snprintf (err, errlen, "LOG_LEVEL: '%s' is not debug, info, warn or error",
+        snprintf (err, errlen,
+                  "LOG_LEVEL: '%s' is not debug, info, warn (or warning) or error",
                   settings->log_level);
+        return -1;
+    }
+    //  The supervisor's environment reaches every child: one INSTANCE_ID
+    //  there would be every instance's, and instances of one id take each
+    //  other's place at the gateway (the suite never gets ready).
+    const char *instance_id = getenv ("INSTANCE_ID");
+    if (instance_id && *instance_id) {
+        snprintf (err, errlen,
+                  "INSTANCE_ID: set for the whole suite, every instance would have it; "
+                  "leave it unset (each instance makes its own), or set it in one "
+                  "program's env in the suite file");
         return -1;
     }
     return 0;
@@ -123,12 +137,10 @@ sup_env_export (sup_settings_t *settings, char *err, size_t errlen)
     assert (settings && settings->redis_url && settings->run_dir && err);
     char host[256];
     int64_t port;
-    if (sup_env_redis_url (settings->redis_url, host, sizeof host, &port)) {
-        snprintf (err, errlen,
-                  "REDIS_URL: '%s' is not redis://[user:password@]host[:port][/db]",
-                  settings->redis_url);
+    //  (The message leaves the password out.)
+    if (cm_redis_url_check ("REDIS_URL", settings->redis_url, err, errlen) ||
+        sup_env_redis_url (settings->redis_url, host, sizeof host, &port))
         return -1;
-    }
     //  RUN_DIR is created only once everything is checked: made absolute
     //  here without being resolved, it names the same directory either way.
     char *run_dir = s_absolute (settings->run_dir);
@@ -197,14 +209,18 @@ sup_env_admin_key (sup_settings_t *settings, char *err, size_t errlen)
     }
     char path[PATH_MAX];
     snprintf (path, sizeof path, "%s/%s", settings->run_dir, SUP_ENV_ADMIN_KEY_FILE);
-    char key[1024];
+    //  A key and its line's end, with room to tell one that is too long.
+    char key[SUP_ENV_ADMIN_KEY_MAX + 64];
     int fd = open (path, O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
-        ssize_t n = read (fd, key, sizeof key - 1);
+        ssize_t n = 0, got = 0;
+        while (n < (ssize_t) sizeof key - 1 &&
+               (got = read (fd, key + n, sizeof key - 1 - (size_t) n)) > 0)
+            n += got;
         struct stat st;
         bool exposed = fstat (fd, &st) == 0 && (st.st_mode & 077);
         close (fd);
-        if (n < 0) {
+        if (got < 0) {
             snprintf (err, errlen, "ADMIN_API_KEY: cannot read %s: %s", path,
                       strerror (errno));
             return -1;
@@ -212,9 +228,16 @@ sup_env_admin_key (sup_settings_t *settings, char *err, size_t errlen)
         while (n > 0 && isspace ((unsigned char) key[n - 1]))
             n--;
         key[n] = 0;
+        if (n > SUP_ENV_ADMIN_KEY_MAX) {
+            snprintf (err, errlen,
+                      "ADMIN_API_KEY: the key in %s is longer than %d bytes (delete the "
+                      "file to have a new one generated)",
+                      path, SUP_ENV_ADMIN_KEY_MAX);
+            return -1;
+        }
         bool valid = n > 0;
         for (ssize_t i = 0; i < n; i++)
-            if (!isgraph ((unsigned char) key[i]))
+            if (!isgraph ((unsigned char) key[i]) || (unsigned char) key[i] >= 0x7f)
                 valid = false;
         if (!valid) {
             snprintf (

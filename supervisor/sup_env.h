@@ -51,6 +51,8 @@ extern const cm_conf_entry_t sup_env_table[];
 
 //  Name of the file under RUN_DIR that keeps a generated admin key.
 #define SUP_ENV_ADMIN_KEY_FILE "admin_api_key"
+//  Longest admin key, as the gateway takes it (ADMIN_API_KEY).
+#define SUP_ENV_ADMIN_KEY_MAX 4096
 
 //  Load settings from the environment and check them together. Returns 0,
 //  or -1 with a message naming the variable in err. Free with sup_env_free

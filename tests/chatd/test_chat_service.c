@@ -964,11 +964,26 @@ Test (chat_service, breaker_opens_after_threshold_provider_failures)
     s_assert_circuit_open (call, "1"); //  999 ms
     s_call_free (&call);
     cr_assert_eq (s_switch.calls, 3);
+    //  The OpenAI route answers in OpenAI's error shape, which its client
+    //  libraries read (it was the abort shape).
+    call = s_serve ("POST", "/api/v1/openai/chat/completions", NULL, NULL,
+                    "{\"model\":\"guarded\",\"messages\":[{\"role\":\"user\","
+                    "\"content\":\"hello\"}]}",
+                    0);
+    cr_assert_eq (call->status, 503, "%s", call->text);
+    json_t *error = json_object_get (call->reply, "error");
+    cr_assert (json_is_object (error), "%s", call->text);
+    cr_assert (strstr (s_str (error, "message"), "chat circuit is open"), "%s",
+               call->text);
+    cr_assert_str_eq (s_str (error, "type"), "server_error");
+    cr_assert_str_eq (s_str (call->headers, "Retry-After"), "1");
+    s_call_free (&call);
+    cr_assert_eq (s_switch.calls, 3);
 
     cm_breaker_stats_t stats;
     cm_breaker_stats (chat_service_breaker (s_service), &stats);
     cr_assert_eq (stats.failed, 3);
-    cr_assert_eq (stats.rejected, 3);
+    cr_assert_eq (stats.rejected, 4);
 }
 
 Test (chat_service, breaker_half_open_probe_success_closes)

@@ -183,6 +183,12 @@ Test (sup_conf, values_are_checked)
     s_refused ("[program:a]\ncommand = echo ${HOME\n", "test.conf:2:", "malformed");
     s_refused ("[program:a]\ncommand = echo ${1X}\n", "test.conf:2:", "malformed");
     s_refused ("[program:a]\ncommand = echo ${X:-open\n", "test.conf:2:", "unterminated");
+    //  Replicas sharing an instance id would take each other's place.
+    s_refused ("[program:a]\ncommand = true\nreplicas = 2\nenv = INSTANCE_ID=one\n",
+               "test.conf:1:", "INSTANCE_ID for 2 replicas");
+    sup_conf_t *conf = s_parse ("[program:a]\ncommand = true\nenv = INSTANCE_ID=one\n");
+    cr_assert_not_null (conf, "one replica may have its own id: %s", s_err);
+    sup_conf_destroy (&conf);
 }
 
 Test (sup_conf, words_split_like_a_shell)

@@ -275,6 +275,89 @@ Test (sup_env, bad_settings_name_the_variable)
     s_clear ();
 }
 
+//  Review findings of a docs audit: what the supervisor takes must be what
+//  its children take, and it must not print a password.
+Test (sup_env, what_the_children_would_refuse_is_refused_first)
+{
+    s_clear ();
+    sup_settings_t settings = {0};
+    setenv ("REDIS_URL", "redis://user:hunter2@h:99999", 1);
+    cr_assert_eq (sup_env_load (&settings, s_err, sizeof s_err), 0);
+    cr_assert_eq (sup_env_export (&settings, s_err, sizeof s_err), -1);
+    cr_assert (strstr (s_err, "REDIS_URL"), "%s", s_err);
+    cr_assert_null (strstr (s_err, "hunter2"), "%s", s_err);
+    sup_env_free (&settings);
+    s_clear ();
+
+    const char *bad_keys[] = {"bad key", "caf\xc3\xa9", "tab\there"};
+    for (size_t i = 0; i < sizeof bad_keys / sizeof bad_keys[0]; i++) {
+        setenv ("ADMIN_API_KEY", bad_keys[i], 1);
+        cr_assert_eq (sup_env_load (&settings, s_err, sizeof s_err), -1, "%s accepted",
+                      bad_keys[i]);
+        cr_assert (strstr (s_err, "ADMIN_API_KEY"), "%s", s_err);
+        sup_env_free (&settings);
+        s_clear ();
+    }
+    char *longest = malloc (SUP_ENV_ADMIN_KEY_MAX + 2);
+    memset (longest, 'k', SUP_ENV_ADMIN_KEY_MAX + 1);
+    longest[SUP_ENV_ADMIN_KEY_MAX + 1] = 0;
+    setenv ("ADMIN_API_KEY", longest, 1);
+    cr_assert_eq (sup_env_load (&settings, s_err, sizeof s_err), -1);
+    cr_assert (strstr (s_err, "ADMIN_API_KEY"), "%s", s_err);
+    sup_env_free (&settings);
+    longest[SUP_ENV_ADMIN_KEY_MAX] = 0;
+    setenv ("ADMIN_API_KEY", longest, 1);
+    cr_assert_eq (sup_env_load (&settings, s_err, sizeof s_err), 0, "%s", s_err);
+    sup_env_free (&settings);
+    free (longest);
+    s_clear ();
+
+    setenv ("INSTANCE_ID", "dup", 1);
+    cr_assert_eq (sup_env_load (&settings, s_err, sizeof s_err), -1);
+    cr_assert (strstr (s_err, "INSTANCE_ID"), "%s", s_err);
+    sup_env_free (&settings);
+    unsetenv ("INSTANCE_ID");
+    s_clear ();
+}
+
+//  A key file holds the whole key (it was cut to 1023 bytes), and one
+//  longer than a key may be is refused, naming the file.
+Test (sup_env, a_long_key_file_is_read_whole)
+{
+    s_clear ();
+    char *dir = s_tempdir ();
+    setenv ("RUN_DIR", dir, 1);
+    char path[4200];
+    snprintf (path, sizeof path, "%s/admin_api_key", dir);
+    for (int round = 0; round < 2; round++) {
+        size_t length = round ? SUP_ENV_ADMIN_KEY_MAX + 1 : 2000;
+        FILE *file = fopen (path, "w");
+        for (size_t i = 0; i < length; i++)
+            fputc ('a' + (int) (i % 26), file);
+        fputc ('\n', file);
+        fclose (file);
+        chmod (path, 0600);
+        sup_settings_t settings = {0};
+        cr_assert_eq (sup_env_load (&settings, s_err, sizeof s_err), 0);
+        cr_assert_eq (sup_env_export (&settings, s_err, sizeof s_err), 0, "%s", s_err);
+        if (round) {
+            cr_assert_eq (sup_env_admin_key (&settings, s_err, sizeof s_err), -1);
+            cr_assert (strstr (s_err, path), "%s", s_err);
+        } else {
+            cr_assert_eq (sup_env_admin_key (&settings, s_err, sizeof s_err), 0, "%s",
+                          s_err);
+            cr_assert_eq (strlen (getenv ("ADMIN_API_KEY")), length);
+            cr_assert_eq (strlen (settings.admin_api_key), length);
+        }
+        sup_env_free (&settings);
+        s_clear ();
+        setenv ("RUN_DIR", dir, 1);
+    }
+    s_rmtree (dir);
+    free (dir);
+    s_clear ();
+}
+
 Test (sup_env, bin_dir_must_be_a_directory)
 {
     s_clear ();
