@@ -587,6 +587,16 @@ s_cancel (gw_broker_t *self, const char *request_id, const char *reason)
     s_pending_end (self, request_id);
 }
 
+//  Answer a request 502 (its stream's abort event once one started) with
+//  a message naming its instance: format takes the service, then the id.
+static void
+s_fail_at (gw_exchange_t *exchange, const s_instance_t *instance, const char *format)
+{
+    char message[256];
+    snprintf (message, sizeof message, format, instance->service, instance->id);
+    gw_exchange_fail (exchange, 502, message);
+}
+
 //  An instance said READY again: it made a new connection, because the
 //  old one broke (its heartbeat timed out while this gateway stood still,
 //  or the network failed). Frames in flight on the old connection are
@@ -635,12 +645,9 @@ s_checked (gw_broker_t *self, s_instance_t *instance, cm_msg_t *msg)
              "connection",
              cm_msg_partials (msg) - pending->partials, cm_msg_partials (msg),
              instance->id, request_id);
-    char message[256];
-    snprintf (message, sizeof message,
-              "Part of the answer of the %s service instance %s was lost in a broken "
-              "connection.",
-              instance->service, instance->id);
-    gw_exchange_fail (pending->exchange, 502, message);
+    s_fail_at (pending->exchange, instance,
+               "Part of the answer of the %s service instance %s was lost in a broken "
+               "connection.");
     char *id = cm_strdup (request_id);
     s_cancel (self, id, "part of the answer was lost");
     free (id);
@@ -661,11 +668,6 @@ s_lost (gw_broker_t *self, const char *request_id, s_pending_t *pending)
 {
     s_instance_t *instance = pending->instance;
     self->lost++;
-    char message[256];
-    snprintf (message, sizeof message,
-              "The request or its answer was lost in a broken connection to the %s "
-              "service instance %s.",
-              instance->service, instance->id);
     instance->inflight--;
     pending->instance = NULL;
     pending->lost_at = 0;
@@ -675,7 +677,9 @@ s_lost (gw_broker_t *self, const char *request_id, s_pending_t *pending)
              instance->id, again ? "sent again" : "answered 502");
     if (again)
         return;
-    gw_exchange_fail (pending->exchange, 502, message);
+    s_fail_at (pending->exchange, instance,
+               "The request or its answer was lost in a broken connection to the %s "
+               "service instance %s.");
     s_pending_end (self, request_id);
 }
 
@@ -772,12 +776,9 @@ s_handle_frame (gw_broker_t *self, const char *id, cm_msg_t *msg)
             //  failed, not an end that looks complete.
             if (type == CM_MSG_FINAL && cm_msg_status (msg) == 503 &&
                 gw_exchange_started (pending->exchange)) {
-                char message[256];
-                snprintf (message, sizeof message,
-                          "The %s service instance %s shut down before the answer "
-                          "was complete.",
-                          instance->service, instance->id);
-                gw_exchange_fail (pending->exchange, 502, message);
+                s_fail_at (pending->exchange, instance,
+                           "The %s service instance %s shut down before the answer "
+                           "was complete.");
                 s_pending_end (self, cm_msg_request_id (msg));
                 break;
             }
