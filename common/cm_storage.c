@@ -10,12 +10,14 @@
 #include "cm_storage_int.h"
 #include "cm_log.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <sodium.h>
 #include <sqlite3.h>
 #include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #include <math.h>
 
 //  How long a connection waits for another one's lock before failing.
@@ -304,14 +306,39 @@ cm_storage_new (const char *dir, char *err, size_t errlen)
     size_t size = strlen (dir) + sizeof CM_STORAGE_FILE + 2;
     self->path = cm_malloc (size);
     snprintf (self->path, size, "%s/%s", dir, CM_STORAGE_FILE);
+    char *marker = cm_malloc (strlen (dir) + sizeof CM_STORAGE_MARKER + 2);
+    sprintf (marker, "%s/%s", dir, CM_STORAGE_MARKER);
+    if (access (self->path, F_OK) && errno == ENOENT && access (marker, F_OK) == 0) {
+        snprintf (err, errlen,
+                  "storage %s: the database is missing, but one was made here before "
+                  "(%s): restore it, or remove %s to start with an empty one",
+                  self->path, marker, CM_STORAGE_MARKER);
+        free (marker);
+        cm_storage_destroy (&self);
+        return NULL;
+    }
     self->opening = true;
     if (s_open (self) || s_migrate (self)) {
         snprintf (err, errlen, "storage %s: %s", self->path, self->errmsg);
+        free (marker);
         cm_storage_destroy (&self);
         return NULL;
     }
     self->errmsg[0] = 0;
     self->opening = false;
+    //  (Made by the first process to get here; others find it.)
+    int fd = open (marker, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+        static const char note[] =
+            "llmrt made its database llmrt.db in this directory. Should llmrt.db go\n"
+            "missing, no llmrt program makes a new, empty one while this file is here:\n"
+            "restore llmrt.db, or remove this file to start again from nothing.\n";
+        ssize_t rc = write (fd, note, sizeof note - 1);
+        (void) rc;
+        close (fd);
+    } else if (errno != EEXIST)
+        cm_warn ("storage: cannot make %s: %s", marker, strerror (errno));
+    free (marker);
     return self;
 }
 

@@ -41,12 +41,18 @@ typedef enum {
 
 //  File name inside the storage directory.
 #define CM_STORAGE_FILE "llmrt.db"
+//  Kept beside it once a database was made there: a database that goes
+//  missing later (deleted or moved under a running suite) is not made
+//  again, empty, by whichever process opens it next, which would split the
+//  suite between two files; cm_storage_new refuses, naming this file.
+#define CM_STORAGE_MARKER "llmrt.db.created"
 //  Schema version this build creates and expects.
 #define CM_STORAGE_SCHEMA_VERSION 6
 
 //  --- connection -------------------------------------------------------------
 
-//  Open (creating if needed) dir/llmrt.db and migrate it. Returns a new
+//  Open (creating if needed, unless CM_STORAGE_MARKER says it existed
+//  there before) dir/llmrt.db and migrate it. Returns a new
 //  connection the caller owns, or NULL with the reason in err.
 cm_storage_t *cm_storage_new (const char *dir, char *err, size_t errlen);
 //  Close; NULL-safe; nulls the pointer.

@@ -426,6 +426,44 @@ Test (cm_storage, corrupt_file_is_an_error_not_a_crash)
     cr_assert (strstr (err, "llmrt.db"), "err was: %s", err);
 }
 
+//  A database that goes missing under a running suite is not made again,
+//  empty, by the next process to open it (an operator audit: a restarted
+//  daemon did, and the suite wrote to two files from then on).
+Test (cm_storage, a_database_that_went_missing_is_not_made_again)
+{
+    cm_storage_t *storage = s_open ();
+    json_t *workspace = NULL;
+    json_t *fields = json_pack ("{s:s}", "name", "Kept");
+    cr_assert_eq (cm_storage_workspace_create (storage, fields, &workspace),
+                  CM_STORAGE_OK);
+    json_decref (fields);
+    json_decref (workspace);
+    cm_storage_destroy (&storage);
+    char marker[128];
+    snprintf (marker, sizeof marker, "%s/%s", s_dir, CM_STORAGE_MARKER);
+    cr_assert_eq (access (marker, F_OK), 0, "no %s", marker);
+    const char *suffixes[] = {"", "-wal", "-shm"};
+    for (size_t i = 0; i < 3; i++) {
+        char path[128];
+        snprintf (path, sizeof path, "%s/%s%s", s_dir, CM_STORAGE_FILE, suffixes[i]);
+        unlink (path);
+    }
+    char err[1024] = "";
+    storage = cm_storage_new (s_dir, err, sizeof err);
+    cr_assert_null (storage, "an empty database was made in its place");
+    cr_assert (strstr (err, "missing") && strstr (err, CM_STORAGE_MARKER), "%s", err);
+    char path[128];
+    snprintf (path, sizeof path, "%s/%s", s_dir, CM_STORAGE_FILE);
+    cr_assert_neq (access (path, F_OK), 0, "the refusal made a file");
+    //  Once the operator removes the marker, a new, empty one.
+    cr_assert_eq (unlink (marker), 0);
+    storage = s_open ();
+    cr_assert_eq (cm_storage_workspace_get (storage, "kept", &workspace),
+                  CM_STORAGE_NOT_FOUND);
+    cm_storage_destroy (&storage);
+    cr_assert_eq (access (marker, F_OK), 0, "the new one is marked too");
+}
+
 Test (cm_storage, unusable_directory_is_an_error)
 {
     char path[128];

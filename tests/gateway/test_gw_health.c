@@ -70,8 +70,12 @@ Test (gw_health, a_database_removed_or_replaced_under_the_suite_is_down)
     s_remove_database (dir);
     s_wait_database (health, "down", "was removed");
     cr_assert_not (gw_health_database_ok (health));
-    //  A new, empty one at its path (what a restarted daemon would make):
-    //  still down, the suite's processes are split between two files.
+    //  A new, empty one at its path (what a restarted daemon made before
+    //  CM_STORAGE_MARKER; now someone must remove that first): still down,
+    //  the suite's processes are split between two files.
+    char marker[256];
+    snprintf (marker, sizeof marker, "%s/%s", dir, CM_STORAGE_MARKER);
+    cr_assert_eq (unlink (marker), 0);
     s_create_database (dir);
     s_wait_database (health, "down", "was replaced");
     gw_health_destroy (&health);
