@@ -15,7 +15,11 @@
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <microhttpd.h>
+#include <poll.h>
+#include <stdarg.h>
 #include <sodium.h>
+#include <strings.h>
+#include <sys/ioctl.h>
 #include <stdatomic.h>
 #include <unistd.h>
 
@@ -157,8 +161,10 @@ typedef struct {
     char allow[64];          //  for 405
     char *body;              //  body so far
     size_t body_size, body_capacity;
-    bool too_large;       //  body over MAX_BODY_BYTES
-    bool first_call_done; //  first access-handler call has passed
+    bool too_large;         //  body over MAX_BODY_BYTES
+    bool first_call_done;   //  first access-handler call has passed
+    int64_t content_length; //  the request's Content-Length (-1: none, chunked)
+    uint64_t received;      //  body bytes received so far, kept or dropped
     //  Form routes (GW_ROUTE_FORM): the body goes through the post processor
     //  into form, which is encoded into body once the request is in.
     struct MHD_PostProcessor *post; //  NULL: none, or given up
@@ -780,6 +786,60 @@ s_first_call (gw_server_t *self, struct MHD_Connection *connection, s_request_t 
         s_form_start (request, connection);
 }
 
+//  A refused request's body up to this size is read and dropped, so that
+//  its connection can serve the next request; past it, the connection is
+//  closed.
+#define S_DROP_MAX (64 * 1024)
+
+//  The answer to a request refused on its first call (early_status).
+static enum MHD_Result
+s_reply_early (struct MHD_Connection *connection, s_request_t *request)
+{
+    if (request->early_status == 429)
+        return s_reply_limited (connection, request, 429,
+                                gw_limits_verdict_body (&request->limits));
+    if (request->early_status == 405)
+        return s_reply_json (connection, 405,
+                             json_pack ("{s:s}", "error", request->early_message), NULL,
+                             request->allow);
+    return s_reply_error (connection, (unsigned) request->early_status,
+                          request->early_message);
+}
+
+//  Answer a refused request before its body, rather than read the body
+//  and drop it: when the client waits to be told to send it (Expect:
+//  100-continue; libmicrohttpd then sends no "100 Continue") or it is
+//  larger than we drop. The connection closes after the answer.
+static bool
+s_refuse_before_the_body (struct MHD_Connection *connection, s_request_t *request)
+{
+    const char *expect =
+        MHD_lookup_connection_value (connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+    return (expect && strcasestr (expect, "100-continue")) ||
+           request->content_length > S_DROP_MAX;
+}
+
+//  Has the client closed its side with nothing more to read? libmicrohttpd
+//  0.9.75 in epoll mode can miss such a close when the last of a body and
+//  the FIN arrive together (its edge-triggered read stops at the short
+//  read), and then holds the connection, with what it read of the body,
+//  until its idle timeout: an operator's audit held 10,000 connections and
+//  4 GB that way with aborted uploads. A client still sending has bytes in
+//  the socket or no FIN yet; one that half-closes after a whole body never
+//  gets here (the body is complete).
+static bool
+s_client_left (struct MHD_Connection *connection)
+{
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info (connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!info)
+        return false;
+    struct pollfd pfd = {.fd = info->connect_fd, .events = POLLRDHUP};
+    int pending = 0;
+    return poll (&pfd, 1, 0) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR)) &&
+           ioctl (info->connect_fd, FIONREAD, &pending) == 0 && pending == 0;
+}
+
 static enum MHD_Result
 s_handler (void *cls, struct MHD_Connection *connection, const char *url,
            const char *method, const char *version, const char *upload_data,
@@ -791,15 +851,29 @@ s_handler (void *cls, struct MHD_Connection *connection, const char *url,
     s_request_t *request = *con_cls;
     if (!request->first_call_done) {
         request->first_call_done = true;
+        const char *length = MHD_lookup_connection_value (connection, MHD_HEADER_KIND,
+                                                          MHD_HTTP_HEADER_CONTENT_LENGTH);
+        request->content_length = length ? (int64_t) strtoull (length, NULL, 10) : -1;
         s_first_call (self, connection, request, method);
         if (request->too_large)
             return s_reply_too_large (self, connection, request);
+        if (request->early_status && s_refuse_before_the_body (connection, request))
+            return s_reply_early (connection, request);
         return MHD_YES;
     }
     if (request->exchange)
         return gw_exchange_respond (request->exchange);
     if (*upload_data_size) {
-        //  Bodies of refused requests are read and dropped.
+        request->received += *upload_data_size;
+        //  Bodies of refused requests are read and dropped, up to a point:
+        //  past it the connection is closed (a refused request's answer can
+        //  only be queued before its body or after all of it).
+        if ((request->early_status && request->received > S_DROP_MAX) ||
+            (request->too_large &&
+             request->received > (uint64_t) self->config->max_body + S_DROP_MAX)) {
+            *upload_data_size = 0;
+            return MHD_NO;
+        }
         if (!request->early_status && !request->too_large) {
             if (request->body_size + *upload_data_size >
                 (size_t) self->config->max_body) {
@@ -828,6 +902,16 @@ s_handler (void *cls, struct MHD_Connection *connection, const char *url,
             }
         }
         *upload_data_size = 0;
+        //  A client that left before its body was all sent: close now, as
+        //  libmicrohttpd may not (s_client_left).
+        if (request->content_length >= 0 &&
+            request->received < (uint64_t) request->content_length &&
+            s_client_left (connection)) {
+            cm_debug ("%s: the client left after %llu of %lld body bytes", request->uri,
+                      (unsigned long long) request->received,
+                      (long long) request->content_length);
+            return MHD_NO;
+        }
         return MHD_YES;
     }
     //  The whole request is in: from here to the completion callback is
@@ -836,16 +920,8 @@ s_handler (void *cls, struct MHD_Connection *connection, const char *url,
         request->complete_us = cm_clock_mono_us ();
         gw_metrics_begin (self->observer, gw_metrics_class (request->route));
     }
-    if (request->early_status == 429)
-        return s_reply_limited (connection, request, 429,
-                                gw_limits_verdict_body (&request->limits));
-    if (request->early_status == 405)
-        return s_reply_json (connection, 405,
-                             json_pack ("{s:s}", "error", request->early_message), NULL,
-                             request->allow);
     if (request->early_status)
-        return s_reply_error (connection, (unsigned) request->early_status,
-                              request->early_message);
+        return s_reply_early (connection, request);
     if (request->too_large)
         return s_reply_too_large (self, connection, request);
     if ((request->route->flags & GW_ROUTE_FORM) && !s_form_finish (request))
@@ -919,6 +995,29 @@ s_completed (void *cls, struct MHD_Connection *connection, void **con_cls,
     *con_cls = NULL;
 }
 
+//  libmicrohttpd's own messages ("Connection was closed by remote side with
+//  incomplete request.", one per client that left): through our log, with
+//  its time and program, and one line a second at most (a flood of such
+//  clients wrote thousands).
+static void
+s_mhd_log (void *cls, const char *fmt, va_list ap)
+{
+    (void) cls;
+    static atomic_int_fast64_t logged_ms;
+    static atomic_uint_fast64_t quiet;
+    int64_t now = cm_clock_mono_ms ();
+    int64_t last = atomic_load (&logged_ms);
+    if (now - last < 1000 || !atomic_compare_exchange_strong (&logged_ms, &last, now)) {
+        atomic_fetch_add (&quiet, 1);
+        return;
+    }
+    char line[512];
+    vsnprintf (line, sizeof line, fmt, ap);
+    line[strcspn (line, "\n")] = 0;
+    cm_warn ("libmicrohttpd: %s (%llu more of its lines since the last)", line,
+             (unsigned long long) atomic_exchange (&quiet, 0));
+}
+
 gw_server_t *
 gw_server_new (const gw_config_t *config)
 {
@@ -983,9 +1082,12 @@ gw_server_new (const gw_config_t *config)
     }
     self->daemon = MHD_start_daemon (
         MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0,
-        NULL, NULL, s_handler, self, MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &addr,
-        MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_URI_LOG_CALLBACK, s_uri_logger,
-        self, MHD_OPTION_NOTIFY_COMPLETED, s_completed, self, MHD_OPTION_CONNECTION_LIMIT,
+        NULL, NULL, s_handler, self,
+        //  First, or some messages go to libmicrohttpd's own logger.
+        MHD_OPTION_EXTERNAL_LOGGER, s_mhd_log, NULL, MHD_OPTION_SOCK_ADDR,
+        (struct sockaddr *) &addr, MHD_OPTION_THREAD_POOL_SIZE, threads,
+        MHD_OPTION_URI_LOG_CALLBACK, s_uri_logger, self, MHD_OPTION_NOTIFY_COMPLETED,
+        s_completed, self, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned) config->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) 120,
         //  libmicrohttpd's default is 32 KiB per connection, most of a held
         //  stream's cost in the gateway; 8 KiB holds several KiB of headers.
