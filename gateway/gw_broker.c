@@ -73,7 +73,7 @@ struct gw_broker_s {
     //  Counters (broker thread writes; snapshot reads under snap_lock).
     uint64_t routed, replies, late_replies, dropped_frames, unroutable, timeouts,
         expired_instances, disconnected_instances, no_instance, retries, client_gone,
-        waited, lost;
+        waited, lost, slow_clients;
     pthread_mutex_t snap_lock; //  guards snapshot
     json_t *snapshot;          //  last published state
 };
@@ -782,7 +782,13 @@ s_handle_frame (gw_broker_t *self, const char *id, cm_msg_t *msg)
                 s_pending_end (self, cm_msg_request_id (msg));
                 break;
             }
-            if (gw_exchange_deliver (pending->exchange, msg))
+            gw_delivery_t delivered = gw_exchange_deliver (pending->exchange, msg);
+            if (delivered == GW_DELIVERY_TOO_SLOW) {
+                //  Its client reads slower than the answer comes: the
+                //  stream was ended for it, and the daemon stops.
+                self->slow_clients++;
+                s_cancel (self, cm_msg_request_id (msg), "the client reads too slowly");
+            } else if (delivered == GW_DELIVERED_LAST)
                 s_pending_end (self, cm_msg_request_id (msg));
             break;
         }
@@ -1072,6 +1078,7 @@ s_tick (gw_broker_t *self, int64_t now, bool beat)
                     {"no_instance", self->no_instance},
                     {"waited", self->waited},
                     {"lost", self->lost},
+                    {"slow_clients", self->slow_clients},
                     {"waiting", self->waiting_now},
                     {"in_flight", zhashx_size (self->pending)}};
     json_t *counts = json_object ();

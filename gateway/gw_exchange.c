@@ -23,12 +23,17 @@ struct gw_exchange_s {
                                        //  NULL when none
     char *data;                        //  bytes not yet handed to MHD
     size_t size, offset, capacity;     //  of data
+    size_t limit;                      //  most of a stream held (0: no limit)
+    bool openai;                       //  the stream is OpenAI's chunks
+    char stream_uuid[64];              //  the chat stream's uuid ("": unknown)
 };
 
 gw_exchange_t *
-gw_exchange_new (const char *request_id, struct MHD_Connection *connection)
+gw_exchange_new (const char *request_id, struct MHD_Connection *connection,
+                 size_t buffer_limit)
 {
     gw_exchange_t *self = cm_calloc (1, sizeof *self);
+    self->limit = buffer_limit;
     atomic_init (&self->refs, 1);
     pthread_mutex_init (&self->lock, NULL);
     self->request_id = cm_strdup (request_id);
@@ -108,11 +113,96 @@ s_wake (gw_exchange_t *self)
     }
 }
 
-bool
+//  Lock held. The first part of a stream says which it is: OpenAI's
+//  chunks, or a chat stream, whose events carry its uuid. (The gateway's
+//  own failure events must match them.)
+static void
+s_learn_stream (gw_exchange_t *self, const char *body, size_t size)
+{
+    char head[513];
+    size_t n = size < sizeof head - 1 ? size : sizeof head - 1;
+    memcpy (head, body, n);
+    head[n] = 0;
+    if (strstr (head, "\"chat.completion.chunk\"")) {
+        self->openai = true;
+        return;
+    }
+    const char *uuid = strstr (head, "\"uuid\":\"");
+    if (!uuid)
+        return;
+    uuid += 8;
+    size_t len = strcspn (uuid, "\"\\");
+    if (uuid[len] == '"' && len < sizeof self->stream_uuid) {
+        memcpy (self->stream_uuid, uuid, len);
+        self->stream_uuid[len] = 0;
+    }
+}
+
+//  Lock held. Append one SSE event (data: JSON) for the client.
+static void
+s_append_event (gw_exchange_t *self, json_t *event)
+{
+    char *json = event ? json_dumps (event, JSON_COMPACT) : NULL;
+    json_decref (event);
+    if (!json)
+        return;
+    s_append (self, "data: ", 6);
+    s_append (self, json, strlen (json));
+    s_append (self, "\n\n", 2);
+    free (json);
+}
+
+//  Lock held: gw_exchange_fail.
+static void
+s_fail (gw_exchange_t *self, int status, const char *text)
+{
+    if (self->ended)
+        return;
+    if (!self->started) {
+        self->started = true;
+        self->status = status;
+        self->head = cm_msg_new (CM_MSG_FINAL);
+        cm_msg_set_content_type (self->head, "application/json");
+        if (status == 503 || status == 429)
+            cm_msg_header_add (self->head, "Retry-After", "1");
+        json_t *body = json_pack ("{s:s}", "error", text);
+        char *json = body ? json_dumps (body, JSON_COMPACT) : NULL;
+        json_decref (body);
+        if (json)
+            s_append (self, json, strlen (json));
+        free (json);
+    } else if (self->streaming && self->head &&
+               !strncmp (cm_msg_content_type (self->head), "text/event-stream", 17)) {
+        if (self->openai)
+            //  As chatd ends an OpenAI stream that fails: the error event,
+            //  which OpenAI's client libraries raise; no [DONE].
+            s_append_event (self,
+                            json_pack ("{s:{s:s, s:s, s:n, s:n}}", "error", "message",
+                                       text, "type", "server_error", "param", "code"));
+        else {
+            //  API.md: a mid-stream failure is the abort event, then the
+            //  finalize event; both with the stream's uuid.
+            const char *uuid = *self->stream_uuid ? self->stream_uuid : self->request_id;
+            s_append_event (self, json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "uuid",
+                                             uuid, "type", "abort", "textResponse",
+                                             "sources", "close", 1, "error", text));
+            s_append_event (self,
+                            json_pack ("{s:s, s:s, s:b, s:b}", "uuid", uuid, "type",
+                                       "finalizeResponseStream", "close", 1, "error", 0));
+        }
+    }
+    self->ended = true;
+    s_wake (self);
+}
+
+gw_delivery_t
 gw_exchange_deliver (gw_exchange_t *self, cm_msg_t *reply)
 {
     assert (self && reply);
     bool final = cm_msg_type (reply) == CM_MSG_FINAL;
+    gw_delivery_t outcome = final ? GW_DELIVERED_LAST : GW_DELIVERED;
+    size_t size;
+    const char *body = cm_msg_body (reply, &size);
     pthread_mutex_lock (&self->lock);
     if (!self->ended) {
         if (!self->started) {
@@ -126,15 +216,28 @@ gw_exchange_deliver (gw_exchange_t *self, cm_msg_t *reply)
                 cm_msg_header_at (reply, i, &name, &value);
                 cm_msg_header_add (self->head, name, value);
             }
+            if (self->streaming)
+                s_learn_stream (self, body, size);
         }
-        size_t size;
-        const char *body = cm_msg_body (reply, &size);
-        s_append (self, body, size);
-        self->ended = final;
-        s_wake (self);
+        if (self->streaming && !final && self->limit &&
+            self->size - self->offset + size > self->limit) {
+            //  The client reads slower than the answer comes: end its stream
+            //  rather than hold the rest of the answer for it.
+            char message[160];
+            snprintf (message, sizeof message,
+                      "The client read the answer too slowly: %zu bytes were waiting "
+                      "for it (GATEWAY_STREAM_BUFFER_BYTES).",
+                      self->size - self->offset);
+            s_fail (self, 502, message);
+            outcome = GW_DELIVERY_TOO_SLOW;
+        } else {
+            s_append (self, body, size);
+            self->ended = final;
+            s_wake (self);
+        }
     }
     pthread_mutex_unlock (&self->lock);
-    return final;
+    return outcome;
 }
 
 void
@@ -144,37 +247,7 @@ gw_exchange_fail (gw_exchange_t *self, int status, const char *message)
     //  A message may quote a daemon's id or the request: UTF-8 for JSON.
     char *text = cm_utf8_dup (message);
     pthread_mutex_lock (&self->lock);
-    if (!self->ended) {
-        json_t *event;
-        if (!self->started) {
-            self->started = true;
-            self->status = status;
-            self->head = cm_msg_new (CM_MSG_FINAL);
-            cm_msg_set_content_type (self->head, "application/json");
-            if (status == 503 || status == 429)
-                cm_msg_header_add (self->head, "Retry-After", "1");
-            event = json_pack ("{s:s}", "error", text);
-        } else if (self->head &&
-                   !strncmp (cm_msg_content_type (self->head), "text/event-stream", 17)) {
-            //  Mid-stream: the client sees the API.md abort event, then the end.
-            event = json_pack ("{s:s, s:s, s:n, s:[], s:b, s:s}", "uuid",
-                               self->request_id, "type", "abort", "textResponse",
-                               "sources", "close", 1, "error", text);
-        } else
-            event = NULL;
-        if (event) {
-            char *json = json_dumps (event, JSON_COMPACT);
-            json_decref (event);
-            if (self->streaming)
-                s_append (self, "data: ", 6);
-            s_append (self, json, strlen (json));
-            if (self->streaming)
-                s_append (self, "\n\n", 2);
-            free (json);
-        }
-        self->ended = true;
-        s_wake (self);
-    }
+    s_fail (self, status, text);
     pthread_mutex_unlock (&self->lock);
     free (text);
 }

@@ -20,8 +20,10 @@
 typedef struct gw_exchange_s gw_exchange_t;
 
 //  New exchange for a suspended connection; one reference, the caller's.
-gw_exchange_t *gw_exchange_new (const char *request_id,
-                                struct MHD_Connection *connection);
+//  buffer_limit: most bytes of a stream held for a client that reads slower
+//  than they come (GATEWAY_STREAM_BUFFER_BYTES); 0: no limit.
+gw_exchange_t *gw_exchange_new (const char *request_id, struct MHD_Connection *connection,
+                                size_t buffer_limit);
 //  Take another reference.
 gw_exchange_t *gw_exchange_ref (gw_exchange_t *self);
 //  Drop a reference; frees on the last. Nulls the pointer; NULL-safe.
@@ -29,12 +31,22 @@ void gw_exchange_unref (gw_exchange_t **self_p);
 
 const char *gw_exchange_request_id (gw_exchange_t *self);
 
+typedef enum {
+    GW_DELIVERED = 0,         //  passed on; more to come
+    GW_DELIVERED_LAST = 1,    //  passed on; it was the last part
+    GW_DELIVERY_TOO_SLOW = 2, //  not passed on: the client has not read
+                              //  buffer_limit bytes; its stream was ended
+                              //  (gw_exchange_fail), the daemon should stop
+} gw_delivery_t;
+
 //  Broker: deliver a PARTIAL or FINAL from the daemon (the message is
-//  borrowed). Returns true when this was the last part.
-bool gw_exchange_deliver (gw_exchange_t *self, cm_msg_t *reply);
+//  borrowed).
+gw_delivery_t gw_exchange_deliver (gw_exchange_t *self, cm_msg_t *reply);
 //  Broker: end the exchange from the gateway's side. Before any reply this
-//  answers `status` with {"error": message}; mid-stream it sends an SSE
-//  abort event (API.md shape) and ends the stream.
+//  answers `status` with {"error": message}; mid-stream it ends the stream
+//  with its route's failure: on the chat routes API.md's abort event (with
+//  the stream's uuid) and then its finalizeResponseStream event, on the
+//  OpenAI route OpenAI's error event.
 void gw_exchange_fail (gw_exchange_t *self, int status, const char *message);
 //  True once a reply started (a daemon PARTIAL or FINAL arrived).
 bool gw_exchange_started (gw_exchange_t *self);

@@ -68,6 +68,9 @@ static const struct {
      "Instances expired after missing their heartbeats."},
     {"disconnected_instances", "llmrt_gateway_broker_disconnected_instances_total",
      "Instances given up because their connection closed (the daemon died)."},
+    {"slow_clients", "llmrt_gateway_broker_slow_clients_total",
+     "Streams ended because their client read slower than the answer came "
+     "(GATEWAY_STREAM_BUFFER_BYTES waiting for it)."},
     {"lost", "llmrt_gateway_broker_lost_total",
      "Requests found lost in a connection that broke (the instance no longer held "
      "them, or part of a stream was missing): resent, or answered 502."},
@@ -264,7 +267,7 @@ gw_metrics_request (gw_metrics_t *self, struct MHD_Connection *connection,
                     const char *request_id, bool prometheus)
 {
     assert (self && connection && request_id);
-    gw_exchange_t *exchange = gw_exchange_new (request_id, connection);
+    gw_exchange_t *exchange = gw_exchange_new (request_id, connection, 0);
     //  Suspend before the thread can answer, so its resume always follows.
     gw_exchange_respond (exchange);
     s_job_t *job = cm_calloc (1, sizeof *job);

@@ -40,6 +40,10 @@ static const cm_conf_entry_t s_table[] = {
      "HTTP threads (0: one per CPU)"},
     {"GATEWAY_MAX_CONNECTIONS", CM_CONF_INT, "10000", 16, 1000000,
      offsetof (gw_config_t, max_connections), "open HTTP connections at most"},
+    {"GATEWAY_STREAM_BUFFER_BYTES", CM_CONF_INT, "1048576", 65536, 1073741824,
+     offsetof (gw_config_t, stream_buffer),
+     "most of a stream held for a client that reads slower than the answer comes; "
+     "past it the stream ends with its failure event and the daemon is told to stop"},
     {"GATEWAY_CONNECTION_MEMORY_BYTES", CM_CONF_INT, "8192", 4096, 1048576,
      offsetof (gw_config_t, connection_memory),
      "memory pool of one HTTP connection; request headers may take all but 2 KiB (then "
@@ -463,6 +467,9 @@ s_local (gw_server_t *self, struct MHD_Connection *connection, s_request_t *requ
 }
 
 //  Forward to the owning service: build the REQUEST, suspend, hand over.
+//  GATEWAY_STREAM_BUFFER_BYTES when a test's config leaves it 0.
+#define S_STREAM_BUFFER_DEFAULT (1024 * 1024)
+
 static enum MHD_Result
 s_forward (gw_server_t *self, struct MHD_Connection *connection, s_request_t *request)
 {
@@ -502,7 +509,10 @@ s_forward (gw_server_t *self, struct MHD_Connection *connection, s_request_t *re
         cm_msg_set_body_owned (msg, &request->body, request->body_size);
     else if (request->route->flags & GW_ROUTE_JSON)
         cm_msg_set_body (msg, "{}", 2);
-    request->exchange = gw_exchange_new (request_id, connection);
+    request->exchange = gw_exchange_new (request_id, connection,
+                                         (size_t) (self->config->stream_buffer
+                                                       ? self->config->stream_buffer
+                                                       : S_STREAM_BUFFER_DEFAULT));
     if (request->limits.limit) {
         gw_exchange_header_add (request->exchange, "RateLimit-Policy",
                                 request->limits.policy);

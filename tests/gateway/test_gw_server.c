@@ -7,8 +7,11 @@
     other frame it receives to the test, which answers with cm_msg frames
     as a real daemon would (all in gw_harness). Every wait is a poll with a
     generous timeout; no timing is asserted. */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <msgpack.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include "gw_harness.h"
 
 #define S_HEARTBEAT_MS 100   //  the gateway's heartbeat interval
@@ -904,17 +907,30 @@ Test (gw_server, silent_instance_expires_and_its_requests_are_answered)
     const char *prefix = "data: {\"n\":1}\n\ndata: ";
     cr_assert_eq (strncmp (stream->reply, prefix, strlen (prefix)), 0, "%s",
                   stream->reply);
+    //  Then the abort event and the finalize event (API.md), with the
+    //  request's id for the stream's uuid, as the stream named none.
     const char *event = stream->reply + strlen (prefix);
-    size_t length = strlen (event);
-    cr_assert (length > 2 && !strcmp (event + length - 2, "\n\n"), "%s", stream->reply);
+    const char *second_event = strstr (event, "\n\ndata: ");
+    cr_assert_not_null (second_event, "%s", stream->reply);
     json_error_t parse;
-    json = json_loadb (event, length - 2, 0, &parse);
+    json = json_loadb (event, (size_t) (second_event - event), 0, &parse);
     cr_assert_not_null (json, "abort event is not JSON: %s", event);
     cr_assert_str_eq (json_string_value (json_object_get (json, "type")), "abort");
     cr_assert_str_eq (json_string_value (json_object_get (json, "uuid")),
                       cm_msg_request_id (second));
     cr_assert (json_is_true (json_object_get (json, "close")));
     cr_assert (json_is_string (json_object_get (json, "error")));
+    json_decref (json);
+    const char *final_event = second_event + 8;
+    size_t length = strlen (final_event);
+    cr_assert (length > 2 && !strcmp (final_event + length - 2, "\n\n"), "%s",
+               stream->reply);
+    json = json_loadb (final_event, length - 2, 0, &parse);
+    cr_assert_not_null (json, "finalize event is not JSON: %s", final_event);
+    cr_assert_str_eq (json_string_value (json_object_get (json, "type")),
+                      "finalizeResponseStream");
+    cr_assert_str_eq (json_string_value (json_object_get (json, "uuid")),
+                      cm_msg_request_id (second));
     json_decref (json);
 
     gwh_wait_health (&gateway, "broker.expired_instances", 1);
@@ -1982,4 +1998,120 @@ Test (gw_server, bad_settings_are_named_before_anything_starts)
     cm_log_set_level (CM_LOG_WARN);
     unlink (file);
     rmdir (dir);
+}
+
+//  --- slow readers and stream flavours ---------------------------------------
+
+//  A client that stops reading its stream: the gateway holds at most
+//  GATEWAY_STREAM_BUFFER_BYTES for it, then ends its stream and tells the
+//  daemon to stop (an operator's audit: 17-21 MB held per stuck reader, and
+//  the daemon went on producing).
+Test (gw_server, a_client_that_stops_reading_has_its_stream_ended)
+{
+    gwh_gateway_t gateway;
+    gw_config_t config = {.timeout_ms = S_TIMEOUT_MS,
+                          .heartbeat_ms = S_HEARTBEAT_MS,
+                          .liveness = S_LIVENESS,
+                          .health_interval = 100,
+                          .key_cache_ttl_ms = 500,
+                          .stream_buffer = 65536};
+    gwh_gateway_start (&gateway, &config);
+    gwh_daemon_t *chatd = gwh_daemon_new (&gateway, "chat", "chat-a", 4);
+    gwh_wait_health (&gateway, "services.chat.instances", 1);
+    int port = atoi (strrchr (gateway.base, ':') + 1);
+    int fd = socket (AF_INET, SOCK_STREAM, 0);
+    int small = 4096;
+    setsockopt (fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    struct sockaddr_in addr = {.sin_family = AF_INET,
+                               .sin_port = htons ((uint16_t) port)};
+    inet_pton (AF_INET, "127.0.0.1", &addr.sin_addr);
+    cr_assert_eq (connect (fd, (struct sockaddr *) &addr, sizeof addr), 0);
+    const char *request =
+        "POST /api/v1/workspace/demo/stream-chat HTTP/1.1\r\nHost: x\r\n"
+        "Authorization: Bearer " GWH_KEY "\r\n"
+        "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+    cr_assert_eq (send (fd, request, strlen (request), MSG_NOSIGNAL),
+                  (ssize_t) strlen (request));
+    cm_msg_t *streamed = gwh_daemon_expect (chatd, CM_MSG_REQUEST);
+    //  16 KiB events until the gateway says stop: more than the kernel's
+    //  socket buffers take, then GATEWAY_STREAM_BUFFER_BYTES.
+    static char event[16 * 1024 + 1];
+    memset (event, 'x', sizeof event - 1);
+    memcpy (event, "data: {\"uuid\":\"u-1\",\"t\":\"", 25);
+    memcpy (event + sizeof event - 5, "\"}\n\n", 4);
+    cm_msg_t *cancel = NULL;
+    for (int sent = 0; sent < 2000 && !cancel; sent++) {
+        gwh_daemon_reply (chatd, CM_MSG_PARTIAL, cm_msg_request_id (streamed), 200,
+                          "text/event-stream", event);
+        cancel = gwh_daemon_recv (chatd, 0);
+    }
+    if (!cancel)
+        cancel = gwh_daemon_recv (chatd, GWH_WAIT_MS);
+    cr_assert_not_null (cancel, "the daemon was never told to stop");
+    cr_assert_eq (cm_msg_type (cancel), CM_MSG_CANCEL);
+    cr_assert_str_eq (cm_msg_reason (cancel), "the client reads too slowly");
+    gwh_wait_health (&gateway, "broker.slow_clients", 1);
+    gwh_wait_health (&gateway, "broker.in_flight", 0);
+    //  The client, reading at last, finds its stream's end: the abort event
+    //  (with the stream's uuid) and the finalize event.
+    char tail[512] = "";
+    size_t kept = 0;
+    char chunk[65536];
+    ssize_t n;
+    struct timeval wait = {.tv_sec = GWH_WAIT_MS / 1000};
+    setsockopt (fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+    while ((n = recv (fd, chunk, sizeof chunk, 0)) > 0) {
+        //  Keep the last bytes only.
+        size_t take = (size_t) n < sizeof tail - 1 ? (size_t) n : sizeof tail - 1;
+        if (kept + take > sizeof tail - 1) {
+            size_t drop = kept + take - (sizeof tail - 1);
+            memmove (tail, tail + drop, kept - drop);
+            kept -= drop;
+        }
+        memcpy (tail + kept, chunk + n - take, take);
+        kept += take;
+        tail[kept] = 0;
+        if (strstr (tail, "finalizeResponseStream"))
+            break;
+    }
+    cr_assert (strstr (tail, "\"uuid\":\"u-1\",\"type\":\"abort\""), "%s", tail);
+    cr_assert (strstr (tail, "read the answer too slowly"), "%s", tail);
+    cr_assert (strstr (tail, "finalizeResponseStream"), "%s", tail);
+    close (fd);
+    cm_msg_destroy (&cancel);
+    cm_msg_destroy (&streamed);
+    gwh_daemon_destroy (&chatd);
+    gwh_gateway_stop (&gateway);
+}
+
+//  An OpenAI stream the gateway must end (its instance died) ends with
+//  OpenAI's error event, which the client libraries raise, not the chat
+//  routes' abort event.
+Test (gw_server, an_openai_stream_that_fails_ends_with_openais_error_event)
+{
+    gwh_gateway_t gateway;
+    s_gateway_start (&gateway, S_TIMEOUT_MS, 1 << 20);
+    gwh_daemon_t *chatd = gwh_daemon_new (&gateway, "chat", "chat-1", 4);
+    gwh_wait_health (&gateway, "services.chat.instances", 1);
+    gwh_call_t *stream =
+        gwh_call_new (&gateway, "POST", "/api/v1/openai/chat/completions", GWH_KEY,
+                      "{\"model\":\"demo\",\"stream\":true,\"messages\":[]}");
+    gwh_call_start (stream);
+    cm_msg_t *request = gwh_daemon_expect (chatd, CM_MSG_REQUEST);
+    const char *chunk = "data: {\"id\":\"c-1\",\"object\":\"chat.completion.chunk\","
+                        "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+    gwh_daemon_reply (chatd, CM_MSG_PARTIAL, cm_msg_request_id (request), 200,
+                      "text/event-stream", chunk);
+    cr_assert (gwh_call_wait_for (stream, "chat.completion.chunk"));
+    gwh_daemon_mute (chatd);
+    gwh_call_join (stream);
+    const char *rest = stream->reply + strlen (chunk);
+    cr_assert (!strncmp (rest, "data: {\"error\":{\"message\":\"The chat service", 43),
+               "%s", stream->reply);
+    cr_assert (strstr (rest, "\"type\":\"server_error\""), "%s", stream->reply);
+    cr_assert_null (strstr (rest, "abort"), "%s", stream->reply);
+    gwh_call_destroy (&stream);
+    cm_msg_destroy (&request);
+    gwh_daemon_destroy (&chatd);
+    gwh_gateway_stop (&gateway);
 }

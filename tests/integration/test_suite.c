@@ -331,6 +331,25 @@ s_finish_stream (it_stream_t *stream, pthread_t thread, int timeout_ms)
     return it_events (stream->data);
 }
 
+//  The end of a stream that failed mid-way, as API.md has it: the abort
+//  event with the stream's uuid, then the finalize event. Returns the abort
+//  event (borrowed from events).
+static json_t *
+s_assert_aborted (json_t *events, const char *data)
+{
+    size_t count = json_array_size (events);
+    cr_assert_geq (count, 3, "%s", data);
+    json_t *abort = json_array_get (events, count - 2);
+    json_t *last = json_array_get (events, count - 1);
+    cr_assert_str_eq (s_type (abort), "abort", "%s", data);
+    cr_assert (json_is_string (json_object_get (abort, "error")), "%s", data);
+    cr_assert_str_eq (s_type (last), "finalizeResponseStream", "%s", data);
+    const char *uuid = it_str (json_array_get (events, 0), "uuid");
+    cr_assert_str_eq (it_str (abort, "uuid"), uuid, "%s", data);
+    cr_assert_str_eq (it_str (last, "uuid"), uuid, "%s", data);
+    return abort;
+}
+
 Test (suite, chatd_killed_mid_stream_gives_an_abort_event, .timeout = 90)
 {
     const char *extra[] = {"BUILTIN_LLM_TOKEN_DELAY_MS=50", NULL};
@@ -343,9 +362,7 @@ Test (suite, chatd_killed_mid_stream_gives_an_abort_event, .timeout = 90)
     long long killed_at = it_now_ms ();
     json_t *events = s_finish_stream (&stream, thread, 10000);
     long long took = it_now_ms () - killed_at;
-    json_t *last = json_array_get (events, json_array_size (events) - 1);
-    cr_assert_str_eq (s_type (last), "abort", "last event: %s", stream.data);
-    cr_assert (json_is_string (json_object_get (last, "error")));
+    s_assert_aborted (events, stream.data);
     cr_log_info ("stream ended %lld ms after the kill", took);
     json_decref (events);
     it_stream_free (&stream);
@@ -366,9 +383,8 @@ Test (suite, a_stream_cut_short_by_a_drain_ends_with_an_abort_event, .timeout = 
     cr_assert_gt (pid, 0, "no chat instance has the stream in flight");
     kill (pid, SIGTERM);
     json_t *events = s_finish_stream (&stream, thread, 10000);
-    json_t *last = json_array_get (events, json_array_size (events) - 1);
-    cr_assert_str_eq (s_type (last), "abort", "last event: %s", stream.data);
-    cr_assert (strstr (it_str (last, "error"), "shut down"), "%s", stream.data);
+    json_t *abort = s_assert_aborted (events, stream.data);
+    cr_assert (strstr (it_str (abort, "error"), "shut down"), "%s", stream.data);
     json_decref (events);
     it_stream_free (&stream);
     it_suite_stop (&s_suite);
