@@ -1135,8 +1135,13 @@ s_thread (void *arg)
             while ((cmd = cm_mailbox_take (self->inbox))) {
                 if (cmd->type == S_CMD_SUBMIT)
                     s_submit (self, cmd);
-                else if (cmd->type == S_CMD_CANCEL)
+                else if (cmd->type == S_CMD_CANCEL) {
+                    //  The HTTP side saw the client leave (the broker's own
+                    //  look at suspended sockets counts in s_reap_gone_clients).
+                    if (zhashx_lookup (self->pending, cmd->request_id))
+                        self->client_gone++;
                     s_cancel (self, cmd->request_id, "client disconnected");
+                }
                 else
                     s_fail_all (self);
                 s_cmd_free (cmd);
