@@ -361,6 +361,32 @@ cm_storage_destroy (cm_storage_t **self_p)
     *self_p = NULL;
 }
 
+cm_storage_status_t
+cm_storage_begin (cm_storage_t *self)
+{
+    assert (self);
+    self->errmsg[0] = 0;
+    return cm_storage__exec (self, "BEGIN IMMEDIATE") ? CM_STORAGE_ERROR : CM_STORAGE_OK;
+}
+
+cm_storage_status_t
+cm_storage_commit (cm_storage_t *self)
+{
+    assert (self);
+    if (cm_storage__exec (self, "COMMIT") == 0)
+        return CM_STORAGE_OK;
+    cm_storage_rollback (self);
+    return CM_STORAGE_ERROR;
+}
+
+void
+cm_storage_rollback (cm_storage_t *self)
+{
+    assert (self);
+    if (!sqlite3_get_autocommit (self->db))
+        sqlite3_exec (self->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
 const char *
 cm_storage_path (cm_storage_t *self)
 {

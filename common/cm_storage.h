@@ -66,6 +66,16 @@ bool cm_storage_ping (cm_storage_t *self);
 //  Reason of the last failed call on this connection (borrowed; "" if none).
 const char *cm_storage_errmsg (cm_storage_t *self);
 
+//  A transaction of the caller's, around calls on this connection whose
+//  write depends on what they read (read a row, merge, write it back):
+//  BEGIN IMMEDIATE takes the write lock at once, so two such cannot
+//  interleave and lose one's change. OK or ERROR (errmsg).
+cm_storage_status_t cm_storage_begin (cm_storage_t *self);
+//  Commit it: OK or ERROR (then it was rolled back).
+cm_storage_status_t cm_storage_commit (cm_storage_t *self);
+//  Undo it (nothing when none is open).
+void cm_storage_rollback (cm_storage_t *self);
+
 //  RUN_DIR and STORAGE_DIR as cm_config table entries into two char *
 //  members of type; after cm_config_load, cm_storage_dir_default.
 // clang-format off
