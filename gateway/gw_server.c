@@ -40,6 +40,11 @@ static const cm_conf_entry_t s_table[] = {
      "HTTP threads (0: one per CPU)"},
     {"GATEWAY_MAX_CONNECTIONS", CM_CONF_INT, "10000", 16, 1000000,
      offsetof (gw_config_t, max_connections), "open HTTP connections at most"},
+    {"GATEWAY_IDLE_TIMEOUT_SECONDS", CM_CONF_INT, "120", 1, 86400,
+     offsetof (gw_config_t, idle_timeout_s),
+     "an HTTP connection on which nothing moves for this long is closed (a "
+     "keep-alive between requests, headers or a body that stopped coming, an answer "
+     "the client stopped reading); one waiting for its daemon's answer is not"},
     {"GATEWAY_STREAM_BUFFER_BYTES", CM_CONF_INT, "1048576", 65536, 1073741824,
      offsetof (gw_config_t, stream_buffer),
      "most of a stream held for a client that reads slower than the answer comes; "
@@ -1098,7 +1103,8 @@ gw_server_new (const gw_config_t *config)
         (struct sockaddr *) &addr, MHD_OPTION_THREAD_POOL_SIZE, threads,
         MHD_OPTION_URI_LOG_CALLBACK, s_uri_logger, self, MHD_OPTION_NOTIFY_COMPLETED,
         s_completed, self, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned) config->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) 120,
+        (unsigned) config->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned) (config->idle_timeout_s ? config->idle_timeout_s : 120),
         //  libmicrohttpd's default is 32 KiB per connection, most of a held
         //  stream's cost in the gateway; 8 KiB holds several KiB of headers.
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, s_connection_memory (config),

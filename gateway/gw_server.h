@@ -29,6 +29,7 @@ typedef struct {
     int64_t max_connections;   //  GATEWAY_MAX_CONNECTIONS
     int64_t connection_memory; //  GATEWAY_CONNECTION_MEMORY_BYTES
     int64_t stream_buffer;     //  GATEWAY_STREAM_BUFFER_BYTES (0: its default)
+    int64_t idle_timeout_s;    //  GATEWAY_IDLE_TIMEOUT_SECONDS (0: its default)
     //  RATE_LIMIT_* (see gw_limits.h)
     gw_limits_config_t limits;
     char *run_dir;              //  RUN_DIR

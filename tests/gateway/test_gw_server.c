@@ -8,6 +8,7 @@
     as a real daemon would (all in gw_harness). Every wait is a poll with a
     generous timeout; no timing is asserted. */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <criterion/criterion.h>
 #include <msgpack.h>
 #include <sys/socket.h>
@@ -2116,5 +2117,36 @@ Test (gw_server, an_openai_stream_that_fails_ends_with_openais_error_event)
     gwh_call_destroy (&stream);
     cm_msg_destroy (&request);
     gwh_daemon_destroy (&chatd);
+    gwh_gateway_stop (&gateway);
+}
+
+//  GATEWAY_IDLE_TIMEOUT_SECONDS: a connection that says nothing is closed
+//  (it was a fixed 120 s, undocumented).
+Test (gw_server, a_silent_connection_is_closed_after_the_idle_timeout)
+{
+    gwh_gateway_t gateway;
+    gw_config_t config = {.timeout_ms = S_TIMEOUT_MS,
+                          .heartbeat_ms = S_HEARTBEAT_MS,
+                          .liveness = S_LIVENESS,
+                          .health_interval = 100,
+                          .key_cache_ttl_ms = 500,
+                          .idle_timeout_s = 1};
+    gwh_gateway_start (&gateway, &config);
+    int port = atoi (strrchr (gateway.base, ':') + 1);
+    int fd = socket (AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET,
+                               .sin_port = htons ((uint16_t) port)};
+    inet_pton (AF_INET, "127.0.0.1", &addr.sin_addr);
+    cr_assert_eq (connect (fd, (struct sockaddr *) &addr, sizeof addr), 0);
+    //  Half a request line, then silence.
+    cr_assert_eq (send (fd, "GET /api/pi", 11, MSG_NOSIGNAL), 11);
+    struct timeval wait = {.tv_sec = GWH_WAIT_MS / 1000};
+    setsockopt (fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+    int64_t start = cm_clock_mono_ms ();
+    char byte;
+    ssize_t n = recv (fd, &byte, 1, 0);
+    cr_assert (n == 0 || (n < 0 && errno == ECONNRESET), "still open after %lld ms",
+               (long long) (cm_clock_mono_ms () - start));
+    close (fd);
     gwh_gateway_stop (&gateway);
 }
