@@ -22,6 +22,7 @@ typedef enum {
     F_REASON,
     F_HELD,
     F_PARTIALS,
+    F_GENERATION,
 } s_field_t;
 
 #define S_MAX_FIELDS 9
@@ -34,8 +35,8 @@ static const s_field_t s_layout[CM_MSG_LAST + 1][S_MAX_FIELDS] = {
     [CM_MSG_CANCEL] = {F_REQUEST_ID, F_REASON},
     [CM_MSG_HEARTBEAT] = {F_CAPACITY},
     [CM_MSG_DISCONNECT] = {F_REASON},
-    [CM_MSG_CHECK] = {F_REQUEST_ID},
-    [CM_MSG_CHECKED] = {F_REQUEST_ID, F_HELD, F_PARTIALS},
+    [CM_MSG_CHECK] = {F_REQUEST_ID, F_GENERATION},
+    [CM_MSG_CHECKED] = {F_REQUEST_ID, F_GENERATION, F_HELD, F_PARTIALS},
 };
 
 static const char *s_type_names[] = {"?",     "READY",  "REQUEST",   "PARTIAL",
@@ -61,6 +62,7 @@ struct cm_msg_s {
     uint16_t status;     //  HTTP status of a reply
     bool held;           //  CHECKED: the daemon holds the request
     uint32_t partials;   //  CHECKED: PARTIALs the daemon sent for it
+    uint32_t generation; //  CHECK, CHECKED: which CHECK (the gateway's count)
     char *body;          //  payload bytes, NUL-terminated for convenience
     size_t body_size;    //  payload length without the NUL
     char **headers;      //  name, value, name, value, ...
@@ -163,6 +165,8 @@ cm_msg_encode (cm_msg_t *self, char **data_p, size_t *size_p)
             msgpack_pack_uint8 (&pk, self->held ? 1 : 0);
         else if (f == F_PARTIALS)
             msgpack_pack_uint32 (&pk, self->partials);
+        else if (f == F_GENERATION)
+            msgpack_pack_uint32 (&pk, self->generation);
         else if (f == F_BODY) {
             msgpack_pack_bin (&pk, self->body_size);
             msgpack_pack_bin_body (&pk, self->body ? self->body : "", self->body_size);
@@ -392,6 +396,9 @@ cm_msg_decode (const void *data, size_t size, char *err, size_t errlen)
         } else if (f == F_PARTIALS) {
             ok = s_get_uint (o, UINT32_MAX, &u);
             self->partials = (uint32_t) u;
+        } else if (f == F_GENERATION) {
+            ok = s_get_uint (o, UINT32_MAX, &u);
+            self->generation = (uint32_t) u;
         } else if (f == F_DEADLINE) {
             if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= INT64_MAX)
                 self->deadline = (int64_t) o->via.u64;
@@ -482,6 +489,7 @@ S_NUMBER_ACCESSORS (deadline, int64_t)
 S_NUMBER_ACCESSORS (status, uint16_t)
 S_NUMBER_ACCESSORS (held, bool)
 S_NUMBER_ACCESSORS (partials, uint32_t)
+S_NUMBER_ACCESSORS (generation, uint32_t)
 
 const char *
 cm_msg_body (cm_msg_t *self, size_t *size_p)

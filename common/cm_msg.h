@@ -86,6 +86,11 @@ void cm_msg_set_held (cm_msg_t *self, bool value);
 //  partials: CHECKED, PARTIAL frames the daemon has sent for the request.
 uint32_t cm_msg_partials (cm_msg_t *self);
 void cm_msg_set_partials (cm_msg_t *self, uint32_t value);
+//  generation: CHECK (the gateway's number for it), CHECKED (the same,
+//  echoed): an answer to a CHECK older than the request's last sending is
+//  not about that sending.
+uint32_t cm_msg_generation (cm_msg_t *self);
+void cm_msg_set_generation (cm_msg_t *self, uint32_t value);
 
 //  body: REQUEST, PARTIAL, FINAL. Getter borrows; size in *size_p.
 const char *cm_msg_body (cm_msg_t *self, size_t *size_p);

@@ -73,6 +73,8 @@ struct cm_worker_s {
 
     pthread_mutex_t calls_lock;  //  guards calls
     cm_call_t *calls;            //  live calls (for CANCEL)
+    pthread_mutex_t parts_lock;  //  a PARTIAL's post and count as one step
+                                 //  (s_handle_check)
     atomic_uint_fast64_t served; //  requests received
     uint64_t dropped;            //  malformed frames (I/O thread only)
     cm_metrics_t *metrics;       //  the registry reported (owned when own_metrics)
@@ -113,6 +115,7 @@ cm_worker_new (const cm_worker_config_t *config)
     if (self->config.liveness <= 0)
         self->config.liveness = 3;
     pthread_mutex_init (&self->calls_lock, NULL);
+    pthread_mutex_init (&self->parts_lock, NULL);
     self->outbox = cm_mailbox_new ();
     self->queue = cm_queue_new (self->service, config->concurrency, config->max_pending,
                                 s_run_call, s_drop_call, self);
@@ -221,6 +224,7 @@ cm_worker_destroy (cm_worker_t **self_p)
     cm_queue_destroy (&self->queue);
     cm_mailbox_destroy (&self->outbox, s_frame_free);
     pthread_mutex_destroy (&self->calls_lock);
+    pthread_mutex_destroy (&self->parts_lock);
     free (self->requests);
     free (self->durations);
     if (self->own_metrics)
@@ -519,8 +523,12 @@ s_flush_outbox (cm_worker_t *self, zsock_t *sock)
 //  The gateway asks whether we hold a request (our connection broke, and
 //  frames on it may have been lost). A call leaves the list only after it
 //  posted its last reply, so the list is read first and the outbox sent
-//  after: a call not found has its reply on the wire before our answer,
-//  and the PARTIALs counted for one found are all there too.
+//  after: a call not found has its reply on the wire before our answer.
+//  For one found, its count and the outbox are taken under parts_lock,
+//  which a PARTIAL's post and count share: exactly the parts counted leave
+//  before the answer (counted first, a part posted meanwhile would go
+//  uncounted and could hide a lost one from the gateway; a review found
+//  that).
 static void
 s_handle_check (cm_worker_t *self, zsock_t *sock, cm_msg_t *msg)
 {
@@ -528,16 +536,19 @@ s_handle_check (cm_worker_t *self, zsock_t *sock, cm_msg_t *msg)
     bool held = false;
     uint32_t partials = 0;
     pthread_mutex_lock (&self->calls_lock);
+    pthread_mutex_lock (&self->parts_lock);
     for (cm_call_t *call = self->calls; call; call = call->next)
         if (!strcmp (cm_msg_request_id (call->request), id)) {
             held = true;
             partials = atomic_load (&call->partials);
             break;
         }
-    pthread_mutex_unlock (&self->calls_lock);
     s_flush_outbox (self, sock);
+    pthread_mutex_unlock (&self->parts_lock);
+    pthread_mutex_unlock (&self->calls_lock);
     cm_msg_t *reply = cm_msg_new (CM_MSG_CHECKED);
     cm_msg_set_request_id (reply, id);
+    cm_msg_set_generation (reply, cm_msg_generation (msg));
     cm_msg_set_held (reply, held);
     cm_msg_set_partials (reply, partials);
     s_send_msg (sock, reply);
@@ -958,16 +969,21 @@ s_call_send (cm_call_t *self, cm_msg_type_t type, int status, const char *conten
         cm_msg_destroy (&self->reply_headers);
     }
     cm_msg_set_body (msg, data, size);
-    s_post_msg (self->worker, msg);
+    if (type == CM_MSG_PARTIAL) {
+        //  Posted and counted together: a CHECK's answer counts exactly the
+        //  parts that leave before it.
+        pthread_mutex_lock (&self->worker->parts_lock);
+        s_post_msg (self->worker, msg);
+        atomic_fetch_add (&self->partials, 1);
+        pthread_mutex_unlock (&self->worker->parts_lock);
+        self->streaming = true;
+    } else {
+        s_post_msg (self->worker, msg);
+        self->replied = true;
+    }
     if (!self->status)
         self->status = status;
     cm_msg_destroy (&msg);
-    if (type == CM_MSG_FINAL)
-        self->replied = true;
-    else {
-        self->streaming = true;
-        atomic_fetch_add (&self->partials, 1);
-    }
 }
 
 void

@@ -31,6 +31,7 @@ typedef struct {
     uint32_t partials;       //  PARTIALs received from its current instance
     int64_t lost_at;         //  mono ms: its instance said it does not hold it
                              //  (0: not); see s_checked
+    uint32_t sent_at_check;  //  the broker's CHECK count when it was last sent
     int64_t deadline;        //  mono ms
     int64_t wait_until;      //  mono ms: waiting for an instance until then (0: not)
     char *abandoned;         //  a frozen instance it was taken from, to CANCEL at
@@ -70,6 +71,7 @@ struct gw_broker_s {
     zlistx_t *waiting;   //  ids of requests waiting for an instance, oldest first
     size_t waiting_now;  //  of those, the ones still waiting (some ended)
     uint64_t rotate;     //  tie-breaker for instance choice
+    uint32_t checks;     //  CHECKs sent (each one's generation)
     //  Counters (broker thread writes; snapshot reads under snap_lock).
     uint64_t routed, replies, late_replies, dropped_frames, unroutable, timeouts,
         expired_instances, disconnected_instances, no_instance, retries, client_gone,
@@ -483,6 +485,7 @@ s_dispatch (gw_broker_t *self, s_pending_t *pending, cm_msg_t *request)
             pending->instance = instance;
             pending->partials = 0;
             pending->lost_at = 0;
+            pending->sent_at_check = self->checks;
             pending->attempts++;
             instance->inflight++;
             instance->served++;
@@ -613,6 +616,7 @@ s_check_requests (gw_broker_t *self, s_instance_t *instance)
             continue;
         cm_msg_t *check = cm_msg_new (CM_MSG_CHECK);
         cm_msg_set_request_id (check, zhashx_cursor (self->pending));
+        cm_msg_set_generation (check, ++self->checks);
         s_send (self, instance->id, check);
         cm_msg_destroy (&check);
     }
@@ -633,6 +637,11 @@ s_checked (gw_broker_t *self, s_instance_t *instance, cm_msg_t *msg)
     s_pending_t *pending = zhashx_lookup (self->pending, request_id);
     if (!pending || pending->instance != instance)
         return; //  answered meanwhile, or already sent elsewhere
+    //  About an earlier sending of it (sent again to the same instance
+    //  since; a review found that a late answer then had the live second
+    //  run answered 502).
+    if ((int32_t) (cm_msg_generation (msg) - pending->sent_at_check) <= 0)
+        return;
     if (!cm_msg_held (msg)) {
         if (!pending->lost_at)
             pending->lost_at = cm_clock_mono_ms ();
@@ -1141,8 +1150,7 @@ s_thread (void *arg)
                     if (zhashx_lookup (self->pending, cmd->request_id))
                         self->client_gone++;
                     s_cancel (self, cmd->request_id, "client disconnected");
-                }
-                else
+                } else
                     s_fail_all (self);
                 s_cmd_free (cmd);
             }

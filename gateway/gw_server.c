@@ -882,10 +882,9 @@ s_handler (void *cls, struct MHD_Connection *connection, const char *url,
         request->received += *upload_data_size;
         //  Bodies of refused requests are read and dropped, up to a point:
         //  past it the connection is closed (a refused request's answer can
-        //  only be queued before its body or after all of it).
-        if ((request->early_status && request->received > S_DROP_MAX) ||
-            (request->too_large &&
-             request->received > (uint64_t) self->config->max_body + S_DROP_MAX)) {
+        //  only be queued before its body or after all of it). A body found
+        //  too large on the way (chunked) is drained to its end for its 413.
+        if (request->early_status && request->received > S_DROP_MAX) {
             *upload_data_size = 0;
             return MHD_NO;
         }

@@ -60,6 +60,7 @@ Test (cm_msg, every_type_roundtrips)
         cm_msg_set_body (msg, "\0binary\xff", 8);
         cm_msg_set_held (msg, true);
         cm_msg_set_partials (msg, 4000000000u);
+        cm_msg_set_generation (msg, 77);
         cm_msg_t *copy = s_roundtrip (msg);
         cr_assert_eq ((int) cm_msg_type (copy), type);
         switch (type) {
@@ -93,12 +94,14 @@ Test (cm_msg, every_type_roundtrips)
                 break;
             case CM_MSG_CHECK:
                 cr_assert_str_eq (cm_msg_request_id (copy), "r1");
+                cr_assert_eq (cm_msg_generation (copy), 77);
                 cr_assert_not (cm_msg_held (copy));
                 break;
             case CM_MSG_CHECKED:
                 cr_assert_str_eq (cm_msg_request_id (copy), "r1");
                 cr_assert (cm_msg_held (copy));
                 cr_assert_eq (cm_msg_partials (copy), 4000000000u);
+                cr_assert_eq (cm_msg_generation (copy), 77);
                 cr_assert_str_eq (cm_msg_reason (copy), "");
                 break;
             default:
@@ -150,8 +153,8 @@ Test (cm_msg, malformed_and_wrong_version_are_refused)
     s_refused ("\x93\x01\x06\xa1x", 5, "wrong type");
     //  [1, 10]: one past the last type.
     s_refused ("\x92\x01\x0a", 3, "type");
-    //  [1, 9, "r", 2, 0]: CHECKED whose held is neither 0 nor 1.
-    s_refused ("\x95\x01\x09\xa1r\x02\x00", 7, "wrong type");
+    //  [1, 9, "r", 0, 2, 0]: CHECKED whose held is neither 0 nor 1.
+    s_refused ("\x96\x01\x09\xa1r\x00\x02\x00", 8, "wrong type");
     //  A valid heartbeat followed by junk.
     s_refused ("\x93\x01\x06\x01\x00", 5, "trailing");
 }

@@ -447,7 +447,10 @@ Test (gw_form, over_max_body_refused_with_413)
     s_gateway_start (&gateway, 64 * 1024);
     gwh_daemon_t *ingestd = gwh_daemon_new_answering (&gateway, "ingest", "ingest-1");
     gwh_wait_health (&gateway, "services.ingest.instances", 1);
-    size_t size = 100 * 1024;
+    //  Past the limit by more than the 64 KiB a refused body may have
+    //  dropped: a chunked one is still drained for its 413 (a review found
+    //  it reset instead).
+    size_t size = 300 * 1024;
     char *file = malloc (size);
     memset (file, 'a', size);
 

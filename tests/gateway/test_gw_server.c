@@ -1684,10 +1684,11 @@ s_ready_again (gwh_daemon_t *daemon)
 
 //  The daemon's answer to a CHECK.
 static void
-s_checked (gwh_daemon_t *daemon, const char *request_id, bool held, uint32_t partials)
+s_checked (gwh_daemon_t *daemon, cm_msg_t *check, bool held, uint32_t partials)
 {
     cm_msg_t *checked = cm_msg_new (CM_MSG_CHECKED);
-    cm_msg_set_request_id (checked, request_id);
+    cm_msg_set_request_id (checked, cm_msg_request_id (check));
+    cm_msg_set_generation (checked, cm_msg_generation (check));
     cm_msg_set_held (checked, held);
     cm_msg_set_partials (checked, partials);
     gwh_daemon_send (daemon, &checked);
@@ -1729,8 +1730,8 @@ Test (gw_server, requests_lost_in_a_broken_connection_are_resent_or_answered)
     cm_msg_t *check2 = s_expect_check (chatd, first, second);
     cr_assert_str_neq (cm_msg_request_id (check1), cm_msg_request_id (check2));
     //  Neither reached it (or their answers went down with the old one).
-    s_checked (chatd, cm_msg_request_id (check1), false, 0);
-    s_checked (chatd, cm_msg_request_id (check2), false, 0);
+    s_checked (chatd, check1, false, 0);
+    s_checked (chatd, check2, false, 0);
 
     //  The read runs again, marked as a second sending; the creation may
     //  have run, so it is not sent again: 502, not a wait for the deadline.
@@ -1761,6 +1762,44 @@ Test (gw_server, requests_lost_in_a_broken_connection_are_resent_or_answered)
     gwh_gateway_stop (&gateway);
 }
 
+//  Two reconnections in a row: two CHECKs of one request. The first answer
+//  (not held) has it sent again to the same instance; the second, about
+//  the first sending, comes after that and must not count against the
+//  second run, which is live (a review found it answered 502).
+Test (gw_server, an_answer_about_an_earlier_sending_is_ignored)
+{
+    gwh_gateway_t gateway;
+    s_gateway_start (&gateway, S_TIMEOUT_MS, 1 << 20);
+    gwh_daemon_t *chatd = gwh_daemon_new (&gateway, "chat", "chat-a", 4);
+    gwh_wait_health (&gateway, "services.chat.instances", 1);
+    gwh_call_t *read =
+        gwh_call_new (&gateway, "GET", "/api/v1/workspaces", GWH_KEY, NULL);
+    gwh_call_start (read);
+    cm_msg_t *first = gwh_daemon_expect (chatd, CM_MSG_REQUEST);
+    s_ready_again (chatd);
+    cm_msg_t *check1 = s_expect_check (chatd, first, NULL);
+    s_ready_again (chatd);
+    cm_msg_t *check2 = s_expect_check (chatd, first, NULL);
+    s_checked (chatd, check1, false, 0);
+    cm_msg_t *again = gwh_daemon_expect (chatd, CM_MSG_REQUEST);
+    cr_assert_str_eq (cm_msg_header (again, "X-Llmrt-Attempt"), "2");
+    //  Late: about the first sending.
+    s_checked (chatd, check2, false, 0);
+    gwh_sleep_ms (300); //  past the broker's grace for a lost request
+    gwh_daemon_reply (chatd, CM_MSG_FINAL, cm_msg_request_id (again), 200,
+                      "application/json", "{\"workspaces\":[]}");
+    gwh_call_join (read);
+    cr_assert_eq (read->status, 200, "%s", read->reply);
+    cr_assert_eq (gwh_health_number (&gateway, "broker.lost"), 1);
+    gwh_call_destroy (&read);
+    cm_msg_destroy (&first);
+    cm_msg_destroy (&check1);
+    cm_msg_destroy (&check2);
+    cm_msg_destroy (&again);
+    gwh_daemon_destroy (&chatd);
+    gwh_gateway_stop (&gateway);
+}
+
 Test (gw_server, requests_held_across_a_broken_connection_go_on)
 {
     gwh_gateway_t gateway;
@@ -1780,7 +1819,7 @@ Test (gw_server, requests_held_across_a_broken_connection_go_on)
     s_ready_again (chatd);
     cm_msg_t *check = s_expect_check (chatd, request, NULL);
     //  Held, and both parts it sent arrived: nothing to do.
-    s_checked (chatd, cm_msg_request_id (request), true, 2);
+    s_checked (chatd, check, true, 2);
     gwh_daemon_reply (chatd, CM_MSG_PARTIAL, cm_msg_request_id (request), 200,
                       "text/event-stream", "data: {\"n\":3}\n\n");
     gwh_daemon_reply (chatd, CM_MSG_FINAL, cm_msg_request_id (request), 200,
@@ -1815,7 +1854,7 @@ Test (gw_server, a_stream_that_lost_parts_in_a_broken_connection_ends_with_abort
     s_ready_again (chatd);
     cm_msg_t *check = s_expect_check (chatd, request, NULL);
     //  It sent three; two went down with the old connection.
-    s_checked (chatd, cm_msg_request_id (request), true, 3);
+    s_checked (chatd, check, true, 3);
     gwh_call_join (stream);
     cr_assert (gwh_call_has (stream, "\"type\":\"abort\""), "%s", stream->reply);
     cr_assert (gwh_call_has (stream, "was lost in a broken connection"), "%s",
@@ -1893,7 +1932,7 @@ Test (gw_server, a_whole_answer_from_a_replaced_connection_is_delivered)
     //  yet, 502, not a stream without its beginning.
     s_ready_again (chatd);
     cm_msg_t *check = s_expect_check (chatd, streamed, NULL);
-    s_checked (chatd, cm_msg_request_id (streamed), true, 1);
+    s_checked (chatd, check, true, 1);
     gwh_call_join (stream);
     gwh_assert_error (
         stream, 502,
