@@ -58,14 +58,15 @@ static void s_flow_toggle (cm_call_t *call, void *arg);
 static void s_flow_run (cm_call_t *call, void *arg);
 
 static const cm_route_t s_routes[] = {
-    {"POST", "/api/v1/agent-flows", s_flow_create},
-    {"GET", "/api/v1/agent-flows", s_flow_list},
-    {"GET", "/api/v1/agent-flows/{uuid}", s_flow_get},
-    {"PUT", "/api/v1/agent-flows/{uuid}", s_flow_update},
-    {"DELETE", "/api/v1/agent-flows/{uuid}", s_flow_delete},
-    {"POST", "/api/v1/agent-flows/{uuid}/toggle", s_flow_toggle},
-    {"POST", "/api/v1/agent-flows/{uuid}/run", s_flow_run},
-    {NULL, NULL, NULL},
+    //  Quick: managing flows never waits behind runs.
+    {"POST", "/api/v1/agent-flows", s_flow_create, true},
+    {"GET", "/api/v1/agent-flows", s_flow_list, true},
+    {"GET", "/api/v1/agent-flows/{uuid}", s_flow_get, true},
+    {"PUT", "/api/v1/agent-flows/{uuid}", s_flow_update, true},
+    {"DELETE", "/api/v1/agent-flows/{uuid}", s_flow_delete, true},
+    {"POST", "/api/v1/agent-flows/{uuid}/toggle", s_flow_toggle, true},
+    {"POST", "/api/v1/agent-flows/{uuid}/run", s_flow_run, false},
+    {NULL, NULL, NULL, false},
 };
 
 agent_service_t *

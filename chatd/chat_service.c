@@ -87,20 +87,21 @@ static void s_openai_vector_stores (cm_call_t *call, void *arg);
 //  Literal routes first: a matcher that takes the first match never reads
 //  "new" as a slug.
 static const cm_route_t s_routes[] = {
-    {"POST", "/api/v1/workspace/new", s_workspace_new},
-    {"GET", "/api/v1/workspaces", s_workspace_list},
-    {"GET", "/api/v1/workspace/{slug}", s_workspace_get},
-    {"GET", "/api/v1/workspace/{slug}/chats", s_workspace_chats},
-    {"POST", "/api/v1/workspace/{slug}/thread/new", s_thread_new},
-    {"POST", "/api/v1/workspace/{slug}/chat", s_chat},
-    {"POST", "/api/v1/workspace/{slug}/stream-chat", s_stream_chat},
-    {"POST", "/api/v1/workspace/{slug}/thread/{threadSlug}/chat", s_thread_chat},
+    //  Quick: reads and small writes never wait behind chat turns.
+    {"POST", "/api/v1/workspace/new", s_workspace_new, true},
+    {"GET", "/api/v1/workspaces", s_workspace_list, true},
+    {"GET", "/api/v1/workspace/{slug}", s_workspace_get, true},
+    {"GET", "/api/v1/workspace/{slug}/chats", s_workspace_chats, true},
+    {"POST", "/api/v1/workspace/{slug}/thread/new", s_thread_new, true},
+    {"POST", "/api/v1/workspace/{slug}/chat", s_chat, false},
+    {"POST", "/api/v1/workspace/{slug}/stream-chat", s_stream_chat, false},
+    {"POST", "/api/v1/workspace/{slug}/thread/{threadSlug}/chat", s_thread_chat, false},
     {"POST", "/api/v1/workspace/{slug}/thread/{threadSlug}/stream-chat",
-     s_thread_stream_chat},
-    {"GET", "/api/v1/openai/models", s_openai_models},
-    {"POST", "/api/v1/openai/chat/completions", s_openai_completions},
-    {"GET", "/api/v1/openai/vector_stores", s_openai_vector_stores},
-    {NULL, NULL, NULL},
+     s_thread_stream_chat, false},
+    {"GET", "/api/v1/openai/models", s_openai_models, true},
+    {"POST", "/api/v1/openai/chat/completions", s_openai_completions, false},
+    {"GET", "/api/v1/openai/vector_stores", s_openai_vector_stores, true},
+    {NULL, NULL, NULL, false},
 };
 
 chat_service_t *

@@ -60,6 +60,7 @@ struct cm_worker_s {
     char *instance;            //  instance id
     char *endpoint;            //  gateway backend
     cm_queue_t *queue;         //  bounded handler queue
+    cm_queue_t *quick;         //  the quick routes' own, or NULL
     cm_mailbox_t *outbox;      //  frames from handler threads to the I/O thread
     pthread_t io_thread;       //  owns the socket
     cm_monitor_t *monitor;     //  the socket's connection events, or NULL
@@ -119,10 +120,19 @@ cm_worker_new (const cm_worker_config_t *config)
     self->outbox = cm_mailbox_new ();
     self->queue = cm_queue_new (self->service, config->concurrency, config->max_pending,
                                 s_run_call, s_drop_call, self);
+    if (config->quick_concurrency) {
+        char name[64];
+        snprintf (name, sizeof name, "%s-quick", self->service);
+        self->quick =
+            cm_queue_new (name, config->quick_concurrency, config->quick_max_pending,
+                          s_run_call, s_drop_call, self);
+    }
     s_metrics_init (self);
-    //  The queue's series join the same registry (depth, active, limits,
+    //  The queues' series join the same registry (depth, active, limits,
     //  wait and run time, outcomes).
     cm_queue_attach_metrics (self->queue, self->metrics);
+    if (self->quick)
+        cm_queue_attach_metrics (self->quick, self->metrics);
     if (config->supervisor && *config->supervisor) {
         cm_reporter_config_t reporter = {.metrics = self->metrics,
                                          .endpoint = config->supervisor,
@@ -177,6 +187,22 @@ s_frame_free (void *item)
     free (frame);
 }
 
+//  Calls still running (or, with waiting, also waiting) on either queue?
+static bool
+s_busy (cm_worker_t *self, bool waiting)
+{
+    cm_queue_t *queues[] = {self->queue, self->quick};
+    for (size_t i = 0; i < 2; i++) {
+        if (!queues[i])
+            continue;
+        cm_queue_stats_t stats;
+        cm_queue_stats (queues[i], &stats);
+        if (stats.active || (waiting && stats.pending))
+            return true;
+    }
+    return false;
+}
+
 void
 cm_worker_destroy (cm_worker_t **self_p)
 {
@@ -187,13 +213,8 @@ cm_worker_destroy (cm_worker_t **self_p)
     //  Stop new work first, then let open calls finish for up to drain_ms.
     atomic_store (&self->stopping, true);
     int64_t until = cm_clock_mono_ms () + self->config.drain_ms;
-    while (cm_clock_mono_ms () < until) {
-        cm_queue_stats_t stats;
-        cm_queue_stats (self->queue, &stats);
-        if (stats.active == 0 && stats.pending == 0)
-            break;
+    while (cm_clock_mono_ms () < until && s_busy (self, true))
         usleep (10 * 1000);
-    }
     //  Whatever still runs is told to stop, and given a moment to: its
     //  answer (503, or a stream ended 503) must leave before the I/O
     //  thread does, or the gateway only sees the connection close.
@@ -204,16 +225,13 @@ cm_worker_destroy (cm_worker_t **self_p)
     }
     pthread_mutex_unlock (&self->calls_lock);
     int64_t grace = cm_clock_mono_ms () + S_CANCEL_GRACE_MS;
-    while (cm_clock_mono_ms () < grace) {
-        cm_queue_stats_t stats;
-        cm_queue_stats (self->queue, &stats);
-        if (stats.active == 0)
-            break;
+    while (cm_clock_mono_ms () < grace && s_busy (self, false))
         usleep (5 * 1000);
-    }
-    //  Close (not free) the queue: the I/O thread still reads its stats
+    //  Close (not free) the queues: the I/O thread still reads their stats
     //  and sends the replies of the calls that finish now.
     cm_queue_close (self->queue);
+    if (self->quick)
+        cm_queue_close (self->quick);
     atomic_store (&self->stopped, true);
     uint64_t one = 1;
     ssize_t rc = write (cm_mailbox_fd (self->outbox), &one, sizeof one);
@@ -222,6 +240,7 @@ cm_worker_destroy (cm_worker_t **self_p)
     //  Reports stop before the queue goes: a snapshot reads the queue.
     cm_reporter_destroy (&self->reporter);
     cm_queue_destroy (&self->queue);
+    cm_queue_destroy (&self->quick);
     cm_mailbox_destroy (&self->outbox, s_frame_free);
     pthread_mutex_destroy (&self->calls_lock);
     pthread_mutex_destroy (&self->parts_lock);
@@ -484,8 +503,9 @@ s_handle_request (cm_worker_t *self, zsock_t *sock, cm_msg_t **request_p)
     call->next = self->calls;
     self->calls = call;
     pthread_mutex_unlock (&self->calls_lock);
-    cm_queue_result_t rc = cm_queue_submit (self->queue, cm_msg_request_id (request),
-                                            call, cm_msg_deadline (request));
+    cm_queue_t *queue = call->route->quick && self->quick ? self->quick : self->queue;
+    cm_queue_result_t rc = cm_queue_submit (queue, cm_msg_request_id (request), call,
+                                            cm_msg_deadline (request));
     if (rc != CM_QUEUE_ACCEPTED) {
         //  Full: refuse at once so the client can retry elsewhere or later.
         s_reply_direct (sock, request, rc == CM_QUEUE_FULL ? 429 : 503,
@@ -507,6 +527,8 @@ s_handle_cancel (cm_worker_t *self, cm_msg_t *msg)
     pthread_mutex_unlock (&self->calls_lock);
     //  Still waiting: it never runs (s_drop_call frees it).
     cm_queue_cancel (self->queue, id);
+    if (self->quick)
+        cm_queue_cancel (self->quick, id);
 }
 
 //  Send the frames handler threads posted.
@@ -694,6 +716,8 @@ s_io_thread (void *arg)
         }
         now = cm_clock_mono_ms ();
         cm_queue_expire (self->queue, cm_clock_wall_ms ());
+        if (self->quick)
+            cm_queue_expire (self->quick, cm_clock_wall_ms ());
         //  While the gateway is silent, heartbeats would only pile up in the
         //  socket's queue: one READY waits there instead, and is the first
         //  thing the gateway (restarted, or reachable again) hears.
@@ -1080,6 +1104,8 @@ cm_call_replied (cm_call_t *self)
 typedef struct {
     char *endpoint;
     char *instance;
+    int64_t quick_concurrency;
+    int64_t quick_max_pending;
     int64_t heartbeat_ms;
     int64_t liveness;
     int64_t drain_ms;
@@ -1097,6 +1123,14 @@ static const cm_conf_entry_t s_daemon_table[] = {
     {"INSTANCE_ID", CM_CONF_TOKEN, NULL, 0, 255, offsetof (s_daemon_config_t, instance),
      "this instance's id, unique per replica: 1 to 255 printable ASCII characters, "
      "no spaces (default service-host-pid)"},
+    {"QUICK_QUEUE_CONCURRENCY", CM_CONF_INT, "2", 0, 1024,
+     offsetof (s_daemon_config_t, quick_concurrency),
+     "requests of the quick routes (reads, small writes) served at once, on a lane "
+     "of their own beside the daemon's queue, so that they never wait behind its long "
+     "calls (0: no lane; they share the queue)"},
+    {"QUICK_QUEUE_MAX_PENDING", CM_CONF_INT, "64", 0, 100000,
+     offsetof (s_daemon_config_t, quick_max_pending),
+     "quick requests that may wait; beyond that 429 with Retry-After"},
     {"HEARTBEAT_INTERVAL_MS", CM_CONF_INT, "1000", 10, 60000,
      offsetof (s_daemon_config_t, heartbeat_ms), "heartbeat period, both directions"},
     {"HEARTBEAT_LIVENESS", CM_CONF_INT, "3", 1, 100,
@@ -1166,6 +1200,8 @@ cm_worker_main (const char *service, const cm_route_t *routes, void *arg,
         .endpoint = conf.endpoint,
         .concurrency = concurrency,
         .max_pending = max_pending,
+        .quick_concurrency = (size_t) conf.quick_concurrency,
+        .quick_max_pending = (size_t) conf.quick_max_pending,
         .heartbeat_ms = conf.heartbeat_ms,
         .liveness = conf.liveness,
         .drain_ms = conf.drain_ms,

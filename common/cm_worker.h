@@ -27,11 +27,15 @@ typedef void (cm_worker_handler_fn) (cm_call_t *call, void *arg);
 
 //  One route: method and a path pattern whose "{name}" segments match one
 //  path segment each (read them with cm_call_param). Tables end with a NULL
-//  method.
+//  method. A quick route (a read, a small write) runs on the worker's
+//  quick lane when it has one (quick_concurrency), so that it never waits
+//  behind the long calls of the main queue (a stream can hold its slot for
+//  minutes).
 typedef struct {
     const char *method;
     const char *pattern;
     cm_worker_handler_fn *handler;
+    bool quick;
 } cm_route_t;
 
 typedef struct {
@@ -40,6 +44,9 @@ typedef struct {
     const char *endpoint;     //  the gateway's backend (GATEWAY_ENDPOINT)
     size_t concurrency;       //  handler threads (the queue's concurrency)
     size_t max_pending;       //  waiting line beyond the running ones
+    size_t quick_concurrency; //  the quick lane's handler threads (0: none;
+                              //  quick routes then share the main queue)
+    size_t quick_max_pending; //  its waiting line
     int64_t heartbeat_ms;     //  heartbeat interval
     int64_t liveness;         //  missed heartbeats before the peer is dead
     int64_t drain_ms;         //  on stop, how long open calls may finish

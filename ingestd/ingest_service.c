@@ -62,13 +62,14 @@ static void s_vector_search (cm_call_t *call, void *arg);
 static void s_openai_embeddings (cm_call_t *call, void *arg);
 
 static const cm_route_t s_routes[] = {
-    {"POST", "/api/v1/document/upload", s_upload},
-    {"POST", "/api/v1/document/raw-text", s_raw_text},
-    {"GET", "/api/v1/document/jobs/{id}", s_job_get},
-    {"POST", "/api/v1/workspace/{slug}/update-embeddings", s_update_embeddings},
-    {"POST", "/api/v1/workspace/{slug}/vector-search", s_vector_search},
-    {"POST", "/api/v1/openai/embeddings", s_openai_embeddings},
-    {NULL, NULL, NULL},
+    {"POST", "/api/v1/document/upload", s_upload, false},
+    {"POST", "/api/v1/document/raw-text", s_raw_text, false},
+    //  Quick: a job's progress is read while uploads fill the queue.
+    {"GET", "/api/v1/document/jobs/{id}", s_job_get, true},
+    {"POST", "/api/v1/workspace/{slug}/update-embeddings", s_update_embeddings, false},
+    {"POST", "/api/v1/workspace/{slug}/vector-search", s_vector_search, false},
+    {"POST", "/api/v1/openai/embeddings", s_openai_embeddings, false},
+    {NULL, NULL, NULL, false},
 };
 
 static cm_queue_outcome_t s_fallback_run (void *task, void *arg);

@@ -179,18 +179,19 @@ s_inspect (cm_call_t *call, void *arg)
 }
 
 static const cm_route_t s_routes[] = {
-    {"POST", "/echo", s_echo},
-    {"GET", "/stream", s_stream},
-    {"GET", "/stream/unfinished", s_stream_unfinished},
-    {"GET", "/stream/gate", s_stream_gate},
-    {"GET", "/stream/many", s_stream_many},
-    {"GET", "/slow", s_slow},
-    {"GET", "/gate", s_gate},
-    {"GET", "/twice", s_twice},
-    {"GET", "/silent", s_silent},
-    {"GET", "/count", s_count},
-    {"POST", "/users/{user}/items/{item}", s_inspect},
-    {NULL, NULL, NULL},
+    {"POST", "/echo", s_echo, false},
+    {"GET", "/stream", s_stream, false},
+    {"GET", "/stream/unfinished", s_stream_unfinished, false},
+    {"GET", "/stream/gate", s_stream_gate, false},
+    {"GET", "/stream/many", s_stream_many, false},
+    {"GET", "/slow", s_slow, false},
+    {"GET", "/gate", s_gate, false},
+    {"GET", "/twice", s_twice, false},
+    {"GET", "/silent", s_silent, false},
+    {"GET", "/count", s_count, false},
+    {"GET", "/count/quick", s_count, true},
+    {"POST", "/users/{user}/items/{item}", s_inspect, false},
+    {NULL, NULL, NULL, false},
 };
 
 //  --- the test gateway ----------------------------------------------------
@@ -1557,4 +1558,49 @@ Test (cm_worker, a_checks_count_is_the_parts_before_it, .timeout = 60)
     cr_assert_gt (answers, 0, "no CHECK was answered while the stream ran");
     cm_worker_destroy (&worker);
     s_gateway_destroy (&gateway);
+}
+
+//  A quick route does not wait behind the main queue's long calls: with
+//  the queue's one slot held and its line full, it is still served, on
+//  the quick lane; without a lane it would be refused (429).
+Test (cm_worker, quick_routes_do_not_wait_behind_long_calls, .timeout = 60)
+{
+    for (int lane = 1; lane >= 0; lane--) {
+        s_gateway_t *gateway = s_gateway_new ();
+        s_state_t state = {0};
+        cm_worker_config_t config = {
+            .service = "test",
+            .instance = S_INSTANCE,
+            .endpoint = gateway->endpoint,
+            .concurrency = 1,
+            .max_pending = 1,
+            .quick_concurrency = (size_t) lane,
+            .quick_max_pending = 4,
+            .heartbeat_ms = S_HEARTBEAT_MS,
+            .liveness = S_LIVENESS,
+            .drain_ms = 1000,
+            .routes = s_routes,
+            .arg = &state,
+        };
+        cm_worker_t *worker = cm_worker_new (&config);
+        snprintf (gateway->peer, sizeof gateway->peer, "%s", cm_worker_instance (worker));
+        cm_msg_t *ready = s_gateway_expect (gateway, CM_MSG_READY, NULL);
+        cm_msg_destroy (&ready);
+        s_gateway_request (gateway, "long", "GET", "/gate", 0, NULL);
+        s_gateway_wait_for (gateway, &state.gate_started, 1, "the long call to start");
+        s_gateway_request (gateway, "waits", "GET", "/gate", 0, NULL);
+        s_gateway_request (gateway, "quick", "GET", "/count/quick", 0, NULL);
+        cm_msg_t *final = s_gateway_expect (gateway, CM_MSG_FINAL, "quick");
+        cr_assert_eq (cm_msg_status (final), lane ? 200 : 429, "lane %d: status %d", lane,
+                      cm_msg_status (final));
+        cm_msg_destroy (&final);
+        atomic_store (&state.gate_open, true);
+        const char *ids[] = {"long", "waits"};
+        for (int i = 0; i < 2; i++) {
+            final = s_gateway_expect_final (gateway, ids[i], 200);
+            cm_msg_destroy (&final);
+        }
+        cm_worker_destroy (&worker);
+        s_gateway_destroy (&gateway);
+    }
 }
