@@ -42,6 +42,19 @@ typedef struct {
 
 typedef enum { S_CMD_SUBMIT, S_CMD_CANCEL, S_CMD_CLOSE } s_cmd_type_t;
 
+//  A CANCEL sent lately: sent again if its instance connects again (it may
+//  have gone down with the old connection).
+typedef struct {
+    char *instance;   //  where it went
+    char *request_id; //  what it cancelled
+    char *reason;     //  why
+    int64_t at;       //  mono ms
+} s_cancel_t;
+
+//  CANCELs remembered: at most this many, for at most as long as a daemon's
+//  connection may take to break (four times the patience, cm_worker).
+#define S_CANCELS_KEPT 4096
+
 typedef struct {
     s_cmd_type_t type;       //  what to do
     gw_exchange_t *exchange; //  SUBMIT: reference handed over
@@ -72,6 +85,7 @@ struct gw_broker_s {
     size_t waiting_now;  //  of those, the ones still waiting (some ended)
     uint64_t rotate;     //  tie-breaker for instance choice
     uint32_t checks;     //  CHECKs sent (each one's generation)
+    zlistx_t *cancels;   //  CANCELs sent lately (s_cancel_t), oldest first
     //  Counters (broker thread writes; snapshot reads under snap_lock).
     uint64_t routed, replies, late_replies, dropped_frames, unroutable, timeouts,
         expired_instances, disconnected_instances, no_instance, retries, client_gone,
@@ -87,6 +101,17 @@ static void
 s_string_free (void **item)
 {
     free (*item);
+    *item = NULL;
+}
+
+static void
+s_cancel_free (void **item)
+{
+    s_cancel_t *cancel = *item;
+    free (cancel->instance);
+    free (cancel->request_id);
+    free (cancel->reason);
+    free (cancel);
     *item = NULL;
 }
 
@@ -134,6 +159,8 @@ gw_broker_new (const gw_broker_config_t *config)
     zhashx_set_destructor (self->instances, s_instance_free);
     self->pending = zhashx_new ();
     self->waiting = zlistx_new ();
+    self->cancels = zlistx_new ();
+    zlistx_set_destructor (self->cancels, s_cancel_free);
     zlistx_set_destructor (self->waiting, s_string_free);
     pthread_mutex_init (&self->snap_lock, NULL);
     //  Publish a whole first snapshot before any reader can look: health
@@ -172,6 +199,7 @@ gw_broker_destroy (gw_broker_t **self_p)
     cm_mailbox_destroy (&self->inbox, s_cmd_free);
     zhashx_destroy (&self->pending);
     zlistx_destroy (&self->waiting);
+    zlistx_destroy (&self->cancels);
     zhashx_destroy (&self->instances);
     cm_monitor_destroy (&self->monitor);
     zsock_destroy (&self->router);
@@ -385,6 +413,38 @@ s_cancel_at (gw_broker_t *self, const char *instance_id, const char *request_id,
     cm_msg_set_reason (cancel, reason);
     s_send_to (self, instance_id, cancel, quiet);
     cm_msg_destroy (&cancel);
+    //  Remembered, and forgotten once old or too many (s_tick trims by age).
+    if (zlistx_size (self->cancels) >= S_CANCELS_KEPT) {
+        zlistx_first (self->cancels);
+        zlistx_delete (self->cancels, zlistx_cursor (self->cancels));
+    }
+    s_cancel_t *kept = cm_calloc (1, sizeof *kept);
+    kept->instance = cm_strdup (instance_id);
+    kept->request_id = cm_strdup (request_id);
+    kept->reason = cm_strdup (reason);
+    kept->at = cm_clock_mono_ms ();
+    zlistx_add_end (self->cancels, kept);
+}
+
+//  An instance connected again: the CANCELs sent to it lately may have gone
+//  down with its old connection (a client that left while this gateway
+//  stood still is reaped the moment it wakes, into that connection), and
+//  without them the daemon would run those requests to their end: an agent
+//  flow's calls, a model's tokens nobody reads. Sent again, quietly; a
+//  daemon ignores a CANCEL of a request it does not hold.
+static void
+s_cancel_again (gw_broker_t *self, s_instance_t *instance)
+{
+    for (s_cancel_t *kept = zlistx_first (self->cancels); kept;
+         kept = zlistx_next (self->cancels)) {
+        if (strcmp (kept->instance, instance->id))
+            continue;
+        cm_msg_t *cancel = cm_msg_new (CM_MSG_CANCEL);
+        cm_msg_set_request_id (cancel, kept->request_id);
+        cm_msg_set_reason (cancel, kept->reason);
+        s_send_to (self, instance->id, cancel, true);
+        cm_msg_destroy (&cancel);
+    }
 }
 
 //  Forget an instance; every request that was on it is sent elsewhere (when
@@ -723,8 +783,10 @@ s_handle_frame (gw_broker_t *self, const char *id, cm_msg_t *msg)
         instance->last_seen = cm_clock_mono_ms ();
         //  A known instance says READY on a new connection: what was sent
         //  to it, or by it, may have gone down with the old one.
-        if (known)
+        if (known) {
             s_check_requests (self, instance);
+            s_cancel_again (self, instance);
+        }
         if (zlistx_size (self->waiting))
             s_release_waiting (self, instance->service);
         return;
@@ -1016,6 +1078,11 @@ s_tick (gw_broker_t *self, int64_t now, bool beat)
     if (self->last_tick && now - self->last_tick > self->config.heartbeat_ms)
         s_after_stall (self, now, now - self->last_tick);
     self->last_tick = now;
+    //  CANCELs older than a connection may take to break are forgotten.
+    int64_t kept_for = 4 * self->config.heartbeat_ms * self->config.liveness;
+    s_cancel_t *oldest;
+    while ((oldest = zlistx_first (self->cancels)) && now - oldest->at > kept_for)
+        zlistx_delete (self->cancels, zlistx_cursor (self->cancels));
     s_reap_gone_clients (self);
     //  Waits for an instance end before the deadline (503, not 504).
     s_expire_waiting (self, now);

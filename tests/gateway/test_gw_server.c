@@ -1800,6 +1800,39 @@ Test (gw_server, an_answer_about_an_earlier_sending_is_ignored)
     gwh_gateway_stop (&gateway);
 }
 
+//  A CANCEL may go down with a connection that breaks (a client that left
+//  while the gateway stood still is reaped as it wakes): when the instance
+//  connects again, what it was told to cancel lately is sent again (the
+//  review of this session: the daemon ran such requests to their end).
+Test (gw_server, cancels_are_sent_again_when_an_instance_connects_again)
+{
+    gwh_gateway_t gateway;
+    s_gateway_start (&gateway, S_TIMEOUT_MS, 1 << 20);
+    gwh_daemon_t *chatd = gwh_daemon_new (&gateway, "chat", "chat-a", 4);
+    gwh_wait_health (&gateway, "services.chat.instances", 1);
+    gwh_call_t *call = gwh_call_new (&gateway, "POST", "/api/v1/workspace/demo/chat",
+                                     GWH_KEY, "{\"message\":\"slow\"}");
+    call->timeout_ms = 300;
+    gwh_call_start (call);
+    cm_msg_t *request = gwh_daemon_expect (chatd, CM_MSG_REQUEST);
+    gwh_call_join (call);
+    cm_msg_t *cancel = gwh_daemon_expect (chatd, CM_MSG_CANCEL);
+    cr_assert_str_eq (cm_msg_request_id (cancel), cm_msg_request_id (request));
+    cm_msg_destroy (&cancel);
+    //  As if that CANCEL had been lost: the instance connects again.
+    s_ready_again (chatd);
+    cancel = gwh_daemon_expect (chatd, CM_MSG_CANCEL);
+    cr_assert_str_eq (cm_msg_request_id (cancel), cm_msg_request_id (request));
+    cr_assert_str_eq (cm_msg_reason (cancel), "client disconnected");
+    cm_msg_destroy (&cancel);
+    cr_assert_null (gwh_daemon_recv (chatd, 200),
+                    "nothing else (no CHECK: nothing in flight)");
+    gwh_call_destroy (&call);
+    cm_msg_destroy (&request);
+    gwh_daemon_destroy (&chatd);
+    gwh_gateway_stop (&gateway);
+}
+
 Test (gw_server, requests_held_across_a_broken_connection_go_on)
 {
     gwh_gateway_t gateway;
