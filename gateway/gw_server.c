@@ -784,10 +784,7 @@ s_first_call (gw_server_t *self, struct MHD_Connection *connection, s_request_t 
             return;
         }
     }
-    const char *length = MHD_lookup_connection_value (connection, MHD_HEADER_KIND,
-                                                      MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (length &&
-        strtoull (length, NULL, 10) > (unsigned long long) self->config->max_body) {
+    if (request->content_length > self->config->max_body) {
         request->too_large = true;
         return;
     }
@@ -868,7 +865,10 @@ s_handler (void *cls, struct MHD_Connection *connection, const char *url,
         request->first_call_done = true;
         const char *length = MHD_lookup_connection_value (connection, MHD_HEADER_KIND,
                                                           MHD_HTTP_HEADER_CONTENT_LENGTH);
-        request->content_length = length ? (int64_t) strtoull (length, NULL, 10) : -1;
+        unsigned long long parsed = length ? strtoull (length, NULL, 10) : 0;
+        request->content_length = !length              ? -1
+                                  : parsed > INT64_MAX ? INT64_MAX
+                                                       : (int64_t) parsed;
         s_first_call (self, connection, request, method);
         if (request->too_large)
             return s_reply_too_large (self, connection, request);

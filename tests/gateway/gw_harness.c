@@ -3,6 +3,7 @@
 #include "test_dir.h"
 #include "test_port.h"
 #include <criterion/criterion.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -695,4 +696,19 @@ gwh_daemons_expect_request (gwh_daemon_t **daemons, size_t count, size_t *which)
     }
     cr_assert_fail ("no REQUEST reached any daemon within %d ms", GWH_WAIT_MS);
     return NULL;
+}
+
+int
+gwh_connect (gwh_gateway_t *gateway, int rcvbuf)
+{
+    int port = atoi (strrchr (gateway->base, ':') + 1);
+    int fd = socket (AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq (fd, 0);
+    if (rcvbuf > 0)
+        setsockopt (fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    struct sockaddr_in addr = {.sin_family = AF_INET,
+                               .sin_port = htons ((uint16_t) port)};
+    inet_pton (AF_INET, "127.0.0.1", &addr.sin_addr);
+    cr_assert_eq (connect (fd, (struct sockaddr *) &addr, sizeof addr), 0);
+    return fd;
 }

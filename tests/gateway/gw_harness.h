@@ -61,6 +61,11 @@ void gwh_gateway_stop (gwh_gateway_t *self);
 
 //  --- HTTP client ------------------------------------------------------------------
 
+//  A raw TCP connection to the gateway's HTTP port, for clients that
+//  misbehave; rcvbuf > 0 sets its receive buffer first (a slow reader).
+//  The caller closes it.
+int gwh_connect (gwh_gateway_t *gateway, int rcvbuf);
+
 typedef struct {
     //  The request, set before the call.
     const char *method;   //  "GET", "POST", ...

@@ -5,7 +5,6 @@
     upstream's document shape {success:false, error}. The client is
     libcurl (its MIME API builds the multipart bodies); the daemon is a
     fake one (gw_harness). */
-#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -508,20 +507,6 @@ Test (gw_form, upload_needs_a_key)
 
 //  --- clients that misbehave (raw sockets) -------------------------------------
 
-//  A TCP connection to the gateway's HTTP port.
-static int
-s_connect (gwh_gateway_t *gateway)
-{
-    int port = atoi (strrchr (gateway->base, ':') + 1);
-    int fd = socket (AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq (fd, 0);
-    struct sockaddr_in addr = {.sin_family = AF_INET,
-                               .sin_port = htons ((uint16_t) port)};
-    inet_pton (AF_INET, "127.0.0.1", &addr.sin_addr);
-    cr_assert_eq (connect (fd, (struct sockaddr *) &addr, sizeof addr), 0);
-    return fd;
-}
-
 //  Sockets of this process in CLOSE_WAIT on this local port: connections
 //  whose client closed and that the gateway has not closed yet.
 static int
@@ -554,7 +539,7 @@ s_abort_uploads (void *arg)
 {
     s_abort_t *job = arg;
     while (atomic_fetch_sub (job->next, 1) > 0) {
-        int fd = s_connect (job->gateway);
+        int fd = gwh_connect (job->gateway, 0);
         size_t sent = 0;
         while (sent < job->size) {
             ssize_t n = send (fd, job->request + sent, job->size - sent, MSG_NOSIGNAL);
@@ -617,7 +602,7 @@ Test (gw_form, a_refused_upload_is_answered_before_its_body)
         "900000\r\n\r\n",
     };
     for (size_t i = 0; i < 2; i++) {
-        int fd = s_connect (&gateway);
+        int fd = gwh_connect (&gateway, 0);
         cr_assert_eq (send (fd, requests[i], strlen (requests[i]), MSG_NOSIGNAL),
                       (ssize_t) strlen (requests[i]));
         struct timeval wait = {.tv_sec = GWH_WAIT_MS / 1000};

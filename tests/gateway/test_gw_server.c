@@ -7,7 +7,6 @@
     other frame it receives to the test, which answers with cm_msg frames
     as a real daemon would (all in gw_harness). Every wait is a poll with a
     generous timeout; no timing is asserted. */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <criterion/criterion.h>
 #include <msgpack.h>
@@ -2094,14 +2093,7 @@ Test (gw_server, a_client_that_stops_reading_has_its_stream_ended)
     gwh_gateway_start (&gateway, &config);
     gwh_daemon_t *chatd = gwh_daemon_new (&gateway, "chat", "chat-a", 4);
     gwh_wait_health (&gateway, "services.chat.instances", 1);
-    int port = atoi (strrchr (gateway.base, ':') + 1);
-    int fd = socket (AF_INET, SOCK_STREAM, 0);
-    int small = 4096;
-    setsockopt (fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-    struct sockaddr_in addr = {.sin_family = AF_INET,
-                               .sin_port = htons ((uint16_t) port)};
-    inet_pton (AF_INET, "127.0.0.1", &addr.sin_addr);
-    cr_assert_eq (connect (fd, (struct sockaddr *) &addr, sizeof addr), 0);
+    int fd = gwh_connect (&gateway, 4096);
     const char *request =
         "POST /api/v1/workspace/demo/stream-chat HTTP/1.1\r\nHost: x\r\n"
         "Authorization: Bearer " GWH_KEY "\r\n"
@@ -2204,12 +2196,7 @@ Test (gw_server, a_silent_connection_is_closed_after_the_idle_timeout)
                           .key_cache_ttl_ms = 500,
                           .idle_timeout_s = 1};
     gwh_gateway_start (&gateway, &config);
-    int port = atoi (strrchr (gateway.base, ':') + 1);
-    int fd = socket (AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = {.sin_family = AF_INET,
-                               .sin_port = htons ((uint16_t) port)};
-    inet_pton (AF_INET, "127.0.0.1", &addr.sin_addr);
-    cr_assert_eq (connect (fd, (struct sockaddr *) &addr, sizeof addr), 0);
+    int fd = gwh_connect (&gateway, 0);
     //  Half a request line, then silence.
     cr_assert_eq (send (fd, "GET /api/pi", 11, MSG_NOSIGNAL), 11);
     struct timeval wait = {.tv_sec = GWH_WAIT_MS / 1000};
