@@ -466,6 +466,20 @@ s_json_str (json_t *json, const char *key)
     return json_string_value (json_object_get (json, key));
 }
 
+//  A worker of this config (its endpoint the test gateway's); waits for
+//  its READY.
+static cm_worker_t *
+s_worker_start_config (s_gateway_t *gateway, cm_worker_config_t *config)
+{
+    config->endpoint = gateway->endpoint;
+    cm_worker_t *worker = cm_worker_new (config);
+    cr_assert_not_null (worker);
+    snprintf (gateway->peer, sizeof gateway->peer, "%s", cm_worker_instance (worker));
+    cm_msg_t *ready = s_gateway_expect (gateway, CM_MSG_READY, NULL);
+    cm_msg_destroy (&ready);
+    return worker;
+}
+
 //  A worker on the test gateway, with the test's instance id; waits for its
 //  READY.
 static cm_worker_t *
@@ -475,7 +489,6 @@ s_worker_start_beating (s_gateway_t *gateway, s_state_t *state, size_t concurren
     cm_worker_config_t config = {
         .service = "test",
         .instance = S_INSTANCE,
-        .endpoint = gateway->endpoint,
         .concurrency = concurrency,
         .max_pending = max_pending,
         .heartbeat_ms = heartbeat_ms,
@@ -484,12 +497,7 @@ s_worker_start_beating (s_gateway_t *gateway, s_state_t *state, size_t concurren
         .routes = s_routes,
         .arg = state,
     };
-    cm_worker_t *worker = cm_worker_new (&config);
-    cr_assert_not_null (worker);
-    snprintf (gateway->peer, sizeof gateway->peer, "%s", cm_worker_instance (worker));
-    cm_msg_t *ready = s_gateway_expect (gateway, CM_MSG_READY, NULL);
-    cm_msg_destroy (&ready);
-    return worker;
+    return s_worker_start_config (gateway, &config);
 }
 
 //  The same with the tests' heartbeat.
@@ -1576,7 +1584,6 @@ Test (cm_worker, quick_routes_do_not_wait_behind_long_calls, .timeout = 60)
         cm_worker_config_t config = {
             .service = "test",
             .instance = S_INSTANCE,
-            .endpoint = gateway->endpoint,
             .concurrency = 1,
             .max_pending = 1,
             .quick_concurrency = (size_t) lane,
@@ -1587,10 +1594,7 @@ Test (cm_worker, quick_routes_do_not_wait_behind_long_calls, .timeout = 60)
             .routes = s_routes,
             .arg = &state,
         };
-        cm_worker_t *worker = cm_worker_new (&config);
-        snprintf (gateway->peer, sizeof gateway->peer, "%s", cm_worker_instance (worker));
-        cm_msg_t *ready = s_gateway_expect (gateway, CM_MSG_READY, NULL);
-        cm_msg_destroy (&ready);
+        cm_worker_t *worker = s_worker_start_config (gateway, &config);
         s_gateway_request (gateway, "long", "GET", "/gate", 0, NULL);
         s_gateway_wait_for (gateway, &state.gate_started, 1, "the long call to start");
         s_gateway_request (gateway, "waits", "GET", "/gate", 0, NULL);
