@@ -402,17 +402,25 @@ s_resend_or_wait (gw_broker_t *self, const char *request_id, s_pending_t *pendin
 //  The reason an instance is given up for when it stops heartbeating.
 #define S_MISSED_HEARTBEATS "missed its heartbeats"
 
-//  CANCEL a request at an instance. quiet: it may well be gone (a frame
-//  it cannot get is then neither logged nor counted as unroutable).
+//  Send a CANCEL of a request to an instance. quiet: it may well be gone (a
+//  frame it cannot get is then neither logged nor counted as unroutable).
 static void
-s_cancel_at (gw_broker_t *self, const char *instance_id, const char *request_id,
-             const char *reason, bool quiet)
+s_send_cancel (gw_broker_t *self, const char *instance_id, const char *request_id,
+               const char *reason, bool quiet)
 {
     cm_msg_t *cancel = cm_msg_new (CM_MSG_CANCEL);
     cm_msg_set_request_id (cancel, request_id);
     cm_msg_set_reason (cancel, reason);
     s_send_to (self, instance_id, cancel, quiet);
     cm_msg_destroy (&cancel);
+}
+
+//  CANCEL a request at an instance, and remember it (s_cancel_again).
+static void
+s_cancel_at (gw_broker_t *self, const char *instance_id, const char *request_id,
+             const char *reason, bool quiet)
+{
+    s_send_cancel (self, instance_id, request_id, reason, quiet);
     //  Remembered, and forgotten once old or too many (s_tick trims by age).
     if (zlistx_size (self->cancels) >= S_CANCELS_KEPT) {
         zlistx_first (self->cancels);
@@ -437,13 +445,8 @@ s_cancel_again (gw_broker_t *self, s_instance_t *instance)
 {
     for (s_cancel_t *kept = zlistx_first (self->cancels); kept;
          kept = zlistx_next (self->cancels)) {
-        if (strcmp (kept->instance, instance->id))
-            continue;
-        cm_msg_t *cancel = cm_msg_new (CM_MSG_CANCEL);
-        cm_msg_set_request_id (cancel, kept->request_id);
-        cm_msg_set_reason (cancel, kept->reason);
-        s_send_to (self, instance->id, cancel, true);
-        cm_msg_destroy (&cancel);
+        if (!strcmp (kept->instance, instance->id))
+            s_send_cancel (self, instance->id, kept->request_id, kept->reason, true);
     }
 }
 
